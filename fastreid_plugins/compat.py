@@ -1,0 +1,402 @@
+"""Compatibility patches that make FastReID 1.4.0 work on Python 3.11, torch 2.x and CPU-only hosts.
+
+FastReID 1.4.0 (PyPI) was written for torch 1.x on CUDA. On Python 3.11 / torch 2.14 without a GPU
+it fails to import, silently trains nothing, and dies in several CUDA-only code paths. Every patch
+here is applied from our side (FastReID's files are never edited or copied), idempotently (applying
+twice is a no-op), and only where it is needed, so the same code runs on a FastReID git checkout on
+``PYTHONPATH`` and on a CUDA machine.
+
+Two stages:
+
+* :func:`apply_import_shims` must run *before* ``fastreid.data`` is imported: it provides the
+  removed ``torch._six.string_classes`` and ``collections.Mapping`` names.
+* :func:`apply` patches the imported FastReID modules (optimizer, loaders, AMP, evaluator, re-ranking,
+  checkpoints, in-place normalisation, pretrained-weight downloads).
+
+``fastreid_plugins/__init__.py`` calls both once. :data:`APPLIED` lists the names of the patches
+that were applied (tests use it, and :data:`ORIGINALS` keeps the unpatched callables so each test
+can show the failure the patch fixes).
+"""
+
+import collections
+import collections.abc
+import functools
+import importlib
+import logging
+import os
+import pickle
+import sys
+import types
+import warnings
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+APPLIED = []
+ORIGINALS = {}
+
+_MARK = "_fastreid_plugins_patched"
+
+
+def _cuda():
+    return torch.cuda.is_available()
+
+
+def _mark(fn):
+    setattr(fn, _MARK, True)
+    return fn
+
+
+def _is_patched(obj, name):
+    return getattr(getattr(obj, name, None), _MARK, False)
+
+
+def _replace(modules, name, new):
+    """Replace ``name`` in every module of ``modules`` that already holds the original object.
+
+    FastReID re-exports many functions (``from .build import build_optimizer``), so a patch must
+    reach every module that bound the name at import time.
+    """
+    for mod_name in modules:
+        mod = sys.modules.get(mod_name)
+        if mod is not None and hasattr(mod, name):
+            setattr(mod, name, new)
+
+
+# --------------------------------------------------------------------------------------------
+# Stage 1: import shims
+# --------------------------------------------------------------------------------------------
+def apply_import_shims():
+    """Provide names removed from Python 3.10+ and torch 2.x that FastReID imports.
+
+    * ``from torch._six import string_classes`` (fastreid/data/build.py)
+    * ``from collections import Mapping`` (fastreid/data/build.py, evaluation/testing.py)
+    """
+    if "torch._six" not in sys.modules:
+        try:
+            importlib.import_module("torch._six")  # torch < 2.0 still has it
+        except ImportError:
+            six = types.ModuleType("torch._six")
+            six.string_classes = (str, bytes)
+            six.int_classes = (int,)
+            six.container_abcs = collections.abc
+            six.inf = float("inf")
+            sys.modules["torch._six"] = six
+            torch._six = six
+            APPLIED.append("torch._six")
+    for name in ("Mapping", "MutableMapping", "Sequence", "Iterable", "Callable"):
+        if not hasattr(collections, name):
+            setattr(collections, name, getattr(collections.abc, name))
+            if "collections.Mapping" not in APPLIED:
+                APPLIED.append("collections.Mapping")
+
+
+# --------------------------------------------------------------------------------------------
+# Stage 2: behaviour patches
+# --------------------------------------------------------------------------------------------
+class _KeepContiguousGrads:
+    """Mixin: ``zero_grad`` keeps (zeroes) the gradient buffers instead of dropping them.
+
+    FastReID builds its optimizer over :class:`~fastreid.utils.params.ContiguousParams` flat
+    buffers whose ``.grad`` is a buffer the model parameters' ``.grad`` are views of. torch>=2.0's
+    ``zero_grad()`` defaults to ``set_to_none=True``, which replaces the flat buffers' grads by
+    ``None``: backward then accumulates into the (orphaned) views and ``step()`` skips every
+    parameter, so nothing is ever trained.
+    """
+
+    def zero_grad(self, set_to_none: bool = False):
+        super().zero_grad(set_to_none=False)
+
+
+def _keep_grad_class(opt_cls):
+    if issubclass(opt_cls, _KeepContiguousGrads):
+        return opt_cls
+    return type(opt_cls.__name__, (_KeepContiguousGrads, opt_cls), {"__module__": opt_cls.__module__})
+
+
+def _patch_optimizer():
+    import fastreid.solver.build as sb
+
+    if _is_patched(sb, "build_optimizer"):
+        return
+    original = sb.build_optimizer
+    ORIGINALS["build_optimizer"] = original
+
+    @functools.wraps(original)
+    def build_optimizer(cfg, model, contiguous=True):
+        optimizer, params = original(cfg, model, contiguous=contiguous)
+        if contiguous:
+            optimizer.__class__ = _keep_grad_class(type(optimizer))
+        return optimizer, params
+
+    _replace(["fastreid.solver.build", "fastreid.solver", "fastreid.engine.defaults"],
+             "build_optimizer", _mark(build_optimizer))
+    APPLIED.append("optimizer.zero_grad")
+
+
+def _patch_dataloader():
+    """DataLoaderX/BackgroundGenerator use CUDA streams and ``torch.cuda.set_device`` -> CPU path."""
+    import fastreid.data.data_utils as du
+
+    if getattr(du.DataLoaderX, _MARK, False):
+        return
+    Loader, Gen = du.DataLoaderX, du.BackgroundGenerator
+    ORIGINALS.update({
+        "DataLoaderX.__init__": Loader.__init__, "DataLoaderX.preload": Loader.preload,
+        "DataLoaderX.__next__": Loader.__next__, "BackgroundGenerator.run": Gen.run,
+    })
+    orig_init, orig_preload, orig_next, orig_run = (
+        Loader.__init__, Loader.preload, Loader.__next__, Gen.run)
+
+    def __init__(self, local_rank, **kwargs):
+        if _cuda():
+            return orig_init(self, local_rank, **kwargs)
+        kwargs["pin_memory"] = False
+        torch.utils.data.DataLoader.__init__(self, **kwargs)
+        self.stream = None
+        self.local_rank = local_rank
+
+    def preload(self):
+        if self.stream is not None:
+            return orig_preload(self)
+        self.batch = next(self.iter, None)
+
+    def __next__(self):
+        if self.stream is not None:
+            return orig_next(self)
+        batch = self.batch
+        if batch is None:
+            raise StopIteration
+        self.preload()
+        return batch
+
+    def run(self):
+        if _cuda():
+            return orig_run(self)
+        for item in self.generator:
+            if self.exit_event.is_set():
+                break
+            self.queue.put(item)
+        self.queue.put(None)
+
+    Loader.__init__, Loader.preload, Loader.__next__, Gen.run = __init__, preload, __next__, run
+    setattr(Loader, _MARK, True)
+    APPLIED.append("DataLoaderX.cpu")
+
+
+def _patch_amp():
+    """``AMPTrainer.run_step`` asserts CUDA; on CPU fall back to fp32 with one warning."""
+    from fastreid.engine import train_loop
+
+    AMP = train_loop.AMPTrainer
+    if _is_patched(AMP, "run_step"):
+        return
+    original = AMP.run_step
+    ORIGINALS["AMPTrainer.run_step"] = original
+
+    @functools.wraps(original)
+    def run_step(self):
+        if _cuda():
+            return original(self)
+        if not getattr(AMP, "_fastreid_plugins_warned", False):
+            warnings.warn("SOLVER.AMP.ENABLED is True but CUDA is not available: "
+                          "training in fp32 on the CPU instead.", RuntimeWarning, stacklevel=2)
+            AMP._fastreid_plugins_warned = True
+        return train_loop.SimpleTrainer.run_step(self)
+
+    AMP.run_step = _mark(run_step)
+    APPLIED.append("AMPTrainer.cpu")
+
+
+def _patch_evaluator_compile():
+    """``ReidEvaluator`` runs ``make`` in site-packages and ``sys.exit(1)`` on failure: never compile.
+
+    Without the Cython ranker, FastReID's ``evaluate_rank`` falls back to its slow Python loop;
+    :func:`fastreid_plugins.evaluation.rank.evaluate_rank` is a vectorised replacement at least as
+    fast as the Cython one, and :class:`~fastreid_plugins.evaluation.VehicleReidEvaluator` uses it.
+    """
+    from fastreid.evaluation import reid_evaluation as re_
+
+    if _is_patched(re_.ReidEvaluator, "_compile_dependencies"):
+        return
+    ORIGINALS["ReidEvaluator._compile_dependencies"] = re_.ReidEvaluator._compile_dependencies
+
+    def _compile_dependencies(self):
+        try:
+            from fastreid.evaluation.rank_cylib.rank_cy import evaluate_cy  # noqa: F401
+        except ImportError:
+            logger.info("FastReID's Cython ranker is not built; not compiling it at run time "
+                        "(fastreid_plugins' vectorised ranker is used by VehicleReidEvaluator).")
+
+    re_.ReidEvaluator._compile_dependencies = _mark(_compile_dependencies)
+    APPLIED.append("ReidEvaluator.no_compile")
+
+
+def _patch_rerank():
+    """``compute_jaccard_distance`` forces ``.cuda()`` and faiss-GPU; use faiss-CPU without CUDA."""
+    import fastreid.utils.compute_dist as cd
+
+    if _is_patched(cd, "compute_jaccard_distance"):
+        return
+    original = cd.compute_jaccard_distance
+    ORIGINALS["compute_jaccard_distance"] = original
+
+    @functools.wraps(original)
+    def compute_jaccard_distance(features, k1=20, k2=6, search_option=0, fp16=False):
+        if not _cuda() or getattr(__import__("faiss"), "get_num_gpus", lambda: 0)() == 0:
+            search_option = 3
+            features = features.cpu().contiguous()
+        return original(features, k1=k1, k2=k2, search_option=search_option, fp16=fp16)
+
+    _replace(["fastreid.utils.compute_dist"], "compute_jaccard_distance", _mark(compute_jaccard_distance))
+    APPLIED.append("rerank.cpu")
+
+
+def _patch_test_loader_workers():
+    """``build_reid_test_loader(cfg, ...)`` ignores ``DATALOADER.NUM_WORKERS`` (always 4)."""
+    import fastreid.data.build as db
+    from fastreid.config import configurable
+
+    if _is_patched(db, "build_reid_test_loader"):
+        return
+    original = db.build_reid_test_loader
+    ORIGINALS["build_reid_test_loader"] = original
+    original_from_config = db._test_loader_from_config
+
+    def _from_config(cfg, **kwargs):
+        ret = original_from_config(cfg, **kwargs)
+        ret.setdefault("num_workers", cfg.DATALOADER.NUM_WORKERS)
+        return ret
+
+    patched = configurable(from_config=_from_config)(original.__wrapped__)
+    _replace(["fastreid.data.build", "fastreid.data", "fastreid.engine.defaults"],
+             "build_reid_test_loader", _mark(patched))
+    APPLIED.append("test_loader.num_workers")
+
+
+class CheckpointUnpicklingError(RuntimeError):
+    """A checkpoint holds pickled Python objects that ``torch.load(weights_only=True)`` refuses."""
+
+
+#: Types FastReID's own checkpoints hold besides tensors (scheduler state: ``Counter`` milestones).
+SAFE_CHECKPOINT_GLOBALS = [collections.Counter, collections.OrderedDict]
+
+TRUST_ENV = "FASTREID_PLUGINS_TRUST_CHECKPOINTS"
+
+
+def load_checkpoint_file(path):
+    """Load a checkpoint with ``weights_only=True``, allowing the types FastReID itself writes.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        CheckpointUnpicklingError: the file needs arbitrary unpickling; the message names the
+            refused global and how to allow it (``FASTREID_PLUGINS_TRUST_CHECKPOINTS=1`` for
+            files you trust).
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Checkpoint file not found: {path!r}")
+    if os.environ.get(TRUST_ENV) == "1":
+        return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        with torch.serialization.safe_globals(SAFE_CHECKPOINT_GLOBALS):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointUnpicklingError(
+            f"Checkpoint {path!r} contains pickled Python objects that torch.load(weights_only=True) "
+            f"refuses to load ({str(e).splitlines()[0] if str(e) else e!r}). If you trust this file, "
+            f"set {TRUST_ENV}=1 to load it with full unpickling."
+        ) from e
+
+
+def _patch_checkpointer():
+    from fastreid.utils import checkpoint as ck
+
+    if _is_patched(ck.Checkpointer, "_load_file"):
+        return
+    ORIGINALS["Checkpointer._load_file"] = ck.Checkpointer._load_file
+
+    def _load_file(self, f):
+        return load_checkpoint_file(f)
+
+    ck.Checkpointer._load_file = _mark(_load_file)
+    APPLIED.append("Checkpointer.weights_only")
+
+
+def _patch_inplace_preprocess():
+    """``Baseline``/``MGN.preprocess_image`` normalise the caller's tensor in place.
+
+    ``inference_on_dataset(flip_test=True)`` flips ``inputs["images"]`` after the first forward,
+    so the flipped batch was already normalised and gets normalised twice. Normalise out of place.
+    """
+    from fastreid.modeling.meta_arch import baseline, mgn
+
+    for cls in (baseline.Baseline, mgn.MGN):
+        if _is_patched(cls, "preprocess_image"):
+            continue
+        ORIGINALS[f"{cls.__name__}.preprocess_image"] = cls.preprocess_image
+
+        def preprocess_image(self, batched_inputs):
+            if isinstance(batched_inputs, dict):
+                images = batched_inputs["images"]
+            elif isinstance(batched_inputs, torch.Tensor):
+                images = batched_inputs
+            else:
+                raise TypeError("batched_inputs must be dict or torch.Tensor, "
+                                f"but got {type(batched_inputs)}")
+            images = images.to(self.device)
+            return (images - self.pixel_mean) / self.pixel_std
+
+        cls.preprocess_image = _mark(preprocess_image)
+    if "preprocess_image.out_of_place" not in APPLIED:
+        APPLIED.append("preprocess_image.out_of_place")
+
+
+#: Where FastReID's ImageNet-pretrained backbones are published (for the error message).
+PRETRAIN_SOURCES = "https://github.com/JDAI-CV/fast-reid/blob/master/MODEL_ZOO.md"
+
+
+def _patch_pretrain_download():
+    """FastReID downloads ImageNet weights when ``PRETRAIN_PATH`` is empty; this host has no network.
+
+    Replace the download with a clear error naming the expected file and where it is published.
+    """
+    from fastreid.modeling.backbones import resnet, resnext, osnet
+
+    for mod in (resnet, resnext, osnet):
+        if _is_patched(mod, "init_pretrained_weights"):
+            continue
+        urls = dict(getattr(mod, "model_urls", {}))
+        ORIGINALS[f"{mod.__name__}.init_pretrained_weights"] = mod.init_pretrained_weights
+
+        def init_pretrained_weights(*args, _urls=urls, **kwargs):
+            key = args[-1] if args else kwargs.get("key", "")
+            url = _urls.get(key, PRETRAIN_SOURCES)
+            raise FileNotFoundError(
+                "MODEL.BACKBONE.PRETRAIN is True but MODEL.BACKBONE.PRETRAIN_PATH is empty, and "
+                f"weights are never downloaded at run time. Download {os.path.basename(url) or url} "
+                f"(published at {url}) and set MODEL.BACKBONE.PRETRAIN_PATH to its local path, or "
+                "set MODEL.BACKBONE.PRETRAIN False to train from random initialisation.")
+
+        mod.init_pretrained_weights = _mark(init_pretrained_weights)
+    if "pretrain.no_download" not in APPLIED:
+        APPLIED.append("pretrain.no_download")
+
+
+def apply():
+    """Apply every patch (idempotent). Requires ``fastreid`` to be importable."""
+    apply_import_shims()
+    import fastreid.data  # noqa: F401  (needs the shims)
+    import fastreid.engine  # noqa: F401
+    import fastreid.evaluation  # noqa: F401
+    import fastreid.modeling  # noqa: F401
+
+    _patch_optimizer()
+    _patch_dataloader()
+    _patch_amp()
+    _patch_evaluator_compile()
+    _patch_rerank()
+    _patch_test_loader_workers()
+    _patch_checkpointer()
+    _patch_inplace_preprocess()
+    _patch_pretrain_download()

@@ -1,0 +1,33 @@
+"""Config keys shared by every plugin project (method-specific keys live under ``MODEL.<METHOD>``).
+
+Added by :func:`add_plugins_config`:
+
+* ``TEST.VEHICLEID.NUM_TRIALS`` (10) / ``TEST.VEHICLEID.SEED`` (0): the VehicleID protocol's
+  repeated random gallery draws (Liu et al. CVPR 2016), seeded for reproducibility.
+* ``SOLVER.OPT "AMSGrad"`` is accepted as a value: Adam with ``amsgrad=True`` (Reddi et al.,
+  ICLR 2018), which FastReID's optimizer builder cannot ask for.
+"""
+
+from fastreid.config import CfgNode as CN
+from fastreid.config import get_cfg as _fastreid_get_cfg
+
+__all__ = ["add_plugins_config", "get_cfg"]
+
+
+def add_plugins_config(cfg):
+    """Add the shared plugin keys to ``cfg`` in place (idempotent)."""
+    cfg.defrost() if cfg.is_frozen() else None
+    if "VEHICLEID" not in cfg.TEST:
+        cfg.TEST.VEHICLEID = CN()
+        cfg.TEST.VEHICLEID.NUM_TRIALS = 10
+        cfg.TEST.VEHICLEID.SEED = 0
+    return cfg
+
+
+def get_cfg(*add_fns):
+    """FastReID's default config + the shared plugin keys + each ``add_<method>_config`` given."""
+    cfg = _fastreid_get_cfg()
+    add_plugins_config(cfg)
+    for fn in add_fns:
+        fn(cfg)
+    return cfg

@@ -1,0 +1,1 @@
+from . import checks  # noqa: F401

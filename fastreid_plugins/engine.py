@@ -1,0 +1,200 @@
+"""One training / evaluation entry point for every plugin project.
+
+Each ``projects/<Name>/train_net.py`` is a few lines around :func:`launch_main`. It keeps
+FastReID's command line (``--config-file``, ``--eval-only``, ``--resume``, ``--num-gpus``,
+``--num-machines``, ``--machine-rank``, ``--dist-url``, ``opts``) and FastReID's trainer, hooks,
+samplers and checkpoints, with three differences:
+
+* evaluation uses :class:`~fastreid_plugins.evaluation.VehicleReidEvaluator` (mINP, JSON output,
+  the seeded VehicleID multi-trial protocol, no run-time Cython compilation);
+* ``SOLVER.OPT: AMSGrad`` builds Adam with ``amsgrad=True``;
+* ``--eval-only`` refuses a missing checkpoint or one whose keys do not match the model, listing
+  the mismatched keys (FastReID only logs them and evaluates a half-random model).
+"""
+
+import logging
+import os
+
+import torch
+from fastreid.data import build_reid_test_loader
+from fastreid.data.common import CommDataset
+from fastreid.data.datasets import DATASET_REGISTRY
+from fastreid.data.datasets.vehicleid import VehicleID
+from fastreid.data.transforms import build_transforms
+from fastreid.engine import DefaultTrainer, default_argument_parser, default_setup, launch
+from fastreid.utils import comm
+
+from .compat import load_checkpoint_file
+from .config import get_cfg
+from .data.checks import check_dataset_items
+from .evaluation import VehicleReidEvaluator
+
+__all__ = ["PluginTrainer", "setup", "main", "launch_main", "load_model_weights",
+           "default_argument_parser", "is_vehicleid"]
+
+logger = logging.getLogger(__name__)
+_root = os.getenv("FASTREID_DATASETS", "datasets")
+
+
+class WeightsMismatchError(RuntimeError):
+    """A checkpoint's parameter names or shapes do not match the model."""
+
+
+def load_model_weights(model, path):
+    """Load ``path`` (a FastReID checkpoint or a bare state dict) into ``model``, strictly.
+
+    Args:
+        model (nn.Module): the model to fill.
+        path (str): checkpoint file (``MODEL.WEIGHTS``).
+
+    Raises:
+        FileNotFoundError: ``path`` is empty or does not exist.
+        WeightsMismatchError: missing, unexpected or wrongly shaped keys (all listed).
+        compat.CheckpointUnpicklingError: the file needs arbitrary unpickling.
+    """
+    if not path:
+        raise FileNotFoundError("--eval-only needs MODEL.WEIGHTS: pass `MODEL.WEIGHTS "
+                                "/path/to/model_final.pth` after the other arguments.")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"MODEL.WEIGHTS file not found: {path!r}")
+    ckpt = load_checkpoint_file(path)
+    state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else ckpt
+    if not isinstance(state, dict):
+        raise WeightsMismatchError(f"{path!r} holds no state dict (got {type(state).__name__})")
+    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = sorted(f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+                    for k in set(own) & set(state)
+                    if hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(own[k].shape))
+    if missing or unexpected or shapes:
+        def fmt(title, keys):
+            if not keys:
+                return ""
+            more = f"\n    ... and {len(keys) - 30} more" if len(keys) > 30 else ""
+            return f"\n  {title} ({len(keys)}):\n    " + "\n    ".join(keys[:30]) + more
+        raise WeightsMismatchError(
+            f"Checkpoint {path!r} does not match the model built from this config "
+            f"({type(model).__name__}); refusing to evaluate a partly random model."
+            + fmt("missing in checkpoint", missing) + fmt("unexpected in checkpoint", unexpected)
+            + fmt("shape mismatch", shapes)
+            + "\nCheck that --config-file (and its MODEL.* overrides) is the one used for training.")
+    model.load_state_dict(state, strict=True)
+    logger.info(f"Loaded model weights from {path}")
+
+
+def is_vehicleid(dataset_name):
+    """True if ``dataset_name`` is FastReID's VehicleID family (Small/Medium/Large VehicleID)."""
+    cls = DATASET_REGISTRY.get(dataset_name)
+    return isinstance(cls, type) and issubclass(cls, VehicleID)
+
+
+class PluginTrainer(DefaultTrainer):
+    """FastReID's :class:`DefaultTrainer` with the plugins' evaluator, loaders and optimizer."""
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        if self.iters_per_epoch < 1:
+            raise ValueError(
+                f"The training set has {len(self.data_loader.dataset)} images, fewer than "
+                f"SOLVER.IMS_PER_BATCH={cfg.SOLVER.IMS_PER_BATCH}: an epoch would have no "
+                "iteration. Lower SOLVER.IMS_PER_BATCH.")
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        loader = super().build_train_loader(cfg)
+        check_dataset_items(loader.dataset.img_items, "train", cfg.DATASETS.NAMES)
+        return loader
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        """FastReID's optimizer; ``SOLVER.OPT "AMSGrad"`` = Adam with ``amsgrad=True``."""
+        from fastreid.solver import build_optimizer
+
+        amsgrad = cfg.SOLVER.OPT == "AMSGrad"
+        if amsgrad:
+            cfg = cfg.clone()
+            cfg.defrost()
+            cfg.SOLVER.OPT = "Adam"
+        elif not hasattr(torch.optim, cfg.SOLVER.OPT):
+            raise ValueError(f"SOLVER.OPT={cfg.SOLVER.OPT!r} is not a torch.optim optimizer "
+                             "(nor 'AMSGrad').")
+        optimizer, params = build_optimizer(cfg, model)
+        if amsgrad:
+            for group in optimizer.param_groups:
+                group["amsgrad"] = True
+            optimizer.defaults["amsgrad"] = True
+        return optimizer, params
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        if not is_vehicleid(dataset_name):
+            loader, num_query = build_reid_test_loader(cfg, dataset_name=dataset_name)
+            check_dataset_items(loader.dataset.img_items, "test", [dataset_name])
+            return loader, num_query
+        # VehicleID: every test image once, in a fixed order; the evaluator draws the
+        # query/gallery splits itself (seeded, TEST.VEHICLEID.NUM_TRIALS times)
+        data = DATASET_REGISTRY.get(dataset_name)(root=_root)
+        if comm.is_main_process():
+            data.show_test()
+        items = sorted(data.query + data.gallery, key=lambda x: x[0])
+        check_dataset_items(items, "test", [dataset_name])
+        test_set = CommDataset(items, build_transforms(cfg, is_train=False), relabel=False)
+        loader, _ = build_reid_test_loader(test_set=test_set, test_batch_size=cfg.TEST.IMS_PER_BATCH,
+                                           num_query=0, num_workers=cfg.DATALOADER.NUM_WORKERS)
+        return loader, 0
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_dir=None):
+        data_loader, num_query = cls.build_test_loader(cfg, dataset_name)
+        protocol = "vehicleid" if is_vehicleid(dataset_name) else "standard"
+        evaluator = VehicleReidEvaluator(cfg, num_query, output_dir or cfg.OUTPUT_DIR,
+                                         dataset_name=dataset_name, protocol=protocol)
+        return data_loader, evaluator
+
+
+def setup(args, *add_fns):
+    """Build the frozen config from ``args`` and run FastReID's ``default_setup``.
+
+    Raises:
+        FileNotFoundError: ``--config-file`` does not exist.
+    """
+    cfg = get_cfg(*add_fns)
+    if args.config_file:
+        if not os.path.isfile(args.config_file):
+            raise FileNotFoundError(f"--config-file not found: {args.config_file!r}")
+        cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts or [])
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        cfg.MODEL.DEVICE = "cpu"
+    if getattr(args, "eval_only", False):
+        cfg.MODEL.BACKBONE.PRETRAIN = False
+    cfg.freeze()
+    default_setup(cfg, args)
+    return cfg
+
+
+def main(args, *add_fns, trainer_cls=PluginTrainer):
+    """Train (or, with ``--eval-only``, evaluate ``MODEL.WEIGHTS``) and return the metrics."""
+    cfg = setup(args, *add_fns)
+    if args.eval_only:
+        model = trainer_cls.build_model(cfg)
+        load_model_weights(model, cfg.MODEL.WEIGHTS)
+        return trainer_cls.test(cfg, model)
+    trainer = trainer_cls(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+def launch_main(*add_fns, trainer_cls=PluginTrainer, argv=None):
+    """Parse FastReID's command line and run :func:`main` through FastReID's ``launch``."""
+    args = default_argument_parser().parse_args(argv)
+    print("Command Line Args:", args)
+    return launch(_main_positional, args.num_gpus, num_machines=args.num_machines,
+                  machine_rank=args.machine_rank, dist_url=args.dist_url,
+                  args=(args, trainer_cls, *add_fns))
+
+
+def _main_positional(args, trainer_cls, *add_fns):
+    return main(args, *add_fns, trainer_cls=trainer_cls)

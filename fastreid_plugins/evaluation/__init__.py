@@ -1,0 +1,4 @@
+from .evaluator import VehicleReidEvaluator, metrics_from_distmat, vehicleid_split
+from .rank import evaluate_rank
+
+__all__ = ["VehicleReidEvaluator", "evaluate_rank", "metrics_from_distmat", "vehicleid_split"]

@@ -1,0 +1,3 @@
+from .cam import ChannelAttention
+
+__all__ = ["ChannelAttention"]

@@ -1,0 +1,1 @@
+"""Shared losses. FastReID's own ``cross_entropy_loss`` / ``triplet_loss`` are reused as they are."""

@@ -1,0 +1,90 @@
+"""Common base of the plugins' meta-architectures."""
+
+import os
+
+import torch
+from torch import nn
+from fastreid.modeling.backbones import build_backbone as _fastreid_build_backbone
+
+__all__ = ["PluginMetaArch", "build_backbone", "loss_kwargs_from_cfg"]
+
+
+def build_backbone(cfg):
+    """FastReID's ``build_backbone`` with local-only pretrained weights.
+
+    Raises:
+        FileNotFoundError: ``MODEL.BACKBONE.PRETRAIN`` is True and ``PRETRAIN_PATH`` is empty (the
+            message says which file to download and where it is published) or does not exist.
+    """
+    bb = cfg.MODEL.BACKBONE
+    if bb.PRETRAIN and bb.PRETRAIN_PATH and not os.path.isfile(bb.PRETRAIN_PATH):
+        raise FileNotFoundError(
+            f"MODEL.BACKBONE.PRETRAIN_PATH={bb.PRETRAIN_PATH!r} does not exist. Point it at a local "
+            f"ImageNet checkpoint for {bb.NAME} depth {bb.DEPTH} (IBN={bb.WITH_IBN}), or set "
+            "MODEL.BACKBONE.PRETRAIN False.")
+    return _fastreid_build_backbone(cfg)
+
+
+def loss_kwargs_from_cfg(cfg):
+    """FastReID's CE / triplet loss settings as a dict (``MODEL.LOSSES``)."""
+    L = cfg.MODEL.LOSSES
+    return {
+        "loss_names": tuple(L.NAME),
+        "ce": {"eps": L.CE.EPSILON, "alpha": L.CE.ALPHA, "scale": L.CE.SCALE},
+        "tri": {"margin": L.TRI.MARGIN, "norm_feat": L.TRI.NORM_FEAT,
+                "hard_mining": L.TRI.HARD_MINING, "scale": L.TRI.SCALE},
+    }
+
+
+class PluginMetaArch(nn.Module):
+    """Base for the plugins' meta-architectures: pixel normalisation and the input contract.
+
+    ``forward`` accepts FastReID's batch dict (``images`` (B, 3, H, W) in [0, 255], and in
+    training ``targets`` (B,)) or a bare image tensor (so ONNX export works). Subclasses return
+    ``{"loss_*": tensor}`` in training and a (B, D) feature tensor in eval mode.
+
+    Unlike FastReID's ``Baseline.preprocess_image``, normalisation is out of place: the caller's
+    batch is never modified (FastReID's flip test otherwise normalises the flipped batch twice).
+    """
+
+    def __init__(self, pixel_mean, pixel_std):
+        super().__init__()
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(1, -1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(1, -1, 1, 1), False)
+
+    @property
+    def device(self):
+        return self.pixel_mean.device
+
+    def preprocess_image(self, batched_inputs):
+        """(B, 3, H, W) images in [0, 255] -> normalised float tensor on the model's device.
+
+        Raises:
+            TypeError: input is neither a dict with ``images`` nor a tensor.
+            ValueError: the tensor is not (B, 3, H, W).
+        """
+        if isinstance(batched_inputs, dict):
+            if "images" not in batched_inputs:
+                raise TypeError("batched_inputs dict has no 'images' key "
+                                f"(keys: {sorted(batched_inputs)})")
+            images = batched_inputs["images"]
+        elif isinstance(batched_inputs, torch.Tensor):
+            images = batched_inputs
+        else:
+            raise TypeError("batched_inputs must be a dict or a torch.Tensor, "
+                            f"got {type(batched_inputs).__name__}")
+        if images.dim() != 4 or images.shape[1] != self.pixel_mean.shape[1]:
+            raise ValueError(f"images must be (B, {self.pixel_mean.shape[1]}, H, W), "
+                             f"got {tuple(images.shape)}")
+        images = images.to(self.device, torch.float32)
+        return (images - self.pixel_mean) / self.pixel_std
+
+    def targets(self, batched_inputs):
+        """The (B,) int64 identity labels of a training batch.
+
+        Raises:
+            KeyError: training input without ``targets``.
+        """
+        if not isinstance(batched_inputs, dict) or "targets" not in batched_inputs:
+            raise KeyError("Training needs a batch dict with 'targets' (vehicle ID labels).")
+        return batched_inputs["targets"].to(self.device).long()

@@ -1,0 +1,37 @@
+"""fastreid-plugins: vehicle re-id methods (MFG-Net, MBFN, SVRN, CLIP-SENet) as FastReID projects.
+
+FastReID itself is not a dependency here: its metadata pins torch 1.13.1. Install it with
+``pip install --no-deps fastreid==1.4.0`` (the Makefile does) or put a FastReID checkout on
+PYTHONPATH.
+"""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="fastreid-plugins",
+    version="0.1.0",
+    description="Vehicle re-identification methods as drop-in FastReID plugins",
+    long_description=open("README.md").read() if __import__("os").path.exists("README.md") else "",
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["fastreid_plugins", "fastreid_plugins.*"]),
+    python_requires=">=3.8",
+    install_requires=[
+        "torch>=1.13",
+        "torchvision>=0.14",
+        "faiss-cpu",
+        "yacs",
+        "opencv-python-headless",
+        "scikit-learn",
+        "tabulate",
+        "tensorboard",
+        "termcolor",
+        "tqdm",
+        "gdown",  # imported at module level by FastReID's backbones (never used to download here)
+        "Pillow",
+        "numpy",
+    ],
+    extras_require={
+        "dev": ["pytest>=7", "onnx", "onnxruntime", "Cython"],
+        "clip": ["transformers>=4.30"],
+    },
+)
