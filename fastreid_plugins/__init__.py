@@ -29,3 +29,4 @@ from . import compat  # noqa: E402
 compat.apply()
 
 from . import config, data, evaluation, layers, losses, modeling  # noqa: E402,F401
+from . import clip_senet, mbfn, mfgnet, svrn  # noqa: E402,F401  (register the methods)

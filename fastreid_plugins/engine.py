@@ -94,6 +94,8 @@ class PluginTrainer(DefaultTrainer):
     """FastReID's :class:`DefaultTrainer` with the plugins' evaluator, loaders and optimizer."""
 
     def __init__(self, cfg):
+        if cfg.OUTPUT_DIR and comm.is_main_process():
+            os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
         super().__init__(cfg)
         if self.iters_per_epoch < 1:
             raise ValueError(
