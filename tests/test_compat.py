@@ -1,0 +1,234 @@
+"""Each compat patch: the patched behaviour works, and the unpatched original shows the bug."""
+
+import os
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import fastreid_plugins
+from fastreid_plugins import compat
+
+from helpers import ROOT, make_cfg, seed_everything
+
+CFG = "configs/demo/bagtricks_r18.yml"
+
+
+def _run(code, env=None):
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=ROOT, env={**os.environ, **(env or {})})
+
+
+def test_applied_once_and_idempotent():
+    before = list(compat.APPLIED)
+    compat.apply()
+    compat.apply()
+    assert compat.APPLIED == before
+    for name in ["optimizer.zero_grad", "DataLoaderX.cpu", "AMPTrainer.cpu", "ReidEvaluator.no_compile",
+                 "rerank.cpu", "test_loader.num_workers", "Checkpointer.weights_only",
+                 "preprocess_image.out_of_place", "pretrain.no_download"]:
+        assert name in compat.APPLIED
+
+
+def test_fastreid_import_fails_without_shims_and_works_with_them():
+    bare = _run("import fastreid.data")
+    assert bare.returncode != 0 and ("torch._six" in bare.stderr or "Mapping" in bare.stderr)
+    ok = _run("import fastreid_plugins, fastreid.data, fastreid.evaluation.testing; print('ok')")
+    assert ok.returncode == 0, ok.stderr
+    import collections
+    from torch._six import string_classes
+    assert string_classes == (str, bytes) or str in string_classes
+    assert collections.Mapping is collections.abc.Mapping
+
+
+def test_missing_fastreid_gives_install_instructions():
+    code = ("import sys; sys.modules['fastreid'] = None\n"
+            "import fastreid_plugins")
+    res = _run(code)
+    assert res.returncode != 0
+    assert "pip install --no-deps fastreid==1.4.0" in res.stderr
+    assert "PYTHONPATH" in res.stderr
+
+
+def _tiny_model_and_batch():
+    seed_everything(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.BatchNorm1d(16), torch.nn.Linear(16, 3))
+    x, y = torch.randn(12, 8), torch.randint(0, 3, (12,))
+    return model, x, y
+
+
+def _one_step(build_optimizer):
+    cfg = make_cfg(CFG)
+    model, x, y = _tiny_model_and_batch()
+    opt, _ = build_optimizer(cfg, model)
+    before = [p.detach().clone() for p in model.parameters()]
+    for _ in range(2):  # the bug shows from the first zero_grad on
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    return [not torch.equal(b, p.detach()) for b, p in zip(before, model.parameters())]
+
+
+def test_optimizer_updates_weights_after_one_step():
+    from fastreid.solver import build_optimizer
+    changed = _one_step(build_optimizer)
+    assert all(changed), "every parameter must change after an optimizer step"
+
+
+def test_unpatched_optimizer_updates_nothing():
+    changed = _one_step(compat.ORIGINALS["build_optimizer"])
+    assert not any(changed), "FastReID 1.4.0's optimizer on torch 2.x was expected to update nothing"
+
+
+def test_trainer_optimizer_and_amsgrad():
+    from fastreid_plugins.engine import PluginTrainer
+    cfg = make_cfg(CFG, ["SOLVER.OPT", "AMSGrad"])
+    model, x, y = _tiny_model_and_batch()
+    opt, _ = PluginTrainer.build_optimizer(cfg, model)
+    assert isinstance(opt, torch.optim.Adam) and all(g["amsgrad"] for g in opt.param_groups)
+    before = [p.detach().clone() for p in model.parameters()]
+    opt.zero_grad()
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    opt.step()
+    assert all("max_exp_avg_sq" in s for s in opt.state.values())
+    assert all(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
+    with pytest.raises(ValueError, match="SOLVER.OPT"):
+        PluginTrainer.build_optimizer(make_cfg(CFG, ["SOLVER.OPT", "Adamm"]), model)
+
+
+class _DS(torch.utils.data.Dataset):
+    def __len__(self):
+        return 6
+
+    def __getitem__(self, i):
+        return {"images": torch.full((3, 4, 4), float(i)), "targets": i % 2, "camids": 0}
+
+
+def test_dataloaderx_on_cpu():
+    from fastreid.data.build import fast_batch_collator
+    from fastreid.data.data_utils import DataLoaderX
+    loader = DataLoaderX(0, dataset=_DS(), batch_size=2, num_workers=0, collate_fn=fast_batch_collator)
+    batches = list(loader)
+    assert len(batches) == 3 and batches[1]["images"][0, 0, 0, 0].item() == 2.0
+    if not torch.cuda.is_available():
+        with pytest.raises(Exception):
+            compat.ORIGINALS["DataLoaderX.__init__"](object.__new__(DataLoaderX), 0, dataset=_DS())
+
+
+def test_amp_trainer_falls_back_to_fp32_on_cpu():
+    if torch.cuda.is_available():
+        pytest.skip("the fallback only applies without CUDA")
+    from fastreid.engine.train_loop import AMPTrainer
+
+    class M(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(48, 2)
+
+        def forward(self, batch):
+            return {"loss_cls": torch.nn.functional.cross_entropy(
+                self.fc(batch["images"].flatten(1)), batch["targets"])}
+
+    from fastreid.data.build import fast_batch_collator
+    from fastreid.utils.events import EventStorage
+    model = M()
+    loader = torch.utils.data.DataLoader(_DS(), batch_size=2, collate_fn=fast_batch_collator)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = AMPTrainer(model, loader, opt, None)
+    w = model.fc.weight.detach().clone()
+    AMPTrainer._fastreid_plugins_warned = False
+    with EventStorage(0), pytest.warns(RuntimeWarning, match="fp32"):
+        trainer.iter = 0
+        trainer.run_step()
+    assert not torch.equal(w, model.fc.weight)
+    with EventStorage(0), pytest.raises(AssertionError, match="CUDA"):
+        compat.ORIGINALS["AMPTrainer.run_step"](trainer)
+
+
+def test_reid_evaluator_never_compiles(monkeypatch):
+    import fastreid.evaluation.reid_evaluation as re_
+    from fastreid.evaluation import ReidEvaluator
+    calls = []
+    monkeypatch.setattr(re_, "compile_helper", lambda: calls.append(1))
+    ReidEvaluator(make_cfg(CFG), 3)
+    assert calls == []
+    try:
+        from fastreid.evaluation.rank_cylib.rank_cy import evaluate_cy  # noqa: F401
+    except ImportError:
+        compat.ORIGINALS["ReidEvaluator._compile_dependencies"](object.__new__(ReidEvaluator))
+        assert calls == [1], "the unpatched evaluator compiles at run time"
+
+
+def test_rerank_runs_on_cpu():
+    from fastreid.utils.compute_dist import build_dist
+    seed_everything(0)
+    q, g = torch.randn(5, 16), torch.randn(20, 16)
+    d = build_dist(q, g, metric="jaccard", k1=6, k2=3)
+    assert d.shape == (5, 20) and np.isfinite(d).all() and (d >= 0).all() and (d <= 1 + 1e-6).all()
+    if not torch.cuda.is_available():
+        with pytest.raises(Exception):
+            compat.ORIGINALS["compute_jaccard_distance"](torch.cat([q, g]), k1=6, k2=3)
+
+
+def test_test_loader_honours_num_workers(veri_root, datasets_root):
+    datasets_root(veri_root)
+    from fastreid.data import build_reid_test_loader
+    cfg = make_cfg(CFG, ["DATALOADER.NUM_WORKERS", "0"])
+    loader, nq = build_reid_test_loader(cfg, dataset_name="VeRi")
+    assert loader.num_workers == 0 and nq == 30
+    loader, _ = compat.ORIGINALS["build_reid_test_loader"](cfg, dataset_name="VeRi")
+    assert loader.num_workers == 4, "FastReID 1.4.0 ignores DATALOADER.NUM_WORKERS for test loaders"
+
+
+def test_checkpointer_round_trip_and_clear_unpickling_error(tmp_path, monkeypatch):
+    from fastreid.solver import lr_scheduler
+    from fastreid.utils.checkpoint import Checkpointer
+    m = torch.nn.Linear(3, 2)
+    opt = torch.optim.Adam(m.parameters())
+    ck = Checkpointer(m, str(tmp_path), optimizer=opt, lr_sched=lr_scheduler.MultiStepLR(opt, [2, 3]))
+    ck.save("model_final", epoch=3)
+    m2 = torch.nn.Linear(3, 2)
+    opt2 = torch.optim.Adam(m2.parameters())
+    extra = Checkpointer(m2, str(tmp_path), optimizer=opt2,
+                         lr_sched=lr_scheduler.MultiStepLR(opt2, [9])).resume_or_load("", resume=True)
+    assert extra["epoch"] == 3 and torch.equal(m.weight, m2.weight)
+
+    bad = tmp_path / "pickled.pth"
+    torch.save({"model": m.state_dict(), "iteration": np.float64(3.0)}, bad)
+    with pytest.raises(Exception) as orig:
+        compat.ORIGINALS["Checkpointer._load_file"](ck, str(bad))
+    assert compat.TRUST_ENV not in str(orig.value)
+    with pytest.raises(compat.CheckpointUnpicklingError, match=compat.TRUST_ENV) as err:
+        Checkpointer(m2).load(str(bad))
+    assert str(bad) in str(err.value)
+    monkeypatch.setenv(compat.TRUST_ENV, "1")
+    assert Checkpointer(m2).load(str(bad))["iteration"] == 3.0
+
+
+def test_baseline_preprocess_is_out_of_place_and_flip_test_is_right():
+    from fastreid.modeling import build_model
+    cfg = make_cfg(CFG)
+    seed_everything(0)
+    model = build_model(cfg).eval()
+    images = torch.rand(2, 3, 64, 64) * 255
+    batch = {"images": images.clone()}
+    with torch.no_grad():
+        model(batch)
+    assert torch.equal(batch["images"], images), "the caller's batch must not be normalised in place"
+    orig = compat.ORIGINALS["Baseline.preprocess_image"]
+    batch = {"images": images.clone()}
+    orig(model, batch)
+    assert not torch.equal(batch["images"], images), "FastReID 1.4.0 normalises in place"
+
+
+def test_pretrain_without_path_is_a_clear_error():
+    from fastreid.modeling.backbones import build_backbone
+    cfg = make_cfg(CFG, ["MODEL.BACKBONE.PRETRAIN", "True", "MODEL.BACKBONE.PRETRAIN_PATH", ""])
+    with pytest.raises(FileNotFoundError, match="PRETRAIN_PATH") as e:
+        build_backbone(cfg)
+    assert "resnet18" in str(e.value)
