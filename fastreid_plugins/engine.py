@@ -43,6 +43,10 @@ class WeightsMismatchError(RuntimeError):
 def load_model_weights(model, path):
     """Load ``path`` (a FastReID checkpoint or a bare state dict) into ``model``, strictly.
 
+    Parameters the model built with a zero size (classifiers of a config with
+    ``MODEL.HEADS.NUM_CLASSES: 0``, FastReID's "take it from the training set") take the
+    checkpoint's size; every other name or shape difference is an error.
+
     Args:
         model (nn.Module): the model to fill.
         path (str): checkpoint file (``MODEL.WEIGHTS``).
@@ -62,6 +66,8 @@ def load_model_weights(model, path):
     if not isinstance(state, dict):
         raise WeightsMismatchError(f"{path!r} holds no state dict (got {type(state).__name__})")
     state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    own = model.state_dict()
+    _adopt_auto_sized(model, state, own)
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -84,6 +90,18 @@ def load_model_weights(model, path):
     logger.info(f"Loaded model weights from {path}")
 
 
+def _adopt_auto_sized(model, state, own):
+    """Give zero-sized parameters (classifiers built with ``MODEL.HEADS.NUM_CLASSES: 0``, i.e.
+    "auto" from the training set) the checkpoint's size, so evaluating with the training config
+    works; the classifier is unused at inference."""
+    params = dict(model.named_parameters())
+    for k, v in own.items():
+        if (0 in tuple(v.shape) and k in state and k in params and hasattr(state[k], "shape")
+                and state[k].dim() == v.dim()):
+            params[k].data = torch.empty_like(state[k], dtype=v.dtype, device=v.device)
+            logger.info(f"{k}: auto-sized {tuple(v.shape)} -> {tuple(state[k].shape)} from the checkpoint")
+
+
 def is_vehicleid(dataset_name):
     """True if ``dataset_name`` is FastReID's VehicleID family (Small/Medium/Large VehicleID)."""
     cls = DATASET_REGISTRY.get(dataset_name)
@@ -97,16 +115,16 @@ class PluginTrainer(DefaultTrainer):
         if cfg.OUTPUT_DIR and comm.is_main_process():
             os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
         super().__init__(cfg)
-        if self.iters_per_epoch < 1:
-            raise ValueError(
-                f"The training set has {len(self.data_loader.dataset)} images, fewer than "
-                f"SOLVER.IMS_PER_BATCH={cfg.SOLVER.IMS_PER_BATCH}: an epoch would have no "
-                "iteration. Lower SOLVER.IMS_PER_BATCH.")
 
     @classmethod
     def build_train_loader(cls, cfg):
         loader = super().build_train_loader(cfg)
         check_dataset_items(loader.dataset.img_items, "train", cfg.DATASETS.NAMES)
+        if len(loader.dataset) < cfg.SOLVER.IMS_PER_BATCH:
+            raise ValueError(
+                f"The training set has {len(loader.dataset)} images, fewer than "
+                f"SOLVER.IMS_PER_BATCH={cfg.SOLVER.IMS_PER_BATCH}: an epoch would have no "
+                "iteration. Lower SOLVER.IMS_PER_BATCH.")
         return loader
 
     @classmethod
