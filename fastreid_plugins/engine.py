@@ -30,10 +30,19 @@ from .data.checks import check_dataset_items
 from .evaluation import VehicleReidEvaluator
 
 __all__ = ["PluginTrainer", "setup", "main", "launch_main", "load_model_weights",
-           "default_argument_parser", "is_vehicleid"]
+           "default_argument_parser", "is_vehicleid", "set_datasets_root"]
 
 logger = logging.getLogger(__name__)
 _root = os.getenv("FASTREID_DATASETS", "datasets")
+
+
+def set_datasets_root(path):
+    """Point FastReID's dataset loaders (and ours) at ``path`` (what ``FASTREID_DATASETS`` sets at
+    import time)."""
+    global _root
+    import fastreid.data.build as db
+    db._root = _root = path
+    os.environ["FASTREID_DATASETS"] = path
 
 
 class WeightsMismatchError(RuntimeError):
