@@ -1,0 +1,141 @@
+"""MBFN config keys (all under ``MODEL.MBFN``) and their validation.
+
+Reference: Rong, Xu, Zhou, Han, Li, Pan, "A vehicle re-identification framework based on the
+improved multi-branch feature fusion network", Scientific Reports 11, 20210 (2021).
+
+Keys (defaults = the paper's full model on a ResNet-50):
+
+* ``SPLIT_AT`` ("layer3.1"): where the three branches leave the shared trunk (like FastReID's MGN).
+* ``USE_GLOBAL`` / ``USE_LOCAL1`` / ``USE_LOCAL2`` (True): switch each branch (Table 4).
+* ``USE_CAM`` (True), ``CAM_REDUCTION`` (4): channel attention in both local branches (Fig. 5, r=4).
+* ``SPLIT_DIRECTION`` ("horizontal"): "horizontal" stripes or "vertical" columns (Table 2).
+* ``LOCAL1.NUM_PARTS`` (2), ``LOCAL2.NUM_PARTS`` (3): parts per local branch (1..8; Table 2).
+* ``GLOBAL.EMBED_DIM`` (0): optional 1x1 conv after GAP of the Global Branch (0 = none).
+* ``BRANCH_GLOBAL.REDUCE_DIM`` (512) / ``BRANCH_GLOBAL.EMBED_DIM`` (2048): the local branches'
+  branch-global feature: 1x1 conv before GAP (reduces channels), 1x1 conv after GAP (raises dim).
+* ``PART_DIM`` (256): per-part 1x1 conv after GAP (0 = none).
+* ``WEIGHTS.ENABLED`` (True): weight the parts of Local Branch 2 (Fig. 4); ``WEIGHTS.ALPHA`` (0.3,
+  first and last part), ``WEIGHTS.BETA`` (0.4, parts in between) (Table 3); ``WEIGHTS.VALUES``
+  ([] = from ALPHA/BETA; otherwise one weight per part); ``WEIGHTS.APPLY_AT`` ("both": training
+  triplet features and test descriptor; "train"; "test"); ``WEIGHTS.FUSION`` ("concat" or "sum" of
+  the weighted parts).
+* ``LOSS.LAMBDA`` (0.1): ``L = L_softmax + LAMBDA * L_triplet`` (Eq. 3); ``LOSS.CE_REDUCTION``
+  ("sum"): L_softmax = sum (or mean) over the classifiers; the triplet terms are summed likewise.
+  ``LOSS.TRIPLET_ON_PARTS`` (True): besides each branch's global feature, a triplet on each local
+  branch's fused (weighted) part feature, as FastReID's MGN does.
+  The margin (paper 1.2), label smoothing and hard mining come from FastReID's
+  ``MODEL.LOSSES.TRI.*`` / ``MODEL.LOSSES.CE.*``; ``MODEL.LOSSES.NAME`` and ``*.SCALE`` are not used.
+"""
+
+from fastreid.config import CfgNode as CN
+
+from ..modeling.parts import DIRECTIONS, SPLIT_POINTS
+
+__all__ = ["add_mbfn_config", "validate_mbfn_config", "MAX_PARTS"]
+
+#: Largest number of parts accepted for ``MODEL.MBFN.LOCAL{1,2}.NUM_PARTS``.
+MAX_PARTS = 8
+
+
+def add_mbfn_config(cfg):
+    """Add the ``MODEL.MBFN`` keys to ``cfg`` in place (idempotent) and return it."""
+    if cfg.is_frozen():
+        cfg.defrost()
+    if "MBFN" in cfg.MODEL:
+        return cfg
+    _C = cfg
+    _C.MODEL.MBFN = CN()
+    _C.MODEL.MBFN.SPLIT_AT = "layer3.1"
+    _C.MODEL.MBFN.USE_GLOBAL = True
+    _C.MODEL.MBFN.USE_LOCAL1 = True
+    _C.MODEL.MBFN.USE_LOCAL2 = True
+    _C.MODEL.MBFN.USE_CAM = True
+    _C.MODEL.MBFN.CAM_REDUCTION = 4
+    _C.MODEL.MBFN.SPLIT_DIRECTION = "horizontal"
+    _C.MODEL.MBFN.LOCAL1 = CN()
+    _C.MODEL.MBFN.LOCAL1.NUM_PARTS = 2
+    _C.MODEL.MBFN.LOCAL2 = CN()
+    _C.MODEL.MBFN.LOCAL2.NUM_PARTS = 3
+    _C.MODEL.MBFN.GLOBAL = CN()
+    _C.MODEL.MBFN.GLOBAL.EMBED_DIM = 0
+    _C.MODEL.MBFN.BRANCH_GLOBAL = CN()
+    _C.MODEL.MBFN.BRANCH_GLOBAL.REDUCE_DIM = 512
+    _C.MODEL.MBFN.BRANCH_GLOBAL.EMBED_DIM = 2048
+    _C.MODEL.MBFN.PART_DIM = 256
+    _C.MODEL.MBFN.WEIGHTS = CN()
+    _C.MODEL.MBFN.WEIGHTS.ENABLED = True
+    _C.MODEL.MBFN.WEIGHTS.ALPHA = 0.3
+    _C.MODEL.MBFN.WEIGHTS.BETA = 0.4
+    _C.MODEL.MBFN.WEIGHTS.VALUES = []
+    _C.MODEL.MBFN.WEIGHTS.APPLY_AT = "both"
+    _C.MODEL.MBFN.WEIGHTS.FUSION = "concat"
+    _C.MODEL.MBFN.LOSS = CN()
+    _C.MODEL.MBFN.LOSS.LAMBDA = 0.1
+    _C.MODEL.MBFN.LOSS.CE_REDUCTION = "sum"
+    _C.MODEL.MBFN.LOSS.TRIPLET_ON_PARTS = True
+    return cfg
+
+
+def _int_in(value, key, lo, hi=None):
+    if not isinstance(value, int) or isinstance(value, bool) or value < lo or (hi is not None and value > hi):
+        rng = f"{lo}..{hi}" if hi is not None else f">= {lo}"
+        raise ValueError(f"{key}={value!r} must be an int in {rng}")
+
+
+def _number_ge0(value, key):
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"{key}={value!r} must be a number >= 0")
+
+
+def validate_mbfn_config(cfg):
+    """Check every ``MODEL.MBFN`` value.
+
+    Raises:
+        KeyError: ``MODEL.MBFN`` is missing (``add_mbfn_config`` was not applied).
+        ValueError: a value out of range; the message names the key and the accepted values.
+    """
+    if "MBFN" not in cfg.MODEL:
+        raise KeyError("MODEL.MBFN is missing: build the config with add_mbfn_config "
+                       "(fastreid_plugins.config.get_cfg(add_mbfn_config))")
+    m = cfg.MODEL.MBFN
+    for key in ("USE_GLOBAL", "USE_LOCAL1", "USE_LOCAL2", "USE_CAM"):
+        if not isinstance(m[key], bool):
+            raise ValueError(f"MODEL.MBFN.{key}={m[key]!r} must be True or False")
+    if not isinstance(m.WEIGHTS.ENABLED, bool):
+        raise ValueError(f"MODEL.MBFN.WEIGHTS.ENABLED={m.WEIGHTS.ENABLED!r} must be True or False")
+    if not (m.USE_GLOBAL or m.USE_LOCAL1 or m.USE_LOCAL2):
+        raise ValueError("MODEL.MBFN.USE_GLOBAL, USE_LOCAL1 and USE_LOCAL2 are all False: "
+                         "at least one branch is needed")
+    if m.SPLIT_AT not in SPLIT_POINTS:
+        raise ValueError(f"MODEL.MBFN.SPLIT_AT={m.SPLIT_AT!r} must be one of {SPLIT_POINTS}")
+    if m.SPLIT_DIRECTION not in DIRECTIONS:
+        raise ValueError(f"MODEL.MBFN.SPLIT_DIRECTION={m.SPLIT_DIRECTION!r} must be one of {DIRECTIONS}")
+    _int_in(m.LOCAL1.NUM_PARTS, "MODEL.MBFN.LOCAL1.NUM_PARTS", 1, MAX_PARTS)
+    _int_in(m.LOCAL2.NUM_PARTS, "MODEL.MBFN.LOCAL2.NUM_PARTS", 1, MAX_PARTS)
+    _int_in(m.CAM_REDUCTION, "MODEL.MBFN.CAM_REDUCTION", 1)
+    _int_in(m.GLOBAL.EMBED_DIM, "MODEL.MBFN.GLOBAL.EMBED_DIM", 0)
+    _int_in(m.BRANCH_GLOBAL.REDUCE_DIM, "MODEL.MBFN.BRANCH_GLOBAL.REDUCE_DIM", 1)
+    _int_in(m.BRANCH_GLOBAL.EMBED_DIM, "MODEL.MBFN.BRANCH_GLOBAL.EMBED_DIM", 1)
+    _int_in(m.PART_DIM, "MODEL.MBFN.PART_DIM", 0)
+    _number_ge0(m.WEIGHTS.ALPHA, "MODEL.MBFN.WEIGHTS.ALPHA")
+    _number_ge0(m.WEIGHTS.BETA, "MODEL.MBFN.WEIGHTS.BETA")
+    vals = list(m.WEIGHTS.VALUES)
+    if vals:
+        if len(vals) != m.LOCAL2.NUM_PARTS:
+            raise ValueError(f"MODEL.MBFN.WEIGHTS.VALUES has {len(vals)} weights but "
+                             f"MODEL.MBFN.LOCAL2.NUM_PARTS={m.LOCAL2.NUM_PARTS}: give one per part, or []")
+        for i, v in enumerate(vals):
+            _number_ge0(v, f"MODEL.MBFN.WEIGHTS.VALUES[{i}]")
+    if m.WEIGHTS.APPLY_AT not in ("both", "train", "test"):
+        raise ValueError(f"MODEL.MBFN.WEIGHTS.APPLY_AT={m.WEIGHTS.APPLY_AT!r} must be 'both', "
+                         "'train' or 'test'")
+    if m.WEIGHTS.FUSION not in ("concat", "sum"):
+        raise ValueError(f"MODEL.MBFN.WEIGHTS.FUSION={m.WEIGHTS.FUSION!r} must be 'concat' or 'sum'")
+    _number_ge0(m.LOSS.LAMBDA, "MODEL.MBFN.LOSS.LAMBDA")
+    if m.LOSS.CE_REDUCTION not in ("sum", "mean"):
+        raise ValueError(f"MODEL.MBFN.LOSS.CE_REDUCTION={m.LOSS.CE_REDUCTION!r} must be 'sum' or 'mean'")
+    if not isinstance(m.LOSS.TRIPLET_ON_PARTS, bool):
+        raise ValueError(f"MODEL.MBFN.LOSS.TRIPLET_ON_PARTS={m.LOSS.TRIPLET_ON_PARTS!r} must be True or False")
+    if cfg.MODEL.BACKBONE.WITH_NL:
+        raise ValueError("MODEL.BACKBONE.WITH_NL=True is not supported by MBFN's branch split "
+                         "(the non-local blocks would be dropped); set it to False")

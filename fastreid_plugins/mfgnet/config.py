@@ -1,0 +1,104 @@
+"""MFG-Net config keys (all under ``MODEL.MFGNET``) and their validation.
+
+Reference: Xu, Rong, Zhou, Pan, Liu, "Joint Multiple Fine-grained feature for Vehicle
+Re-Identification", Array 14, 100152 (2022).
+
+Keys (defaults = the paper's full model on a ResNet-50):
+
+* ``SPLIT_AT`` ("layer3.1"): where the two branches leave the shared trunk (``"layer3.1"``: like
+  FastReID's MGN, each branch owns ``layer3[1:]`` + ``layer4``; ``"layer4"``: each owns ``layer4``).
+* ``USE_CAM`` (True), ``CAM_REDUCTION`` (4): channel attention module on each branch's map.
+* ``GLOBAL.USE_CONV`` (True): the 1x1 conv before GAP and the 1x1 conv after GAP of the global
+  branch; False = plain GAP + BNNeck (the Table 4 baseline). ``GLOBAL.REDUCE_DIM`` (512): channels
+  after the 1x1 conv before GAP; ``GLOBAL.EMBED_DIM`` (2048): dim after the 1x1 conv after GAP.
+* ``USE_LOCAL`` (True): the local (stripe) branch. ``NUM_STRIPES`` (4, 1..8; Table 3),
+  ``STRIPE_DIRECTION`` ("horizontal"), ``LOCAL.EMBED_DIM`` (256; per-stripe 1x1 conv after GAP,
+  0 = none).
+* ``LOSS.ALPHA`` (1.0), ``LOSS.BETA`` (0.1): ``L = ALPHA * L_softmax + BETA * L_triplet``.
+  ``LOSS.USE_TRIPLET`` (True): the batch-hard triplet on the global feature (Table 4).
+  ``LOSS.CE_REDUCTION`` ("sum"): L_softmax = sum (or mean) of the CE of every classifier.
+  The triplet margin, CE label smoothing and hard mining come from FastReID's
+  ``MODEL.LOSSES.TRI.MARGIN`` (paper 0.3), ``MODEL.LOSSES.CE.EPSILON``, ``MODEL.LOSSES.TRI.*``;
+  ``MODEL.LOSSES.NAME`` and ``*.SCALE`` are not used (ALPHA/BETA/USE_TRIPLET replace them).
+"""
+
+from fastreid.config import CfgNode as CN
+
+from ..modeling.parts import DIRECTIONS, SPLIT_POINTS
+
+__all__ = ["add_mfgnet_config", "validate_mfgnet_config", "MAX_STRIPES"]
+
+#: Largest stripe count accepted for ``MODEL.MFGNET.NUM_STRIPES`` (the paper's Table 3 uses 1-5).
+MAX_STRIPES = 8
+
+
+def add_mfgnet_config(cfg):
+    """Add the ``MODEL.MFGNET`` keys to ``cfg`` in place (idempotent) and return it."""
+    if cfg.is_frozen():
+        cfg.defrost()
+    if "MFGNET" in cfg.MODEL:
+        return cfg
+    _C = cfg
+    _C.MODEL.MFGNET = CN()
+    _C.MODEL.MFGNET.SPLIT_AT = "layer3.1"
+    _C.MODEL.MFGNET.USE_CAM = True
+    _C.MODEL.MFGNET.CAM_REDUCTION = 4
+    _C.MODEL.MFGNET.USE_LOCAL = True
+    _C.MODEL.MFGNET.NUM_STRIPES = 4
+    _C.MODEL.MFGNET.STRIPE_DIRECTION = "horizontal"
+    _C.MODEL.MFGNET.GLOBAL = CN()
+    _C.MODEL.MFGNET.GLOBAL.USE_CONV = True
+    _C.MODEL.MFGNET.GLOBAL.REDUCE_DIM = 512
+    _C.MODEL.MFGNET.GLOBAL.EMBED_DIM = 2048
+    _C.MODEL.MFGNET.LOCAL = CN()
+    _C.MODEL.MFGNET.LOCAL.EMBED_DIM = 256
+    _C.MODEL.MFGNET.LOSS = CN()
+    _C.MODEL.MFGNET.LOSS.ALPHA = 1.0
+    _C.MODEL.MFGNET.LOSS.BETA = 0.1
+    _C.MODEL.MFGNET.LOSS.USE_TRIPLET = True
+    _C.MODEL.MFGNET.LOSS.CE_REDUCTION = "sum"
+    return cfg
+
+
+def _positive_int(value, key, lo=1, hi=None):
+    if not isinstance(value, int) or isinstance(value, bool) or value < lo or (hi is not None and value > hi):
+        rng = f"{lo}..{hi}" if hi is not None else f">= {lo}"
+        raise ValueError(f"{key}={value!r} must be an int in {rng}")
+
+
+def validate_mfgnet_config(cfg):
+    """Check every ``MODEL.MFGNET`` value.
+
+    Raises:
+        KeyError: ``MODEL.MFGNET`` is missing (``add_mfgnet_config`` was not applied).
+        ValueError: a value out of range; the message names the key and the accepted values.
+    """
+    if "MFGNET" not in cfg.MODEL:
+        raise KeyError("MODEL.MFGNET is missing: build the config with add_mfgnet_config "
+                       "(fastreid_plugins.config.get_cfg(add_mfgnet_config))")
+    m = cfg.MODEL.MFGNET
+    if m.SPLIT_AT not in SPLIT_POINTS:
+        raise ValueError(f"MODEL.MFGNET.SPLIT_AT={m.SPLIT_AT!r} must be one of {SPLIT_POINTS}")
+    if m.STRIPE_DIRECTION not in DIRECTIONS:
+        raise ValueError(f"MODEL.MFGNET.STRIPE_DIRECTION={m.STRIPE_DIRECTION!r} must be one of "
+                         f"{DIRECTIONS}")
+    _positive_int(m.NUM_STRIPES, "MODEL.MFGNET.NUM_STRIPES", 1, MAX_STRIPES)
+    _positive_int(m.CAM_REDUCTION, "MODEL.MFGNET.CAM_REDUCTION")
+    _positive_int(m.GLOBAL.REDUCE_DIM, "MODEL.MFGNET.GLOBAL.REDUCE_DIM")
+    _positive_int(m.GLOBAL.EMBED_DIM, "MODEL.MFGNET.GLOBAL.EMBED_DIM")
+    _positive_int(m.LOCAL.EMBED_DIM, "MODEL.MFGNET.LOCAL.EMBED_DIM", 0)
+    for key in ("ALPHA", "BETA"):
+        v = m.LOSS[key]
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0:
+            raise ValueError(f"MODEL.MFGNET.LOSS.{key}={v!r} must be a number >= 0")
+    if m.LOSS.ALPHA == 0 and (m.LOSS.BETA == 0 or not m.LOSS.USE_TRIPLET):
+        raise ValueError("MODEL.MFGNET.LOSS.ALPHA=0 with no triplet term leaves nothing to train")
+    if m.LOSS.CE_REDUCTION not in ("sum", "mean"):
+        raise ValueError(f"MODEL.MFGNET.LOSS.CE_REDUCTION={m.LOSS.CE_REDUCTION!r} must be 'sum' or 'mean'")
+    for key in ("USE_CAM", "USE_LOCAL", "GLOBAL.USE_CONV", "LOSS.USE_TRIPLET"):
+        node, leaf = (m, key) if "." not in key else (m[key.split(".")[0]], key.split(".")[1])
+        if not isinstance(node[leaf], bool):
+            raise ValueError(f"MODEL.MFGNET.{key}={node[leaf]!r} must be True or False")
+    if cfg.MODEL.BACKBONE.WITH_NL:
+        raise ValueError("MODEL.BACKBONE.WITH_NL=True is not supported by MFG-Net's branch split "
+                         "(the non-local blocks would be dropped); set it to False")

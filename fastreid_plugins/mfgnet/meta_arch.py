@@ -1,0 +1,158 @@
+"""MFG-Net: multiple fine-grained feature network for vehicle re-identification."""
+
+import torch
+from fastreid.config import configurable
+from fastreid.modeling.losses import cross_entropy_loss, log_accuracy, triplet_loss
+from fastreid.modeling.meta_arch import META_ARCH_REGISTRY
+
+from ..layers import ChannelAttention
+from ..modeling.base import PluginMetaArch, build_backbone
+from ..modeling.parts import (PartBranch, PartHead, ReduceConv, copy_stage, has_event_storage,
+                              split_backbone, stage_out_channels)
+from .config import validate_mfgnet_config
+
+__all__ = ["MFGNet"]
+
+
+@META_ARCH_REGISTRY.register()
+class MFGNet(PluginMetaArch):
+    """MFG-Net: a global branch and a horizontal-stripe local branch on a shared ResNet trunk.
+
+    * Shared trunk: ResNet stem .. ``layer3[0]`` (``MODEL.MFGNET.SPLIT_AT``, like FastReID's MGN).
+    * Global branch (own copy of ``layer3[1:]`` + ``layer4``, stride ``MODEL.BACKBONE.LAST_STRIDE``):
+      CAM -> 1x1 conv before GAP (C -> ``GLOBAL.REDUCE_DIM``, BN, ReLU) -> GAP -> 1x1 conv after GAP
+      (-> ``GLOBAL.EMBED_DIM``) -> BNNeck -> classifier. Losses: softmax CE (Eq. 1) and batch-hard
+      triplet (Eq. 2) on the feature after the 1x1 conv after GAP (before the BNNeck).
+    * Local branch (own copy, ``layer4`` at stride 1): CAM -> ``NUM_STRIPES`` horizontal stripes
+      (h/N x w x c) -> per stripe GAP -> 1x1 conv (-> ``LOCAL.EMBED_DIM``) -> BNNeck -> classifier;
+      CE only.
+    * Total loss (Eq. 3): ``ALPHA * L_softmax + BETA * L_triplet`` (alpha = 1, beta = 0.1, margin
+      0.3), ``L_softmax`` = sum (``LOSS.CE_REDUCTION``) of the global and every stripe CE.
+    * Test descriptor: concat of the BNNeck features of the global branch and of every stripe.
+
+    Reference:
+        Xu, Rong, Zhou, Pan, Liu, "Joint Multiple Fine-grained feature for Vehicle
+        Re-Identification", Array 14, 100152 (2022), Fig. 1, Eq. 1-3, Tables 3-4.
+
+    Args (built by :meth:`from_config`):
+        trunk (nn.Module): shared trunk, (B, 3, H, W) -> (B, C3, H/16, W/16).
+        global_branch (PartBranch): global branch.
+        local_branch (PartBranch or None): stripe branch (None: ablation without it).
+        pixel_mean, pixel_std (list[float]): input normalisation (``MODEL.PIXEL_MEAN/STD``).
+        alpha, beta (float): loss weights; use_triplet (bool); ce_reduction (str);
+        ce_kwargs (dict): ``eps``, ``alpha`` for FastReID's ``cross_entropy_loss``;
+        tri_kwargs (dict): ``margin``, ``norm_feat``, ``hard_mining`` for FastReID's ``triplet_loss``.
+
+    Inputs:
+        FastReID batch dict (``images`` (B, 3, H, W) in [0, 255]; ``targets`` (B,) in training) or,
+        in eval mode, a bare (B, 3, H, W) tensor.
+
+    Returns:
+        Training: dict of weighted loss terms ``loss_cls_global``, ``loss_cls_stripe{i}``,
+        ``loss_triplet_global``. Eval: (B, D) descriptor, D = :attr:`feat_dim`.
+    """
+
+    @configurable
+    def __init__(self, *, trunk, global_branch, local_branch, pixel_mean, pixel_std, alpha=1.0,
+                 beta=0.1, use_triplet=True, ce_reduction="sum", ce_kwargs=None, tri_kwargs=None):
+        super().__init__(pixel_mean, pixel_std)
+        self.trunk = trunk
+        self.global_branch = global_branch
+        self.local_branch = local_branch
+        self.alpha = float(alpha)
+        self.beta = float(beta)
+        self.use_triplet = bool(use_triplet)
+        self.ce_reduction = ce_reduction
+        self.ce_kwargs = dict(ce_kwargs or {"eps": 0.0, "alpha": 0.2})
+        self.tri_kwargs = dict(tri_kwargs or {"margin": 0.3, "norm_feat": False, "hard_mining": True})
+
+    @classmethod
+    def from_config(cls, cfg):
+        validate_mfgnet_config(cfg)
+        m = cfg.MODEL.MFGNET
+        trunk, stage = split_backbone(build_backbone(cfg), m.SPLIT_AT)
+        channels = stage_out_channels(trunk, stage)
+        norm = cfg.MODEL.HEADS.NORM
+
+        def cam():
+            return ChannelAttention(channels, m.CAM_REDUCTION) if m.USE_CAM else None
+
+        if m.GLOBAL.USE_CONV:
+            reduce = ReduceConv(channels, m.GLOBAL.REDUCE_DIM, norm)
+            ghead = PartHead.from_cfg(cfg, m.GLOBAL.REDUCE_DIM, m.GLOBAL.EMBED_DIM)
+        else:  # Table 4 baseline: GAP -> BNNeck -> classifier
+            reduce, ghead = None, PartHead.from_cfg(cfg, channels, 0)
+        global_branch = PartBranch(copy_stage(stage), cam=cam(), reduce=reduce, global_head=ghead)
+        local_branch = None
+        if m.USE_LOCAL:
+            local_branch = PartBranch(
+                copy_stage(stage, stride_one=True), cam=cam(),
+                part_heads=[PartHead.from_cfg(cfg, channels, m.LOCAL.EMBED_DIM)
+                            for _ in range(m.NUM_STRIPES)],
+                direction=m.STRIPE_DIRECTION)
+        L = cfg.MODEL.LOSSES
+        return {
+            "trunk": trunk, "global_branch": global_branch, "local_branch": local_branch,
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN, "pixel_std": cfg.MODEL.PIXEL_STD,
+            "alpha": m.LOSS.ALPHA, "beta": m.LOSS.BETA, "use_triplet": m.LOSS.USE_TRIPLET,
+            "ce_reduction": m.LOSS.CE_REDUCTION,
+            "ce_kwargs": {"eps": L.CE.EPSILON, "alpha": L.CE.ALPHA},
+            "tri_kwargs": {"margin": L.TRI.MARGIN, "norm_feat": L.TRI.NORM_FEAT,
+                           "hard_mining": L.TRI.HARD_MINING},
+        }
+
+    @property
+    def feat_dim(self):
+        """D of the test descriptor (global + all stripes)."""
+        d = self.global_branch.out_dim
+        return d + (self.local_branch.out_dim if self.local_branch is not None else 0)
+
+    def branch_outputs(self, images, targets=None):
+        """Training-mode head outputs of every branch for normalised ``images``.
+
+        Returns:
+            dict: ``{"global": PartBranch output, "local": PartBranch output or None}``.
+        """
+        x = self.trunk(images)
+        return {"global": self.global_branch(x, targets),
+                "local": self.local_branch(x, targets) if self.local_branch is not None else None}
+
+    def forward(self, batched_inputs):
+        images = self.preprocess_image(batched_inputs)
+        if self.training:
+            targets = self.targets(batched_inputs)
+            return self.losses(self.branch_outputs(images, targets), targets)
+        x = self.trunk(images)
+        feats = [self.global_branch(x)]
+        if self.local_branch is not None:
+            feats.append(self.local_branch(x))
+        return torch.cat(feats, 1)
+
+    def losses(self, outputs, targets):
+        """Eq. 3: ``alpha * L_softmax + beta * L_triplet`` as separate logged terms.
+
+        Args:
+            outputs (dict): from :meth:`branch_outputs`.
+            targets (Tensor): (B,) identity labels.
+
+        Returns:
+            dict[str, Tensor]: ``loss_cls_global``, ``loss_cls_stripe{i}`` (alpha-weighted, divided
+            by the number of classifiers if ``CE_REDUCTION`` is "mean") and ``loss_triplet_global``
+            (beta-weighted, when the triplet is on).
+        """
+        g = outputs["global"]["global"]
+        if has_event_storage():
+            log_accuracy(g["pred_class_logits"].detach(), targets)
+        cls = {"loss_cls_global": g["cls_outputs"]}
+        if outputs.get("local") is not None:
+            for i, p in enumerate(outputs["local"]["parts"]):
+                cls[f"loss_cls_stripe{i}"] = p["cls_outputs"]
+        ce_scale = self.alpha / (len(cls) if self.ce_reduction == "mean" else 1)
+        ce = self.ce_kwargs
+        losses = {k: cross_entropy_loss(v, targets, ce["eps"], ce["alpha"]) * ce_scale
+                  for k, v in cls.items()}
+        if self.use_triplet:
+            t = self.tri_kwargs
+            losses["loss_triplet_global"] = triplet_loss(
+                g["features"], targets, t["margin"], t["norm_feat"], t["hard_mining"]) * self.beta
+        return losses
