@@ -1,0 +1,150 @@
+"""Sparse k-reciprocal re-ranking vs hand-computed values and FastReID's dense implementation."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import fastreid_plugins  # noqa: F401  (compat: FastReID's jaccard path on the CPU)
+from fastreid.utils.compute_dist import build_dist
+
+from fastreid_plugins.config import get_cfg
+from fastreid_plugins.evaluation import VehicleReidEvaluator
+from fastreid_plugins.evaluation.rerank import rerank_distance
+from fastreid_plugins.evaluation.sparse_rerank import (k_reciprocal_neighbours, knn_search,
+                                                       sparse_jaccard_distance, sparse_rerank)
+
+
+def clustered(n, dim, ids, seed, normalise=True, noise=0.7):
+    """Random re-id-like features: identity centre + noise; returns (features, pids)."""
+    g = torch.Generator().manual_seed(seed)
+    pids = torch.randint(0, ids, (n,), generator=g)
+    x = torch.randn(ids, dim, generator=g)[pids] + noise * torch.randn(n, dim, generator=g)
+    return (torch.nn.functional.normalize(x, dim=1) if normalise else x), pids
+
+
+def rerank_cfg(kind, k1=20, k2=6, lam=0.3, metric="cosine"):
+    cfg = get_cfg()
+    cfg.TEST.RERANK.ENABLED = True
+    cfg.TEST.RERANK.K1, cfg.TEST.RERANK.K2, cfg.TEST.RERANK.LAMBDA = k1, k2, lam
+    cfg.TEST.RERANK.TYPE = kind  # key added by add_plugins_config (set here if not yet)
+    cfg.TEST.METRIC = metric
+    return cfg
+
+
+# ------------------------------------------------------------------ hand-computed values
+def test_k_reciprocal_neighbours_by_hand():
+    # neighbour table of 4 points; 0<->1 and 2<->3 are mutual, 1 is not in 2's list
+    rank = np.array([[0, 1, 2], [1, 0, 3], [2, 3, 0], [3, 2, 1]])
+    # k=1 uses the first 2 columns (FastReID slices [:k + 1])
+    got = k_reciprocal_neighbours(rank, 1)
+    assert got.tolist() == [[0, 1], [1, 0], [2, 3], [3, 2]]
+    # k=2: 3 columns; 0 has 2 in its list and 2 has 0 -> reciprocal; 1-3 likewise
+    got = k_reciprocal_neighbours(rank, 2)
+    assert got.tolist() == [[0, 1, 2], [1, 0, 3], [2, 3, 0], [3, 2, 1]]
+    # a neighbour that does not list the point back is dropped (slot -1)
+    rank = np.array([[0, 2], [1, 0], [2, 1]])
+    assert k_reciprocal_neighbours(rank, 1).tolist() == [[0, -1], [1, -1], [2, -1]]
+
+
+@pytest.mark.parametrize("k2, expected", [(1, 1 - 1 / math.e), (2, 0.0)])
+def test_jaccard_two_pairs_by_hand(k2, expected):
+    """Points 0, 1, 10, 11 on a line, k1 = 2: R*(0) = R*(1) = {0, 1}, R*(2) = R*(3) = {2, 3}.
+
+    V[0] = softmax(-(0, 1)) = (a, b), V[1] = (b, a) with a = 1/(1+e^-1), b = 1 - a, so
+    m = sum min = 2b = 2/(e+1) and d_J = 1 - m/(2-m) = 1 - 1/e (Zhong et al. Eq. 10).
+    With k2 = 2 both rows become (1/2, 1/2): m = 1, d_J = 0. Disjoint sets: d_J = 1.
+    """
+    x = torch.tensor([[0.0], [1.0], [10.0], [11.0]])
+    jac = sparse_jaccard_distance(x[:1], x[1:], k1=2, k2=k2, knn="faiss")
+    np.testing.assert_allclose(jac, [[expected, 1.0, 1.0]], atol=1e-6)
+    ref = build_dist(x[:1], x[1:], metric="jaccard", k1=2, k2=k2)
+    np.testing.assert_allclose(jac, ref, atol=1e-6)
+    # Eq. 12 blend with lambda = 0.25 and an arbitrary original distance
+    dist = np.array([[0.4, 2.0, 3.0]], dtype=np.float32)
+    out = sparse_rerank(x[:1], x[1:], dist, k1=2, k2=k2, lambda_value=0.25, knn="faiss")
+    np.testing.assert_allclose(out, 0.75 * np.array([[expected, 1, 1]]) + 0.25 * dist, atol=1e-6)
+
+
+# ------------------------------------------------------------------ vs FastReID's implementation
+@pytest.mark.parametrize("n, q, dim, k1, k2, normalise", [
+    (400, 80, 64, 20, 6, True),    # FastReID defaults, cosine-style features
+    (300, 60, 32, 20, 6, False),   # un-normalised (euclidean) features
+    (250, 50, 16, 7, 3, True),     # odd k1: round(7 / 2) = 4 (half set uses 5 columns)
+    (200, 40, 16, 5, 1, True),     # k1 = 5: np.around(2.5) = 2; k2 = 1 (no query expansion)
+])
+def test_jaccard_equals_fastreid(n, q, dim, k1, k2, normalise):
+    x, _ = clustered(n, dim, ids=n // 10, seed=n + k1, normalise=normalise)
+    ref = build_dist(x[:q], x[q:], metric="jaccard", k1=k1, k2=k2)
+    got = sparse_jaccard_distance(x[:q], x[q:], k1=k1, k2=k2, knn="faiss", device="cpu")
+    assert got.shape == ref.shape == (q, n - q) and got.dtype == np.float32
+    assert np.abs(got - ref).max() < 1e-4
+    # not a trivial all-ones matrix: plenty of overlapping neighbour sets
+    assert (ref < 0.99).mean() > 0.01
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_rerank_distance_sparse_equals_fastreid_path(metric):
+    x, _ = clustered(500, 48, ids=40, seed=7)
+    qf, gf = x[:100] * 3.0, x[100:] * 3.0  # scaled: the cosine path must re-normalise
+    dist = build_dist(qf, gf, metric)
+    ref = rerank_distance(rerank_cfg("fastreid", metric=metric), qf, gf, dist)
+    got = rerank_distance(rerank_cfg("sparse", metric=metric), qf, gf, dist)
+    assert np.abs(got - ref).max() < 1e-4
+    # identical ranking of every gallery image for every query
+    np.testing.assert_array_equal(np.argsort(got, 1, kind="stable"),
+                                  np.argsort(ref, 1, kind="stable"))
+    # re-ranking changes the ranking (the test would be vacuous otherwise)
+    assert (np.argsort(got, 1)[:, :10] != np.argsort(dist, 1)[:, :10]).any()
+
+
+def test_evaluator_rerank_types_agree():
+    x, pids = clustered(300, 32, ids=30, seed=3, noise=1.0)
+    camids = torch.arange(300) % 5
+    results = {}
+    for kind in ("sparse", "fastreid"):
+        ev = VehicleReidEvaluator(rerank_cfg(kind, k1=10, k2=3), num_query=60)
+        for s in range(0, 300, 64):
+            ev.process({"targets": pids[s:s + 64], "camids": camids[s:s + 64]}, x[s:s + 64])
+        results[kind] = ev.evaluate()
+    for key in ("Rank-1", "Rank-5", "mAP", "mINP"):
+        assert results["sparse"][key] == pytest.approx(results["fastreid"][key], abs=1e-6)
+
+
+def test_torch_knn_equals_faiss():
+    x, _ = clustered(700, 24, ids=50, seed=11)
+    a = knn_search(x, 12, backend="faiss")
+    b = knn_search(x, 12, backend="torch", device="cpu")
+    np.testing.assert_array_equal(a, b)
+    # nearest neighbour of every point is itself, neighbours sorted by distance
+    assert (a[:, 0] == np.arange(700)).all()
+    d = torch.cdist(x, x)
+    gathered = torch.gather(d, 1, torch.from_numpy(a))
+    assert (gathered[:, 1:] >= gathered[:, :-1] - 1e-6).all()
+
+
+def test_progress_bars(capsys):
+    x, _ = clustered(120, 8, ids=12, seed=5)
+    sparse_jaccard_distance(x[:20], x[20:], k1=10, k2=3, progress=True)
+    err = capsys.readouterr().err
+    assert "re-ranking: k-NN" in err and "re-ranking: Jaccard" in err
+
+
+# ------------------------------------------------------------------ bad input
+def test_bad_arguments_raise_clear_errors():
+    x, _ = clustered(30, 8, ids=3, seed=1)
+    with pytest.raises(ValueError, match="TEST.RERANK.K1"):
+        sparse_jaccard_distance(x[:10], x[10:], k1=31)
+    with pytest.raises(ValueError, match="TEST.RERANK.K2"):
+        sparse_jaccard_distance(x[:10], x[10:], k1=5, k2=0)
+    with pytest.raises(ValueError, match="dimension"):
+        sparse_jaccard_distance(x[:10, :4], x[10:], k1=5)
+    with pytest.raises(ValueError, match="LAMBDA"):
+        sparse_rerank(x[:10], x[10:], np.zeros((10, 20)), k1=5, lambda_value=1.5)
+    with pytest.raises(ValueError, match=r"\(10, 20\)"):
+        sparse_rerank(x[:10], x[10:], np.zeros((20, 10)), k1=5)
+    with pytest.raises(ValueError, match="knn backend"):
+        knn_search(x, 3, backend="annoy")
+    with pytest.raises(ValueError, match="TEST.RERANK.TYPE"):
+        rerank_distance(rerank_cfg("dense"), x[:10], x[10:], np.zeros((10, 20)))
