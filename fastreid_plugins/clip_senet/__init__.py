@@ -1,1 +1,18 @@
+"""CLIP-SENet (Lu et al., arXiv:2502.16815, 2025) as a FastReID project.
 
+Importing this package registers the ``CLIPSENet`` meta-architecture and the ``VeRiViewpoint``
+dataset. ``transformers`` is imported only when a SEM is built.
+"""
+
+from ..data import veri_viewpoint  # noqa: F401  (registers VeRiViewpoint)
+from .config import add_clip_senet_config
+from .meta_arch import CLIPSENet, build_cnn_backbone, build_sem
+from .modules import AFEM, CameraViewEmbedding, FeatureFusion
+from .tinyclip import (TINYCLIP_VARIANTS, SemanticExtractionModule, SEMWeightsError,
+                       load_sem_weights, tinyclip_parameter_counts, tinyclip_vision_config)
+from .trainer import CLIPSENetTrainer
+
+__all__ = ["add_clip_senet_config", "CLIPSENet", "CLIPSENetTrainer", "AFEM", "FeatureFusion",
+           "CameraViewEmbedding", "SemanticExtractionModule", "SEMWeightsError",
+           "TINYCLIP_VARIANTS", "tinyclip_vision_config", "tinyclip_parameter_counts",
+           "load_sem_weights", "build_cnn_backbone", "build_sem"]

@@ -1,0 +1,282 @@
+"""CLIP-SENet meta-architecture (registered in FastReID's ``META_ARCH_REGISTRY`` as ``CLIPSENet``).
+
+Reference:
+    Lu, Fu, Chu, Wang, Xu, "CLIP-SENet: CLIP-based Semantic Enhancement Network for Vehicle
+    Re-identification", arXiv:2502.16815 (2025), Sec. III, Fig. 2, Eq. 1-8.
+"""
+
+import logging
+import os
+
+import torch
+from torch import nn
+
+from fastreid.config import configurable
+from fastreid.layers import pooling
+from fastreid.modeling.heads import EmbeddingHead
+from fastreid.modeling.losses import cross_entropy_loss, log_accuracy, triplet_loss
+from fastreid.modeling.meta_arch import META_ARCH_REGISTRY
+from fastreid.utils import events
+
+from ..losses.supcon import supcon_kwargs_from_cfg, supcon_loss
+from ..modeling.base import PluginMetaArch, build_backbone, loss_kwargs_from_cfg
+from .modules import AFEM, CameraViewEmbedding, FeatureFusion
+from .tinyclip import (SemanticExtractionModule, hf_activation, load_sem_weights, read_state_dict,
+                       tinyclip_vision_config)
+
+__all__ = ["CLIPSENet", "build_cnn_backbone", "build_sem", "SUPPORTED_LOSSES", "CV_POSITIONS"]
+
+logger = logging.getLogger(__name__)
+
+SUPPORTED_LOSSES = ("CrossEntropyLoss", "SupConLoss", "TripletLoss")
+CV_POSITIONS = ("sem_tokens", "feature")
+
+
+def _load_resnext_imagenet(model, path):
+    """Load an ImageNet ResNeXt(-IBN) checkpoint (IBN-Net release format) into FastReID's ResNeXt.
+
+    FastReID's ``build_resnext_backbone`` only reads ``PRETRAIN_PATH`` files holding
+    ``{"model": {"module.encoder.<key>": ...}}``; IBN-Net's published
+    ``resnext101_ibn_a-6ace051d.pth`` is a plain state dict with the same key names as FastReID's
+    ResNeXt. The classifier (``fc.*``) is dropped; anything else that does not match is an error.
+    """
+    state = read_state_dict(path)
+    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    own = model.state_dict()
+    missing = sorted(k for k in set(own) - set(state) if not k.endswith("num_batches_tracked"))
+    unexpected = sorted(set(state) - set(own))
+    shapes = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or shapes:
+        raise ValueError(
+            f"MODEL.BACKBONE.PRETRAIN_PATH={path!r} does not match FastReID's ResNeXt "
+            f"(missing {missing[:10]}{'...' if len(missing) > 10 else ''}, unexpected "
+            f"{unexpected[:10]}{'...' if len(unexpected) > 10 else ''}, shape mismatch "
+            f"{shapes[:10]}). Expected IBN-Net's resnext101_ibn_a-6ace051d.pth for DEPTH 101x "
+            "WITH_IBN True.")
+    model.load_state_dict(state, strict=False)
+    logger.info(f"Loaded ImageNet ResNeXt weights from {path}")
+
+
+def build_cnn_backbone(cfg):
+    """The CNN backbone (Eq. 1): FastReID's backbone by ``MODEL.BACKBONE``, local weights only.
+
+    Raises:
+        FileNotFoundError: ``PRETRAIN`` True and ``PRETRAIN_PATH`` empty or missing.
+        ValueError: a ResNeXt ``PRETRAIN_PATH`` that does not match the architecture.
+    """
+    bb = cfg.MODEL.BACKBONE
+    if bb.NAME == "build_resnext_backbone" and bb.PRETRAIN and bb.PRETRAIN_PATH:
+        if not os.path.isfile(bb.PRETRAIN_PATH):
+            raise FileNotFoundError(f"MODEL.BACKBONE.PRETRAIN_PATH={bb.PRETRAIN_PATH!r} does not "
+                                    "exist (expected IBN-Net's resnext101_ibn_a-6ace051d.pth).")
+        cfg = cfg.clone()
+        cfg.defrost()
+        cfg.MODEL.BACKBONE.PRETRAIN = False
+        model = build_backbone(cfg)
+        _load_resnext_imagenet(model, bb.PRETRAIN_PATH)
+        return model
+    return build_backbone(cfg)
+
+
+def build_sem(cfg):
+    """The SEM from ``MODEL.CLIPSENET.SEM`` (random weights, or ``WEIGHTS`` when ``PRETRAIN``).
+
+    Raises:
+        ValueError: unknown variant / inconsistent sizes.
+        FileNotFoundError, SEMWeightsError: see :func:`~.tinyclip.load_sem_weights`.
+    """
+    s = cfg.MODEL.CLIPSENET.SEM
+    act = s.HIDDEN_ACT or (hf_activation(s.WEIGHTS) if s.PRETRAIN else None)
+    config = tinyclip_vision_config(
+        s.VARIANT, hidden_size=s.HIDDEN_SIZE, num_hidden_layers=s.NUM_LAYERS,
+        num_attention_heads=s.NUM_HEADS, intermediate_size=s.INTERMEDIATE_SIZE,
+        patch_size=s.PATCH_SIZE, image_size=s.INPUT_SIZE, projection_dim=s.PROJECTION_DIM,
+        hidden_act=act)
+    sem = SemanticExtractionModule(config, use_projection=s.USE_PROJECTION)
+    if s.PRETRAIN:
+        load_sem_weights(sem, s.WEIGHTS)
+    if s.FREEZE:
+        sem.freeze()
+    return sem
+
+
+def _has_event_storage():
+    return len(getattr(events, "_CURRENT_STORAGE_STACK", [])) > 0
+
+
+@META_ARCH_REGISTRY.register()
+class CLIPSENet(PluginMetaArch):
+    r"""CLIP-based Semantic Enhancement Network.
+
+    ::
+
+        f_cnn   = GAP(CNN(x))                                    (Eq. 1, e.g. ResNeXt101-IBN)
+        f_clip  = SEM(x [+ CV tokens])                           (Eq. 2, TinyCLIP image encoder)
+        f_fuse  = FC([f_cnn; f_clip])                            (Eq. 3)
+        f_afem  = AFEM(f_clip)                                   (Eq. 4)
+        f       = f_afem + f_fuse   (or [f_afem; f_fuse])        (Eq. 5)
+        logits  = classifier(BNNeck(f))                          (FastReID EmbeddingHead)
+        loss    = CE_ls(logits) + SupCon(f)  (or + triplet)      (Eq. 6-8)
+
+    The camera / viewpoint embeddings (CV) are added to the SEM's token sequence (after the patch
+    + position embedding) by default, as TransReID adds SIE to its ViT tokens; ``CV.POSITION
+    "feature"`` adds them to ``f`` instead (the only choice when the SEM is off). With the SEM off,
+    ``f = f_cnn`` (FastReID's baseline with this head); with AFEM off, ``f = f_fuse``.
+
+    Input: FastReID's batch dict (``images`` (B, 3, H, W) in [0, 255]; ``targets`` in training;
+    ``sie_camids`` / ``viewids`` for CV, see :class:`~fastreid_plugins.data.veri_viewpoint.
+    SideInfoDataset`) or a bare image tensor. Training returns ``{"loss_cls", "loss_supcon" |
+    "loss_triplet"}``; eval returns the (B, D) BNNeck feature.
+
+    Side information at test time: ``sie_camids``, else FastReID's test ``camids`` (raw camera
+    indices there), else the unknown camera; missing ``viewids`` = unknown viewpoint. In training,
+    a CV switch that is on requires its key (``sie_camids`` / ``viewids``) in the batch.
+
+    Reference:
+        Lu et al., "CLIP-SENet", arXiv:2502.16815 (2025), Sec. III, Fig. 2, Eq. 1-8;
+        He et al., TransReID, ICCV 2021 (SIE); Luo et al., CVPR-W 2019 (BNNeck).
+    """
+
+    @configurable
+    def __init__(self, *, backbone, pool, sem, fusion, afem, cv, cv_position, heads, pixel_mean,
+                 pixel_std, loss_kwargs):
+        super().__init__(pixel_mean, pixel_std)
+        self.backbone = backbone
+        self.pool = pool
+        self.sem = sem
+        self.fusion = fusion
+        self.afem = afem
+        self.cv = cv
+        self.cv_position = cv_position
+        self.heads = heads
+        self.loss_kwargs = loss_kwargs
+        unknown = [n for n in loss_kwargs["loss_names"] if n not in SUPPORTED_LOSSES]
+        if unknown or not loss_kwargs["loss_names"]:
+            raise ValueError(f"MODEL.LOSSES.NAME={tuple(loss_kwargs['loss_names'])}: CLIPSENet "
+                             f"supports {SUPPORTED_LOSSES}, got unknown {unknown}")
+
+    @classmethod
+    def from_config(cls, cfg):
+        if "CLIPSENET" not in cfg.MODEL:
+            raise KeyError("MODEL.CLIPSENET is missing: build the config with "
+                           "get_cfg(add_clip_senet_config).")
+        c = cfg.MODEL.CLIPSENET
+        backbone = build_cnn_backbone(cfg)
+        cnn_dim = cfg.MODEL.BACKBONE.FEAT_DIM
+        pool_name = cfg.MODEL.HEADS.POOL_LAYER
+        if not hasattr(pooling, pool_name):
+            raise ValueError(f"MODEL.HEADS.POOL_LAYER={pool_name!r} is not a FastReID pooling layer")
+        pool = getattr(pooling, pool_name)()
+
+        sem = fusion = afem = None
+        feat_dim = cnn_dim
+        if c.SEM.ENABLED:
+            sem = build_sem(cfg)
+            fuse_dim = c.FUSION.DIM or cnn_dim
+            fusion = FeatureFusion(cnn_dim, sem.out_dim, fuse_dim, combine=c.COMBINE)
+            if c.AFEM.ENABLED:
+                afem = AFEM(sem.out_dim, fuse_dim, groups=c.AFEM.GROUPS)
+            feat_dim = fusion.combined_dim(with_afem=afem is not None)
+        elif c.AFEM.ENABLED:
+            raise ValueError("MODEL.CLIPSENET.AFEM.ENABLED needs MODEL.CLIPSENET.SEM.ENABLED "
+                             "(AFEM refines the SEM's f_clip).")
+
+        cv = None
+        if c.CV.POSITION not in CV_POSITIONS:
+            raise ValueError(f"MODEL.CLIPSENET.CV.POSITION={c.CV.POSITION!r} must be one of "
+                             f"{CV_POSITIONS}")
+        if c.CV.CAMERA or c.CV.VIEWPOINT:
+            if c.CV.POSITION == "sem_tokens" and sem is None:
+                raise ValueError("MODEL.CLIPSENET.CV.POSITION 'sem_tokens' needs the SEM; with "
+                                 "SEM.ENABLED False set CV.POSITION 'feature' or turn CV off.")
+            dim = sem.hidden_size if c.CV.POSITION == "sem_tokens" else feat_dim
+            cv = CameraViewEmbedding(dim, c.CV.NUM_CAMERAS, c.CV.NUM_VIEWPOINTS,
+                                     camera=c.CV.CAMERA, viewpoint=c.CV.VIEWPOINT, coe=c.CV.COE)
+
+        h = cfg.MODEL.HEADS
+        heads = EmbeddingHead(feat_dim=feat_dim, embedding_dim=h.EMBEDDING_DIM,
+                              num_classes=h.NUM_CLASSES, neck_feat=h.NECK_FEAT,
+                              pool_type="Identity", cls_type=h.CLS_LAYER, scale=h.SCALE,
+                              margin=h.MARGIN, with_bnneck=h.WITH_BNNECK, norm_type=h.NORM)
+        loss_kwargs = loss_kwargs_from_cfg(cfg)
+        if "SupConLoss" in loss_kwargs["loss_names"]:
+            loss_kwargs["supcon"] = supcon_kwargs_from_cfg(cfg)
+        return {
+            "backbone": backbone, "pool": pool, "sem": sem, "fusion": fusion, "afem": afem,
+            "cv": cv, "cv_position": c.CV.POSITION, "heads": heads,
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN, "pixel_std": cfg.MODEL.PIXEL_STD,
+            "loss_kwargs": loss_kwargs,
+        }
+
+    # ------------------------------------------------------------------------------------------
+    def _raw_images(self, batched_inputs):
+        images = batched_inputs.get("images") if isinstance(batched_inputs, dict) else batched_inputs
+        return images.to(self.device, torch.float32) if isinstance(images, torch.Tensor) else images
+
+    def side_information(self, batched_inputs, batch_size):
+        """The (B, D) CV embedding of a batch, or None when CV is off."""
+        if self.cv is None:
+            return None
+        batch = batched_inputs if isinstance(batched_inputs, dict) else {}
+        camids = viewids = None
+        if self.cv.camera_embed is not None:
+            camids = batch.get("sie_camids")
+            if camids is None and self.training:
+                raise KeyError("MODEL.CLIPSENET.CV.CAMERA is on but the training batch has no "
+                               "'sie_camids' (raw camera indices): train with CLIPSENetTrainer, "
+                               "whose loaders use SideInfoDataset, or set CV.CAMERA False.")
+            if camids is None:
+                camids = batch.get("camids")  # FastReID's test camids are raw camera indices
+        if self.cv.view_embed is not None:
+            viewids = batch.get("viewids")
+            if viewids is None and self.training:
+                raise KeyError("MODEL.CLIPSENET.CV.VIEWPOINT is on but the training batch has no "
+                               "'viewids': train on a dataset with viewpoint labels (e.g. "
+                               "VeRiViewpoint) with CLIPSENetTrainer, or set CV.VIEWPOINT False.")
+        return self.cv(batch_size, camids=camids, viewids=viewids)
+
+    def features(self, batched_inputs):
+        """The final feature f (Eq. 5) before the BNNeck: (B, D)."""
+        images = self.preprocess_image(batched_inputs)
+        raw = self._raw_images(batched_inputs)
+        f_cnn = self.pool(self.backbone(images)).flatten(1)
+        sie = self.side_information(batched_inputs, images.shape[0])
+        if self.sem is None:
+            f = f_cnn
+        else:
+            f_clip = self.sem(raw, token_bias=sie if self.cv_position == "sem_tokens" else None)
+            f_afem = self.afem(f_clip) if self.afem is not None else None
+            f = self.fusion(f_cnn, f_clip, f_afem)
+        if sie is not None and self.cv_position == "feature":
+            f = f + sie
+        return f
+
+    def forward(self, batched_inputs):
+        f = self.features(batched_inputs)[..., None, None]
+        if not self.training:
+            return self.heads(f)
+        targets = self.targets(batched_inputs)
+        if targets.sum() < 0:  # FastReID's PreciseBN convention
+            targets = torch.zeros_like(targets)
+        outputs = self.heads(f, targets)
+        return self.losses(outputs, targets)
+
+    def losses(self, outputs, targets):
+        """CE with label smoothing + SupCon (Eq. 6-8), or + batch-hard triplet (Fig. 3)."""
+        if _has_event_storage():
+            log_accuracy(outputs["pred_class_logits"].detach(), targets)
+        names, kw = self.loss_kwargs["loss_names"], self.loss_kwargs
+        feats = outputs["features"]
+        loss_dict = {}
+        if "CrossEntropyLoss" in names:
+            loss_dict["loss_cls"] = cross_entropy_loss(
+                outputs["cls_outputs"], targets, kw["ce"]["eps"], kw["ce"]["alpha"]) * kw["ce"]["scale"]
+        if "SupConLoss" in names:
+            loss_dict["loss_supcon"] = supcon_loss(
+                feats, targets, kw["supcon"]["temperature"]) * kw["supcon"]["scale"]
+        if "TripletLoss" in names:
+            t = kw["tri"]
+            loss_dict["loss_triplet"] = triplet_loss(
+                feats, targets, t["margin"], t["norm_feat"], t["hard_mining"]) * t["scale"]
+        return loss_dict
