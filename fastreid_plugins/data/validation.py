@@ -1,0 +1,359 @@
+"""Clear errors for bad dataset input, patched into FastReID's data code from our side.
+
+FastReID 1.4.0 reports bad dataset input late and obscurely. Measured here:
+
+================================================  ===============================================
+input                                             FastReID 1.4.0
+================================================  ===============================================
+dataset folder missing                            ``RuntimeError: "<path>" is not found`` (first
+                                                  path only, no word on the expected layout)
+image name that does not parse (VeRi)             ``AttributeError: 'NoneType' object has no
+                                                  attribute 'groups'`` (no file named)
+vehicle id > 776 or camera outside c001..c020     bare ``AssertionError``
+``.png`` / ``.jpeg`` / ``.JPG`` files in a VeRi    silently ignored (``glob('*.jpg')``): training
+folder                                            on part of the data
+corrupt or truncated image                        ``OSError: image file is truncated`` in a
+                                                  loader worker, no file named
+malformed VehicleID list line                     ``IndexError`` / ``ValueError`` from ``int()``
+VehicleID list naming images that do not exist    fails only when the batch holding the image is
+                                                  loaded (possibly hours into training)
+================================================  ===============================================
+
+:func:`apply` (run once by ``import fastreid_plugins.data``) wraps the responsible FastReID
+functions so that each case raises an error that names the file (and line) and says what was
+expected:
+
+* ``fastreid.data.datasets.bases.Dataset.check_before_run`` -> :class:`DatasetNotFoundError`
+  (a ``FileNotFoundError`` that is also a ``RuntimeError``, so code catching FastReID's error still
+  works) listing every missing path and the expected layout of VeRi-776, the VehicleID family, the
+  VERI-Wild family and VRIC (:data:`LAYOUTS`);
+* ``fastreid.data.common.read_image`` (the reader ``CommDataset`` uses) -> ``FileNotFoundError``
+  or :class:`ImageReadError` naming the image;
+* ``fastreid.data.datasets.veri.VeRi.process_dir`` -> :func:`check_veri_dir` first (every entry
+  must be a ``*.jpg`` file whose name parses; ``ValueError`` listing the offenders);
+* ``fastreid.data.datasets.vehicleid.VehicleID.process_dir`` -> :func:`check_vehicleid_list`
+  first (``ValueError`` naming file and line; ``FileNotFoundError`` listing missing images).
+
+Policy, "never silently train on part of a dataset": an entry that FastReID would skip or
+mislabel is an error, not a warning. The only entries tolerated in image folders are hidden files
+(``.DS_Store``, ...) and ``Thumbs.db``, which are operating-system metadata, never images.
+
+Every patch is idempotent, FastReID's files are never edited, and the unpatched callables are
+kept in :data:`ORIGINALS` (tests use them to show each failure the patch fixes).
+"""
+
+import functools
+import os
+import re
+import sys
+
+__all__ = ["apply", "APPLIED", "ORIGINALS", "LAYOUTS", "DatasetNotFoundError", "ImageReadError",
+           "check_veri_dir", "check_vehicleid_list", "expected_layout", "VERI_NAME_PATTERN"]
+
+APPLIED = []
+ORIGINALS = {}
+_MARK = "_fastreid_plugins_validation"
+
+#: The expected folder layout per dataset family, keyed by FastReID class name; ``{root}`` is the
+#: datasets root (``FASTREID_DATASETS``). Subclasses (e.g. ``SmallVehicleID``) use their base's.
+LAYOUTS = {
+    "VeRi": (
+        "{root}/veri/                      (VeRi-776, Liu et al. ECCV 2016; the unzipped VeRi "
+        "folder, renamed 'veri')\n"
+        "    image_train/   <vehicle id>_c<camera>_<frame>_<n>.jpg, e.g. 0002_c002_00030600_0.jpg\n"
+        "    image_query/   same naming (1,678 images in the full set)\n"
+        "    image_test/    same naming (the gallery, 11,579 images)"),
+    "VehicleID": (
+        "{root}/vehicleid/                 (PKU VehicleID, Liu et al. CVPR 2016; the "
+        "VehicleID_V1.0 folder, renamed 'vehicleid')\n"
+        "    image/<image id>.jpg\n"
+        "    train_test_split/train_list.txt        lines '<image id> <vehicle id>'\n"
+        "    train_test_split/test_list_800.txt     SmallVehicleID (same line format)\n"
+        "    train_test_split/test_list_1600.txt    MediumVehicleID\n"
+        "    train_test_split/test_list_2400.txt    LargeVehicleID\n"
+        "    train_test_split/test_list_13164.txt   VehicleID"),
+    "VeRiWild": (
+        "{root}/VERI-Wild/                 (VERI-Wild, Lou et al. CVPR 2019)\n"
+        "    images/<vehicle id>/<image id>.jpg\n"
+        "    train_test_split/train_list.txt        lines '<vehicle id>/<image id>'\n"
+        "    train_test_split/vehicle_info.txt      header line, then '<vid>/<image id>;<camera>;...'\n"
+        "    train_test_split/test_3000.txt, test_3000_query.txt     SmallVeRiWild\n"
+        "    train_test_split/test_5000.txt, test_5000_query.txt     MediumVeRiWild\n"
+        "    train_test_split/test_10000.txt, test_10000_query.txt   LargeVeRiWild / VeRiWild"),
+    "VRIC": (
+        "{root}/VRIC/                      (VRIC, Kanaci et al. GCPR 2018; the contents of the "
+        "official VRIC.zip)\n"
+        "    train_images/      54,808 images\n"
+        "    probe_images/       2,811 images (the queries)\n"
+        "    gallery_images/     2,811 images\n"
+        "    vric_train.txt     lines '<image name> <id> <camera>', e.g. "
+        "'MVI_20011_016_img00105.jpg 15 1'\n"
+        "    vric_probe.txt     same format\n"
+        "    vric_gallery.txt   same format"),
+}
+
+#: FastReID's VeRi loader reads ``(pid, camid)`` with this pattern.
+VERI_NAME_PATTERN = re.compile(r"([\d]+)_c(\d\d\d)")
+_VERI_EXPECTED = ("'<vehicle id>_c<3-digit camera 001-020>_<frame>_<n>.jpg' with vehicle id "
+                  "0..776, e.g. '0002_c002_00030600_0.jpg'")
+_OS_METADATA = ("Thumbs.db", "desktop.ini")
+
+
+class DatasetNotFoundError(FileNotFoundError, RuntimeError):
+    """A dataset's folder or list file is missing. Also a ``RuntimeError`` (FastReID's type)."""
+
+
+class ImageReadError(OSError):
+    """An image file exists but cannot be decoded (corrupt, truncated, not an image)."""
+
+
+def _strip_eol(line):
+    return line.rstrip("\r\n")
+
+
+def _root():
+    return os.getenv("FASTREID_DATASETS", "datasets")
+
+
+def _listing(paths, limit=10):
+    paths = list(paths)
+    more = f"\n  ... and {len(paths) - limit} more" if len(paths) > limit else ""
+    return "\n  " + "\n  ".join(str(p) for p in paths[:limit]) + more
+
+
+def expected_layout(dataset, root=None):
+    """The expected layout text for a dataset class or instance, or ``None`` if unknown.
+
+    Args:
+        dataset: a FastReID dataset class or instance (looked up along its MRO in
+            :data:`LAYOUTS`).
+        root (str): datasets root to show (default ``$FASTREID_DATASETS``).
+    """
+    cls = dataset if isinstance(dataset, type) else type(dataset)
+    for base in cls.__mro__:
+        if base.__name__ in LAYOUTS:
+            return LAYOUTS[base.__name__].format(root=root if root is not None else _root())
+    return None
+
+
+def _dataset_root(ds):
+    """The datasets root a FastReID dataset instance was built with (from its ``dataset_dir``)."""
+    ddir = getattr(ds, "dataset_dir", None)
+    if isinstance(ddir, str) and ddir:
+        parent = os.path.dirname(os.path.normpath(ddir))
+        if parent:
+            return parent
+    return _root()
+
+
+# --------------------------------------------------------------------------------------------
+# checks
+# --------------------------------------------------------------------------------------------
+def check_veri_dir(dir_path):
+    """Refuse a VeRi-style image folder that FastReID would read only partly or mislabel.
+
+    FastReID's ``VeRi.process_dir`` globs ``*.jpg`` (other files are silently skipped) and parses
+    ``(\\d+)_c(\\d\\d\\d)`` from the *full path* (a non-matching name crashes with a bare
+    ``AttributeError``; a matching parent folder name would label every image the same).
+
+    Args:
+        dir_path (str): ``image_train``, ``image_query`` or ``image_test`` folder.
+
+    Raises:
+        ValueError: the folder path itself matches the name pattern; it holds entries that are
+            not ``*.jpg`` files (hidden files and ``Thumbs.db`` are ignored); a name does not parse
+            or its vehicle id / camera is out of VeRi-776's range (0..776, c001..c020); it holds
+            no image at all. Every message names the offending files (up to 10) and the pattern.
+    """
+    if VERI_NAME_PATTERN.search(os.path.join(dir_path, "")):
+        raise ValueError(
+            f"The folder path {dir_path!r} itself matches FastReID's VeRi name pattern "
+            f"{VERI_NAME_PATTERN.pattern!r}, which FastReID searches in the full image path: every "
+            "image would get its vehicle id and camera from the folder name. Move or rename the "
+            "dataset folder.")
+    not_jpg, bad_name, out_of_range, n_ok = [], [], [], 0
+    for name in sorted(os.listdir(dir_path)):
+        if name.startswith(".") or name in _OS_METADATA:
+            continue
+        path = os.path.join(dir_path, name)
+        if not name.endswith(".jpg") or not os.path.isfile(path):
+            not_jpg.append(path)
+            continue
+        m = VERI_NAME_PATTERN.search(name)
+        if m is None:
+            bad_name.append(path)
+            continue
+        pid, cam = int(m.group(1)), int(m.group(2))
+        if not (0 <= pid <= 776 and 1 <= cam <= 20):
+            out_of_range.append(f"{path}  (vehicle id {pid}, camera c{cam:03d})")
+            continue
+        n_ok += 1
+    if not_jpg:
+        raise ValueError(
+            f"{len(not_jpg)} entries of the VeRi image folder {dir_path!r} are not '*.jpg' files; "
+            "FastReID's VeRi loader reads only '*.jpg' and would silently train/test on the rest. "
+            "Convert them to .jpg (lower-case extension) or move them out:" + _listing(not_jpg))
+    if bad_name:
+        raise ValueError(
+            f"{len(bad_name)} image names in {dir_path!r} do not match the VeRi-776 naming "
+            f"{_VERI_EXPECTED} (FastReID's pattern {VERI_NAME_PATTERN.pattern!r}):"
+            + _listing(bad_name))
+    if out_of_range:
+        raise ValueError(
+            f"{len(out_of_range)} image names in {dir_path!r} have a vehicle id or camera outside "
+            f"VeRi-776's range (FastReID asserts 0 <= id <= 776 and 1 <= camera <= 20); expected "
+            f"{_VERI_EXPECTED}:" + _listing(out_of_range))
+    if n_ok == 0:
+        raise ValueError(f"The VeRi image folder {dir_path!r} holds no '*.jpg' image; expected "
+                         f"files named {_VERI_EXPECTED}.")
+
+
+def check_vehicleid_list(list_file, image_dir):
+    """Refuse a VehicleID list file that FastReID would crash on late or read wrongly.
+
+    FastReID's ``VehicleID.process_dir`` reads ``<image id> <vehicle id>`` per line (split on a
+    single space, both integers) and builds ``image_dir/<image id>.jpg`` without checking that
+    the image exists.
+
+    Args:
+        list_file (str): ``train_list.txt`` or ``test_list_*.txt``.
+        image_dir (str): the ``image/`` folder.
+
+    Raises:
+        ValueError: a line is empty or not ``<image id> <vehicle id>`` with integer fields (the
+            message names ``file:line``); the file has no line.
+        FileNotFoundError: images named by the list do not exist (all counted, 10 listed).
+    """
+    missing, n = [], 0
+    with open(list_file) as f:
+        for lineno, raw in enumerate(f, 1):
+            line = raw.strip()
+            parts = line.split(" ")
+            if len(parts) < 2 or not (parts[0].isdigit() and parts[1].lstrip("-").isdigit()):
+                raise ValueError(
+                    f"{list_file}:{lineno}: expected '<image id> <vehicle id>' (two integers "
+                    f"separated by one space, e.g. '0004014 0002'), got {_strip_eol(raw)!r}")
+            n += 1
+            path = os.path.join(image_dir, f"{parts[0]}.jpg")
+            if not os.path.isfile(path):
+                missing.append(f"{path}  ({os.path.basename(list_file)}:{lineno})")
+    if n == 0:
+        raise ValueError(f"The VehicleID list file {list_file!r} is empty.")
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} of {n} images listed in {list_file!r} do not exist (a dataset "
+            "must not be used partly; re-extract the images or fix the list):" + _listing(missing))
+
+
+# --------------------------------------------------------------------------------------------
+# patches
+# --------------------------------------------------------------------------------------------
+def _mark(fn):
+    setattr(fn, _MARK, True)
+    return fn
+
+
+def _patched(obj, name):
+    return getattr(getattr(obj, name, None), _MARK, False)
+
+
+def _patch_check_before_run():
+    from fastreid.data.datasets.bases import Dataset
+
+    if _patched(Dataset, "check_before_run"):
+        return
+    orig = Dataset.check_before_run
+    ORIGINALS["check_before_run"] = orig
+
+    @functools.wraps(orig)
+    def check_before_run(self, required_files):
+        try:
+            return orig(self, required_files)
+        except RuntimeError as e:
+            files = [required_files] if isinstance(required_files, str) else list(required_files)
+            missing = [p for p in files if not os.path.exists(p)] or [str(e)]
+            root = _dataset_root(self)
+            name = type(self).__name__
+            layout = expected_layout(self, root)
+            msg = (f"Dataset {name}: {len(missing)} required path(s) not found:" + _listing(missing)
+                   + f"\nDatasets are looked up under {root!r} (set FASTREID_DATASETS to the folder "
+                   "that holds the dataset folders).")
+            if layout:
+                msg += f"\n{name} expects this layout:\n  " + layout.replace("\n", "\n  ")
+            raise DatasetNotFoundError(msg) from None
+
+    Dataset.check_before_run = _mark(check_before_run)
+    APPLIED.append("check_before_run.layout")
+
+
+def _patch_read_image():
+    import fastreid.data.common as common
+    import fastreid.data.data_utils as du
+
+    if _patched(common, "read_image"):
+        return
+    orig = common.read_image
+    ORIGINALS["read_image"] = orig
+
+    @functools.wraps(orig)
+    def read_image(file_name, format=None):
+        try:
+            return orig(file_name, format)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"Image file not found: {file_name!r} (listed by the dataset "
+                                    "but missing on disk)") from None
+        except (OSError, ValueError, SyntaxError) as e:
+            raise ImageReadError(
+                f"Cannot read image {file_name!r}: {type(e).__name__}: {e}. The file is corrupt, "
+                "truncated or not an image; re-extract it from the dataset archive.") from e
+
+    read_image = _mark(read_image)
+    for mod in (common, du):
+        if getattr(mod, "read_image", None) is orig:
+            mod.read_image = read_image
+    APPLIED.append("read_image.names_file")
+
+
+def _patch_veri_names():
+    from fastreid.data.datasets.veri import VeRi
+
+    if _patched(VeRi, "process_dir"):
+        return
+    orig = VeRi.process_dir
+    ORIGINALS["VeRi.process_dir"] = orig
+
+    @functools.wraps(orig)
+    def process_dir(self, dir_path, *args, **kwargs):
+        check_veri_dir(dir_path)
+        return orig(self, dir_path, *args, **kwargs)
+
+    VeRi.process_dir = _mark(process_dir)
+    APPLIED.append("VeRi.process_dir.names")
+
+
+def _patch_vehicleid_lists():
+    from fastreid.data.datasets.vehicleid import VehicleID
+
+    if _patched(VehicleID, "process_dir"):
+        return
+    orig = VehicleID.process_dir
+    ORIGINALS["VehicleID.process_dir"] = orig
+
+    @functools.wraps(orig)
+    def process_dir(self, list_file, *args, **kwargs):
+        check_vehicleid_list(list_file, self.image_dir)
+        return orig(self, list_file, *args, **kwargs)
+
+    VehicleID.process_dir = _mark(process_dir)
+    APPLIED.append("VehicleID.process_dir.lists")
+
+
+def apply():
+    """Apply every patch (idempotent). Called by ``import fastreid_plugins.data``."""
+    if "fastreid.data" not in sys.modules:  # the compat import shims must run first
+        from .. import compat
+        compat.apply_import_shims()
+    _patch_check_before_run()
+    _patch_read_image()
+    _patch_veri_names()
+    _patch_vehicleid_lists()
