@@ -272,14 +272,18 @@ def _patch_check_before_run():
         except RuntimeError as e:
             files = [required_files] if isinstance(required_files, str) else list(required_files)
             missing = [p for p in files if not os.path.exists(p)] or [str(e)]
-            root = _dataset_root(self)
             name = type(self).__name__
-            layout = expected_layout(self, root)
-            msg = (f"Dataset {name}: {len(missing)} required path(s) not found:" + _listing(missing)
-                   + f"\nDatasets are looked up under {root!r} (set FASTREID_DATASETS to the folder "
-                   "that holds the dataset folders).")
-            if layout:
-                msg += f"\n{name} expects this layout:\n  " + layout.replace("\n", "\n  ")
+            msg = f"Dataset {name}: {len(missing)} required path(s) not found:" + _listing(missing)
+            if expected_layout(self) is None:
+                env = os.getenv("FASTREID_DATASETS")
+                msg += (f"\nFASTREID_DATASETS is {env!r}: it must be the folder that holds the "
+                        "dataset folders." if env else "\nFASTREID_DATASETS is not set: datasets "
+                        "are looked up under './datasets'.")
+            else:
+                root = _dataset_root(self)
+                msg += (f"\nDatasets are looked up under {root!r} (set FASTREID_DATASETS to the "
+                        f"folder that holds the dataset folders).\n{name} expects this layout:\n  "
+                        + expected_layout(self, root).replace("\n", "\n  "))
             raise DatasetNotFoundError(msg) from None
 
     Dataset.check_before_run = _mark(check_before_run)
