@@ -1,0 +1,243 @@
+"""SVRN meta-architecture: pyramid suppression network + salience navigation + cross-space
+constraint, registered in FastReID's ``META_ARCH_REGISTRY`` as ``"SVRN"``.
+
+Reference:
+    Qian, He, Chen, Peng. Navigating Diverse Salient Features for Vehicle Re-identification.
+    IEEE T-ITS 2022, Sec. III (Fig. 2-3, Algorithm 1, Eq. 1-13).
+"""
+
+import copy
+
+import torch
+from torch import nn
+from fastreid.config import configurable
+from fastreid.modeling.losses import cross_entropy_loss, log_accuracy, triplet_loss
+from fastreid.modeling.meta_arch import META_ARCH_REGISTRY
+from fastreid.utils import events
+
+from ..modeling.base import PluginMetaArch, build_backbone, loss_kwargs_from_cfg
+from .config import check_svrn_config, num_suppressed
+from .critic import grid_critic
+from .layers import ClassificationBlock, SalienceRanking, SpatialInformationMining, UnifiedLayer
+from .losses import dcc_loss, icc_loss, reward_loss, vcc_loss
+from .suppression import random_suppression_mask, suppression_mask, upsample_mask
+
+__all__ = ["SVRN", "BLOCK_NAMES"]
+
+#: ResNet block number (conv{b}_x naming) -> FastReID ResNet attribute(s).
+BLOCK_NAMES = {1: ("conv1", "bn1", "relu", "maxpool"), 2: ("layer1",), 3: ("layer2",),
+               4: ("layer3",), 5: ("layer4",)}
+
+
+def _out_channels(layer):
+    return max(m.out_channels for m in layer.modules() if isinstance(m, nn.Conv2d))
+
+
+@META_ARCH_REGISTRY.register()
+class SVRN(PluginMetaArch):
+    """Salience-navigated vehicle re-identification network (SVRN).
+
+    Reference:
+        Qian, He, Chen, Peng. Navigating Diverse Salient Features for Vehicle
+        Re-identification. IEEE T-ITS 2022.
+
+    Stage 1 is the whole ResNet backbone; stage t+1 multiplies stage t's output of block
+    ``start_blocks[t-1]`` by the up-sampled mask Up(M_t) (Eq. 5) and runs its own deep copies
+    of the later blocks (see :mod:`fastreid_plugins.svrn.config` for the block numbering).
+    Every stage turns its block-5 output into X_t with the SIM module and classifies it with its
+    own :class:`ClassificationBlock`. Stages 1..T-1 rank the G x G cells of X_t
+    (:class:`SalienceRanking`, S_t) and suppress the top ``n_t = floor(alpha_t G^2)`` cells of the
+    detached S_t (:func:`suppression_mask`), in training and at inference. In training the grid
+    critic (:func:`grid_critic`, no gradient) supplies R_score for the reward loss.
+
+    Training loss (Eq. 13): ``L = L_tri + L_id + L_cross + L_reward`` with ``L_tri`` / ``L_id``
+    summed over stages (batch-hard triplet on the GAP features, FastReID's label-smoothed CE on
+    the BNNeck logits), ``L_cross = L_vcc + L_icc + mean_i L_dcc^i`` on the unified features
+    G_t = g(F_t) (Eq. 6-12) and ``L_reward`` summed over stages 1..T-1.
+
+    Args:
+        backbone (nn.Module): FastReID ResNet (``build_resnet_backbone``).
+        num_classes (int): training identities.
+        num_stages (int): T.
+        start_blocks (tuple[int]): T-1 strictly increasing blocks in [1, 4].
+        alphas (tuple[float]): T-1 suppression ratios in [0, 1).
+        grid (int): G.
+        n_rounding (str): ``"floor"`` or ``"round"`` for n = alpha G^2.
+        mask_mode (str): ``"salience"`` or ``"random"`` (ablation).
+        sim (dict): ``name``, ``hidden``, ``kernel`` of :class:`SpatialInformationMining`.
+        reduction_dim (int): D.
+        eval_feat (str): ``"gap"`` (sum of GAP features, Sec. III-C) or ``"bn"``.
+        critic_mode (str): ``"decomposed"`` or ``"batched"``.
+        reward (dict): ``enabled``, ``scale``, ``detach_feat``.
+        cross (dict): ``dim`` and per-term ``{"enabled", "margin", "scale"}`` for vcc/icc/dcc.
+        loss_kwargs (dict): FastReID CE / triplet settings (``MODEL.LOSSES``).
+        pixel_mean, pixel_std (list[float]): input normalisation.
+
+    Forward:
+        batched_inputs: FastReID batch dict (``images`` (B, 3, H, W) in [0, 255], ``targets``
+        (B,) in training) or a bare (B, 3, H, W) tensor in eval mode.
+
+    Returns:
+        training: dict of scalar losses ``loss_cls``, ``loss_triplet``, ``loss_vcc``,
+        ``loss_icc``, ``loss_dcc``, ``loss_reward`` (those enabled);
+        eval: (B, D) sum of the T stage features.
+
+    Raises:
+        ValueError: invalid configuration (see :func:`check_svrn_config`) or a feature map
+            that does not split into G x G cells.
+    """
+
+    @configurable
+    def __init__(self, *, backbone, num_classes, num_stages, start_blocks, alphas, grid,
+                 n_rounding, mask_mode, sim, reduction_dim, eval_feat, critic_mode, reward,
+                 cross, loss_kwargs, pixel_mean, pixel_std):
+        super().__init__(pixel_mean, pixel_std)
+        self.backbone = backbone
+        self.num_stages = num_stages
+        self.start_blocks = tuple(int(b) for b in start_blocks)
+        self.alphas = tuple(float(a) for a in alphas)
+        self.grid = grid
+        self.n_cells = [num_suppressed(a, grid * grid, n_rounding) for a in self.alphas]
+        self.mask_mode = mask_mode
+        self.eval_feat = eval_feat
+        self.critic_mode = critic_mode
+        self.reward = dict(reward)
+        self.cross = copy.deepcopy(dict(cross))
+        self.loss_kwargs = loss_kwargs
+
+        # stages 2..T: their own deep copies of blocks b+1..5, stored under FastReID's names
+        self.branches = nn.ModuleList()
+        for b in self.start_blocks:
+            branch = nn.ModuleDict()
+            for blk in range(b + 1, 6):
+                name, = BLOCK_NAMES[blk]
+                branch[name] = copy.deepcopy(getattr(backbone, name))
+            self.branches.append(branch)
+
+        channels = _out_channels(backbone.layer4)
+        self.sims = nn.ModuleList(SpatialInformationMining(sim["name"], sim["hidden"], sim["kernel"])
+                                  for _ in range(num_stages))
+        self.heads = nn.ModuleList(ClassificationBlock(channels, reduction_dim, num_classes)
+                                   for _ in range(num_stages))
+        self.rankers = nn.ModuleList(SalienceRanking(channels, grid) for _ in range(num_stages - 1))
+        self.use_cross = any(self.cross[k]["enabled"] for k in ("vcc", "icc", "dcc"))
+        self.unified = UnifiedLayer(reduction_dim, self.cross["dim"]) if self.use_cross else None
+
+    @classmethod
+    def from_config(cls, cfg):
+        check_svrn_config(cfg)
+        C = cfg.MODEL.SVRN
+        X = C.CROSS
+        return {
+            "backbone": build_backbone(cfg),
+            "num_classes": cfg.MODEL.HEADS.NUM_CLASSES,
+            "num_stages": C.NUM_STAGES,
+            "start_blocks": tuple(C.START_BLOCKS),
+            "alphas": tuple(C.ALPHAS),
+            "grid": C.GRID,
+            "n_rounding": C.N_ROUNDING,
+            "mask_mode": C.MASK_MODE,
+            "sim": {"name": C.SIM.NAME, "hidden": C.SIM.HIDDEN, "kernel": C.SIM.KERNEL},
+            "reduction_dim": C.REDUCTION_DIM,
+            "eval_feat": C.EVAL_FEAT,
+            "critic_mode": C.CRITIC.MODE,
+            "reward": {"enabled": C.REWARD.ENABLED, "scale": C.REWARD.SCALE,
+                       "detach_feat": C.REWARD.DETACH_FEAT},
+            "cross": {"dim": X.UNIFIED_DIM,
+                      "vcc": {"enabled": X.VCC.ENABLED, "margin": X.VCC.MARGIN, "scale": X.VCC.SCALE},
+                      "icc": {"enabled": X.ICC.ENABLED, "margin": X.ICC.MARGIN, "scale": X.ICC.SCALE},
+                      "dcc": {"enabled": X.DCC.ENABLED, "scale": X.DCC.SCALE}},
+            "loss_kwargs": loss_kwargs_from_cfg(cfg),
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+            "pixel_std": cfg.MODEL.PIXEL_STD,
+        }
+
+    # ------------------------------------------------------------------------------------
+    def _run(self, owner, x, first, last, keep):
+        """Run blocks ``first..last`` of ``owner`` (backbone or a branch); returns the block-
+        ``last`` output and {b: output of block b} for the blocks in ``keep``."""
+        kept = {}
+        for blk in range(first, last + 1):
+            for name in BLOCK_NAMES[blk]:
+                x = owner[name](x) if isinstance(owner, nn.ModuleDict) else getattr(owner, name)(x)
+            if blk in keep:
+                kept[blk] = x
+        return x, kept
+
+    def _mask(self, t, scores):
+        n = self.n_cells[t]
+        if self.mask_mode == "random" and self.training:
+            return random_suppression_mask(scores.shape[0], self.grid, n, scores.device, scores.dtype)
+        return suppression_mask(scores, n)
+
+    def stages(self, images, targets=None):
+        """Run the T stages on normalised images.
+
+        Returns:
+            list[dict]: per stage ``x`` (B, C, h, w) X_t, the :class:`ClassificationBlock` outputs
+            and, for t < T, ``scores`` (B, G, G) S_t, ``mask`` (B, G, G) M_t and, in training
+            with the reward enabled, ``r_score`` (B, G, G).
+        """
+        outs = []
+        owner, first, inp = self.backbone, 1, images
+        for t in range(self.num_stages):
+            keep = {self.start_blocks[t]} if t < self.num_stages - 1 else set()
+            feat5, kept = self._run(owner, inp, first, 5, keep)
+            x = self.sims[t](feat5)
+            out = dict(self.heads[t](x))
+            out["x"] = x
+            if t < self.num_stages - 1:
+                ranker_in = x.detach() if self.reward["detach_feat"] else x
+                out["scores"] = self.rankers[t](ranker_in)
+                out["mask"] = self._mask(t, out["scores"]).to(feat5.dtype)
+                if targets is not None and self.reward["enabled"]:
+                    out["r_score"] = grid_critic(self.heads[t], x.detach(), targets, self.grid,
+                                                 stats=out["stats"], reduced=out["reduced"].detach(),
+                                                 mode=self.critic_mode)[0]
+                b = self.start_blocks[t]
+                o = kept[b]
+                inp = o * upsample_mask(out["mask"], o.shape[-2:])
+                owner, first = self.branches[t], b + 1
+            outs.append(out)
+        return outs
+
+    def forward(self, batched_inputs):
+        images = self.preprocess_image(batched_inputs)
+        if not self.training:
+            outs = self.stages(images)
+            key = "feat" if self.eval_feat == "gap" else "bn_feat"
+            return torch.stack([o[key] for o in outs]).sum(dim=0)
+        targets = self.targets(batched_inputs)
+        if targets.sum() < 0:  # FastReID's PreciseBN passes -1 targets
+            targets = torch.zeros_like(targets)
+        outs = self.stages(images, targets)
+        return self.losses(outs, targets)
+
+    def losses(self, outs, targets):
+        """Eq. 13: per-stage CE + triplet, cross-space constraint and reward loss."""
+        if events._CURRENT_STORAGE_STACK:
+            log_accuracy(outs[0]["logits"].detach(), targets)
+        lk = self.loss_kwargs
+        losses = {}
+        if "CrossEntropyLoss" in lk["loss_names"]:
+            ce = lk["ce"]
+            losses["loss_cls"] = sum(cross_entropy_loss(o["logits"], targets, ce["eps"], ce["alpha"])
+                                     for o in outs) * ce["scale"]
+        if "TripletLoss" in lk["loss_names"]:
+            tri = lk["tri"]
+            losses["loss_triplet"] = sum(triplet_loss(o["feat"], targets, tri["margin"],
+                                                      tri["norm_feat"], tri["hard_mining"])
+                                         for o in outs) * tri["scale"]
+        if self.use_cross:
+            g = torch.stack([self.unified(o["feat"]) for o in outs])      # (T, B, L)
+            X = self.cross
+            if X["vcc"]["enabled"]:
+                losses["loss_vcc"] = vcc_loss(g, targets, X["vcc"]["margin"]) * X["vcc"]["scale"]
+            if X["icc"]["enabled"]:
+                losses["loss_icc"] = icc_loss(g, X["icc"]["margin"]) * X["icc"]["scale"]
+            if X["dcc"]["enabled"]:
+                losses["loss_dcc"] = dcc_loss(g).mean() * X["dcc"]["scale"]
+        if self.reward["enabled"] and self.num_stages > 1:
+            losses["loss_reward"] = sum(reward_loss(o["scores"], o["r_score"])
+                                        for o in outs[:-1]) * self.reward["scale"]
+        return losses

@@ -1,0 +1,376 @@
+"""SVRN (Qian et al., IEEE T-ITS 2022) unit tests: masks (Algorithm 1), grid critic (Eq. 2-3)
+against a naive 64-forward reference, reward loss (Eq. 4), VCC / ICC / DCC (Eq. 7-11) against
+hand-computed values, config validation, 2/3/4-stage builds and the train / eval contracts."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fastreid_plugins  # noqa: F401
+from fastreid.modeling import build_model
+from fastreid_plugins.svrn import (ClassificationBlock, add_svrn_config, dcc_loss, grid_critic,
+                                   icc_loss, num_suppressed, reward_loss, suppression_mask,
+                                   upsample_mask, vcc_loss)
+from fastreid_plugins.svrn.layers import SpatialInformationMining
+
+from helpers import make_cfg
+
+DEMO = "configs/demo/svrn.yml"
+
+
+def svrn_cfg(*opts):
+    return make_cfg(DEMO, ["MODEL.HEADS.NUM_CLASSES", "4", *opts], [add_svrn_config])
+
+
+# the model-level tests run at 64x64 (layer4 4x4) with a 4x4 grid to stay fast on 2 CPU cores;
+# the 8x8 grid on 2x2 cells is covered by the critic / mask tests above and the overfit test
+SMALL = ["INPUT.SIZE_TRAIN", "[64, 64]", "INPUT.SIZE_TEST", "[64, 64]", "MODEL.SVRN.GRID", "4"]
+
+
+def small_cfg(*opts):
+    return svrn_cfg(*SMALL, *opts)
+
+
+def batch(n_ids=2, k=2, size=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    images = torch.rand(n_ids * k, 3, size, size, generator=g) * 255
+    return {"images": images, "targets": torch.arange(n_ids).repeat_interleave(k)}
+
+
+# --------------------------------------------------------------------------------------------
+# Algorithm 1: exactly n cells suppressed
+# --------------------------------------------------------------------------------------------
+def test_num_suppressed_floor_and_round():
+    assert num_suppressed(0.2, 64) == 12          # floor(12.8)
+    assert num_suppressed(0.2, 64, "round") == 13
+    assert num_suppressed(0.1, 64) == 6           # floor(6.4), despite 0.1 * 64 = 6.4000000001
+    assert num_suppressed(0.1, 64, "round") == 6
+    assert num_suppressed(0.25, 64) == 16
+    assert num_suppressed(0.0, 64) == 0
+
+
+def test_mask_suppresses_top_n_and_exactly_n_under_ties():
+    # image 0: strictly ordered scores -> the 3 largest cells; image 1: all equal -> the first
+    # 3 cells in row-major order; image 2: a tie straddling the cut (two 5s, n = 3 takes 9, 5, 5
+    # ... and of the three 3s none)
+    s = torch.zeros(3, 2, 2)
+    s[0] = torch.tensor([[0.1, 0.9], [0.5, 0.7]])
+    s[1] = 1.0
+    s[2] = torch.tensor([[5.0, 9.0], [5.0, 5.0]])
+    m = suppression_mask(s, 3)
+    assert m[0].tolist() == [[1, 0], [0, 0]]
+    assert m[1].tolist() == [[0, 0], [0, 1]]
+    assert m[2].tolist() == [[0, 0], [0, 1]]        # the last tied 5 (flat index 3) survives
+    assert (m.flatten(1) == 0).sum(1).tolist() == [3, 3, 3]
+    # 8x8, all tied: exactly n = 12 suppressed
+    m = suppression_mask(torch.zeros(4, 8, 8), 12)
+    assert (m.flatten(1) == 0).sum(1).tolist() == [12] * 4
+    assert m.flatten(1)[:, :12].sum() == 0 and m.flatten(1)[:, 12:].min() == 1
+    assert suppression_mask(torch.randn(2, 8, 8), 0).min() == 1
+
+
+def test_mask_is_detached_and_upsampled_by_cells():
+    s = torch.randn(2, 8, 8, requires_grad=True)
+    m = suppression_mask(s, 6)
+    assert not m.requires_grad
+    up = upsample_mask(m, (16, 16))
+    assert up.shape == (2, 1, 16, 16)
+    assert torch.equal(up[:, 0, ::2, ::2], m) and torch.equal(up[:, 0, 1::2, 1::2], m)
+    with pytest.raises(ValueError, match="MODEL.SVRN.GRID"):
+        upsample_mask(m, (12, 12))
+
+
+# --------------------------------------------------------------------------------------------
+# Grid critic (Eq. 2-3) == naive 64-forward reference
+# --------------------------------------------------------------------------------------------
+def naive_critic(block, x, targets, grid, stats=None):
+    """One masked forward per cell, then per-image min-max: the definition of Eq. 2-3."""
+    b, _, h, w = x.shape
+    ch, cw = h // grid, w // grid
+    ce = torch.zeros(b, grid, grid, dtype=torch.float64)
+    for i in range(grid):
+        for j in range(grid):
+            xm = x.clone()
+            xm[:, :, i * ch:(i + 1) * ch, j * cw:(j + 1) * cw] = 0
+            logits = block(xm)["logits"] if stats is None else block(xm, stats)["logits"]
+            for k in range(b):
+                ce[k, i, j] = -torch.log_softmax(logits[k].double(), 0)[targets[k]]
+    r = torch.zeros_like(ce)
+    for k in range(b):
+        lo, hi = ce[k].min(), ce[k].max()
+        r[k] = (ce[k] - lo) / (hi - lo)
+    return r, ce
+
+
+@pytest.mark.parametrize("mode", ["decomposed", "batched"])
+def test_critic_equals_naive_reference_eval_mode(mode):
+    torch.manual_seed(0)
+    block = ClassificationBlock(8, 6, 5).double()
+    with torch.no_grad():  # non-trivial running statistics
+        block.reduce_bn.running_mean.uniform_(-0.5, 0.5)
+        block.reduce_bn.running_var.uniform_(0.5, 2)
+        block.reduce_bn.bias.uniform_(-0.5, 0.5)
+        block.neck.running_mean.uniform_(-0.2, 0.2)
+    block.eval()
+    x = torch.randn(3, 8, 16, 16, dtype=torch.float64).relu()   # 16x16 map: 2x2 cells
+    targets = torch.tensor([0, 3, 4])
+    r, c = grid_critic(block, x, targets, grid=8, mode=mode)
+    r_ref, c_ref = naive_critic(block, x, targets, 8)
+    assert r.shape == c.shape == (3, 8, 8)
+    torch.testing.assert_close(c.double(), c_ref, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(r.double(), r_ref, rtol=1e-5, atol=1e-5)
+    assert r.amin(dim=(1, 2)).tolist() == [0.0] * 3
+    assert r.amax(dim=(1, 2)).tolist() == pytest.approx([1.0] * 3)
+
+
+@pytest.mark.parametrize("mode", ["decomposed", "batched"])
+def test_critic_training_mode_uses_unmasked_batch_stats_and_no_grad(mode):
+    torch.manual_seed(1)
+    block = ClassificationBlock(8, 6, 5).double().train()
+    x = torch.randn(4, 8, 16, 16, dtype=torch.float64, requires_grad=True)
+    targets = torch.tensor([0, 1, 2, 1])
+    out = block(x)                      # the stage forward: batch statistics
+    running = block.reduce_bn.running_mean.clone()
+    r, c = grid_critic(block, x.detach(), targets, 8, stats=out["stats"],
+                       reduced=out["reduced"].detach(), mode=mode)
+    assert not r.requires_grad and not c.requires_grad
+    assert torch.equal(block.reduce_bn.running_mean, running)   # critic updates no statistic
+    _, c_ref = naive_critic(block, x.detach(), targets, 8, stats=out["stats"])
+    torch.testing.assert_close(c.double(), c_ref, rtol=1e-6, atol=1e-6)
+    # stats=None computes the same batch statistics itself, still without updating them
+    _, c2 = grid_critic(block, x.detach(), targets, 8, mode=mode)
+    torch.testing.assert_close(c2, c, rtol=1e-6, atol=1e-6)
+    assert torch.equal(block.reduce_bn.running_mean, running)
+
+
+def test_critic_rejects_map_not_divisible_by_grid():
+    block = ClassificationBlock(4, 4, 3).eval()
+    with pytest.raises(ValueError, match="divisible by MODEL.SVRN.GRID=8"):
+        grid_critic(block, torch.randn(1, 4, 12, 12), torch.tensor([0]), grid=8)
+
+
+def test_critic_scores_a_planted_salient_cell_highest():
+    """A cell holding the only identity evidence gets R_score 1 (masking it hurts most)."""
+    block = ClassificationBlock(2, 2, 2).double().eval()
+    with torch.no_grad():
+        block.reduce_conv.weight.copy_(torch.eye(2).view(2, 2, 1, 1))
+        block.classifier.weight.copy_(torch.tensor([[1.0, -1.0], [-1.0, 1.0]]))
+    x = torch.zeros(1, 2, 8, 8, dtype=torch.float64)
+    x[0, 0, 5, 2] = 50.0            # evidence for class 0 at cell (5, 2)
+    x[0, 0, 1, 1] = 5.0             # weaker evidence at cell (1, 1)
+    r, _ = grid_critic(block, x, torch.tensor([0]), grid=8)
+    assert r[0, 5, 2] == 1.0 and r[0, 1, 1] > 0 and r[0, 1, 1] < 1
+    assert torch.argmax(r.flatten()) == 5 * 8 + 2
+
+
+# --------------------------------------------------------------------------------------------
+# Losses: hand-computed values
+# --------------------------------------------------------------------------------------------
+def test_reward_loss_hand_computed():
+    s = torch.tensor([[[0.5, 0.0], [1.0, 0.25]]], requires_grad=True)
+    r = torch.tensor([[[1.0, 0.0], [0.0, 0.25]]])
+    loss = reward_loss(s, r)
+    assert loss.item() == pytest.approx((0.25 + 0 + 1 + 0) / 4)
+    loss.backward()
+    # d/ds mean((r - s)^2) = 2 (s - r) / 4
+    assert s.grad.flatten().tolist() == pytest.approx([-0.25, 0.0, 0.5, 0.0])
+
+
+# T = 2 stages, B = 3 images (vehicle IDs 0, 0, 1), 1-D unified features (distances = |a - b|)
+#   pooled order: (s0,i0)=0.0 (s0,i1)=3.0 (s0,i2)=1.0 (s1,i0)=0.5 (s1,i1)=2.0 (s1,i2)=4.0
+FEATS = torch.tensor([[[0.0], [3.0], [1.0]], [[0.5], [2.0], [4.0]]], dtype=torch.float64)
+IDS = torch.tensor([0, 0, 1])
+
+
+def test_vcc_hand_computed():
+    # anchor: farthest same-ID (any image, any stage) / closest other-ID, margin 0.3
+    #   (s0,i0): pos 3.0 (s0,i1) neg 1.0 -> 2.3     (s0,i1): pos 3.0 neg 1.0 -> 2.3
+    #   (s0,i2): pos 3.0 neg 0.5 -> 2.8             (s1,i0): pos 2.5 neg 0.5 -> 2.3
+    #   (s1,i1): pos 2.0 neg 1.0 -> 1.3             (s1,i2): pos 3.0 neg 1.0 -> 2.3
+    loss = vcc_loss(FEATS, IDS, margin=0.3)
+    assert loss.item() == pytest.approx((2.3 + 2.3 + 2.8 + 2.3 + 1.3 + 2.3) / 6, abs=1e-6)
+
+
+def test_icc_hand_computed_and_positive_differs_from_vcc():
+    # anchor: farthest feature of the SAME IMAGE at the other stage / closest other image, 0.15
+    #   (s0,i0): pos 0.5 (s1,i0) -- VCC's positive was (s0,i1) at 3.0 -- neg 1.0 -> 0
+    #   (s0,i1): pos 1.0 neg 1.0 -> 0.15            (s0,i2): pos 3.0 neg 0.5 -> 2.65
+    #   (s1,i0): pos 0.5 neg 0.5 -> 0.15            (s1,i1): pos 1.0 neg 1.0 -> 0.15
+    #   (s1,i2): pos 3.0 neg 1.0 -> 2.15
+    loss = icc_loss(FEATS, margin=0.15)
+    assert loss.item() == pytest.approx((0 + 0.15 + 2.65 + 0.15 + 0.15 + 2.15) / 6, abs=1e-6)
+    # a batch of one image has no negative for any anchor: no valid anchor, loss 0
+    assert icc_loss(FEATS[:, :1].clone(), margin=0.15).item() == 0.0
+
+
+def test_icc_ignores_vehicle_id_and_vcc_ignores_image():
+    # same features, different ID labels: ICC unchanged, VCC changes
+    ids2 = torch.tensor([0, 1, 1])
+    assert vcc_loss(FEATS, ids2, 0.3).item() != pytest.approx(vcc_loss(FEATS, IDS, 0.3).item())
+    g = FEATS.clone().requires_grad_(True)
+    icc_loss(g, 0.15).backward()
+    assert torch.isfinite(g.grad).all()
+
+
+def test_dcc_hand_computed_with_l2_normalised_rows():
+    # image 0: rows (3, 4, 0) and (1, 0, 0) -> unit rows, cosine 0.6 -> ||[[0,.6],[.6,0]]||_F
+    # image 1: rows (1, 0, 0) and (0, 2, 0) -> orthogonal -> 0
+    g = torch.tensor([[[3.0, 4.0, 0.0], [1.0, 0.0, 0.0]],
+                      [[1.0, 0.0, 0.0], [0.0, 2.0, 0.0]]], dtype=torch.float64)  # (T, B, L)
+    d = dcc_loss(g)
+    assert d.shape == (2,)
+    assert d[0].item() == pytest.approx(math.sqrt(2 * 0.6 ** 2), abs=1e-6)
+    assert d[1].item() == pytest.approx(0.0, abs=1e-5)
+    # T = 3: rows e1, (e1 + e2)/sqrt2 * 7, 5 e3 -> cosines 1/sqrt2, 0, 0 -> sqrt(2 * 1/2) = 1
+    g3 = torch.tensor([[[1.0, 0, 0]], [[7.0, 7.0, 0]], [[0, 0, 5.0]]], dtype=torch.float64)
+    assert dcc_loss(g3).item() == pytest.approx(1.0, abs=1e-6)
+    # scale invariance of the normalised rows
+    assert dcc_loss(g3 * 10).item() == pytest.approx(1.0, abs=1e-6)
+
+
+# --------------------------------------------------------------------------------------------
+# SIM variants
+# --------------------------------------------------------------------------------------------
+def test_sim_variants():
+    x = torch.randn(2, 8, 4, 4)
+    assert torch.equal(SpatialInformationMining("none")(x), x)
+    sim = SpatialInformationMining("spatial", 4, 3).eval()
+    a = sim.attention(x)
+    assert a.shape == (2, 1, 4, 4) and 0 < a.min() and a.max() < 1
+    torch.testing.assert_close(sim(x), x * a)
+    sim.name = "residual"
+    torch.testing.assert_close(sim(x), x + x * a)
+
+
+# --------------------------------------------------------------------------------------------
+# Config validation
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("opts,key", [
+    (["MODEL.SVRN.ALPHAS", "[1.0, 0.1]"], "MODEL.SVRN.ALPHAS"),
+    (["MODEL.SVRN.ALPHAS", "[0.2, -0.1]"], "MODEL.SVRN.ALPHAS"),
+    (["MODEL.SVRN.START_BLOCKS", "[4, 3]"], "MODEL.SVRN.START_BLOCKS"),
+    (["MODEL.SVRN.START_BLOCKS", "[3, 3]"], "MODEL.SVRN.START_BLOCKS"),
+    (["MODEL.SVRN.START_BLOCKS", "[3, 5]"], "MODEL.SVRN.START_BLOCKS"),
+    (["MODEL.SVRN.NUM_STAGES", "4", "MODEL.SVRN.START_BLOCKS", "[2, 3, 4]"], "MODEL.SVRN.ALPHAS"),
+    (["MODEL.SVRN.NUM_STAGES", "2", "MODEL.SVRN.ALPHAS", "[0.2]"], "MODEL.SVRN.START_BLOCKS"),
+    (["MODEL.SVRN.SIM.NAME", "cbam2"], "MODEL.SVRN.SIM.NAME"),
+    (["MODEL.SVRN.CRITIC.MODE", "loop"], "MODEL.SVRN.CRITIC.MODE"),
+    (["MODEL.SVRN.NUM_STAGES", "1", "MODEL.SVRN.START_BLOCKS", "[]", "MODEL.SVRN.ALPHAS", "[]"],
+     "MODEL.SVRN.CROSS.ICC.ENABLED"),
+])
+def test_bad_config_is_a_clear_value_error(opts, key):
+    with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+        build_model(svrn_cfg(*opts))
+
+
+def test_out_of_order_message_says_so():
+    with pytest.raises(ValueError, match="out of order"):
+        build_model(svrn_cfg("MODEL.SVRN.START_BLOCKS", "[4, 3]"))
+
+
+# --------------------------------------------------------------------------------------------
+# Builds and contracts
+# --------------------------------------------------------------------------------------------
+STAGE_OPTS = {
+    2: ["MODEL.SVRN.NUM_STAGES", "2", "MODEL.SVRN.START_BLOCKS", "[3]", "MODEL.SVRN.ALPHAS", "[0.2]"],
+    3: [],
+    4: ["MODEL.SVRN.NUM_STAGES", "4", "MODEL.SVRN.START_BLOCKS", "[2, 3, 4]",
+        "MODEL.SVRN.ALPHAS", "[0.2, 0.1, 0.1]"],
+}
+BRANCH_LAYERS = {2: [["layer3", "layer4"]], 3: [["layer3", "layer4"], ["layer4"]],
+                 4: [["layer2", "layer3", "layer4"], ["layer3", "layer4"], ["layer4"]]}
+
+
+@pytest.mark.parametrize("T", [2, 3, 4])
+def test_stage_builds_and_contracts(T):
+    torch.manual_seed(0)
+    model = build_model(small_cfg(*STAGE_OPTS[T]))
+    assert [list(b.keys()) for b in model.branches] == BRANCH_LAYERS[T]
+    assert len(model.heads) == T and len(model.rankers) == T - 1
+    # duplicated blocks: same initial weights as the backbone's, separate parameters
+    for branch in model.branches:
+        for name, layer in branch.items():
+            src = getattr(model.backbone, name)
+            for (k, p), (_, q) in zip(layer.named_parameters(), src.named_parameters()):
+                assert torch.equal(p, q) and p.data_ptr() != q.data_ptr(), (name, k)
+    # training: every loss a finite scalar, and they back-propagate
+    model.train()
+    data = batch()
+    losses = model(data)
+    assert set(losses) == {"loss_cls", "loss_triplet", "loss_vcc", "loss_icc", "loss_dcc",
+                           "loss_reward"}
+    for k, v in losses.items():
+        assert v.dim() == 0 and torch.isfinite(v), k
+    sum(losses.values()).backward()
+    # the last stage's layer4 copy gets gradients
+    assert model.branches[-1]["layer4"][0].conv1.weight.grad.abs().sum() > 0
+    # per-stage alphas: exactly floor(alpha * 64) suppressed cells in each stage's mask
+    model.eval()
+    with torch.no_grad():
+        outs = model.stages(model.preprocess_image(data))
+    for t, o in enumerate(outs[:-1]):
+        zeros = (o["mask"].flatten(1) == 0).sum(1)
+        assert zeros.tolist() == [num_suppressed(model.alphas[t], 16)] * 4
+    # eval: (B, D) = sum of the stage GAP features, accepts a bare tensor, input untouched
+    images = data["images"].clone()
+    with torch.no_grad():
+        feat = model(images)
+        feat_dict = model({"images": images})
+    assert feat.shape == (4, 256)
+    assert torch.equal(images, data["images"])
+    torch.testing.assert_close(feat, torch.stack([o["feat"] for o in outs]).sum(0))
+    torch.testing.assert_close(feat, feat_dict)
+
+
+def test_stage_input_is_masked_block_output():
+    """Eq. 5: stage 2's copy of layer3 receives stage 1's layer2 output x Up(M_1)."""
+    torch.manual_seed(0)
+    model = build_model(svrn_cfg()).eval()
+    seen = {}
+    model.backbone.layer2.register_forward_hook(lambda m, i, o: seen.__setitem__("o1", o))
+    model.branches[0]["layer3"].register_forward_pre_hook(lambda m, i: seen.__setitem__("in2", i[0]))
+    model.branches[0]["layer3"].register_forward_hook(lambda m, i, o: seen.__setitem__("o2", o))
+    model.branches[1]["layer4"].register_forward_pre_hook(lambda m, i: seen.__setitem__("in3", i[0]))
+    with torch.no_grad():
+        outs = model.stages(model.preprocess_image(batch(size=128)["images"]))
+    m1 = outs[0]["mask"]
+    assert seen["o1"].shape[-1] == 16                       # 128 px input: layer2 is 16x16
+    expected = seen["o1"] * m1.repeat_interleave(2, 1).repeat_interleave(2, 2)[:, None]
+    torch.testing.assert_close(seen["in2"], expected)
+    assert (seen["in2"][:, :, ::2, ::2].abs().sum(1) == 0).sum() >= 12 * 4
+    # stage 3 branches off stage 2's own layer3 copy (8x8 map: one location per cell)
+    assert seen["o2"].shape[-1] == 8
+    torch.testing.assert_close(seen["in3"], seen["o2"] * outs[1]["mask"][:, None])
+
+
+def test_reward_gradient_reaches_only_the_ranking_layer_and_masks_are_detached():
+    torch.manual_seed(0)
+    model = build_model(small_cfg()).train()
+    out = model(batch())
+    out["loss_reward"].backward()
+    assert model.rankers[0].conv.weight.grad.abs().sum() > 0
+    assert model.backbone.conv1.weight.grad is None or model.backbone.conv1.weight.grad.abs().sum() == 0
+    assert model.heads[0].classifier.weight.grad is None or \
+        model.heads[0].classifier.weight.grad.abs().sum() == 0
+
+
+def test_ablation_switches_drop_loss_terms():
+    torch.manual_seed(0)
+    model = build_model(small_cfg("MODEL.SVRN.CROSS.VCC.ENABLED", "False",
+                                 "MODEL.SVRN.CROSS.DCC.ENABLED", "False",
+                                 "MODEL.SVRN.REWARD.ENABLED", "False")).train()
+    assert set(model(batch())) == {"loss_cls", "loss_triplet", "loss_icc"}
+    base = build_model(small_cfg("MODEL.SVRN.NUM_STAGES", "1", "MODEL.SVRN.START_BLOCKS", "[]",
+                                "MODEL.SVRN.ALPHAS", "[]", "MODEL.SVRN.CROSS.ICC.ENABLED", "False",
+                                "MODEL.SVRN.CROSS.DCC.ENABLED", "False")).train()
+    assert len(base.branches) == 0
+    assert set(base(batch())) == {"loss_cls", "loss_triplet", "loss_vcc"}
+
+
+def test_feature_map_not_divisible_by_grid_is_a_clear_error():
+    model = build_model(svrn_cfg()).eval()
+    with pytest.raises(ValueError, match="MODEL.SVRN.GRID"):
+        with torch.no_grad():
+            model(torch.rand(2, 3, 48, 48) * 255)    # layer4 3x3
