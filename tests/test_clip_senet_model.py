@@ -225,3 +225,56 @@ def test_resnext_imagenet_weights_from_local_file(tmp_path):
     cfg.MODEL.BACKBONE.PRETRAIN_PATH = str(tmp_path / "nope.pth")
     with pytest.raises(FileNotFoundError, match="nope.pth"):
         build_cnn_backbone(cfg)
+
+
+PAPER_CONFIGS = ["configs/veri/clip_senet.yml"] + [
+    f"configs/{d}/clip_senet_{s}.yml" for d in ("vehicleid", "veriwild")
+    for s in ("small", "medium", "large")]
+
+
+@pytest.mark.parametrize("path", PAPER_CONFIGS)
+def test_paper_configs(path):
+    cfg = make_cfg(path, (), [add_clip_senet_config])
+    c = cfg.MODEL.CLIPSENET
+    assert cfg.MODEL.META_ARCHITECTURE == "CLIPSENet"
+    assert (cfg.MODEL.BACKBONE.NAME, cfg.MODEL.BACKBONE.DEPTH, cfg.MODEL.BACKBONE.WITH_IBN) == \
+        ("build_resnext_backbone", "101x", True)
+    assert c.SEM.VARIANT == "TinyCLIP-ViT-61M-32" and c.AFEM.GROUPS == 32 and c.COMBINE == "sum"
+    assert tuple(cfg.INPUT.SIZE_TRAIN) == (320, 320) and tuple(cfg.INPUT.SIZE_TEST) == (320, 320)
+    assert cfg.SOLVER.IMS_PER_BATCH == 128 and cfg.DATALOADER.NUM_INSTANCE == 8  # 16 ids x 8
+    assert cfg.MODEL.LOSSES.NAME == ("CrossEntropyLoss", "SupConLoss")
+    assert cfg.MODEL.LOSSES.CE.EPSILON == 0.1 and c.SEED == 3407 and cfg.SOLVER.OPT == "Adam"
+    if "veri/" in path:
+        assert (cfg.SOLVER.BASE_LR, cfg.SOLVER.MAX_EPOCH, cfg.SOLVER.SCHED) == \
+            (0.0005, 24, "CosineAnnealingLR")
+        assert cfg.TEST.RERANK.ENABLED and c.CV.CAMERA and c.CV.VIEWPOINT
+        assert cfg.DATASETS.NAMES == ("VeRiViewpoint",)
+    else:
+        assert (cfg.SOLVER.BASE_LR, cfg.SOLVER.MAX_EPOCH, cfg.SOLVER.SCHED) == \
+            (0.00035, 120, "MultiStepLR")
+        assert cfg.SOLVER.WARMUP_ITERS > 0 and not cfg.TEST.RERANK.ENABLED
+        assert not c.CV.VIEWPOINT and c.CV.CAMERA == ("veriwild" in path)
+        size = path.rsplit("_", 1)[1][:-4].capitalize()
+        assert cfg.DATASETS.TESTS[0].startswith(size)
+    # no weights are ever downloaded: the paper configs ask for local files
+    with pytest.raises(FileNotFoundError, match="PRETRAIN_PATH"):
+        build_model(cfg)
+
+
+@pytest.mark.parametrize("opts", [
+    (),                                                              # the paper's model
+    ("MODEL.CLIPSENET.AFEM.GROUPS", 4), ("MODEL.CLIPSENET.AFEM.GROUPS", 128),   # Table V
+    ("MODEL.CLIPSENET.SEM.VARIANT", "TinyCLIP-ViT-40M-32"),
+    ("MODEL.BACKBONE.NAME", "build_resnet_backbone", "MODEL.BACKBONE.WITH_SE", True),  # Table VI
+])
+def test_paper_model_structure(opts):
+    """The full-size model from the VeRi config (weights off), built on the meta device."""
+    cfg = make_cfg("configs/veri/clip_senet.yml",
+                   ["MODEL.BACKBONE.PRETRAIN", False, "MODEL.CLIPSENET.SEM.PRETRAIN", False,
+                    "MODEL.HEADS.NUM_CLASSES", 576, *opts], [add_clip_senet_config])
+    with torch.device("meta"):
+        model = CLIPSENet(cfg)  # (build_model would move it to a device)
+    assert model.fusion.fc.in_features == 2048 + 512 and model.fusion.fc.out_features == 2048
+    assert model.heads.weight.shape == (576, 2048)
+    assert model.cv.camera_embed.shape[0] == 21 and model.cv.view_embed.shape[0] == 9
+    assert model.cv.dim == model.sem.hidden_size
