@@ -419,7 +419,8 @@ def generate(out_dir, train_ids=24, test_ids=12, cams=4, images_per_cam=3, seed=
             orient = cam["orient"] if rng.random() < 0.6 else _OPPOSITE[cam["orient"]]
             key = (vid, orient)
             if key not in cache:
-                cache[key] = _render_vehicle(idents[vid], orient)
+                # drawn at about the 2x-supersampled output resolution (no wasted resizing)
+                cache[key] = _render_vehicle(idents[vid], orient, unit=max(60, int(1.6 * max(size))))
             frame0 = int(rng.integers(1000, 90000)) * 10
             if is_train:
                 split, sub = "train", "image_train"
