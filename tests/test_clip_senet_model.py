@@ -278,3 +278,18 @@ def test_paper_model_structure(opts):
     assert model.heads.weight.shape == (576, 2048)
     assert model.cv.camera_embed.shape[0] == 21 and model.cv.view_embed.shape[0] == 9
     assert model.cv.dim == model.sem.hidden_size
+
+
+def test_onnx_export_bare_tensor(demo_model, tmp_path):
+    """The eval forward on a bare image tensor exports to ONNX and matches onnxruntime."""
+    import onnxruntime as ort
+    model = demo_model.eval()
+    x = torch.rand(2, 3, 64, 64) * 255
+    path = str(tmp_path / "clip_senet.onnx")
+    torch.onnx.export(model, (x,), path, input_names=["images"], output_names=["feat"],
+                      dynamo=False, opset_version=17)
+    out = ort.InferenceSession(path).run(None, {"images": x.numpy()})[0]
+    with torch.no_grad():
+        ref = model(x).numpy()
+    assert out.shape == ref.shape == (2, 512)
+    assert abs(out - ref).max() < 1e-4
