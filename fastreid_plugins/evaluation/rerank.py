@@ -52,12 +52,13 @@ def rerank_distance(cfg, qf, gf, dist):
     kind = str(rr.get("TYPE", "sparse")).lower()
     if kind not in RERANK_TYPES:
         raise ValueError(f"TEST.RERANK.TYPE must be one of {RERANK_TYPES}, got {rr.get('TYPE')!r}")
-    if cfg.TEST.METRIC == "cosine":
-        qf, gf = F.normalize(qf, dim=1), F.normalize(gf, dim=1)
+    cosine = cfg.TEST.METRIC == "cosine"
     logger.info(f"Re-ranking ({kind}): k1={k1}, k2={k2}, lambda={lam}, "
                 f"{len(qf)} query x {len(gf)} gallery")
     if kind == "sparse":
-        return sparse_rerank(qf, gf, dist, k1=k1, k2=k2, lambda_value=lam,
+        return sparse_rerank(qf, gf, dist, k1=k1, k2=k2, lambda_value=lam, normalize=cosine,
                              progress=comm.is_main_process())
+    if cosine:
+        qf, gf = F.normalize(qf, dim=1), F.normalize(gf, dim=1)
     jaccard = build_dist(qf, gf, metric="jaccard", k1=k1, k2=k2)
     return jaccard * (1 - lam) + np.asarray(dist) * lam

@@ -305,7 +305,7 @@ def _jaccard_rows(vq, vg_csc, progress, budget=1 << 21):
 
 @torch.no_grad()
 def sparse_jaccard_distance(query_features, gallery_features, k1=20, k2=6, knn="auto",
-                            device=None, progress=False):
+                            device=None, progress=False, normalize=False):
     """Jaccard distance of k-reciprocal encodings between query and gallery, without N x N memory.
 
     Equals ``fastreid.utils.compute_dist.build_dist(qf, gf, metric="jaccard", k1=k1, k2=k2)``
@@ -323,6 +323,8 @@ def sparse_jaccard_distance(query_features, gallery_features, k1=20, k2=6, knn="
         knn (str): k-NN backend, see :func:`knn_search`.
         device (str or torch.device): device of the encoding step (default: CUDA if available).
         progress (bool): show tqdm progress bars.
+        normalize (bool): L2-normalise the features first (FastReID does for ``TEST.METRIC
+            cosine``); done in place on the stacked copy, saving one copy of the features.
 
     Returns:
         np.ndarray: (Q, G) float32 Jaccard distances in [0, 1].
@@ -340,6 +342,8 @@ def sparse_jaccard_distance(query_features, gallery_features, k1=20, k2=6, knn="
     _check_args(n, k1, k2)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     feats = torch.cat([qf.cpu(), gf.cpu()]).contiguous()
+    if normalize:  # same arithmetic as F.normalize(x, dim=1), in place
+        feats /= feats.norm(p=2, dim=1, keepdim=True).clamp_min_(1e-12)
 
     initial_rank = knn_search(feats, k1, backend=knn, device=device, progress=progress)
     recip = k_reciprocal_neighbours(initial_rank, k1)
@@ -360,7 +364,7 @@ def sparse_jaccard_distance(query_features, gallery_features, k1=20, k2=6, knn="
 
 
 def sparse_rerank(query_features, gallery_features, dist, k1=20, k2=6, lambda_value=0.3,
-                  knn="auto", device=None, progress=False):
+                  knn="auto", device=None, progress=False, normalize=False):
     """k-reciprocal re-ranking: ``(1 - lambda) * d_J + lambda * dist`` with the sparse Jaccard.
 
     Reference:
@@ -368,13 +372,13 @@ def sparse_rerank(query_features, gallery_features, dist, k1=20, k2=6, lambda_va
         with ``TEST.RERANK.ENABLED``.
 
     Args:
-        query_features (torch.Tensor): (Q, D); gallery_features (torch.Tensor): (G, D). Pass the
-            features the Jaccard distance should use (L2-normalised ones for ``TEST.METRIC
-            cosine``, as FastReID does).
+        query_features (torch.Tensor): (Q, D); gallery_features (torch.Tensor): (G, D): the
+            features the Jaccard distance uses (L2-normalised ones for ``TEST.METRIC cosine``, as
+            in FastReID: pass them normalised or set ``normalize``).
         dist (np.ndarray or torch.Tensor): (Q, G) original distances.
         k1, k2 (int): ``TEST.RERANK.K1`` / ``K2``.
         lambda_value (float): ``TEST.RERANK.LAMBDA``, weight of the original distance.
-        knn, device, progress: see :func:`sparse_jaccard_distance`.
+        knn, device, progress, normalize: see :func:`sparse_jaccard_distance`.
 
     Returns:
         np.ndarray: (Q, G) float32 re-ranked distances.
@@ -389,7 +393,7 @@ def sparse_rerank(query_features, gallery_features, dist, k1=20, k2=6, lambda_va
                          f"got {dist.shape}")
     _check_args(nq + ng, k1, k2, lambda_value)
     out = sparse_jaccard_distance(query_features, gallery_features, k1, k2, knn=knn,
-                                  device=device, progress=progress)
+                                  device=device, progress=progress, normalize=normalize)
     lam = float(lambda_value)
     step = max(1, (1 << 22) // max(ng, 1))
     for s in range(0, nq, step):  # in place, row blocks: no extra (Q, G) temporaries

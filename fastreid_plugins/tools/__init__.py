@@ -1,1 +1,95 @@
+"""Command-line tools: ``python -m fastreid_plugins.tools.<name>``.
 
+* ``demo``: train and evaluate the demo MFG-Net config (``make demo``).
+* ``visualize``: rank-list pictures (top-k gallery per query, green = same ID, red = different)
+  and the CMC curve of a trained model.
+* ``export_onnx``: export any meta-architecture's eval forward to ONNX and check it with
+  onnxruntime.
+
+Importing this package is cheap (no torch / FastReID import); the helpers below import lazily so
+that ``python -m fastreid_plugins.tools.demo`` can set ``FASTREID_DATASETS`` first.
+"""
+
+import importlib
+
+__all__ = ["PLUGIN_PACKAGES", "plugin_config_fns", "build_tool_cfg", "trainer_class_for"]
+
+# the method subpackages whose ``add_<method>_config`` functions every tool applies
+PLUGIN_PACKAGES = ("mfgnet", "mbfn", "svrn", "clip_senet")
+
+
+def plugin_config_fns():
+    """The ``add_*_config`` functions exported by the plugin packages (in a fixed order).
+
+    Returns:
+        list[callable]: each takes a config and adds its keys in place.
+    """
+    import fastreid_plugins  # noqa: F401  (compat + registration)
+
+    fns = []
+    for name in PLUGIN_PACKAGES:
+        mod = importlib.import_module(f"fastreid_plugins.{name}")
+        for attr in sorted(getattr(mod, "__all__", dir(mod))):
+            fn = getattr(mod, attr, None)
+            if attr.startswith("add_") and attr.endswith("_config") and callable(fn):
+                fns.append(fn)
+    return fns
+
+
+def build_tool_cfg(config_file, opts=()):
+    """Frozen config for a tool: FastReID defaults + every plugin's keys + file + ``opts``.
+
+    ``MODEL.DEVICE`` falls back to ``cpu`` when CUDA is not available; the backbone's ImageNet
+    weights are not loaded (``MODEL.BACKBONE.PRETRAIN False``: the tools load ``MODEL.WEIGHTS``).
+
+    Args:
+        config_file (str): a ``.yml`` config (``_BASE_`` supported).
+        opts (list[str]): ``KEY VALUE`` overrides.
+
+    Raises:
+        FileNotFoundError: ``config_file`` does not exist.
+    """
+    import os
+
+    import torch
+
+    from fastreid_plugins.config import get_cfg
+
+    if not config_file or not os.path.isfile(config_file):
+        raise FileNotFoundError(f"--config-file not found: {config_file!r}")
+    cfg = get_cfg(*plugin_config_fns())
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts or []))
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.BACKBONE.PRETRAIN = False
+    cfg.freeze()
+    return cfg
+
+
+def trainer_class_for(cfg):
+    """The trainer that builds the loaders ``cfg``'s meta-architecture expects.
+
+    A plugin whose batches need more than FastReID's ``images/targets/camids`` (e.g. CLIP-SENet's
+    viewpoint indices) defines a :class:`~fastreid_plugins.engine.PluginTrainer` subclass in its
+    package; that class is returned, otherwise ``PluginTrainer``.
+
+    Raises:
+        KeyError: ``MODEL.META_ARCHITECTURE`` is not registered.
+    """
+    import inspect
+
+    from fastreid.modeling.meta_arch import META_ARCH_REGISTRY
+
+    from fastreid_plugins.engine import PluginTrainer
+
+    name = cfg.MODEL.META_ARCHITECTURE
+    try:
+        arch = META_ARCH_REGISTRY.get(name)
+    except KeyError as e:
+        raise KeyError(f"MODEL.META_ARCHITECTURE={name!r} is not registered; known: "
+                       f"{sorted(getattr(META_ARCH_REGISTRY, '_obj_map', {}))}") from e
+    package = importlib.import_module(arch.__module__.rsplit(".", 1)[0])
+    found = [obj for _, obj in inspect.getmembers(package, inspect.isclass)
+             if issubclass(obj, PluginTrainer) and obj is not PluginTrainer]
+    return found[0] if len(found) == 1 else PluginTrainer

@@ -1,0 +1,327 @@
+"""Rank-list pictures and the CMC curve of a trained model on a dataset's query/gallery split.
+
+Usage::
+
+    FASTREID_DATASETS=/path/to/datasets python -m fastreid_plugins.tools.visualize \\
+        --config-file configs/demo/mfgnet.yml [--num-queries 10] [--topk 5] \\
+        [--mode best|worst|random] [--output vis/] [--dataset VeRi] MODEL.WEIGHTS model_final.pth
+
+Works for every meta-architecture registered by ``fastreid_plugins`` (and FastReID's own): the
+config is built with every plugin's ``add_*_config``, the model with the trainer its package
+defines (e.g. CLIP-SENet's loaders carry viewpoint indices), the weights are loaded strictly.
+Runs on the CPU when there is no GPU.
+
+Outputs in ``--output``:
+
+* ``ranklist_<i>_<query file>.png``: the query (blue border) and its top-k gallery images in
+  ranked order, green border = same vehicle ID, red = different ID, as in MFG-Net (Xu et al.,
+  Array 2022) Fig. 7 and MBFN (Array 2023) Fig. 7. As in the evaluation protocol, gallery images
+  of the query's ID taken by the query's camera are junk and not shown.
+* ``cmc.png``: the CMC curve (Rank-1 .. Rank-50) with Rank-1/mAP/mINP in the title.
+* ``ranklists.json``: metrics, the CMC, and for every picture the query, the shown gallery images
+  (path, pid, camid, distance, match) and the pixel box of every bordered cell.
+
+Queries are chosen by their average precision (only queries with at least one true match):
+``best`` = highest AP first, ``worst`` = lowest first, ``random`` = seeded sample (``--seed``).
+Distances are the evaluator's: ``TEST.METRIC``, ``TEST.AQE`` and ``TEST.RERANK`` of the config.
+"""
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+import numpy as np
+
+__all__ = ["main", "draw_ranklist", "draw_cmc", "select_queries", "canvas_size",
+           "QUERY_COLOR", "MATCH_COLOR", "NONMATCH_COLOR", "BORDER", "GAP", "QUERY_GAP", "PAD",
+           "TEXT_H"]
+
+logger = logging.getLogger("fastreid_plugins.visualize")
+
+QUERY_COLOR = (0, 0, 255)
+MATCH_COLOR = (0, 255, 0)
+NONMATCH_COLOR = (255, 0, 0)
+BACKGROUND = (255, 255, 255)
+BORDER = 4       # border width (px) around every image
+GAP = 6          # between gallery cells
+QUERY_GAP = 18   # between the query and the first gallery cell
+PAD = 6          # canvas margin
+TEXT_H = 30      # caption band under the cells (two lines)
+
+
+def canvas_size(topk, height, width):
+    """(width, height) in pixels of a rank-list picture with ``topk`` gallery images.
+
+    Each cell is an ``height x width`` image inside a ``BORDER``-px border; the query cell is
+    followed by ``QUERY_GAP`` px, the gallery cells are ``GAP`` px apart, captions take ``TEXT_H``
+    px under the cells and the canvas has a ``PAD``-px margin.
+    """
+    cw, ch = width + 2 * BORDER, height + 2 * BORDER
+    return (2 * PAD + (topk + 1) * cw + QUERY_GAP + max(topk - 1, 0) * GAP,
+            2 * PAD + ch + TEXT_H)
+
+
+def _load_image(path, height, width):
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return im.convert("RGB").resize((width, height), Image.BILINEAR)
+
+
+def draw_ranklist(query, gallery, height, width):
+    """Draw one rank list.
+
+    Args:
+        query (dict): ``path``, ``pid``, ``camid`` of the query.
+        gallery (list[dict]): ranked gallery entries with ``path``, ``pid``, ``camid``, ``dist``
+            and ``match`` (bool).
+        height, width (int): size of every shown image (px, without border).
+
+    Returns:
+        tuple: ``(PIL.Image, query_box, gallery_boxes)``; boxes are ``[x0, y0, x1, y1]`` (pixel
+        coordinates of the bordered cell, x1/y1 exclusive).
+    """
+    from PIL import Image, ImageDraw
+
+    W, H = canvas_size(len(gallery), height, width)
+    canvas = Image.new("RGB", (W, H), BACKGROUND)
+    draw = ImageDraw.Draw(canvas)
+    cw, ch = width + 2 * BORDER, height + 2 * BORDER
+
+    def cell(x0, path, color, lines):
+        draw.rectangle([x0, PAD, x0 + cw - 1, PAD + ch - 1], fill=color)
+        canvas.paste(_load_image(path, height, width), (x0 + BORDER, PAD + BORDER))
+        for i, text in enumerate(lines):
+            draw.text((x0 + 1, PAD + ch + 2 + 13 * i), text, fill=(0, 0, 0))
+        return [x0, PAD, x0 + cw, PAD + ch]
+
+    qbox = cell(PAD, query["path"], QUERY_COLOR, [f"query id {query['pid']}",
+                                                 f"cam {query['camid']}"])
+    boxes = []
+    x = PAD + cw + QUERY_GAP
+    for r, g in enumerate(gallery, 1):
+        color = MATCH_COLOR if g["match"] else NONMATCH_COLOR
+        boxes.append(cell(x, g["path"], color, [f"#{r} id {g['pid']}", f"d={g['dist']:.3f}"]))
+        x += cw + GAP
+    return canvas, qbox, boxes
+
+
+def draw_cmc(cmc, title, size=(640, 480)):
+    """Draw a CMC curve (PIL only).
+
+    Args:
+        cmc (np.ndarray): (M,) matching rates in [0, 1] for Rank-1 .. Rank-M.
+        title (str): text above the plot.
+        size (tuple): (width, height) of the picture.
+
+    Returns:
+        PIL.Image: the plot (x: rank 1..M, y: 0..100 %).
+    """
+    from PIL import Image, ImageDraw
+
+    W, H = size
+    left, right, top, bottom = 60, 20, 40, 50
+    img = Image.new("RGB", (W, H), BACKGROUND)
+    d = ImageDraw.Draw(img)
+    x0, x1, y0, y1 = left, W - right, H - bottom, top
+    d.rectangle([x0, y1, x1, y0], outline=(0, 0, 0))
+    m = len(cmc)
+
+    def px(rank):  # rank 1..m -> x pixel
+        return x0 + (x1 - x0) * ((rank - 1) / max(m - 1, 1))
+
+    def py(rate):  # rate 0..1 -> y pixel
+        return y0 - (y0 - y1) * rate
+
+    for v in range(0, 101, 20):
+        y = py(v / 100)
+        d.line([x0, y, x1, y], fill=(220, 220, 220))
+        d.text((x0 - 34, y - 6), f"{v}%", fill=(0, 0, 0))
+    ticks = sorted({1, *range(5, m + 1, 5)} if m >= 5 else set(range(1, m + 1)))
+    for r in ticks:
+        d.line([px(r), y0, px(r), y0 + 4], fill=(0, 0, 0))
+        d.text((px(r) - 6, y0 + 8), str(r), fill=(0, 0, 0))
+    d.text(((x0 + x1) // 2 - 14, H - 22), "Rank", fill=(0, 0, 0))
+    pts = [(px(r + 1), py(float(c))) for r, c in enumerate(cmc)]
+    if len(pts) > 1:
+        d.line(pts, fill=(31, 119, 180), width=2)
+    for x, y in pts:
+        d.ellipse([x - 2, y - 2, x + 2, y + 2], fill=(31, 119, 180))
+    d.text((x0, 12), title, fill=(0, 0, 0))
+    return img
+
+
+def select_queries(ap, valid_idx, num, mode, seed=0):
+    """Indices of the queries to draw.
+
+    Args:
+        ap (np.ndarray): (V,) AP of the valid queries; valid_idx (np.ndarray): (V,) their indices.
+        num (int): how many to pick (capped at V).
+        mode (str): ``best`` (highest AP first), ``worst`` (lowest first) or ``random``.
+        seed (int): seed of ``random``.
+
+    Returns:
+        list[tuple[int, float]]: ``(query index, AP)`` pairs.
+
+    Raises:
+        ValueError: unknown ``mode`` or ``num < 1``.
+    """
+    if mode not in ("best", "worst", "random"):
+        raise ValueError(f"--mode must be best, worst or random, got {mode!r}")
+    if num < 1:
+        raise ValueError(f"--num-queries must be >= 1, got {num}")
+    ap = np.asarray(ap, dtype=np.float64)
+    num = min(num, len(ap))
+    if mode == "random":
+        order = np.random.default_rng(seed).choice(len(ap), size=num, replace=False)
+    else:
+        key = -ap if mode == "best" else ap
+        order = np.lexsort((valid_idx, key))[:num]  # ties: lower query index first
+    return [(int(valid_idx[i]), float(ap[i])) for i in order]
+
+
+def _extract(model, loader, flip):
+    import torch
+    from tqdm import tqdm
+
+    feats, pids, camids, paths = [], [], [], []
+    model.eval()
+    with torch.no_grad():
+        for batch in tqdm(loader, desc="visualize: features", dynamic_ncols=True):
+            out = model(dict(batch))
+            if flip:
+                flipped = dict(batch, images=batch["images"].flip(dims=[3]))
+                out = (out + model(flipped)) / 2
+            feats.append(out.float().cpu())
+            pids.append(batch["targets"].cpu())
+            camids.append(batch["camids"].cpu())
+            paths.extend(batch["img_paths"])
+    return (torch.cat(feats), torch.cat(pids).numpy(), torch.cat(camids).numpy(), paths)
+
+
+def _distance(cfg, qf, gf):
+    from fastreid.evaluation.query_expansion import aqe
+    from fastreid.utils.compute_dist import build_dist
+
+    from fastreid_plugins.evaluation.rerank import rerank_distance
+
+    if cfg.TEST.AQE.ENABLED:
+        qf, gf = aqe(qf, gf, cfg.TEST.AQE.QE_TIME, cfg.TEST.AQE.QE_K, cfg.TEST.AQE.ALPHA)
+    dist = build_dist(qf, gf, cfg.TEST.METRIC)
+    if cfg.TEST.RERANK.ENABLED:
+        dist = rerank_distance(cfg, qf, gf, dist)
+    return np.asarray(dist)
+
+
+def _valid_queries(q_pids, q_camids, g_pids, g_camids, chunk=1024):
+    """Queries with at least one gallery image of their ID from another camera."""
+    out = np.zeros(len(q_pids), dtype=bool)
+    for s in range(0, len(q_pids), chunk):
+        same = q_pids[s:s + chunk, None] == g_pids[None, :]
+        other_cam = q_camids[s:s + chunk, None] != g_camids[None, :]
+        out[s:s + chunk] = (same & other_cam).any(1)
+    return out
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog="python -m fastreid_plugins.tools.visualize",
+        description="Rank-list pictures (green = same ID, red = different) and CMC curve.")
+    p.add_argument("--config-file", required=True, metavar="FILE")
+    p.add_argument("--num-queries", type=int, default=10)
+    p.add_argument("--topk", type=int, default=5, help="gallery images per rank list")
+    p.add_argument("--mode", default="best", choices=["best", "worst", "random"])
+    p.add_argument("--seed", type=int, default=0, help="seed of --mode random")
+    p.add_argument("--output", default="vis", help="output folder")
+    p.add_argument("--dataset", default=None, help="test set (default: DATASETS.TESTS[0])")
+    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None,
+                   help="size of every shown image (default: INPUT.SIZE_TEST)")
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides "
+                   "(MODEL.WEIGHTS path/to/model.pth)")
+    return p
+
+
+def main(argv=None):
+    """Run the tool; returns the ``ranklists.json`` content as a dict.
+
+    Raises:
+        FileNotFoundError: missing config file or ``MODEL.WEIGHTS``.
+        ValueError: bad ``--topk``/``--num-queries``/``--mode``, or a VehicleID-style test set
+            (no fixed query/gallery split).
+    """
+    args = build_parser().parse_args(argv)
+    if args.topk < 1:
+        raise ValueError(f"--topk must be >= 1, got {args.topk}")
+    if args.num_queries < 1:
+        raise ValueError(f"--num-queries must be >= 1, got {args.num_queries}")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+
+    import torch
+
+    from fastreid_plugins.engine import is_vehicleid, load_model_weights
+    from fastreid_plugins.evaluation import evaluate_rank, metrics_from_distmat
+    from fastreid_plugins.tools import build_tool_cfg, trainer_class_for
+
+    cfg = build_tool_cfg(args.config_file, args.opts)
+    if not cfg.MODEL.WEIGHTS:
+        raise FileNotFoundError("No model to visualise: pass `MODEL.WEIGHTS /path/to/model.pth` "
+                                "after the other arguments.")
+    dataset = args.dataset or cfg.DATASETS.TESTS[0]
+    if is_vehicleid(dataset):
+        raise ValueError(f"{dataset} has no fixed query/gallery split (VehicleID protocol); "
+                         "pick another test set with --dataset.")
+    trainer_cls = trainer_class_for(cfg)
+    model = trainer_cls.build_model(cfg)
+    load_model_weights(model, cfg.MODEL.WEIGHTS)
+    loader, num_query = trainer_cls.build_test_loader(cfg, dataset)
+
+    feats, pids, camids, paths = _extract(model, loader, cfg.TEST.FLIP.ENABLED)
+    qf, gf = feats[:num_query], feats[num_query:]
+    q_pids, g_pids, q_cam, g_cam = pids[:num_query], pids[num_query:], camids[:num_query], \
+        camids[num_query:]
+    dist = _distance(cfg, qf, gf)
+    metrics = metrics_from_distmat(dist, q_pids, g_pids, q_cam, g_cam)
+    cmc, all_ap, _ = evaluate_rank(dist, q_pids, g_pids, q_cam, g_cam)
+    valid_idx = np.flatnonzero(_valid_queries(q_pids, q_cam, g_pids, g_cam))
+    assert len(valid_idx) == len(all_ap)
+
+    height, width = args.size or tuple(cfg.INPUT.SIZE_TEST)
+    os.makedirs(args.output, exist_ok=True)
+    summary = {"dataset": dataset, "mode": args.mode, "topk": args.topk,
+               "weights": cfg.MODEL.WEIGHTS, "image_size": [height, width],
+               "metrics": {k: float(v) for k, v in metrics.items()},
+               "cmc": [float(c) for c in cmc], "queries": []}
+    chosen = select_queries(all_ap, valid_idx, args.num_queries, args.mode, args.seed)
+    g_paths = paths[num_query:]
+    with torch.no_grad():
+        for i, (q, ap) in enumerate(chosen):
+            order = np.argsort(dist[q], kind="stable")
+            junk = (g_pids[order] == q_pids[q]) & (g_cam[order] == q_cam[q])
+            order = order[~junk][:args.topk]
+            query = {"path": paths[q], "pid": int(q_pids[q]), "camid": int(q_cam[q])}
+            gallery = [{"path": g_paths[j], "pid": int(g_pids[j]), "camid": int(g_cam[j]),
+                        "dist": float(dist[q, j]), "match": bool(g_pids[j] == q_pids[q])}
+                       for j in order]
+            img, qbox, boxes = draw_ranklist(query, gallery, height, width)
+            stem = os.path.splitext(os.path.basename(paths[q]))[0]
+            name = f"ranklist_{i:03d}_{stem}.png"
+            img.save(os.path.join(args.output, name))
+            for g, box in zip(gallery, boxes):
+                g["box"] = box
+            summary["queries"].append({"file": name, "query_index": q, "ap": ap,
+                                       "query": dict(query, box=qbox), "gallery": gallery})
+    title = (f"CMC on {dataset}: Rank-1 {metrics['Rank-1']:.1f}%  mAP {metrics['mAP']:.1f}%  "
+             f"mINP {metrics['mINP']:.1f}%")
+    draw_cmc(cmc, title).save(os.path.join(args.output, "cmc.png"))
+    with open(os.path.join(args.output, "ranklists.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    logger.info(f"{len(chosen)} rank lists ({args.mode} AP) and cmc.png written to {args.output}; "
+                f"Rank-1 {metrics['Rank-1']:.2f}  mAP {metrics['mAP']:.2f}  "
+                f"mINP {metrics['mINP']:.2f}")
+    return summary
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
