@@ -1,4 +1,4 @@
-"""CLIPSENet meta-architecture: train/eval contracts, loss switch, ablation switches, CV, backbones."""
+"""CLIPSENet meta-architecture: train/eval contracts, loss switch, ablations, CV, backbones."""
 
 import pytest
 import torch
@@ -31,7 +31,8 @@ def batch(n=8, size=32):
     g = torch.Generator().manual_seed(0)
     return {"images": torch.rand(n, 3, size, size, generator=g) * 255,
             "targets": torch.arange(n) % 4, "camids": torch.arange(n) % 3,
-            "sie_camids": torch.arange(n) % 3, "viewids": torch.tensor([0, 1, 2, 3, 4, 5, 6, -1])[:n]}
+            "sie_camids": torch.arange(n) % 3,
+            "viewids": torch.tensor([0, 1, 2, 3, 4, 5, 6, -1])[:n]}
 
 
 def test_train_and_eval_contracts(demo_model):

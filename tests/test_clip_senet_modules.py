@@ -117,7 +117,8 @@ def expected_vision_params(width, layers, mlp, patch, size, proj):
     """CLIP ViT parameter count written out from the architecture (independent of the code)."""
     tokens = (size // patch) ** 2 + 1
     embed = 3 * patch * patch * width + width + tokens * width
-    layer = 4 * (width * width + width) + 2 * 2 * width + (width * mlp + mlp) + (mlp * width + width)
+    attn, norms = 4 * (width * width + width), 2 * 2 * width
+    layer = attn + norms + (width * mlp + mlp) + (mlp * width + width)
     return embed + 2 * width + layers * layer + 2 * width + width * proj
 
 
@@ -162,7 +163,8 @@ def test_sem_clip_input_conversion():
     assert x.shape == (2, 3, 32, 32) and x.abs().max() < 1e-5
     img = torch.rand(1, 3, 64, 64) * 255
     manual = F.interpolate(img / 255, size=(32, 32), mode="bilinear", align_corners=False)
-    manual = (manual - torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)) / torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    mean, std = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    manual = (manual - mean) / std
     assert torch.allclose(sem.to_clip_input(img), manual, atol=1e-5)
 
 
@@ -211,7 +213,8 @@ def test_sem_weight_errors(tmp_path):
         load_sem_weights(sem, str(tmp_path / "empty_dir"))
     # a differently sized encoder: every mismatched shape is listed
     torch.save(tiny_sem(hidden_size=48, num_attention_heads=2).state_dict(), tmp_path / "w48.pth")
-    with pytest.raises(SEMWeightsError, match=r"(?s)shape mismatch \(38\).*checkpoint \(48,\) vs SEM \(32,\)"):
+    with pytest.raises(SEMWeightsError,
+                       match=r"(?s)shape mismatch \(38\).*checkpoint \(48,\) vs SEM \(32,\)"):
         load_sem_weights(sem, str(tmp_path / "w48.pth"))
     # missing / unexpected keys
     state = tiny_sem().state_dict()

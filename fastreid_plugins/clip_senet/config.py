@@ -1,34 +1,25 @@
 """CLIP-SENet config keys: everything lives under ``MODEL.CLIPSENET`` (plus the shared SupCon node).
 
-======================================  ====================  =========================================
-key                                     default               meaning
-======================================  ====================  =========================================
-SEM.ENABLED                             True                  use the TinyCLIP image encoder (Table IV)
-SEM.VARIANT                             TinyCLIP-ViT-61M-32   or TinyCLIP-ViT-40M-32
-SEM.PRETRAIN                            True                  load SEM.WEIGHTS (error if empty)
-SEM.WEIGHTS                             ""                    transformers dir or state-dict file
-SEM.FREEZE                              False                 fix the encoder (paper: trained)
-SEM.USE_PROJECTION                      True                  f_clip = CLIP image embedding (512-d)
-SEM.HIDDEN_SIZE / NUM_LAYERS /          0                     override the variant's size (0 = keep),
-NUM_HEADS / INTERMEDIATE_SIZE /                               e.g. a small random encoder on CPU
-PATCH_SIZE / INPUT_SIZE /
-PROJECTION_DIM
-SEM.HIDDEN_ACT                          ""                    "" = variant's ("gelu"), or the
-                                                              weights directory's config.json
-FUSION.DIM                              0                     f_fuse dim (0 = MODEL.BACKBONE.FEAT_DIM)
-AFEM.ENABLED                            True                  Eq. 4 (Table IV)
-AFEM.GROUPS                             32                    G (Table V: 4..128)
-COMBINE                                 "sum"                 Eq. 5: "sum" or "concat"
-CV.CAMERA / CV.VIEWPOINT                True / True           camera / viewpoint embeddings
-CV.NUM_CAMERAS / CV.NUM_VIEWPOINTS      20 / 8                VeRi-776 values
-CV.COE                                  3.0                   lambda (TransReID's SIE coefficient)
-CV.POSITION                             "sem_tokens"          where the embeddings are added: the SEM
-                                                              tokens, or "feature" (final feature)
-SEED                                    -1                    >= 0: CLIPSENetTrainer seeds all RNGs
-======================================  ====================  =========================================
+* ``SEM.ENABLED`` (True): use the TinyCLIP image encoder (Table IV ablation when False).
+* ``SEM.VARIANT`` ("TinyCLIP-ViT-61M-32"): or "TinyCLIP-ViT-40M-32".
+* ``SEM.PRETRAIN`` (True) / ``SEM.WEIGHTS`` (""): load a local ``transformers`` directory or
+  state-dict file (an empty path with PRETRAIN True is an error).
+* ``SEM.FREEZE`` (False): fix the encoder (the paper trains it).
+* ``SEM.USE_PROJECTION`` (True): f_clip = CLIP's projected image embedding (512-d).
+* ``SEM.HIDDEN_SIZE / NUM_LAYERS / NUM_HEADS / INTERMEDIATE_SIZE / PATCH_SIZE / INPUT_SIZE /
+  PROJECTION_DIM`` (0 = the variant's): a smaller encoder, e.g. random-init on CPU.
+* ``SEM.HIDDEN_ACT`` (""): the variant's ("gelu") or the weights directory's ``config.json``.
+* ``FUSION.DIM`` (0 = ``MODEL.BACKBONE.FEAT_DIM``): dimension of f_fuse (Eq. 3).
+* ``AFEM.ENABLED`` (True) / ``AFEM.GROUPS`` (32): Eq. 4 (Table V varies G from 4 to 128).
+* ``COMBINE`` ("sum"): Eq. 5, "sum" or "concat".
+* ``CV.CAMERA`` / ``CV.VIEWPOINT`` (True / True): camera / viewpoint embeddings;
+  ``CV.NUM_CAMERAS`` / ``CV.NUM_VIEWPOINTS`` (20 / 8, VeRi-776); ``CV.COE`` (3.0, TransReID's
+  lambda); ``CV.POSITION`` ("sem_tokens": added to the SEM's tokens, or "feature": to the final
+  feature).
+* ``SEED`` (-1): >= 0 makes :class:`~fastreid_plugins.clip_senet.CLIPSENetTrainer` seed all RNGs.
 
 Losses use FastReID's ``MODEL.LOSSES``: ``NAME`` ("CrossEntropyLoss", "SupConLoss") by default,
-"TripletLoss" instead of "SupConLoss" for Fig. 3; ``MODEL.LOSSES.SUPCON`` from
+"TripletLoss" instead of "SupConLoss" for Fig. 3; ``MODEL.LOSSES.SUPCON`` comes from
 :func:`fastreid_plugins.losses.supcon.add_supcon_config`.
 """
 

@@ -9,7 +9,6 @@ import logging
 import os
 
 import torch
-from torch import nn
 
 from fastreid.config import configurable
 from fastreid.layers import pooling
@@ -166,7 +165,8 @@ class CLIPSENet(PluginMetaArch):
         cnn_dim = cfg.MODEL.BACKBONE.FEAT_DIM
         pool_name = cfg.MODEL.HEADS.POOL_LAYER
         if not hasattr(pooling, pool_name):
-            raise ValueError(f"MODEL.HEADS.POOL_LAYER={pool_name!r} is not a FastReID pooling layer")
+            raise ValueError(f"MODEL.HEADS.POOL_LAYER={pool_name!r} is not a FastReID pooling "
+                             "layer")
         pool = getattr(pooling, pool_name)()
 
         sem = fusion = afem = None
@@ -211,7 +211,9 @@ class CLIPSENet(PluginMetaArch):
 
     # ------------------------------------------------------------------------------------------
     def _raw_images(self, batched_inputs):
-        images = batched_inputs.get("images") if isinstance(batched_inputs, dict) else batched_inputs
+        images = batched_inputs
+        if isinstance(batched_inputs, dict):
+            images = batched_inputs.get("images")
         return images.to(self.device, torch.float32) if isinstance(images, torch.Tensor) else images
 
     def side_information(self, batched_inputs, batch_size):
@@ -270,8 +272,9 @@ class CLIPSENet(PluginMetaArch):
         feats = outputs["features"]
         loss_dict = {}
         if "CrossEntropyLoss" in names:
+            ce = kw["ce"]
             loss_dict["loss_cls"] = cross_entropy_loss(
-                outputs["cls_outputs"], targets, kw["ce"]["eps"], kw["ce"]["alpha"]) * kw["ce"]["scale"]
+                outputs["cls_outputs"], targets, ce["eps"], ce["alpha"]) * ce["scale"]
         if "SupConLoss" in names:
             loss_dict["loss_supcon"] = supcon_loss(
                 feats, targets, kw["supcon"]["temperature"]) * kw["supcon"]["scale"]

@@ -39,8 +39,8 @@ class AFEM(nn.Module):
     def __init__(self, in_dim, out_dim, groups=32):
         super().__init__()
         if groups < 1 or out_dim % groups != 0:
-            raise ValueError(f"AFEM groups G={groups} must be >= 1 and divide the feature dimension "
-                             f"{out_dim} (MODEL.CLIPSENET.AFEM.GROUPS)")
+            raise ValueError(f"AFEM groups G={groups} must be >= 1 and divide the feature "
+                             f"dimension {out_dim} (MODEL.CLIPSENET.AFEM.GROUPS)")
         self.groups = groups
         self.fc = nn.Linear(in_dim, out_dim)
         self.bn = nn.BatchNorm1d(out_dim)
@@ -64,7 +64,7 @@ class FeatureFusion(nn.Module):
 
     .. math::
         f_{fuse} = \mathrm{FC}([f_{cnn}; f_{clip}]), \qquad
-        f = f_{afem} + f_{fuse}\ \ (\text{sum})\quad\text{or}\quad [f_{afem}; f_{fuse}]\ \ (\text{concat})
+        f = f_{afem} + f_{fuse}\ (\text{sum})\ \text{or}\ [f_{afem}; f_{fuse}]\ (\text{concat})
 
     Reference:
         CLIP-SENet (Lu et al., arXiv:2502.16815, 2025), Eq. 3 and Eq. 5.
@@ -177,6 +177,6 @@ class CameraViewEmbedding(nn.Module):
         return self.coe * out
 
     def extra_repr(self):
-        return (f"dim={self.dim}, cameras={self.num_cameras if self.camera_embed is not None else 'off'}"
-                f", viewpoints={self.num_viewpoints if self.view_embed is not None else 'off'}, "
-                f"coe={self.coe}")
+        cams = self.num_cameras if self.camera_embed is not None else "off"
+        views = self.num_viewpoints if self.view_embed is not None else "off"
+        return f"dim={self.dim}, cameras={cams}, viewpoints={views}, coe={self.coe}"

@@ -1,4 +1,4 @@
-"""Semantic Extraction Module (SEM): the TinyCLIP image encoder, built offline with ``transformers``.
+"""Semantic Extraction Module (SEM): TinyCLIP's image encoder, built offline with ``transformers``.
 
 CLIP-SENet's SEM is the *image encoder only* of TinyCLIP; the text tower is never built. The
 architecture hyper-parameters of the supported TinyCLIP variants are kept here
@@ -148,7 +148,7 @@ def tinyclip_parameter_counts(variant="TinyCLIP-ViT-61M-32"):
 
 
 def _vision_transformer(config):
-    """``CLIPVisionModel(config)``'s transformer (transformers 5 has no ``.vision_model`` wrapper)."""
+    """``CLIPVisionModel(config)``'s transformer (transformers 5 has no ``.vision_model``)."""
     from transformers import CLIPVisionModel
 
     model = CLIPVisionModel(config)
@@ -283,7 +283,8 @@ def resolve_weights(path):
             "MODEL.CLIPSENET.SEM.WEIGHTS to its local directory (or to a state-dict file), or set "
             "MODEL.CLIPSENET.SEM.PRETRAIN False for a randomly initialised encoder.")
     if os.path.isdir(path):
-        files = [os.path.join(path, f) for f in _WEIGHT_FILES if os.path.isfile(os.path.join(path, f))]
+        files = [os.path.join(path, f) for f in _WEIGHT_FILES
+                 if os.path.isfile(os.path.join(path, f))]
         if not files:
             raise FileNotFoundError(f"No weights in the transformers directory {path!r}: expected "
                                     f"one of {', '.join(_WEIGHT_FILES)}.")
@@ -372,7 +373,8 @@ def load_sem_weights(sem, path):
     missing = sorted(set(own) - set(mapped))
     unexpected = sorted(set(mapped) - set(own))
     shapes = sorted(f"{k}: checkpoint {tuple(mapped[k].shape)} vs SEM {tuple(own[k].shape)}"
-                    for k in set(own) & set(mapped) if tuple(mapped[k].shape) != tuple(own[k].shape))
+                    for k in set(own) & set(mapped)
+                    if tuple(mapped[k].shape) != tuple(own[k].shape))
     if missing or unexpected or shapes:
         def fmt(title, keys):
             if not keys:

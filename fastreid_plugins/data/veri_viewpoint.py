@@ -1,4 +1,4 @@
-"""VeRi-776 with viewpoint (orientation) labels, and a dataset that puts side information in the batch.
+"""VeRi-776 with viewpoint (orientation) labels, and a dataset putting side information in batches.
 
 * :class:`VeRiViewpoint` (registered in FastReID's ``DATASET_REGISTRY`` as ``"VeRiViewpoint"``):
   FastReID's :class:`~fastreid.data.datasets.veri.VeRi` whose items carry a fourth field, the
@@ -70,7 +70,8 @@ def read_orientation_file(path, num_viewpoints=NUM_VERI_VIEWPOINTS):
                 continue
             where = f"{path}:{lineno}"
             if len(fields) < 2:
-                raise ValueError(f"{where}: expected '<image> ... <orientation>', got {line.strip()!r}")
+                raise ValueError(f"{where}: expected '<image> ... <orientation>', "
+                                 f"got {line.strip()!r}")
             try:
                 view = int(fields[-1])
             except ValueError:

@@ -57,8 +57,8 @@ def supcon_loss(features, targets, temperature=0.07, normalize=True):
     For every anchor :math:`i` with at least one positive,
 
     .. math::
-        \ell_i = \frac{-1}{|P(i)|} \sum_{p \in P(i)}
-                 \log \frac{\exp(z_i \cdot z_p / \tau)}{\sum_{a \in A(i)} \exp(z_i \cdot z_a / \tau)}
+        \ell_i = \frac{-1}{|P(i)|} \sum_{p \in P(i)} \log
+                 \frac{\exp(z_i \cdot z_p / \tau)}{\sum_{a \in A(i)} \exp(z_i \cdot z_a / \tau)}
 
     where :math:`z` are the L2-normalised features, :math:`A(i)` all other samples of the batch
     and :math:`P(i) \subseteq A(i)` those with the anchor's identity. The loss is the mean of

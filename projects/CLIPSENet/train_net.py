@@ -4,12 +4,14 @@
 Usage:
     python projects/CLIPSENet/train_net.py --config-file configs/veri/clip_senet.yml
     python projects/CLIPSENet/train_net.py --config-file logs/veri/clip_senet/config.yaml \
-        --eval-only MODEL.WEIGHTS logs/veri/clip_senet/model_final.pth MODEL.CLIPSENET.SEM.PRETRAIN False
+        --eval-only MODEL.WEIGHTS logs/veri/clip_senet/model_final.pth \
+        MODEL.CLIPSENET.SEM.PRETRAIN False
 """
 import os
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))  # run from a source checkout
+# run from a source checkout
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 
 from fastreid_plugins.engine import launch_main  # noqa: E402
 from fastreid_plugins.clip_senet import CLIPSENetTrainer, add_clip_senet_config  # noqa: E402
