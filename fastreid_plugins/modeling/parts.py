@@ -243,7 +243,9 @@ class PartHead(nn.Module):
         - Eval output: (B, D), the BNNeck feature ``n``.
 
     Raises:
-        ValueError: unknown ``pool_type``/``cls_type``/``neck_feat`` or ``num_classes`` < 1.
+        ValueError: unknown ``pool_type``/``cls_type``/``neck_feat`` or ``num_classes`` < 0; training
+            forward with 0 classes (``num_classes`` 0 builds an empty classifier, like FastReID's
+            ``NUM_CLASSES: 0``, which the trainer or ``--eval-only`` weight loading fills in).
     """
 
     def __init__(self, in_channels, num_classes, embed_dim=0, pool_type="GlobalAvgPool",
@@ -258,9 +260,8 @@ class PartHead(nn.Module):
                              f"({', '.join(any_softmax.__all__)})")
         if neck_feat not in ("before", "after"):
             raise ValueError(f"MODEL.HEADS.NECK_FEAT must be 'before' or 'after', got {neck_feat!r}")
-        if int(num_classes) < 1:
-            raise ValueError(f"MODEL.HEADS.NUM_CLASSES must be >= 1 to build the classifiers, got "
-                             f"{num_classes} (the trainer sets it from the training set)")
+        if int(num_classes) < 0:
+            raise ValueError(f"MODEL.HEADS.NUM_CLASSES must be >= 0, got {num_classes}")
         self.pool = getattr(pooling, pool_type)()
         self.embed = nn.Conv2d(in_channels, embed_dim, 1, bias=False) if embed_dim > 0 else nn.Identity()
         self.out_dim = embed_dim if embed_dim > 0 else in_channels
@@ -270,7 +271,8 @@ class PartHead(nn.Module):
         self.cls_layer = getattr(any_softmax, cls_type)(num_classes, scale, margin)
         self.embed.apply(weights_init_kaiming)
         self.bnneck.apply(weights_init_kaiming)
-        nn.init.normal_(self.weight, std=0.01)
+        if num_classes > 0:
+            nn.init.normal_(self.weight, std=0.01)
 
     @classmethod
     def from_cfg(cls, cfg, in_channels, embed_dim=0):
@@ -285,6 +287,10 @@ class PartHead(nn.Module):
         n = self.bnneck(f)[..., 0, 0]
         if not self.training:
             return n
+        if self.weight.shape[0] == 0:
+            raise ValueError("this classifier has 0 classes (MODEL.HEADS.NUM_CLASSES 0 = 'from the "
+                             "training set', set by the trainer): build the model through the "
+                             "trainer or set MODEL.HEADS.NUM_CLASSES for training")
         if self.cls_layer.__class__.__name__ == "Linear":
             logits = F.linear(n, self.weight)
         else:

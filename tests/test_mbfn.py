@@ -1,0 +1,247 @@
+"""MBFN (Rong et al., Sci. Rep. 11, 20210, 2021): contracts, part weighting on a hand example, loss
+terms vs FastReID's losses, every Table 2 / 3 / 4 variant, config validation, and overfitting the
+real VeRi-776 sample with an ``--eval-only`` round trip."""
+
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+from fastreid.modeling.losses import cross_entropy_loss, triplet_loss
+from fastreid.utils.events import EventStorage
+
+import fastreid_plugins  # noqa: F401
+from fastreid_plugins import engine
+from fastreid_plugins.engine import PluginTrainer
+from fastreid_plugins.mbfn import MBFN, add_mbfn_config, mbfn_part_weights
+from tests.helpers import evaluate, make_cfg, seed_everything, train
+
+DEMO = "configs/demo/mbfn.yml"
+# small and fast: 80x64 input -> 5x4 maps at stride 16 (enough rows/columns for Table 2's splits)
+TINY = ["MODEL.HEADS.NUM_CLASSES", "4", "INPUT.SIZE_TRAIN", "[80, 64]", "INPUT.SIZE_TEST", "[80, 64]",
+        "MODEL.MBFN.BRANCH_GLOBAL.REDUCE_DIM", "32", "MODEL.MBFN.BRANCH_GLOBAL.EMBED_DIM", "64",
+        "MODEL.MBFN.PART_DIM", "16"]
+HW = (80, 64)
+
+OFF_CAM, OFF_W = ["MODEL.MBFN.USE_CAM", "False"], ["MODEL.MBFN.WEIGHTS.ENABLED", "False"]
+# Table 4 variants (a)-(g): each branch, the part weighting, CAM and the Global Branch switched
+TABLE4 = {
+    "a_global": ["MODEL.MBFN.USE_LOCAL1", "False", "MODEL.MBFN.USE_LOCAL2", "False"] + OFF_CAM + OFF_W,
+    "b_global+local1": ["MODEL.MBFN.USE_LOCAL2", "False"] + OFF_CAM + OFF_W,
+    "c_global+local1+local2": OFF_CAM + OFF_W,
+    "d_c+weights": OFF_CAM,
+    "e_c+cam": OFF_W,
+    "f_full": [],
+    "g_full_wo_global": ["MODEL.MBFN.USE_GLOBAL", "False"],
+}
+# Table 2: segmentation direction and parts per local branch
+TABLE2 = [("horizontal", 2, 3), ("vertical", 2, 3), ("horizontal", 3, 4), ("vertical", 3, 4),
+          ("horizontal", 1, 2)]
+# Table 3: (alpha, beta)
+TABLE3 = [(0.3, 0.4), (0.2, 0.6), (0.4, 0.2), (0.5, 0.5)]
+
+
+def tiny_model(*opts):
+    cfg = make_cfg(DEMO, TINY + list(opts), [add_mbfn_config])
+    torch.manual_seed(0)
+    return PluginTrainer.build_model(cfg), cfg
+
+
+def batch(n_ids=4, k=2, hw=HW, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {"images": torch.rand(n_ids * k, 3, *hw, generator=g) * 255,
+            "targets": torch.arange(n_ids).repeat_interleave(k)}
+
+
+def one_step(model, data):
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    model.train()
+    with EventStorage(0):
+        losses = model(data)
+    opt.zero_grad()
+    sum(losses.values()).backward()
+    opt.step()
+    change = max((p.detach() - before[k]).abs().max().item() for k, p in model.named_parameters()
+                 if p.requires_grad)
+    return losses, change
+
+
+def test_registered_and_output_shapes_train_eval():
+    model, cfg = tiny_model()
+    assert isinstance(model, MBFN)
+    data = batch()
+    model.train()
+    with EventStorage(0):
+        losses = model(data)
+    expected = (["loss_cls_global", "loss_triplet_global"]
+                + [f"loss_{t}_local{k}_global" for k in (1, 2) for t in ("cls", "triplet")]
+                + [f"loss_triplet_local{k}_parts" for k in (1, 2)]
+                + [f"loss_cls_local1_part{i}" for i in range(2)] + [f"loss_cls_local2_part{i}" for i in range(3)])
+    assert sorted(losses) == sorted(expected)
+    assert all(v.dim() == 0 and torch.isfinite(v) for v in losses.values())
+    model.eval()
+    images = data["images"].clone()
+    with torch.no_grad():
+        feat, bare = model(data), model(images)
+    # Global 512 + Local1 (64 + 2 x 16) + Local2 (64 + 3 x 16)
+    assert feat.shape == (8, 512 + 96 + 112) == (8, model.feat_dim)
+    assert torch.equal(feat, bare)
+    assert torch.equal(images, data["images"])
+    # branches own their stages (no weight sharing)
+    ptrs = [{n: p.data_ptr() for n, p in b.stage.named_parameters()} for _, b in model.branches()]
+    assert all(ptrs[0][n] != ptrs[1][n] != ptrs[2][n] for n in ptrs[0])
+
+
+def test_part_weighting_hand_example():
+    """Local Branch 2: top and bottom parts x alpha = 0.3, middle part x beta = 0.4 (Fig. 4), in the
+    training triplet feature and in the test descriptor; CE sees the unweighted parts."""
+    model, cfg = tiny_model()
+    assert mbfn_part_weights(cfg) == [0.3, 0.4, 0.3]
+    l2 = model.local2
+    assert torch.allclose(l2.part_weights, torch.tensor([0.3, 0.4, 0.3]))
+    assert model.local1.part_weights is None          # Local Branch 1 is not weighted
+    data = batch()
+    model.eval()
+    with torch.no_grad():
+        x = model.trunk(model.preprocess_image(data))
+        m = l2.feature_map(x)                         # (B, C, 5, 4): 5 rows -> parts of 2, 2, 1 rows
+        top, mid, bot = m[:, :, 0:2], m[:, :, 2:4], m[:, :, 4:5]
+        h = [head(p) for head, p in zip(l2.part_heads, (top, mid, bot))]
+        desc = model(data)
+        tail = desc[:, -48:]                          # Local2's three 16-d parts come last
+        assert torch.allclose(tail, torch.cat([0.3 * h[0], 0.4 * h[1], 0.3 * h[2]], 1), atol=1e-6)
+    model.train()
+    with EventStorage(0):
+        out = model.branch_outputs(model.preprocess_image(data), data["targets"])["local2"]
+    f = [p["features"] for p in out["parts"]]
+    assert torch.allclose(out["part_feature"], torch.cat([0.3 * f[0], 0.4 * f[1], 0.3 * f[2]], 1))
+
+
+def test_weights_apply_at_and_explicit_values():
+    model, cfg = tiny_model("MODEL.MBFN.WEIGHTS.APPLY_AT", "train", "MODEL.MBFN.WEIGHTS.VALUES", "[0.2, 0.5, 0.3]")
+    assert mbfn_part_weights(cfg) == [0.2, 0.5, 0.3]
+    model.eval()
+    l2 = model.local2
+    with torch.no_grad():
+        x = model.trunk(model.preprocess_image(batch()))
+        m = l2.feature_map(x)
+        h = [head(p) for head, p in zip(l2.part_heads, (m[:, :, 0:2], m[:, :, 2:4], m[:, :, 4:5]))]
+        assert torch.allclose(model(batch())[:, -48:], torch.cat(h, 1), atol=1e-6)  # unweighted at test
+    _, cfg_off = tiny_model(*OFF_W)
+    assert mbfn_part_weights(cfg_off) is None
+
+
+def test_loss_terms_equal_fastreid_losses_computed_independently():
+    model, cfg = tiny_model()
+    data = batch()
+    t = data["targets"]
+    model.train()
+    with EventStorage(0):
+        out = model.branch_outputs(model.preprocess_image(data), t)
+        losses = model.losses(out, t)
+        again = model(data)
+    heads = [out["global"]["global"]] + [o for k in ("local1", "local2")
+                                         for o in [out[k]["global"]] + out[k]["parts"]]
+    assert len(heads) == 8
+    ce = sum(F.cross_entropy(h["cls_outputs"], t) for h in heads)    # Eq. 1, eps = 0
+    feats = [out["global"]["global"]["features"], out["local1"]["global"]["features"],
+             out["local2"]["global"]["features"], out["local1"]["part_feature"], out["local2"]["part_feature"]]
+    tri = sum(triplet_loss(f, t, 1.2, False, True) for f in feats)     # Eq. 2, margin 1.2
+    assert torch.allclose(losses["loss_cls_local2_part1"], cross_entropy_loss(out["local2"]["parts"][1]["cls_outputs"], t, 0.0))
+    assert torch.allclose(losses["loss_triplet_local2_parts"], 0.1 * triplet_loss(feats[4], t, 1.2, False, True))
+    assert torch.allclose(sum(losses.values()), ce + 0.1 * tri, atol=1e-5)  # Eq. 3, lambda = 0.1
+    for k in losses:
+        assert torch.allclose(losses[k], again[k], atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", list(TABLE4))
+def test_table4_variants_build_and_train_one_step(variant):
+    model, _ = tiny_model(*TABLE4[variant])
+    losses, change = one_step(model, batch())
+    assert all(torch.isfinite(v) for v in losses.values()) and change > 0
+    names = [n for n, _ in model.branches()]
+    assert ("global" in names) == (variant != "g_full_wo_global")
+    assert ("local1" in names) == (variant != "a_global")
+    assert ("local2" in names) == (variant not in ("a_global", "b_global+local1"))
+    cam = variant in ("e_c+cam", "f_full", "g_full_wo_global")
+    weights = variant in ("d_c+weights", "f_full", "g_full_wo_global")
+    for n, b in model.branches():
+        if n != "global":
+            assert (not isinstance(b.cam, torch.nn.Identity)) == cam
+    if model.local2 is not None:
+        assert (model.local2.part_weights is not None) == weights
+    model.eval()
+    with torch.no_grad():
+        assert model(batch()["images"]).shape == (8, model.feat_dim)
+
+
+@pytest.mark.parametrize("direction,p1,p2", TABLE2)
+def test_table2_segmentation_build_and_train_one_step(direction, p1, p2):
+    model, _ = tiny_model("MODEL.MBFN.SPLIT_DIRECTION", direction, "MODEL.MBFN.LOCAL1.NUM_PARTS", str(p1),
+                          "MODEL.MBFN.LOCAL2.NUM_PARTS", str(p2))
+    assert (model.local1.num_parts, model.local2.num_parts) == (p1, p2)
+    assert model.local1.direction == model.local2.direction == direction
+    losses, change = one_step(model, batch())
+    assert len([k for k in losses if k.startswith("loss_cls_local2_part")]) == p2
+    assert all(torch.isfinite(v) for v in losses.values()) and change > 0
+
+
+@pytest.mark.parametrize("alpha,beta", TABLE3)
+def test_table3_alpha_beta_build_and_train_one_step(alpha, beta):
+    model, cfg = tiny_model("MODEL.MBFN.WEIGHTS.ALPHA", str(alpha), "MODEL.MBFN.WEIGHTS.BETA", str(beta))
+    assert torch.allclose(model.local2.part_weights, torch.tensor([alpha, beta, alpha]))
+    losses, change = one_step(model, batch())
+    assert all(torch.isfinite(v) for v in losses.values()) and change > 0
+
+
+@pytest.mark.parametrize("opts,match", [
+    (["MODEL.MBFN.USE_GLOBAL", "False", "MODEL.MBFN.USE_LOCAL1", "False", "MODEL.MBFN.USE_LOCAL2", "False"],
+     "at least one branch"),
+    (["MODEL.MBFN.LOCAL2.NUM_PARTS", "9"], r"MODEL.MBFN.LOCAL2.NUM_PARTS=9 must be an int in 1..8"),
+    (["MODEL.MBFN.LOCAL1.NUM_PARTS", "0"], "MODEL.MBFN.LOCAL1.NUM_PARTS"),
+    (["MODEL.MBFN.SPLIT_DIRECTION", "diagonal"], "MODEL.MBFN.SPLIT_DIRECTION"),
+    (["MODEL.MBFN.WEIGHTS.VALUES", "[0.5, 0.5]"], "MODEL.MBFN.WEIGHTS.VALUES has 2 weights"),
+    (["MODEL.MBFN.WEIGHTS.ALPHA", "-0.3"], "MODEL.MBFN.WEIGHTS.ALPHA"),
+    (["MODEL.MBFN.WEIGHTS.APPLY_AT", "never"], "MODEL.MBFN.WEIGHTS.APPLY_AT"),
+    (["MODEL.MBFN.WEIGHTS.FUSION", "max"], "MODEL.MBFN.WEIGHTS.FUSION"),
+    (["MODEL.MBFN.LOSS.LAMBDA", "-1.0"], "MODEL.MBFN.LOSS.LAMBDA"),
+    (["MODEL.MBFN.SPLIT_AT", "layer1"], "MODEL.MBFN.SPLIT_AT"),
+])
+def test_invalid_config_values_name_the_key(opts, match):
+    with pytest.raises(ValueError, match=match):
+        tiny_model(*opts)
+
+
+def test_more_parts_than_columns_is_a_clear_error():
+    model, _ = tiny_model("MODEL.MBFN.SPLIT_DIRECTION", "vertical", "MODEL.MBFN.LOCAL2.NUM_PARTS", "5")
+    model.eval()
+    with pytest.raises(ValueError, match="4 columns .* into 5 vertical parts"):
+        model(torch.rand(2, 3, *HW) * 255)
+
+
+def test_overfit_real_sample_and_eval_only_round_trip(veri_root, datasets_root, tmp_path):
+    """Demo config (6 epochs) on the real 57-image VeRi-776 sample: loss falls, mAP from its
+    untrained value to >= 90%; `--eval-only` on model_final.pth reproduces the metrics."""
+    datasets_root(veri_root)
+    out = str(tmp_path / "mbfn")
+    os.makedirs(out)
+    cfg = make_cfg(DEMO, ["OUTPUT_DIR", out, "SOLVER.MAX_EPOCH", "6"], [add_mbfn_config])  # 18 iterations
+    seed_everything(0)
+    untrained = evaluate(cfg, PluginTrainer.build_model(PluginTrainer.auto_scale_hyperparams(cfg, 4)))
+    seed_everything(0)
+    _, trained, losses = train(cfg)
+    first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
+    print(f"MBFN real sample: loss {first:.3f} -> {last:.3f}; mAP {untrained['mAP']:.2f} -> "
+          f"{trained['mAP']:.2f}; Rank-1 {untrained['Rank-1']:.2f} -> {trained['Rank-1']:.2f}")
+    assert last < 0.5 * first
+    assert trained["mAP"] >= 90.0
+    assert trained["mAP"] - untrained["mAP"] >= 20.0
+
+    args = engine.default_argument_parser().parse_args(
+        ["--config-file", os.path.join(os.path.dirname(os.path.dirname(__file__)), DEMO), "--eval-only",
+         "MODEL.WEIGHTS", os.path.join(out, "model_final.pth"), "MODEL.DEVICE", "cpu",
+         "OUTPUT_DIR", str(tmp_path / "eval"), "SOLVER.MAX_EPOCH", "6"])
+    again = engine.main(args, add_mbfn_config)
+    for k in ("Rank-1", "Rank-5", "mAP", "mINP"):
+        assert again[k] == pytest.approx(trained[k], abs=1e-6), k
