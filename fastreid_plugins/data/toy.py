@@ -464,6 +464,10 @@ def _print_summary(res, size, seed):
 
 
 def main(argv=None):
+    """Command line: ``python -m fastreid_plugins.data.toy --out DIR [...]``; returns the counts.
+
+    Exits with status 2 and a one-line message on a bad argument or an existing dataset.
+    """
     p = argparse.ArgumentParser(prog="python -m fastreid_plugins.data.toy",
                                 description="Write a small synthetic vehicle re-id dataset in "
                                             "VeRi-776 layout (DIR/veri/...).")
