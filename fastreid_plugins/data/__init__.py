@@ -9,5 +9,6 @@ missing dataset folders, unreadable images, image names that do not parse, malfo
 from . import checks  # noqa: F401
 from . import validation
 from .vric import VRIC  # noqa: F401  (registers "VRIC")
+from . import veri_viewpoint  # noqa: F401  (registers "VeRiViewpoint")
 
 validation.apply()
