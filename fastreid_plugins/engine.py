@@ -198,10 +198,20 @@ def setup(args, *add_fns):
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         cfg.MODEL.DEVICE = "cpu"
     if getattr(args, "eval_only", False):
-        cfg.MODEL.BACKBONE.PRETRAIN = False
+        _no_pretrain(cfg.MODEL)
     cfg.freeze()
     default_setup(cfg, args)
     return cfg
+
+
+def _no_pretrain(node):
+    """--eval-only loads everything from MODEL.WEIGHTS: turn off every ``PRETRAIN`` key under
+    ``MODEL`` (the backbone's and any method's, e.g. CLIP-SENet's TinyCLIP encoder)."""
+    for k, v in node.items():
+        if k == "PRETRAIN" and isinstance(v, bool):
+            node[k] = False
+        elif isinstance(v, dict):
+            _no_pretrain(v)
 
 
 def main(args, *add_fns, trainer_cls=PluginTrainer):

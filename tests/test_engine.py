@@ -95,3 +95,14 @@ def test_pretrain_path_that_does_not_exist(tmp_path):
                          "MODEL.BACKBONE.PRETRAIN_PATH", str(tmp_path / "r18.pth")])
     with pytest.raises(FileNotFoundError, match="r18.pth"):
         build_backbone(cfg)
+
+
+def test_eval_only_turns_off_every_pretrain_key():
+    from fastreid_plugins.clip_senet import add_clip_senet_config
+    from fastreid_plugins.engine import _no_pretrain
+    from fastreid_plugins.config import get_cfg
+    cfg = get_cfg(add_clip_senet_config)
+    cfg.MODEL.BACKBONE.PRETRAIN = True
+    assert cfg.MODEL.CLIPSENET.SEM.PRETRAIN is True
+    _no_pretrain(cfg.MODEL)
+    assert cfg.MODEL.BACKBONE.PRETRAIN is False and cfg.MODEL.CLIPSENET.SEM.PRETRAIN is False
