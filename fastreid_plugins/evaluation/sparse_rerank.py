@@ -46,7 +46,6 @@ import warnings
 import numpy as np
 import scipy.sparse as sp
 import torch
-import torch.nn.functional as F
 
 logger = logging.getLogger(__name__)
 

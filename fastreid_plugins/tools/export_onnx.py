@@ -14,7 +14,17 @@ bare-tensor forward ``model(images) -> features`` is traced.
 The ONNX graph has one input ``images``: float32 (B, 3, H, W) RGB in [0, 255] (what FastReID's
 test loader yields; pixel normalisation is inside the graph), ``H, W = INPUT.SIZE_TEST``; and one
 output ``features``: float32 (B, D), the feature the evaluator ranks with. The batch axis is
-dynamic.
+dynamic; H and W are those of the export (shape checks in the models are evaluated at trace
+time).
+
+The export uses PyTorch's TorchScript-based exporter (``dynamo=False``: the dynamo exporter needs
+``onnxscript``), with two symbolics added for the duration of the export: ``torch.sort(...,
+stable=True)`` -> ONNX ``TopK`` (stable by the ONNX spec), and ``adaptive_avg_pool2d`` on maps
+whose spatial size is not static at trace time -> reshape + mean (both used by SVRN).
+
+Models whose eval forward uses side information (CLIP-SENet's camera / viewpoint embeddings)
+are exported with what their bare-tensor forward does without it (CLIP-SENet: the learned
+"unknown" camera and viewpoint entries); the check compares with that same PyTorch forward.
 
 Check (on by default): onnxruntime (CPU) runs the exported graph on a random batch of a different
 batch size than the export batch and the output must match PyTorch's eval output within

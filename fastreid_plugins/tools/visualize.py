@@ -258,8 +258,6 @@ def main(argv=None):
         raise ValueError(f"--num-queries must be >= 1, got {args.num_queries}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
-    import torch
-
     from fastreid_plugins.engine import is_vehicleid, load_model_weights
     from fastreid_plugins.evaluation import evaluate_rank, metrics_from_distmat
     from fastreid_plugins.tools import build_tool_cfg, trainer_class_for
@@ -295,23 +293,22 @@ def main(argv=None):
                "cmc": [float(c) for c in cmc], "queries": []}
     chosen = select_queries(all_ap, valid_idx, args.num_queries, args.mode, args.seed)
     g_paths = paths[num_query:]
-    with torch.no_grad():
-        for i, (q, ap) in enumerate(chosen):
-            order = np.argsort(dist[q], kind="stable")
-            junk = (g_pids[order] == q_pids[q]) & (g_cam[order] == q_cam[q])
-            order = order[~junk][:args.topk]
-            query = {"path": paths[q], "pid": int(q_pids[q]), "camid": int(q_cam[q])}
-            gallery = [{"path": g_paths[j], "pid": int(g_pids[j]), "camid": int(g_cam[j]),
-                        "dist": float(dist[q, j]), "match": bool(g_pids[j] == q_pids[q])}
-                       for j in order]
-            img, qbox, boxes = draw_ranklist(query, gallery, height, width)
-            stem = os.path.splitext(os.path.basename(paths[q]))[0]
-            name = f"ranklist_{i:03d}_{stem}.png"
-            img.save(os.path.join(args.output, name))
-            for g, box in zip(gallery, boxes):
-                g["box"] = box
-            summary["queries"].append({"file": name, "query_index": q, "ap": ap,
-                                       "query": dict(query, box=qbox), "gallery": gallery})
+    for i, (q, ap) in enumerate(chosen):
+        order = np.argsort(dist[q], kind="stable")
+        junk = (g_pids[order] == q_pids[q]) & (g_cam[order] == q_cam[q])
+        order = order[~junk][:args.topk]
+        query = {"path": paths[q], "pid": int(q_pids[q]), "camid": int(q_cam[q])}
+        gallery = [{"path": g_paths[j], "pid": int(g_pids[j]), "camid": int(g_cam[j]),
+                    "dist": float(dist[q, j]), "match": bool(g_pids[j] == q_pids[q])}
+                   for j in order]
+        img, qbox, boxes = draw_ranklist(query, gallery, height, width)
+        stem = os.path.splitext(os.path.basename(paths[q]))[0]
+        name = f"ranklist_{i:03d}_{stem}.png"
+        img.save(os.path.join(args.output, name))
+        for g, box in zip(gallery, boxes):
+            g["box"] = box
+        summary["queries"].append({"file": name, "query_index": q, "ap": ap,
+                                   "query": dict(query, box=qbox), "gallery": gallery})
     title = (f"CMC on {dataset}: Rank-1 {metrics['Rank-1']:.1f}%  mAP {metrics['mAP']:.1f}%  "
              f"mINP {metrics['mINP']:.1f}%")
     draw_cmc(cmc, title).save(os.path.join(args.output, "cmc.png"))
