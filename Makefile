@@ -32,6 +32,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/eval_speed.py
+	$(PY) bench/rerank.py
 
 clean:
 	rm -rf $(VENV) logs

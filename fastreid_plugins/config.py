@@ -4,6 +4,8 @@ Added by :func:`add_plugins_config`:
 
 * ``TEST.VEHICLEID.NUM_TRIALS`` (10) / ``TEST.VEHICLEID.SEED`` (0): the VehicleID protocol's
   repeated random gallery draws (Liu et al. CVPR 2016), seeded for reproducibility.
+* ``TEST.RERANK.TYPE`` ("sparse"): which k-reciprocal re-ranking ``TEST.RERANK.ENABLED`` uses,
+  the sparse O(k n)-memory one or FastReID's dense one ("fastreid").
 * ``SOLVER.OPT "AMSGrad"`` is accepted as a value: Adam with ``amsgrad=True`` (Reddi et al.,
   ICLR 2018), which FastReID's optimizer builder cannot ask for.
 """
@@ -21,6 +23,10 @@ def add_plugins_config(cfg):
         cfg.TEST.VEHICLEID = CN()
         cfg.TEST.VEHICLEID.NUM_TRIALS = 10
         cfg.TEST.VEHICLEID.SEED = 0
+    if "TYPE" not in cfg.TEST.RERANK:
+        # "sparse": O(k n)-memory k-reciprocal re-ranking (fastreid_plugins.evaluation.sparse_rerank)
+        # "fastreid": FastReID's dense N x N compute_jaccard_distance path
+        cfg.TEST.RERANK.TYPE = "sparse"
     return cfg
 
 

@@ -23,6 +23,8 @@ from fastreid.data.datasets.vehicleid import VehicleID
 from fastreid.data.transforms import build_transforms
 from fastreid.engine import DefaultTrainer, default_argument_parser, default_setup, launch
 from fastreid.utils import comm
+from fastreid.utils.events import (CommonMetricPrinter, JSONWriter, TensorboardXWriter,
+                                   get_event_storage)
 
 from .compat import load_checkpoint_file
 from .config import get_cfg
@@ -111,6 +113,34 @@ def _adopt_auto_sized(model, state, own):
             logger.info(f"{k}: auto-sized {tuple(v.shape)} -> {tuple(state[k].shape)} from the checkpoint")
 
 
+class EvalAwareTensorboardWriter(TensorboardXWriter):
+    """FastReID's tensorboard writer that does not lose the evaluation results.
+
+    FastReID's ``TensorboardXWriter`` keeps one global "last written iteration". ``PeriodicWriter``
+    writes at the last iteration of an epoch (``after_step``) *before* ``EvalHook.after_epoch``
+    stores Rank-1/mAP/mINP at that same iteration, so they never reach tensorboard; an evaluation
+    run from ``EvalHook.after_train`` neither. Here every scalar is written when *its own*
+    iteration is new, and the writer writes once more when it is closed.
+    """
+
+    def write(self):
+        storage = get_event_storage()
+        last = self.__dict__.setdefault("_last_per_key", {})
+        for k, (v, it) in storage.latest_with_smoothing_hint(self._window_size).items():
+            if it > last.get(k, -1):
+                self._writer.add_scalar(k, v, it)
+                last[k] = it
+        self._last_write = float("inf")  # FastReID's scalar loop then writes nothing more
+        super().write()  # images and histograms, as FastReID
+
+    def close(self):
+        try:
+            self.write()  # what EvalHook.after_train stored just before
+        except AssertionError:  # closed outside an EventStorage context: nothing to flush
+            pass
+        super().close()
+
+
 def is_vehicleid(dataset_name):
     """True if ``dataset_name`` is FastReID's VehicleID family (Small/Medium/Large VehicleID)."""
     cls = DATASET_REGISTRY.get(dataset_name)
@@ -124,6 +154,12 @@ class PluginTrainer(DefaultTrainer):
         if cfg.OUTPUT_DIR and comm.is_main_process():
             os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
         super().__init__(cfg)
+
+    def build_writers(self):
+        """FastReID's writers, with :class:`EvalAwareTensorboardWriter` for tensorboard."""
+        return [CommonMetricPrinter(self.max_iter),
+                JSONWriter(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json")),
+                EvalAwareTensorboardWriter(self.cfg.OUTPUT_DIR)]
 
     @classmethod
     def build_train_loader(cls, cfg):

@@ -1,8 +1,7 @@
 """ONNX export of every meta-architecture: onnxruntime output == PyTorch eval output.
 
-FastReID's Baseline (configs/demo/bagtricks_r18.yml) is always tested. The plugin meta-archs are
-tested through their demo configs; a method whose demo config does not exist yet is skipped with
-the reason printed, and fails instead when ``FASTREID_PLUGINS_REQUIRE_ALL_METHODS=1``.
+FastReID's Baseline (configs/demo/bagtricks_r18.yml) and every plugin meta-arch (through its demo
+config, which must exist) are tested.
 """
 
 import os
@@ -25,12 +24,7 @@ CONFIGS = ["bagtricks_r18", "mfgnet", "mbfn", "svrn", "clip_senet"]
 
 def demo_config(name):
     path = os.path.join(ROOT, "configs", "demo", f"{name}.yml")
-    if not os.path.isfile(path):
-        msg = (f"configs/demo/{name}.yml does not exist yet (method not merged): its ONNX export "
-               "is untested")
-        if os.environ.get("FASTREID_PLUGINS_REQUIRE_ALL_METHODS") == "1":
-            pytest.fail(msg)
-        pytest.skip(msg)
+    assert os.path.isfile(path), f"configs/demo/{name}.yml is missing: its ONNX export is untested"
     return path
 
 

@@ -192,10 +192,6 @@ def test_tensorboard_has_eval_metrics_and_loss_curve(tb_run):
         assert step == iters - 1 and 0.0 <= value <= 100.0
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "FastReID's TensorboardXWriter drops the final evaluation (written at the last iteration "
-    "after PeriodicWriter already wrote it); needs EvalAwareTensorboardWriter in "
-    "fastreid_plugins/engine.py (issue 6 report). Remove this marker once it is in."))
 def test_tensorboard_has_final_evaluation(tb_run):
     trainer, results, scalars = tb_run
     for key in ("mAP", "Rank-1", "mINP"):
