@@ -374,3 +374,54 @@ def test_feature_map_not_divisible_by_grid_is_a_clear_error():
     with pytest.raises(ValueError, match="MODEL.SVRN.GRID"):
         with torch.no_grad():
             model(torch.rand(2, 3, 48, 48) * 255)    # layer4 3x3
+
+
+# --------------------------------------------------------------------------------------------
+# Paper configs
+# --------------------------------------------------------------------------------------------
+PAPER_CONFIGS = {
+    "configs/veri/svrn.yml": ("VeRi", "VeRi"),
+    "configs/vehicleid/svrn_small.yml": ("VehicleID", "SmallVehicleID"),
+    "configs/vehicleid/svrn_medium.yml": ("VehicleID", "MediumVehicleID"),
+    "configs/vehicleid/svrn_large.yml": ("VehicleID", "LargeVehicleID"),
+    "configs/veriwild/svrn_small.yml": ("VeRiWild", "SmallVeRiWild"),
+    "configs/veriwild/svrn_medium.yml": ("VeRiWild", "MediumVeRiWild"),
+    "configs/veriwild/svrn_large.yml": ("VeRiWild", "LargeVeRiWild"),
+}
+
+
+@pytest.mark.parametrize("path", sorted(PAPER_CONFIGS))
+def test_paper_config_values(path):
+    """Sec. IV-B settings: ResNet-50, 256x256, last stride 1, REA + flip, Adam 1e-4, weight decay
+    1e-4, x0.1 after epochs 40 and 70, T = 3, alpha = (0.2, 0.1), beta_V/I/T = 0.3/0.15/0.3."""
+    cfg = make_cfg(path, [], [add_svrn_config])
+    train_set, test_set = PAPER_CONFIGS[path]
+    assert cfg.DATASETS.NAMES == (train_set,) and cfg.DATASETS.TESTS == (test_set,)
+    assert cfg.MODEL.META_ARCHITECTURE == "SVRN"
+    bb = cfg.MODEL.BACKBONE
+    assert (bb.DEPTH, bb.LAST_STRIDE, bb.PRETRAIN) == ("50x", 1, True)
+    assert list(cfg.INPUT.SIZE_TRAIN) == list(cfg.INPUT.SIZE_TEST) == [256, 256]
+    assert cfg.INPUT.REA.ENABLED and cfg.INPUT.FLIP.ENABLED
+    s = cfg.SOLVER
+    assert (s.OPT, s.BASE_LR, s.WEIGHT_DECAY, list(s.STEPS), s.GAMMA) == ("Adam", 1e-4, 1e-4, [40, 70], 0.1)
+    assert s.MAX_EPOCH > 70 and s.IMS_PER_BATCH == 64 and cfg.DATALOADER.NUM_INSTANCE == 4
+    C = cfg.MODEL.SVRN
+    assert (C.NUM_STAGES, list(C.START_BLOCKS), list(C.ALPHAS), C.GRID) == (3, [3, 4], [0.2, 0.1], 8)
+    assert (C.CROSS.VCC.MARGIN, C.CROSS.ICC.MARGIN, cfg.MODEL.LOSSES.TRI.MARGIN) == (0.3, 0.15, 0.3)
+
+
+def test_paper_model_geometry_on_meta_device():
+    """ResNet-50 at 256x256, last stride 1: three 2048x16x16 stage maps, 8x8 masks (2x2 cells),
+    n = 12 and 6 suppressed cells, (B, 512) inference feature; built on the meta device."""
+    cfg = make_cfg("configs/veri/svrn.yml", ["MODEL.BACKBONE.PRETRAIN", "False",
+                                             "MODEL.HEADS.NUM_CLASSES", "576"], [add_svrn_config])
+    model = build_model(cfg).to("meta")
+    assert [list(b.keys()) for b in model.branches] == [["layer3", "layer4"], ["layer4"]]
+    assert model.n_cells == [12, 6]
+    model.eval()
+    with torch.no_grad():
+        outs = model.stages(torch.empty(2, 3, 256, 256, device="meta"))
+        feat = model(torch.empty(2, 3, 256, 256, device="meta"))
+    assert [tuple(o["x"].shape) for o in outs] == [(2, 2048, 16, 16)] * 3
+    assert [tuple(o["mask"].shape) for o in outs[:-1]] == [(2, 8, 8)] * 2
+    assert tuple(feat.shape) == (2, 512)
