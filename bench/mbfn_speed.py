@@ -4,8 +4,9 @@
 All models are ResNet-50 (random init: speed does not depend on the weights), eval mode, no_grad,
 the same (B, 3, 384, 128) batch (the papers' input size). Timings are interleaved (every repetition
 times each model once, in turn) so that machine load affects all models alike; the median per batch
-is reported with the ratios to FastReID's Baseline and MGN. MFG-Net (our other multi-branch method)
-is timed alongside.
+is reported with the ratios to FastReID's Baseline and MGN. The order of the models rotates from one
+repetition to the next. MFG-Net (our other multi-branch method) is timed alongside. The
+multiply-accumulates of all Conv2d/Linear layers per image are printed too (independent of load).
 
 Models:
   * Baseline: FastReID BagTricks (``Baseline``, EmbeddingHead with BNNeck, LAST_STRIDE 1).
@@ -66,6 +67,28 @@ def build_all(device):
     return models
 
 
+@torch.no_grad()
+def conv_gmacs(model, device, hw=(384, 128)):
+    """Multiply-accumulates (G) of the Conv2d / Linear layers for one image: load-independent cost."""
+    total = [0]
+
+    def hook(m, inp, out):
+        if isinstance(m, torch.nn.Conv2d):
+            k = m.kernel_size[0] * m.kernel_size[1] * (m.in_channels // m.groups)
+            total[0] += out.numel() * k
+        else:
+            total[0] += out.numel() * m.in_features
+
+    hs = [m.register_forward_hook(hook) for m in model.modules()
+          if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    try:
+        model(torch.rand(1, 3, *hw, device=device) * 255)
+    finally:
+        for h in hs:
+            h.remove()
+    return total[0] / 1e9
+
+
 def _sync(device):
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -79,8 +102,10 @@ def time_models(models, batch, reps, warmup, device):
         for _ in range(warmup):
             dims[name] = m(x.clone()).shape[1]
     times = {n: [] for n in models}
-    for _ in range(reps):
-        for name, m in models.items():
+    names = list(models)
+    for r in range(reps):
+        for name in names[r % len(names):] + names[:r % len(names)]:  # rotate the order every run
+            m = models[name]
             inp = x.clone()  # FastReID's own models normalise their input in place
             _sync(device)
             t0 = time.perf_counter()
@@ -103,13 +128,18 @@ def main(argv=None):
     models = build_all(args.device)
     med, dims = time_models(models, args.batch, args.reps, args.warmup, args.device)
     params = {n: sum(p.numel() for p in m.parameters()) / 1e6 for n, m in models.items()}
+    macs = {n: conv_gmacs(m, args.device) for n, m in models.items()}
     print(f"Inference, ResNet-50, batch {args.batch} x 3 x 384 x 128, device {args.device}, "
           f"{torch.get_num_threads()} threads, median of {args.reps} interleaved runs")
-    print(f"{'model':<10}{'ms/batch':>10}{'ms/img':>9}{'params(M)':>11}{'dim':>7}{'/Baseline':>11}{'/MGN':>7}")
+    print(f"{'model':<10}{'ms/batch':>10}{'ms/img':>9}{'GMACs/img':>11}{'params(M)':>11}{'dim':>7}"
+          f"{'time/Baseline':>15}{'time/MGN':>10}{'MACs/Baseline':>15}")
     for n in models:
-        print(f"{n:<10}{med[n] * 1e3:>10.1f}{med[n] * 1e3 / args.batch:>9.1f}{params[n]:>11.1f}"
-              f"{dims[n]:>7d}{med[n] / med['Baseline']:>11.2f}{med[n] / med['MGN']:>7.2f}")
-    print(f"MBFN / Baseline = {med['MBFN'] / med['Baseline']:.2f}x, MBFN / MGN = {med['MBFN'] / med['MGN']:.2f}x")
+        print(f"{n:<10}{med[n] * 1e3:>10.1f}{med[n] * 1e3 / args.batch:>9.1f}{macs[n]:>11.2f}"
+              f"{params[n]:>11.1f}{dims[n]:>7d}{med[n] / med['Baseline']:>15.2f}{med[n] / med['MGN']:>10.2f}"
+              f"{macs[n] / macs['Baseline']:>15.2f}")
+    print(f"MBFN / Baseline = {med['MBFN'] / med['Baseline']:.2f}x time, "
+          f"{macs['MBFN'] / macs['Baseline']:.2f}x MACs; MBFN / MGN = {med['MBFN'] / med['MGN']:.2f}x time, "
+          f"{macs['MBFN'] / macs['MGN']:.2f}x MACs")
     return med
 
 
