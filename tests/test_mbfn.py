@@ -245,3 +245,24 @@ def test_overfit_real_sample_and_eval_only_round_trip(veri_root, datasets_root, 
     again = engine.main(args, add_mbfn_config)
     for k in ("Rank-1", "Rank-5", "mAP", "mINP"):
         assert again[k] == pytest.approx(trained[k], abs=1e-6), k
+
+
+@pytest.mark.parametrize("path,dataset", [
+    ("configs/veri/mbfn.yml", "VeRi"), ("configs/vehicleid/mbfn_small.yml", "SmallVehicleID"),
+    ("configs/vehicleid/mbfn_medium.yml", "MediumVehicleID"),
+    ("configs/vehicleid/mbfn_large.yml", "LargeVehicleID"), ("configs/vric/mbfn.yml", "VRIC"),
+])
+def test_paper_configs_carry_the_paper_settings(path, dataset):
+    from fastreid.data.datasets import DATASET_REGISTRY
+    from fastreid_plugins.mbfn import validate_mbfn_config
+    cfg = make_cfg(path, (), [add_mbfn_config])
+    validate_mbfn_config(cfg)
+    assert cfg.MODEL.META_ARCHITECTURE == "MBFN" and cfg.MODEL.BACKBONE.DEPTH == "50x"
+    assert cfg.DATASETS.NAMES == (dataset,) and DATASET_REGISTRY.get(dataset) is not None
+    assert (cfg.SOLVER.OPT, cfg.SOLVER.BASE_LR, list(cfg.SOLVER.STEPS), cfg.SOLVER.IMS_PER_BATCH) == \
+        ("AMSGrad", 3e-4, [20, 40], 32)
+    assert list(cfg.INPUT.SIZE_TRAIN) == [384, 128] and cfg.INPUT.REA.ENABLED and cfg.INPUT.FLIP.ENABLED
+    m = cfg.MODEL.MBFN
+    assert (cfg.MODEL.LOSSES.TRI.MARGIN, m.LOSS.LAMBDA, m.CAM_REDUCTION) == (1.2, 0.1, 4)
+    assert (m.WEIGHTS.ALPHA, m.WEIGHTS.BETA, m.LOCAL1.NUM_PARTS, m.LOCAL2.NUM_PARTS) == (0.3, 0.4, 2, 3)
+    assert mbfn_part_weights(cfg) == [0.3, 0.4, 0.3]

@@ -110,23 +110,30 @@ def test_loss_terms_equal_fastreid_losses_computed_independently(alpha, beta, re
     n_cls = 1 + len(stripes)
     scale = alpha / (n_cls if reduction == "mean" else 1)
     # Eq. 1 with eps = 0 is plain softmax CE: check FastReID's function against torch's too
-    assert torch.allclose(cross_entropy_loss(g["cls_outputs"], t, 0.0), F.cross_entropy(g["cls_outputs"], t))
+    assert torch.allclose(cross_entropy_loss(g["cls_outputs"], t, 0.0),
+                          F.cross_entropy(g["cls_outputs"], t))
     assert torch.allclose(losses["loss_cls_global"], scale * F.cross_entropy(g["cls_outputs"], t))
     for i, s in enumerate(stripes):
-        assert torch.allclose(losses[f"loss_cls_stripe{i}"], scale * cross_entropy_loss(s["cls_outputs"], t, 0.0))
+        assert torch.allclose(losses[f"loss_cls_stripe{i}"],
+                              scale * cross_entropy_loss(s["cls_outputs"], t, 0.0))
     # Eq. 2: batch-hard triplet, margin 0.3, on the global feature after the 1x1 conv after GAP
     gb = model.global_branch
     with torch.no_grad():
-        f = gb.global_head.embed(gb.reduce(gb.feature_map(model.trunk(model.preprocess_image(data)))).mean((2, 3), keepdim=True))[..., 0, 0]
+        m = gb.feature_map(model.trunk(model.preprocess_image(data)))      # CAM'd branch map
+        f = gb.global_head.embed(gb.reduce(m).mean((2, 3), keepdim=True))[..., 0, 0]
     assert torch.allclose(g["features"], f, atol=1e-5)
-    assert torch.allclose(losses["loss_triplet_global"], beta * triplet_loss(g["features"], t, 0.3, False, True))
+    assert torch.allclose(losses["loss_triplet_global"],
+                          beta * triplet_loss(g["features"], t, 0.3, False, True))
     # and the batch-hard triplet by hand: mean_i relu(max_pos d - min_neg d + 0.3)
     d = torch.cdist(g["features"], g["features"]).clamp_min(1e-12)
     same = t[:, None] == t[None, :]
-    hand = torch.relu(d.masked_fill(~same, -1).max(1).values - d.masked_fill(same, 1e9).min(1).values + 0.3).mean()
+    d_ap = d.masked_fill(~same, -1).max(1).values
+    d_an = d.masked_fill(same, 1e9).min(1).values
+    hand = torch.relu(d_ap - d_an + 0.3).mean()
     assert torch.allclose(losses["loss_triplet_global"], beta * hand, atol=1e-4)
     # Eq. 3 total
-    total = alpha * (sum(F.cross_entropy(o["cls_outputs"], t) for o in [g] + stripes) / (n_cls if reduction == "mean" else 1)) \
+    ce_sum = sum(F.cross_entropy(o["cls_outputs"], t) for o in [g] + stripes)
+    total = alpha * ce_sum / (n_cls if reduction == "mean" else 1) \
         + beta * triplet_loss(g["features"], t, 0.3, False, True)
     assert torch.allclose(sum(losses.values()), total, atol=1e-5)
     for k in losses:
@@ -247,3 +254,27 @@ def test_overfit_real_sample_and_eval_only_round_trip(veri_root, datasets_root, 
     again = engine.main(args, add_mfgnet_config)
     for k in ("Rank-1", "Rank-5", "mAP", "mINP"):
         assert again[k] == pytest.approx(trained[k], abs=1e-6), k
+
+
+@pytest.mark.parametrize("path,dataset,epochs,steps,batch", [
+    ("configs/veri/mfgnet.yml", "VeRi", 30, [10, 20], 48),
+    ("configs/vehicleid/mfgnet_small.yml", "SmallVehicleID", 40, [15, 30], 24),
+    ("configs/vehicleid/mfgnet_medium.yml", "MediumVehicleID", 40, [15, 30], 24),
+    ("configs/vehicleid/mfgnet_large.yml", "LargeVehicleID", 40, [15, 30], 24),
+    ("configs/vric/mfgnet.yml", "VRIC", 40, [15, 30], 32),
+])
+def test_paper_configs_carry_the_paper_settings(path, dataset, epochs, steps, batch):
+    from fastreid.data.datasets import DATASET_REGISTRY
+    from fastreid_plugins.mfgnet import validate_mfgnet_config
+    cfg = make_cfg(path, (), [add_mfgnet_config])
+    validate_mfgnet_config(cfg)
+    assert cfg.MODEL.META_ARCHITECTURE == "MFGNet" and cfg.MODEL.BACKBONE.DEPTH == "50x"
+    assert cfg.DATASETS.NAMES == (dataset,) and DATASET_REGISTRY.get(dataset) is not None
+    assert (cfg.SOLVER.OPT, cfg.SOLVER.BASE_LR, cfg.SOLVER.MAX_EPOCH, list(cfg.SOLVER.STEPS)) == \
+        ("AMSGrad", 3e-4, epochs, steps)
+    assert cfg.SOLVER.IMS_PER_BATCH == batch and list(cfg.INPUT.SIZE_TRAIN) == [384, 128]
+    assert cfg.INPUT.REA.ENABLED and cfg.INPUT.FLIP.ENABLED
+    m = cfg.MODEL.MFGNET
+    assert (m.LOSS.ALPHA, m.LOSS.BETA, cfg.MODEL.LOSSES.TRI.MARGIN, m.NUM_STRIPES) == (1.0, 0.1, 0.3, 4)
+    if "vehicleid" in path:
+        assert cfg.TEST.IMS_PER_BATCH == 32
