@@ -425,3 +425,17 @@ def test_paper_model_geometry_on_meta_device():
     assert [tuple(o["x"].shape) for o in outs] == [(2, 2048, 16, 16)] * 3
     assert [tuple(o["mask"].shape) for o in outs[:-1]] == [(2, 8, 8)] * 2
     assert tuple(feat.shape) == (2, 512)
+
+
+def test_random_mask_ablation_suppresses_n_random_cells_in_training_only():
+    torch.manual_seed(0)
+    model = build_model(small_cfg("MODEL.SVRN.MASK_MODE", "random"))
+    images = model.preprocess_image(batch()["images"])
+    model.train()
+    with torch.no_grad():
+        outs = model.stages(images)
+    assert [(o["mask"].flatten(1) == 0).sum(1).tolist() for o in outs[:-1]] == [[3] * 4, [1] * 4]
+    model.eval()
+    with torch.no_grad():
+        outs = model.stages(images)
+    assert all(o["mask"].min() == 1 for o in outs[:-1])

@@ -165,8 +165,13 @@ class SVRN(PluginMetaArch):
         return x, kept
 
     def _mask(self, t, scores):
+        """M_t: the top-n cells of the detached S_t (training and inference); in the
+        ``"random"`` ablation, n random cells in training and no suppression at inference
+        (like dropout, so that test features are deterministic)."""
         n = self.n_cells[t]
-        if self.mask_mode == "random" and self.training:
+        if self.mask_mode == "random":
+            if not self.training:
+                return torch.ones_like(scores.detach())
             return random_suppression_mask(scores.shape[0], self.grid, n, scores.device, scores.dtype)
         return suppression_mask(scores, n)
 
