@@ -30,6 +30,7 @@ from .compat import load_checkpoint_file
 from .config import get_cfg
 from .data.checks import check_dataset_items
 from .evaluation import VehicleReidEvaluator
+from .modeling.base import state_dict_mismatch
 
 __all__ = ["PluginTrainer", "setup", "main", "launch_main", "load_model_weights",
            "default_argument_parser", "is_vehicleid", "set_datasets_root"]
@@ -80,22 +81,11 @@ def load_model_weights(model, path):
     own = model.state_dict()
     _adopt_auto_sized(model, state, own)
     own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = sorted(f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-                    for k in set(own) & set(state)
-                    if hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(own[k].shape))
-    if missing or unexpected or shapes:
-        def fmt(title, keys):
-            if not keys:
-                return ""
-            more = f"\n    ... and {len(keys) - 30} more" if len(keys) > 30 else ""
-            return f"\n  {title} ({len(keys)}):\n    " + "\n    ".join(keys[:30]) + more
+    report = state_dict_mismatch(own, state)
+    if report:
         raise WeightsMismatchError(
             f"Checkpoint {path!r} does not match the model built from this config "
-            f"({type(model).__name__}); refusing to evaluate a partly random model."
-            + fmt("missing in checkpoint", missing) + fmt("unexpected in checkpoint", unexpected)
-            + fmt("shape mismatch", shapes)
+            f"({type(model).__name__}); refusing to evaluate a partly random model." + report
             + "\nCheck that --config-file (and its MODEL.* overrides) is the one used for training.")
     model.load_state_dict(state, strict=True)
     logger.info(f"Loaded model weights from {path}")

@@ -36,6 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..modeling.base import state_dict_mismatch
+
 __all__ = ["TINYCLIP_VARIANTS", "CLIP_MEAN", "CLIP_STD", "SemanticExtractionModule",
            "SEMWeightsError", "tinyclip_vision_config", "tinyclip_full_config", "load_sem_weights",
            "read_state_dict", "count_parameters", "tinyclip_parameter_counts"]
@@ -370,23 +372,12 @@ def load_sem_weights(sem, path):
         if nk.startswith("proj.") and sem.proj is None:
             continue  # the checkpoint's projection is not used (SEM.USE_PROJECTION False)
         mapped[nk] = v
-    missing = sorted(set(own) - set(mapped))
-    unexpected = sorted(set(mapped) - set(own))
-    shapes = sorted(f"{k}: checkpoint {tuple(mapped[k].shape)} vs SEM {tuple(own[k].shape)}"
-                    for k in set(own) & set(mapped)
-                    if tuple(mapped[k].shape) != tuple(own[k].shape))
-    if missing or unexpected or shapes:
-        def fmt(title, keys):
-            if not keys:
-                return ""
-            more = f"\n    ... and {len(keys) - 20} more" if len(keys) > 20 else ""
-            return f"\n  {title} ({len(keys)}):\n    " + "\n    ".join(keys[:20]) + more
+    report = state_dict_mismatch(own, mapped, what="SEM", limit=20)
+    if report:
         raise SEMWeightsError(
             f"SEM weights {weights_file!r} do not match the configured TinyCLIP image encoder"
-            + fmt("missing in checkpoint", missing) + fmt("unexpected in checkpoint", unexpected)
-            + fmt("shape mismatch", shapes)
-            + "\nCheck MODEL.CLIPSENET.SEM.VARIANT, the SEM size overrides and "
-              "SEM.USE_PROJECTION.")
+            + report + "\nCheck MODEL.CLIPSENET.SEM.VARIANT, the SEM size overrides and "
+            "SEM.USE_PROJECTION.")
     sem.load_state_dict(mapped, strict=True)
     logger.info(f"Loaded SEM weights from {weights_file} ({len(mapped)} tensors; "
                 f"{ignored_text} text-tower tensors ignored)")

@@ -1,3 +1,3 @@
-from .base import PluginMetaArch, build_backbone, loss_kwargs_from_cfg
+from .base import PluginMetaArch, build_backbone, loss_kwargs_from_cfg, state_dict_mismatch
 
-__all__ = ["PluginMetaArch", "build_backbone", "loss_kwargs_from_cfg"]
+__all__ = ["PluginMetaArch", "build_backbone", "loss_kwargs_from_cfg", "state_dict_mismatch"]

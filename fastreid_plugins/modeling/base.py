@@ -6,7 +6,34 @@ import torch
 from torch import nn
 from fastreid.modeling.backbones import build_backbone as _fastreid_build_backbone
 
-__all__ = ["PluginMetaArch", "build_backbone", "loss_kwargs_from_cfg"]
+__all__ = ["PluginMetaArch", "build_backbone", "loss_kwargs_from_cfg", "state_dict_mismatch"]
+
+
+def state_dict_mismatch(own, state, what="model", limit=30):
+    """Describe how a checkpoint's state dict differs from a module's, for an error message.
+
+    Args:
+        own (dict): the module's ``state_dict()``.
+        state (dict): the checkpoint's (already key-mapped) state dict.
+        what (str): how the module is called in the message ("model", "SEM", ...).
+        limit (int): keys listed per category before "... and N more".
+
+    Returns:
+        str: "" when names and shapes agree, else the missing, unexpected and wrongly shaped keys.
+    """
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = sorted(f"{k}: checkpoint {tuple(state[k].shape)} vs {what} {tuple(own[k].shape)}"
+                    for k in set(own) & set(state)
+                    if hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(own[k].shape))
+
+    def fmt(title, keys):
+        if not keys:
+            return ""
+        more = f"\n    ... and {len(keys) - limit} more" if len(keys) > limit else ""
+        return f"\n  {title} ({len(keys)}):\n    " + "\n    ".join(keys[:limit]) + more
+    return (fmt("missing in checkpoint", missing) + fmt("unexpected in checkpoint", unexpected)
+            + fmt("shape mismatch", shapes))
 
 
 def build_backbone(cfg):
