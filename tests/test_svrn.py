@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import fastreid_plugins  # noqa: F401
 from fastreid.modeling import build_model
