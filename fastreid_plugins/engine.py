@@ -33,7 +33,7 @@ from .evaluation import VehicleReidEvaluator
 from .modeling.base import state_dict_mismatch
 
 __all__ = ["PluginTrainer", "setup", "main", "launch_main", "load_model_weights",
-           "default_argument_parser", "is_vehicleid", "set_datasets_root"]
+           "default_argument_parser", "is_vehicleid", "set_datasets_root", "prepare_for_host"]
 
 logger = logging.getLogger(__name__)
 _root = os.getenv("FASTREID_DATASETS", "datasets")
@@ -221,12 +221,20 @@ def setup(args, *add_fns):
             raise FileNotFoundError(f"--config-file not found: {args.config_file!r}")
         cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts or [])
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        cfg.MODEL.DEVICE = "cpu"
-    if getattr(args, "eval_only", False):
-        _no_pretrain(cfg.MODEL)
+    prepare_for_host(cfg, eval_only=getattr(args, "eval_only", False))
     cfg.freeze()
     default_setup(cfg, args)
+    return cfg
+
+
+def prepare_for_host(cfg, eval_only=False):
+    """Adapt an unfrozen config to this host, in place: ``MODEL.DEVICE`` falls back to ``cpu``
+    without CUDA; for evaluation (``eval_only``, also the tools) every pretrained-weight load is
+    turned off, since ``MODEL.WEIGHTS`` holds the whole model."""
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        cfg.MODEL.DEVICE = "cpu"
+    if eval_only:
+        _no_pretrain(cfg.MODEL)
     return cfg
 
 

@@ -39,8 +39,9 @@ def plugin_config_fns():
 def build_tool_cfg(config_file, opts=()):
     """Frozen config for a tool: FastReID defaults + every plugin's keys + file + ``opts``.
 
-    ``MODEL.DEVICE`` falls back to ``cpu`` when CUDA is not available; the backbone's ImageNet
-    weights are not loaded (``MODEL.BACKBONE.PRETRAIN False``: the tools load ``MODEL.WEIGHTS``).
+    ``MODEL.DEVICE`` falls back to ``cpu`` when CUDA is not available and no pretrained weights
+    are loaded (every ``MODEL.*.PRETRAIN`` off, as for ``--eval-only``: the tools load
+    ``MODEL.WEIGHTS``); see :func:`fastreid_plugins.engine.prepare_for_host`.
 
     Args:
         config_file (str): a ``.yml`` config (``_BASE_`` supported).
@@ -51,18 +52,15 @@ def build_tool_cfg(config_file, opts=()):
     """
     import os
 
-    import torch
-
     from fastreid_plugins.config import get_cfg
+    from fastreid_plugins.engine import prepare_for_host
 
     if not config_file or not os.path.isfile(config_file):
         raise FileNotFoundError(f"--config-file not found: {config_file!r}")
     cfg = get_cfg(*plugin_config_fns())
     cfg.merge_from_file(config_file)
     cfg.merge_from_list(list(opts or []))
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.BACKBONE.PRETRAIN = False
+    prepare_for_host(cfg, eval_only=True)
     cfg.freeze()
     return cfg
 
