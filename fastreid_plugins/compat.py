@@ -15,7 +15,8 @@ Two stages:
 
 ``fastreid_plugins/__init__.py`` calls both once. :data:`APPLIED` lists the names of the patches
 that were applied (tests use it, and :data:`ORIGINALS` keeps the unpatched callables so each test
-can show the failure the patch fixes).
+can show the failure the patch fixes). :func:`patch_attr` is the one way a patch replaces a FastReID
+attribute here and in :mod:`fastreid_plugins.data.validation` (one marker, one :data:`ORIGINALS`).
 """
 
 import collections
@@ -52,16 +53,42 @@ def _is_patched(obj, name):
     return getattr(getattr(obj, name, None), _MARK, False)
 
 
-def _replace(modules, name, new):
-    """Replace ``name`` in every module of ``modules`` that already holds the original object.
+def patch_attr(owner, name, key, make_wrapper, *, modules=(), tag=None, applied=None):
+    """Replace ``owner.<name>`` by ``make_wrapper(original)``, once (idempotent).
 
-    FastReID re-exports many functions (``from .build import build_optimizer``), so a patch must
-    reach every module that bound the name at import time.
+    The shape every simple patch shares: if ``owner.<name>`` already carries the patch marker, do
+    nothing; otherwise keep the original in :data:`ORIGINALS` under ``key``, mark the wrapper,
+    assign it to ``owner`` and to every module named in ``modules`` that holds the original object
+    (FastReID re-exports many functions, ``from .build import build_optimizer``, so a patch must
+    reach every module that bound the name at import time), and record ``tag`` in ``applied``
+    (default :data:`APPLIED`) unless it is already there.
+
+    Args:
+        owner: the module or class holding the attribute.
+        name (str): the attribute.
+        key (str): the :data:`ORIGINALS` key for the unpatched attribute.
+        make_wrapper (callable): ``original -> replacement``; called only when patching.
+        modules (Sequence[str]): further module names that re-export the attribute.
+        tag (str): the name recorded in ``applied`` (``None``: record nothing).
+        applied (list): the list of applied patch names (default :data:`APPLIED`).
+
+    Returns:
+        bool: True if this call applied the patch, False if it was already in place.
     """
+    if _is_patched(owner, name):
+        return False
+    original = getattr(owner, name)
+    ORIGINALS[key] = original
+    new = _mark(make_wrapper(original))
+    setattr(owner, name, new)
     for mod_name in modules:
         mod = sys.modules.get(mod_name)
-        if mod is not None and hasattr(mod, name):
+        if mod is not None and getattr(mod, name, None) is original:
             setattr(mod, name, new)
+    applied = APPLIED if applied is None else applied
+    if tag is not None and tag not in applied:
+        applied.append(tag)
+    return True
 
 
 # --------------------------------------------------------------------------------------------
@@ -118,21 +145,17 @@ def _keep_grad_class(opt_cls):
 def _patch_optimizer():
     import fastreid.solver.build as sb
 
-    if _is_patched(sb, "build_optimizer"):
-        return
-    original = sb.build_optimizer
-    ORIGINALS["build_optimizer"] = original
+    def wrap(original):
+        @functools.wraps(original)
+        def build_optimizer(cfg, model, contiguous=True):
+            optimizer, params = original(cfg, model, contiguous=contiguous)
+            if contiguous:
+                optimizer.__class__ = _keep_grad_class(type(optimizer))
+            return optimizer, params
+        return build_optimizer
 
-    @functools.wraps(original)
-    def build_optimizer(cfg, model, contiguous=True):
-        optimizer, params = original(cfg, model, contiguous=contiguous)
-        if contiguous:
-            optimizer.__class__ = _keep_grad_class(type(optimizer))
-        return optimizer, params
-
-    _replace(["fastreid.solver.build", "fastreid.solver", "fastreid.engine.defaults"],
-             "build_optimizer", _mark(build_optimizer))
-    APPLIED.append("optimizer.zero_grad")
+    patch_attr(sb, "build_optimizer", "build_optimizer", wrap,
+               modules=["fastreid.solver", "fastreid.engine.defaults"], tag="optimizer.zero_grad")
 
 
 def _patch_dataloader():
@@ -190,23 +213,20 @@ def _patch_amp():
     from fastreid.engine import train_loop
 
     AMP = train_loop.AMPTrainer
-    if _is_patched(AMP, "run_step"):
-        return
-    original = AMP.run_step
-    ORIGINALS["AMPTrainer.run_step"] = original
 
-    @functools.wraps(original)
-    def run_step(self):
-        if _cuda():
-            return original(self)
-        if not getattr(AMP, "_fastreid_plugins_warned", False):
-            warnings.warn("SOLVER.AMP.ENABLED is True but CUDA is not available: "
-                          "training in fp32 on the CPU instead.", RuntimeWarning, stacklevel=2)
-            AMP._fastreid_plugins_warned = True
-        return train_loop.SimpleTrainer.run_step(self)
+    def wrap(original):
+        @functools.wraps(original)
+        def run_step(self):
+            if _cuda():
+                return original(self)
+            if not getattr(AMP, "_fastreid_plugins_warned", False):
+                warnings.warn("SOLVER.AMP.ENABLED is True but CUDA is not available: "
+                              "training in fp32 on the CPU instead.", RuntimeWarning, stacklevel=2)
+                AMP._fastreid_plugins_warned = True
+            return train_loop.SimpleTrainer.run_step(self)
+        return run_step
 
-    AMP.run_step = _mark(run_step)
-    APPLIED.append("AMPTrainer.cpu")
+    patch_attr(AMP, "run_step", "AMPTrainer.run_step", wrap, tag="AMPTrainer.cpu")
 
 
 def _patch_evaluator_compile():
@@ -218,10 +238,6 @@ def _patch_evaluator_compile():
     """
     from fastreid.evaluation import reid_evaluation as re_
 
-    if _is_patched(re_.ReidEvaluator, "_compile_dependencies"):
-        return
-    ORIGINALS["ReidEvaluator._compile_dependencies"] = re_.ReidEvaluator._compile_dependencies
-
     def _compile_dependencies(self):
         try:
             from fastreid.evaluation.rank_cylib.rank_cy import evaluate_cy  # noqa: F401
@@ -229,28 +245,24 @@ def _patch_evaluator_compile():
             logger.info("FastReID's Cython ranker is not built; not compiling it at run time "
                         "(fastreid_plugins' vectorised ranker is used by VehicleReidEvaluator).")
 
-    re_.ReidEvaluator._compile_dependencies = _mark(_compile_dependencies)
-    APPLIED.append("ReidEvaluator.no_compile")
+    patch_attr(re_.ReidEvaluator, "_compile_dependencies", "ReidEvaluator._compile_dependencies",
+               lambda original: _compile_dependencies, tag="ReidEvaluator.no_compile")
 
 
 def _patch_rerank():
     """``compute_jaccard_distance`` forces ``.cuda()`` and faiss-GPU; use faiss-CPU without CUDA."""
     import fastreid.utils.compute_dist as cd
 
-    if _is_patched(cd, "compute_jaccard_distance"):
-        return
-    original = cd.compute_jaccard_distance
-    ORIGINALS["compute_jaccard_distance"] = original
+    def wrap(original):
+        @functools.wraps(original)
+        def compute_jaccard_distance(features, k1=20, k2=6, search_option=0, fp16=False):
+            if not _cuda() or getattr(__import__("faiss"), "get_num_gpus", lambda: 0)() == 0:
+                search_option = 3
+                features = features.cpu().contiguous()
+            return original(features, k1=k1, k2=k2, search_option=search_option, fp16=fp16)
+        return compute_jaccard_distance
 
-    @functools.wraps(original)
-    def compute_jaccard_distance(features, k1=20, k2=6, search_option=0, fp16=False):
-        if not _cuda() or getattr(__import__("faiss"), "get_num_gpus", lambda: 0)() == 0:
-            search_option = 3
-            features = features.cpu().contiguous()
-        return original(features, k1=k1, k2=k2, search_option=search_option, fp16=fp16)
-
-    _replace(["fastreid.utils.compute_dist"], "compute_jaccard_distance", _mark(compute_jaccard_distance))
-    APPLIED.append("rerank.cpu")
+    patch_attr(cd, "compute_jaccard_distance", "compute_jaccard_distance", wrap, tag="rerank.cpu")
 
 
 def _patch_test_loader_workers():
@@ -258,10 +270,6 @@ def _patch_test_loader_workers():
     import fastreid.data.build as db
     from fastreid.config import configurable
 
-    if _is_patched(db, "build_reid_test_loader"):
-        return
-    original = db.build_reid_test_loader
-    ORIGINALS["build_reid_test_loader"] = original
     original_from_config = db._test_loader_from_config
 
     def _from_config(cfg, **kwargs):
@@ -269,10 +277,9 @@ def _patch_test_loader_workers():
         ret.setdefault("num_workers", cfg.DATALOADER.NUM_WORKERS)
         return ret
 
-    patched = configurable(from_config=_from_config)(original.__wrapped__)
-    _replace(["fastreid.data.build", "fastreid.data", "fastreid.engine.defaults"],
-             "build_reid_test_loader", _mark(patched))
-    APPLIED.append("test_loader.num_workers")
+    patch_attr(db, "build_reid_test_loader", "build_reid_test_loader",
+               lambda original: configurable(from_config=_from_config)(original.__wrapped__),
+               modules=["fastreid.data", "fastreid.engine.defaults"], tag="test_loader.num_workers")
 
 
 class CheckpointUnpicklingError(RuntimeError):
@@ -312,15 +319,11 @@ def load_checkpoint_file(path):
 def _patch_checkpointer():
     from fastreid.utils import checkpoint as ck
 
-    if _is_patched(ck.Checkpointer, "_load_file"):
-        return
-    ORIGINALS["Checkpointer._load_file"] = ck.Checkpointer._load_file
-
     def _load_file(self, f):
         return load_checkpoint_file(f)
 
-    ck.Checkpointer._load_file = _mark(_load_file)
-    APPLIED.append("Checkpointer.weights_only")
+    patch_attr(ck.Checkpointer, "_load_file", "Checkpointer._load_file",
+               lambda original: _load_file, tag="Checkpointer.weights_only")
 
 
 def _patch_inplace_preprocess():
@@ -331,11 +334,7 @@ def _patch_inplace_preprocess():
     """
     from fastreid.modeling.meta_arch import baseline, mgn
 
-    for cls in (baseline.Baseline, mgn.MGN):
-        if _is_patched(cls, "preprocess_image"):
-            continue
-        ORIGINALS[f"{cls.__name__}.preprocess_image"] = cls.preprocess_image
-
+    def wrap(original):
         def preprocess_image(self, batched_inputs):
             if isinstance(batched_inputs, dict):
                 images = batched_inputs["images"]
@@ -346,10 +345,11 @@ def _patch_inplace_preprocess():
                                 f"but got {type(batched_inputs)}")
             images = images.to(self.device)
             return (images - self.pixel_mean) / self.pixel_std
+        return preprocess_image
 
-        cls.preprocess_image = _mark(preprocess_image)
-    if "preprocess_image.out_of_place" not in APPLIED:
-        APPLIED.append("preprocess_image.out_of_place")
+    for cls in (baseline.Baseline, mgn.MGN):
+        patch_attr(cls, "preprocess_image", f"{cls.__name__}.preprocess_image", wrap,
+                   tag="preprocess_image.out_of_place")
 
 
 #: Where FastReID's ImageNet-pretrained backbones are published (for the error message).
@@ -363,24 +363,23 @@ def _patch_pretrain_download():
     """
     from fastreid.modeling.backbones import resnet, resnext, osnet
 
+    def no_download(urls):
+        def wrap(original):
+            def init_pretrained_weights(*args, _urls=urls, **kwargs):
+                key = args[-1] if args else kwargs.get("key", "")
+                url = _urls.get(key, PRETRAIN_SOURCES)
+                raise FileNotFoundError(
+                    "MODEL.BACKBONE.PRETRAIN is True but MODEL.BACKBONE.PRETRAIN_PATH is empty, "
+                    "and weights are never downloaded at run time. Download "
+                    f"{os.path.basename(url) or url} (published at {url}) and set "
+                    "MODEL.BACKBONE.PRETRAIN_PATH to its local path, or set "
+                    "MODEL.BACKBONE.PRETRAIN False to train from random initialisation.")
+            return init_pretrained_weights
+        return wrap
+
     for mod in (resnet, resnext, osnet):
-        if _is_patched(mod, "init_pretrained_weights"):
-            continue
-        urls = dict(getattr(mod, "model_urls", {}))
-        ORIGINALS[f"{mod.__name__}.init_pretrained_weights"] = mod.init_pretrained_weights
-
-        def init_pretrained_weights(*args, _urls=urls, **kwargs):
-            key = args[-1] if args else kwargs.get("key", "")
-            url = _urls.get(key, PRETRAIN_SOURCES)
-            raise FileNotFoundError(
-                "MODEL.BACKBONE.PRETRAIN is True but MODEL.BACKBONE.PRETRAIN_PATH is empty, and "
-                f"weights are never downloaded at run time. Download {os.path.basename(url) or url} "
-                f"(published at {url}) and set MODEL.BACKBONE.PRETRAIN_PATH to its local path, or "
-                "set MODEL.BACKBONE.PRETRAIN False to train from random initialisation.")
-
-        mod.init_pretrained_weights = _mark(init_pretrained_weights)
-    if "pretrain.no_download" not in APPLIED:
-        APPLIED.append("pretrain.no_download")
+        patch_attr(mod, "init_pretrained_weights", f"{mod.__name__}.init_pretrained_weights",
+                   no_download(dict(getattr(mod, "model_urls", {}))), tag="pretrain.no_download")
 
 
 def apply():

@@ -33,6 +33,49 @@ def test_applied_once_and_idempotent():
         assert name in compat.APPLIED
 
 
+def test_patch_attr_once_everywhere_the_original_is_bound(monkeypatch):
+    import types
+    monkeypatch.setattr(compat, "ORIGINALS", {})
+
+    def original(x):
+        return x
+
+    def other(x):
+        return -x
+
+    owner, reexport, unrelated = (types.ModuleType(n) for n in ("_pa_owner", "_pa_re", "_pa_other"))
+    owner.f, reexport.f, unrelated.f = original, original, other
+    for mod in (owner, reexport, unrelated):
+        monkeypatch.setitem(sys.modules, mod.__name__, mod)
+    applied, made = ["earlier"], []
+
+    def make(orig):
+        made.append(orig)
+        return lambda x: orig(x) + 1
+
+    assert compat.patch_attr(owner, "f", "f", make, modules=["_pa_re", "_pa_other", "_pa_absent"],
+                             tag="f.plus_one", applied=applied) is True
+    assert owner.f(1) == 2 and reexport.f is owner.f
+    assert unrelated.f is other, "a module holding another object under the name is left alone"
+    assert compat.ORIGINALS == {"f": original} and made == [original]
+    assert applied == ["earlier", "f.plus_one"]
+    patched = owner.f
+    assert compat.patch_attr(owner, "f", "f", make, modules=["_pa_re"], tag="f.plus_one",
+                             applied=applied) is False
+    assert owner.f is patched and made == [original] and applied == ["earlier", "f.plus_one"]
+    assert compat.ORIGINALS == {"f": original}
+    # a loop over several owners records its tag once; tag=None records nothing
+    other_owner = types.ModuleType("_pa_owner2")
+    other_owner.f = other
+    assert compat.patch_attr(other_owner, "f", "f2", make, tag="f.plus_one", applied=applied)
+    assert other_owner.f(1) == 0 and applied == ["earlier", "f.plus_one"]
+    third = types.ModuleType("_pa_owner3")
+    third.f = original
+    before = list(compat.APPLIED)
+    assert compat.patch_attr(third, "f", "f3", make)
+    assert compat.APPLIED == before and applied == ["earlier", "f.plus_one"]
+
+
 def test_fastreid_import_fails_without_shims_and_works_with_them():
     bare = _run("import fastreid.data")
     assert bare.returncode != 0 and ("torch._six" in bare.stderr or "Mapping" in bare.stderr)

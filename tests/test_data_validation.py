@@ -9,7 +9,7 @@ import os
 import pytest
 from PIL import Image
 
-import fastreid_plugins  # noqa: F401
+import fastreid_plugins
 import fastreid.data.common as common
 from fastreid.data.common import CommDataset
 from fastreid.data.datasets import DATASET_REGISTRY
@@ -250,15 +250,19 @@ def test_vehicleid_listed_image_missing(tmp_path):
 
 # ------------------------------------------------------------------ idempotence
 def test_patches_are_idempotent():
-    before = (Dataset.check_before_run, common.read_image, VeRi.process_dir, VehicleID.process_dir)
+    patched = [(Dataset, "check_before_run", "check_before_run"), (common, "read_image", "read_image"),
+               (VeRi, "process_dir", "VeRi.process_dir"),
+               (VehicleID, "process_dir", "VehicleID.process_dir")]
+    before = [getattr(owner, name) for owner, name, _ in patched]
     applied = list(validation.APPLIED)
     validation.apply()
     validation.apply()
-    assert (Dataset.check_before_run, common.read_image, VeRi.process_dir,
-            VehicleID.process_dir) == before
-    assert validation.APPLIED == applied and len(set(applied)) == len(applied) == 4
+    assert [getattr(owner, name) for owner, name, _ in patched] == before
+    assert validation.APPLIED == applied and len(set(applied)) == len(applied) == len(patched)
     # each wrapper wraps FastReID's original directly (never a wrapper of a wrapper)
-    assert Dataset.check_before_run.__wrapped__ is validation.ORIGINALS["check_before_run"]
-    assert common.read_image.__wrapped__ is validation.ORIGINALS["read_image"]
-    assert VeRi.process_dir.__wrapped__ is validation.ORIGINALS["VeRi.process_dir"]
-    assert VehicleID.process_dir.__wrapped__ is validation.ORIGINALS["VehicleID.process_dir"]
+    for owner, name, key in patched:
+        assert getattr(owner, name).__wrapped__ is validation.ORIGINALS[key], key
+    # one registry of originals for the compat layer and the data checks
+    assert validation.ORIGINALS is fastreid_plugins.compat.ORIGINALS
+    import fastreid.data.data_utils as du
+    assert du.read_image is common.read_image

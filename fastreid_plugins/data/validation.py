@@ -38,21 +38,28 @@ Policy, "never silently train on part of a dataset": an entry that FastReID woul
 mislabel is an error, not a warning. The only entries tolerated in image folders are hidden files
 (``.DS_Store``, ...) and ``Thumbs.db``, which are operating-system metadata, never images.
 
-Every patch is idempotent, FastReID's files are never edited, and the unpatched callables are
-kept in :data:`ORIGINALS` (tests use them to show each failure the patch fixes).
+Every patch goes through :func:`fastreid_plugins.compat.patch_attr`: it is idempotent, FastReID's
+files are never edited, and the unpatched callables are kept in :data:`ORIGINALS` (the same dict
+as ``compat.ORIGINALS``; tests use them to show each failure the patch fixes). :data:`APPLIED`
+lists the names of this module's patches only.
 """
 
 import functools
+import inspect
 import os
 import re
 import sys
 
+from .. import compat
+from ..compat import patch_attr
+
 __all__ = ["apply", "APPLIED", "ORIGINALS", "LAYOUTS", "DatasetNotFoundError", "ImageReadError",
            "check_veri_dir", "check_vehicleid_list", "expected_layout", "VERI_NAME_PATTERN"]
 
+#: Names of the patches this module applied (``compat.APPLIED`` lists the compat layer's).
 APPLIED = []
-ORIGINALS = {}
-_MARK = "_fastreid_plugins_validation"
+#: The unpatched FastReID callables: the same dict as :data:`fastreid_plugins.compat.ORIGINALS`.
+ORIGINALS = compat.ORIGINALS
 
 #: The expected folder layout per dataset family, keyed by FastReID class name; ``{root}`` is the
 #: datasets root (``FASTREID_DATASETS``). Subclasses (e.g. ``SmallVehicleID``) use their base's.
@@ -248,114 +255,96 @@ def check_vehicleid_list(list_file, image_dir):
 # --------------------------------------------------------------------------------------------
 # patches
 # --------------------------------------------------------------------------------------------
-def _mark(fn):
-    setattr(fn, _MARK, True)
-    return fn
+def _check_first(check):
+    """A ``make_wrapper`` for :func:`~fastreid_plugins.compat.patch_attr`: the wrapped method
+    ``method(self, arg, ...)`` runs ``check(self, arg)`` first, then FastReID's method."""
+    def wrap(orig):
+        first = list(inspect.signature(orig).parameters)[1]  # the parameter after ``self``
 
-
-def _patched(obj, name):
-    return getattr(getattr(obj, name, None), _MARK, False)
+        @functools.wraps(orig)
+        def method(self, *args, **kwargs):
+            if args or first in kwargs:
+                check(self, args[0] if args else kwargs[first])
+            return orig(self, *args, **kwargs)
+        return method
+    return wrap
 
 
 def _patch_check_before_run():
     from fastreid.data.datasets.bases import Dataset
 
-    if _patched(Dataset, "check_before_run"):
-        return
-    orig = Dataset.check_before_run
-    ORIGINALS["check_before_run"] = orig
+    def wrap(orig):
+        @functools.wraps(orig)
+        def check_before_run(self, required_files):
+            try:
+                return orig(self, required_files)
+            except RuntimeError as e:
+                files = ([required_files] if isinstance(required_files, str)
+                         else list(required_files))
+                missing = [p for p in files if not os.path.exists(p)] or [str(e)]
+                name = type(self).__name__
+                msg = (f"Dataset {name}: {len(missing)} required path(s) not found:"
+                       + _listing(missing))
+                if expected_layout(self) is None:
+                    env = os.getenv("FASTREID_DATASETS")
+                    msg += (f"\nFASTREID_DATASETS is {env!r}: it must be the folder that holds the "
+                            "dataset folders." if env else "\nFASTREID_DATASETS is not set: "
+                            "datasets are looked up under './datasets'.")
+                else:
+                    root = _dataset_root(self)
+                    msg += (f"\nDatasets are looked up under {root!r} (set FASTREID_DATASETS to "
+                            "the folder that holds the dataset folders).\n"
+                            f"{name} expects this layout:\n  "
+                            + expected_layout(self, root).replace("\n", "\n  "))
+                raise DatasetNotFoundError(msg) from None
+        return check_before_run
 
-    @functools.wraps(orig)
-    def check_before_run(self, required_files):
-        try:
-            return orig(self, required_files)
-        except RuntimeError as e:
-            files = [required_files] if isinstance(required_files, str) else list(required_files)
-            missing = [p for p in files if not os.path.exists(p)] or [str(e)]
-            name = type(self).__name__
-            msg = f"Dataset {name}: {len(missing)} required path(s) not found:" + _listing(missing)
-            if expected_layout(self) is None:
-                env = os.getenv("FASTREID_DATASETS")
-                msg += (f"\nFASTREID_DATASETS is {env!r}: it must be the folder that holds the "
-                        "dataset folders." if env else "\nFASTREID_DATASETS is not set: datasets "
-                        "are looked up under './datasets'.")
-            else:
-                root = _dataset_root(self)
-                msg += (f"\nDatasets are looked up under {root!r} (set FASTREID_DATASETS to the "
-                        f"folder that holds the dataset folders).\n{name} expects this layout:\n  "
-                        + expected_layout(self, root).replace("\n", "\n  "))
-            raise DatasetNotFoundError(msg) from None
-
-    Dataset.check_before_run = _mark(check_before_run)
-    APPLIED.append("check_before_run.layout")
+    patch_attr(Dataset, "check_before_run", "check_before_run", wrap,
+               tag="check_before_run.layout", applied=APPLIED)
 
 
 def _patch_read_image():
     import fastreid.data.common as common
-    import fastreid.data.data_utils as du
 
-    if _patched(common, "read_image"):
-        return
-    orig = common.read_image
-    ORIGINALS["read_image"] = orig
+    def wrap(orig):
+        @functools.wraps(orig)
+        def read_image(file_name, format=None):
+            try:
+                return orig(file_name, format)
+            except FileNotFoundError:
+                raise FileNotFoundError(f"Image file not found: {file_name!r} (listed by the "
+                                        "dataset but missing on disk)") from None
+            except (OSError, ValueError, SyntaxError) as e:
+                raise ImageReadError(
+                    f"Cannot read image {file_name!r}: {type(e).__name__}: {e}. The file is "
+                    "corrupt, truncated or not an image; re-extract it from the dataset "
+                    "archive.") from e
+        return read_image
 
-    @functools.wraps(orig)
-    def read_image(file_name, format=None):
-        try:
-            return orig(file_name, format)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"Image file not found: {file_name!r} (listed by the dataset "
-                                    "but missing on disk)") from None
-        except (OSError, ValueError, SyntaxError) as e:
-            raise ImageReadError(
-                f"Cannot read image {file_name!r}: {type(e).__name__}: {e}. The file is corrupt, "
-                "truncated or not an image; re-extract it from the dataset archive.") from e
-
-    read_image = _mark(read_image)
-    for mod in (common, du):
-        if getattr(mod, "read_image", None) is orig:
-            mod.read_image = read_image
-    APPLIED.append("read_image.names_file")
+    patch_attr(common, "read_image", "read_image", wrap, modules=["fastreid.data.data_utils"],
+               tag="read_image.names_file", applied=APPLIED)
 
 
 def _patch_veri_names():
     from fastreid.data.datasets.veri import VeRi
 
-    if _patched(VeRi, "process_dir"):
-        return
-    orig = VeRi.process_dir
-    ORIGINALS["VeRi.process_dir"] = orig
-
-    @functools.wraps(orig)
-    def process_dir(self, dir_path, *args, **kwargs):
-        check_veri_dir(dir_path)
-        return orig(self, dir_path, *args, **kwargs)
-
-    VeRi.process_dir = _mark(process_dir)
-    APPLIED.append("VeRi.process_dir.names")
+    patch_attr(VeRi, "process_dir", "VeRi.process_dir",
+               _check_first(lambda self, dir_path: check_veri_dir(dir_path)),
+               tag="VeRi.process_dir.names", applied=APPLIED)
 
 
 def _patch_vehicleid_lists():
     from fastreid.data.datasets.vehicleid import VehicleID
 
-    if _patched(VehicleID, "process_dir"):
-        return
-    orig = VehicleID.process_dir
-    ORIGINALS["VehicleID.process_dir"] = orig
-
-    @functools.wraps(orig)
-    def process_dir(self, list_file, *args, **kwargs):
-        check_vehicleid_list(list_file, self.image_dir)
-        return orig(self, list_file, *args, **kwargs)
-
-    VehicleID.process_dir = _mark(process_dir)
-    APPLIED.append("VehicleID.process_dir.lists")
+    patch_attr(VehicleID, "process_dir", "VehicleID.process_dir",
+               _check_first(lambda self, list_file: check_vehicleid_list(list_file,
+                                                                         self.image_dir)),
+               tag="VehicleID.process_dir.lists", applied=APPLIED)
 
 
 def apply():
     """Apply every patch (idempotent). Called by ``import fastreid_plugins.data``."""
     if "fastreid.data" not in sys.modules:  # the compat import shims must run first
-        from .. import compat
         compat.apply_import_shims()
     _patch_check_before_run()
     _patch_read_image()
