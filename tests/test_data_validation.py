@@ -248,11 +248,186 @@ def test_vehicleid_listed_image_missing(tmp_path):
     assert len(items) == 3  # FastReID: accepted; fails only when that batch is loaded
 
 
+# ------------------------------------------------------------------ VERI-Wild list files
+# vehicle id -> [(image id, camera id)]; vehicles 1-2 train, 3-4 test (query: first image of each)
+VW_IMAGES = {"00001": [("000001", 1), ("000002", 2)], "00002": [("000003", 3), ("000004", 4)],
+             "00003": [("000005", 1), ("000006", 5)], "00004": [("000007", 2), ("000008", 6)]}
+VW_TRAIN = ["00001/000001", "00001/000002", "00002/000003", "00002/000004"]
+VW_QUERY = ["00003/000005", "00004/000007"]
+VW_GALLERY = ["00003/000006", "00004/000008", "00003/000005"]
+VW_HEADER = "id/image;Camera ID;Time;Model;Type;Color"
+
+
+def vw_info_lines():
+    return [f"{vid}/{img};{cam:03d};2018-03-14 10:53:35;Audi-A4L;sedan;white"
+            for vid, imgs in VW_IMAGES.items() for img, cam in imgs]
+
+
+def write_veriwild(root, train=None, query=None, gallery=None, info=None, header=True,
+                   skip_images=()):
+    """A tiny VERI-Wild folder; returns its ``train_test_split`` folder."""
+    d = os.path.join(root, "VERI-Wild")
+    for vid, imgs in VW_IMAGES.items():
+        for img, _ in imgs:
+            if img not in skip_images:
+                jpg(os.path.join(d, "images", vid, f"{img}.jpg"), size=(8, 8))
+    split = os.path.join(d, "train_test_split")
+    os.makedirs(split, exist_ok=True)
+
+    def write(name, lines):
+        with open(os.path.join(split, name), "w") as f:
+            f.write("".join(line + "\n" for line in lines))
+
+    info = vw_info_lines() if info is None else info
+    write("vehicle_info.txt", ([VW_HEADER] if header else []) + info)
+    write("train_list.txt", VW_TRAIN if train is None else train)
+    for size in (3000, 5000, 10000):
+        write(f"test_{size}_query.txt", VW_QUERY if query is None else query)
+        write(f"test_{size}.txt", VW_GALLERY if gallery is None else gallery)
+    return split
+
+
+@pytest.mark.parametrize("name", ["VeRiWild", "SmallVeRiWild", "MediumVeRiWild", "LargeVeRiWild"])
+def test_veriwild_good_folder_loads(tmp_path, name):
+    write_veriwild(str(tmp_path))
+    ds = DATASET_REGISTRY.get(name)(root=str(tmp_path))
+    assert (len(ds.train), len(ds.query), len(ds.gallery)) == (4, 2, 3)
+    img = os.path.join(str(tmp_path), "VERI-Wild", "images", "00003", "000005.jpg")
+    assert (img, 3, 1) in ds.query and (img, 3, 1) in ds.gallery
+    assert {pid for _, pid, _ in ds.train} == {"veriwild_1", "veriwild_2"}
+    assert all(os.path.isfile(p) for p, _, _ in ds.train + ds.query + ds.gallery)
+
+
+def test_veriwild_unlisted_record_need_not_exist(tmp_path):
+    """vehicle_info.txt covers every split size: only the images the lists name must exist."""
+    info = vw_info_lines() + ["00009/000099;007;2018-03-14 10:53:35;Audi-A4L;sedan;white"]
+    write_veriwild(str(tmp_path), info=info)
+    ds = DATASET_REGISTRY.get("SmallVeRiWild")(root=str(tmp_path))
+    assert (len(ds.train), len(ds.query), len(ds.gallery)) == (4, 2, 3)
+
+
+def vw_unpatched(root, split):
+    """A VeRiWild instance whose vehicle info was read by FastReID's own (unpatched) parser."""
+    from fastreid.data.datasets.veriwild import VeRiWild
+    ds = VeRiWild.__new__(VeRiWild)
+    ds.image_dir = os.path.join(root, "VERI-Wild", "images")
+    ds.dataset_name = "veriwild"
+    ds.imgid2vid, ds.imgid2camid, ds.imgid2imgpath = validation.ORIGINALS[
+        "VeRiWild.process_vehicle"](ds, os.path.join(split, "vehicle_info.txt"))
+    return ds
+
+
+def _replace(lines, index, text):
+    lines = list(lines)
+    lines[index] = text
+    return lines
+
+
+@pytest.mark.parametrize("where, index, bad, expected", [
+    ("train", 2, "00002-000003", "'<vehicle id>/<image id>'"),
+    ("train", 2, "veh2/000003", "'<vehicle id>/<image id>'"),
+    ("train", 2, "", "'<vehicle id>/<image id>'"),
+    ("train", 2, "00002/000003/x", "'<vehicle id>/<image id>'"),
+    ("query", 1, "00004/000999", "has no record in"),
+    ("gallery", 0, "00004/000006", "gives vehicle 00004 but"),
+])
+def test_veriwild_bad_list_line(tmp_path, where, index, bad, expected):
+    lists = {"train": VW_TRAIN, "query": VW_QUERY, "gallery": VW_GALLERY}
+    lists[where] = _replace(lists[where], index, bad)
+    write_veriwild(str(tmp_path), **lists)
+    with pytest.raises(ValueError) as e:
+        DATASET_REGISTRY.get("SmallVeRiWild")(root=str(tmp_path))
+    msg = str(e.value)
+    fname = {"train": "train_list.txt", "query": "test_3000_query.txt",
+             "gallery": "test_3000.txt"}[where]
+    assert f"{fname}:{index + 1}:" in msg and repr(bad) in msg and expected in msg, msg
+
+
+def test_veriwild_bad_list_line_without_patch(tmp_path):
+    """FastReID: a bare KeyError / ValueError naming neither file nor line."""
+    split = write_veriwild(str(tmp_path), query=_replace(VW_QUERY, 1, "00004/000999"))
+    ds = vw_unpatched(str(tmp_path), split)
+    with pytest.raises(KeyError) as e:
+        validation.ORIGINALS["VeRiWild.process_dir"](ds, os.path.join(split, "test_3000_query.txt"))
+    assert "test_3000_query.txt" not in str(e.value)
+
+
+@pytest.mark.parametrize("index, bad, orig_error", [
+    (0, "00001/000001", IndexError),                               # no ';' fields
+    (1, "00001/000002;cam2;2018-03-14 10:53:35", None),            # camera id not an integer
+    (2, "00002;000003;003", IndexError),                           # no '/'
+    (3, "00002/000004.jpg;004;2018-03-14 10:53:35", None),         # extension in the image id
+    (4, "", IndexError),                                           # blank line
+])
+def test_veriwild_bad_vehicle_info_line(tmp_path, index, bad, orig_error):
+    split = write_veriwild(str(tmp_path), info=_replace(vw_info_lines(), index, bad))
+    with pytest.raises(ValueError) as e:
+        DATASET_REGISTRY.get("VeRiWild")(root=str(tmp_path))
+    msg = str(e.value)
+    # records start on line 2 (line 1 is the header)
+    assert f"vehicle_info.txt:{index + 2}:" in msg and repr(bad) in msg, msg
+    assert "'<vehicle id>/<image id>;<camera id>;<time>;...'" in msg
+    if orig_error is not None:  # FastReID: a bare error, no file or line
+        with pytest.raises(orig_error) as e:
+            vw_unpatched(str(tmp_path), split)
+        assert "vehicle_info.txt" not in str(e.value)
+
+
+def test_veriwild_duplicate_image_id(tmp_path):
+    lines = vw_info_lines()
+    split = write_veriwild(str(tmp_path), info=lines + [lines[1].replace("00001/", "00004/")])
+    with pytest.raises(ValueError) as e:
+        DATASET_REGISTRY.get("VeRiWild")(root=str(tmp_path))
+    msg = str(e.value)
+    assert f"vehicle_info.txt:{len(lines) + 2}:" in msg and "'000002'" in msg and "line 3" in msg
+    with pytest.raises(AssertionError) as e:  # FastReID: a bare assert
+        vw_unpatched(str(tmp_path), split)
+    assert str(e.value) == ""
+
+
+def test_veriwild_vehicle_info_without_header(tmp_path):
+    split = write_veriwild(str(tmp_path), header=False)
+    with pytest.raises(ValueError) as e:
+        DATASET_REGISTRY.get("VeRiWild")(root=str(tmp_path))
+    assert "vehicle_info.txt:1:" in str(e.value) and "header" in str(e.value)
+    assert repr(vw_info_lines()[0]) in str(e.value)
+    # FastReID: silently drops the first image
+    ds = vw_unpatched(str(tmp_path), split)
+    assert "000001" not in ds.imgid2vid and len(ds.imgid2vid) == 7
+
+
+@pytest.mark.parametrize("lines", [[], [VW_HEADER]])
+def test_veriwild_empty_files(tmp_path, lines):
+    write_veriwild(str(tmp_path), info=lines[1:], header=bool(lines))
+    with pytest.raises(ValueError, match="holds no image record"):
+        DATASET_REGISTRY.get("VeRiWild")(root=str(tmp_path))
+    write_veriwild(str(tmp_path), train=[])
+    with pytest.raises(ValueError, match="train_list.txt' is empty"):
+        DATASET_REGISTRY.get("VeRiWild")(root=str(tmp_path))
+
+
+def test_veriwild_listed_image_missing(tmp_path):
+    split = write_veriwild(str(tmp_path), skip_images=("000008",))
+    with pytest.raises(FileNotFoundError) as e:
+        DATASET_REGISTRY.get("SmallVeRiWild")(root=str(tmp_path))
+    msg = str(e.value)
+    img = os.path.join(str(tmp_path), "VERI-Wild", "images", "00004", "000008.jpg")
+    assert "1 of 3" in msg and img in msg and "test_3000.txt:2" in msg
+    # FastReID: accepted; fails only when the batch holding it is loaded
+    ds = vw_unpatched(str(tmp_path), split)
+    items = validation.ORIGINALS["VeRiWild.process_dir"](
+        ds, os.path.join(split, "test_3000.txt"), is_train=False)
+    assert len(items) == 3 and img in [p for p, _, _ in items]
+
+
 # ------------------------------------------------------------------ idempotence
 def test_patches_are_idempotent():
+    from fastreid.data.datasets.veriwild import VeRiWild
     patched = [(Dataset, "check_before_run", "check_before_run"), (common, "read_image", "read_image"),
                (VeRi, "process_dir", "VeRi.process_dir"),
-               (VehicleID, "process_dir", "VehicleID.process_dir")]
+               (VehicleID, "process_dir", "VehicleID.process_dir"),
+               (VeRiWild, "process_vehicle", "VeRiWild.process_vehicle"),
+               (VeRiWild, "process_dir", "VeRiWild.process_dir")]
     before = [getattr(owner, name) for owner, name, _ in patched]
     applied = list(validation.APPLIED)
     validation.apply()

@@ -17,6 +17,13 @@ corrupt or truncated image                        ``OSError: image file is trunc
 malformed VehicleID list line                     ``IndexError`` / ``ValueError`` from ``int()``
 VehicleID list naming images that do not exist    fails only when the batch holding the image is
                                                   loaded (possibly hours into training)
+malformed VERI-Wild list or ``vehicle_info.txt``  ``IndexError`` / ``ValueError`` / ``KeyError`` /
+line                                              bare ``AssertionError``, no file or line named
+VERI-Wild ``vehicle_info.txt`` without header     its first record is silently dropped
+VERI-Wild list naming images that do not exist    fails only when the batch holding the image is
+                                                  loaded
+VERI-Wild list line whose vehicle id differs      silently labelled with the list's id but read
+from ``vehicle_info.txt``                         from the other vehicle's folder
 ================================================  ===============================================
 
 :func:`apply` (run once by ``import fastreid_plugins.data``) wraps the responsible FastReID
@@ -32,7 +39,10 @@ expected:
 * ``fastreid.data.datasets.veri.VeRi.process_dir`` -> :func:`check_veri_dir` first (every entry
   must be a ``*.jpg`` file whose name parses; ``ValueError`` listing the offenders);
 * ``fastreid.data.datasets.vehicleid.VehicleID.process_dir`` -> :func:`check_vehicleid_list`
-  first (``ValueError`` naming file and line; ``FileNotFoundError`` listing missing images).
+  first (``ValueError`` naming file and line; ``FileNotFoundError`` listing missing images);
+* ``fastreid.data.datasets.veriwild.VeRiWild.process_vehicle`` / ``.process_dir`` (also used by
+  ``SmallVeRiWild``, ``MediumVeRiWild``, ``LargeVeRiWild``) -> :func:`check_veriwild_vehicle_info`
+  and :func:`check_veriwild_list` first (same errors).
 
 Policy, "never silently train on part of a dataset": an entry that FastReID would skip or
 mislabel is an error, not a warning. The only entries tolerated in image folders are hidden files
@@ -54,7 +64,8 @@ from .. import compat
 from ..compat import patch_attr
 
 __all__ = ["apply", "APPLIED", "ORIGINALS", "LAYOUTS", "DatasetNotFoundError", "ImageReadError",
-           "check_veri_dir", "check_vehicleid_list", "expected_layout", "VERI_NAME_PATTERN"]
+           "check_veri_dir", "check_vehicleid_list", "check_veriwild_vehicle_info",
+           "check_veriwild_list", "expected_layout", "VERI_NAME_PATTERN"]
 
 #: Names of the patches this module applied (``compat.APPLIED`` lists the compat layer's).
 APPLIED = []
@@ -231,25 +242,139 @@ def check_vehicleid_list(list_file, image_dir):
             message names ``file:line``); the file has no line.
         FileNotFoundError: images named by the list do not exist (all counted, 10 listed).
     """
+    def image_path(lineno, raw):
+        parts = raw.strip().split(" ")
+        if len(parts) < 2 or not (parts[0].isdigit() and parts[1].lstrip("-").isdigit()):
+            raise ValueError(
+                f"{list_file}:{lineno}: expected '<image id> <vehicle id>' (two integers "
+                f"separated by one space, e.g. '0004014 0002'), got {_strip_eol(raw)!r}")
+        return os.path.join(image_dir, f"{parts[0]}.jpg")
+
+    _check_list_file(list_file, "VehicleID", image_path)
+
+
+def _check_list_file(list_file, dataset, image_path):
+    """Read a list file whose every line names one image: ``image_path(lineno, raw)`` raises
+    ``ValueError`` for a bad line and returns the image path otherwise.
+
+    Raises:
+        ValueError: the file has no line (or ``image_path``'s error).
+        FileNotFoundError: listed images do not exist (all counted, 10 listed with ``file:line``).
+    """
     missing, n = [], 0
     with open(list_file) as f:
         for lineno, raw in enumerate(f, 1):
-            line = raw.strip()
-            parts = line.split(" ")
-            if len(parts) < 2 or not (parts[0].isdigit() and parts[1].lstrip("-").isdigit()):
-                raise ValueError(
-                    f"{list_file}:{lineno}: expected '<image id> <vehicle id>' (two integers "
-                    f"separated by one space, e.g. '0004014 0002'), got {_strip_eol(raw)!r}")
+            path = image_path(lineno, raw)
             n += 1
-            path = os.path.join(image_dir, f"{parts[0]}.jpg")
             if not os.path.isfile(path):
                 missing.append(f"{path}  ({os.path.basename(list_file)}:{lineno})")
     if n == 0:
-        raise ValueError(f"The VehicleID list file {list_file!r} is empty.")
+        raise ValueError(f"The {dataset} list file {list_file!r} is empty.")
     if missing:
         raise FileNotFoundError(
             f"{len(missing)} of {n} images listed in {list_file!r} do not exist (a dataset "
             "must not be used partly; re-extract the images or fix the list):" + _listing(missing))
+
+
+#: A ``vehicle_info.txt`` record as FastReID's ``VeRiWild.process_vehicle`` reads it (after
+#: stripping the line): ``<vehicle id>/<image id>`` and the camera id are the first two
+#: ';'-separated fields; the rest (time, model, type, colour) is not read.
+_VERIWILD_INFO = re.compile(r"([0-9]+)/([^/;.\s]+);\s*([0-9]+)\s*(?:;.*)?")
+_VERIWILD_INFO_EXPECTED = ("a header line ('id/image;Camera ID;Time;Model;Type;Color'), then one "
+                           "line per image '<vehicle id>/<image id>;<camera id>;<time>;...' with "
+                           "integer vehicle and camera ids, e.g. '00001/000001;018;...'")
+#: A ``train_test_split/*.txt`` list line as ``VeRiWild.process_dir`` reads it.
+_VERIWILD_LIST = re.compile(r"([0-9]+)/([^/.\s]+)(?:\.jpg)?")
+_VERIWILD_LIST_EXPECTED = "'<vehicle id>/<image id>' (integer vehicle id), e.g. '00001/000001'"
+
+
+def check_veriwild_vehicle_info(info_file):
+    """Refuse a VERI-Wild ``vehicle_info.txt`` that FastReID would crash on or read wrongly.
+
+    FastReID's ``VeRiWild.process_vehicle`` skips the first line (the header), then reads
+    ``<vehicle id>/<image id>;<camera id>;...`` per line with ``split`` (a malformed line is a bare
+    ``IndexError``, or a ``ValueError`` from ``int(camera)`` only once a list names the image), and
+    asserts that image ids are unique (bare ``AssertionError``). A file without the header line
+    silently loses its first image.
+
+    Args:
+        info_file (str): ``train_test_split/vehicle_info.txt``.
+
+    Returns:
+        dict: image id -> vehicle id (the string as written), as FastReID's ``imgid2vid``.
+
+    Raises:
+        ValueError: the first line is a record, not the header; a line does not parse (the message
+            names ``file:line``, the text and the expected format); an image id appears twice
+            (both lines named); the file holds no record.
+    """
+    imgid2vid, first_line = {}, {}
+    with open(info_file) as f:
+        for lineno, raw in enumerate(f, 1):
+            m = _VERIWILD_INFO.fullmatch(raw.strip())
+            if lineno == 1:
+                if m is not None:
+                    raise ValueError(
+                        f"{info_file}:1: expected the header line "
+                        "'id/image;Camera ID;Time;Model;Type;Color', got the record "
+                        f"{_strip_eol(raw)!r}; FastReID skips the first line, so this image would "
+                        "be silently dropped. Restore the header line.")
+                continue
+            if m is None:
+                raise ValueError(f"{info_file}:{lineno}: expected {_VERIWILD_INFO_EXPECTED}; "
+                                 f"got {_strip_eol(raw)!r}")
+            vid, imgid = m.group(1), m.group(2)
+            if imgid in first_line:
+                raise ValueError(
+                    f"{info_file}:{lineno}: image id {imgid!r} already appears on line "
+                    f"{first_line[imgid]}; image ids must be unique (FastReID asserts it).")
+            first_line[imgid] = lineno
+            imgid2vid[imgid] = vid
+    if not imgid2vid:
+        raise ValueError(f"The VERI-Wild vehicle info file {info_file!r} holds no image record; "
+                         f"expected {_VERIWILD_INFO_EXPECTED}.")
+    return imgid2vid
+
+
+def check_veriwild_list(list_file, image_dir, imgid2vid, vehicle_info="vehicle_info.txt"):
+    """Refuse a VERI-Wild list file that FastReID would crash on late or read wrongly.
+
+    FastReID's ``VeRiWild.process_dir`` reads ``<vehicle id>/<image id>`` per line (``int()`` of the
+    vehicle id, the image id up to the first '.'), looks the image up in ``vehicle_info.txt``
+    (bare ``KeyError`` if absent), labels it with the list's vehicle id but reads
+    ``images/<vehicle id from vehicle_info>/<image id>.jpg`` without checking that it exists.
+
+    Args:
+        list_file (str): ``train_list.txt``, ``test_*_query.txt`` or ``test_*.txt``.
+        image_dir (str): the ``images/`` folder.
+        imgid2vid (dict): image id -> vehicle id from ``vehicle_info.txt`` (FastReID's
+            ``imgid2vid`` or :func:`check_veriwild_vehicle_info`'s result).
+        vehicle_info (str): the vehicle info file, for the messages.
+
+    Raises:
+        ValueError: a line is not ``<vehicle id>/<image id>``, names an image that
+            ``vehicle_info.txt`` lacks, or gives another vehicle id than ``vehicle_info.txt`` (the
+            message names ``file:line``); the file has no line.
+        FileNotFoundError: images named by the list do not exist (all counted, 10 listed).
+    """
+    def image_path(lineno, raw):
+        where = f"{list_file}:{lineno}"
+        m = _VERIWILD_LIST.fullmatch(raw.strip())
+        if m is None:
+            raise ValueError(f"{where}: expected {_VERIWILD_LIST_EXPECTED}, got "
+                             f"{_strip_eol(raw)!r}")
+        vid, imgid = m.group(1), m.group(2)
+        if imgid not in imgid2vid:
+            raise ValueError(f"{where}: image id {imgid!r} (line {_strip_eol(raw)!r}) has no "
+                             f"record in {vehicle_info!r}, which gives each image's camera.")
+        if int(vid) != int(imgid2vid[imgid]):
+            raise ValueError(
+                f"{where}: the line {_strip_eol(raw)!r} gives vehicle {vid} but "
+                f"{vehicle_info!r} gives vehicle {imgid2vid[imgid]} for image {imgid!r}; "
+                "FastReID would label the image with one and read it from the other's folder.")
+        return os.path.join(image_dir, imgid2vid[imgid], f"{imgid}.jpg")
+
+    _check_list_file(list_file, "VERI-Wild", image_path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -342,6 +467,19 @@ def _patch_vehicleid_lists():
                tag="VehicleID.process_dir.lists", applied=APPLIED)
 
 
+def _patch_veriwild_lists():
+    """``VeRiWild`` (and its Small/Medium/Large subclasses, which inherit both methods)."""
+    from fastreid.data.datasets.veriwild import VeRiWild
+
+    patch_attr(VeRiWild, "process_vehicle", "VeRiWild.process_vehicle",
+               _check_first(lambda self, info: check_veriwild_vehicle_info(info)),
+               tag="VeRiWild.process_vehicle.format", applied=APPLIED)
+    patch_attr(VeRiWild, "process_dir", "VeRiWild.process_dir",
+               _check_first(lambda self, img_list: check_veriwild_list(
+                   img_list, self.image_dir, self.imgid2vid, self.vehicle_info)),
+               tag="VeRiWild.process_dir.lists", applied=APPLIED)
+
+
 def apply():
     """Apply every patch (idempotent). Called by ``import fastreid_plugins.data``."""
     if "fastreid.data" not in sys.modules:  # the compat import shims must run first
@@ -350,3 +488,4 @@ def apply():
     _patch_read_image()
     _patch_veri_names()
     _patch_vehicleid_lists()
+    _patch_veriwild_lists()
