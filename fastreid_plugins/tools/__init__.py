@@ -12,7 +12,8 @@ that ``python -m fastreid_plugins.tools.demo`` can set ``FASTREID_DATASETS`` fir
 
 import importlib
 
-__all__ = ["PLUGIN_PACKAGES", "plugin_config_fns", "build_tool_cfg", "trainer_class_for"]
+__all__ = ["PLUGIN_PACKAGES", "plugin_config_fns", "build_tool_cfg", "trainer_class_for",
+           "load_tool_model"]
 
 # the method subpackages whose ``add_<method>_config`` functions every tool applies
 PLUGIN_PACKAGES = ("mfgnet", "mbfn", "svrn", "clip_senet")
@@ -91,3 +92,26 @@ def trainer_class_for(cfg):
     found = [obj for _, obj in inspect.getmembers(package, inspect.isclass)
              if issubclass(obj, PluginTrainer) and obj is not PluginTrainer]
     return found[0] if len(found) == 1 else PluginTrainer
+
+
+def load_tool_model(cfg, purpose):
+    """The eval-mode model of ``cfg`` with ``MODEL.WEIGHTS`` loaded (strictly), for a tool.
+
+    Built by :func:`trainer_class_for`'s ``build_model`` (FastReID's ``build_model`` + its log).
+
+    Args:
+        cfg (CfgNode): a config from :func:`build_tool_cfg`.
+        purpose (str): what the tool does with it, for the error message (e.g. "export").
+
+    Raises:
+        FileNotFoundError: ``MODEL.WEIGHTS`` is empty or the file does not exist.
+        fastreid_plugins.engine.WeightsMismatchError: the checkpoint does not fit the model.
+    """
+    from fastreid_plugins.engine import load_model_weights
+
+    if not cfg.MODEL.WEIGHTS:
+        raise FileNotFoundError(f"No model to {purpose}: pass `MODEL.WEIGHTS /path/to/model.pth` "
+                                "after the other arguments.")
+    model = trainer_class_for(cfg).build_model(cfg)
+    load_model_weights(model, cfg.MODEL.WEIGHTS)
+    return model.eval()

@@ -253,18 +253,10 @@ def main(argv=None):
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
-    from fastreid.modeling import build_model
-
-    from fastreid_plugins.engine import load_model_weights
-    from fastreid_plugins.tools import build_tool_cfg
+    from fastreid_plugins.tools import build_tool_cfg, load_tool_model
 
     cfg = build_tool_cfg(args.config_file, args.opts)
-    if not cfg.MODEL.WEIGHTS:
-        raise FileNotFoundError("No model to export: pass `MODEL.WEIGHTS /path/to/model.pth` "
-                                "after the other arguments.")
-    model = build_model(cfg)
-    load_model_weights(model, cfg.MODEL.WEIGHTS)
-    model.eval()
+    model = load_tool_model(cfg, "export")
     h, w = cfg.INPUT.SIZE_TEST
     wrapper = export_onnx(model, args.output, h, w, args.batch_size, args.opset)
     result = {"output": args.output, "meta_arch": cfg.MODEL.META_ARCHITECTURE,

@@ -258,21 +258,17 @@ def main(argv=None):
         raise ValueError(f"--num-queries must be >= 1, got {args.num_queries}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
-    from fastreid_plugins.engine import is_vehicleid, load_model_weights
+    from fastreid_plugins.engine import is_vehicleid
     from fastreid_plugins.evaluation import evaluate_rank, metrics_from_distmat
-    from fastreid_plugins.tools import build_tool_cfg, trainer_class_for
+    from fastreid_plugins.tools import build_tool_cfg, load_tool_model, trainer_class_for
 
     cfg = build_tool_cfg(args.config_file, args.opts)
-    if not cfg.MODEL.WEIGHTS:
-        raise FileNotFoundError("No model to visualise: pass `MODEL.WEIGHTS /path/to/model.pth` "
-                                "after the other arguments.")
     dataset = args.dataset or cfg.DATASETS.TESTS[0]
     if is_vehicleid(dataset):
         raise ValueError(f"{dataset} has no fixed query/gallery split (VehicleID protocol); "
                          "pick another test set with --dataset.")
+    model = load_tool_model(cfg, "visualise")
     trainer_cls = trainer_class_for(cfg)
-    model = trainer_cls.build_model(cfg)
-    load_model_weights(model, cfg.MODEL.WEIGHTS)
     loader, num_query = trainer_cls.build_test_loader(cfg, dataset)
 
     feats, pids, camids, paths = _extract(model, loader, cfg.TEST.FLIP.ENABLED)
