@@ -18,6 +18,7 @@ The paper (Qian et al., IEEE T-ITS 2022) reports 65 vs 40 ms (1.63x) for trainin
 Usage:
     python bench/svrn_speed.py                       # batch 8 train / 16 inference, 1 warm-up, 3 timed
     python bench/svrn_speed.py --threads 2 --iters 5 --variants
+    python bench/svrn_speed.py --device cuda --iters 20      # on a GPU (the paper's setting)
 """
 
 import argparse
@@ -40,14 +41,14 @@ from fastreid_plugins.svrn import add_svrn_config  # noqa: E402
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 COMMON = ["MODEL.BACKBONE.DEPTH", "50x", "MODEL.BACKBONE.FEAT_DIM", "2048",
           "MODEL.BACKBONE.LAST_STRIDE", "1", "MODEL.BACKBONE.PRETRAIN", "False",
-          "MODEL.BACKBONE.WITH_IBN", "False", "MODEL.HEADS.NUM_CLASSES", "576",
-          "MODEL.DEVICE", "cpu"]
+          "MODEL.BACKBONE.WITH_IBN", "False", "MODEL.HEADS.NUM_CLASSES", "576"]
+DEVICE = "cpu"  # set by --device
 
 
 def make(config, size, extra=()):
     cfg = get_cfg(add_svrn_config)
     cfg.merge_from_file(os.path.join(ROOT, config))
-    cfg.merge_from_list(COMMON + ["INPUT.SIZE_TRAIN", f"[{size}, {size}]",
+    cfg.merge_from_list(COMMON + ["MODEL.DEVICE", DEVICE, "INPUT.SIZE_TRAIN", f"[{size}, {size}]",
                                   "INPUT.SIZE_TEST", f"[{size}, {size}]"] + list(extra))
     cfg.freeze()
     model = build_model(cfg)
@@ -57,8 +58,8 @@ def make(config, size, extra=()):
 
 def batch(n, size, n_ids=None):
     n_ids = n_ids or max(2, n // 4)
-    return {"images": torch.rand(n, 3, size, size) * 255,
-            "targets": torch.arange(n_ids).repeat_interleave(n // n_ids)}
+    return {"images": torch.rand(n, 3, size, size, device=DEVICE) * 255,
+            "targets": torch.arange(n_ids, device=DEVICE).repeat_interleave(n // n_ids)}
 
 
 def train_step(model, opt, data):
@@ -76,8 +77,12 @@ def infer(model, images):
 
 
 def timed(fn):
+    """Wall seconds of ``fn()``; on CUDA, queued kernels are waited for before and after."""
+    sync = torch.cuda.synchronize if DEVICE.startswith("cuda") else (lambda: None)
+    sync()
     t = time.perf_counter()
     fn()
+    sync()
     return time.perf_counter() - t
 
 
@@ -154,9 +159,9 @@ def critic_timing(args):
     from fastreid_plugins.svrn.critic import minmax_normalise
 
     b, grid = args.critic_batch, 8
-    block = ClassificationBlock(2048, 512, 576).train()
-    x = torch.randn(b, 2048, args.size // 16, args.size // 16).relu()
-    targets = torch.randint(0, 576, (b,))
+    block = ClassificationBlock(2048, 512, 576).to(DEVICE).train()
+    x = torch.randn(b, 2048, args.size // 16, args.size // 16, device=DEVICE).relu()
+    targets = torch.randint(0, 576, (b,), device=DEVICE)
     with torch.no_grad():
         out = block(x)
     stats, reduced = out["stats"], out["reduced"]
@@ -164,7 +169,7 @@ def critic_timing(args):
     def naive():
         h, w = x.shape[-2:]
         ch, cw = h // grid, w // grid
-        ce = torch.empty(b, grid, grid)
+        ce = torch.empty(b, grid, grid, device=DEVICE)
         with torch.no_grad():
             for i in range(grid):
                 for j in range(grid):
@@ -193,16 +198,22 @@ def main():
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--iters", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                    help="cpu or cuda[:i] (default: cuda when available)")
     ap.add_argument("--critic", action="store_true",
                     help="also time the grid critic: closed form vs batched call vs naive loop")
     ap.add_argument("--critic-batch", type=int, default=2)
     ap.add_argument("--variants", action="store_true",
                     help="also time T=2 (start block 3 or 4) and SVRN without critic/cross terms")
     args = ap.parse_args()
+    global DEVICE
+    DEVICE = args.device
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, input "
+    where = (torch.cuda.get_device_name(DEVICE) if DEVICE.startswith("cuda")
+             else f"CPU, {torch.get_num_threads()} threads")
+    print(f"torch {torch.__version__}, {where}, input "
           f"{args.size}x{args.size}, ResNet-50 last stride 1, {args.warmup} warm-up + "
           f"{args.iters} timed iterations (interleaved, medians)")
     print("paper (GPU): training 65 vs 40 ms = 1.63x, inference 37 vs 23 ms = 1.61x")
