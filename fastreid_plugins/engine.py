@@ -16,7 +16,7 @@ import logging
 import os
 
 import torch
-from fastreid.data import build_reid_test_loader
+from fastreid.data import build_reid_test_loader, build_reid_train_loader
 from fastreid.data.common import CommDataset
 from fastreid.data.datasets import DATASET_REGISTRY
 from fastreid.data.datasets.vehicleid import VehicleID
@@ -138,7 +138,17 @@ def is_vehicleid(dataset_name):
 
 
 class PluginTrainer(DefaultTrainer):
-    """FastReID's :class:`DefaultTrainer` with the plugins' evaluator, loaders and optimizer."""
+    """FastReID's :class:`DefaultTrainer` with the plugins' evaluator, loaders and optimizer.
+
+    ``dataset_cls``: the dataset class of the train and (non-VehicleID) test loaders. ``None``
+    keeps FastReID's loader builders (:class:`~fastreid.data.common.CommDataset`). A subclass
+    whose batches need more than ``images/targets/camids/img_paths`` sets it to a class built
+    like ``CommDataset(img_items, transform, relabel)`` (e.g. CLIP-SENet's ``SideInfoDataset``);
+    samplers, transforms, batch sizes and workers stay FastReID's. VehicleID test sets always use
+    ``CommDataset`` (the evaluator draws the query/gallery splits).
+    """
+
+    dataset_cls = None
 
     def __init__(self, cfg):
         if cfg.OUTPUT_DIR and comm.is_main_process():
@@ -153,7 +163,18 @@ class PluginTrainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
-        loader = super().build_train_loader(cfg)
+        if cls.dataset_cls is None:
+            loader = super().build_train_loader(cfg)
+        else:  # FastReID's build_reid_train_loader, over cls.dataset_cls
+            items = []
+            for name in cfg.DATASETS.NAMES:
+                data = DATASET_REGISTRY.get(name)(root=_root, combineall=cfg.DATASETS.COMBINEALL)
+                if comm.is_main_process():
+                    data.show_train()
+                items.extend(data.train)
+            check_dataset_items(items, "train", cfg.DATASETS.NAMES)
+            train_set = cls.dataset_cls(items, build_transforms(cfg, is_train=True), relabel=True)
+            loader = build_reid_train_loader(cfg, train_set=train_set)
         check_dataset_items(loader.dataset.img_items, "train", cfg.DATASETS.NAMES)
         if len(loader.dataset) < cfg.SOLVER.IMS_PER_BATCH:
             raise ValueError(
@@ -184,10 +205,20 @@ class PluginTrainer(DefaultTrainer):
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
-        if not is_vehicleid(dataset_name):
+        if not is_vehicleid(dataset_name) and cls.dataset_cls is None:
             loader, num_query = build_reid_test_loader(cfg, dataset_name=dataset_name)
             check_dataset_items(loader.dataset.img_items, "test", [dataset_name])
             return loader, num_query
+        if not is_vehicleid(dataset_name):  # FastReID's build_reid_test_loader, over dataset_cls
+            data = DATASET_REGISTRY.get(dataset_name)(root=_root)
+            if comm.is_main_process():
+                data.show_test()
+            items = data.query + data.gallery
+            check_dataset_items(items, "test", [dataset_name])
+            test_set = cls.dataset_cls(items, build_transforms(cfg, is_train=False), relabel=False)
+            return build_reid_test_loader(test_set=test_set, test_batch_size=cfg.TEST.IMS_PER_BATCH,
+                                          num_query=len(data.query),
+                                          num_workers=cfg.DATALOADER.NUM_WORKERS)
         # VehicleID: every test image once, in a fixed order; the evaluator draws the
         # query/gallery splits itself (seeded, TEST.VEHICLEID.NUM_TRIALS times)
         data = DATASET_REGISTRY.get(dataset_name)(root=_root)

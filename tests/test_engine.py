@@ -106,3 +106,38 @@ def test_eval_only_turns_off_every_pretrain_key():
     assert cfg.MODEL.CLIPSENET.SEM.PRETRAIN is True
     _no_pretrain(cfg.MODEL)
     assert cfg.MODEL.BACKBONE.PRETRAIN is False and cfg.MODEL.CLIPSENET.SEM.PRETRAIN is False
+
+
+def test_dataset_cls_hook_builds_both_loaders_over_it(veri_root, datasets_root, tmp_path):
+    """``PluginTrainer.dataset_cls``: the train and test loaders run over that class with
+    FastReID's transforms/sampler, the same items FastReID's builders give, and the same guards."""
+    from fastreid.data.common import CommDataset
+
+    class Tagged(CommDataset):
+        def __getitem__(self, index):
+            out = super().__getitem__(index)
+            out["tag"] = index
+            return out
+
+    class TaggedTrainer(PluginTrainer):
+        dataset_cls = Tagged
+
+    datasets_root(veri_root)
+    cfg = make_cfg(CFG, ["SOLVER.IMS_PER_BATCH", "8", "DATALOADER.NUM_WORKERS", "0",
+                         "OUTPUT_DIR", str(tmp_path)])
+    ours = TaggedTrainer.build_train_loader(cfg)
+    theirs = PluginTrainer.build_train_loader(cfg)
+    assert isinstance(ours.dataset, Tagged) and not isinstance(theirs.dataset, Tagged)
+    assert ours.dataset.img_items == theirs.dataset.img_items and len(ours.dataset) > 0
+    batch = next(iter(ours))
+    assert batch["images"].shape[0] == 8 and batch["tag"].shape == (8,)
+
+    t_loader, t_query = TaggedTrainer.build_test_loader(cfg, "VeRi")
+    f_loader, f_query = PluginTrainer.build_test_loader(cfg, "VeRi")
+    assert isinstance(t_loader.dataset, Tagged) and t_query == f_query > 0
+    assert t_loader.dataset.img_items == f_loader.dataset.img_items
+
+    small = make_cfg(CFG, ["SOLVER.IMS_PER_BATCH", "64", "DATALOADER.SAMPLER_TRAIN",
+                           "TrainingSampler", "OUTPUT_DIR", str(tmp_path)])
+    with pytest.raises(ValueError, match="IMS_PER_BATCH"):
+        TaggedTrainer.build_train_loader(small)
