@@ -205,31 +205,29 @@ class PluginTrainer(DefaultTrainer):
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
-        if not is_vehicleid(dataset_name) and cls.dataset_cls is None:
+        vehicleid = is_vehicleid(dataset_name)
+        if not vehicleid and cls.dataset_cls is None:
             loader, num_query = build_reid_test_loader(cfg, dataset_name=dataset_name)
             check_dataset_items(loader.dataset.img_items, "test", [dataset_name])
             return loader, num_query
-        if not is_vehicleid(dataset_name):  # FastReID's build_reid_test_loader, over dataset_cls
-            data = DATASET_REGISTRY.get(dataset_name)(root=_root)
-            if comm.is_main_process():
-                data.show_test()
-            items = data.query + data.gallery
-            check_dataset_items(items, "test", [dataset_name])
-            test_set = cls.dataset_cls(items, build_transforms(cfg, is_train=False), relabel=False)
-            return build_reid_test_loader(test_set=test_set, test_batch_size=cfg.TEST.IMS_PER_BATCH,
-                                          num_query=len(data.query),
-                                          num_workers=cfg.DATALOADER.NUM_WORKERS)
-        # VehicleID: every test image once, in a fixed order; the evaluator draws the
-        # query/gallery splits itself (seeded, TEST.VEHICLEID.NUM_TRIALS times)
+        # FastReID's build_reid_test_loader, over our own item list and dataset class
         data = DATASET_REGISTRY.get(dataset_name)(root=_root)
         if comm.is_main_process():
             data.show_test()
-        items = sorted(data.query + data.gallery, key=lambda x: x[0])
+        if vehicleid:
+            # every test image once, in a fixed order; the evaluator draws the query/gallery
+            # splits itself (seeded, TEST.VEHICLEID.NUM_TRIALS times)
+            items = sorted(data.query + data.gallery, key=lambda x: x[0])
+            dataset_cls, num_query = CommDataset, 0
+        else:
+            items = data.query + data.gallery
+            dataset_cls, num_query = cls.dataset_cls, len(data.query)
         check_dataset_items(items, "test", [dataset_name])
-        test_set = CommDataset(items, build_transforms(cfg, is_train=False), relabel=False)
-        loader, _ = build_reid_test_loader(test_set=test_set, test_batch_size=cfg.TEST.IMS_PER_BATCH,
-                                           num_query=0, num_workers=cfg.DATALOADER.NUM_WORKERS)
-        return loader, 0
+        test_set = dataset_cls(items, build_transforms(cfg, is_train=False), relabel=False)
+        loader, _ = build_reid_test_loader(test_set=test_set, num_query=num_query,
+                                           test_batch_size=cfg.TEST.IMS_PER_BATCH,
+                                           num_workers=cfg.DATALOADER.NUM_WORKERS)
+        return loader, num_query
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_dir=None):
