@@ -259,11 +259,20 @@ class SeededDataset(Dataset):
     """Apply ``dataset[index]`` (image reading and random transforms) with every generator seeded
     by the index's :class:`Draw` seed, then restore the caller's generator states.
 
-    Other attributes (``img_items``, ``num_classes``, ``pids``, ...) are the wrapped dataset's.
+    Transparent: other attributes (``img_items``, ``num_classes``, ``pids``, ...) are the wrapped
+    dataset's, and ``isinstance(seeded, type(dataset))`` holds (``__class__`` reports the wrapped
+    class, as ``unittest.mock`` does), so code checking a trainer's ``dataset_cls`` still works.
     """
 
     def __init__(self, dataset):
         self.dataset = dataset
+
+    @property
+    def __class__(self):
+        return type(self.dataset)
+
+    def __reduce__(self):  # pickle (spawned workers) by the real type, not __class__
+        return SeededDataset, (self.dataset,)
 
     def __len__(self):
         return len(self.dataset)

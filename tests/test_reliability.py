@@ -335,6 +335,35 @@ def test_kill_after_epoch_then_resume_matches_the_uninterrupted_seeded_run(
     shutil.rmtree(out, ignore_errors=True)
 
 
+def test_resume_restores_generator_states_and_sampler_position(seeded_run, datasets_root,
+                                                               veri_root, tmp_path, monkeypatch):
+    """What a model drawing random numbers in training (dropout, SVRN's random suppression)
+    needs: training resumes with the generator states saved at the checkpoint, and the sampler
+    at the checkpoint's position."""
+    from fastreid.engine.defaults import DefaultTrainer
+    datasets_root(veri_root)
+    out = tmp_path / "r"
+    out.mkdir()
+    os.symlink(seeded_run / "model_0000.pth", out / "model_0000.pth")
+    (out / "last_checkpoint").write_text("model_0000.pth")
+    saved = _weights(out / "model_0000.pth")["trainer_state"]
+    seen = {}
+    monkeypatch.setattr(DefaultTrainer, "train",
+                        lambda self: seen.update(rng=seeding.get_rng_state(), start=self.start_epoch))
+    trainer = PluginTrainer(_cfg(out, "SEED", "8"))  # the checkpoint's seed 7 wins
+    trainer.resume_or_load(resume=True)
+    torch.rand(3)  # anything drawn between loading and training does not matter
+    trainer.train()
+    assert seen["start"] == 1
+    for k in ("torch",):
+        assert torch.equal(seen["rng"][k], saved["rng"][k])
+    assert torch.equal(seen["rng"]["numpy"]["key"], saved["rng"]["numpy"]["key"])
+    assert seen["rng"]["python"]["state"].tolist() == saved["rng"]["python"]["state"].tolist()
+    sampler = trainer.data_loader.sampler_state
+    assert (sampler.seed, sampler.start) == (7, 3 * 16) == (saved["sampler"]["seed"],
+                                                          saved["sampler"]["position"])
+
+
 # ----------------------------------------------------------------------------------------------
 # the pieces: sampler position, per-sample seeds, generator states, atomic writes
 # ----------------------------------------------------------------------------------------------
@@ -493,3 +522,12 @@ def test_suite_collects_with_a_fastreid_checkout_first_on_pythonpath(tmp_path):
         env=env, cwd=ROOT, capture_output=True, text=True, timeout=HANG_TIMEOUT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert "ERROR" not in proc.stdout and "tests collected" in proc.stdout
+
+
+def test_seeded_dataset_is_transparent_and_pickles():
+    from fastreid.data.common import CommDataset
+    inner = CommDataset(_items(), None, relabel=True)
+    ds = seeding.SeededDataset(inner)
+    assert isinstance(ds, CommDataset) and ds.num_classes == 6 and ds.img_items is inner.img_items
+    back = pickle.loads(pickle.dumps(ds))
+    assert type(back) is seeding.SeededDataset and back.img_items == inner.img_items

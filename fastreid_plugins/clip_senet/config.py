@@ -16,7 +16,8 @@
   ``CV.NUM_CAMERAS`` / ``CV.NUM_VIEWPOINTS`` (20 / 8, VeRi-776); ``CV.COE`` (3.0, TransReID's
   lambda); ``CV.POSITION`` ("sem_tokens": added to the SEM's tokens, or "feature": to the final
   feature).
-* ``SEED`` (-1): >= 0 makes :class:`~fastreid_plugins.clip_senet.CLIPSENetTrainer` seed all RNGs.
+* ``SEED`` (-1): an alias of the shared top-level ``SEED`` key (:mod:`fastreid_plugins.seeding`),
+  used when ``SEED`` is -1 (the paper uses 3407); setting both to different values is an error.
 
 Losses use FastReID's ``MODEL.LOSSES``: ``NAME`` ("CrossEntropyLoss", "SupConLoss") by default,
 "TripletLoss" instead of "SupConLoss" for Fig. 3; ``MODEL.LOSSES.SUPCON`` comes from
