@@ -32,7 +32,8 @@ from .compat import CorruptCheckpointError  # noqa: F401  (re-exported)
 from .compat import load_checkpoint_file
 from .seeding import derive_seed, get_rng_state, resolve_seed, seed_all, set_rng_state
 
-__all__ = ["ResumableTrainerMixin", "PluginCheckpointer", "TrainerState", "NonFiniteCheckpointError",
+__all__ = ["ResumableTrainerMixin", "PluginCheckpointer", "TrainerState",
+           "NonFiniteCheckpointError",
            "CorruptCheckpointError", "TrainingFinishedError", "non_finite_tensors",
            "check_finite_state", "atomic_torch_save", "atomic_write_text"]
 

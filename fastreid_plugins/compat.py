@@ -369,15 +369,18 @@ def load_checkpoint_file(path):
         with torch.serialization.safe_globals(SAFE_CHECKPOINT_GLOBALS):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if trust or not (is_zip or head[:1] == b"\x80") or "Weights only load failed" not in str(e):
-            raise _corrupt(path, f"unpickling failed: {str(e).splitlines()[0] if str(e) else e!r}") from e
+        first = str(e).splitlines()[0] if str(e) else repr(e)
+        pickled = is_zip or head[:1] == b"\x80"  # a (legacy) pickle that needs more than tensors
+        if trust or not pickled or "Weights only load failed" not in str(e):
+            raise _corrupt(path, f"unpickling failed: {first}") from e
         raise CheckpointUnpicklingError(
             f"Checkpoint {path!r} contains pickled Python objects that torch.load(weights_only=True) "
-            f"refuses to load ({str(e).splitlines()[0] if str(e) else e!r}). If you trust this file, "
+            f"refuses to load ({first}). If you trust this file, "
             f"set {TRUST_ENV}=1 to load it with full unpickling."
         ) from e
     except (EOFError, RuntimeError, OSError) as e:
-        raise _corrupt(path, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'end of file'}") from e
+        first = str(e).splitlines()[0] if str(e) else "end of file"
+        raise _corrupt(path, f"{type(e).__name__}: {first}") from e
 
 
 def _patch_checkpointer():

@@ -20,8 +20,8 @@ This module makes the training stream a function of ``(SEED, position)`` only:
   restores the caller's generator states afterwards, so augmentation is the same in the main
   thread, in a loader thread or in any ``DataLoader`` worker process, and never shifts the model's
   random draws (dropout, SVRN's random-suppression ablation).
-* ``SeededLoaderX`` (:func:`seeded_loader_class`): FastReID's ``DataLoaderX`` without its background thread and created
-  lazily (at the first batch): the main thread fetches the batches (``DATALOADER.NUM_WORKERS > 0``
+* ``SeededLoaderX`` (:func:`seeded_loader_class`): FastReID's ``DataLoaderX`` without its
+  background thread and created lazily (at the first batch): the main thread fetches the batches (``DATALOADER.NUM_WORKERS > 0``
   still loads them in parallel worker processes). A thread sharing the process-wide generators
   with the model makes the order of their draws a matter of thread scheduling.
 * :func:`get_rng_state` / :func:`set_rng_state`: Python, NumPy, torch (and CUDA) generator states
@@ -40,7 +40,6 @@ index).
 
 import itertools
 import logging
-import os
 import random
 from contextlib import contextmanager
 
@@ -69,7 +68,7 @@ def _get_key(cfg, dotted):
 
 def resolve_seed(cfg, draw=True):
     """The run's seed: ``cfg.SEED`` if >= 0, else an alias of :data:`SEED_ALIASES` if >= 0, else a
-    fresh random seed (logged) when ``draw``, else -1.
+    seed drawn from NumPy's global generator (logged) when ``draw``, else -1.
 
     Raises:
         ValueError: ``SEED`` and an alias are both >= 0 and differ.
@@ -84,8 +83,11 @@ def resolve_seed(cfg, draw=True):
                              "shared SEED key; set only SEED.")
         seed = int(alias)
     if seed < 0 and draw:
-        seed = int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
-        logger.info(f"SEED is -1: using the drawn seed {seed} (pass SEED {seed} to repeat this run)")
+        # from NumPy's global generator, as FastReID's comm.shared_random_seed: a caller that
+        # seeded it (np.random.seed) gets the same drawn seed every time
+        seed = int(np.random.randint(2 ** 31))
+        logger.info(f"SEED is -1: using the drawn seed {seed} "
+                    f"(pass SEED {seed} to repeat this run)")
     return seed
 
 

@@ -1,4 +1,5 @@
-"""Reliability (issue 14): no hangs, seeded runs, exact resume, no non-finite or partial checkpoints.
+"""Reliability (issue 14): no hangs, seeded runs, exact resume, no non-finite or partial
+checkpoints.
 
 One test per row of the issue's table (the hang cases run under a timeout, so a regression fails
 instead of hanging CI), plus the pieces they rest on. The seeded and the kill-and-resume runs use
@@ -348,8 +349,8 @@ def test_resume_restores_generator_states_and_sampler_position(seeded_run, datas
     (out / "last_checkpoint").write_text("model_0000.pth")
     saved = _weights(out / "model_0000.pth")["trainer_state"]
     seen = {}
-    monkeypatch.setattr(DefaultTrainer, "train",
-                        lambda self: seen.update(rng=seeding.get_rng_state(), start=self.start_epoch))
+    monkeypatch.setattr(DefaultTrainer, "train", lambda self: seen.update(
+        rng=seeding.get_rng_state(), start=self.start_epoch))
     trainer = PluginTrainer(_cfg(out, "SEED", "8"))  # the checkpoint's seed 7 wins
     trainer.resume_or_load(resume=True)
     torch.rand(3)  # anything drawn between loading and training does not matter
