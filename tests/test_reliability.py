@@ -108,24 +108,19 @@ def seeded_run(veri_root, tmp_path_factory):
 # ----------------------------------------------------------------------------------------------
 # rows 1, 2: batch settings an identity sampler can never fill
 # ----------------------------------------------------------------------------------------------
-def test_batch_not_a_multiple_of_num_instance_fails_fast(veri_root, datasets_root, tmp_path):
+@pytest.mark.parametrize("ims, expected", [
+    ("18", ["SOLVER.IMS_PER_BATCH=18", "DATALOADER.NUM_INSTANCE=4", "16 or 20"]),
+    # the real sample has 4 training identities
+    ("32", ["32 / 4 = 8 training identities", "has 4", "at most 16"]),
+], ids=["not_a_multiple_of_num_instance", "too_few_identities"])
+def test_identity_batches_that_can_never_fill_fail_fast(ims, expected, veri_root, datasets_root,
+                                                        tmp_path):
     datasets_root(veri_root)
-    cfg = _cfg(tmp_path, "SOLVER.IMS_PER_BATCH", "18", "DATALOADER.NUM_INSTANCE", "4")
+    cfg = _cfg(tmp_path, "SOLVER.IMS_PER_BATCH", ims, "DATALOADER.NUM_INSTANCE", "4")
     with pytest.raises(ValueError) as e:
         in_thread(lambda: _first_batch(cfg))
-    msg = str(e.value)
-    assert "SOLVER.IMS_PER_BATCH=18" in msg and "DATALOADER.NUM_INSTANCE=4" in msg
-    assert "16 or 20" in msg
-
-
-def test_too_few_identities_for_the_batch_fails_fast(veri_root, datasets_root, tmp_path):
-    datasets_root(veri_root)  # the real sample: 4 training identities
-    cfg = _cfg(tmp_path, "SOLVER.IMS_PER_BATCH", "32", "DATALOADER.NUM_INSTANCE", "4")
-    with pytest.raises(ValueError) as e:
-        in_thread(lambda: _first_batch(cfg))
-    msg = str(e.value)
-    assert "32 / 4 = 8 training identities" in msg and "has 4" in msg
-    assert "at most 16" in msg
+    for text in expected:
+        assert text in str(e.value)
 
 
 # ----------------------------------------------------------------------------------------------
