@@ -257,7 +257,7 @@ def test_paper_configs(path):
         assert not c.CV.VIEWPOINT and c.CV.CAMERA == ("veriwild" in path)
         size = path.rsplit("_", 1)[1][:-4].capitalize()
         assert cfg.DATASETS.TESTS[0].startswith(size)
-    # no weights are ever downloaded: the paper configs ask for local files
+    # tests run offline with an empty torch.hub cache: the paper weights are a clear error
     with pytest.raises(FileNotFoundError, match="PRETRAIN_PATH"):
         build_model(cfg)
 
