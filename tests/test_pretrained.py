@@ -110,18 +110,23 @@ def ibnnet(name):
 
 
 def random_state(make, seed=0, counters=False):
-    """Seeded random values for every tensor of the architecture ``make()`` (built on meta)."""
+    """Seeded random values for every tensor of the architecture ``make()`` (built on meta).
+
+    Tensor i is a window of one seeded Gaussian vector plus i: random within a tensor, distinct
+    across tensors (so a value loaded into the wrong place cannot match), cheap at ResNet-101 size.
+    """
     with torch.device("meta"):
         shapes = {k: v.shape for k, v in make().state_dict().items()}
     g = torch.Generator().manual_seed(seed)
+    base = torch.randn(max(s.numel() for s in shapes.values()) + len(shapes), generator=g)
     out = {}
-    for k, shape in shapes.items():
+    for i, (k, shape) in enumerate(shapes.items()):
         if k.endswith("num_batches_tracked"):
             if counters:
-                out[k] = torch.tensor(1000 + len(out))
+                out[k] = torch.tensor(1000 + i)
             continue
-        t = torch.randn(shape, generator=g)
-        out[k] = t.abs() + 0.5 if k.endswith("running_var") else t
+        t = base[i:i + shape.numel()].view(shape) + i
+        out[k] = t.abs() + 0.5 if k.endswith("running_var") else t.clone()
     return out
 
 
@@ -428,3 +433,31 @@ def test_no_published_file_for_the_architecture():
     with pytest.raises(WeightsNotAvailableError, match="no published ImageNet weights"):
         build_backbone(backbone_cfg("build_resnext_backbone", "50x", ibn=True))
     assert resnext.model_urls["ibn_101x"].endswith("resnext101_ibn_a-6ace051d.pth")
+
+
+@pytest.mark.parametrize("local_rank", [0, 1])
+def test_ddp_one_process_per_machine_fetches_and_all_meet_once(online, server, monkeypatch,
+                                                               local_rank):
+    """Under DDP local rank 0 looks up / downloads, then releases the others at one barrier; the
+    others fetch nothing and read the cache (both roles simulated: no process group on CPU)."""
+    from fastreid.utils import comm
+    www, base, requests = server
+    name = publish(www, random_state(torchvision.models.resnet18, seed=5))
+    barriers = []
+    monkeypatch.setattr(comm, "get_world_size", lambda: 2)
+    monkeypatch.setattr(comm, "get_local_rank", lambda: local_rank)
+    monkeypatch.setattr(comm, "synchronize", lambda: barriers.append(len(requests)))
+    if local_rank == 0:
+        path = resolve_weights_file(f"{base}/{name}", "", progress=False)
+        assert requests == [f"/{name}"] and barriers == [1]  # released after the download
+        with pytest.raises(WeightsNotAvailableError):  # released after a failure too
+            resolve_weights_file(f"{base}/missing-12345678.pth", "", progress=False)
+        assert len(barriers) == 2
+    else:
+        with pytest.raises(WeightsNotAvailableError, match="local rank 0"):
+            resolve_weights_file(f"{base}/{name}", "", progress=False)  # rank 0 provided nothing
+        online.mkdir(parents=True)
+        (online / name).write_bytes((www / name).read_bytes())
+        path = resolve_weights_file(f"{base}/{name}", "", progress=False)
+        assert requests == [] and barriers == [0, 0]
+    assert path == str(online / name)

@@ -11,7 +11,8 @@
    (:func:`torch.hub.download_url_to_file`: progress bar, and the file's SHA-256 must start with
    the hash prefix in its name, ``resnet50-19c8e357.pth`` -> ``19c8e357``; a mismatching download
    is deleted), unless offline (:func:`is_offline`: ``FASTREID_PLUGINS_OFFLINE=1`` or
-   ``HF_HUB_OFFLINE=1``), where nothing opens a socket. Under DDP only the main process downloads.
+   ``HF_HUB_OFFLINE=1``), where nothing opens a socket. Under DDP only local rank 0 (one process per
+   machine) looks up and downloads; the others wait for it and then read the cache.
 
 Every failure is a :class:`WeightsNotAvailableError` (a ``FileNotFoundError``) naming the file,
 the URL, the cache folder and the config key to set.
@@ -160,18 +161,40 @@ def resolve_weights_file(url, path="", *, config_key=CONFIG_KEY, what="ImageNet 
             f"{config_key} is empty and no published {what} are known for this configuration, so "
             f"there is nothing to look for in the torch.hub cache {cache}/ or to download. Set "
             f"{config_key} to a local file, or {config_key.rsplit('.', 1)[0]}.PRETRAIN False.")
+    from fastreid.utils import comm
+
     name = url_filename(url)
-    for folder in (cache, fastreid_cache_dir()):
+    if comm.get_world_size() > 1 and comm.get_local_rank() != 0:
+        comm.synchronize()  # DDP: each machine's first process looks up / downloads first (below)
+        found = _find_cached(name)
+        if found is None:
+            raise WeightsNotAvailableError(
+                f"{what}: local rank 0 found no {name} in {cache}/ and did not download it "
+                f"(see its error). Either " + _how_to_get(url, config_key, cache))
+        return found
+    try:
+        found = _find_cached(name)
+        if found is not None:
+            logger.info(f"{what}: using the cached {found}")
+            return found
+        if is_offline():
+            raise WeightsNotAvailableError(
+                f"{what}: {name} is not in the torch.hub cache {cache}/ and downloads are off "
+                f"({_offline_reason()}), so {url} is not fetched. Either "
+                + _how_to_get(url, config_key, cache))
+        return download_weights(url, cache, progress=progress, config_key=config_key, what=what)
+    finally:
+        if comm.get_world_size() > 1:
+            comm.synchronize()  # release the other processes, also when this one failed
+
+
+def _find_cached(name):
+    """``name`` in the torch.hub cache, else in FastReID's download folder, else None."""
+    for folder in (hub_cache_dir(), fastreid_cache_dir()):
         candidate = os.path.join(folder, name)
         if os.path.isfile(candidate):
-            logger.info(f"{what}: using the cached {candidate}")
             return candidate
-    if is_offline():
-        raise WeightsNotAvailableError(
-            f"{what}: {name} is not in the torch.hub cache {cache}/ and downloads are off "
-            f"({_offline_reason()}), so {url} is not fetched. Either "
-            + _how_to_get(url, config_key, cache))
-    return download_weights(url, cache, progress=progress, config_key=config_key, what=what)
+    return None
 
 
 def download_weights(url, cache=None, *, progress=True, config_key=CONFIG_KEY,
@@ -179,8 +202,8 @@ def download_weights(url, cache=None, *, progress=True, config_key=CONFIG_KEY,
     """Download ``url`` into ``cache`` (default :func:`hub_cache_dir`) with torch.hub's downloader.
 
     The SHA-256 of the download must start with the hash prefix in the file name (when the name
-    has one); otherwise the download is deleted and an error raised. Under DDP only the main
-    process downloads; the others wait for it.
+    has one); otherwise the download is deleted and an error raised. (Under DDP,
+    :func:`resolve_weights_file` calls this on local rank 0 only.)
 
     Returns:
         str: the downloaded file, ``<cache>/<file name of url>``.
@@ -188,8 +211,6 @@ def download_weights(url, cache=None, *, progress=True, config_key=CONFIG_KEY,
     Raises:
         WeightsNotAvailableError: offline, network failure, HTTP error, or hash mismatch.
     """
-    from fastreid.utils import comm
-
     cache = cache or hub_cache_dir()
     name = url_filename(url)
     dst = os.path.join(cache, name)
@@ -197,32 +218,25 @@ def download_weights(url, cache=None, *, progress=True, config_key=CONFIG_KEY,
         raise WeightsNotAvailableError(
             f"{what}: downloads are off ({_offline_reason()}); not fetching {url}. Either "
             + _how_to_get(url, config_key, cache))
-    error = None
-    if comm.is_main_process():
-        try:
-            os.makedirs(cache, exist_ok=True)
-            logger.info(f"{what}: downloading {url} to {dst}")
-            torch.hub.download_url_to_file(url, dst, hash_prefix(name), progress=progress)
-        except Exception as e:  # reported below, after the other processes were released
-            error = e
-    comm.synchronize()
-    if error is not None:
-        if isinstance(error, RuntimeError) and "invalid hash value" in str(error):
-            if os.path.isfile(dst):  # torch deletes its temporary file; never keep a bad copy
-                os.remove(dst)
-            raise WeightsNotAvailableError(
-                f"{what}: the download of {url} is corrupt: its SHA-256 does not start with "
-                f"{hash_prefix(name)!r}, the prefix in the file name {name} ({error}). It was deleted "
-                f"(nothing was written to {cache}/). Try again, or "
-                + _how_to_get(url, config_key, cache)) from error
+    try:
+        os.makedirs(cache, exist_ok=True)
+        logger.info(f"{what}: downloading {url} to {dst}")
+        torch.hub.download_url_to_file(url, dst, hash_prefix(name), progress=progress)
+    except RuntimeError as e:
+        if "invalid hash value" not in str(e):
+            raise
+        if os.path.isfile(dst):  # torch deletes its temporary file; never keep a bad copy
+            os.remove(dst)
         raise WeightsNotAvailableError(
-            f"{what}: could not download {url} ({type(error).__name__}: {error}). No network? Either "
+            f"{what}: the download of {url} is corrupt: its SHA-256 does not start with "
+            f"{hash_prefix(name)!r}, the prefix in the file name {name} ({e}). It was deleted "
+            f"(nothing was written to {cache}/). Try again, or "
+            + _how_to_get(url, config_key, cache)) from e
+    except OSError as e:  # URLError, HTTPError, timeouts, connection refused, disk errors
+        raise WeightsNotAvailableError(
+            f"{what}: could not download {url} ({type(e).__name__}: {e}). No network? Either "
             + _how_to_get(url, config_key, cache)
-            + f" Set {OFFLINE_ENV_VARS[0]}=1 to never try downloads.") from error
-    if not os.path.isfile(dst):
-        raise WeightsNotAvailableError(
-            f"{what}: the main process did not download {url} to {dst}. Either "
-            + _how_to_get(url, config_key, cache))
+            + f" Set {OFFLINE_ENV_VARS[0]}=1 to never try downloads.") from e
     return dst
 
 
