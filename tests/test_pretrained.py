@@ -411,6 +411,7 @@ def test_offline_never_opens_a_socket(online, monkeypatch, env):
 
     monkeypatch.setattr(socket.socket, "connect", no_network)
     monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
     monkeypatch.setenv(env, "1")
     assert is_offline()
     with pytest.raises(WeightsNotAvailableError) as e:
@@ -461,3 +462,25 @@ def test_ddp_one_process_per_machine_fetches_and_all_meet_once(online, server, m
         path = resolve_weights_file(f"{base}/{name}", "", progress=False)
         assert requests == [] and barriers == [0, 0]
     assert path == str(online / name)
+
+
+def test_osnet_offline_is_a_clear_error_where_fastreid_goes_online(online, monkeypatch):
+    """OSNet's weights stay FastReID's (gdown, Google Drive), but offline mode stops them too."""
+    from fastreid_plugins import compat
+    opened = []
+
+    def no_network(*a, **kw):
+        opened.append(a)
+        raise OSError("no network in this test")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    monkeypatch.setenv("FASTREID_PLUGINS_OFFLINE", "1")
+    cfg = backbone_cfg("build_osnet_backbone", "x0_25")
+    with pytest.raises(WeightsNotAvailableError, match="osnet_x0_25_imagenet.pth"):
+        build_backbone(cfg)
+    assert opened == []
+    with pytest.raises(Exception):  # FastReID's own function ignores offline mode: it goes online
+        compat.ORIGINALS["osnet.init_pretrained_weights"](None, "osnet_x0_25")
+    assert opened
