@@ -401,17 +401,24 @@ def test_unreachable_server_is_a_clear_error(online):
     assert "FASTREID_PLUGINS_OFFLINE" in msg
 
 
-@pytest.mark.parametrize("env", pretrained.OFFLINE_ENV_VARS)
-def test_offline_never_opens_a_socket(online, monkeypatch, env):
+@pytest.fixture
+def socket_trap(monkeypatch):
+    """Every DNS look-up or socket connection is recorded in the returned list and fails."""
     opened = []
 
     def no_network(*a, **kw):
         opened.append(a)
-        raise AssertionError("a socket was opened in offline mode")
+        raise OSError("no network in this test")
 
     monkeypatch.setattr(socket.socket, "connect", no_network)
     monkeypatch.setattr(socket, "create_connection", no_network)
     monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    return opened
+
+
+@pytest.mark.parametrize("env", pretrained.OFFLINE_ENV_VARS)
+def test_offline_never_opens_a_socket(online, monkeypatch, socket_trap, env):
+    opened = socket_trap
     monkeypatch.setenv(env, "1")
     assert is_offline()
     with pytest.raises(WeightsNotAvailableError) as e:
@@ -464,18 +471,10 @@ def test_ddp_one_process_per_machine_fetches_and_all_meet_once(online, server, m
     assert path == str(online / name)
 
 
-def test_osnet_offline_is_a_clear_error_where_fastreid_goes_online(online, monkeypatch):
+def test_osnet_offline_is_a_clear_error_where_fastreid_goes_online(online, monkeypatch, socket_trap):
     """OSNet's weights stay FastReID's (gdown, Google Drive), but offline mode stops them too."""
     from fastreid_plugins import compat
-    opened = []
-
-    def no_network(*a, **kw):
-        opened.append(a)
-        raise OSError("no network in this test")
-
-    monkeypatch.setattr(socket.socket, "connect", no_network)
-    monkeypatch.setattr(socket, "create_connection", no_network)
-    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    opened = socket_trap
     monkeypatch.setenv("FASTREID_PLUGINS_OFFLINE", "1")
     cfg = backbone_cfg("build_osnet_backbone", "x0_25")
     with pytest.raises(WeightsNotAvailableError, match="osnet_x0_25_imagenet.pth"):
