@@ -11,6 +11,10 @@ Added by :func:`add_plugins_config`:
   ``-1`` draws one, logs it and writes it into the run's ``config.yaml``; with a fixed seed two
   runs on the CPU give bit-identical checkpoints. CLIP-SENet's ``MODEL.CLIPSENET.SEED`` is an
   alias (used when ``SEED`` is -1).
+* ``MODEL.BACKBONE.IBN_LAYOUT`` ("ibnnet"): where ``build_resnext_backbone`` puts IBN with
+  ``WITH_IBN``: IBN-Net's layout (layer1-3; plain BN in layer4, the layout of IBN-Net's published
+  ``resnext101_ibn_a``), or "fastreid" (FastReID 1.4.0's ResNeXt: layer1-4). See
+  :mod:`fastreid_plugins.modeling.pretrained`.
 * ``SOLVER.OPT "AMSGrad"`` is accepted as a value: Adam with ``amsgrad=True`` (Reddi et al.,
   ICLR 2018), which FastReID's optimizer builder cannot ask for.
 """
@@ -34,6 +38,8 @@ def add_plugins_config(cfg):
         # "sparse": O(k n)-memory k-reciprocal re-ranking (fastreid_plugins.evaluation.sparse_rerank)
         # "fastreid": FastReID's dense N x N compute_jaccard_distance path
         cfg.TEST.RERANK.TYPE = "sparse"
+    if "IBN_LAYOUT" not in cfg.MODEL.BACKBONE:
+        cfg.MODEL.BACKBONE.IBN_LAYOUT = "ibnnet"
     return cfg
 
 

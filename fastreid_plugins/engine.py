@@ -27,6 +27,7 @@ from fastreid.data.datasets.vehicleid import VehicleID
 from fastreid.data.transforms import build_transforms
 from fastreid.engine import DefaultTrainer, default_argument_parser, default_setup, launch
 from fastreid.utils import comm
+from fastreid.utils.logger import setup_logger
 from fastreid.utils.events import (CommonMetricPrinter, JSONWriter, TensorboardXWriter,
                                    get_event_storage)
 
@@ -269,7 +270,10 @@ def setup(args, *add_fns):
     cfg.SEED = resolve_seed(cfg)  # a drawn seed is logged and saved in config.yaml
     cfg.freeze()
     default_setup(cfg, args)
+    # FastReID's setup logs only the "fastreid" tree; ours (e.g. "loaded N/N tensors from FILE") too
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="fastreid_plugins")
     seed_all(cfg.SEED + comm.get_rank())  # default_setup seeded with a random number
+    logger.info(f"Seed of this run: SEED {cfg.SEED}")
     return cfg
 
 
