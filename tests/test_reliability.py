@@ -37,7 +37,7 @@ from helpers import ROOT, make_cfg
 MFG = "configs/demo/mfgnet.yml"
 SMALL = ["INPUT.SIZE_TRAIN", "[64,32]", "INPUT.SIZE_TEST", "[64,32]", "SOLVER.MAX_EPOCH", "2",
          "SOLVER.CHECKPOINT_PERIOD", "1", "TEST.EVAL_PERIOD", "100", "SEED", "7"]
-HANG_TIMEOUT = 120  # s; each case takes a few seconds when it does not hang
+HANG_TIMEOUT = 300  # s; generous for a loaded CI machine (idle: seconds)
 ENV = dict(os.environ, FASTREID_PLUGINS_THREADS="1", OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
 
 
@@ -95,12 +95,15 @@ def _assert_identical(a, b):
 @pytest.fixture(scope="module")
 def seeded_run(veri_root, tmp_path_factory):
     """The uninterrupted seeded run (in-process): its output folder."""
-    from fastreid_plugins.engine import set_datasets_root
-    set_datasets_root(veri_root)
+    import fastreid.data.build as db
+    import fastreid_plugins.engine as eng
     out = tmp_path_factory.mktemp("seeded") / "a"
-    trainer = PluginTrainer(_cfg(out))
-    trainer.resume_or_load(resume=False)
-    trainer.train()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(db, "_root", veri_root)
+        mp.setattr(eng, "_root", veri_root)
+        trainer = PluginTrainer(_cfg(out))
+        trainer.resume_or_load(resume=False)
+        trainer.train()
     yield out
     shutil.rmtree(out, ignore_errors=True)  # ~340 MB a checkpoint
 
