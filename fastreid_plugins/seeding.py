@@ -21,8 +21,8 @@ This module makes the training stream a function of ``(SEED, position)`` only:
   thread, in a loader thread or in any ``DataLoader`` worker process, and never shifts the model's
   random draws (dropout, SVRN's random-suppression ablation).
 * ``SeededLoaderX`` (:func:`seeded_loader_class`): FastReID's ``DataLoaderX`` without its
-  background thread and created lazily (at the first batch): the main thread fetches the batches (``DATALOADER.NUM_WORKERS > 0``
-  still loads them in parallel worker processes). A thread sharing the process-wide generators
+  background thread and created lazily (at the first batch): the main thread fetches the
+  batches (``DATALOADER.NUM_WORKERS > 0`` still loads them in parallel worker processes). A thread sharing the process-wide generators
   with the model makes the order of their draws a matter of thread scheduling.
 * :func:`get_rng_state` / :func:`set_rng_state`: Python, NumPy, torch (and CUDA) generator states
   in a form ``torch.load(weights_only=True)`` accepts (checkpoints carry them, see
@@ -34,8 +34,9 @@ sampler that defines ``load_state_dict(state)`` is fast-forwarded by calling it 
 given seed from its ``position``-th index on" (0-based, counted on this rank). It should then
 draw from its own generator (e.g. ``np.random.default_rng((seed, epoch))``), never the global one.
 Any other sampler (FastReID's) gets its ``_seed`` attribute set, and is fast-forwarded by
-drawing and discarding ``position`` indices under its private generator states (about 1 us an
-index).
+drawing and discarding ``position`` indices under its private generator states (measured 5 us an
+index for ``NaiveIdentitySampler`` at VeRi-776's size on a loaded 2-core machine: half of a
+120-epoch run, 2.3 M indices, in about 11 s).
 """
 
 import itertools
@@ -216,6 +217,9 @@ class SeededSampler(Sampler):
             starts at; :meth:`load_state_dict` sets it.
     """
 
+    #: indices drawn from a wrapped FastReID sampler per swap of the generator states
+    CHUNK = 1024
+
     def __init__(self, sampler, seed, rank=0):
         self.sampler = sampler
         self.seed = int(seed)
@@ -244,13 +248,12 @@ class SeededSampler(Sampler):
         with states:
             for _ in itertools.islice(it, self.start):
                 pass
-        while True:
+        while True:  # draw ahead in chunks: a swap of the generator states costs ~0.3 ms
             with states:
-                try:
-                    index = next(it)
-                except StopIteration:
-                    return
-            yield index
+                chunk = list(itertools.islice(it, self.CHUNK))
+            yield from chunk
+            if len(chunk) < self.CHUNK:
+                return
 
     def __iter__(self):
         for pos, index in enumerate(self._inner_stream(), start=self.start):
@@ -283,6 +286,9 @@ class SeededDataset(Dataset):
         seed = getattr(index, "seed", None)
         if seed is None:
             return self.dataset[index]
+        if torch.utils.data.get_worker_info() is not None:
+            _seed_cpu(seed)  # a worker process: nothing else draws there, nothing to restore
+            return self.dataset[int(index)]
         with _seeded(seed):
             return self.dataset[int(index)]
 
