@@ -530,3 +530,37 @@ def test_seeded_dataset_is_transparent_and_pickles():
     assert isinstance(ds, CommDataset) and ds.num_classes == 6 and ds.img_items is inner.img_items
     back = pickle.loads(pickle.dumps(ds))
     assert type(back) is seeding.SeededDataset and back.img_items == inner.img_items
+
+
+class _NoisyItems(torch.utils.data.Dataset):
+    """Items whose "augmentation" draws from torch, NumPy and Python's global generators."""
+
+    def __init__(self, items):
+        self.img_items = items
+
+    def __len__(self):
+        return len(self.img_items)
+
+    def __getitem__(self, i):
+        import random
+        noise = torch.rand(2).tolist() + [float(np.random.rand()), random.random()]
+        return {"images": torch.tensor([float(i), *noise]), "targets": self.img_items[i][1],
+                "camids": 0, "img_paths": self.img_items[i][0]}
+
+
+def test_seeded_batches_do_not_depend_on_num_workers_or_a_restart():
+    from fastreid.data.build import build_reid_train_loader
+    from fastreid.data.samplers import NaiveIdentitySampler
+
+    def batches(num_workers, start=0, n=4):
+        base = build_reid_train_loader(_NoisyItems(_items()), total_batch_size=8,
+                                       sampler=NaiveIdentitySampler(_items(), 8, 2))
+        loader = seeding.seeded_train_loader(base, 3, 8, num_workers)
+        loader.sampler_state.load_state_dict({"seed": 3, "position": start * 8})
+        it = iter(loader)
+        return [next(it)["images"] for _ in range(n)]
+
+    ref = batches(0, n=6)
+    assert all(torch.equal(a, b) for a, b in zip(ref, batches(2, n=6)))
+    assert all(torch.equal(a, b) for a, b in zip(ref[2:], batches(0, start=2)))
+    assert not torch.equal(ref[0][:, 1:], ref[1][:, 1:])
