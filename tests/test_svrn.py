@@ -354,13 +354,7 @@ def test_stage_input_is_masked_block_output():
     """Eq. 5: stage 2's copy of layer3 receives stage 1's layer2 output x Up(M_1)."""
     torch.manual_seed(0)
     model = build_model(svrn_cfg()).eval()
-    seen = {}
-    model.backbone.layer2.register_forward_hook(lambda m, i, o: seen.__setitem__("o1", o))
-    model.branches[0]["layer3"].register_forward_pre_hook(lambda m, i: seen.__setitem__("in2", i[0]))
-    model.branches[0]["layer3"].register_forward_hook(lambda m, i, o: seen.__setitem__("o2", o))
-    model.branches[1]["layer4"].register_forward_pre_hook(lambda m, i: seen.__setitem__("in3", i[0]))
-    with torch.no_grad():
-        outs = model.stages(model.preprocess_image(batch(size=128)["images"]))
+    outs, seen = _stage_inputs(model, batch(size=128)["images"])   # hooks: o1, in2, o2, in3
     m1 = outs[0]["mask"]
     assert seen["o1"].shape[-1] == 16                       # 128 px input: layer2 is 16x16
     expected = seen["o1"] * m1.repeat_interleave(2, 1).repeat_interleave(2, 2)[:, None]
