@@ -61,8 +61,9 @@ class SVRN(PluginMetaArch):
     a gradient in every documented ablation (what DDP needs).
 
     Training loss (Eq. 13): ``L = L_tri + L_id + L_cross + L_reward`` with ``L_tri`` / ``L_id``
-    summed over stages (batch-hard triplet on the GAP features, FastReID's label-smoothed CE on
-    the BNNeck logits), ``L_cross = L_vcc + L_icc + mean_i L_dcc^i`` on the unified features
+    summed over stages (batch-hard triplet on the GAP features, FastReID's CE on the BNNeck
+    logits: one-hot as Eq. 13 with ``MODEL.LOSSES.CE.EPSILON 0``),
+    ``L_cross = L_vcc + L_icc + mean_i L_dcc^i`` on the unified features
     G_t = g(F_t) (Eq. 6-12) and ``L_reward`` summed over stages 1..T-1.
 
     Args:
@@ -82,7 +83,8 @@ class SVRN(PluginMetaArch):
             cross-space term, which builds g) or ``"bn"`` the BNNeck feature.
         critic_mode (str): ``"decomposed"`` or ``"batched"``.
         reward (dict): ``enabled``, ``scale``, ``detach_feat``.
-        cross (dict): ``dim`` and per-term ``{"enabled", "margin", "scale"}`` for vcc/icc/dcc.
+        cross (dict): ``dim`` and per-term ``{"enabled", "margin", "scale"}`` for vcc/icc/dcc
+            (dcc: ``{"enabled", "scale", "normalize"}``, see :func:`dcc_loss`).
         loss_kwargs (dict): FastReID CE / triplet settings (``MODEL.LOSSES``).
         pixel_mean, pixel_std (list[float]): input normalisation.
 
