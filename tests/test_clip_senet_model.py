@@ -101,10 +101,10 @@ def test_ablation_switches(opts, dim, parts):
 
 
 def test_cv_position_feature_and_sem_tokens(demo_model):
-    tok = demo_model
+    feat = demo_model
+    assert feat.cv.dim == 512  # the default: the final feature
+    tok, _ = model_for("MODEL.CLIPSENET.CV.POSITION", "sem_tokens")
     assert tok.cv.dim == 64  # the SEM width: added to its tokens
-    feat, _ = model_for("MODEL.CLIPSENET.CV.POSITION", "feature")
-    assert feat.cv.dim == 512  # the final feature
     for m in (tok, feat):
         m.eval()
         b = batch(4)
@@ -139,7 +139,8 @@ def test_config_errors():
     with pytest.raises(ValueError, match="AFEM.GROUPS"):
         model_for("MODEL.CLIPSENET.AFEM.GROUPS", 3)
     with pytest.raises(ValueError, match="CV.POSITION 'sem_tokens' needs the SEM"):
-        model_for("MODEL.CLIPSENET.SEM.ENABLED", False, "MODEL.CLIPSENET.AFEM.ENABLED", False)
+        model_for("MODEL.CLIPSENET.SEM.ENABLED", False, "MODEL.CLIPSENET.AFEM.ENABLED", False,
+                  "MODEL.CLIPSENET.CV.POSITION", "sem_tokens")
     with pytest.raises(ValueError, match="AFEM.ENABLED needs"):
         model_for("MODEL.CLIPSENET.SEM.ENABLED", False, "MODEL.CLIPSENET.CV.POSITION", "feature")
     with pytest.raises(ValueError, match="CV.POSITION"):

@@ -173,15 +173,14 @@ class CameraViewEmbedding(nn.Module):
         self.camera_embed = self._table("NUM_CAMERAS", self.num_cameras, dim) if camera else None
         self.view_embed = self._table("NUM_VIEWPOINTS", self.num_viewpoints, dim) \
             if viewpoint else None
-        self.view_map = None
         if view_map is not None:
             bad = [v for v in view_map if not -1 <= int(v) < self.num_viewpoints]
             if bad:
                 raise ValueError(f"viewpoint grouping {tuple(view_map)} has rows {bad} outside "
                                  f"[-1, {self.num_viewpoints}): set MODEL.CLIPSENET.CV."
                                  f"NUM_VIEWPOINTS to {max(view_map) + 1}")
-            self.register_buffer("view_map", torch.as_tensor(list(view_map), dtype=torch.long),
-                                 persistent=False)
+            view_map = torch.as_tensor(list(view_map), dtype=torch.long)
+        self.register_buffer("view_map", view_map, persistent=False)
 
     @staticmethod
     def _table(key, n, dim):
