@@ -248,3 +248,115 @@ def test_activation_travels_with_the_state_dict():
     plain = sem_for(seed=12, **TINY_SEM)
     plain.load_state_dict(old)
     assert plain.hidden_act == "gelu"
+
+
+def test_hub_id_online_is_downloaded_once_into_the_cache(hub_cache, tmp_path, monkeypatch):
+    """Online, a hub id is fetched (here from a hub-like HTTP server on 127.0.0.1) into the
+    Hugging Face cache; the second build reads the cache without a request."""
+    import hashlib
+    import http.server
+    import threading
+
+    from huggingface_hub import constants
+    from transformers import CLIPVisionModelWithProjection
+
+    vision = tinyclip_vision_config("TinyCLIP-ViT-61M-32", **dict(TINY_SEM, projection_dim=24))
+    torch.manual_seed(13)
+    src = tmp_path / "src"
+    CLIPVisionModelWithProjection(vision).save_pretrained(src)
+    files = {name: (src / name).read_bytes() for name in ("config.json", "model.safetensors")}
+    commit = "fedcba9876543210fedcba9876543210fedcba98"
+    requests = []
+
+    class Hub(http.server.BaseHTTPRequestHandler):
+        def _send(self, body):
+            name = self.path.rsplit("/", 1)[-1]
+            if not self.path.startswith(f"/{REPO}/resolve/") or name not in files:
+                self.send_response(404)
+                self.send_header("X-Error-Code", "EntryNotFound")
+                self.end_headers()
+                return
+            data = files[name]
+            self.send_response(200)
+            self.send_header("X-Repo-Commit", commit)
+            self.send_header("ETag", '"' + hashlib.sha1(data).hexdigest() + '"')
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            if body:
+                self.wfile.write(data)
+
+        def do_HEAD(self):
+            requests.append(("HEAD", self.path))
+            self._send(False)
+
+        def do_GET(self):
+            requests.append(("GET", self.path))
+            self._send(True)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+    monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE",
+                        endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("FASTREID_PLUGINS_OFFLINE", raising=False)
+    try:
+        sem = sem_for(**dict(TINY_SEM, projection_dim=24))
+        load_sem_weights(sem, REPO)
+        assert any(m == "GET" and p.endswith("/model.safetensors") for m, p in requests)
+        snap = hub_cache / ("models--" + REPO.replace("/", "--")) / "snapshots" / commit
+        assert (snap / "model.safetensors").is_file() and (snap / "config.json").is_file()
+        # offline now: the cached copy is enough
+        monkeypatch.setenv("FASTREID_PLUGINS_OFFLINE", "1")
+        before = len(requests)
+        again = sem_for(seed=14, **dict(TINY_SEM, projection_dim=24))
+        load_sem_weights(again, REPO)
+        assert len(requests) == before
+        for (k, a), b in zip(sem.state_dict().items(), again.state_dict().values()):
+            assert torch.equal(a, b), k
+    finally:
+        server.shutdown()
+
+
+def test_eval_only_model_equals_the_trained_one_with_a_config_json_activation(tmp_path):
+    """Training built the SEM from a folder whose config.json says quick_gelu; --eval-only
+    (every PRETRAIN off, MODEL.WEIGHTS loaded strictly) computes the same features."""
+    from transformers import CLIPVisionModelWithProjection
+
+    from fastreid.modeling import build_model
+    from fastreid_plugins.clip_senet import add_clip_senet_config
+    from fastreid_plugins.engine import load_model_weights, prepare_for_host
+    from fastreid_plugins.config import get_cfg
+    from tests.helpers import ROOT
+
+    vision = tinyclip_vision_config("TinyCLIP-ViT-61M-32", **dict(
+        TINY_SEM, hidden_size=64, projection_dim=64, intermediate_size=128, image_size=64,
+        hidden_act="quick_gelu"))
+    CLIPVisionModelWithProjection(vision).save_pretrained(tmp_path / "tinyclip")
+
+    def cfg_for(eval_only):
+        cfg = get_cfg(add_clip_senet_config)
+        cfg.merge_from_file(f"{ROOT}/configs/demo/clip_senet.yml")
+        cfg.merge_from_list(["MODEL.HEADS.NUM_CLASSES", 4, "MODEL.DEVICE", "cpu",
+                             "MODEL.CLIPSENET.SEM.PRETRAIN", True,
+                             "MODEL.CLIPSENET.SEM.WEIGHTS", str(tmp_path / "tinyclip"),
+                             "MODEL.CLIPSENET.SEM.INTERMEDIATE_SIZE", 128])
+        return prepare_for_host(cfg, eval_only=eval_only)
+
+    torch.manual_seed(0)
+    trained = build_model(cfg_for(False)).eval()
+    assert trained.sem.hidden_act == "quick_gelu"
+    torch.save({"model": trained.state_dict()}, tmp_path / "model_final.pth")
+    cfg = cfg_for(True)
+    assert not cfg.MODEL.CLIPSENET.SEM.PRETRAIN
+    rebuilt = build_model(cfg).eval()
+    assert rebuilt.sem.hidden_act == "gelu"  # nothing tells the builder
+    load_model_weights(rebuilt, str(tmp_path / "model_final.pth"))
+    assert rebuilt.sem.hidden_act == "quick_gelu"
+    img = torch.rand(2, 3, 112, 112) * 255
+    with torch.no_grad():
+        assert torch.equal(rebuilt(img), trained(img))
