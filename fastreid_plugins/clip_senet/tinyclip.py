@@ -446,15 +446,6 @@ def resolve_weights_activation(path):
     return weights_file, act
 
 
-def hf_activation(path):
-    """The ``hidden_act`` of a ``transformers`` directory's vision config, or None."""
-    if path and os.path.isdir(path) and os.path.isfile(os.path.join(path, "config.json")):
-        vision = json.load(open(os.path.join(path, "config.json")))
-        vision = vision.get("vision_config", vision)
-        return vision.get("hidden_act")
-    return None
-
-
 def resize_position_embedding(pos, num_positions, mode="bilinear"):
     """Resize a ViT position embedding (class token + square grid) to another grid.
 
@@ -494,7 +485,8 @@ _OPEN_CLIP_BLOCK = {"ln_1.": "layer_norm1.", "ln_2.": "layer_norm2.",
 _OPEN_CLIP_TOP = {"class_embedding": "vit.embeddings.class_embedding",
                   "positional_embedding": _POS_KEY,
                   "conv1.weight": "vit.embeddings.patch_embedding.weight",
-                  "ln_pre.weight": "vit.pre_layrnorm.weight", "ln_pre.bias": "vit.pre_layrnorm.bias",
+                  "ln_pre.weight": "vit.pre_layrnorm.weight",
+                  "ln_pre.bias": "vit.pre_layrnorm.bias",
                   "ln_post.weight": "vit.post_layernorm.weight",
                   "ln_post.bias": "vit.post_layernorm.bias"}
 

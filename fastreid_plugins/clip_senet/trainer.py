@@ -1,5 +1,5 @@
-"""CLIP-SENet trainer: the plugins' trainer with loaders that carry camera / viewpoint indices and an
-optimizer whose SEM group has its own learning rate and weight decay.
+"""CLIP-SENet trainer: the plugins' trainer with loaders that carry camera / viewpoint indices and
+an optimizer whose SEM group has its own learning rate and weight decay.
 
 FastReID's loaders build a :class:`~fastreid.data.common.CommDataset`, whose samples hold only
 ``images/targets/camids/img_paths``. :class:`CLIPSENetTrainer` builds the same loaders (same
