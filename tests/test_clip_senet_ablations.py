@@ -84,6 +84,20 @@ def test_table_iv_rows_are_the_papers_checkmarks_with_one_cv_position():
         ablation_overrides("table_iv", "sem_only")
 
 
+def test_readme_lists_the_table_iv_and_v_rows_as_in_the_data():
+    import os
+
+    from tests.helpers import ROOT
+    text = open(os.path.join(ROOT, "projects", "CLIPSENet", "README.md")).read()
+    lines = {ln.split("|")[1].strip(): ln for ln in text.splitlines() if ln.startswith("| IV `")}
+    for row, overrides in TABLE_IV.items():
+        line = next(v for k, v in lines.items() if k.startswith(f"IV `{row}`"))
+        written = " ".join(map(str, overrides)).replace("MODEL.CLIPSENET.", "$K.")
+        assert (f"`{written}`" if overrides else "(none)") in line, row
+    assert "`$K.AFEM.GROUPS 4` (8, 16, 32, 64, 128)" in text
+    assert sorted(int(r.split("_")[1]) for r in ABLATIONS["table_v"]) == [4, 8, 16, 32, 64, 128]
+
+
 # ---------------------------------------------------------------------------------------------
 # SEM learning rate / weight decay
 # ---------------------------------------------------------------------------------------------
