@@ -15,7 +15,7 @@ from fastreid_plugins.clip_senet.tinyclip import (CLIP_MEAN, CLIP_STD, load_sem_
                                                   resize_position_embedding, skip_random_init,
                                                   tinyclip_vision_config)
 
-open_clip = pytest.importorskip("open_clip")  # setup.py's dev extra
+import open_clip  # noqa: E402  (setup.py's dev extra: the independent reference, never skipped)
 
 # TinyCLIP-ViT-61M-32's image tower (microsoft/Cream TinyCLIP/src/open_clip/model_configs/
 # TinyCLIP-ViT-61M-32-Text-29M.json): width 640, 12 layers, patch 32, 224 px, head width 64
