@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..modeling.base import state_dict_mismatch
+from ..modeling.pretrained import is_offline
 
 __all__ = ["TINYCLIP_VARIANTS", "CLIP_MEAN", "CLIP_STD", "SemanticExtractionModule",
            "SEMWeightsError", "tinyclip_vision_config", "tinyclip_full_config", "load_sem_weights",
@@ -304,13 +305,6 @@ _TEXT_PREFIXES = ("text_model.", "text_projection.", "logit_scale")
 _VIT_PREFIXES = ("embeddings.", "pre_layrnorm.", "encoder.", "post_layernorm.")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _POS_KEY = "vit.embeddings.position_embedding.weight"
-
-
-def is_offline():
-    """True when downloads are off: ``FASTREID_PLUGINS_OFFLINE`` or ``HF_HUB_OFFLINE`` is set to
-    1 / true / yes (read at call time)."""
-    return any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on")
-               for k in ("FASTREID_PLUGINS_OFFLINE", "HF_HUB_OFFLINE"))
 
 
 def read_state_dict(path):
