@@ -9,8 +9,8 @@ Added by :func:`add_plugins_config`:
 * ``SEED`` (-1): the seed of every random draw of a run (Python, NumPy, torch, the training
   sampler and the augmentations; :mod:`fastreid_plugins.seeding`), shared by every project.
   ``-1`` draws one, logs it and writes it into the run's ``config.yaml``; with a fixed seed two
-  runs on the CPU give bit-identical checkpoints. CLIP-SENet's ``MODEL.CLIPSENET.SEED`` is an
-  alias (used when ``SEED`` is -1).
+  runs on the CPU give bit-identical checkpoints. CLIP-SENet's ``MODEL.CLIPSENET.SEED`` and
+  SVRN's ``MODEL.SVRN.SEED`` (their keys before ``SEED``) are aliases (used when ``SEED`` is -1).
 * ``MODEL.BACKBONE.IBN_LAYOUT`` ("ibnnet"): where ``build_resnext_backbone`` puts IBN with
   ``WITH_IBN``: IBN-Net's layout (layer1-3; plain BN in layer4, the layout of IBN-Net's published
   ``resnext101_ibn_a``), or "fastreid" (FastReID 1.4.0's ResNeXt: layer1-4). See

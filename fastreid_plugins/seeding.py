@@ -10,7 +10,8 @@ weights, and ``--resume`` restarts the sampler from its first batch.
 This module makes the training stream a function of ``(SEED, position)`` only:
 
 * :func:`resolve_seed`: ``SEED`` (``-1``: draw one and log it; CLIP-SENet's
-  ``MODEL.CLIPSENET.SEED`` is an alias, see :data:`SEED_ALIASES`).
+  ``MODEL.CLIPSENET.SEED`` and SVRN's ``MODEL.SVRN.SEED``, the keys these projects had before
+  ``SEED``, are aliases, see :data:`SEED_ALIASES`).
 * :class:`SeededSampler`: wraps FastReID's training sampler. It sets the wrapped sampler's seed
   from ``SEED``, runs it with private Python / NumPy / torch generator states (no other code can
   shift its draws), counts the indices this rank drew (the *position*) and can start at any
@@ -55,7 +56,7 @@ __all__ = ["SEED_ALIASES", "resolve_seed", "seed_all", "derive_seed", "get_rng_s
            "seeded_loader_class", "seeded_train_loader"]
 
 #: Method-specific seed keys that fold into the shared ``SEED`` (used when ``SEED`` is -1).
-SEED_ALIASES = ("MODEL.CLIPSENET.SEED",)
+SEED_ALIASES = ("MODEL.CLIPSENET.SEED", "MODEL.SVRN.SEED")
 
 
 def _get_key(cfg, dotted):

@@ -295,6 +295,22 @@ def test_seed_key_and_clip_senet_alias():
     assert all(s >= 0 for s in drawn) and len(drawn) > 1
 
 
+def test_svrn_seed_is_an_alias_of_the_shared_key():
+    """SVRN's own MODEL.SVRN.SEED (before SEED existed) folds into SEED: no second seeding."""
+    from fastreid_plugins.svrn import add_svrn_config
+    cfg = get_cfg(add_svrn_config)
+    assert cfg.SEED == -1 and cfg.MODEL.SVRN.SEED == -1
+    cfg.MODEL.SVRN.SEED = 5
+    assert seeding.resolve_seed(cfg) == 5
+    cfg.SEED = 2
+    with pytest.raises(ValueError, match="SEED=2 and MODEL.SVRN.SEED=5"):
+        seeding.resolve_seed(cfg)
+    import fastreid_plugins.svrn as svrn
+    assert not hasattr(svrn, "SVRNTrainer")  # its own seeding before building is gone
+    text = open(os.path.join(ROOT, "projects", "SVRN", "train_net.py")).read()
+    assert "launch_main(add_svrn_config)" in text  # the plain PluginTrainer, seeded by setup
+
+
 def _train_net(out, log):
     cmd = [sys.executable, os.path.join(ROOT, "projects/MFGNet/train_net.py"), "--config-file",
            os.path.join(ROOT, MFG), *SMALL, "OUTPUT_DIR", str(out)]

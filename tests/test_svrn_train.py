@@ -1,6 +1,6 @@
-"""SVRN end to end on the real 57-image VeRi-776 sample: the demo config, seeded by its own
-``MODEL.SVRN.SEED`` through :class:`SVRNTrainer` as ``projects/SVRN/train_net.py`` runs it, learns
-from scratch (loss falls, mAP from untrained to the README's level), ``--eval-only`` through
+"""SVRN end to end on the real 57-image VeRi-776 sample: the demo config, seeded by the shared
+``SEED`` key through ``engine.setup`` and :class:`PluginTrainer` as ``projects/SVRN/train_net.py``
+runs it, learns from scratch (loss falls, mAP from untrained to the README's level), ``--eval-only`` through
 ``fastreid_plugins.engine.main`` reproduces the trained model's metrics, and the other test
 descriptors evaluate from the same checkpoint."""
 
@@ -11,8 +11,8 @@ import os
 import pytest
 
 import fastreid_plugins  # noqa: F401
-from fastreid_plugins.engine import PluginTrainer, WeightsMismatchError, main
-from fastreid_plugins.svrn import SVRNTrainer, add_svrn_config
+from fastreid_plugins.engine import PluginTrainer, WeightsMismatchError, main, setup
+from fastreid_plugins.svrn import add_svrn_config
 
 from helpers import ROOT, evaluate, make_cfg, seed_everything
 
@@ -29,15 +29,20 @@ def trained(veri_root, tmp_path_factory):
     mp.setattr(db, "_root", veri_root)
     mp.setattr(eng, "_root", veri_root)
     out = str(tmp_path_factory.mktemp("svrn_demo"))
-    cfg = make_cfg(DEMO, ["OUTPUT_DIR", out], [add_svrn_config])
     seed_everything(0)
-    untrained = evaluate(cfg, PluginTrainer.build_model(
-        make_cfg(DEMO, ["OUTPUT_DIR", out, "MODEL.HEADS.NUM_CLASSES", "4"], [add_svrn_config])))
-    # the CLI's path: SVRNTrainer seeds every RNG with the config's MODEL.SVRN.SEED (0)
-    assert cfg.MODEL.SVRN.SEED == 0
-    seed_everything(123)                   # whatever came before, the trainer reseeds
+    untrained = evaluate(make_cfg(DEMO, ["OUTPUT_DIR", out], [add_svrn_config]),
+                         PluginTrainer.build_model(make_cfg(
+                             DEMO, ["OUTPUT_DIR", out, "MODEL.HEADS.NUM_CLASSES", "4"],
+                             [add_svrn_config])))
+    # the CLI's path (engine.main): setup seeds every generator with the config's SEED (0),
+    # whatever came before, then PluginTrainer builds the model and the seeded loaders
+    seed_everything(123)
+    cfg = setup(argparse.Namespace(config_file=os.path.join(ROOT, DEMO), eval_only=False,
+                                   resume=False, opts=["OUTPUT_DIR", out, "MODEL.DEVICE", "cpu"]),
+                add_svrn_config)
+    assert cfg.SEED == 0
     logging.getLogger("fastreid").setLevel(logging.WARNING)
-    trainer = SVRNTrainer(cfg)
+    trainer = PluginTrainer(cfg)
     trainer.resume_or_load(resume=False)
     metrics = dict(trainer.train())
     losses = [v for v, _ in trainer.storage.history("total_loss").values()]
