@@ -5,13 +5,12 @@ FastReID's loaders build a :class:`~fastreid.data.common.CommDataset`, whose sam
 ``images/targets/camids/img_paths``. :class:`CLIPSENetTrainer` builds the same loaders (same
 transforms, samplers, batch sizes, workers) over
 :class:`~fastreid_plugins.data.veri_viewpoint.SideInfoDataset`, which adds ``viewids`` and
-``sie_camids``, and seeds every RNG with ``MODEL.CLIPSENET.SEED`` when it is >= 0 (the paper
-uses 3407).
+``sie_camids``. Seeding is the engine's: the shared ``SEED`` key (the paper's 3407 in the
+configs; ``MODEL.CLIPSENET.SEED`` is an alias), applied by :func:`fastreid_plugins.engine.setup`
+before the trainer builds the model and the loaders (:mod:`fastreid_plugins.seeding`).
 """
 
 import contextlib
-
-from fastreid.utils.env import seed_all_rng
 
 from ..data.veri_viewpoint import UNKNOWN_VIEWPOINT, SideInfoDataset
 from ..engine import PluginTrainer
@@ -80,12 +79,6 @@ class CLIPSENetTrainer(PluginTrainer):
     """
 
     dataset_cls = SideInfoDataset
-
-    def __init__(self, cfg):
-        seed = cfg.MODEL.CLIPSENET.SEED if "CLIPSENET" in cfg.MODEL else -1
-        if seed >= 0:
-            seed_all_rng(seed)
-        super().__init__(cfg)
 
     @classmethod
     def build_optimizer(cls, cfg, model):
