@@ -8,6 +8,8 @@ Added by :func:`add_plugins_config`:
   the sparse O(k n)-memory one or FastReID's dense one ("fastreid").
 * ``SOLVER.OPT "AMSGrad"`` is accepted as a value: Adam with ``amsgrad=True`` (Reddi et al.,
   ICLR 2018), which FastReID's optimizer builder cannot ask for.
+* ``DIST.GATHER_LOSSES`` (True) / ``DIST.GLOBAL_SAMPLER`` (True): multi-process
+  training (see :mod:`fastreid_plugins.distributed`).
 """
 
 from fastreid.config import CfgNode as CN
@@ -27,6 +29,8 @@ def add_plugins_config(cfg):
         # "sparse": O(k n)-memory k-reciprocal re-ranking (fastreid_plugins.evaluation.sparse_rerank)
         # "fastreid": FastReID's dense N x N compute_jaccard_distance path
         cfg.TEST.RERANK.TYPE = "sparse"
+    from .distributed import add_dist_config
+    add_dist_config(cfg)
     return cfg
 
 

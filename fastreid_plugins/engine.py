@@ -26,6 +26,7 @@ from fastreid.utils import comm
 from fastreid.utils.events import (CommonMetricPrinter, JSONWriter, TensorboardXWriter,
                                    get_event_storage)
 
+from . import distributed
 from .compat import load_checkpoint_file
 from .config import get_cfg
 from .data.checks import check_dataset_items
@@ -230,6 +231,13 @@ class PluginTrainer(DefaultTrainer):
         return loader, num_query
 
     @classmethod
+    def test(cls, cfg, model):
+        """FastReID's ``test``, after giving every rank rank 0's buffers (BN running statistics):
+        under DDP the metrics are then those of the checkpoint rank 0 saves."""
+        distributed.broadcast_buffers(model)
+        return super().test(cfg, model)
+
+    @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_dir=None):
         data_loader, num_query = cls.build_test_loader(cfg, dataset_name)
         protocol = "vehicleid" if is_vehicleid(dataset_name) else "standard"
@@ -252,6 +260,7 @@ def setup(args, *add_fns):
     cfg.merge_from_list(args.opts or [])
     prepare_for_host(cfg, eval_only=getattr(args, "eval_only", False))
     cfg.freeze()
+    distributed.configure(cfg)
     default_setup(cfg, args)
     return cfg
 
