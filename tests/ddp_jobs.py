@@ -12,6 +12,7 @@ same process group (start-up, ~5-10 s per process, is the cost), catches each jo
 """
 
 import copy
+import functools
 import json
 import os
 import time
@@ -106,21 +107,28 @@ def rank_slice(batch, r, w):
     return {k: v[r * n:(r + 1) * n] for k, v in batch.items()}
 
 
+@functools.lru_cache(maxsize=None)
 def project(name):
-    """(add_fn, trainer_cls) of a project, as its ``projects/<Name>/train_net.py`` uses them."""
-    from fastreid_plugins.engine import PluginTrainer
-    if name == "MFGNet":
-        from fastreid_plugins.mfgnet import add_mfgnet_config as add
-    elif name == "MBFN":
-        from fastreid_plugins.mbfn import add_mbfn_config as add
-    elif name == "SVRN":
-        from fastreid_plugins.svrn import add_svrn_config as add
-    elif name == "CLIPSENet":
-        from fastreid_plugins.clip_senet import CLIPSENetTrainer, add_clip_senet_config
-        return add_clip_senet_config, CLIPSENetTrainer
-    else:
-        raise KeyError(name)
-    return add, PluginTrainer
+    """(add_fn, trainer_cls) of a project, read from ``projects/<name>/train_net.py`` itself (run
+    with ``launch_main`` replaced by a recorder), so the tests train what the script trains."""
+    import runpy
+
+    from fastreid_plugins import engine
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "projects", name, "train_net.py")
+    seen = {}
+
+    def record(*add_fns, trainer_cls=engine.PluginTrainer, argv=None):
+        seen["add_fns"], seen["trainer_cls"] = add_fns, trainer_cls
+
+    real, engine.launch_main = engine.launch_main, record
+    try:
+        runpy.run_path(path, run_name="__main__")
+    finally:
+        engine.launch_main = real
+    (add,) = seen["add_fns"]
+    return add, seen["trainer_cls"]
 
 
 def make_cfg(name, config_file, opts):

@@ -17,7 +17,6 @@ collective waits at most ``FASTREID_PLUGINS_DIST_TIMEOUT`` seconds for a dead ra
 import importlib
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -69,7 +68,9 @@ CONFIG_MODULES = {"MFGNet": "mfgnet", "MBFN": "mbfn", "SVRN": "svrn", "CLIPSENet
 
 
 def ablation_rows(method):
-    """``{row: overrides}``: every documented ablation of ``method``.
+    """``{row: overrides}``: every documented ablation of ``method`` (SVRN's include the rows
+    whose ranking layers get no gradient, which DDP refuses at the 2nd iteration unless the model
+    leaves those layers out).
 
     Where ``fastreid_plugins.<method>.config`` defines ``ABLATIONS`` (the methods' ablation rows
     as data: ``{name: overrides}`` or ``{name: Ablation(..., overrides, ...)}``), that dict; else
@@ -126,12 +127,6 @@ def _distinct_rows(method, rows):
             seen.add(key)
             out[name] = [str(v) for v in ov]
     return out
-
-
-#: SVRN rows whose rankers get no gradient before issue 13 point 4 lands (another helper's
-#: change to svrn/meta_arch.py): DDP fails at the 2nd iteration with this message. Only this
-#: failure of only these rows is tolerated (xfail); delete once point 4 is merged.
-KNOWN_UNUSED_PARAMS = re.compile(r"Expected to have finished reduction in the prior iteration")
 
 
 def _jobs(outdir):
@@ -267,23 +262,16 @@ def test_every_ablation_trains_under_ddp(grouped, method):
     """Every documented ablation row: 2 DDP iterations, parameters identical across ranks and
     changed (one process group per method's rows; see :func:`ablation_rows`)."""
     r0, r1 = _result(grouped, f"ablations/{method}")
-    failed, known = {}, []
-    for row in r0:
-        if row == "_seconds":
-            continue
+    rows = [row for row in r0 if row != "_seconds"]
+    assert rows and set(rows) == set(r1) - {"_seconds"}
+    failed = {}
+    for row in rows:
         a, b = r0[row], r1[row]
         if not (a["ok"] and b["ok"]):
-            err = a.get("error") or b.get("error")
-            if method == "SVRN" and KNOWN_UNUSED_PARAMS.search(err):
-                known.append(row)
-            else:
-                failed[row] = err
-            continue
-        if not (a["param_gap"] == 0.0 and a["param_change"] > 0):
+            failed[row] = a.get("error") or b.get("error")
+        elif not (a["param_gap"] == 0.0 and a["param_change"] > 0):
             failed[row] = f"param_gap {a['param_gap']} param_change {a['param_change']}"
     assert not failed, "\n\n".join(f"{k}:\n{v}" for k, v in failed.items())
-    if known:
-        pytest.xfail(f"SVRN rows with gradient-less rankers (issue 13 point 4, not yet merged): {known}")
 
 
 # --------------------------------------------------------------------------------------------
