@@ -427,3 +427,23 @@ def test_metric_printer_survives_two_writes_at_one_iteration():
     two_writes(CommonMetricPrinter.write)
     with pytest.raises(ZeroDivisionError):
         two_writes(compat.ORIGINALS["CommonMetricPrinter.write"])
+
+
+def test_sampler_by_name_in_one_process(veri_root, datasets_root):
+    """``DATALOADER.SAMPLER_TRAIN GlobalIdentitySampler`` works in one process (its global batches
+    are then the ones N processes split); ``NaiveIdentitySampler`` stays FastReID's there."""
+    from fastreid.data.samplers import NaiveIdentitySampler
+    from fastreid_plugins.engine import PluginTrainer
+    from fastreid_plugins.mfgnet import add_mfgnet_config
+    from helpers import make_cfg
+
+    datasets_root(veri_root)
+    cfg = make_cfg("configs/demo/mfgnet.yml", ["DATALOADER.SAMPLER_TRAIN", "GlobalIdentitySampler"],
+                   [add_mfgnet_config])
+    loader = PluginTrainer.build_train_loader(cfg)
+    sampler = loader.batch_sampler.sampler
+    assert isinstance(sampler, distributed.GlobalIdentitySampler) and sampler.world_size == 1
+    batches = iter(loader.batch_sampler)
+    assert [next(batches) for _ in range(2)] == [sampler.global_batch(s).tolist() for s in range(2)]
+    cfg = make_cfg("configs/demo/mfgnet.yml", [], [add_mfgnet_config])
+    assert isinstance(PluginTrainer.build_train_loader(cfg).batch_sampler.sampler, NaiveIdentitySampler)
