@@ -108,8 +108,10 @@ class _AllGather(torch.autograd.Function):
 
     Every rank computes the same loss L over the gathered batch; this rank's slice x_r then receives
     sum_s dL_s/dx_r = W dL/dx_r, and DDP's gradient averaging divides by W: the parameters get
-    dL/dtheta, the gradient of one process over the whole batch. Gloo has no reduce-scatter, so
-    the backward is an all-reduce of the full gradient (the sizes here are tiny).
+    dL/dtheta, the gradient of one process over the whole batch. Unlike
+    ``torch.distributed.nn.functional.all_gather`` (reduce-scatter on NCCL, all-to-all elsewhere,
+    equal sizes only), ranks may hold different sizes and the backward is one all-reduce of the
+    full gradient, which every backend has (the tensors here are a batch of embeddings).
     """
 
     @staticmethod
