@@ -288,7 +288,8 @@ class GlobalIdentitySampler(Sampler):
     ``DIST.GATHER_LOSSES`` is off). The draw of step s depends only on ``(seed, s)`` (numpy's
     ``default_rng([seed, s])``), never on the world size or on earlier steps: W processes see
     exactly the global batches one process sees, and a resumed run restarts at any step
-    (``start_iter``) without replaying the earlier ones.
+    (``start_iter``, or :meth:`load_state_dict` as :class:`fastreid_plugins.seeding.SeededSampler`
+    calls it on ``--resume``) without replaying the earlier ones.
 
     Reference:
         Hermans, Beyer, Leibe. "In Defense of the Triplet Loss for Person Re-Identification",
@@ -356,19 +357,35 @@ class GlobalIdentitySampler(Sampler):
         n = self.batch_size // self.world_size
         return self.global_batch(step)[self.rank * n:(self.rank + 1) * n]
 
+    def load_state_dict(self, state):
+        """:mod:`fastreid_plugins.seeding`'s sampler protocol: the next ``iter()`` yields this
+        rank's stream of seed ``state["seed"]`` from its ``state["position"]``-th index on (counted
+        on this rank, 0-based). No other state exists: a step's draw depends on (seed, step) only."""
+        self.seed = int(state["seed"])
+        self.start_iter, self._skip = divmod(int(state["position"]), self.batch_size // self.world_size)
+
     def __iter__(self):
-        step = self.start_iter
+        step, skip = self.start_iter, getattr(self, "_skip", 0)
         while True:
-            yield from self.rank_batch(step).tolist()
-            step += 1
+            yield from self.rank_batch(step).tolist()[skip:]
+            step, skip = step + 1, 0
 
 
 def _sampler_seed(cfg):
-    """``cfg.SEED`` when the config has one >= 0, else a random seed shared by all ranks."""
+    """``cfg.SEED`` when the config has one >= 0, else a random seed shared by all ranks. (Under
+    :class:`fastreid_plugins.seeding.SeededSampler` the seed is then set from ``SEED`` again.)"""
     seed = cfg.get("SEED", -1)
     if seed is None or int(seed) < 0:
         seed = comm.shared_random_seed()
     return int(seed)
+
+
+def same_on_all_ranks(value):
+    """Rank 0's ``value`` on every rank (e.g. a seed one rank drew); ``value`` itself without a
+    process group. Every rank must call it."""
+    if comm.get_world_size() == 1:
+        return value
+    return comm.all_gather(value)[0]
 
 
 def _use_global_sampler(cfg):

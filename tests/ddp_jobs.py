@@ -279,7 +279,13 @@ def job_train(name, config_file, opts, **_):
             "param_gap": max_param_diff_to_rank0(module), "param_change": change,
             "saves": all_ranks(len(saves)), "buffer_gap_before_eval": buffer_gaps,
             "output_dir": cfg.OUTPUT_DIR,
-            "sampler": type(trainer.data_loader.batch_sampler.sampler).__name__}
+            "sampler": type(_inner_sampler(trainer.data_loader)).__name__}
+
+
+def _inner_sampler(loader):
+    """The identity sampler under :class:`fastreid_plugins.seeding.SeededSampler`'s wrapper."""
+    sampler = loader.batch_sampler.sampler
+    return getattr(sampler, "sampler", sampler)
 
 
 def job_ablations(name, config_file, opts, rows, hw, n_ids=4, k=2, steps=2, **_):

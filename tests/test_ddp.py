@@ -438,12 +438,29 @@ def test_sampler_by_name_in_one_process(veri_root, datasets_root):
     from helpers import make_cfg
 
     datasets_root(veri_root)
-    cfg = make_cfg("configs/demo/mfgnet.yml", ["DATALOADER.SAMPLER_TRAIN", "GlobalIdentitySampler"],
-                   [add_mfgnet_config])
+    cfg = make_cfg("configs/demo/mfgnet.yml", ["DATALOADER.SAMPLER_TRAIN", "GlobalIdentitySampler",
+                                                "SEED", "5"], [add_mfgnet_config])
     loader = PluginTrainer.build_train_loader(cfg)
-    sampler = loader.batch_sampler.sampler
+    sampler = ddp_jobs._inner_sampler(loader)
     assert isinstance(sampler, distributed.GlobalIdentitySampler) and sampler.world_size == 1
     batches = iter(loader.batch_sampler)
-    assert [next(batches) for _ in range(2)] == [sampler.global_batch(s).tolist() for s in range(2)]
+    first = [next(batches) for _ in range(3)]
+    assert first == [sampler.global_batch(s).tolist() for s in range(3)]
+    # --resume: the seeding wrapper's position protocol restarts mid-stream at the same indices
+    wrapper = loader.batch_sampler.sampler
+    wrapper.load_state_dict(wrapper.state_dict(position=20))
+    assert [next(iter(loader.batch_sampler)) for _ in range(1)][0] == sum(first, [])[20:36]
     cfg = make_cfg("configs/demo/mfgnet.yml", [], [add_mfgnet_config])
-    assert isinstance(PluginTrainer.build_train_loader(cfg).batch_sampler.sampler, NaiveIdentitySampler)
+    assert isinstance(ddp_jobs._inner_sampler(PluginTrainer.build_train_loader(cfg)), NaiveIdentitySampler)
+
+
+def test_global_sampler_load_state_dict_positions():
+    """The seeding module's protocol: ``{"seed", "position"}`` (indices drawn on this rank)."""
+    ref = distributed.GlobalIdentitySampler(ITEMS, 8, 2, seed=9, rank=1, world_size=2)
+    it = iter(ref)
+    stream = [next(it) for _ in range(20)]
+    s = distributed.GlobalIdentitySampler(ITEMS, 8, 2, seed=0, rank=1, world_size=2)
+    for pos in (0, 3, 4, 9):
+        s.load_state_dict({"seed": 9, "position": pos})
+        it = iter(s)
+        assert [next(it) for _ in range(20 - pos)] == stream[pos:]
