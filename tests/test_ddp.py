@@ -78,8 +78,11 @@ def ablation_rows(method):
     """
     cfg_mod = importlib.import_module(f"fastreid_plugins.{CONFIG_MODULES[method]}.config")
     table = getattr(cfg_mod, "ABLATIONS", None)
-    if table:
-        rows = {k: list(getattr(v, "overrides", v)) for k, v in table.items()}
+    if table:   # {row: overrides}, {row: Ablation(overrides=...)} or {table: {row: overrides}}
+        rows = {}
+        for k, v in table.items():
+            for r, ov in (v.items() if isinstance(v, dict) else [(None, v)]):
+                rows[k if r is None else f"{k}/{r}"] = list(getattr(ov, "overrides", ov))
     elif method == "MFGNet":
         import test_mfgnet
         rows = {f"table4/{k}": v for k, v in test_mfgnet.TABLE4.items()}
