@@ -453,6 +453,25 @@ def _patch_pretrained_weights():
                tag="pretrain.offline")
 
 
+def _patch_metric_printer():
+    """``CommonMetricPrinter.write`` divides by zero when it writes twice at one iteration before
+    the iteration timer has a ``time`` history (runs of <= 3 iterations: ``PeriodicWriter`` writes
+    after the last step and again after the epoch). Forget the previous write then (no ETA)."""
+    from fastreid.utils import events
+
+    def wrap(original):
+        @functools.wraps(original)
+        def write(self):
+            last = getattr(self, "_last_write", None)
+            if last is not None and last[0] == events.get_event_storage().iter:
+                self._last_write = None
+            return original(self)
+        return write
+
+    patch_attr(events.CommonMetricPrinter, "write", "CommonMetricPrinter.write", wrap,
+               tag="CommonMetricPrinter.same_iter")
+
+
 def apply():
     """Apply every patch (idempotent). Requires ``fastreid`` to be importable."""
     apply_import_shims()
@@ -471,3 +490,7 @@ def apply():
     _patch_checkpointer()
     _patch_inplace_preprocess()
     _patch_pretrained_weights()
+    _patch_metric_printer()
+
+    from . import distributed  # DDP on CPU/gloo, global PK sampler (see fastreid_plugins.distributed)
+    distributed.apply()

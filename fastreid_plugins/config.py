@@ -17,6 +17,8 @@ Added by :func:`add_plugins_config`:
   :mod:`fastreid_plugins.modeling.pretrained`.
 * ``SOLVER.OPT "AMSGrad"`` is accepted as a value: Adam with ``amsgrad=True`` (Reddi et al.,
   ICLR 2018), which FastReID's optimizer builder cannot ask for.
+* ``DIST.GATHER_LOSSES`` (True) / ``DIST.GLOBAL_SAMPLER`` (True): multi-process
+  training (see :mod:`fastreid_plugins.distributed`).
 """
 
 from fastreid.config import CfgNode as CN
@@ -40,6 +42,8 @@ def add_plugins_config(cfg):
         cfg.TEST.RERANK.TYPE = "sparse"
     if "IBN_LAYOUT" not in cfg.MODEL.BACKBONE:
         cfg.MODEL.BACKBONE.IBN_LAYOUT = "ibnnet"
+    from .distributed import add_dist_config
+    add_dist_config(cfg)
     return cfg
 
 

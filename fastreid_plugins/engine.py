@@ -31,6 +31,7 @@ from fastreid.utils.logger import setup_logger
 from fastreid.utils.events import (CommonMetricPrinter, JSONWriter, TensorboardXWriter,
                                    get_event_storage)
 
+from . import distributed
 from .checkpoint import ResumableTrainerMixin, TrainingFinishedError, check_finite_state
 from .compat import load_checkpoint_file
 from .config import get_cfg
@@ -246,6 +247,13 @@ class PluginTrainer(ResumableTrainerMixin, DefaultTrainer):
         return loader, num_query
 
     @classmethod
+    def test(cls, cfg, model):
+        """FastReID's ``test``, after giving every rank rank 0's buffers (BN running statistics):
+        under DDP the metrics are then those of the checkpoint rank 0 saves."""
+        distributed.broadcast_buffers(model)
+        return super().test(cfg, model)
+
+    @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_dir=None):
         data_loader, num_query = cls.build_test_loader(cfg, dataset_name)
         protocol = "vehicleid" if is_vehicleid(dataset_name) else "standard"
@@ -268,7 +276,10 @@ def setup(args, *add_fns):
     cfg.merge_from_list(args.opts or [])
     prepare_for_host(cfg, eval_only=getattr(args, "eval_only", False))
     cfg.SEED = resolve_seed(cfg)  # a drawn seed is logged and saved in config.yaml
+    # under DDP every rank must draw the same global batches: rank 0's drawn seed for all
+    cfg.SEED = distributed.same_on_all_ranks(cfg.SEED)
     cfg.freeze()
+    distributed.configure(cfg)
     default_setup(cfg, args)
     # FastReID's setup logs only the "fastreid" tree; ours (e.g. "loaded N/N tensors from FILE") too
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="fastreid_plugins")

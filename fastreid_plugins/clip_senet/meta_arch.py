@@ -13,7 +13,8 @@ import torch
 from fastreid.config import configurable
 from fastreid.layers import pooling
 from fastreid.modeling.heads import EmbeddingHead
-from fastreid.modeling.losses import cross_entropy_loss, log_accuracy, triplet_loss
+from fastreid.modeling.losses import cross_entropy_loss, log_accuracy
+from ..losses.triplet import triplet_loss  # FastReID's, over every DDP rank's embeddings
 from fastreid.modeling.meta_arch import META_ARCH_REGISTRY
 from fastreid.utils import events
 

@@ -18,6 +18,8 @@ from torch import nn
 
 from fastreid.config import CfgNode as CN
 
+from ..distributed import gather_for_loss
+
 __all__ = ["supcon_loss", "SupConLoss", "add_supcon_config", "supcon_kwargs_from_cfg"]
 
 
@@ -66,7 +68,9 @@ def supcon_loss(features, targets, temperature=0.07, normalize=True):
     where no anchor has a positive gives a zero loss that still back-propagates). Each image
     of the batch is one view (the re-id PK batch provides the positives), and the
     ``tau / base_tau`` factor of the reference code is left out (``MODEL.LOSSES.SUPCON.SCALE``
-    weights the loss instead).
+    weights the loss instead). Under DDP the batch is the whole multi-process batch: features and
+    targets of every rank are gathered first (``DIST.GATHER_LOSSES``, see
+    :func:`fastreid_plugins.distributed.gather_for_loss`).
 
     Reference:
         Khosla et al., "Supervised Contrastive Learning", NeurIPS 2020, Eq. 2
@@ -93,6 +97,7 @@ def supcon_loss(features, targets, temperature=0.07, normalize=True):
     if not temperature > 0:
         raise ValueError(f"supcon_loss temperature must be > 0, got {temperature}")
 
+    features, targets = gather_for_loss(features, targets.to(features.device))
     z = F.normalize(features.float(), dim=1) if normalize else features.float()
     n = z.shape[0]
     self_mask = torch.eye(n, dtype=torch.bool, device=z.device)

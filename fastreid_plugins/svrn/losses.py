@@ -8,10 +8,18 @@ The cross-space terms take the unified features of all stages stacked as a (T, B
 ``feats`` (``feats[t, i]`` = G_t^i, stage t's unified feature of image i). Distances are
 Euclidean, ``sqrt(max(||a||^2 + ||b||^2 - 2 a.b, 1e-12))`` (FastReID's ``euclidean_dist``
 convention, safe to back-propagate at zero distance).
+
+Under DDP, VCC and ICC are computed over the whole multi-process batch: the (T, B/N, L) features
+and (B/N,) labels of every rank are concatenated along the batch dimension (with gradient, see
+:func:`fastreid_plugins.distributed.gather_for_loss`), so image i of rank r becomes image
+``r B/N + i`` of the gathered batch (ICC's image indices are offset per rank) and every rank
+computes the single-process loss. ``DIST.GATHER_LOSSES False`` keeps each rank's own images.
 """
 
 import torch
 import torch.nn.functional as F
+
+from ..distributed import gather_for_loss
 
 __all__ = ["reward_loss", "vcc_loss", "icc_loss", "dcc_loss", "pairwise_euclidean"]
 
@@ -71,6 +79,7 @@ def vcc_loss(feats, targets, margin=0.3):
     Returns:
         Tensor: scalar, mean over anchors of ``relu(d_ap - d_an + beta_V)``.
     """
+    feats, targets = gather_for_loss(feats, targets, dim=1)
     z, t, b = _flatten(feats)
     labels = targets.reshape(1, b).expand(t, b).reshape(-1)
     dist = pairwise_euclidean(z, z)
@@ -93,6 +102,7 @@ def icc_loss(feats, margin=0.15):
     Returns:
         Tensor: scalar, mean over anchors of ``relu(d_ap - d_an + beta_I)``.
     """
+    feats, _ = gather_for_loss(feats, None, dim=1)   # image i of rank r -> r * B/N + i
     z, t, b = _flatten(feats)
     img = torch.arange(b, device=z.device).repeat(t)
     dist = pairwise_euclidean(z, z)

@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from fastreid.config import configurable
-from fastreid.modeling.losses import cross_entropy_loss, log_accuracy, triplet_loss
+from fastreid.modeling.losses import cross_entropy_loss, log_accuracy
+from ..losses.triplet import triplet_loss  # FastReID's, over every DDP rank's embeddings
 from fastreid.modeling.meta_arch import META_ARCH_REGISTRY
 from fastreid.utils import events
 
