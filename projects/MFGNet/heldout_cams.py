@@ -27,6 +27,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 from fastreid_plugins.config import get_cfg  # noqa: E402
 from fastreid_plugins.engine import PluginTrainer, set_datasets_root  # noqa: E402
@@ -64,12 +65,20 @@ def sub_descriptor_maps(cfg, model):
         pids.append(batch["targets"])
         camids.append(batch["camids"])
     f, p, c = torch.cat(feats), torch.cat(pids).numpy(), torch.cat(camids).numpy()
-    out, start = {}, 0
+    out, start, blocks = {}, 0, []
+
+    def m_ap(x):
+        d = build_dist(x[:nq], x[nq:], cfg.TEST.METRIC)
+        return metrics_from_distmat(d, p[:nq], p[nq:], c[:nq], c[nq:])["mAP"]
+
     for name, b in branches:
         sl = f[:, start:start + b.out_dim]
         start += b.out_dim
-        d = build_dist(sl[:nq], sl[nq:], cfg.TEST.METRIC)
-        out[name] = metrics_from_distmat(d, p[:nq], p[nq:], c[:nq], c[nq:])["mAP"]
+        blocks.append(sl)
+        out[name] = m_ap(sl)
+    sq = [bl.pow(2).sum(1).mean().item() for bl in blocks]
+    out["share_" + branches[-1][0]] = 100 * sq[-1] / sum(sq)       # squared-norm share of the last
+    out["branch-normalised concat"] = m_ap(torch.cat([F.normalize(bl) for bl in blocks], 1))
     return out
 
 
