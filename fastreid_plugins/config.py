@@ -6,6 +6,10 @@ Added by :func:`add_plugins_config`:
   repeated random gallery draws (Liu et al. CVPR 2016), seeded for reproducibility.
 * ``TEST.RERANK.TYPE`` ("sparse"): which k-reciprocal re-ranking ``TEST.RERANK.ENABLED`` uses,
   the sparse O(k n)-memory one or FastReID's dense one ("fastreid").
+* ``MODEL.BACKBONE.IBN_LAYOUT`` ("ibnnet"): where ``build_resnext_backbone`` puts IBN with
+  ``WITH_IBN``: IBN-Net's layout (layer1-3; plain BN in layer4, the layout of IBN-Net's published
+  ``resnext101_ibn_a``), or "fastreid" (FastReID 1.4.0's ResNeXt: layer1-4). See
+  :mod:`fastreid_plugins.modeling.pretrained`.
 * ``SOLVER.OPT "AMSGrad"`` is accepted as a value: Adam with ``amsgrad=True`` (Reddi et al.,
   ICLR 2018), which FastReID's optimizer builder cannot ask for.
 """
@@ -27,6 +31,8 @@ def add_plugins_config(cfg):
         # "sparse": O(k n)-memory k-reciprocal re-ranking (fastreid_plugins.evaluation.sparse_rerank)
         # "fastreid": FastReID's dense N x N compute_jaccard_distance path
         cfg.TEST.RERANK.TYPE = "sparse"
+    if "IBN_LAYOUT" not in cfg.MODEL.BACKBONE:
+        cfg.MODEL.BACKBONE.IBN_LAYOUT = "ibnnet"
     return cfg
 
 

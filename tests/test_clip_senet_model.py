@@ -101,10 +101,10 @@ def test_ablation_switches(opts, dim, parts):
 
 
 def test_cv_position_feature_and_sem_tokens(demo_model):
-    tok = demo_model
+    feat = demo_model
+    assert feat.cv.dim == 512  # the default: the final feature
+    tok, _ = model_for("MODEL.CLIPSENET.CV.POSITION", "sem_tokens")
     assert tok.cv.dim == 64  # the SEM width: added to its tokens
-    feat, _ = model_for("MODEL.CLIPSENET.CV.POSITION", "feature")
-    assert feat.cv.dim == 512  # the final feature
     for m in (tok, feat):
         m.eval()
         b = batch(4)
@@ -139,7 +139,8 @@ def test_config_errors():
     with pytest.raises(ValueError, match="AFEM.GROUPS"):
         model_for("MODEL.CLIPSENET.AFEM.GROUPS", 3)
     with pytest.raises(ValueError, match="CV.POSITION 'sem_tokens' needs the SEM"):
-        model_for("MODEL.CLIPSENET.SEM.ENABLED", False, "MODEL.CLIPSENET.AFEM.ENABLED", False)
+        model_for("MODEL.CLIPSENET.SEM.ENABLED", False, "MODEL.CLIPSENET.AFEM.ENABLED", False,
+                  "MODEL.CLIPSENET.CV.POSITION", "sem_tokens")
     with pytest.raises(ValueError, match="AFEM.ENABLED needs"):
         model_for("MODEL.CLIPSENET.SEM.ENABLED", False, "MODEL.CLIPSENET.CV.POSITION", "feature")
     with pytest.raises(ValueError, match="CV.POSITION"):
@@ -221,7 +222,7 @@ def test_resnext_imagenet_weights_from_local_file(tmp_path):
     assert all(torch.equal(v, ref.state_dict()[k]) for k, v in loaded.state_dict().items())
     torch.save({"conv1.weight": torch.zeros(3)}, tmp_path / "bad.pth")
     cfg.MODEL.BACKBONE.PRETRAIN_PATH = str(tmp_path / "bad.pth")
-    with pytest.raises(ValueError, match="does not match FastReID's ResNeXt"):
+    with pytest.raises(ValueError, match="does not fit the backbone"):
         build_cnn_backbone(cfg)
     cfg.MODEL.BACKBONE.PRETRAIN_PATH = str(tmp_path / "nope.pth")
     with pytest.raises(FileNotFoundError, match="nope.pth"):
@@ -241,6 +242,8 @@ def test_paper_configs(path):
     assert (cfg.MODEL.BACKBONE.NAME, cfg.MODEL.BACKBONE.DEPTH, cfg.MODEL.BACKBONE.WITH_IBN) == \
         ("build_resnext_backbone", "101x", True)
     assert c.SEM.VARIANT == "TinyCLIP-ViT-61M-32" and c.AFEM.GROUPS == 32 and c.COMBINE == "sum"
+    assert (c.SEM.INPUT_SIZE, c.SEM.POS_EMBED_INTERP, c.SEM.LR_FACTOR) == (320, "bilinear", 1.0)
+    assert c.CV.POSITION == "feature" and c.AFEM.WEIGHT_SHAPE == "group"
     assert tuple(cfg.INPUT.SIZE_TRAIN) == (320, 320) and tuple(cfg.INPUT.SIZE_TEST) == (320, 320)
     assert cfg.SOLVER.IMS_PER_BATCH == 128 and cfg.DATALOADER.NUM_INSTANCE == 8  # 16 ids x 8
     assert cfg.MODEL.LOSSES.NAME == ("CrossEntropyLoss", "SupConLoss")
@@ -257,7 +260,7 @@ def test_paper_configs(path):
         assert not c.CV.VIEWPOINT and c.CV.CAMERA == ("veriwild" in path)
         size = path.rsplit("_", 1)[1][:-4].capitalize()
         assert cfg.DATASETS.TESTS[0].startswith(size)
-    # no weights are ever downloaded: the paper configs ask for local files
+    # tests run offline with an empty torch.hub cache: the paper weights are a clear error
     with pytest.raises(FileNotFoundError, match="PRETRAIN_PATH"):
         build_model(cfg)
 
@@ -278,7 +281,10 @@ def test_paper_model_structure(opts):
     assert model.fusion.fc.in_features == 2048 + 512 and model.fusion.fc.out_features == 2048
     assert model.heads.weight.shape == (576, 2048)
     assert model.cv.camera_embed.shape[0] == 21 and model.cv.view_embed.shape[0] == 9
-    assert model.cv.dim == model.sem.hidden_size
+    assert model.cv.dim == 2048  # CV at the final feature
+    # the SEM at the paper's 320 px: a 10 x 10 grid of /32 patches + the class token
+    assert model.sem.image_size == 320
+    assert model.sem.vit.embeddings.position_embedding.weight.shape == (101, model.sem.hidden_size)
 
 
 def test_onnx_export_bare_tensor(demo_model, tmp_path):

@@ -5,8 +5,8 @@ Reference:
     Re-identification", arXiv:2502.16815 (2025), Sec. III, Fig. 2, Eq. 1-8.
 """
 
+import contextlib
 import logging
-import os
 
 import torch
 
@@ -19,9 +19,9 @@ from fastreid.utils import events
 
 from ..losses.supcon import supcon_kwargs_from_cfg, supcon_loss
 from ..modeling.base import PluginMetaArch, build_backbone, loss_kwargs_from_cfg
-from .modules import AFEM, CameraViewEmbedding, FeatureFusion
-from .tinyclip import (SemanticExtractionModule, hf_activation, load_sem_weights, read_state_dict,
-                       tinyclip_vision_config)
+from .modules import VIEWPOINT_GROUPS, AFEM, CameraViewEmbedding, FeatureFusion
+from .tinyclip import (SemanticExtractionModule, load_sem_weights, resolve_weights_activation,
+                       skip_random_init, tinyclip_vision_config)
 
 __all__ = ["CLIPSENet", "build_cnn_backbone", "build_sem", "SUPPORTED_LOSSES", "CV_POSITIONS"]
 
@@ -31,70 +31,45 @@ SUPPORTED_LOSSES = ("CrossEntropyLoss", "SupConLoss", "TripletLoss")
 CV_POSITIONS = ("sem_tokens", "feature")
 
 
-def _load_resnext_imagenet(model, path):
-    """Load an ImageNet ResNeXt(-IBN) checkpoint (IBN-Net release format) into FastReID's ResNeXt.
-
-    FastReID's ``build_resnext_backbone`` only reads ``PRETRAIN_PATH`` files holding
-    ``{"model": {"module.encoder.<key>": ...}}``; IBN-Net's published
-    ``resnext101_ibn_a-6ace051d.pth`` is a plain state dict with the same key names as FastReID's
-    ResNeXt. The classifier (``fc.*``) is dropped; anything else that does not match is an error.
-    """
-    state = read_state_dict(path)
-    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
-    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    own = model.state_dict()
-    missing = sorted(k for k in set(own) - set(state) if not k.endswith("num_batches_tracked"))
-    unexpected = sorted(set(state) - set(own))
-    shapes = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-    if missing or unexpected or shapes:
-        raise ValueError(
-            f"MODEL.BACKBONE.PRETRAIN_PATH={path!r} does not match FastReID's ResNeXt "
-            f"(missing {missing[:10]}{'...' if len(missing) > 10 else ''}, unexpected "
-            f"{unexpected[:10]}{'...' if len(unexpected) > 10 else ''}, shape mismatch "
-            f"{shapes[:10]}). Expected IBN-Net's resnext101_ibn_a-6ace051d.pth for DEPTH 101x "
-            "WITH_IBN True.")
-    model.load_state_dict(state, strict=False)
-    logger.info(f"Loaded ImageNet ResNeXt weights from {path}")
-
-
 def build_cnn_backbone(cfg):
-    """The CNN backbone (Eq. 1): FastReID's backbone by ``MODEL.BACKBONE``, local weights only.
+    """The CNN backbone (Eq. 1): FastReID's backbone by ``MODEL.BACKBONE``.
+
+    The paper's ResNeXt101-IBN is built with IBN-Net's layout (IBN in layer1-3, plain BN in
+    layer4), the network of IBN-Net's ``resnext101_ibn_a-6ace051d.pth``; its weights come from
+    :mod:`fastreid_plugins.modeling.pretrained` (``PRETRAIN_PATH`` -> torch.hub cache -> download,
+    loaded strictly).
 
     Raises:
-        FileNotFoundError: ``PRETRAIN`` True and ``PRETRAIN_PATH`` empty or missing.
-        ValueError: a ResNeXt ``PRETRAIN_PATH`` that does not match the architecture.
+        FileNotFoundError: ``PRETRAIN`` True and no weights file found or fetched.
+        ValueError: a weights file that does not match the architecture.
     """
-    bb = cfg.MODEL.BACKBONE
-    if bb.NAME == "build_resnext_backbone" and bb.PRETRAIN and bb.PRETRAIN_PATH:
-        if not os.path.isfile(bb.PRETRAIN_PATH):
-            raise FileNotFoundError(f"MODEL.BACKBONE.PRETRAIN_PATH={bb.PRETRAIN_PATH!r} does not "
-                                    "exist (expected IBN-Net's resnext101_ibn_a-6ace051d.pth).")
-        cfg = cfg.clone()
-        cfg.defrost()
-        cfg.MODEL.BACKBONE.PRETRAIN = False
-        model = build_backbone(cfg)
-        _load_resnext_imagenet(model, bb.PRETRAIN_PATH)
-        return model
     return build_backbone(cfg)
 
 
 def build_sem(cfg):
     """The SEM from ``MODEL.CLIPSENET.SEM`` (random weights, or ``WEIGHTS`` when ``PRETRAIN``).
 
+    The activation is ``SEM.HIDDEN_ACT``, else that of the weights' ``config.json`` (when
+    ``PRETRAIN``), else the variant's; it is kept in the SEM's state dict, so a model built for
+    ``--eval-only`` (``PRETRAIN`` off) takes the trained one when ``MODEL.WEIGHTS`` is loaded.
+
     Raises:
-        ValueError: unknown variant / inconsistent sizes.
+        ValueError: unknown variant / inconsistent sizes / unknown activation.
         FileNotFoundError, SEMWeightsError: see :func:`~.tinyclip.load_sem_weights`.
     """
     s = cfg.MODEL.CLIPSENET.SEM
-    act = s.HIDDEN_ACT or (hf_activation(s.WEIGHTS) if s.PRETRAIN else None)
+    weights = act = None
+    if s.PRETRAIN:
+        weights, act = resolve_weights_activation(s.WEIGHTS)
     config = tinyclip_vision_config(
         s.VARIANT, hidden_size=s.HIDDEN_SIZE, num_hidden_layers=s.NUM_LAYERS,
         num_attention_heads=s.NUM_HEADS, intermediate_size=s.INTERMEDIATE_SIZE,
         patch_size=s.PATCH_SIZE, image_size=s.INPUT_SIZE, projection_dim=s.PROJECTION_DIM,
-        hidden_act=act)
-    sem = SemanticExtractionModule(config, use_projection=s.USE_PROJECTION)
+        hidden_act=s.HIDDEN_ACT or act)
+    with skip_random_init() if s.PRETRAIN else contextlib.nullcontext():
+        sem = SemanticExtractionModule(config, use_projection=s.USE_PROJECTION)
     if s.PRETRAIN:
-        load_sem_weights(sem, s.WEIGHTS)
+        load_sem_weights(sem, weights, pos_embed_interp=s.POS_EMBED_INTERP)
     if s.FREEZE:
         sem.freeze()
     return sem
@@ -118,10 +93,11 @@ class CLIPSENet(PluginMetaArch):
         logits  = classifier(BNNeck(f))                          (FastReID EmbeddingHead)
         loss    = CE_ls(logits) + SupCon(f)  (or + triplet)      (Eq. 6-8)
 
-    The camera / viewpoint embeddings (CV) are added to the SEM's token sequence (after the patch
-    + position embedding) by default, as TransReID adds SIE to its ViT tokens; ``CV.POSITION
-    "feature"`` adds them to ``f`` instead (the only choice when the SEM is off). With the SEM off,
-    ``f = f_cnn`` (FastReID's baseline with this head); with AFEM off, ``f = f_fuse``.
+    The camera / viewpoint embeddings (CV) are added to ``f`` by default (``CV.POSITION
+    "feature"``, the one position every Table IV row has); ``CV.POSITION "sem_tokens"`` adds them
+    to every token of the SEM (after the patch + position embedding), as TransReID adds SIE to its
+    ViT tokens. With the SEM off, ``f = f_cnn`` (FastReID's baseline with this head); with AFEM
+    off, ``f = f_fuse``.
 
     Input: FastReID's batch dict (``images`` (B, 3, H, W) in [0, 255]; ``targets`` in training;
     ``sie_camids`` / ``viewids`` for CV, see :class:`~fastreid_plugins.data.veri_viewpoint.
@@ -176,7 +152,8 @@ class CLIPSENet(PluginMetaArch):
             fuse_dim = c.FUSION.DIM or cnn_dim
             fusion = FeatureFusion(cnn_dim, sem.out_dim, fuse_dim, combine=c.COMBINE)
             if c.AFEM.ENABLED:
-                afem = AFEM(sem.out_dim, fuse_dim, groups=c.AFEM.GROUPS)
+                afem = AFEM(sem.out_dim, fuse_dim, groups=c.AFEM.GROUPS,
+                            weight_shape=c.AFEM.WEIGHT_SHAPE)
             feat_dim = fusion.combined_dim(with_afem=afem is not None)
         elif c.AFEM.ENABLED:
             raise ValueError("MODEL.CLIPSENET.AFEM.ENABLED needs MODEL.CLIPSENET.SEM.ENABLED "
@@ -191,8 +168,14 @@ class CLIPSENet(PluginMetaArch):
                 raise ValueError("MODEL.CLIPSENET.CV.POSITION 'sem_tokens' needs the SEM; with "
                                  "SEM.ENABLED False set CV.POSITION 'feature' or turn CV off.")
             dim = sem.hidden_size if c.CV.POSITION == "sem_tokens" else feat_dim
+            if c.CV.VIEWPOINT_GROUPS and c.CV.VIEWPOINT_GROUPS not in VIEWPOINT_GROUPS:
+                raise ValueError(f"MODEL.CLIPSENET.CV.VIEWPOINT_GROUPS={c.CV.VIEWPOINT_GROUPS!r} "
+                                 f"must be '' (VeRi's 8 orientations) or one of "
+                                 f"{sorted(VIEWPOINT_GROUPS)}")
+            view_map = VIEWPOINT_GROUPS.get(c.CV.VIEWPOINT_GROUPS) if c.CV.VIEWPOINT else None
             cv = CameraViewEmbedding(dim, c.CV.NUM_CAMERAS, c.CV.NUM_VIEWPOINTS,
-                                     camera=c.CV.CAMERA, viewpoint=c.CV.VIEWPOINT, coe=c.CV.COE)
+                                     camera=c.CV.CAMERA, viewpoint=c.CV.VIEWPOINT, coe=c.CV.COE,
+                                     view_map=view_map)
 
         h = cfg.MODEL.HEADS
         heads = EmbeddingHead(feat_dim=feat_dim, embedding_dim=h.EMBEDDING_DIM,
