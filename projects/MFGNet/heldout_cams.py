@@ -79,6 +79,8 @@ def sub_descriptor_maps(cfg, model):
     sq = [bl.pow(2).sum(1).mean().item() for bl in blocks]
     out["share_" + branches[-1][0]] = 100 * sq[-1] / sum(sq)       # squared-norm share of the last
     out["branch-normalised concat"] = m_ap(torch.cat([F.normalize(bl) for bl in blocks], 1))
+    # last branch's block scaled by 1/sqrt(2): halves its squared-distance contribution
+    out["last branch x 0.71"] = m_ap(torch.cat(blocks[:-1] + [blocks[-1] * 0.5 ** 0.5], 1))
     return out
 
 
