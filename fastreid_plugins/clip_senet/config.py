@@ -25,7 +25,8 @@
   lambda); ``CV.POSITION`` ("feature": added to the final feature, the one position every
   Table IV row can use; "sem_tokens": to the SEM's tokens); ``CV.VIEWPOINT_GROUPS`` ("": the
   8 VeRi orientations; "paper4": front / front side / rear side / rear, NUM_VIEWPOINTS 4).
-* ``SEED`` (-1): >= 0 makes :class:`~fastreid_plugins.clip_senet.CLIPSENetTrainer` seed all RNGs.
+* ``SEED`` (-1): an alias of the shared top-level ``SEED`` key (:mod:`fastreid_plugins.seeding`),
+  used when ``SEED`` is -1 (the paper uses 3407); setting both to different values is an error.
 
 Losses use FastReID's ``MODEL.LOSSES``: ``NAME`` ("CrossEntropyLoss", "SupConLoss") by default,
 "TripletLoss" instead of "SupConLoss" for Fig. 3; ``MODEL.LOSSES.SUPCON`` comes from
