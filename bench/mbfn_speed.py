@@ -11,7 +11,9 @@ multiply-accumulates of all Conv2d/Linear layers per image are printed too (inde
 Models:
   * Baseline: FastReID BagTricks (``Baseline``, EmbeddingHead with BNNeck, LAST_STRIDE 1).
   * MGN: FastReID ``MGN`` (8 EmbeddingHeads, 256-d embeddings, LAST_STRIDE 1, as FastReID's MGN configs).
-  * MBFN: ``configs/veri/mbfn.yml``; MFG-Net: ``configs/veri/mfgnet.yml``.
+  * MBFN: ``configs/veri/mbfn.yml``; MFG-Net: ``configs/veri/mfgnet.yml`` (the papers' split: one
+    shared ResNet-50 through conv5, branches = heads); ``... (MGN split)``: the same with
+    ``SPLIT_AT layer3.1`` (each branch owns ``layer3[1:]`` + ``layer4``, as FastReID's MGN).
 
 Usage: python bench/mbfn_speed.py [--batch 8] [--reps 5] [--device cpu] [--threads N]
 """
@@ -36,10 +38,11 @@ from fastreid_plugins.mfgnet import add_mfgnet_config  # noqa: E402
 NUM_CLASSES = 576  # VeRi-776 training identities
 
 
-def _cfg(arch=None, config_file=None, device="cpu"):
+def _cfg(arch=None, config_file=None, device="cpu", opts=()):
     cfg = get_cfg(add_mbfn_config, add_mfgnet_config)
     if config_file:
         cfg.merge_from_file(os.path.join(ROOT, config_file))
+        cfg.merge_from_list(list(opts))
     else:
         cfg.MODEL.META_ARCHITECTURE = arch
         cfg.MODEL.BACKBONE.DEPTH = "50x"
@@ -59,7 +62,11 @@ def _cfg(arch=None, config_file=None, device="cpu"):
 def build_all(device):
     specs = [("Baseline", _cfg("Baseline", device=device)), ("MGN", _cfg("MGN", device=device)),
              ("MBFN", _cfg(config_file="configs/veri/mbfn.yml", device=device)),
-             ("MFG-Net", _cfg(config_file="configs/veri/mfgnet.yml", device=device))]
+             ("MFG-Net", _cfg(config_file="configs/veri/mfgnet.yml", device=device)),
+             ("MBFN (MGN split)", _cfg(config_file="configs/veri/mbfn.yml", device=device,
+                                       opts=["MODEL.MBFN.SPLIT_AT", "layer3.1"])),
+             ("MFG-Net (MGN split)", _cfg(config_file="configs/veri/mfgnet.yml", device=device,
+                                          opts=["MODEL.MFGNET.SPLIT_AT", "layer3.1"]))]
     models = {}
     for name, cfg in specs:
         torch.manual_seed(0)
@@ -131,10 +138,10 @@ def main(argv=None):
     macs = {n: conv_gmacs(m, args.device) for n, m in models.items()}
     print(f"Inference, ResNet-50, batch {args.batch} x 3 x 384 x 128, device {args.device}, "
           f"{torch.get_num_threads()} threads, median of {args.reps} interleaved runs")
-    print(f"{'model':<10}{'ms/batch':>10}{'ms/img':>9}{'GMACs/img':>11}{'params(M)':>11}{'dim':>7}"
+    print(f"{'model':<20}{'ms/batch':>10}{'ms/img':>9}{'GMACs/img':>11}{'params(M)':>11}{'dim':>7}"
           f"{'time/Baseline':>15}{'time/MGN':>10}{'MACs/Baseline':>15}")
     for n in models:
-        print(f"{n:<10}{med[n] * 1e3:>10.1f}{med[n] * 1e3 / args.batch:>9.1f}{macs[n]:>11.2f}"
+        print(f"{n:<20}{med[n] * 1e3:>10.1f}{med[n] * 1e3 / args.batch:>9.1f}{macs[n]:>11.2f}"
               f"{params[n]:>11.1f}{dims[n]:>7d}{med[n] / med['Baseline']:>15.2f}{med[n] / med['MGN']:>10.2f}"
               f"{macs[n] / macs['Baseline']:>15.2f}")
     print(f"MBFN / Baseline = {med['MBFN'] / med['Baseline']:.2f}x time, "

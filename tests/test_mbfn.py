@@ -1,6 +1,7 @@
-"""MBFN (Rong et al., Sci. Rep. 11, 20210, 2021): contracts, part weighting on a hand example, loss
-terms vs FastReID's losses, every Table 2 / 3 / 4 variant, config validation, and overfitting the
-real VeRi-776 sample with an ``--eval-only`` round trip."""
+"""MBFN (Rong et al., Sci. Rep. 11, 20210, 2021): contracts, the paper's split, part weighting (literal and
+"rms"-normalised) on hand examples, per-branch split direction, the branch-global ("red dotted area")
+switch, loss terms vs FastReID's losses, every Table 2 / 3 / 4 row (``mbfn.config.ABLATIONS``),
+config validation, and overfitting the real VeRi-776 sample with an ``--eval-only`` round trip."""
 
 import os
 
@@ -14,31 +15,21 @@ import fastreid_plugins  # noqa: F401
 from fastreid_plugins import engine
 from fastreid_plugins.engine import PluginTrainer
 from fastreid_plugins.mbfn import MBFN, add_mbfn_config, mbfn_part_weights
+from fastreid_plugins.mbfn.config import ABLATIONS
 from tests.helpers import evaluate, make_cfg, seed_everything, train
 
 DEMO = "configs/demo/mbfn.yml"
-# small and fast: 80x64 input -> 5x4 maps at stride 16 (enough rows/columns for Table 2's splits)
+# small and fast: 80x64 input -> 5x4 conv5 maps (R18, last stride 1): enough rows/columns for the
+# Table 2 rows
 TINY = ["MODEL.HEADS.NUM_CLASSES", "4", "INPUT.SIZE_TRAIN", "[80, 64]", "INPUT.SIZE_TEST", "[80, 64]",
         "MODEL.MBFN.BRANCH_GLOBAL.REDUCE_DIM", "32", "MODEL.MBFN.BRANCH_GLOBAL.EMBED_DIM", "64",
         "MODEL.MBFN.PART_DIM", "16"]
 HW = (80, 64)
 
-OFF_CAM, OFF_W = ["MODEL.MBFN.USE_CAM", "False"], ["MODEL.MBFN.WEIGHTS.ENABLED", "False"]
-# Table 4 variants (a)-(g): each branch, the part weighting, CAM and the Global Branch switched
-TABLE4 = {
-    "a_global": ["MODEL.MBFN.USE_LOCAL1", "False", "MODEL.MBFN.USE_LOCAL2", "False"] + OFF_CAM + OFF_W,
-    "b_global+local1": ["MODEL.MBFN.USE_LOCAL2", "False"] + OFF_CAM + OFF_W,
-    "c_global+local1+local2": OFF_CAM + OFF_W,
-    "d_c+weights": OFF_CAM,
-    "e_c+cam": OFF_W,
-    "f_full": [],
-    "g_full_wo_global": ["MODEL.MBFN.USE_GLOBAL", "False"],
-}
-# Table 2: segmentation direction and parts per local branch
-TABLE2 = [("horizontal", 2, 3), ("vertical", 2, 3), ("horizontal", 3, 4), ("vertical", 3, 4),
-          ("horizontal", 1, 2)]
-# Table 3: (alpha, beta)
-TABLE3 = [(0.3, 0.4), (0.2, 0.6), (0.4, 0.2), (0.5, 0.5)]
+OFF_W = ["MODEL.MBFN.WEIGHTS.ENABLED", "False"]
+TABLE2 = [k for k in ABLATIONS if k.startswith("table2/")]
+TABLE3 = [k for k in ABLATIONS if k.startswith("table3/")]
+TABLE4 = [k for k in ABLATIONS if k.startswith("table4/")]
 
 
 def tiny_model(*opts):
@@ -88,9 +79,12 @@ def test_registered_and_output_shapes_train_eval():
     assert feat.shape == (8, 512 + 96 + 112) == (8, model.feat_dim)
     assert torch.equal(feat, bare)
     assert torch.equal(images, data["images"])
-    # branches own their stages (no weight sharing)
-    ptrs = [{n: p.data_ptr() for n, p in b.stage.named_parameters()} for _, b in model.branches()]
-    assert all(ptrs[0][n] != ptrs[1][n] != ptrs[2][n] for n in ptrs[0])
+    # the paper's split: every branch starts on the shared conv5 map (no stage of its own) ...
+    assert all(not list(b.stage.parameters()) for _, b in model.branches())
+    # ... the MGN-style switch gives each branch its own stage (no weight sharing)
+    mgn, _ = tiny_model("MODEL.MBFN.SPLIT_AT", "layer3.1")
+    ptrs = [{n: p.data_ptr() for n, p in b.stage.named_parameters()} for _, b in mgn.branches()]
+    assert ptrs[0] and all(ptrs[0][n] != ptrs[1][n] != ptrs[2][n] for n in ptrs[0])
 
 
 def test_part_weighting_hand_example():
@@ -155,44 +149,103 @@ def test_loss_terms_equal_fastreid_losses_computed_independently():
         assert torch.allclose(losses[k], again[k], atol=1e-5)
 
 
-@pytest.mark.parametrize("variant", list(TABLE4))
-def test_table4_variants_build_and_train_one_step(variant):
-    model, _ = tiny_model(*TABLE4[variant])
+# what each Table 4 row of the paper's text contains: (Global Branch, Local Branch 1, Local Branch 2,
+# red dotted area = each local branch's own global feature, green dotted area = weighting, CAM)
+TABLE4_CONTENT = {
+    "baseline": (True, False, False, None, None, None),
+    "(a)": (True, True, False, False, None, True),
+    "(b)": (True, False, True, False, False, True),
+    "(c)": (False, True, True, False, False, False),
+    "(d)": (False, True, True, False, True, False),
+    "(e)": (False, True, True, False, True, True),
+    "(f)": (True, True, True, False, True, True),
+    "(g)": (True, True, True, True, True, True),
+}
+
+
+def test_table4_has_the_papers_eight_rows():
+    assert [r.split("/", 1)[1].split()[0] for r in TABLE4] == list(TABLE4_CONTENT)
+    assert ABLATIONS["table4/(g) Baseline+Local Branch1+Local Branch2+Green+CAM"] == []   # full model
+
+
+@pytest.mark.parametrize("row", TABLE4)
+def test_table4_rows_build_and_train_one_step(row):
+    model, _ = tiny_model(*ABLATIONS[row])
     losses, change = one_step(model, batch())
     assert all(torch.isfinite(v) for v in losses.values()) and change > 0
-    names = [n for n, _ in model.branches()]
-    assert ("global" in names) == (variant != "g_full_wo_global")
-    assert ("local1" in names) == (variant != "a_global")
-    assert ("local2" in names) == (variant not in ("a_global", "b_global+local1"))
-    cam = variant in ("e_c+cam", "f_full", "g_full_wo_global")
-    weights = variant in ("d_c+weights", "f_full", "g_full_wo_global")
-    for n, b in model.branches():
-        if n != "global":
+    glob, l1, l2, red, green, cam = TABLE4_CONTENT[row.split("/", 1)[1].split()[0]]
+    assert (model.global_branch is not None, model.local1 is not None, model.local2 is not None) == \
+        (glob, l1, l2)
+    for b in (model.local1, model.local2):
+        if b is not None:
+            assert (b.global_head is not None) == red
+            assert (f"loss_cls_{'local1' if b is model.local1 else 'local2'}_global" in losses) == red
             assert (not isinstance(b.cam, torch.nn.Identity)) == cam
     if model.local2 is not None:
-        assert (model.local2.part_weights is not None) == weights
+        assert (model.local2.part_weights is not None) == green
+    if model.global_branch is not None:
+        assert isinstance(model.global_branch.cam, torch.nn.Identity)   # CAM: local branches only
     model.eval()
     with torch.no_grad():
         assert model(batch()["images"]).shape == (8, model.feat_dim)
 
 
-@pytest.mark.parametrize("direction,p1,p2", TABLE2)
-def test_table2_segmentation_build_and_train_one_step(direction, p1, p2):
-    model, _ = tiny_model("MODEL.MBFN.SPLIT_DIRECTION", direction, "MODEL.MBFN.LOCAL1.NUM_PARTS", str(p1),
-                          "MODEL.MBFN.LOCAL2.NUM_PARTS", str(p2))
-    assert (model.local1.num_parts, model.local2.num_parts) == (p1, p2)
-    assert model.local1.direction == model.local2.direction == direction
+@pytest.mark.parametrize("row", TABLE2)
+def test_table2_rows_build_and_train_one_step(row):
+    model, cfg = tiny_model(*ABLATIONS[row])
+    m = cfg.MODEL.MBFN
+    assert (model.local1.num_parts, model.local2.num_parts) == (m.LOCAL1.NUM_PARTS, m.LOCAL2.NUM_PARTS)
+    assert (model.local1.direction, model.local2.direction) == (m.LOCAL1.DIRECTION, m.LOCAL2.DIRECTION)
     losses, change = one_step(model, batch())
-    assert len([k for k in losses if k.startswith("loss_cls_local2_part")]) == p2
+    assert len([k for k in losses if k.startswith("loss_cls_local2_part")]) == m.LOCAL2.NUM_PARTS
     assert all(torch.isfinite(v) for v in losses.values()) and change > 0
 
 
-@pytest.mark.parametrize("alpha,beta", TABLE3)
-def test_table3_alpha_beta_build_and_train_one_step(alpha, beta):
-    model, cfg = tiny_model("MODEL.MBFN.WEIGHTS.ALPHA", str(alpha), "MODEL.MBFN.WEIGHTS.BETA", str(beta))
-    assert torch.allclose(model.local2.part_weights, torch.tensor([alpha, beta, alpha]))
+def test_each_local_branch_chooses_its_direction_and_part_count():
+    """Local Branch 1: 2 horizontal stripes; Local Branch 2: 3 vertical columns (hand slices of the
+    5x4 map: rows 0-2 / 3-4, columns 0-1 / 2 / 3)."""
+    model, _ = tiny_model(*ABLATIONS["table2/horizontal 2+vertical 3"], *OFF_W)
+    model.eval()
+    with torch.no_grad():
+        x = model.trunk(model.preprocess_image(batch()))
+        m1, m2 = model.local1.feature_map(x), model.local2.feature_map(x)
+        h1 = [model.local1.part_heads[0](m1[:, :, 0:3]), model.local1.part_heads[1](m1[:, :, 3:5])]
+        h2 = [model.local2.part_heads[i](m2[..., a:b]) for i, (a, b) in enumerate([(0, 2), (2, 3), (3, 4)])]
+        d1, d2 = model.local1(x), model.local2(x)
+    assert torch.allclose(d1[:, 64:], torch.cat(h1, 1), atol=1e-6)
+    assert torch.allclose(d2[:, 64:], torch.cat(h2, 1), atol=1e-6)
+
+
+@pytest.mark.parametrize("row", TABLE3)
+def test_table3_rows_build_and_train_one_step(row):
+    model, cfg = tiny_model(*ABLATIONS[row])
+    a, b = cfg.MODEL.MBFN.WEIGHTS.ALPHA, cfg.MODEL.MBFN.WEIGHTS.BETA
+    assert a < b                                   # the paper: alpha < beta
+    assert torch.allclose(model.local2.part_weights, torch.tensor([a, b, a]))
     losses, change = one_step(model, batch())
     assert all(torch.isfinite(v) for v in losses.values()) and change > 0
+
+
+def test_rms_normalised_weights_hand_example():
+    """``WEIGHTS.NORMALIZE rms``: w / sqrt(mean(w^2)); [0.3, 0.4, 0.3] -> rms = sqrt(0.34 / 3)."""
+    _, cfg = tiny_model("MODEL.MBFN.WEIGHTS.NORMALIZE", "rms")
+    rms = (0.34 / 3) ** 0.5
+    w = mbfn_part_weights(cfg)
+    assert w == pytest.approx([0.3 / rms, 0.4 / rms, 0.3 / rms])
+    assert w == pytest.approx([0.8911, 1.1882, 0.8911], abs=1e-4)
+    assert sum(v * v for v in w) == pytest.approx(3.0)           # unweighted squared norm on average
+    assert w[1] / w[0] == pytest.approx(0.4 / 0.3)                # the paper's ratio beta : alpha
+    _, lit = tiny_model()
+    assert mbfn_part_weights(lit) == [0.3, 0.4, 0.3]              # the literal weights stay the default
+
+
+def test_branch_global_switch_removes_the_red_dotted_area():
+    model, _ = tiny_model("MODEL.MBFN.BRANCH_GLOBAL.ENABLED", "False")
+    for b in (model.local1, model.local2):
+        assert b.global_head is None and isinstance(b.reduce, torch.nn.Identity)
+    assert model.feat_dim == 512 + 2 * 16 + 3 * 16
+    losses, change = one_step(model, batch())
+    assert not any(k.endswith(("local1_global", "local2_global")) for k in losses) and change > 0
 
 
 @pytest.mark.parametrize("opts,match", [
@@ -200,7 +253,9 @@ def test_table3_alpha_beta_build_and_train_one_step(alpha, beta):
      "at least one branch"),
     (["MODEL.MBFN.LOCAL2.NUM_PARTS", "9"], r"MODEL.MBFN.LOCAL2.NUM_PARTS=9 must be an int in 1..8"),
     (["MODEL.MBFN.LOCAL1.NUM_PARTS", "0"], "MODEL.MBFN.LOCAL1.NUM_PARTS"),
-    (["MODEL.MBFN.SPLIT_DIRECTION", "diagonal"], "MODEL.MBFN.SPLIT_DIRECTION"),
+    (["MODEL.MBFN.LOCAL2.DIRECTION", "diagonal"], "MODEL.MBFN.LOCAL2.DIRECTION"),
+    (["MODEL.MBFN.WEIGHTS.NORMALIZE", "l1"], "MODEL.MBFN.WEIGHTS.NORMALIZE"),
+    (["MODEL.MBFN.BRANCH_GLOBAL.ENABLED", "1"], "MODEL.MBFN.BRANCH_GLOBAL.ENABLED"),
     (["MODEL.MBFN.WEIGHTS.VALUES", "[0.5, 0.5]"], "MODEL.MBFN.WEIGHTS.VALUES has 2 weights"),
     (["MODEL.MBFN.WEIGHTS.ALPHA", "-0.3"], "MODEL.MBFN.WEIGHTS.ALPHA"),
     (["MODEL.MBFN.WEIGHTS.APPLY_AT", "never"], "MODEL.MBFN.WEIGHTS.APPLY_AT"),
@@ -214,7 +269,7 @@ def test_invalid_config_values_name_the_key(opts, match):
 
 
 def test_more_parts_than_columns_is_a_clear_error():
-    model, _ = tiny_model("MODEL.MBFN.SPLIT_DIRECTION", "vertical", "MODEL.MBFN.LOCAL2.NUM_PARTS", "5")
+    model, _ = tiny_model("MODEL.MBFN.LOCAL2.DIRECTION", "vertical", "MODEL.MBFN.LOCAL2.NUM_PARTS", "5")
     model.eval()
     with pytest.raises(ValueError, match="4 columns .* into 5 vertical parts"):
         model(torch.rand(2, 3, *HW) * 255)
@@ -265,4 +320,6 @@ def test_paper_configs_carry_the_paper_settings(path, dataset):
     m = cfg.MODEL.MBFN
     assert (cfg.MODEL.LOSSES.TRI.MARGIN, m.LOSS.LAMBDA, m.CAM_REDUCTION) == (1.2, 0.1, 4)
     assert (m.WEIGHTS.ALPHA, m.WEIGHTS.BETA, m.LOCAL1.NUM_PARTS, m.LOCAL2.NUM_PARTS) == (0.3, 0.4, 2, 3)
-    assert mbfn_part_weights(cfg) == [0.3, 0.4, 0.3]
+    assert mbfn_part_weights(cfg) == [0.3, 0.4, 0.3] and m.WEIGHTS.NORMALIZE == "none"
+    assert m.SPLIT_AT == "after_layer4" and m.BRANCH_GLOBAL.ENABLED     # "after res_conv5"; Fig. 3
+    assert m.LOCAL1.DIRECTION == m.LOCAL2.DIRECTION == "horizontal"

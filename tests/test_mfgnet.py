@@ -1,6 +1,7 @@
-"""MFG-Net (Xu et al., Array 2022): contracts, loss terms vs FastReID's losses, every Table 3 / Table 4
-ablation, config validation, a weights-change check, and overfitting the real VeRi-776 sample with an
-``--eval-only`` round trip."""
+"""MFG-Net (Xu et al., Array 2022): contracts, the paper's split and global-branch convs, loss terms vs
+FastReID's losses, every Table 3 / Table 4 ablation row (``mfgnet.config.ABLATIONS``), config
+validation, a weights-change check, and overfitting the real VeRi-776 sample with an ``--eval-only``
+round trip."""
 
 import os
 
@@ -14,25 +15,17 @@ import fastreid_plugins  # noqa: F401
 from fastreid_plugins import engine
 from fastreid_plugins.engine import PluginTrainer
 from fastreid_plugins.mfgnet import MFGNet, add_mfgnet_config
+from fastreid_plugins.mfgnet.config import ABLATIONS
 from fastreid_plugins.modeling.parts import PartBranch
 from tests.helpers import evaluate, make_cfg, seed_everything, train
 
 DEMO = "configs/demo/mfgnet.yml"
-# small and fast: 96x64 input -> 6x4 maps at stride 16, enough rows for 5 stripes
+# small and fast: 96x64 input -> 6x4 conv5 maps (R18, last stride 1), enough rows for 6 stripes
 TINY = ["MODEL.HEADS.NUM_CLASSES", "4", "INPUT.SIZE_TRAIN", "[96, 64]", "INPUT.SIZE_TEST", "[96, 64]",
-        "MODEL.MFGNET.GLOBAL.REDUCE_DIM", "32", "MODEL.MFGNET.GLOBAL.EMBED_DIM", "64",
         "MODEL.MFGNET.LOCAL.EMBED_DIM", "16"]
-
-# Table 4 (paper): baseline, + global branch w/o triplet, + triplet, + local branch, + CAM
-TABLE4 = {
-    "baseline": ["MODEL.MFGNET.GLOBAL.USE_CONV", "False", "MODEL.MFGNET.LOSS.USE_TRIPLET", "False",
-                 "MODEL.MFGNET.USE_LOCAL", "False", "MODEL.MFGNET.USE_CAM", "False"],
-    "+global_branch_wo_triplet": ["MODEL.MFGNET.LOSS.USE_TRIPLET", "False", "MODEL.MFGNET.USE_LOCAL",
-                                  "False", "MODEL.MFGNET.USE_CAM", "False"],
-    "+triplet": ["MODEL.MFGNET.USE_LOCAL", "False", "MODEL.MFGNET.USE_CAM", "False"],
-    "+local_branch": ["MODEL.MFGNET.USE_CAM", "False"],
-    "+CAM": [],
-}
+C = 512   # R18 conv5 channels; the global branch keeps them (paper: 1x1 convs keep the scale)
+TABLE3 = sorted(k for k in ABLATIONS if k.startswith("table3/"))
+TABLE4 = [k for k in ABLATIONS if k.startswith("table4/")]
 
 
 def tiny_model(*opts):
@@ -78,7 +71,7 @@ def test_registered_and_output_shapes_train_eval():
     with torch.no_grad():
         feat = model(data)
         bare = model(images)
-    assert feat.shape == (8, 64 + 4 * 16) == (8, model.feat_dim)
+    assert feat.shape == (8, C + 4 * 16) == (8, model.feat_dim)
     assert torch.equal(feat, bare)                    # bare tensor input (ONNX export path)
     assert torch.equal(images, data["images"])        # input not normalised in place
     # the test feature is the concat of the global feature and every stripe feature
@@ -140,31 +133,71 @@ def test_loss_terms_equal_fastreid_losses_computed_independently(alpha, beta, re
         assert torch.allclose(losses[k], again[k], atol=1e-5)
 
 
-@pytest.mark.parametrize("stripes", [1, 2, 3, 4, 5])
-def test_table3_stripes_build_and_train_one_step(stripes):
-    model, _ = tiny_model("MODEL.MFGNET.NUM_STRIPES", str(stripes))
-    assert model.local_branch.num_parts == stripes
+def test_paper_split_and_global_convs_keep_the_scale():
+    """Sec. 2.2: both branches start on the shared conv5 map ("built after the Conv_5 layer"); the
+    global branch's 1x1 conv before GAP keeps "the scale of the feature map unchanged" (C -> C)
+    and the one after GAP fuses the C pooled channels (C -> C)."""
+    model, cfg = tiny_model()
+    assert cfg.MODEL.MFGNET.SPLIT_AT == "after_layer4"
+    gb, lb = model.global_branch, model.local_branch
+    assert not list(gb.stage.parameters()) and not list(lb.stage.parameters())
+    assert tuple(gb.reduce[0].weight.shape) == (C, C, 1, 1)
+    assert tuple(gb.global_head.embed.weight.shape) == (C, C, 1, 1)
+    model.eval()
+    x = batch()["images"]
+    with torch.no_grad():
+        conv5 = model.trunk(model.preprocess_image(x))
+        assert conv5.shape == (8, C, 6, 4)
+        m = gb.cam(conv5)                                           # global CAM on the conv5 map
+        f = gb.global_head.embed(gb.reduce(m).mean((2, 3), keepdim=True))[..., 0, 0]
+        n = gb.global_head.bnneck(f[..., None, None])[..., 0, 0]
+        ml = lb.cam(conv5)                                          # local CAM, then 4 stripes
+        rows = [(0, 2), (2, 4), (4, 5), (5, 6)]                     # 6 rows into 4: 2, 2, 1, 1
+        stripes = [lb.part_heads[i](ml[:, :, a:b]) for i, (a, b) in enumerate(rows)]
+        assert torch.allclose(model(x), torch.cat([n] + stripes, 1), atol=1e-5)
+    # the MGN-style split stays available as a switch: own layer3[1:] + layer4 per branch
+    mgn, _ = tiny_model("MODEL.MFGNET.SPLIT_AT", "layer3.1")
+    assert len(list(mgn.global_branch.stage.parameters())) > 0
+    assert mgn.feat_dim == model.feat_dim
+
+
+@pytest.mark.parametrize("row", TABLE3)
+def test_table3_rows_build_and_train_one_step(row):
+    """Table 3 counts horizontal division *times* k: k divisions give k + 1 stripes (Sec. 4.3:
+    "quartered (the number of horizontal divisions is equal to 3)")."""
+    k = int(row.split("/")[1].split()[0])
+    model, cfg = tiny_model(*ABLATIONS[row])
+    assert model.local_branch.num_parts == cfg.MODEL.MFGNET.NUM_STRIPES == k + 1
     losses, change = one_step(model, batch())
-    assert sorted(k for k in losses if "stripe" in k) == [f"loss_cls_stripe{i}" for i in range(stripes)]
+    assert sorted(k for k in losses if "stripe" in k) == [f"loss_cls_stripe{i}" for i in range(k + 1)]
     assert all(torch.isfinite(v) for v in losses.values()) and change > 0
     model.eval()
     with torch.no_grad():
-        assert model(batch()["images"]).shape == (8, 64 + stripes * 16)
+        assert model(batch()["images"]).shape == (8, C + (k + 1) * 16)
 
 
-@pytest.mark.parametrize("row", list(TABLE4))
-def test_table4_ablations_build_and_train_one_step(row):
-    model, _ = tiny_model(*TABLE4[row])
+def test_table3_best_row_is_the_default_four_stripes():
+    _, cfg = tiny_model()
+    assert ABLATIONS["table3/3 divisions"] == ["MODEL.MFGNET.NUM_STRIPES", "4"]
+    assert cfg.MODEL.MFGNET.NUM_STRIPES == 4
+
+
+@pytest.mark.parametrize("row", TABLE4)
+def test_table4_rows_build_and_train_one_step(row):
+    model, _ = tiny_model(*ABLATIONS[row])
     losses, change = one_step(model, batch())
     assert all(torch.isfinite(v) for v in losses.values()) and change > 0
+    name = row.split("/", 1)[1]
+    order = ["baseline", "+global branch (w/o triplet)", "+global branch (w/ triplet)",
+             "+local branch", "+CAM"]
+    level = order.index(name)                     # each row adds one component to the previous
     gb = model.global_branch
-    has_conv = not isinstance(gb.reduce, torch.nn.Identity)
-    assert has_conv == (row != "baseline")
-    assert ("loss_triplet_global" in losses) == (row in ("+triplet", "+local_branch", "+CAM"))
-    assert (model.local_branch is not None) == (row in ("+local_branch", "+CAM"))
-    assert (not isinstance(gb.cam, torch.nn.Identity)) == (row == "+CAM")
+    assert (not isinstance(gb.reduce, torch.nn.Identity)) == (level >= 1)
+    assert ("loss_triplet_global" in losses) == (level >= 2)
+    assert (model.local_branch is not None) == (level >= 3)
+    assert (not isinstance(gb.cam, torch.nn.Identity)) == (level >= 4)
     if model.local_branch is not None:
-        assert (not isinstance(model.local_branch.cam, torch.nn.Identity)) == (row == "+CAM")
+        assert (not isinstance(model.local_branch.cam, torch.nn.Identity)) == (level >= 4)
     model.eval()
     with torch.no_grad():
         assert model(batch()["images"]).shape == (8, model.feat_dim)
@@ -177,7 +210,7 @@ def test_table4_ablations_build_and_train_one_step(row):
     ("MODEL.MFGNET.STRIPE_DIRECTION", "diagonal", "MODEL.MFGNET.STRIPE_DIRECTION"),
     ("MODEL.MFGNET.LOSS.BETA", "-0.1", "MODEL.MFGNET.LOSS.BETA"),
     ("MODEL.MFGNET.LOSS.CE_REDUCTION", "max", "MODEL.MFGNET.LOSS.CE_REDUCTION"),
-    ("MODEL.MFGNET.GLOBAL.REDUCE_DIM", "0", "MODEL.MFGNET.GLOBAL.REDUCE_DIM"),
+    ("MODEL.MFGNET.GLOBAL.REDUCE_DIM", "-1", "MODEL.MFGNET.GLOBAL.REDUCE_DIM"),
     ("MODEL.BACKBONE.WITH_NL", "True", "MODEL.BACKBONE.WITH_NL"),
 ])
 def test_invalid_config_values_name_the_key(key, value, match):
@@ -199,8 +232,8 @@ def test_more_stripes_than_rows_is_a_clear_error():
         model(torch.rand(2, 3, 96, 64) * 255)
 
 
-def test_branches_own_their_stage_weights():
-    model, _ = tiny_model()
+def test_mgn_split_branches_own_their_stage_weights():
+    model, _ = tiny_model("MODEL.MFGNET.SPLIT_AT", "layer3.1")
     assert isinstance(model.global_branch, PartBranch)
     g = dict(model.global_branch.stage.named_parameters())
     loc = dict(model.local_branch.stage.named_parameters())
@@ -216,9 +249,9 @@ def test_weights_change_after_one_trainer_step(veri_root, datasets_root, tmp_pat
     trainer = PluginTrainer(cfg)
     assert all(g["amsgrad"] for g in trainer.optimizer.param_groups)
     model = trainer.model
-    names = ["trunk.0.weight", "global_branch.stage.1.0.conv1.weight", "global_branch.cam.fc1.weight",
+    names = ["trunk.0.weight", "trunk.7.1.conv2.weight", "global_branch.cam.fc1.weight",
              "global_branch.reduce.0.weight", "global_branch.global_head.embed.weight",
-             "global_branch.global_head.weight", "local_branch.stage.0.0.conv1.weight",
+             "global_branch.global_head.weight", "local_branch.part_heads.0.embed.weight",
              "local_branch.part_heads.3.weight", "local_branch.cam.fc2.weight"]
     params = dict(model.named_parameters())
     before = {n: params[n].detach().clone() for n in names}
@@ -256,14 +289,14 @@ def test_overfit_real_sample_and_eval_only_round_trip(veri_root, datasets_root, 
         assert again[k] == pytest.approx(trained[k], abs=1e-6), k
 
 
-@pytest.mark.parametrize("path,dataset,epochs,steps,batch", [
-    ("configs/veri/mfgnet.yml", "VeRi", 30, [10, 20], 48),
-    ("configs/vehicleid/mfgnet_small.yml", "SmallVehicleID", 40, [15, 30], 24),
-    ("configs/vehicleid/mfgnet_medium.yml", "MediumVehicleID", 40, [15, 30], 24),
-    ("configs/vehicleid/mfgnet_large.yml", "LargeVehicleID", 40, [15, 30], 24),
-    ("configs/vric/mfgnet.yml", "VRIC", 40, [15, 30], 32),
+@pytest.mark.parametrize("path,dataset,epochs,steps,batch,test_batch", [
+    ("configs/veri/mfgnet.yml", "VeRi", 30, [10, 20], 48, 48),
+    ("configs/vehicleid/mfgnet_small.yml", "SmallVehicleID", 40, [15, 30], 24, 32),
+    ("configs/vehicleid/mfgnet_medium.yml", "MediumVehicleID", 40, [15, 30], 24, 32),
+    ("configs/vehicleid/mfgnet_large.yml", "LargeVehicleID", 40, [15, 30], 24, 32),
+    ("configs/vric/mfgnet.yml", "VRIC", 40, [15, 30], 32, 32),
 ])
-def test_paper_configs_carry_the_paper_settings(path, dataset, epochs, steps, batch):
+def test_paper_configs_carry_the_paper_settings(path, dataset, epochs, steps, batch, test_batch):
     from fastreid.data.datasets import DATASET_REGISTRY
     from fastreid_plugins.mfgnet import validate_mfgnet_config
     cfg = make_cfg(path, (), [add_mfgnet_config])
@@ -276,5 +309,7 @@ def test_paper_configs_carry_the_paper_settings(path, dataset, epochs, steps, ba
     assert cfg.INPUT.REA.ENABLED and cfg.INPUT.FLIP.ENABLED
     m = cfg.MODEL.MFGNET
     assert (m.LOSS.ALPHA, m.LOSS.BETA, cfg.MODEL.LOSSES.TRI.MARGIN, m.NUM_STRIPES) == (1.0, 0.1, 0.3, 4)
-    if "vehicleid" in path:
-        assert cfg.TEST.IMS_PER_BATCH == 32
+    assert cfg.TEST.IMS_PER_BATCH == test_batch                      # Sec. 4.4-4.6
+    assert cfg.TEST.METRIC == "euclidean"                            # Sec. 2.1
+    assert m.SPLIT_AT == "after_layer4"                              # Sec. 2.2
+    assert (m.GLOBAL.REDUCE_DIM, m.GLOBAL.EMBED_DIM) == (0, 0)       # C -> C, Sec. 2.2

@@ -82,7 +82,7 @@ def test_split_rejects_non_4d():
 def test_split_backbone_reproduces_resnet_forward():
     bb = _r18().eval()
     x = torch.randn(2, 3, 64, 32)
-    for split in ("layer3.1", "layer4"):
+    for split in ("after_layer4", "layer3.1", "layer4"):
         trunk, stage = split_backbone(bb, split)
         with torch.no_grad():
             assert torch.allclose(stage(trunk(x)), bb(x), atol=1e-5)
@@ -91,6 +91,81 @@ def test_split_backbone_reproduces_resnet_forward():
     assert trunk[-1] is bb.layer3[0]
     assert list(stage[0]) == list(bb.layer3)[1:] and stage[1] is bb.layer4
     assert stage_out_channels(trunk, stage) == 512
+
+
+def test_paper_split_shares_the_whole_resnet():
+    """The papers' split ("branches ... after the Conv_5 layer"): the trunk is the ResNet through
+    layer4 and the branch stage is empty (the identity), also with stride_one."""
+    bb = _r18(last_stride=1).eval()
+    trunk, stage = split_backbone(bb, "after_layer4")
+    assert trunk[-1] is bb.layer4 and trunk[-2] is bb.layer3 and len(stage) == 0
+    for s in (copy_stage(stage), copy_stage(stage, stride_one=True)):
+        assert len(list(s.parameters())) == 0
+    x = torch.randn(1, 3, 64, 32)
+    with torch.no_grad():
+        t = trunk(x)
+        assert torch.equal(copy_stage(stage, stride_one=True)(t), t)
+        assert t.shape == (1, 512, 4, 2)                 # LAST_STRIDE 1: stride 16
+    assert stage_out_channels(trunk, stage) == 512
+
+
+def _published_r18(path, seed=1):
+    """A torchvision ResNet-18 file (the published layout, classifier included), seeded random."""
+    import torchvision
+    torch.manual_seed(seed)
+    net = torchvision.models.resnet18()
+    with torch.no_grad():
+        for v in net.state_dict().values():
+            if v.dtype.is_floating_point:
+                v.copy_(torch.randn_like(v))
+    torch.save(net.state_dict(), path)
+    return net.state_dict()
+
+
+@pytest.mark.parametrize("meta,split", [("MFGNet", "layer3.1"), ("MFGNet", "after_layer4"),
+                                        ("MBFN", "layer3.1"), ("MBFN", "after_layer4")])
+def test_pretrained_weights_reach_the_trunk_and_every_branch_copy(tmp_path, meta, split):
+    """Branch stages are deep copies made *after* the backbone builder loaded the file: every
+    value of the file is in the trunk or in each branch's own copy."""
+    from fastreid_plugins.engine import PluginTrainer
+    from fastreid_plugins.mbfn import add_mbfn_config
+    from fastreid_plugins.mfgnet import add_mfgnet_config
+    path = str(tmp_path / "resnet18-published.pth")
+    ref = _published_r18(path)
+    cfg = get_cfg(add_mfgnet_config, add_mbfn_config)
+    cfg.merge_from_list(["MODEL.META_ARCHITECTURE", meta, "MODEL.BACKBONE.DEPTH", "18x",
+                         "MODEL.BACKBONE.FEAT_DIM", "512", "MODEL.BACKBONE.PRETRAIN", "True",
+                         "MODEL.BACKBONE.PRETRAIN_PATH", path, "MODEL.HEADS.NUM_CLASSES", "4",
+                         "MODEL.DEVICE", "cpu", f"MODEL.{meta.upper()}.SPLIT_AT", split])
+    model = PluginTrainer.build_model(cfg)
+    branches = ([model.global_branch, model.local_branch] if meta == "MFGNet"
+                else [b for _, b in model.branches()])
+    trunk = dict(model.trunk.named_parameters())
+    # trunk = Sequential(conv1, bn1, relu, maxpool, layer1, layer2, layer3[0] | layer3, [layer4])
+    names = ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2"]
+    names += {"layer3.1": ["layer3.0"], "layer4": ["layer3"], "after_layer4": ["layer3", "layer4"]}[split]
+    checked = 0
+    for i, n in enumerate(names):
+        for k, v in trunk.items():
+            if k.split(".")[0] == str(i):
+                assert torch.equal(v, ref[n + k[len(str(i)):]]), k
+                checked += 1
+    for b in branches:
+        own = dict(b.stage.named_parameters())
+        assert (len(own) == 0) == (split == "after_layer4")
+        for k, v in own.items():
+            # stage = Sequential(Sequential(layer3[1:]), layer4) or Sequential(layer4)
+            head, rest = k.split(".", 1)
+            if split == "layer3.1" and head == "0":
+                blk, tail = rest.split(".", 1)
+                src = f"layer3.{int(blk) + 1}.{tail}"
+            else:
+                src = "layer4." + rest
+            assert torch.equal(v, ref[src]), k
+            checked += 1
+    n_backbone = len([k for k in ref if not k.startswith("fc.") and "running" not in k
+                      and "num_batches" not in k])
+    assert checked >= n_backbone          # every backbone parameter of the file was found
 
 
 def test_split_backbone_errors():

@@ -252,14 +252,18 @@ def assert_every_copy_loaded(model, state):
     return used
 
 
-@pytest.mark.parametrize("config, add_fn", [
-    ("configs/demo/mfgnet.yml", add_mfgnet_config), ("configs/demo/mbfn.yml", add_mbfn_config),
-    ("configs/demo/svrn.yml", add_svrn_config)])
-def test_every_branch_copy_gets_the_weights(tmp_path, config, add_fn):
+# MFG-Net / MBFN: the MGN-style split (own layer3[1:] + layer4 per branch); with their default,
+# the papers' split after conv5, the branches own no backbone block (tests/test_parts.py)
+@pytest.mark.parametrize("config, add_fn, opts", [
+    ("configs/demo/mfgnet.yml", add_mfgnet_config, ["MODEL.MFGNET.SPLIT_AT", "layer3.1"]),
+    ("configs/demo/mbfn.yml", add_mbfn_config, ["MODEL.MBFN.SPLIT_AT", "layer3.1"]),
+    ("configs/demo/svrn.yml", add_svrn_config, [])])
+def test_every_branch_copy_gets_the_weights(tmp_path, config, add_fn, opts):
     state = random_state(torchvision.models.resnet18, seed=18)
     torch.save(state, tmp_path / "resnet18.pth")
     cfg = make_cfg(config, ["MODEL.BACKBONE.PRETRAIN", True, "MODEL.BACKBONE.PRETRAIN_PATH",
-                            str(tmp_path / "resnet18.pth"), "MODEL.HEADS.NUM_CLASSES", 4], [add_fn])
+                            str(tmp_path / "resnet18.pth"), "MODEL.HEADS.NUM_CLASSES", 4] + opts,
+                   [add_fn])
     used = assert_every_copy_loaded(build_model(cfg), state)
     assert max(len(v) for v in used.values()) >= 2  # the branches' own copies were checked too
 

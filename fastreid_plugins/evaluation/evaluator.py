@@ -83,6 +83,12 @@ class VehicleReidEvaluator(DatasetEvaluator):
     ``TEST.AQE`` and ``TEST.RERANK`` work as in FastReID's ``ReidEvaluator`` (on the CPU when there
     is no GPU).
 
+    mINP with one true match per query (VehicleID's protocol, VRIC): INP = G / X (MFG-Net Eq. 5)
+    with G = 1 and X = the rank of that match, which is also that query's AP (1 / rank), so mINP
+    equals mAP. MFG-Net's Tables 6-7 report mINP below Rank-1 (and below mAP) on VehicleID and
+    VRIC, which Eq. 5 cannot give under these protocols. A one-line note is logged with such
+    results.
+
     Args:
         cfg (CfgNode): full config.
         num_query (int): number of query images (standard protocol).
@@ -160,6 +166,8 @@ class VehicleReidEvaluator(DatasetEvaluator):
             results = metrics_from_distmat(dist, pids[:nq], pids[nq:], camids[:nq], camids[nq:])
         else:
             results = self._evaluate_vehicleid(feats, pids)
+        if self._protocol == "vehicleid" or np.all(np.unique(pids[nq:], return_counts=True)[1] == 1):
+            logger.info("One gallery match per query: mINP = mAP here (INP = AP = 1/rank, Eq. 5).")
         self._results = results
         self._write_json(results)
         return copy.deepcopy(results)

@@ -5,36 +5,95 @@ improved multi-branch feature fusion network", Scientific Reports 11, 20210 (202
 
 Keys (defaults = the paper's full model on a ResNet-50):
 
-* ``SPLIT_AT`` ("layer3.1"): where the three branches leave the shared trunk (like FastReID's MGN).
+* ``SPLIT_AT`` ("after_layer4"): where the three branches leave the shared trunk. The paper:
+  "construct three feature learning branches (Global Branch, Local Branch1, and Local Branch2)
+  after res_conv5 layer": one shared ResNet through ``layer4``. ``"layer3.1"`` (FastReID's MGN
+  split: own ``layer3[1:]`` + ``layer4`` per branch, local ones at stride 1) and ``"layer4"`` for
+  comparison.
 * ``USE_GLOBAL`` / ``USE_LOCAL1`` / ``USE_LOCAL2`` (True): switch each branch (Table 4).
 * ``USE_CAM`` (True), ``CAM_REDUCTION`` (4): channel attention in both local branches (Fig. 5, r=4).
-* ``SPLIT_DIRECTION`` ("horizontal"): "horizontal" stripes or "vertical" columns (Table 2).
-* ``LOCAL1.NUM_PARTS`` (2), ``LOCAL2.NUM_PARTS`` (3): parts per local branch (1..8; Table 2).
+* ``LOCAL1.DIRECTION`` / ``LOCAL2.DIRECTION`` ("horizontal"): "horizontal" stripes or "vertical"
+  columns; ``LOCAL1.NUM_PARTS`` (2), ``LOCAL2.NUM_PARTS`` (3): parts (1..8). Each local branch
+  chooses both independently (Table 2).
 * ``GLOBAL.EMBED_DIM`` (0): optional 1x1 conv after GAP of the Global Branch (0 = none).
-* ``BRANCH_GLOBAL.REDUCE_DIM`` (512) / ``BRANCH_GLOBAL.EMBED_DIM`` (2048): the local branches'
-  branch-global feature: 1x1 conv before GAP (reduces channels), 1x1 conv after GAP (raises dim).
+* ``BRANCH_GLOBAL.ENABLED`` (True): each local branch's own global feature, the "red dotted area"
+  of Fig. 3 / Table 4 ("Local Branch1 and Local Branch2 all contain a global branch");
+  ``BRANCH_GLOBAL.REDUCE_DIM`` (512) / ``BRANCH_GLOBAL.EMBED_DIM`` (2048): its 1x1 conv before
+  GAP (reduces channels) and 1x1 conv after GAP (raises the dimension).
 * ``PART_DIM`` (256): per-part 1x1 conv after GAP (0 = none).
 * ``WEIGHTS.ENABLED`` (True): weight the parts of Local Branch 2 (Fig. 4); ``WEIGHTS.ALPHA`` (0.3,
   first and last part), ``WEIGHTS.BETA`` (0.4, parts in between) (Table 3); ``WEIGHTS.VALUES``
   ([] = from ALPHA/BETA; otherwise one weight per part); ``WEIGHTS.APPLY_AT`` ("both": training
   triplet features and test descriptor; "train"; "test"); ``WEIGHTS.FUSION`` ("concat" or "sum" of
-  the weighted parts).
+  the weighted parts); ``WEIGHTS.NORMALIZE`` ("none": the paper's literal weights; "rms": divide
+  them by their root mean square, ``w / sqrt(mean(w^2))``, so the weighted parts keep their
+  unweighted squared norm on average and only the top:middle:bottom ratio alpha:beta:alpha acts).
+  The weighting is the "green dotted area" of Table 4.
 * ``LOSS.LAMBDA`` (0.1): ``L = L_softmax + LAMBDA * L_triplet`` (Eq. 3); ``LOSS.CE_REDUCTION``
   ("sum"): L_softmax = sum (or mean) over the classifiers; the triplet terms are summed likewise.
   ``LOSS.TRIPLET_ON_PARTS`` (True): besides each branch's global feature, a triplet on each local
   branch's fused (weighted) part feature, as FastReID's MGN does.
   The margin (paper 1.2), label smoothing and hard mining come from FastReID's
   ``MODEL.LOSSES.TRI.*`` / ``MODEL.LOSSES.CE.*``; ``MODEL.LOSSES.NAME`` and ``*.SCALE`` are not used.
+
+:data:`ABLATIONS` maps every ablation row (Tables 2-4) to the config overrides that build it.
 """
 
 from fastreid.config import CfgNode as CN
 
 from ..modeling.parts import DIRECTIONS, SPLIT_POINTS
 
-__all__ = ["add_mbfn_config", "validate_mbfn_config", "MAX_PARTS"]
+__all__ = ["add_mbfn_config", "validate_mbfn_config", "MAX_PARTS", "ABLATIONS", "WEIGHT_NORMS"]
 
 #: Largest number of parts accepted for ``MODEL.MBFN.LOCAL{1,2}.NUM_PARTS``.
 MAX_PARTS = 8
+#: ``MODEL.MBFN.WEIGHTS.NORMALIZE`` values.
+WEIGHT_NORMS = ("none", "rms")
+
+_M = "MODEL.MBFN."
+_NO_GLOBAL = [_M + "USE_GLOBAL", "False"]
+_NO_RED = [_M + "BRANCH_GLOBAL.ENABLED", "False"]        # no red dotted area (branch-global features)
+_NO_GREEN = [_M + "WEIGHTS.ENABLED", "False"]            # no green dotted area (weighted local feature)
+_NO_CAM = [_M + "USE_CAM", "False"]
+
+
+def _seg(d1, p1, d2, p2):
+    return [_M + "LOCAL1.DIRECTION", d1, _M + "LOCAL1.NUM_PARTS", str(p1),
+            _M + "LOCAL2.DIRECTION", d2, _M + "LOCAL2.NUM_PARTS", str(p2)]
+
+
+#: Every ablation row, as ``merge_from_list`` overrides on top of a full-model config
+#: (``configs/veri/mbfn.yml``).
+#:
+#: * ``"table4/<row>"``: the paper's Table 4, rows written in its text ("Multi-branch network
+#:   architecture": the Baseline, "ResNet-50 with the global feature branch", and variants (a)-(g)).
+#:   Red dotted area = each local branch's own global feature; green dotted area = the weighted
+#:   local feature ("Compared with network c, network d performs weighting processing on local
+#:   features"). Where a row names neither, it has neither (e.g. (b) has no weighting).
+#: * ``"table2/..."`` and ``"table3/..."``: the tables themselves were lost in the text we have; the
+#:   text says only that horizontal beats vertical, that 2 (Local Branch 1) / 3 (Local Branch 2)
+#:   parts are best, and that alpha = 0.3 / beta = 0.4 are best. These rows are our grid around
+#:   those settings (Table 3 rows keep alpha < beta and 2 alpha + beta = 1 as the paper's pair does).
+ABLATIONS = {
+    "table4/baseline": [_M + "USE_LOCAL1", "False", _M + "USE_LOCAL2", "False"],
+    "table4/(a) Baseline+Local Branch1(no red)+CAM": [_M + "USE_LOCAL2", "False"] + _NO_RED,
+    "table4/(b) Baseline+Local Branch2(no red)+CAM": [_M + "USE_LOCAL1", "False"] + _NO_RED + _NO_GREEN,
+    "table4/(c) Local Branch1(no red)+Local Branch2(no red, no green)":
+        _NO_GLOBAL + _NO_RED + _NO_GREEN + _NO_CAM,
+    "table4/(d) Local Branch1(no red)+Local Branch2(no red)+Green": _NO_GLOBAL + _NO_RED + _NO_CAM,
+    "table4/(e) Local Branch1(no red)+Local Branch2(no red)+Green+CAM": _NO_GLOBAL + _NO_RED,
+    "table4/(f) Baseline+Local Branch1(no red)+Local Branch2(no red)+Green+CAM": _NO_RED,
+    "table4/(g) Baseline+Local Branch1+Local Branch2+Green+CAM": [],
+    "table2/horizontal 2+3": _seg("horizontal", 2, "horizontal", 3),
+    "table2/vertical 2+3": _seg("vertical", 2, "vertical", 3),
+    "table2/horizontal 2+2": _seg("horizontal", 2, "horizontal", 2),
+    "table2/vertical 2+2": _seg("vertical", 2, "vertical", 2),
+    "table2/horizontal 3+4": _seg("horizontal", 3, "horizontal", 4),
+    "table2/vertical 3+4": _seg("vertical", 3, "vertical", 4),
+    "table2/horizontal 2+vertical 3": _seg("horizontal", 2, "vertical", 3),
+    **{f"table3/alpha {a} beta {b}": [_M + "WEIGHTS.ALPHA", str(a), _M + "WEIGHTS.BETA", str(b)]
+       for a, b in ((0.1, 0.8), (0.2, 0.6), (0.25, 0.5), (0.3, 0.4))},
+}
 
 
 def add_mbfn_config(cfg):
@@ -45,20 +104,22 @@ def add_mbfn_config(cfg):
         return cfg
     _C = cfg
     _C.MODEL.MBFN = CN()
-    _C.MODEL.MBFN.SPLIT_AT = "layer3.1"
+    _C.MODEL.MBFN.SPLIT_AT = "after_layer4"
     _C.MODEL.MBFN.USE_GLOBAL = True
     _C.MODEL.MBFN.USE_LOCAL1 = True
     _C.MODEL.MBFN.USE_LOCAL2 = True
     _C.MODEL.MBFN.USE_CAM = True
     _C.MODEL.MBFN.CAM_REDUCTION = 4
-    _C.MODEL.MBFN.SPLIT_DIRECTION = "horizontal"
     _C.MODEL.MBFN.LOCAL1 = CN()
+    _C.MODEL.MBFN.LOCAL1.DIRECTION = "horizontal"
     _C.MODEL.MBFN.LOCAL1.NUM_PARTS = 2
     _C.MODEL.MBFN.LOCAL2 = CN()
+    _C.MODEL.MBFN.LOCAL2.DIRECTION = "horizontal"
     _C.MODEL.MBFN.LOCAL2.NUM_PARTS = 3
     _C.MODEL.MBFN.GLOBAL = CN()
     _C.MODEL.MBFN.GLOBAL.EMBED_DIM = 0
     _C.MODEL.MBFN.BRANCH_GLOBAL = CN()
+    _C.MODEL.MBFN.BRANCH_GLOBAL.ENABLED = True
     _C.MODEL.MBFN.BRANCH_GLOBAL.REDUCE_DIM = 512
     _C.MODEL.MBFN.BRANCH_GLOBAL.EMBED_DIM = 2048
     _C.MODEL.MBFN.PART_DIM = 256
@@ -69,6 +130,7 @@ def add_mbfn_config(cfg):
     _C.MODEL.MBFN.WEIGHTS.VALUES = []
     _C.MODEL.MBFN.WEIGHTS.APPLY_AT = "both"
     _C.MODEL.MBFN.WEIGHTS.FUSION = "concat"
+    _C.MODEL.MBFN.WEIGHTS.NORMALIZE = "none"
     _C.MODEL.MBFN.LOSS = CN()
     _C.MODEL.MBFN.LOSS.LAMBDA = 0.1
     _C.MODEL.MBFN.LOSS.CE_REDUCTION = "sum"
@@ -101,15 +163,18 @@ def validate_mbfn_config(cfg):
     for key in ("USE_GLOBAL", "USE_LOCAL1", "USE_LOCAL2", "USE_CAM"):
         if not isinstance(m[key], bool):
             raise ValueError(f"MODEL.MBFN.{key}={m[key]!r} must be True or False")
-    if not isinstance(m.WEIGHTS.ENABLED, bool):
-        raise ValueError(f"MODEL.MBFN.WEIGHTS.ENABLED={m.WEIGHTS.ENABLED!r} must be True or False")
+    for key in ("WEIGHTS.ENABLED", "BRANCH_GLOBAL.ENABLED"):
+        node, leaf = key.split(".")
+        if not isinstance(m[node][leaf], bool):
+            raise ValueError(f"MODEL.MBFN.{key}={m[node][leaf]!r} must be True or False")
     if not (m.USE_GLOBAL or m.USE_LOCAL1 or m.USE_LOCAL2):
         raise ValueError("MODEL.MBFN.USE_GLOBAL, USE_LOCAL1 and USE_LOCAL2 are all False: "
                          "at least one branch is needed")
     if m.SPLIT_AT not in SPLIT_POINTS:
         raise ValueError(f"MODEL.MBFN.SPLIT_AT={m.SPLIT_AT!r} must be one of {SPLIT_POINTS}")
-    if m.SPLIT_DIRECTION not in DIRECTIONS:
-        raise ValueError(f"MODEL.MBFN.SPLIT_DIRECTION={m.SPLIT_DIRECTION!r} must be one of {DIRECTIONS}")
+    for k in ("LOCAL1", "LOCAL2"):
+        if m[k].DIRECTION not in DIRECTIONS:
+            raise ValueError(f"MODEL.MBFN.{k}.DIRECTION={m[k].DIRECTION!r} must be one of {DIRECTIONS}")
     _int_in(m.LOCAL1.NUM_PARTS, "MODEL.MBFN.LOCAL1.NUM_PARTS", 1, MAX_PARTS)
     _int_in(m.LOCAL2.NUM_PARTS, "MODEL.MBFN.LOCAL2.NUM_PARTS", 1, MAX_PARTS)
     _int_in(m.CAM_REDUCTION, "MODEL.MBFN.CAM_REDUCTION", 1)
@@ -129,6 +194,8 @@ def validate_mbfn_config(cfg):
     if m.WEIGHTS.APPLY_AT not in ("both", "train", "test"):
         raise ValueError(f"MODEL.MBFN.WEIGHTS.APPLY_AT={m.WEIGHTS.APPLY_AT!r} must be 'both', "
                          "'train' or 'test'")
+    if m.WEIGHTS.NORMALIZE not in WEIGHT_NORMS:
+        raise ValueError(f"MODEL.MBFN.WEIGHTS.NORMALIZE={m.WEIGHTS.NORMALIZE!r} must be one of {WEIGHT_NORMS}")
     if m.WEIGHTS.FUSION not in ("concat", "sum"):
         raise ValueError(f"MODEL.MBFN.WEIGHTS.FUSION={m.WEIGHTS.FUSION!r} must be 'concat' or 'sum'")
     _number_ge0(m.LOSS.LAMBDA, "MODEL.MBFN.LOSS.LAMBDA")

@@ -21,29 +21,47 @@ def mbfn_part_weights(cfg):
     """Local Branch 2's part weights from ``MODEL.MBFN.WEIGHTS`` (None when disabled).
 
     ``WEIGHTS.VALUES`` if given, else alpha for the first and last part and beta for the parts in
-    between (paper Fig. 4: top/bottom alpha = 0.3, middle beta = 0.4).
+    between (paper, "Weighted local feature" and Fig. 4: "we assign the weight alpha to the upper
+    and lower parts of the image, and the weight of the middle part to beta"; alpha = 0.3,
+    beta = 0.4). With ``WEIGHTS.NORMALIZE "rms"`` they are divided by their root mean square
+    (``[0.3, 0.4, 0.3]`` -> ``[0.891, 1.188, 0.891]``), which keeps the parts' squared norm in the
+    descriptor and in the triplet distances on average and keeps the ratio alpha : beta.
+
+    Raises:
+        ValueError: "rms" normalisation of all-zero weights.
     """
     w = cfg.MODEL.MBFN.WEIGHTS
     if not w.ENABLED:
         return None
     if len(w.VALUES):
-        return [float(v) for v in w.VALUES]
-    return edge_middle_weights(cfg.MODEL.MBFN.LOCAL2.NUM_PARTS, float(w.ALPHA), float(w.BETA))
+        vals = [float(v) for v in w.VALUES]
+    else:
+        vals = edge_middle_weights(cfg.MODEL.MBFN.LOCAL2.NUM_PARTS, float(w.ALPHA), float(w.BETA))
+    if w.NORMALIZE == "rms":
+        rms = (sum(v * v for v in vals) / len(vals)) ** 0.5
+        if rms == 0:
+            raise ValueError(f"MODEL.MBFN.WEIGHTS.NORMALIZE='rms' cannot scale all-zero weights {vals}")
+        vals = [v / rms for v in vals]
+    return vals
 
 
 @META_ARCH_REGISTRY.register()
 class MBFN(PluginMetaArch):
     """MBFN: Global Branch + Local Branch 1 (2 parts) + Local Branch 2 (3 weighted parts).
 
-    * Shared trunk: ResNet stem .. ``layer3[0]`` (``MODEL.MBFN.SPLIT_AT``, like FastReID's MGN); each
-      branch owns a copy of ``layer3[1:]`` + ``layer4`` (weights not shared).
-    * Global Branch (``layer4`` stride ``MODEL.BACKBONE.LAST_STRIDE``): GAP -> BNNeck -> classifier.
-    * Local Branch 1 (``layer4`` stride 1): CAM (r = 4) on the map, then (i) a branch-global feature:
-      1x1 conv before GAP (reduce channels) -> GAP -> 1x1 conv after GAP (raise dim) -> BNNeck ->
-      classifier, and (ii) 2 horizontal parts, each GAP -> 1x1 conv -> BNNeck -> classifier.
+    * Shared trunk (``MODEL.MBFN.SPLIT_AT``): by default the whole ResNet through ``layer4``
+      ("three feature learning branches ... after res_conv5 layer"); every branch starts on the
+      conv5 map. ``"layer3.1"``: each branch owns a copy of ``layer3[1:]`` + ``layer4`` (FastReID's
+      MGN split; the local branches' ``layer4`` at stride 1), for comparison.
+    * Global Branch: GAP -> BNNeck -> classifier.
+    * Local Branch 1: CAM (r = 4) on the map, then (i) its own global feature (the "red dotted
+      area", ``BRANCH_GLOBAL.ENABLED``): 1x1 conv before GAP (reduce channels) -> GAP -> 1x1 conv
+      after GAP (raise dim) -> BNNeck -> classifier, and (ii) 2 parts (``LOCAL1.DIRECTION``,
+      ``LOCAL1.NUM_PARTS``), each GAP -> 1x1 conv -> BNNeck -> classifier.
     * Local Branch 2: the same with 3 parts, weighted alpha (top, bottom) and beta (middle),
-      alpha = 0.3, beta = 0.4 (Fig. 4); see :class:`~fastreid_plugins.modeling.parts.PartBranch`
-      for where the weights act (``WEIGHTS.APPLY_AT``).
+      alpha = 0.3, beta = 0.4 (Fig. 4; the "green dotted area"); see
+      :class:`~fastreid_plugins.modeling.parts.PartBranch` for where the weights act
+      (``WEIGHTS.APPLY_AT``) and :func:`mbfn_part_weights` for ``WEIGHTS.NORMALIZE``.
     * Loss (Eq. 1-3): ``L_softmax + lambda * L_triplet`` (lambda = 0.1, batch-hard, margin 1.2):
       CE on every classifier; triplet on each branch's global feature and on each local branch's
       fused part feature (``LOSS.TRIPLET_ON_PARTS``).
@@ -89,18 +107,20 @@ class MBFN(PluginMetaArch):
     def from_config(cls, cfg):
         validate_mbfn_config(cfg)
         m = cfg.MODEL.MBFN
+        # branch copies are deep copies of the built backbone: they carry its loaded weights
         trunk, stage = split_backbone(build_backbone(cfg), m.SPLIT_AT)
         channels = stage_out_channels(trunk, stage)
         norm = cfg.MODEL.HEADS.NORM
 
-        def local_branch(num_parts, weights):
+        def local_branch(local, weights):
             cam = ChannelAttention(channels, m.CAM_REDUCTION) if m.USE_CAM else None
+            bg = m.BRANCH_GLOBAL
             return PartBranch(
                 copy_stage(stage, stride_one=True), cam=cam,
-                reduce=ReduceConv(channels, m.BRANCH_GLOBAL.REDUCE_DIM, norm),
-                global_head=PartHead.from_cfg(cfg, m.BRANCH_GLOBAL.REDUCE_DIM, m.BRANCH_GLOBAL.EMBED_DIM),
-                part_heads=[PartHead.from_cfg(cfg, channels, m.PART_DIM) for _ in range(num_parts)],
-                direction=m.SPLIT_DIRECTION, part_weights=weights,
+                reduce=ReduceConv(channels, bg.REDUCE_DIM, norm) if bg.ENABLED else None,
+                global_head=PartHead.from_cfg(cfg, bg.REDUCE_DIM, bg.EMBED_DIM) if bg.ENABLED else None,
+                part_heads=[PartHead.from_cfg(cfg, channels, m.PART_DIM) for _ in range(local.NUM_PARTS)],
+                direction=local.DIRECTION, part_weights=weights,
                 weight_at=m.WEIGHTS.APPLY_AT,
                 part_fusion=m.WEIGHTS.FUSION if weights is not None else "concat")
 
@@ -110,8 +130,8 @@ class MBFN(PluginMetaArch):
             "global_branch": PartBranch(copy_stage(stage),
                                         global_head=PartHead.from_cfg(cfg, channels, m.GLOBAL.EMBED_DIM))
             if m.USE_GLOBAL else None,
-            "local1": local_branch(m.LOCAL1.NUM_PARTS, None) if m.USE_LOCAL1 else None,
-            "local2": local_branch(m.LOCAL2.NUM_PARTS, mbfn_part_weights(cfg)) if m.USE_LOCAL2 else None,
+            "local1": local_branch(m.LOCAL1, None) if m.USE_LOCAL1 else None,
+            "local2": local_branch(m.LOCAL2, mbfn_part_weights(cfg)) if m.USE_LOCAL2 else None,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN, "pixel_std": cfg.MODEL.PIXEL_STD,
             "lam": m.LOSS.LAMBDA, "ce_reduction": m.LOSS.CE_REDUCTION,
             "triplet_on_parts": m.LOSS.TRIPLET_ON_PARTS,

@@ -5,31 +5,56 @@ Re-Identification", Array 14, 100152 (2022).
 
 Keys (defaults = the paper's full model on a ResNet-50):
 
-* ``SPLIT_AT`` ("layer3.1"): where the two branches leave the shared trunk (``"layer3.1"``: like
-  FastReID's MGN, each branch owns ``layer3[1:]`` + ``layer4``; ``"layer4"``: each owns ``layer4``).
+* ``SPLIT_AT`` ("after_layer4"): where the two branches leave the shared trunk. The paper (Sec.
+  2.2): "two feature extraction branches are built after the Conv_5 layer": one shared ResNet
+  through ``layer4`` (conv5), each branch = CAM + its heads on the conv5 map. ``"layer3.1"``:
+  FastReID's MGN split (each branch owns a copy of ``layer3[1:]`` + ``layer4``, the local one at
+  stride 1), ``"layer4"``: each branch owns a copy of ``layer4``; both for comparison.
 * ``USE_CAM`` (True), ``CAM_REDUCTION`` (4): channel attention module on each branch's map.
 * ``GLOBAL.USE_CONV`` (True): the 1x1 conv before GAP and the 1x1 conv after GAP of the global
-  branch; False = plain GAP + BNNeck (the Table 4 baseline). ``GLOBAL.REDUCE_DIM`` (512): channels
-  after the 1x1 conv before GAP; ``GLOBAL.EMBED_DIM`` (2048): dim after the 1x1 conv after GAP.
-* ``USE_LOCAL`` (True): the local (stripe) branch. ``NUM_STRIPES`` (4, 1..8; Table 3),
-  ``STRIPE_DIRECTION`` ("horizontal"), ``LOCAL.EMBED_DIM`` (256; per-stripe 1x1 conv after GAP,
-  0 = none).
-* ``LOSS.ALPHA`` (1.0), ``LOSS.BETA`` (0.1): ``L = ALPHA * L_softmax + BETA * L_triplet``.
+  branch; False = plain GAP + BNNeck (the Table 4 baseline). The paper: the conv before GAP keeps
+  "the scale of the feature map unchanged", so both convs are C -> C by default:
+  ``GLOBAL.REDUCE_DIM`` (0 = C) channels after the conv before GAP, ``GLOBAL.EMBED_DIM`` (0 = C)
+  dim after the conv after GAP. Other values (e.g. MBFN's 2048 -> 512 -> 2048) are a deviation.
+* ``USE_LOCAL`` (True): the local (stripe) branch. ``NUM_STRIPES`` (4, 1..8). Table 3 counts
+  *horizontal division times* k, which give k + 1 stripes (Sec. 4.3: "quartered (the number of
+  horizontal divisions is equal to 3)"): Table 3 row k is ``NUM_STRIPES k+1``, see
+  :data:`ABLATIONS`. ``STRIPE_DIRECTION`` ("horizontal"), ``LOCAL.EMBED_DIM`` (256; per-stripe 1x1
+  conv after GAP, 0 = none).
+* ``LOSS.ALPHA`` (1.0), ``LOSS.BETA`` (0.1): ``L = ALPHA * L_softmax + BETA * L_triplet`` (Eq. 3).
   ``LOSS.USE_TRIPLET`` (True): the batch-hard triplet on the global feature (Table 4).
   ``LOSS.CE_REDUCTION`` ("sum"): L_softmax = sum (or mean) of the CE of every classifier.
   The triplet margin, CE label smoothing and hard mining come from FastReID's
   ``MODEL.LOSSES.TRI.MARGIN`` (paper 0.3), ``MODEL.LOSSES.CE.EPSILON``, ``MODEL.LOSSES.TRI.*``;
   ``MODEL.LOSSES.NAME`` and ``*.SCALE`` are not used (ALPHA/BETA/USE_TRIPLET replace them).
+
+:data:`ABLATIONS` maps every row of the paper's Tables 3 and 4 to the config overrides that build it.
 """
 
 from fastreid.config import CfgNode as CN
 
 from ..modeling.parts import DIRECTIONS, SPLIT_POINTS
 
-__all__ = ["add_mfgnet_config", "validate_mfgnet_config", "MAX_STRIPES"]
+__all__ = ["add_mfgnet_config", "validate_mfgnet_config", "MAX_STRIPES", "ABLATIONS"]
 
 #: Largest stripe count accepted for ``MODEL.MFGNET.NUM_STRIPES`` (the paper's Table 3 uses 1-5).
 MAX_STRIPES = 8
+
+_M = "MODEL.MFGNET."
+#: Every ablation row of the paper, as ``merge_from_list`` overrides on top of a full-model config
+#: (``configs/veri/mfgnet.yml``). Keys: ``"table3/<k> divisions"`` (Table 3, "horizontal division
+#: times" k = 1..5, i.e. k + 1 stripes; row 3 is the full model) and ``"table4/<row>"`` (Table 4,
+#: Sec. 4.3 items 1-4 on top of the "ResNet50 with softmax cross-entropy loss" baseline).
+ABLATIONS = {
+    **{f"table3/{k} divisions": [_M + "NUM_STRIPES", str(k + 1)] for k in range(1, 6)},
+    "table4/baseline": [_M + "GLOBAL.USE_CONV", "False", _M + "LOSS.USE_TRIPLET", "False",
+                        _M + "USE_LOCAL", "False", _M + "USE_CAM", "False"],
+    "table4/+global branch (w/o triplet)": [_M + "LOSS.USE_TRIPLET", "False", _M + "USE_LOCAL",
+                                            "False", _M + "USE_CAM", "False"],
+    "table4/+global branch (w/ triplet)": [_M + "USE_LOCAL", "False", _M + "USE_CAM", "False"],
+    "table4/+local branch": [_M + "USE_CAM", "False"],
+    "table4/+CAM": [],
+}
 
 
 def add_mfgnet_config(cfg):
@@ -40,7 +65,7 @@ def add_mfgnet_config(cfg):
         return cfg
     _C = cfg
     _C.MODEL.MFGNET = CN()
-    _C.MODEL.MFGNET.SPLIT_AT = "layer3.1"
+    _C.MODEL.MFGNET.SPLIT_AT = "after_layer4"
     _C.MODEL.MFGNET.USE_CAM = True
     _C.MODEL.MFGNET.CAM_REDUCTION = 4
     _C.MODEL.MFGNET.USE_LOCAL = True
@@ -48,8 +73,8 @@ def add_mfgnet_config(cfg):
     _C.MODEL.MFGNET.STRIPE_DIRECTION = "horizontal"
     _C.MODEL.MFGNET.GLOBAL = CN()
     _C.MODEL.MFGNET.GLOBAL.USE_CONV = True
-    _C.MODEL.MFGNET.GLOBAL.REDUCE_DIM = 512
-    _C.MODEL.MFGNET.GLOBAL.EMBED_DIM = 2048
+    _C.MODEL.MFGNET.GLOBAL.REDUCE_DIM = 0
+    _C.MODEL.MFGNET.GLOBAL.EMBED_DIM = 0
     _C.MODEL.MFGNET.LOCAL = CN()
     _C.MODEL.MFGNET.LOCAL.EMBED_DIM = 256
     _C.MODEL.MFGNET.LOSS = CN()
@@ -84,8 +109,8 @@ def validate_mfgnet_config(cfg):
                          f"{DIRECTIONS}")
     _positive_int(m.NUM_STRIPES, "MODEL.MFGNET.NUM_STRIPES", 1, MAX_STRIPES)
     _positive_int(m.CAM_REDUCTION, "MODEL.MFGNET.CAM_REDUCTION")
-    _positive_int(m.GLOBAL.REDUCE_DIM, "MODEL.MFGNET.GLOBAL.REDUCE_DIM")
-    _positive_int(m.GLOBAL.EMBED_DIM, "MODEL.MFGNET.GLOBAL.EMBED_DIM")
+    _positive_int(m.GLOBAL.REDUCE_DIM, "MODEL.MFGNET.GLOBAL.REDUCE_DIM", 0)
+    _positive_int(m.GLOBAL.EMBED_DIM, "MODEL.MFGNET.GLOBAL.EMBED_DIM", 0)
     _positive_int(m.LOCAL.EMBED_DIM, "MODEL.MFGNET.LOCAL.EMBED_DIM", 0)
     for key in ("ALPHA", "BETA"):
         v = m.LOSS[key]

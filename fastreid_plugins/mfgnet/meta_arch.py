@@ -17,26 +17,31 @@ __all__ = ["MFGNet"]
 
 @META_ARCH_REGISTRY.register()
 class MFGNet(PluginMetaArch):
-    """MFG-Net: a global branch and a horizontal-stripe local branch on a shared ResNet trunk.
+    """MFG-Net: a global branch and a horizontal-stripe local branch on a shared ResNet.
 
-    * Shared trunk: ResNet stem .. ``layer3[0]`` (``MODEL.MFGNET.SPLIT_AT``, like FastReID's MGN).
-    * Global branch (own copy of ``layer3[1:]`` + ``layer4``, stride ``MODEL.BACKBONE.LAST_STRIDE``):
-      CAM -> 1x1 conv before GAP (C -> ``GLOBAL.REDUCE_DIM``, BN, ReLU) -> GAP -> 1x1 conv after GAP
-      (-> ``GLOBAL.EMBED_DIM``) -> BNNeck -> classifier. Losses: softmax CE (Eq. 1) and batch-hard
-      triplet (Eq. 2) on the feature after the 1x1 conv after GAP (before the BNNeck).
-    * Local branch (own copy, ``layer4`` at stride 1): CAM -> ``NUM_STRIPES`` horizontal stripes
-      (h/N x w x c) -> per stripe GAP -> 1x1 conv (-> ``LOCAL.EMBED_DIM``) -> BNNeck -> classifier;
-      CE only.
+    * Shared trunk (``MODEL.MFGNET.SPLIT_AT``): by default the whole ResNet through ``layer4``
+      (Sec. 2.2: "two feature extraction branches are built after the Conv_5 layer"); each branch
+      starts on the conv5 map. ``"layer3.1"`` gives each branch its own copy of ``layer3[1:]`` +
+      ``layer4`` (FastReID's MGN split; the local branch's ``layer4`` at stride 1), for comparison.
+    * Global branch: CAM -> 1x1 conv before GAP (C -> C, BN, ReLU: "keeping the scale of the
+      feature map unchanged") -> GAP -> 1x1 conv after GAP (C -> C: the pooled features "are fused
+      first, and the fused features are classified") -> BNNeck -> classifier. Losses: softmax CE
+      (Eq. 1) and batch-hard triplet (Eq. 2) on the fused feature (before the BNNeck).
+    * Local branch: CAM -> ``NUM_STRIPES`` horizontal stripes (h/N x w x c) -> per stripe GAP ->
+      1x1 conv (-> ``LOCAL.EMBED_DIM``) -> BNNeck -> classifier; CE only (Sec. 2.3).
     * Total loss (Eq. 3): ``ALPHA * L_softmax + BETA * L_triplet`` (alpha = 1, beta = 0.1, margin
       0.3), ``L_softmax`` = sum (``LOSS.CE_REDUCTION``) of the global and every stripe CE.
-    * Test descriptor: concat of the BNNeck features of the global branch and of every stripe.
+    * Test descriptor: concat of the BNNeck features of the global branch and of every stripe
+      ("all branch information will be assembled into a comprehensive feature"), compared by
+      Euclidean distance in the paper configs (Sec. 2.1, ``TEST.METRIC euclidean``).
 
     Reference:
         Xu, Rong, Zhou, Pan, Liu, "Joint Multiple Fine-grained feature for Vehicle
         Re-Identification", Array 14, 100152 (2022), Fig. 1, Eq. 1-3, Tables 3-4.
 
     Args (built by :meth:`from_config`):
-        trunk (nn.Module): shared trunk, (B, 3, H, W) -> (B, C3, H/16, W/16).
+        trunk (nn.Module): shared trunk, (B, 3, H, W) -> (B, C', h, w) (the conv5 map for the
+            paper's split, the ``layer3[0]`` map for the MGN split).
         global_branch (PartBranch): global branch.
         local_branch (PartBranch or None): stripe branch (None: ablation without it).
         pixel_mean, pixel_std (list[float]): input normalisation (``MODEL.PIXEL_MEAN/STD``).
@@ -71,16 +76,19 @@ class MFGNet(PluginMetaArch):
     def from_config(cls, cfg):
         validate_mfgnet_config(cfg)
         m = cfg.MODEL.MFGNET
+        # branch copies are deep copies of the built backbone: they carry its loaded weights
         trunk, stage = split_backbone(build_backbone(cfg), m.SPLIT_AT)
         channels = stage_out_channels(trunk, stage)
+        reduce_dim = m.GLOBAL.REDUCE_DIM or channels      # 0 = C: the paper keeps the scale
+        embed_dim = m.GLOBAL.EMBED_DIM or channels
         norm = cfg.MODEL.HEADS.NORM
 
         def cam():
             return ChannelAttention(channels, m.CAM_REDUCTION) if m.USE_CAM else None
 
         if m.GLOBAL.USE_CONV:
-            reduce = ReduceConv(channels, m.GLOBAL.REDUCE_DIM, norm)
-            ghead = PartHead.from_cfg(cfg, m.GLOBAL.REDUCE_DIM, m.GLOBAL.EMBED_DIM)
+            reduce = ReduceConv(channels, reduce_dim, norm)
+            ghead = PartHead.from_cfg(cfg, reduce_dim, embed_dim)
         else:  # Table 4 baseline: GAP -> BNNeck -> classifier
             reduce, ghead = None, PartHead.from_cfg(cfg, channels, 0)
         global_branch = PartBranch(copy_stage(stage), cam=cam(), reduce=reduce, global_head=ghead)

@@ -1,12 +1,16 @@
 """Building blocks shared by the multi-branch, part-based methods (MFG-Net and MBFN).
 
 * :func:`split_backbone` / :func:`copy_stage`: a shared ResNet trunk and, per branch, an own copy of
-  the last stage(s), exactly where FastReID's MGN splits (``fastreid/modeling/meta_arch/mgn.py``:
-  the trunk ends after ``layer3[0]``, each branch owns ``layer3[1:]`` and ``layer4``).
+  the last stage(s). ``"after_layer4"``: the papers' split (MFG-Net Sec. 2.2, "two feature
+  extraction branches are built after the Conv_5 layer"; MBFN: "three feature learning branches
+  ... after res_conv5 layer"): the whole ResNet is shared and the branches own only their heads.
+  ``"layer3.1"``: FastReID's MGN split (``fastreid/modeling/meta_arch/mgn.py``: the trunk ends
+  after ``layer3[0]``, each branch owns ``layer3[1:]`` and ``layer4``). The copies are deep copies
+  of the *built* backbone, so they carry whatever weights the backbone builder loaded (ImageNet).
 * :func:`split_parts` / :func:`part_bounds`: horizontal stripes or vertical columns of a feature map,
   with ``torch.tensor_split`` semantics for uneven sizes.
-* :class:`ReduceConv`: the 1x1 convolution before GAP that reduces the channels of a branch-global
-  feature; :class:`PartHead`: GAP -> optional 1x1 conv after GAP -> BNNeck -> classifier.
+* :class:`ReduceConv`: the 1x1 convolution before GAP of a branch-global feature (C -> C in
+  MFG-Net, reducing in MBFN); :class:`PartHead`: GAP -> optional 1x1 conv after GAP -> BNNeck -> classifier.
 * :class:`PartBranch`: one branch = own stage copy + optional CAM + optional branch-global feature +
   optional parts (optionally weighted).
 """
@@ -27,9 +31,11 @@ __all__ = [
     "has_event_storage",
 ]
 
-#: Where the shared trunk ends. ``"layer3.1"``: like FastReID's MGN (each branch owns
-#: ``layer3[1:]`` and ``layer4``); ``"layer4"``: each branch owns only ``layer4`` (cheaper).
-SPLIT_POINTS = ("layer3.1", "layer4")
+#: Where the shared trunk ends. ``"after_layer4"``: the papers' split, the trunk is the whole
+#: ResNet (through ``layer4`` = conv5) and each branch starts on its output map; ``"layer3.1"``:
+#: like FastReID's MGN (each branch owns ``layer3[1:]`` and ``layer4``); ``"layer4"``: each branch
+#: owns only ``layer4``.
+SPLIT_POINTS = ("after_layer4", "layer3.1", "layer4")
 #: ``"horizontal"``: stripes of rows (split along H); ``"vertical"``: columns (split along W).
 DIRECTIONS = ("horizontal", "vertical")
 
@@ -121,12 +127,17 @@ def split_backbone(backbone, split_at="layer3.1"):
 
     Args:
         backbone (nn.Module): FastReID ResNet (``conv1, bn1, relu, maxpool, layer1..layer4``).
-        split_at (str): ``"layer3.1"`` (MGN: trunk = stem..``layer3[0]``, branch stage =
-            ``layer3[1:]`` + ``layer4``) or ``"layer4"`` (trunk = stem..``layer3``, stage = ``layer4``).
+        split_at (str): ``"after_layer4"`` (the papers: trunk = stem..``layer4``, empty stage),
+            ``"layer3.1"`` (MGN: trunk = stem..``layer3[0]``, branch stage = ``layer3[1:]`` +
+            ``layer4``) or ``"layer4"`` (trunk = stem..``layer3``, stage = ``layer4``).
 
     Returns:
         tuple[nn.Sequential, nn.Sequential]: ``(trunk, stage)``; the stage is a *template*: give
-        each branch its own :func:`copy_stage`. The trunk maps (B, 3, H, W) to (B, C3, H/16, W/16).
+        each branch its own :func:`copy_stage` (an empty ``nn.Sequential``, i.e. the identity, for
+        ``"after_layer4"``). The trunk maps (B, 3, H, W) to (B, C3, H/16, W/16) for the MGN-style
+        splits and to the (B, C, h, w) conv5 map for ``"after_layer4"``. Build the backbone (and
+        load its pretrained weights) *before* splitting: trunk and stage are the backbone's own
+        modules, and :func:`copy_stage` copies their current weights.
 
     Raises:
         ValueError: unknown ``split_at`` or a backbone that is not ResNet-like.
@@ -136,7 +147,10 @@ def split_backbone(backbone, split_at="layer3.1"):
     _check_resnet(backbone)
     stem = [backbone.conv1, backbone.bn1, backbone.relu, backbone.maxpool, backbone.layer1,
             backbone.layer2]
-    if split_at == "layer3.1":
+    if split_at == "after_layer4":
+        trunk = nn.Sequential(*stem, backbone.layer3, backbone.layer4)
+        stage = nn.Sequential()
+    elif split_at == "layer3.1":
         trunk = nn.Sequential(*stem, backbone.layer3[0])
         stage = nn.Sequential(nn.Sequential(*list(backbone.layer3)[1:]), backbone.layer4)
     else:
@@ -149,16 +163,18 @@ def copy_stage(stage, stride_one=False):
     """An independent deep copy of a branch stage (weights copied, never shared).
 
     Args:
-        stage (nn.Sequential): template from :func:`split_backbone`; its last element is ``layer4``.
+        stage (nn.Sequential): template from :func:`split_backbone`; its last element is ``layer4``
+            (or it is empty, for the ``"after_layer4"`` split).
         stride_one (bool): set every stride-2 convolution in the first block of ``layer4`` to stride
             1 (conv and its downsample shortcut), keeping the weights; like MGN's part branches
-            (``res_p_conv5``), this keeps the spatial resolution for the part split.
+            (``res_p_conv5``), this keeps the spatial resolution for the part split. No effect on
+            an empty stage (the shared ``layer4`` keeps ``MODEL.BACKBONE.LAST_STRIDE``).
 
     Returns:
         nn.Sequential: the copy.
     """
     s = copy.deepcopy(stage)
-    if stride_one:
+    if stride_one and len(s):
         for m in s[-1][0].modules():
             if isinstance(m, nn.Conv2d) and m.stride != (1, 1):
                 m.stride = (1, 1)
@@ -187,13 +203,15 @@ def has_event_storage():
 
 
 class ReduceConv(nn.Sequential):
-    """1x1 convolution before GAP that reduces the channels of a branch's feature map.
+    """1x1 convolution before GAP on a branch's feature map: conv1x1 (C -> C_r, no bias) -> norm -> ReLU.
 
-    conv1x1 (C -> C_r, no bias) -> norm -> ReLU.
+    MFG-Net keeps the channels (C_r = C: "to greatly increase the non-linear characteristics while
+    keeping the scale of the feature map unchanged"); MBFN reduces them ("This can not only reduce
+    the number of channels, but also simplify calculations later").
 
     Reference:
-        Xu et al., MFG-Net, Array 2022, global branch ("1x1 conv before GAP"); Rong et al., MBFN,
-        Sci. Rep. 11, 20210 (2021), Fig. 3 (local branches' branch-global feature).
+        Xu et al., MFG-Net, Array 14 (2022), Sec. 2.2 (global branch); Rong et al., MBFN, Sci. Rep.
+        11, 20210 (2021), "Multi-branch network architecture" (local branches' global feature).
 
     Args:
         in_channels (int): C.
