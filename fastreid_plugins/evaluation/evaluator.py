@@ -39,7 +39,10 @@ def metrics_from_distmat(dist, q_pids, g_pids, q_camids, g_camids):
     Returns:
         OrderedDict: ``Rank-1``, ``Rank-5``, ``Rank-10``, ``mAP``, ``mINP``, ``metric``.
     """
-    cmc, all_ap, all_inp = evaluate_rank(dist, q_pids, g_pids, q_camids, g_camids)
+    return _metrics(*evaluate_rank(dist, q_pids, g_pids, q_camids, g_camids))
+
+
+def _metrics(cmc, all_ap, all_inp):
     res = OrderedDict()
     for r in (1, 5, 10):
         res[f"Rank-{r}"] = float(cmc[min(r, len(cmc)) - 1]) * 100
@@ -137,6 +140,19 @@ class VehicleReidEvaluator(DatasetEvaluator):
             dist = rerank_distance(cfg, qf, gf, dist)
         return dist
 
+    def _metrics(self, qf, gf, q_pids, g_pids, q_camids, g_camids):
+        """Metrics of one query/gallery split: query-chunked (never a (Q, G) array), except for
+        ``TEST.RERANK.TYPE fastreid`` (dense N x N by construction: the full-matrix path)."""
+        if self.cfg.TEST.RERANK.ENABLED and \
+                str(self.cfg.TEST.RERANK.get("TYPE", "sparse")).lower() != "sparse":
+            dist = self._distance(qf, gf)
+            return metrics_from_distmat(dist, q_pids, g_pids, q_camids, g_camids)
+        from .chunked import evaluate_chunked, options_from_cfg
+
+        res = evaluate_chunked(qf, gf, q_pids, g_pids, q_camids, g_camids,
+                               progress=comm.is_main_process(), **options_from_cfg(self.cfg))
+        return _metrics(res["cmc"], res["all_ap"], res["all_inp"])
+
     def evaluate(self):
         gathered = self._gather()
         if gathered is None:
@@ -144,8 +160,8 @@ class VehicleReidEvaluator(DatasetEvaluator):
         feats, pids, camids = gathered
         if self._protocol == "standard":
             nq = self._num_query
-            dist = self._distance(feats[:nq], feats[nq:])
-            results = metrics_from_distmat(dist, pids[:nq], pids[nq:], camids[:nq], camids[nq:])
+            results = self._metrics(feats[:nq], feats[nq:], pids[:nq], pids[nq:], camids[:nq],
+                                    camids[nq:])
         else:
             results = self._evaluate_vehicleid(feats, pids)
         self._results = results
@@ -160,10 +176,9 @@ class VehicleReidEvaluator(DatasetEvaluator):
         per_trial = []
         for t in range(n_trials):
             q, g = vehicleid_split(pids, np.random.default_rng(seed + t))
-            dist = self._distance(feats[q], feats[g])
             # every image is its own "camera" in VehicleID: no junk removal
-            per_trial.append(metrics_from_distmat(dist, pids[q], pids[g],
-                                                  np.zeros(len(q)), np.ones(len(g))))
+            per_trial.append(self._metrics(feats[q], feats[g], pids[q], pids[g],
+                                           np.zeros(len(q)), np.ones(len(g))))
         results = OrderedDict()
         for k in per_trial[0]:
             results[k] = float(np.mean([r[k] for r in per_trial]))
