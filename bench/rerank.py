@@ -57,14 +57,17 @@ def _reset_peak():
         return False
 
 
-def _make_features(n, dim, ids, seed):
-    """(N, D) float32 L2-normalised clustered features and their (N,) identity labels."""
+def _make_features(n, dim, ids, seed, noise=0.8):
+    """(N, D) float32 L2-normalised clustered features and their (N,) identity labels.
+
+    Each feature = its identity's N(0, I) centre + N(0, noise^2 I), then L2-normalised.
+    """
     import torch
 
     g = torch.Generator().manual_seed(seed)
     labels = torch.randint(0, ids, (n,), generator=g)
     centres = torch.randn(ids, dim, generator=g)
-    x = torch.randn(n, dim, generator=g).mul_(0.8)
+    x = torch.randn(n, dim, generator=g).mul_(noise)
     step = 8192
     for s in range(0, n, step):  # in place, in chunks: no (N, D) temporaries
         x[s:s + step] += centres[labels[s:s + step]]

@@ -119,6 +119,10 @@ def test_blocks_follow_the_budget_and_no_full_matrix(monkeypatch):
     q_pids, g_pids, q_cams, g_cams = labels()
     evaluate_chunked(x[:NQ], x[NQ:], q_pids, g_pids, q_cams, g_cams, memory_gb=budget_for(5))
     assert shapes == [(5, NG)] * 4 + [(3, NG)]
+    shapes.clear()
+    monkeypatch.setattr(chunked_mod, "_RANK_ROWS", 2)  # ranked in row groups inside a block
+    evaluate_chunked(x[:NQ], x[NQ:], q_pids, g_pids, q_cams, g_cams, memory_gb=budget_for(5))
+    assert shapes == ([(2, NG)] * 2 + [(1, NG)]) * 4 + [(2, NG), (1, NG)]
 
 
 def test_chunk_rows_from_budget():

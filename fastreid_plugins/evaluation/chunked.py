@@ -19,17 +19,20 @@ Reference:
     - Re-ranking: Zhong et al. CVPR 2017, Eq. 12, through
       :class:`fastreid_plugins.evaluation.sparse_rerank.JaccardIndex`.
 
-Memory: besides the caller's features, one float32 copy of them (normalised for ``cosine``; the
-stacked query + gallery copy when re-ranking), the re-ranker's sparse structures (O(k n)) and,
-with AQE, the expanded features (one more copy); plus the block working set, about
-``BYTES_PER_ENTRY`` bytes per (query, gallery) pair of a block, which the budget bounds.
+The cosine distance is ``1 - (q . g) / (|q| |g|)`` from the features and their inverse norms
+(FastReID normalises copies first; the two differ by float32 rounding only).
+
+Memory: besides the caller's features, the block working set (at most ``BYTES_PER_ENTRY`` bytes
+per (query, gallery) pair of a block, which the budget bounds); when re-ranking, the stacked
+(normalised) query + gallery copy while the re-ranker builds its k-NN table and encoding (freed
+before the blocks) and its sparse structures (O(k n)); with AQE, the expanded features (one more
+copy of the features).
 """
 
 import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .rank import curves_from_ranks, rank_block
 
@@ -41,6 +44,7 @@ DEFAULT_MEMORY_GB = 1.0
 # rank_block's temporaries (sorted negatives 4 + masked copy 4 + masked positives 4 + masks 3),
 # the top-k masked copy (4) and headroom for the re-ranker's float64 sub-blocks
 BYTES_PER_ENTRY = 40
+_RANK_ROWS = 64  # rows ranked together inside a block
 
 
 def chunk_rows(num_gallery, memory_gb=DEFAULT_MEMORY_GB, bytes_per_entry=BYTES_PER_ENTRY):
@@ -128,8 +132,8 @@ def _topk_rows(d, q_pids, g_pids, q_camids, g_camids, k):
     k = min(k, g)
     idx = np.full((b, k), -1, dtype=np.int64)
     val = np.full((b, k), np.nan, dtype=np.float32)
-    masked = np.where((g_pids[None, :] == q_pids[:, None]) & (g_camids[None, :] == q_camids[:, None]),
-                      np.inf, d)
+    junk = (g_pids[None, :] == q_pids[:, None]) & (g_camids[None, :] == q_camids[:, None])
+    masked = np.where(junk, np.inf, d)
     kth = np.partition(masked, k - 1, axis=1)[:, k - 1]
     for r in range(b):
         cand = np.flatnonzero(masked[r] <= kth[r])
@@ -197,20 +201,17 @@ def evaluate_chunked(query_feat, gallery_feat, q_pids, g_pids, q_camids, g_camid
 
         lam = float(rerank["lambda_value"])
         _check_args(nq + ng, rerank["k1"], rerank["k2"], lam)
-        feats = torch.cat([qf, gf])  # the re-ranker's stacked copy, reused for the distances
+        feats = torch.cat([qf, gf])  # the re-ranker's stacked copy, freed once encoded
         if metric == "cosine":  # same arithmetic as F.normalize(x, dim=1), in place
             feats /= feats.norm(p=2, dim=1, keepdim=True).clamp_min_(1e-12)
-        del qf, gf
         index = JaccardIndex(feats, nq, rerank["k1"], rerank["k2"],
                              knn=rerank.get("knn", "auto"), device=rerank.get("device"),
                              progress=progress, knn_params=rerank.get("knn_params"))
-        qf, gf = feats[:nq], feats[nq:]
-        normalised = metric == "cosine"
+        del feats
+    if metric == "cosine":  # 1 - cos from inverse norms: no normalised copy of the gallery
+        q_inv = 1.0 / qf.norm(p=2, dim=1).clamp_min(1e-12)  # F.normalize's eps
+        g_inv = 1.0 / gf.norm(p=2, dim=1).clamp_min(1e-12)
     else:
-        normalised = False
-        if metric == "cosine":
-            gf = F.normalize(gf, p=2, dim=1)  # FastReID's compute_cosine_distance
-    if metric == "euclidean":
         q_sq, g_sq = qf.pow(2).sum(1), gf.pow(2).sum(1)
     gt = gf.t()
 
@@ -223,8 +224,8 @@ def evaluate_chunked(query_feat, gallery_feat, q_pids, g_pids, q_camids, g_camid
     for s in _progress(range(0, nq, rows), progress, "evaluation (query blocks)"):
         e = min(nq, s + rows)
         if metric == "cosine":
-            qb = qf[s:e] if normalised else F.normalize(qf[s:e], p=2, dim=1)
-            d = (1 - torch.mm(qb, gt)).numpy()
+            d = torch.mm(qf[s:e], gt).mul_(q_inv[s:e, None]).mul_(g_inv[None, :])
+            d = d.neg_().add_(1).numpy()
         else:  # FastReID's compute_euclidean_distance
             d = q_sq[s:e, None] + g_sq[None, :]
             d = d.addmm_(qf[s:e], gt, beta=1, alpha=-2).numpy()
@@ -233,8 +234,10 @@ def evaluate_chunked(query_feat, gallery_feat, q_pids, g_pids, q_camids, g_camid
             blk *= np.float32(1 - lam)
             blk += d * np.float32(lam)
             d = blk
-        first[s:e], ap[s:e], inp[s:e] = rank_block(d, q_pids[s:e], g_pids, q_camids[s:e],
-                                                   g_camids)
+        for r in range(s, e, _RANK_ROWS):  # cache-sized row groups (as evaluate_rank's chunk)
+            f = min(e, r + _RANK_ROWS)
+            first[r:f], ap[r:f], inp[r:f] = rank_block(d[r - s:f - s], q_pids[r:f], g_pids,
+                                                       q_camids[r:f], g_camids)
         if topk:
             topk_index[s:e], topk_dist[s:e] = _topk_rows(d, q_pids[s:e], g_pids, q_camids[s:e],
                                                          g_camids, topk)
