@@ -35,12 +35,11 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
-from rerank import _make_features, _reset_peak, _status_kb  # noqa: E402
+from rerank import _make_features, measure  # noqa: E402
 
 
 def _mem_available_gb():
@@ -55,8 +54,6 @@ def _mem_available_gb():
 
 
 def _worker(args):
-    import resource
-
     import numpy as np
     import torch
 
@@ -107,17 +104,7 @@ def _worker(args):
                                  normalize=True, progress=args.progress)
         return evaluate_rank(dist, q_pids, g_pids, q_cams, g_cams)
 
-    def cpu_seconds():
-        ru = resource.getrusage(resource.RUSAGE_SELF)
-        return ru.ru_utime + ru.ru_stime
-
-    rss_before = _status_kb("VmRSS")
-    exact_peak = _reset_peak()
-    c0, t0 = cpu_seconds(), time.perf_counter()
-    cmc, ap, inp = run()
-    elapsed, cpu = time.perf_counter() - t0, cpu_seconds() - c0
-    peak = _status_kb("VmHWM") if exact_peak else resource.getrusage(
-        resource.RUSAGE_SELF).ru_maxrss
+    (cmc, ap, inp), elapsed, cpu, peak, rss_before, exact_peak = measure(run)
     if args.save and tables:
         np.save(args.save, tables[0])
     print(json.dumps({"mode": mode, "seconds": elapsed, "cpu_seconds": cpu,

@@ -57,6 +57,30 @@ def _reset_peak():
         return False
 
 
+def measure(run):
+    """Call ``run()``; returns ``(result, wall s, CPU s, peak RSS kB, RSS before kB, exact_peak)``.
+
+    CPU time is user + system of all threads; the peak is ``VmHWM`` reset right before the call
+    (``exact_peak``), else ``ru_maxrss`` (the process's whole-life peak).
+    """
+    import resource
+
+    def cpu_seconds():
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        return ru.ru_utime + ru.ru_stime
+
+    rss_before = _status_kb("VmRSS")
+    exact_peak = _reset_peak()
+    c0, t0 = cpu_seconds(), time.perf_counter()
+    out = run()
+    elapsed, cpu = time.perf_counter() - t0, cpu_seconds() - c0
+    if exact_peak:
+        peak = _status_kb("VmHWM")
+    else:  # pragma: no cover - non-Linux
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return out, elapsed, cpu, peak, rss_before, exact_peak
+
+
 def _make_features(n, dim, ids, seed, noise=0.8):
     """(N, D) float32 L2-normalised clustered features and their (N,) identity labels.
 
@@ -99,21 +123,7 @@ def _worker(args):
             jac = build_dist(qf, gf, metric="jaccard", k1=args.k1, k2=args.k2)
             return jac * (1 - args.lam) + dist * args.lam
 
-    import resource
-
-    def cpu_seconds():
-        ru = resource.getrusage(resource.RUSAGE_SELF)
-        return ru.ru_utime + ru.ru_stime
-
-    rss_before = _status_kb("VmRSS")
-    exact_peak = _reset_peak()
-    c0, t0 = cpu_seconds(), time.perf_counter()
-    out = run()
-    elapsed, cpu = time.perf_counter() - t0, cpu_seconds() - c0
-    if exact_peak:
-        peak = _status_kb("VmHWM")
-    else:  # pragma: no cover - non-Linux
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    out, elapsed, cpu, peak, rss_before, exact_peak = measure(run)
     if args.save:
         np.save(args.save, out)
     print(json.dumps({"method": args.method, "seconds": elapsed, "cpu_seconds": cpu,

@@ -34,7 +34,7 @@ import math
 import numpy as np
 import torch
 
-from .rank import curves_from_ranks, rank_block
+from .rank import check_labels, curves_from_ranks, rank_block
 
 __all__ = ["evaluate_chunked", "chunk_rows", "chunked_aqe", "DEFAULT_MEMORY_GB",
            "BYTES_PER_ENTRY"]
@@ -184,13 +184,8 @@ def evaluate_chunked(query_feat, gallery_feat, q_pids, g_pids, q_camids, g_camid
         raise ValueError(f"features must be (Q, D) and (G, D), got {tuple(qf.shape)} and "
                          f"{tuple(gf.shape)}")
     nq, ng = qf.shape[0], gf.shape[0]
-    q_pids, g_pids, q_camids, g_camids = map(np.asarray, (q_pids, g_pids, q_camids, g_camids))
-    if q_pids.shape != (nq,) or q_camids.shape != (nq,):
-        raise ValueError(f"{nq} query features but q_pids {q_pids.shape}, q_camids "
-                         f"{q_camids.shape}")
-    if g_pids.shape != (ng,) or g_camids.shape != (ng,):
-        raise ValueError(f"{ng} gallery features but g_pids {g_pids.shape}, g_camids "
-                         f"{g_camids.shape}")
+    q_pids, g_pids, q_camids, g_camids = check_labels(nq, ng, q_pids, g_pids, q_camids, g_camids,
+                                                      "{} query features", "{} gallery features")
     rows = chunk_rows(ng, memory_gb)
     if aqe:
         qf, gf = chunked_aqe(qf, gf, aqe["qe_times"], aqe["qe_k"], aqe["alpha"], memory_gb,

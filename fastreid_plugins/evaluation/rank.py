@@ -28,7 +28,7 @@ a metric); on tie-free inputs the result equals FastReID's ``evaluate_rank``.
 import numpy as np
 import torch
 
-__all__ = ["evaluate_rank", "rank_block", "curves_from_ranks"]
+__all__ = ["evaluate_rank", "rank_block", "curves_from_ranks", "check_labels"]
 
 
 def evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50, chunk=64):
@@ -52,16 +52,12 @@ def evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50, chun
     distmat = distmat.cpu().numpy() if isinstance(distmat, torch.Tensor) else np.asarray(distmat)
     if distmat.dtype not in (np.float32, np.float64):
         distmat = distmat.astype(np.float64)
-    q_pids, g_pids, q_camids, g_camids = map(np.asarray, (q_pids, g_pids, q_camids, g_camids))
     if distmat.ndim != 2:
         raise ValueError(f"distmat must be (Q, G), got shape {distmat.shape}")
     num_q, num_g = distmat.shape
-    if q_pids.shape != (num_q,) or q_camids.shape != (num_q,):
-        raise ValueError(f"distmat has {num_q} query rows but got q_pids {q_pids.shape}, "
-                         f"q_camids {q_camids.shape}")
-    if g_pids.shape != (num_g,) or g_camids.shape != (num_g,):
-        raise ValueError(f"distmat has {num_g} gallery columns but got g_pids {g_pids.shape}, "
-                         f"g_camids {g_camids.shape}")
+    q_pids, g_pids, q_camids, g_camids = check_labels(
+        num_q, num_g, q_pids, g_pids, q_camids, g_camids, "distmat has {} query rows",
+        "distmat has {} gallery columns")
     max_rank = min(max_rank, num_g)
     first = np.zeros(num_q, dtype=np.int64)  # 1-based rank of the first true match; 0 = no match
     ap = np.full(num_q, np.nan)
@@ -71,6 +67,21 @@ def evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50, chun
         first[s:e], ap[s:e], inp[s:e] = rank_block(distmat[s:e], q_pids[s:e], g_pids,
                                                    q_camids[s:e], g_camids)
     return curves_from_ranks(first, ap, inp, max_rank)
+
+
+def check_labels(num_q, num_g, q_pids, g_pids, q_camids, g_camids, q_what, g_what):
+    """The four label arrays as numpy, or ValueError unless they are (Q,) and (G,).
+
+    ``q_what`` / ``g_what`` say where Q and G come from (``"{}"`` is replaced by the count).
+    """
+    q_pids, g_pids, q_camids, g_camids = map(np.asarray, (q_pids, g_pids, q_camids, g_camids))
+    if q_pids.shape != (num_q,) or q_camids.shape != (num_q,):
+        raise ValueError(f"{q_what.format(num_q)} but got q_pids {q_pids.shape}, "
+                         f"q_camids {q_camids.shape}")
+    if g_pids.shape != (num_g,) or g_camids.shape != (num_g,):
+        raise ValueError(f"{g_what.format(num_g)} but got g_pids {g_pids.shape}, "
+                         f"g_camids {g_camids.shape}")
+    return q_pids, g_pids, q_camids, g_camids
 
 
 def rank_block(rows, q_pids, g_pids, q_camids, g_camids):
