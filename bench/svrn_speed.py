@@ -19,6 +19,7 @@ Usage:
     python bench/svrn_speed.py                       # batch 8 train / 16 inference, 1 warm-up, 3 timed
     python bench/svrn_speed.py --threads 2 --iters 5 --variants
     python bench/svrn_speed.py --device cuda --iters 20      # on a GPU (the paper's setting)
+    python bench/svrn_speed.py --readings-only   # inference MACs of each start-block reading (s)
 """
 
 import argparse
@@ -122,6 +123,39 @@ def module_breakdown(model, size, n=4):
     return total, [(k, v / 2 / n / 1e9) for k, v in rows]
 
 
+#: readings of Sec. IV-B's "the second stage starts from block 3 ..., the third stage starts from
+#: block 4" as MODEL.SVRN.START_BLOCKS (conv{b}_x numbering; stage t+1 re-runs blocks b+1..5)
+READINGS = [
+    ("(3, 4): stage 2 runs layer3 on M_1 x X_1^3 (Eq. 5 text), stage 3 runs layer4 (default)",
+     [3, 4]),
+    ("(2, 3): conv{b}_x blocks, 'starts from block b' = re-runs conv3_x / conv4_x onwards",
+     [2, 3]),
+    ("(2, 4): the two numberings mixed (stage 2 from conv3_x, stage 3 from layer4)", [2, 4]),
+]
+
+
+def readings_macs(size):
+    """Inference MACs per image of the Baseline and of SVRN under each start-block reading,
+    counted on the meta device (exact, no compute, no timing)."""
+    def count(config, extra=()):
+        cfg = get_cfg(add_svrn_config)
+        cfg.merge_from_file(os.path.join(ROOT, config))
+        cfg.merge_from_list(COMMON + ["MODEL.DEVICE", "cpu", "INPUT.SIZE_TEST", f"[{size}, {size}]",
+                                      "INPUT.SIZE_TRAIN", f"[{size}, {size}]"] + list(extra))
+        cfg.freeze()
+        model = build_model(cfg).to("meta").eval()
+        with FlopCounterMode(display=False) as fc, torch.no_grad():
+            model(torch.empty(4, 3, size, size, device="meta"))
+        return fc.get_total_flops() / 2 / 4 / 1e9
+
+    base = count("configs/demo/bagtricks_r18.yml")
+    print(f"\n== start-block readings, inference MACs per image at {size}x{size} ==")
+    print(f"  Baseline (FastReID BNNeck ResNet-50)   {base:6.2f} GMAC")
+    for name, starts in READINGS:
+        v = count("configs/veri/svrn.yml", ["MODEL.SVRN.START_BLOCKS", str(starts)])
+        print(f"  SVRN {name}\n      {v:6.2f} GMAC = {v / base:.2f}x")
+
+
 def compare(name, extra, args, base, base_opt, t_data, i_data):
     svrn, svrn_opt = make("configs/veri/svrn.yml", args.size, extra)
     for _ in range(args.warmup):
@@ -203,6 +237,8 @@ def main():
     ap.add_argument("--critic", action="store_true",
                     help="also time the grid critic: closed form vs batched call vs naive loop")
     ap.add_argument("--critic-batch", type=int, default=2)
+    ap.add_argument("--readings-only", action="store_true",
+                    help="only count the inference MACs of each start-block reading (no timing)")
     ap.add_argument("--variants", action="store_true",
                     help="also time T=2 (start block 3 or 4) and SVRN without critic/cross terms")
     args = ap.parse_args()
@@ -211,6 +247,9 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    if args.readings_only:
+        readings_macs(args.size)
+        return
     where = (torch.cuda.get_device_name(DEVICE) if DEVICE.startswith("cuda")
              else f"CPU, {torch.get_num_threads()} threads")
     print(f"torch {torch.__version__}, {where}, input "

@@ -11,7 +11,7 @@ Two stages:
 * :func:`apply_import_shims` must run *before* ``fastreid.data`` is imported: it provides the
   removed ``torch._six.string_classes`` and ``collections.Mapping`` names.
 * :func:`apply` patches the imported FastReID modules (optimizer, loaders, AMP, evaluator, re-ranking,
-  checkpoints, in-place normalisation, pretrained-weight downloads).
+  checkpoints, in-place normalisation, pretrained backbone weights).
 
 ``fastreid_plugins/__init__.py`` calls both once. :data:`APPLIED` lists the names of the patches
 that were applied (tests use it, and :data:`ORIGINALS` keeps the unpatched callables so each test
@@ -352,34 +352,38 @@ def _patch_inplace_preprocess():
                    tag="preprocess_image.out_of_place")
 
 
-#: Where FastReID's ImageNet-pretrained backbones are published (for the error message).
-PRETRAIN_SOURCES = "https://github.com/JDAI-CV/fast-reid/blob/master/MODEL_ZOO.md"
+def _patch_pretrained_weights():
+    """FastReID's ResNet/ResNeXt builders load ImageNet weights non-strictly (a wrong file trains a
+    random backbone with one log line), download with ``gdown`` into their own folder, and its
+    ResNeXt-IBN cannot load the file it names (IBN in ``layer4``).
 
-
-def _patch_pretrain_download():
-    """FastReID downloads ImageNet weights when ``PRETRAIN_PATH`` is empty; this host has no network.
-
-    Replace the download with a clear error naming the expected file and where it is published.
+    Register :mod:`fastreid_plugins.modeling.pretrained`'s builders under FastReID's names:
+    ``PRETRAIN_PATH`` -> torch.hub cache -> torch.hub download (unless offline), strict loading,
+    IBN-Net's layout. OSNet (Google-Drive URLs, loaded by FastReID itself) only honours offline mode.
     """
-    from fastreid.modeling.backbones import resnet, resnext, osnet
+    from fastreid.modeling.backbones import osnet
 
-    def no_download(urls):
-        def wrap(original):
-            def init_pretrained_weights(*args, _urls=urls, **kwargs):
-                key = args[-1] if args else kwargs.get("key", "")
-                url = _urls.get(key, PRETRAIN_SOURCES)
-                raise FileNotFoundError(
-                    "MODEL.BACKBONE.PRETRAIN is True but MODEL.BACKBONE.PRETRAIN_PATH is empty, "
-                    "and weights are never downloaded at run time. Download "
-                    f"{os.path.basename(url) or url} (published at {url}) and set "
-                    "MODEL.BACKBONE.PRETRAIN_PATH to its local path, or set "
-                    "MODEL.BACKBONE.PRETRAIN False to train from random initialisation.")
-            return init_pretrained_weights
-        return wrap
+    from .modeling import pretrained
 
-    for mod in (resnet, resnext, osnet):
-        patch_attr(mod, "init_pretrained_weights", f"{mod.__name__}.init_pretrained_weights",
-                   no_download(dict(getattr(mod, "model_urls", {}))), tag="pretrain.no_download")
+    pretrained.install(patch_attr)
+
+    def wrap(original):
+        @functools.wraps(original)
+        def init_pretrained_weights(model, key=""):
+            name = key + "_imagenet.pth"
+            cached = os.path.join(pretrained.fastreid_cache_dir(), name)
+            if pretrained.is_offline() and not os.path.isfile(cached):
+                raise pretrained.WeightsNotAvailableError(
+                    f"ImageNet weights for OSNet {key!r}: {name} is not in FastReID's cache folder "
+                    f"{os.path.dirname(cached)}/ and downloads are off "
+                    f"({', '.join(pretrained.OFFLINE_ENV_VARS)}). Download "
+                    f"{osnet.model_urls.get(key, '')} there as {name}, or set "
+                    "MODEL.BACKBONE.PRETRAIN_PATH to a local copy.")
+            return original(model, key)
+        return init_pretrained_weights
+
+    patch_attr(osnet, "init_pretrained_weights", "osnet.init_pretrained_weights", wrap,
+               tag="pretrain.offline")
 
 
 def apply():
@@ -398,4 +402,4 @@ def apply():
     _patch_test_loader_workers()
     _patch_checkpointer()
     _patch_inplace_preprocess()
-    _patch_pretrain_download()
+    _patch_pretrained_weights()

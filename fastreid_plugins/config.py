@@ -11,6 +11,10 @@ Added by :func:`add_plugins_config`:
 * ``TEST.RERANK.KNN`` ("exact"): k-NN of the sparse re-ranker, ``"exact"`` or faiss's approximate
   ``"ivf"`` / ``"hnsw"``, with ``KNN_NLIST`` (0 = 4 sqrt(N)), ``KNN_NPROBE`` (64) and
   ``KNN_EF_SEARCH`` (128).
+* ``MODEL.BACKBONE.IBN_LAYOUT`` ("ibnnet"): where ``build_resnext_backbone`` puts IBN with
+  ``WITH_IBN``: IBN-Net's layout (layer1-3; plain BN in layer4, the layout of IBN-Net's published
+  ``resnext101_ibn_a``), or "fastreid" (FastReID 1.4.0's ResNeXt: layer1-4). See
+  :mod:`fastreid_plugins.modeling.pretrained`.
 * ``SOLVER.OPT "AMSGrad"`` is accepted as a value: Adam with ``amsgrad=True`` (Reddi et al.,
   ICLR 2018), which FastReID's optimizer builder cannot ask for.
 """
@@ -39,6 +43,8 @@ def add_plugins_config(cfg):
         cfg.TEST.RERANK.KNN_NLIST = 0
         cfg.TEST.RERANK.KNN_NPROBE = 64
         cfg.TEST.RERANK.KNN_EF_SEARCH = 128
+    if "IBN_LAYOUT" not in cfg.MODEL.BACKBONE:
+        cfg.MODEL.BACKBONE.IBN_LAYOUT = "ibnnet"
     return cfg
 
 

@@ -23,6 +23,7 @@ from fastreid.data.datasets.vehicleid import VehicleID
 from fastreid.data.transforms import build_transforms
 from fastreid.engine import DefaultTrainer, default_argument_parser, default_setup, launch
 from fastreid.utils import comm
+from fastreid.utils.logger import setup_logger
 from fastreid.utils.events import (CommonMetricPrinter, JSONWriter, TensorboardXWriter,
                                    get_event_storage)
 
@@ -253,6 +254,8 @@ def setup(args, *add_fns):
     prepare_for_host(cfg, eval_only=getattr(args, "eval_only", False))
     cfg.freeze()
     default_setup(cfg, args)
+    # FastReID's setup logs only the "fastreid" tree; ours (e.g. "loaded N/N tensors from FILE") too
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="fastreid_plugins")
     return cfg
 
 

@@ -5,10 +5,19 @@ Tests that need the real VeRi-776 sample use the ``veri_root`` fixture: it skips
 ``REQUIRE_SHARED_DATA=1`` (set by CI), so CI can never pass by skipping them.
 """
 
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 
 import pytest
+
+# Tests never download and never see the user's caches: offline (fastreid_plugins.modeling.
+# pretrained.is_offline) and a private, empty TORCH_HOME; download tests switch these per test.
+os.environ["FASTREID_PLUGINS_OFFLINE"] = "1"
+os.environ["TORCH_HOME"] = tempfile.mkdtemp(prefix="fastreid_plugins_torch_home_")
+atexit.register(shutil.rmtree, os.environ["TORCH_HOME"], True)
 
 import fastreid_plugins  # noqa: F401  (applies the compat layer before any fastreid import)
 import torch

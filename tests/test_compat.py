@@ -29,7 +29,7 @@ def test_applied_once_and_idempotent():
     assert compat.APPLIED == before
     for name in ["optimizer.zero_grad", "DataLoaderX.cpu", "AMPTrainer.cpu", "ReidEvaluator.no_compile",
                  "rerank.cpu", "test_loader.num_workers", "Checkpointer.weights_only",
-                 "preprocess_image.out_of_place", "pretrain.no_download"]:
+                 "preprocess_image.out_of_place", "pretrain.strict_resolve", "pretrain.offline"]:
         assert name in compat.APPLIED
 
 
@@ -269,9 +269,24 @@ def test_baseline_preprocess_is_out_of_place_and_flip_test_is_right():
     assert not torch.equal(batch["images"], images), "FastReID 1.4.0 normalises in place"
 
 
-def test_pretrain_without_path_is_a_clear_error():
+def test_pretrain_without_path_offline_is_a_clear_error():
+    """Empty PRETRAIN_PATH: torch.hub cache, then download; offline (as in tests) a clear error."""
     from fastreid.modeling.backbones import build_backbone
     cfg = make_cfg(CFG, ["MODEL.BACKBONE.PRETRAIN", "True", "MODEL.BACKBONE.PRETRAIN_PATH", ""])
     with pytest.raises(FileNotFoundError, match="PRETRAIN_PATH") as e:
         build_backbone(cfg)
-    assert "resnet18" in str(e.value)
+    assert "resnet18-5c106cde.pth" in str(e.value) and "FASTREID_PLUGINS_OFFLINE=1" in str(e.value)
+
+
+def test_pretrained_backbone_loading_is_strict_where_fastreid_is_not(tmp_path):
+    """FastReID's builder loads a file holding only conv1 and trains the rest from random weights
+    (one log line); ours refuses it, naming the file and the missing keys."""
+    from fastreid.modeling.backbones import build_backbone
+    path = tmp_path / "partial.pth"
+    torch.save({"conv1.weight": torch.full((64, 3, 7, 7), 0.5)}, path)
+    cfg = make_cfg(CFG, ["MODEL.BACKBONE.PRETRAIN", "True", "MODEL.BACKBONE.PRETRAIN_PATH", str(path)])
+    original = compat.ORIGINALS["fastreid.modeling.backbones.resnet.build_resnet_backbone"]
+    assert torch.all(original(cfg).conv1.weight == 0.5)  # silently half-loaded
+    with pytest.raises(ValueError, match="partial.pth") as e:
+        build_backbone(cfg)
+    assert "layer1.0.conv1.weight" in str(e.value)

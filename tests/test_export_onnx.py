@@ -59,10 +59,13 @@ def assert_clear_suppression_cut(model, images, rel=1e-4):
     with torch.no_grad():
         outs = model.stages(model.preprocess_image(images.clone()))
     for t, out in enumerate(outs[:-1]):
-        s = out["scores"].flatten(1).sort(dim=1, descending=True).values
-        n = model.n_cells[t]
+        # the cut is among the cells no earlier stage suppressed (they sort first here)
+        avail = out["available"].flatten(1) > 0
+        s = out["scores"].flatten(1).masked_fill(~avail, float("-inf"))
+        s = s.sort(dim=1, descending=True).values
+        n, last = model.n_cells[t], int(avail.sum(1).min()) - 1
         gap = s[:, n - 1] - s[:, n]
-        spread = s[:, 0] - s[:, -1]
+        spread = s[:, 0] - s[:, last]
         assert bool((gap > rel * spread).all()), (
             f"stage {t + 1}: top-{n} salience cut within {rel} of the score range "
             f"(gaps {gap.tolist()}, ranges {spread.tolist()}): pick other random weights")

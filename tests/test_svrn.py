@@ -8,10 +8,13 @@ import pytest
 import torch
 
 import fastreid_plugins  # noqa: F401
+import torch.nn.functional as F
 from fastreid.modeling import build_model
-from fastreid_plugins.svrn import (ClassificationBlock, add_svrn_config, dcc_loss, grid_critic,
-                                   icc_loss, num_suppressed, reward_loss, suppression_mask,
-                                   upsample_mask, vcc_loss)
+from torch import nn
+from fastreid_plugins.svrn import (ABLATIONS, ClassificationBlock, ablation_overrides,
+                                   add_svrn_config, dcc_loss, grid_critic, icc_loss,
+                                   num_suppressed, reward_loss, suppression_mask, upsample_mask,
+                                   vcc_loss)
 from fastreid_plugins.svrn.layers import SpatialInformationMining
 
 from helpers import make_cfg
@@ -68,6 +71,21 @@ def test_mask_suppresses_top_n_and_exactly_n_under_ties():
     assert (m.flatten(1) == 0).sum(1).tolist() == [12] * 4
     assert m.flatten(1)[:, :12].sum() == 0 and m.flatten(1)[:, 12:].min() == 1
     assert suppression_mask(torch.randn(2, 8, 8), 0).min() == 1
+
+
+def test_mask_among_available_cells_hand_computed():
+    """After Eq. 5: a cell chosen by an earlier stage is not chosen again: the top-n among the
+    still available cells (the unavailable ones stay 1 in M_t; the caller multiplies)."""
+    s = torch.tensor([[[9.0, 8.0, 7.0], [6.0, 5.0, 4.0], [3.0, 2.0, 1.0]]])
+    avail = torch.tensor([[[0.0, 0.0, 1.0], [0.0, 1.0, 1.0], [1.0, 1.0, 1.0]]])
+    m = suppression_mask(s, 2, available=avail)
+    assert m.tolist() == [[[1, 1, 0], [1, 0, 1], [1, 1, 1]]]        # 7 and 5, not 9 / 8 / 6
+    assert suppression_mask(s, 2).tolist() == [[[0, 0, 1], [1, 1, 1], [1, 1, 1]]]
+    # ties among the available cells: lower flat index first, as without ``available``
+    m = suppression_mask(torch.zeros(1, 3, 3), 2, available=avail)
+    assert m.tolist() == [[[1, 1, 0], [1, 0, 1], [1, 1, 1]]]
+    with pytest.raises(ValueError, match="available"):
+        suppression_mask(s, 2, available=avail[0])
 
 
 def test_mask_is_detached_and_upsampled_by_cells():
@@ -258,6 +276,15 @@ def test_sim_variants():
     (["MODEL.SVRN.CRITIC.MODE", "loop"], "MODEL.SVRN.CRITIC.MODE"),
     (["MODEL.SVRN.NUM_STAGES", "1", "MODEL.SVRN.START_BLOCKS", "[]", "MODEL.SVRN.ALPHAS", "[]"],
      "MODEL.SVRN.CROSS.ICC.ENABLED"),
+    # nothing would train the ranking layers (and DDP stops on parameters without a gradient)
+    (["MODEL.SVRN.REWARD.ENABLED", "False"], "MODEL.SVRN.REWARD.ENABLED"),
+    # accumulated suppression must leave a cell: 38 + 28 cells of 64
+    (["MODEL.SVRN.ALPHAS", "[0.6, 0.45]"], "MODEL.SVRN.ALPHAS"),
+    (["MODEL.SVRN.EVAL_FEAT", "unified", "MODEL.SVRN.CROSS.VCC.ENABLED", "False",
+      "MODEL.SVRN.CROSS.ICC.ENABLED", "False", "MODEL.SVRN.CROSS.DCC.ENABLED", "False"],
+     "MODEL.SVRN.EVAL_FEAT"),
+    (["MODEL.SVRN.EVAL_FEAT", "sum"], "MODEL.SVRN.EVAL_FEAT"),
+    (["MODEL.SVRN.ACCUMULATE_MASKS", "1"], "MODEL.SVRN.ACCUMULATE_MASKS"),
 ])
 def test_bad_config_is_a_clear_value_error(opts, key):
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):
@@ -327,21 +354,18 @@ def test_stage_input_is_masked_block_output():
     """Eq. 5: stage 2's copy of layer3 receives stage 1's layer2 output x Up(M_1)."""
     torch.manual_seed(0)
     model = build_model(svrn_cfg()).eval()
-    seen = {}
-    model.backbone.layer2.register_forward_hook(lambda m, i, o: seen.__setitem__("o1", o))
-    model.branches[0]["layer3"].register_forward_pre_hook(lambda m, i: seen.__setitem__("in2", i[0]))
-    model.branches[0]["layer3"].register_forward_hook(lambda m, i, o: seen.__setitem__("o2", o))
-    model.branches[1]["layer4"].register_forward_pre_hook(lambda m, i: seen.__setitem__("in3", i[0]))
-    with torch.no_grad():
-        outs = model.stages(model.preprocess_image(batch(size=128)["images"]))
+    outs, seen = _stage_inputs(model, batch(size=128)["images"])   # hooks: o1, in2, o2, in3
     m1 = outs[0]["mask"]
     assert seen["o1"].shape[-1] == 16                       # 128 px input: layer2 is 16x16
     expected = seen["o1"] * m1.repeat_interleave(2, 1).repeat_interleave(2, 2)[:, None]
     torch.testing.assert_close(seen["in2"], expected)
     assert (seen["in2"][:, :, ::2, ::2].abs().sum(1) == 0).sum() >= 12 * 4
-    # stage 3 branches off stage 2's own layer3 copy (8x8 map: one location per cell)
+    # stage 3 branches off stage 2's own layer3 copy (8x8 map: one location per cell), masked by
+    # the union of M_1 and M_2 (suppressed regions accumulate, after Eq. 5)
     assert seen["o2"].shape[-1] == 8
-    torch.testing.assert_close(seen["in3"], seen["o2"] * outs[1]["mask"][:, None])
+    union = outs[0]["mask"] * outs[1]["mask"]
+    torch.testing.assert_close(outs[1]["applied"], union)
+    torch.testing.assert_close(seen["in3"], seen["o2"] * union[:, None])
 
 
 def test_reward_gradient_reaches_only_the_ranking_layer_and_masks_are_detached():
@@ -358,9 +382,13 @@ def test_reward_gradient_reaches_only_the_ranking_layer_and_masks_are_detached()
 def test_ablation_switches_drop_loss_terms():
     torch.manual_seed(0)
     model = build_model(small_cfg("MODEL.SVRN.CROSS.VCC.ENABLED", "False",
-                                 "MODEL.SVRN.CROSS.DCC.ENABLED", "False",
-                                 "MODEL.SVRN.REWARD.ENABLED", "False")).train()
-    assert set(model(batch())) == {"loss_cls", "loss_triplet", "loss_icc"}
+                                 "MODEL.SVRN.CROSS.DCC.ENABLED", "False")).train()
+    assert set(model(batch())) == {"loss_cls", "loss_triplet", "loss_icc", "loss_reward"}
+    # random cells: no ranking layer, no critic, no reward
+    rnd = build_model(small_cfg("MODEL.SVRN.MASK_MODE", "random",
+                                "MODEL.SVRN.REWARD.ENABLED", "False")).train()
+    assert len(rnd.rankers) == 0 and not rnd.navigated
+    assert set(rnd(batch())) == {"loss_cls", "loss_triplet", "loss_vcc", "loss_icc", "loss_dcc"}
     base = build_model(small_cfg("MODEL.SVRN.NUM_STAGES", "1", "MODEL.SVRN.START_BLOCKS", "[]",
                                 "MODEL.SVRN.ALPHAS", "[]", "MODEL.SVRN.CROSS.ICC.ENABLED", "False",
                                 "MODEL.SVRN.CROSS.DCC.ENABLED", "False")).train()
@@ -403,10 +431,14 @@ def test_paper_config_values(path):
     assert cfg.INPUT.REA.ENABLED and cfg.INPUT.FLIP.ENABLED
     s = cfg.SOLVER
     assert (s.OPT, s.BASE_LR, s.WEIGHT_DECAY, list(s.STEPS), s.GAMMA) == ("Adam", 1e-4, 1e-4, [40, 70], 0.1)
-    assert s.MAX_EPOCH > 70 and s.IMS_PER_BATCH == 64 and cfg.DATALOADER.NUM_INSTANCE == 4
+    # batch 32: the critic's grids are "R^{32 x 2048 x 2 x 2}" (Sec. III-A)
+    assert s.MAX_EPOCH > 70 and s.IMS_PER_BATCH == 32 and cfg.DATALOADER.NUM_INSTANCE == 4
     C = cfg.MODEL.SVRN
     assert (C.NUM_STAGES, list(C.START_BLOCKS), list(C.ALPHAS), C.GRID) == (3, [3, 4], [0.2, 0.1], 8)
     assert (C.CROSS.VCC.MARGIN, C.CROSS.ICC.MARGIN, cfg.MODEL.LOSSES.TRI.MARGIN) == (0.3, 0.15, 0.3)
+    # Eq. 13: one-hot labels; after Eq. 5: accumulated suppression; Sec. III-C: sum of F_t
+    assert cfg.MODEL.LOSSES.CE.EPSILON == 0.0
+    assert C.ACCUMULATE_MASKS is True and C.EVAL_FEAT == "gap" and C.MASK_MODE == "salience"
 
 
 def test_paper_model_geometry_on_meta_device():
@@ -428,13 +460,185 @@ def test_paper_model_geometry_on_meta_device():
 
 def test_random_mask_ablation_suppresses_n_random_cells_in_training_only():
     torch.manual_seed(0)
-    model = build_model(small_cfg("MODEL.SVRN.MASK_MODE", "random"))
+    model = build_model(small_cfg("MODEL.SVRN.MASK_MODE", "random",
+                                  "MODEL.SVRN.REWARD.ENABLED", "False"))
+    assert len(model.rankers) == 0
     images = model.preprocess_image(batch()["images"])
     model.train()
     with torch.no_grad():
         outs = model.stages(images)
     assert [(o["mask"].flatten(1) == 0).sum(1).tolist() for o in outs[:-1]] == [[3] * 4, [1] * 4]
+    # accumulated: the random cells of stage 2 are new ones
+    assert ((outs[0]["mask"] == 0) & (outs[1]["mask"] == 0)).sum() == 0
     model.eval()
     with torch.no_grad():
         outs = model.stages(images)
     assert all(o["mask"].min() == 1 for o in outs[:-1])
+
+
+# --------------------------------------------------------------------------------------------
+# Accumulated suppression (after Eq. 5): disjoint masks, union applied
+# --------------------------------------------------------------------------------------------
+class FixedScores(nn.Module):
+    """A ranking layer that returns the same (G, G) score map for every image."""
+
+    def __init__(self, scores):
+        super().__init__()
+        self.register_buffer("scores", scores)
+
+    def forward(self, x):
+        return self.scores.expand(x.shape[0], *self.scores.shape)
+
+
+def _ranked_cells(seed=3):
+    """An 8x8 score map whose cell of rank r (0 = most salient) is ``order[r]``."""
+    order = torch.randperm(64, generator=torch.Generator().manual_seed(seed))
+    scores = torch.empty(64)
+    scores[order] = -torch.arange(64, dtype=torch.float32)
+    return order, scores.view(8, 8)
+
+
+def _stage_inputs(model, images):
+    seen = {}
+    model.backbone.layer2.register_forward_hook(lambda m, i, o: seen.__setitem__("o1", o))
+    model.branches[0]["layer3"].register_forward_pre_hook(lambda m, i: seen.__setitem__("in2", i[0]))
+    model.branches[0]["layer3"].register_forward_hook(lambda m, i, o: seen.__setitem__("o2", o))
+    model.branches[1]["layer4"].register_forward_pre_hook(lambda m, i: seen.__setitem__("in3", i[0]))
+    with torch.no_grad():
+        outs = model.stages(model.preprocess_image(images))
+    return outs, seen
+
+
+def zeros_of(mask):
+    """Flat indices of the zero cells of a (G, G) mask, as a set."""
+    return set((mask.flatten() == 0).nonzero().flatten().tolist())
+
+
+@pytest.mark.parametrize("accumulate", [True, False])
+def test_suppressed_regions_accumulate_over_stages(accumulate):
+    """With the same salience map in both stages, stage 2 takes the next 6 cells after stage 1's
+    12 (disjoint), and stage 3's input is masked by the union of the 18 cells. The switch
+    ``ACCUMULATE_MASKS False`` re-picks stage 1's top 6 and masks stage 3 by M_2 alone."""
+    torch.manual_seed(0)
+    model = build_model(svrn_cfg("MODEL.SVRN.ACCUMULATE_MASKS", str(accumulate))).eval()
+    order, scores = _ranked_cells()
+    model.rankers[0], model.rankers[1] = FixedScores(scores), FixedScores(scores)
+    outs, seen = _stage_inputs(model, batch(size=128)["images"])
+    top = order.tolist()
+    m1, m2 = outs[0]["mask"], outs[1]["mask"]
+    for b in range(m1.shape[0]):
+        assert zeros_of(m1[b]) == set(top[:12])
+        assert zeros_of(m2[b]) == (set(top[12:18]) if accumulate else set(top[:6]))
+    if accumulate:
+        assert ((m1 == 0) & (m2 == 0)).sum() == 0                      # disjoint
+        applied = m1 * m2                                              # the union, 18 cells
+        assert (applied.flatten(1) == 0).sum(1).tolist() == [18] * 4
+    else:
+        applied = m2
+    torch.testing.assert_close(outs[1]["applied"], applied)
+    # Eq. 5 with the union: stage 2 sees O_1 x Up(M_1), stage 3 O_2 x Up(union) (8x8: 1 px/cell)
+    torch.testing.assert_close(seen["in2"], seen["o1"] * upsample_mask(m1, seen["o1"].shape[-2:]))
+    torch.testing.assert_close(seen["in3"], seen["o2"] * applied[:, None])
+    assert (seen["in3"].abs().sum(1).flatten(1) == 0).sum(1).min() >= (18 if accumulate else 6)
+
+
+def test_accumulated_masks_are_disjoint_with_trained_style_scores():
+    """Real ranking layers (random weights), 4 stages: the masks of all stages are disjoint and
+    each has exactly n_t zeros; ``applied`` is their running product."""
+    torch.manual_seed(0)
+    model = build_model(svrn_cfg(*STAGE_OPTS[4])).eval()
+    with torch.no_grad():
+        outs = model.stages(model.preprocess_image(batch(size=128)["images"]))
+    masks = torch.stack([o["mask"] for o in outs[:-1]])                # (T-1, B, 8, 8)
+    assert (masks == 0).sum(0).max() == 1                              # no cell chosen twice
+    assert (masks == 0).flatten(2).sum(2).tolist() == [[n] * 4 for n in model.n_cells]
+    torch.testing.assert_close(outs[-2]["applied"], masks.prod(0))
+
+
+# --------------------------------------------------------------------------------------------
+# Test descriptors (Sec. III-C): one checkpoint, every option
+# --------------------------------------------------------------------------------------------
+def test_descriptor_options_from_one_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    trained = build_model(small_cfg()).train()
+    trained(batch())                       # move the BN running statistics off their init
+    state = trained.state_dict()
+    images = batch(seed=1)["images"]
+    trained.eval()
+    with torch.no_grad():
+        outs = trained.stages(trained.preprocess_image(images))
+        f = [o["feat"] for o in outs]
+        expected = {
+            "gap": f[0] + f[1] + f[2],
+            "gap_l2": sum(x / x.norm(dim=1, keepdim=True) for x in f),
+            "unified": sum(trained.unified(x) for x in f),
+            "bn": sum(o["bn_feat"] for o in outs),
+        }
+    feats = {}
+    for name, ref in expected.items():
+        model = build_model(small_cfg("MODEL.SVRN.EVAL_FEAT", name))
+        model.load_state_dict(state, strict=True)           # the same checkpoint for every option
+        with torch.no_grad():
+            feats[name] = model.eval()(images.clone())
+        torch.testing.assert_close(feats[name], ref)
+    assert feats["gap"].shape == (4, 256) and feats["unified"].shape == (4, 128)
+    # the normalised sum has norm <= T, and differs from the plain sum
+    assert feats["gap_l2"].norm(dim=1).max() <= 3 + 1e-5
+    assert not torch.allclose(F.normalize(feats["gap_l2"]), F.normalize(feats["gap"]))
+
+
+def test_dcc_literal_eq11_hand_computed():
+    # Eq. 11 as written (no row normalisation): rows (3, 4, 0) and (1, 0, 0)
+    #   G G^T = [[25, 3], [3, 1]] -> G G^T - I = [[24, 3], [3, 0]] -> sqrt(576 + 9 + 9)
+    g = torch.tensor([[[3.0, 4.0, 0.0]], [[1.0, 0.0, 0.0]]], dtype=torch.float64)
+    assert dcc_loss(g, normalize=False).item() == pytest.approx(math.sqrt(594), rel=1e-6)
+    assert dcc_loss(g).item() == pytest.approx(math.sqrt(2 * 0.6 ** 2), abs=1e-6)
+    # orthonormal rows: 0 both ways
+    e = torch.eye(3, dtype=torch.float64)[:, None]
+    assert dcc_loss(e, normalize=False).item() == pytest.approx(0.0, abs=1e-5)
+
+
+# --------------------------------------------------------------------------------------------
+# The paper's ablations as data: every row builds, trains a step, and every parameter gets a
+# gradient (what DDP needs: it stops on a parameter that takes no part in the loss)
+# --------------------------------------------------------------------------------------------
+def test_ablation_table_covers_every_row_of_tables_ii_to_vi():
+    rows = {}
+    for ab in ABLATIONS.values():
+        rows.setdefault(ab.table, []).append(ab.row)
+    assert len(rows["II"]) == 3 and len(rows["III"]) == 4 and len(rows["IV"]) == 6
+    assert len(rows["V"]) == 6 and len(rows["VI"]) == 6
+    # the paper's default row of each table is the paper config itself
+    paper = make_cfg("configs/veri/svrn.yml", [], [add_svrn_config])
+    for name in ("II/scheme_b", "III/3_stages", "IV/scheme_e", "V/csc", "VI/csc_0.15"):
+        assert make_cfg("configs/veri/svrn.yml", ablation_overrides(name),
+                        [add_svrn_config]) == paper, name
+    assert make_cfg("configs/veri/svrn.yml", ablation_overrides("V/no_csc"),
+                    [add_svrn_config]) != paper
+    # Table IV's schemes: (stage 1, stage 2) suppression percentages
+    cfg = make_cfg("configs/veri/svrn.yml", ablation_overrides("IV/scheme_a"), [add_svrn_config])
+    assert list(cfg.MODEL.SVRN.ALPHAS) == [0.3, 0.3]
+    with pytest.raises(KeyError, match="known"):
+        ablation_overrides("II/scheme_z")
+
+
+_UNIQUE_ROWS = {}
+for _name, _ab in ABLATIONS.items():
+    _UNIQUE_ROWS.setdefault(tuple(_ab.overrides), _name)
+
+
+@pytest.mark.parametrize("name", sorted(_UNIQUE_ROWS.values()))
+def test_every_ablation_row_trains_a_step_with_a_gradient_for_every_parameter(name):
+    """Each documented row (demo-sized: ResNet-18, 128 px, the paper's 8x8 grid) merges into the
+    config, builds, and one training step gives finite losses and a gradient to every trainable
+    parameter; the weights change after an optimizer step."""
+    torch.manual_seed(0)
+    model = build_model(svrn_cfg(*ablation_overrides(name))).train()
+    losses = model(batch(size=128))
+    assert all(torch.isfinite(v) for v in losses.values()), losses
+    sum(losses.values()).backward()
+    missing = [k for k, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, f"{name}: parameters without a gradient: {missing}"
+    before = model.heads[-1].reduce_conv.weight.detach().clone()
+    torch.optim.SGD(model.parameters(), lr=0.1).step()
+    assert not torch.equal(before, model.heads[-1].reduce_conv.weight)

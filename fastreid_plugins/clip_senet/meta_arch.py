@@ -6,7 +6,6 @@ Reference:
 """
 
 import logging
-import os
 
 import torch
 
@@ -20,7 +19,7 @@ from fastreid.utils import events
 from ..losses.supcon import supcon_kwargs_from_cfg, supcon_loss
 from ..modeling.base import PluginMetaArch, build_backbone, loss_kwargs_from_cfg
 from .modules import AFEM, CameraViewEmbedding, FeatureFusion
-from .tinyclip import (SemanticExtractionModule, hf_activation, load_sem_weights, read_state_dict,
+from .tinyclip import (SemanticExtractionModule, hf_activation, load_sem_weights,
                        tinyclip_vision_config)
 
 __all__ = ["CLIPSENet", "build_cnn_backbone", "build_sem", "SUPPORTED_LOSSES", "CV_POSITIONS"]
@@ -31,50 +30,18 @@ SUPPORTED_LOSSES = ("CrossEntropyLoss", "SupConLoss", "TripletLoss")
 CV_POSITIONS = ("sem_tokens", "feature")
 
 
-def _load_resnext_imagenet(model, path):
-    """Load an ImageNet ResNeXt(-IBN) checkpoint (IBN-Net release format) into FastReID's ResNeXt.
-
-    FastReID's ``build_resnext_backbone`` only reads ``PRETRAIN_PATH`` files holding
-    ``{"model": {"module.encoder.<key>": ...}}``; IBN-Net's published
-    ``resnext101_ibn_a-6ace051d.pth`` is a plain state dict with the same key names as FastReID's
-    ResNeXt. The classifier (``fc.*``) is dropped; anything else that does not match is an error.
-    """
-    state = read_state_dict(path)
-    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
-    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    own = model.state_dict()
-    missing = sorted(k for k in set(own) - set(state) if not k.endswith("num_batches_tracked"))
-    unexpected = sorted(set(state) - set(own))
-    shapes = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-    if missing or unexpected or shapes:
-        raise ValueError(
-            f"MODEL.BACKBONE.PRETRAIN_PATH={path!r} does not match FastReID's ResNeXt "
-            f"(missing {missing[:10]}{'...' if len(missing) > 10 else ''}, unexpected "
-            f"{unexpected[:10]}{'...' if len(unexpected) > 10 else ''}, shape mismatch "
-            f"{shapes[:10]}). Expected IBN-Net's resnext101_ibn_a-6ace051d.pth for DEPTH 101x "
-            "WITH_IBN True.")
-    model.load_state_dict(state, strict=False)
-    logger.info(f"Loaded ImageNet ResNeXt weights from {path}")
-
-
 def build_cnn_backbone(cfg):
-    """The CNN backbone (Eq. 1): FastReID's backbone by ``MODEL.BACKBONE``, local weights only.
+    """The CNN backbone (Eq. 1): FastReID's backbone by ``MODEL.BACKBONE``.
+
+    The paper's ResNeXt101-IBN is built with IBN-Net's layout (IBN in layer1-3, plain BN in
+    layer4), the network of IBN-Net's ``resnext101_ibn_a-6ace051d.pth``; its weights come from
+    :mod:`fastreid_plugins.modeling.pretrained` (``PRETRAIN_PATH`` -> torch.hub cache -> download,
+    loaded strictly).
 
     Raises:
-        FileNotFoundError: ``PRETRAIN`` True and ``PRETRAIN_PATH`` empty or missing.
-        ValueError: a ResNeXt ``PRETRAIN_PATH`` that does not match the architecture.
+        FileNotFoundError: ``PRETRAIN`` True and no weights file found or fetched.
+        ValueError: a weights file that does not match the architecture.
     """
-    bb = cfg.MODEL.BACKBONE
-    if bb.NAME == "build_resnext_backbone" and bb.PRETRAIN and bb.PRETRAIN_PATH:
-        if not os.path.isfile(bb.PRETRAIN_PATH):
-            raise FileNotFoundError(f"MODEL.BACKBONE.PRETRAIN_PATH={bb.PRETRAIN_PATH!r} does not "
-                                    "exist (expected IBN-Net's resnext101_ibn_a-6ace051d.pth).")
-        cfg = cfg.clone()
-        cfg.defrost()
-        cfg.MODEL.BACKBONE.PRETRAIN = False
-        model = build_backbone(cfg)
-        _load_resnext_imagenet(model, bb.PRETRAIN_PATH)
-        return model
     return build_backbone(cfg)
 
 

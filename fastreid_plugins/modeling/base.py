@@ -1,7 +1,5 @@
 """Common base of the plugins' meta-architectures."""
 
-import os
-
 import torch
 from torch import nn
 from fastreid.modeling.backbones import build_backbone as _fastreid_build_backbone
@@ -37,18 +35,15 @@ def state_dict_mismatch(own, state, what="model", limit=30):
 
 
 def build_backbone(cfg):
-    """FastReID's ``build_backbone`` with local-only pretrained weights.
+    """FastReID's ``build_backbone``; ResNet / ResNeXt weights come from
+    :mod:`fastreid_plugins.modeling.pretrained` (``PRETRAIN_PATH`` -> torch.hub cache -> download,
+    strict loading), which the compat layer registers under FastReID's builder names.
 
     Raises:
-        FileNotFoundError: ``MODEL.BACKBONE.PRETRAIN`` is True and ``PRETRAIN_PATH`` is empty (the
-            message says which file to download and where it is published) or does not exist.
+        WeightsNotAvailableError (a ``FileNotFoundError``): ``MODEL.BACKBONE.PRETRAIN`` is True and
+            no file was found or fetched (the message names file, URL, cache folder, config key).
+        WeightsMismatchError (a ``ValueError``): the file does not fit the backbone.
     """
-    bb = cfg.MODEL.BACKBONE
-    if bb.PRETRAIN and bb.PRETRAIN_PATH and not os.path.isfile(bb.PRETRAIN_PATH):
-        raise FileNotFoundError(
-            f"MODEL.BACKBONE.PRETRAIN_PATH={bb.PRETRAIN_PATH!r} does not exist. Point it at a local "
-            f"ImageNet checkpoint for {bb.NAME} depth {bb.DEPTH} (IBN={bb.WITH_IBN}), or set "
-            "MODEL.BACKBONE.PRETRAIN False.")
     return _fastreid_build_backbone(cfg)
 
 

@@ -5,14 +5,17 @@ Importing this package registers the ``SVRN`` meta-architecture in FastReID's
 See ``projects/SVRN/README.md``.
 """
 
-from .config import add_svrn_config, check_svrn_config, num_suppressed
+from .config import (ABLATIONS, Ablation, ablation_overrides, add_svrn_config, check_svrn_config,
+                     num_suppressed)
 from .critic import grid_critic, minmax_normalise
 from .layers import ClassificationBlock, SalienceRanking, SpatialInformationMining, UnifiedLayer
 from .losses import dcc_loss, icc_loss, reward_loss, vcc_loss
 from .meta_arch import SVRN
 from .suppression import random_suppression_mask, suppression_mask, upsample_mask
+from .trainer import SVRNTrainer
 
-__all__ = ["SVRN", "add_svrn_config", "check_svrn_config", "num_suppressed", "grid_critic",
+__all__ = ["SVRN", "SVRNTrainer", "ABLATIONS", "Ablation", "ablation_overrides",
+           "add_svrn_config", "check_svrn_config", "num_suppressed", "grid_critic",
            "minmax_normalise", "ClassificationBlock", "SalienceRanking",
            "SpatialInformationMining", "UnifiedLayer", "reward_loss", "vcc_loss", "icc_loss",
            "dcc_loss", "suppression_mask", "random_suppression_mask", "upsample_mask"]

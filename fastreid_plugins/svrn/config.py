@@ -13,18 +13,29 @@ Stage 1 is the whole backbone (blocks 1-5). Stage t+1 (t >= 1) with start block 
 stage t's output of block ``b`` (``O_t``), multiplies it by the up-sampled suppression mask
 (``O_t x Up(M_t)``, Eq. 5) and runs its own deep copies of blocks ``b+1 .. 5``. The default
 ``(3, 4)`` therefore makes stage 2 re-run copies of ``layer3``/``layer4`` on the masked
-``layer2`` output, and stage 3 a copy of ``layer4`` on the masked ``layer3`` output.
+``layer2`` output, and stage 3 a copy of ``layer4`` on the masked ``layer3`` output: the paper's
+"the second stage starts from block 3 ..., the third stage starts from block 4" (Sec. IV-B) with
+its blocks read as ResNet layers, as Eq. 5's "map M_1 with X_1^3" (X_t^n = input of layer n)
+requires. ``(2, 3)`` is the conv{b}_x reading (2.68x the Baseline's MACs instead of 2.28x).
+
+:data:`ABLATIONS` holds every row of the paper's Tables II-VI as config overrides.
 """
 
 from fastreid.config import CfgNode as CN
 
-__all__ = ["add_svrn_config", "check_svrn_config", "num_suppressed"]
+from collections import namedtuple
+
+__all__ = ["add_svrn_config", "check_svrn_config", "num_suppressed", "ABLATIONS", "Ablation",
+           "ablation_overrides"]
 
 SIM_NAMES = ("spatial", "residual", "none")
 CRITIC_MODES = ("decomposed", "batched")
 MASK_MODES = ("salience", "random")
 ROUNDINGS = ("floor", "round")
-EVAL_FEATS = ("gap", "bn")
+#: test descriptor (Sec. III-C): sum over stages of F_t ("gap", the paper's words), of the
+#: L2-normalised F_t ("gap_l2"), of the unified G_t = g(F_t) ("unified", Eq. 6) or of the
+#: BNNeck features ("bn")
+EVAL_FEATS = ("gap", "gap_l2", "unified", "bn")
 
 
 def add_svrn_config(cfg):
@@ -45,6 +56,12 @@ def add_svrn_config(cfg):
         _C.GRID = 8                   # critic / salience grid: GRID x GRID cells (Eq. 2)
         _C.N_ROUNDING = "floor"       # n = floor(alpha * GRID^2) ("round": nearest, half up)
         _C.MASK_MODE = "salience"     # "random": n random cells (ablation, no navigation)
+        # after Eq. 5: "Once a region has been chosen, it won't be chosen again during the
+        # following stages": stage t picks its n_t cells among those not yet suppressed and
+        # stage t+1's input is masked by the union M_1..M_t. False: top-n over all cells and
+        # M_t alone (this project's behaviour before issue 12)
+        _C.ACCUMULATE_MASKS = True
+        _C.SEED = -1                  # >= 0: SVRNTrainer seeds python / numpy / torch with it
 
         # spatial information mining module (Sec. III-A): see svrn/layers.py
         _C.SIM = CN()
@@ -54,7 +71,7 @@ def add_svrn_config(cfg):
 
         # per-stage classification block: reduction (1x1 conv+BN+ReLU), GAP, BN, FC
         _C.REDUCTION_DIM = 512
-        _C.EVAL_FEAT = "gap"          # inference: sum over stages of the GAP ("gap") or BN ("bn") feature
+        _C.EVAL_FEAT = "gap"          # inference: sum over stages of F_t; see EVAL_FEATS
 
         # grid critic + reward loss (Eq. 2-4)
         _C.CRITIC = CN()
@@ -69,7 +86,9 @@ def add_svrn_config(cfg):
         _C.CROSS.UNIFIED_DIM = 256
         _C.CROSS.VCC = CN({"ENABLED": True, "MARGIN": 0.3, "SCALE": 1.0})
         _C.CROSS.ICC = CN({"ENABLED": True, "MARGIN": 0.15, "SCALE": 1.0})
-        _C.CROSS.DCC = CN({"ENABLED": True, "SCALE": 1.0})
+        # NORMALIZE: L2-normalise the rows of G^i before the Gram matrix (our deviation from the
+        # literal Eq. 11, see projects/SVRN/README.md); False = Eq. 11 as written
+        _C.CROSS.DCC = CN({"ENABLED": True, "SCALE": 1.0, "NORMALIZE": True})
     if frozen:
         cfg.freeze()
     return cfg
@@ -132,6 +151,22 @@ def check_svrn_config(cfg):
         raise _err("N_ROUNDING", C.N_ROUNDING, f"one of {ROUNDINGS}")
     if C.MASK_MODE not in MASK_MODES:
         raise _err("MASK_MODE", C.MASK_MODE, f"one of {MASK_MODES}")
+    if not isinstance(C.ACCUMULATE_MASKS, bool):
+        raise _err("ACCUMULATE_MASKS", C.ACCUMULATE_MASKS, "True or False")
+    cells = C.GRID * C.GRID
+    n = [num_suppressed(a, cells, C.N_ROUNDING) for a in alphas]
+    if C.ACCUMULATE_MASKS and sum(n) >= cells:
+        raise _err("ALPHAS", alphas, f"suppression ratios whose cells (n_t = {n}) leave at least "
+                   f"one of the {cells} grid cells unsuppressed (with ACCUMULATE_MASKS the "
+                   "stages' suppressed regions add up)")
+    if C.MASK_MODE == "salience" and any(n) and not C.REWARD.ENABLED:
+        raise _err("REWARD.ENABLED", False,
+                   "True with MASK_MODE 'salience': the reward loss (Eq. 4) is the only thing that "
+                   "trains the salience ranking layers, so without it the masks would come from "
+                   "their random initial weights (and DDP stops on parameters without a "
+                   "gradient). For suppression without salience navigation use MODEL.SVRN."
+                   "MASK_MODE random (no ranking layer, no critic); for no suppression, ALPHAS "
+                   "of 0")
     if C.SIM.NAME not in SIM_NAMES:
         raise _err("SIM.NAME", C.SIM.NAME, f"one of {SIM_NAMES}")
     if C.SIM.KERNEL < 1 or C.SIM.KERNEL % 2 == 0:
@@ -142,6 +177,10 @@ def check_svrn_config(cfg):
         raise _err("REDUCTION_DIM", C.REDUCTION_DIM, "a positive channel count")
     if C.EVAL_FEAT not in EVAL_FEATS:
         raise _err("EVAL_FEAT", C.EVAL_FEAT, f"one of {EVAL_FEATS}")
+    if C.EVAL_FEAT == "unified" and not any(C.CROSS[k].ENABLED for k in ("VCC", "ICC", "DCC")):
+        raise _err("EVAL_FEAT", "unified", "'gap', 'gap_l2' or 'bn' when every cross-space term "
+                   "(MODEL.SVRN.CROSS.{VCC,ICC,DCC}.ENABLED) is off: the unified layer g is "
+                   "only built (and trained) for them")
     if C.CRITIC.MODE not in CRITIC_MODES:
         raise _err("CRITIC.MODE", C.CRITIC.MODE, f"one of {CRITIC_MODES}")
     if C.CROSS.UNIFIED_DIM < 1:
@@ -160,3 +199,98 @@ def check_svrn_config(cfg):
     if cfg.MODEL.BACKBONE.WITH_NL:
         raise ValueError("MODEL.BACKBONE.WITH_NL=True is not supported by SVRN (its stages run "
                          "the ResNet layers block by block); set it False.")
+
+
+# ----------------------------------------------------------------------------------------------
+# The paper's ablations (Tables II-VI, Sec. IV-D) as config overrides
+# ----------------------------------------------------------------------------------------------
+#: One ablation row: ``table`` (e.g. "II"), ``row`` (the paper's row label), ``overrides`` (a
+#: ``merge_from_list`` list applied after the training config, e.g. ``configs/veri/svrn.yml``),
+#: ``paper`` (the row's VeRi-776 (mAP, CMC@1) as printed; None where the table lost a value in
+#: conversion or the row is not in the paper) and ``note``.
+Ablation = namedtuple("Ablation", ["table", "row", "overrides", "paper", "note"])
+
+_OFF_CSC = ["MODEL.SVRN.CROSS.VCC.ENABLED", "False", "MODEL.SVRN.CROSS.ICC.ENABLED", "False",
+            "MODEL.SVRN.CROSS.DCC.ENABLED", "False"]
+# Baseline: "only one stage and no extra component" (Sec. IV-E2); Table II: no GSB (so no
+# pyramid, no SIM, no ranking layer) and no CSC
+_BASELINE = ["MODEL.SVRN.NUM_STAGES", "1", "MODEL.SVRN.START_BLOCKS", "[]", "MODEL.SVRN.ALPHAS",
+             "[]", "MODEL.SVRN.SIM.NAME", "none", *_OFF_CSC]
+
+
+def _csc(vcc, icc, dcc):
+    return ["MODEL.SVRN.CROSS.VCC.ENABLED", str(vcc), "MODEL.SVRN.CROSS.ICC.ENABLED", str(icc),
+            "MODEL.SVRN.CROSS.DCC.ENABLED", str(dcc)]
+
+
+def _alphas(a1, a2):
+    return ["MODEL.SVRN.ALPHAS", f"[{a1}, {a2}]"]
+
+
+#: name -> :class:`Ablation`. Every row of Tables II-VI, plus this project's own extra ablations
+#: (table "extra": not in the paper). The default config is Table II scheme b = Table III 3
+#: stages = Table IV scheme e = Table V SVRN+CSC = Table VI beta_V 0.30 / beta_I 0.15.
+ABLATIONS = {
+    # Table II: components (GSB = grid-based salience boosting, CSC = cross-space constraint)
+    "II/baseline": Ablation("II", "Baseline", _BASELINE, (80.7, 95.6), "no GSB, no CSC"),
+    "II/scheme_a": Ablation("II", "Scheme a", _OFF_CSC, (83.0, 96.5), "GSB, no CSC"),
+    "II/scheme_b": Ablation("II", "Scheme b", [], (84.5, 97.4), "GSB + CSC (the default)"),
+    # Table III: number of stages (start blocks and the 4th stage's ratio: paper silent)
+    "III/baseline": Ablation("III", "Baseline", _BASELINE, (80.7, 95.6), ""),
+    "III/2_stages": Ablation("III", "SVRN+2 stages", [
+        "MODEL.SVRN.NUM_STAGES", "2", "MODEL.SVRN.START_BLOCKS", "[3]", "MODEL.SVRN.ALPHAS",
+        "[0.2]"], (83.1, 96.6), "stage 2 starts from block 3 as in Sec. IV-B"),
+    "III/3_stages": Ablation("III", "SVRN+3 stages", [], (84.5, 97.2), "the default"),
+    "III/4_stages": Ablation("III", "SVRN+4 stages", [
+        "MODEL.SVRN.NUM_STAGES", "4", "MODEL.SVRN.START_BLOCKS", "[2, 3, 4]",
+        "MODEL.SVRN.ALPHAS", "[0.2, 0.1, 0.1]"], (79.6, 95.6),
+        "start blocks 2/3/4 and the third ratio 0.1 are our choice (paper silent)"),
+    # Table IV: suppression percentage of stages 1 / 2 (CMC@1 of one row lost in conversion)
+    "IV/baseline": Ablation("IV", "Baseline", _BASELINE, (80.7, 95.6), ""),
+    "IV/scheme_a": Ablation("IV", "Scheme a", _alphas(0.3, 0.3), (82.5, None), "30% / 30%"),
+    "IV/scheme_b": Ablation("IV", "Scheme b", _alphas(0.2, 0.2), (83.7, None), "20% / 20%"),
+    "IV/scheme_c": Ablation("IV", "Scheme c", _alphas(0.1, 0.1), (83.1, None), "10% / 10%"),
+    "IV/scheme_d": Ablation("IV", "Scheme d", _alphas(0.05, 0.05), (82.1, None), "5% / 5%"),
+    "IV/scheme_e": Ablation("IV", "Scheme e", _alphas(0.2, 0.1), (84.5, None),
+                            "20% / 10% (attenuated; the default, Sec. IV-B)"),
+    # Table V: sub-components of the cross-space constraint
+    "V/baseline": Ablation("V", "Baseline", _BASELINE, (80.7, 95.6), ""),
+    "V/no_csc": Ablation("V", "SVRN w/o CSC", _OFF_CSC, (83.0, 96.5), ""),
+    "V/vcc": Ablation("V", "SVRN+VCC", _csc(True, False, False), (83.8, 96.8), ""),
+    "V/icc": Ablation("V", "SVRN+ICC", _csc(False, True, False), (82.1, 96.7), ""),
+    "V/dcc": Ablation("V", "SVRN+DCC", _csc(False, False, True), (83.5, 96.9), ""),
+    "V/csc": Ablation("V", "SVRN+CSC", [], (84.5, 97.4), "the default"),
+    # Table VI: margins beta_V (VCC) and beta_I (ICC)
+    **{f"VI/vcc_{b}": Ablation("VI", f"SVRN+VCC beta_V {b}", [
+        *_csc(True, False, False), "MODEL.SVRN.CROSS.VCC.MARGIN", b], p, "")
+       for b, p in (("0.15", (83.3, 96.5)), ("0.30", (83.8, 96.8)), ("0.45", (82.7, 96.1)))},
+    **{f"VI/csc_{b}": Ablation("VI", f"SVRN+CSC beta_V 0.30 beta_I {b}", [
+        "MODEL.SVRN.CROSS.ICC.MARGIN", b], p, "")
+       for b, p in (("0.30", (83.2, 96.9)), ("0.15", (84.5, 97.4)), ("0.10", (83.8, 97.2)))},
+    # this project's own ablations (not in the paper)
+    "extra/random_mask": Ablation("extra", "random cells, no navigation", [
+        "MODEL.SVRN.MASK_MODE", "random", "MODEL.SVRN.REWARD.ENABLED", "False"], None,
+        "n random cells per image in training, no suppression at test; no ranking layer"),
+    "extra/no_suppression": Ablation("extra", "pyramid without suppression",
+                                     _alphas(0.0, 0.0), None, "no ranking layer, no critic"),
+    "extra/no_sim": Ablation("extra", "without SIM", ["MODEL.SVRN.SIM.NAME", "none"], None, ""),
+    "extra/per_stage_masks": Ablation("extra", "masks not accumulated", [
+        "MODEL.SVRN.ACCUMULATE_MASKS", "False"], None,
+        "each stage's top-n over all cells, M_t alone (before issue 12)"),
+    "extra/start_blocks_2_3": Ablation("extra", "start blocks (2, 3)", [
+        "MODEL.SVRN.START_BLOCKS", "[2, 3]"], None,
+        "conv{b}_x reading of 'starts from block 3 / 4' (2.68x the Baseline's MACs)"),
+    "extra/dcc_literal": Ablation("extra", "Eq. 11 without row normalisation", [
+        "MODEL.SVRN.CROSS.DCC.NORMALIZE", "False"], None, ""),
+}
+
+
+def ablation_overrides(name):
+    """The ``merge_from_list`` overrides of ablation ``name`` (a key of :data:`ABLATIONS`).
+
+    Raises:
+        KeyError: unknown name (the message lists the known ones).
+    """
+    if name not in ABLATIONS:
+        raise KeyError(f"unknown SVRN ablation {name!r}; known: {sorted(ABLATIONS)}")
+    return list(ABLATIONS[name].overrides)

@@ -101,22 +101,26 @@ def icc_loss(feats, margin=0.15):
     return _hard_triplet(dist, same_img & ~eye, ~same_img, margin)
 
 
-def dcc_loss(feats):
+def dcc_loss(feats, normalize=True):
     """Diversity cross-space constraint L_dcc per image (Eq. 11).
 
     ``L_dcc^i = || Ĝ^i Ĝ^i^T - I_T ||_F`` where Ĝ^i in R^{T x L} stacks image i's T unified
     features as rows, each **L2-normalised** (so the diagonal of the Gram matrix is 1 and the
-    loss only penalises the cosine similarity between different stages' features).
+    loss only penalises the cosine similarity between different stages' features). With
+    ``normalize=False``, Eq. 11 as written: the rows are the raw G_t^i (so the loss also pulls
+    every ||G_t^i|| to 1).
 
     Args:
         feats (Tensor): (T, B, L).
+        normalize (bool): L2-normalise the rows first (our default, see the SVRN README).
 
     Returns:
         Tensor: (B,) per-image losses (the model averages them over the batch, Eq. 12).
     """
     if feats.dim() != 3:
         raise ValueError(f"feats must be (T, B, L), got {tuple(feats.shape)}")
-    g = F.normalize(feats.float(), dim=2).transpose(0, 1)             # (B, T, L)
+    g = feats.float()
+    g = (F.normalize(g, dim=2) if normalize else g).transpose(0, 1)   # (B, T, L)
     gram = g @ g.transpose(1, 2)                                       # (B, T, T)
     eye = torch.eye(g.shape[1], device=g.device, dtype=g.dtype)
     diff = (gram - eye).flatten(1)

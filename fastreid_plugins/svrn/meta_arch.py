@@ -9,6 +9,7 @@ Reference:
 import copy
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from fastreid.config import configurable
 from fastreid.modeling.losses import cross_entropy_loss, log_accuracy, triplet_loss
@@ -42,17 +43,27 @@ class SVRN(PluginMetaArch):
         Re-identification. IEEE T-ITS 2022.
 
     Stage 1 is the whole ResNet backbone; stage t+1 multiplies stage t's output of block
-    ``start_blocks[t-1]`` by the up-sampled mask Up(M_t) (Eq. 5) and runs its own deep copies
+    ``start_blocks[t-1]`` by the up-sampled mask (Eq. 5) and runs its own deep copies
     of the later blocks (see :mod:`fastreid_plugins.svrn.config` for the block numbering).
     Every stage turns its block-5 output into X_t with the SIM module and classifies it with its
     own :class:`ClassificationBlock`. Stages 1..T-1 rank the G x G cells of X_t
     (:class:`SalienceRanking`, S_t) and suppress the top ``n_t = floor(alpha_t G^2)`` cells of the
-    detached S_t (:func:`suppression_mask`), in training and at inference. In training the grid
-    critic (:func:`grid_critic`, no gradient) supplies R_score for the reward loss.
+    detached S_t (:func:`suppression_mask`), in training and at inference. With
+    ``accumulate_masks`` (the paper: "Once a region has been chosen, it won't be chosen again
+    during the following stages", after Eq. 5) stage t picks its n_t cells among those no
+    earlier stage suppressed and stage t+1's input is masked by the union of M_1..M_t;
+    otherwise by M_t alone. In training the grid critic (:func:`grid_critic`, no gradient)
+    supplies R_score for the reward loss.
+
+    The ranking layers (and the critic) exist only when something trains them: with
+    ``mask_mode="salience"`` and at least one n_t > 0 (the config check then requires the
+    reward). The random-mask and no-suppression ablations build none, so every parameter gets
+    a gradient in every documented ablation (what DDP needs).
 
     Training loss (Eq. 13): ``L = L_tri + L_id + L_cross + L_reward`` with ``L_tri`` / ``L_id``
-    summed over stages (batch-hard triplet on the GAP features, FastReID's label-smoothed CE on
-    the BNNeck logits), ``L_cross = L_vcc + L_icc + mean_i L_dcc^i`` on the unified features
+    summed over stages (batch-hard triplet on the GAP features, FastReID's CE on the BNNeck
+    logits: one-hot as Eq. 13 with ``MODEL.LOSSES.CE.EPSILON 0``),
+    ``L_cross = L_vcc + L_icc + mean_i L_dcc^i`` on the unified features
     G_t = g(F_t) (Eq. 6-12) and ``L_reward`` summed over stages 1..T-1.
 
     Args:
@@ -64,12 +75,16 @@ class SVRN(PluginMetaArch):
         grid (int): G.
         n_rounding (str): ``"floor"`` or ``"round"`` for n = alpha G^2.
         mask_mode (str): ``"salience"`` or ``"random"`` (ablation).
+        accumulate_masks (bool): suppressed regions add up over the stages (the paper).
         sim (dict): ``name``, ``hidden``, ``kernel`` of :class:`SpatialInformationMining`.
         reduction_dim (int): D.
-        eval_feat (str): ``"gap"`` (sum of GAP features, Sec. III-C) or ``"bn"``.
+        eval_feat (str): test descriptor, a sum over the T stages of: ``"gap"`` F_t (Sec. III-C,
+            the default), ``"gap_l2"`` F_t / ||F_t||, ``"unified"`` G_t = g(F_t) (Eq. 6; needs a
+            cross-space term, which builds g) or ``"bn"`` the BNNeck feature.
         critic_mode (str): ``"decomposed"`` or ``"batched"``.
         reward (dict): ``enabled``, ``scale``, ``detach_feat``.
-        cross (dict): ``dim`` and per-term ``{"enabled", "margin", "scale"}`` for vcc/icc/dcc.
+        cross (dict): ``dim`` and per-term ``{"enabled", "margin", "scale"}`` for vcc/icc/dcc
+            (dcc: ``{"enabled", "scale", "normalize"}``, see :func:`dcc_loss`).
         loss_kwargs (dict): FastReID CE / triplet settings (``MODEL.LOSSES``).
         pixel_mean, pixel_std (list[float]): input normalisation.
 
@@ -80,7 +95,7 @@ class SVRN(PluginMetaArch):
     Returns:
         training: dict of scalar losses ``loss_cls``, ``loss_triplet``, ``loss_vcc``,
         ``loss_icc``, ``loss_dcc``, ``loss_reward`` (those enabled);
-        eval: (B, D) sum of the T stage features.
+        eval: (B, D) sum of the T stage features (D = UNIFIED_DIM for ``"unified"``).
 
     Raises:
         ValueError: invalid configuration (see :func:`check_svrn_config`) or a feature map
@@ -90,7 +105,7 @@ class SVRN(PluginMetaArch):
     @configurable
     def __init__(self, *, backbone, num_classes, num_stages, start_blocks, alphas, grid,
                  n_rounding, mask_mode, sim, reduction_dim, eval_feat, critic_mode, reward,
-                 cross, loss_kwargs, pixel_mean, pixel_std):
+                 cross, loss_kwargs, pixel_mean, pixel_std, accumulate_masks=True):
         super().__init__(pixel_mean, pixel_std)
         self.backbone = backbone
         self.num_stages = num_stages
@@ -99,6 +114,7 @@ class SVRN(PluginMetaArch):
         self.grid = grid
         self.n_cells = [num_suppressed(a, grid * grid, n_rounding) for a in self.alphas]
         self.mask_mode = mask_mode
+        self.accumulate_masks = bool(accumulate_masks)
         self.eval_feat = eval_feat
         self.critic_mode = critic_mode
         self.reward = dict(reward)
@@ -119,9 +135,18 @@ class SVRN(PluginMetaArch):
                                   for _ in range(num_stages))
         self.heads = nn.ModuleList(ClassificationBlock(channels, reduction_dim, num_classes)
                                    for _ in range(num_stages))
-        self.rankers = nn.ModuleList(SalienceRanking(channels, grid) for _ in range(num_stages - 1))
+        # salience navigation: ranking layers only where the reward trains them
+        self.navigated = mask_mode == "salience" and any(self.n_cells)
+        if self.navigated and not self.reward["enabled"]:
+            raise ValueError("SVRN: salience navigation needs the reward loss to train the ranking "
+                             "layers (MODEL.SVRN.REWARD.ENABLED); see check_svrn_config")
+        self.rankers = nn.ModuleList(SalienceRanking(channels, grid)
+                                     for _ in range(num_stages - 1 if self.navigated else 0))
         self.use_cross = any(self.cross[k]["enabled"] for k in ("vcc", "icc", "dcc"))
         self.unified = UnifiedLayer(reduction_dim, self.cross["dim"]) if self.use_cross else None
+        if eval_feat == "unified" and self.unified is None:
+            raise ValueError("MODEL.SVRN.EVAL_FEAT='unified' needs the unified layer g, built "
+                             "only when a cross-space term (MODEL.SVRN.CROSS.*.ENABLED) is on")
 
     @classmethod
     def from_config(cls, cfg):
@@ -137,6 +162,7 @@ class SVRN(PluginMetaArch):
             "grid": C.GRID,
             "n_rounding": C.N_ROUNDING,
             "mask_mode": C.MASK_MODE,
+            "accumulate_masks": C.ACCUMULATE_MASKS,
             "sim": {"name": C.SIM.NAME, "hidden": C.SIM.HIDDEN, "kernel": C.SIM.KERNEL},
             "reduction_dim": C.REDUCTION_DIM,
             "eval_feat": C.EVAL_FEAT,
@@ -146,7 +172,8 @@ class SVRN(PluginMetaArch):
             "cross": {"dim": X.UNIFIED_DIM,
                       "vcc": {"enabled": X.VCC.ENABLED, "margin": X.VCC.MARGIN, "scale": X.VCC.SCALE},
                       "icc": {"enabled": X.ICC.ENABLED, "margin": X.ICC.MARGIN, "scale": X.ICC.SCALE},
-                      "dcc": {"enabled": X.DCC.ENABLED, "scale": X.DCC.SCALE}},
+                      "dcc": {"enabled": X.DCC.ENABLED, "scale": X.DCC.SCALE,
+                              "normalize": X.DCC.NORMALIZE}},
             "loss_kwargs": loss_kwargs_from_cfg(cfg),
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
@@ -164,27 +191,34 @@ class SVRN(PluginMetaArch):
                 kept[blk] = x
         return x, kept
 
-    def _mask(self, t, scores):
-        """M_t: the top-n cells of the detached S_t (training and inference); in the
-        ``"random"`` ablation, n random cells in training and no suppression at inference
-        (like dropout, so that test features are deterministic)."""
+    def _mask(self, t, scores, available, like):
+        """M_t, 0 at the n_t cells stage t suppresses: the top-n_t of the detached S_t among the
+        ``available`` cells (None = all), in training and at inference; in the ``"random"``
+        ablation, n_t random available cells in training and none at inference (like dropout,
+        so that test features are deterministic). ``like``: a (B, ...) tensor giving the batch,
+        device and dtype when there are no scores."""
         n = self.n_cells[t]
+        b, g = like.shape[0], self.grid
+        if n == 0 or (self.mask_mode == "random" and not self.training):
+            return like.new_ones(b, g, g)
         if self.mask_mode == "random":
-            if not self.training:
-                return torch.ones_like(scores.detach())
-            return random_suppression_mask(scores.shape[0], self.grid, n, scores.device, scores.dtype)
-        return suppression_mask(scores, n)
+            return random_suppression_mask(b, g, n, like.device, like.dtype, available=available)
+        return suppression_mask(scores, n, available=available)
 
     def stages(self, images, targets=None):
         """Run the T stages on normalised images.
 
         Returns:
             list[dict]: per stage ``x`` (B, C, h, w) X_t, the :class:`ClassificationBlock` outputs
-            and, for t < T, ``scores`` (B, G, G) S_t, ``mask`` (B, G, G) M_t and, in training
-            with the reward enabled, ``r_score`` (B, G, G).
+            and, for t < T: ``mask`` (B, G, G) M_t (0 at the n_t cells stage t chooses),
+            ``applied`` (B, G, G) the mask multiplied into stage t+1's input (the union of
+            M_1..M_t with ``accumulate_masks``, else M_t), ``available`` (B, G, G) the cells
+            stage t could choose from (1) and, with salience navigation, ``scores`` (B, G, G)
+            S_t and, in training, ``r_score`` (B, G, G).
         """
         outs = []
         owner, first, inp = self.backbone, 1, images
+        kept_cells = None   # (B, G, G): 1 where no earlier stage suppressed the cell
         for t in range(self.num_stages):
             keep = {self.start_blocks[t]} if t < self.num_stages - 1 else set()
             feat5, kept = self._run(owner, inp, first, 5, keep)
@@ -192,16 +226,25 @@ class SVRN(PluginMetaArch):
             out = dict(self.heads[t](x))
             out["x"] = x
             if t < self.num_stages - 1:
-                ranker_in = x.detach() if self.reward["detach_feat"] else x
-                out["scores"] = self.rankers[t](ranker_in)
-                out["mask"] = self._mask(t, out["scores"]).to(feat5.dtype)
-                if targets is not None and self.reward["enabled"]:
-                    out["r_score"] = grid_critic(self.heads[t], x.detach(), targets, self.grid,
-                                                 stats=out["stats"], reduced=out["reduced"].detach(),
-                                                 mode=self.critic_mode)[0]
+                scores = None
+                if self.navigated:
+                    ranker_in = x.detach() if self.reward["detach_feat"] else x
+                    scores = out["scores"] = self.rankers[t](ranker_in)
+                    if targets is not None:
+                        out["r_score"] = grid_critic(
+                            self.heads[t], x.detach(), targets, self.grid, stats=out["stats"],
+                            reduced=out["reduced"].detach(), mode=self.critic_mode)[0]
+                available = kept_cells if self.accumulate_masks else None
+                mask = self._mask(t, scores, available, like=feat5).to(feat5.dtype)
+                applied = mask if available is None else available * mask
+                if self.accumulate_masks:
+                    kept_cells = applied
+                out["mask"], out["applied"] = mask, applied
+                out["available"] = (torch.ones_like(mask) if available is None
+                                    else available.to(mask.dtype))
                 b = self.start_blocks[t]
                 o = kept[b]
-                inp = o * upsample_mask(out["mask"], o.shape[-2:])
+                inp = o * upsample_mask(applied, o.shape[-2:])
                 owner, first = self.branches[t], b + 1
             outs.append(out)
         return outs
@@ -209,14 +252,26 @@ class SVRN(PluginMetaArch):
     def forward(self, batched_inputs):
         images = self.preprocess_image(batched_inputs)
         if not self.training:
-            outs = self.stages(images)
-            key = "feat" if self.eval_feat == "gap" else "bn_feat"
-            return torch.stack([o[key] for o in outs]).sum(dim=0)
+            return self.descriptor(self.stages(images))
         targets = self.targets(batched_inputs)
         if targets.sum() < 0:  # FastReID's PreciseBN passes -1 targets
             targets = torch.zeros_like(targets)
         outs = self.stages(images, targets)
         return self.losses(outs, targets)
+
+    def descriptor(self, outs):
+        """Test descriptor (Sec. III-C, "just adding them"): (B, D) sum over the stages of
+        ``eval_feat``: F_t (``gap``), F_t / ||F_t||_2 (``gap_l2``), G_t = g(F_t) (``unified``,
+        Eq. 6, D = UNIFIED_DIM) or the BNNeck feature (``bn``)."""
+        if self.eval_feat == "gap":
+            feats = [o["feat"] for o in outs]
+        elif self.eval_feat == "gap_l2":
+            feats = [F.normalize(o["feat"], dim=1) for o in outs]
+        elif self.eval_feat == "unified":
+            feats = [self.unified(o["feat"]) for o in outs]
+        else:
+            feats = [o["bn_feat"] for o in outs]
+        return torch.stack(feats).sum(dim=0)
 
     def losses(self, outs, targets):
         """Eq. 13: per-stage CE + triplet, cross-space constraint and reward loss."""
@@ -241,8 +296,9 @@ class SVRN(PluginMetaArch):
             if X["icc"]["enabled"]:
                 losses["loss_icc"] = icc_loss(g, X["icc"]["margin"]) * X["icc"]["scale"]
             if X["dcc"]["enabled"]:
-                losses["loss_dcc"] = dcc_loss(g).mean() * X["dcc"]["scale"]
-        if self.reward["enabled"] and self.num_stages > 1:
+                losses["loss_dcc"] = (dcc_loss(g, normalize=X["dcc"]["normalize"]).mean()
+                                      * X["dcc"]["scale"])
+        if self.navigated:
             losses["loss_reward"] = sum(reward_loss(o["scores"], o["r_score"])
                                         for o in outs[:-1]) * self.reward["scale"]
         return losses

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 __all__ = ["suppression_mask", "random_suppression_mask", "upsample_mask"]
 
 
-def suppression_mask(scores, n):
+def suppression_mask(scores, n, available=None):
     """Binary mask with the ``n`` highest-scoring cells of each image set to 0 (Algorithm 1).
 
     Exactly ``n`` cells are suppressed per image even when scores tie: cells are ranked by a
@@ -19,15 +19,23 @@ def suppression_mask(scores, n):
     with the lower flat index (top-left first) is suppressed first. The scores are detached:
     no gradient flows through the mask.
 
+    Reference: SVRN Algorithm 1; with ``available``, the text after Eq. 5: "Once a region has
+    been chosen, it won't be chosen again during the following stages".
+
     Args:
         scores (Tensor): (B, G, G) salience map S_t.
         n (int): number of cells to suppress, 0 <= n <= G*G.
+        available (Tensor, optional): (B, G, G), 1 at the cells that may be chosen (those no
+            earlier stage suppressed), 0 elsewhere; the n cells are the top-n *among them*
+            (each image must have at least n). None: all cells.
 
     Returns:
-        Tensor: (B, G, G) mask M_t of the scores' dtype, 0 at the suppressed cells, 1 elsewhere.
+        Tensor: (B, G, G) mask M_t of the scores' dtype, 0 at the n cells chosen, 1 elsewhere
+        (cells that were not available stay 1: multiply by ``available`` for the union).
 
     Raises:
-        ValueError: ``scores`` is not (B, G, G) or ``n`` is out of range.
+        ValueError: ``scores`` is not (B, G, G), ``available`` has another shape, or ``n`` is
+            out of range.
     """
     if scores.dim() != 3:
         raise ValueError(f"scores must be (B, G, G), got {tuple(scores.shape)}")
@@ -35,6 +43,12 @@ def suppression_mask(scores, n):
     flat = scores.detach().reshape(b, -1)
     if not 0 <= n <= flat.shape[1]:
         raise ValueError(f"n={n} cells to suppress, but the grid has {flat.shape[1]} cells")
+    if available is not None:
+        if available.shape != scores.shape:
+            raise ValueError(f"available must have the scores' shape {tuple(scores.shape)}, "
+                             f"got {tuple(available.shape)}")
+        # already suppressed cells sort last (the config check leaves >= n available cells)
+        flat = flat.masked_fill(available.detach().reshape(b, -1) == 0, float("-inf"))
     mask = torch.ones_like(flat)
     if n > 0:
         order = torch.sort(flat, dim=1, descending=True, stable=True).indices[:, :n]
@@ -42,14 +56,16 @@ def suppression_mask(scores, n):
     return mask.view_as(scores)
 
 
-def random_suppression_mask(batch, grid, n, device=None, dtype=torch.float32, generator=None):
-    """Ablation: suppress ``n`` uniformly random cells per image (no salience navigation).
+def random_suppression_mask(batch, grid, n, device=None, dtype=torch.float32, generator=None,
+                            available=None):
+    """Ablation: suppress ``n`` uniformly random cells per image (no salience navigation),
+    among the ``available`` ones (see :func:`suppression_mask`).
 
     Returns:
         Tensor: (B, G, G) mask with exactly ``n`` zeros per image.
     """
     scores = torch.rand(batch, grid, grid, device=device, generator=generator)
-    return suppression_mask(scores, n).to(dtype)
+    return suppression_mask(scores, n, available=available).to(dtype)
 
 
 def upsample_mask(mask, size):
