@@ -84,7 +84,10 @@ class VehicleReidEvaluator(DatasetEvaluator):
       the mean over trials, with ``<metric>_std`` for the standard deviation.
 
     ``TEST.AQE`` and ``TEST.RERANK`` work as in FastReID's ``ReidEvaluator`` (on the CPU when there
-    is no GPU).
+    is no GPU). Both protocols are evaluated query-chunked
+    (:func:`fastreid_plugins.evaluation.chunked.evaluate_chunked`, blocks sized by
+    ``TEST.EVAL_MEMORY_GB``): no (Q, G) matrix is built, except with ``TEST.RERANK.TYPE fastreid``
+    (FastReID's dense re-ranking, N x N by construction).
 
     Args:
         cfg (CfgNode): full config.
