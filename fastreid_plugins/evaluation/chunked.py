@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from .rank import check_labels, curves_from_ranks, rank_block
+from .sparse_rerank import row_norms, row_sq_norms
 
 __all__ = ["evaluate_chunked", "chunk_rows", "chunked_aqe", "DEFAULT_MEMORY_GB",
            "BYTES_PER_ENTRY"]
@@ -112,7 +113,7 @@ def chunked_aqe(query_feat, gallery_feat, qe_times=1, qe_k=10, alpha=3.0, memory
     rows = chunk_rows(n, memory_gb or DEFAULT_MEMORY_GB,
                       bytes_per_entry=4 + (4 * qe_k * feat.shape[1]) // max(n, 1) + 1)
     for _ in range(int(qe_times)):
-        inv = 1.0 / feat.norm(p=2, dim=1).clamp_min(1e-12)  # F.normalize's eps
+        inv = 1.0 / row_norms(feat)[:, 0].clamp_min(1e-12)  # F.normalize's eps
         new = torch.empty_like(feat)
         for s in _progress(range(0, n, rows), progress, "AQE"):
             e = min(n, s + rows)
@@ -198,16 +199,16 @@ def evaluate_chunked(query_feat, gallery_feat, q_pids, g_pids, q_camids, g_camid
         _check_args(nq + ng, rerank["k1"], rerank["k2"], lam)
         feats = torch.cat([qf, gf])  # the re-ranker's stacked copy, freed once encoded
         if metric == "cosine":  # same arithmetic as F.normalize(x, dim=1), in place
-            feats /= feats.norm(p=2, dim=1, keepdim=True).clamp_min_(1e-12)
+            feats /= row_norms(feats).clamp_min_(1e-12)
         index = JaccardIndex(feats, nq, rerank["k1"], rerank["k2"],
                              knn=rerank.get("knn", "auto"), device=rerank.get("device"),
                              progress=progress, knn_params=rerank.get("knn_params"))
         del feats
     if metric == "cosine":  # 1 - cos from inverse norms: no normalised copy of the gallery
-        q_inv = 1.0 / qf.norm(p=2, dim=1).clamp_min(1e-12)  # F.normalize's eps
-        g_inv = 1.0 / gf.norm(p=2, dim=1).clamp_min(1e-12)
+        q_inv = 1.0 / row_norms(qf)[:, 0].clamp_min(1e-12)  # F.normalize's eps
+        g_inv = 1.0 / row_norms(gf)[:, 0].clamp_min(1e-12)
     else:
-        q_sq, g_sq = qf.pow(2).sum(1), gf.pow(2).sum(1)
+        q_sq, g_sq = row_sq_norms(qf), row_sq_norms(gf)
     gt = gf.t()
 
     first = np.zeros(nq, dtype=np.int64)
