@@ -32,14 +32,13 @@ Usage:
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
-from rerank import _make_features, measure  # noqa: E402
+from rerank import _make_features, measure, run_worker  # noqa: E402
 
 
 def _mem_available_gb():
@@ -119,13 +118,7 @@ def _run_worker(mode, args, save=None):
     for key in ("num_query", "num_gallery", "dim", "ids", "noise", "cams", "seed", "k1", "k2", "lam",
                 "threads", "memory_gb", "nprobe", "nlist", "ef_search"):
         cmd += ["--" + key.replace("_", "-"), str(getattr(args, key))]
-    if save:
-        cmd += ["--save", save]
-    if args.progress:
-        cmd += ["--progress"]
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    res = subprocess.run(cmd, stdout=subprocess.PIPE, env=env, text=True, check=True)
-    return json.loads(res.stdout.strip().splitlines()[-1])
+    return run_worker(cmd, save, args.progress)
 
 
 def _print(res):

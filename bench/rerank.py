@@ -138,10 +138,13 @@ def _run_worker(method, args, save=None):
            "--dim", str(args.dim), "--ids", str(args.ids), "--seed", str(args.seed),
            "--k1", str(args.k1), "--k2", str(args.k2), "--lam", str(args.lam),
            "--knn", args.knn, "--threads", str(args.threads)]
-    if save:
-        cmd += ["--save", save]
-    if args.progress:
-        cmd += ["--progress"]
+    return run_worker(cmd, save, args.progress)
+
+
+def run_worker(cmd, save=None, progress=False):
+    """Run a bench worker command (this repository first on PYTHONPATH); its last stdout line
+    is JSON, returned as a dict."""
+    cmd = list(cmd) + (["--save", save] if save else []) + (["--progress"] if progress else [])
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     res = subprocess.run(cmd, stdout=subprocess.PIPE, env=env, text=True, check=True)
     return json.loads(res.stdout.strip().splitlines()[-1])
