@@ -31,7 +31,7 @@ setup(
         "numpy",
     ],
     extras_require={
-        "dev": ["pytest>=7", "onnx", "onnxruntime", "Cython"],
+        "dev": ["pytest>=7", "onnx", "onnxruntime", "Cython", "open_clip_torch"],
         "clip": ["transformers>=4.30"],
     },
 )

@@ -6,11 +6,13 @@ Both models use the paper's configuration (configs/veri/clip_senet.yml): ResNeXt
 camera/viewpoint embeddings. The baseline is FastReID's ``Baseline`` meta-architecture with the
 same backbone and the same ``EmbeddingHead`` (GAP + BNNeck). Weights are random (speed does not
 depend on them). The two models are timed alternately (eval mode, ``torch.no_grad``), after
-warm-up, and the medians are compared; the paper's target is a ratio <= 1.3x.
+warm-up, and the medians are compared against a ratio of 1.3x. That budget is this project's
+own (set when CLIP-SENet was added, issue 4), not the paper's: the paper reports no inference
+time or speed ratio.
 
 Usage:
     python bench/clip_senet_speed.py [--batch 2] [--iters 5] [--size 320] [--threads 0]
-        [--variant TinyCLIP-ViT-61M-32] [--device cpu]
+        [--variant TinyCLIP-ViT-61M-32] [--sem-size 0] [--device cpu]
 """
 
 import argparse
@@ -39,6 +41,8 @@ def clip_senet_cfg(args):
                          "MODEL.CLIPSENET.SEM.VARIANT", args.variant,
                          "MODEL.HEADS.NUM_CLASSES", 576, "MODEL.DEVICE", args.device,
                          "INPUT.SIZE_TEST", [args.size, args.size]])
+    if args.sem_size:
+        cfg.merge_from_list(["MODEL.CLIPSENET.SEM.INPUT_SIZE", args.sem_size])
     return cfg
 
 
@@ -58,6 +62,8 @@ def main():
     p.add_argument("--size", type=int, default=320)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--variant", default="TinyCLIP-ViT-61M-32")
+    p.add_argument("--sem-size", type=int, default=0,
+                   help="SEM input size (0: the paper config's, 320; 224: TinyCLIP's own)")
     p.add_argument("--device", default="cpu")
     args = p.parse_args()
     if args.threads:
@@ -91,16 +97,27 @@ def main():
                 times[k].append(run(m))
 
     med = {k: statistics.median(v) for k, v in times.items()}
+    flops = {}
+    from torch.utils.flop_counter import FlopCounterMode
+    with torch.no_grad():
+        for k, m in models.items():  # deterministic, unlike wall-clock time on a shared machine
+            counter = FlopCounterMode(display=False)
+            with counter:
+                m({key: v[:1] for key, v in batch.items()})
+            flops[k] = counter.get_total_flops()
     params = {k: count_parameters(m) for k, m in models.items()}
+    sem_size = models["clip_senet"].sem.image_size
     print(f"device={args.device} threads={torch.get_num_threads()} batch={args.batch} "
-          f"input={args.size}x{args.size} iters={args.iters} (median) SEM={args.variant}")
+          f"input={args.size}x{args.size} iters={args.iters} (median) SEM={args.variant} at "
+          f"{sem_size}x{sem_size}")
     for k in models:
         print(f"  {k:11s} {1000 * med[k] / args.batch:9.1f} ms/image   "
-              f"{params[k] / 1e6:7.2f} M params   runs(s): "
+              f"{flops[k] / 2e9:7.2f} GMACs/image   {params[k] / 1e6:7.2f} M params   runs(s): "
               + " ".join(f"{t:.2f}" for t in times[k]))
+    print(f"CLIP-SENet / baseline MACs: {flops['clip_senet'] / flops['baseline']:.2f}x")
     ratio = med["clip_senet"] / med["baseline"]
-    print(f"CLIP-SENet / baseline inference time: {ratio:.2f}x (target <= 1.3x: "
-          f"{'met' if ratio <= 1.3 else 'NOT met'})")
+    print(f"CLIP-SENet / baseline inference time: {ratio:.2f}x (project budget <= 1.3x, not a "
+          f"paper figure: {'met' if ratio <= 1.3 else 'NOT met'})")
 
 
 if __name__ == "__main__":

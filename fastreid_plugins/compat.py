@@ -29,6 +29,7 @@ import pickle
 import sys
 import types
 import warnings
+import zipfile
 
 import torch
 
@@ -208,6 +209,43 @@ def _patch_dataloader():
     APPLIED.append("DataLoaderX.cpu")
 
 
+class _LoaderThreadError:
+    """What the loader thread puts on its queue instead of dying silently."""
+
+    def __init__(self, error):
+        self.error = error
+
+
+def _patch_loader_thread_errors():
+    """``BackgroundGenerator.run`` dies on an exception (e.g. an unreadable image) before putting
+    its end-of-data marker, and the consumer then waits on the queue forever (0% CPU). Pass the
+    exception through the queue and raise it in the consumer's thread (again on every later call).
+    """
+    import fastreid.data.data_utils as du
+
+    def wrap_run(original):
+        def run(self):
+            try:
+                original(self)
+            except BaseException as e:  # noqa: B902  (whatever it is, the consumer must see it)
+                self.queue.put(_LoaderThreadError(e))
+        return run
+
+    def wrap_next(original):
+        def next(self):
+            item = original(self)
+            if isinstance(item, _LoaderThreadError):
+                self.queue.put(item)
+                raise item.error
+            return item
+        return next
+
+    patch_attr(du.BackgroundGenerator, "run", "BackgroundGenerator.run.errors", wrap_run,
+               tag="loader_thread.errors")
+    patch_attr(du.BackgroundGenerator, "next", "BackgroundGenerator.next", wrap_next,
+               tag="loader_thread.errors")
+
+
 def _patch_amp():
     """``AMPTrainer.run_step`` asserts CUDA; on CPU fall back to fp32 with one warning."""
     from fastreid.engine import train_loop
@@ -292,28 +330,57 @@ SAFE_CHECKPOINT_GLOBALS = [collections.Counter, collections.OrderedDict]
 TRUST_ENV = "FASTREID_PLUGINS_TRUST_CHECKPOINTS"
 
 
+class CorruptCheckpointError(RuntimeError):
+    """A checkpoint file is empty, truncated (e.g. a write that was killed) or not a torch file."""
+
+
+def _corrupt(path, detail):
+    size = os.path.getsize(path)
+    return CorruptCheckpointError(
+        f"Checkpoint {path!r} ({size} bytes) is not a complete torch checkpoint ({detail}): it is "
+        "truncated or corrupt, e.g. a write that was interrupted or a partial copy. Copy it again, "
+        "or use an earlier checkpoint (for --resume: write its file name into last_checkpoint "
+        "next to it).")
+
+
 def load_checkpoint_file(path):
     """Load a checkpoint with ``weights_only=True``, allowing the types FastReID itself writes.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
+        CorruptCheckpointError: the file is empty, truncated or not a torch checkpoint (named).
         CheckpointUnpicklingError: the file needs arbitrary unpickling; the message names the
             refused global and how to allow it (``FASTREID_PLUGINS_TRUST_CHECKPOINTS=1`` for
             files you trust).
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Checkpoint file not found: {path!r}")
-    if os.environ.get(TRUST_ENV) == "1":
-        return torch.load(path, map_location="cpu", weights_only=False)
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head:
+        raise _corrupt(path, "the file is empty")
+    is_zip = head == b"PK\x03\x04"  # torch >= 1.6 format; legacy files are a bare pickle
+    if is_zip and not zipfile.is_zipfile(path):
+        raise _corrupt(path, "its zip directory is missing")
+    trust = os.environ.get(TRUST_ENV) == "1"
     try:
+        if trust:
+            return torch.load(path, map_location="cpu", weights_only=False)
         with torch.serialization.safe_globals(SAFE_CHECKPOINT_GLOBALS):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        first = str(e).splitlines()[0] if str(e) else repr(e)
+        pickled = is_zip or head[:1] == b"\x80"  # a (legacy) pickle that needs more than tensors
+        if trust or not pickled or "Weights only load failed" not in str(e):
+            raise _corrupt(path, f"unpickling failed: {first}") from e
         raise CheckpointUnpicklingError(
             f"Checkpoint {path!r} contains pickled Python objects that torch.load(weights_only=True) "
-            f"refuses to load ({str(e).splitlines()[0] if str(e) else e!r}). If you trust this file, "
+            f"refuses to load ({first}). If you trust this file, "
             f"set {TRUST_ENV}=1 to load it with full unpickling."
         ) from e
+    except (EOFError, RuntimeError, OSError) as e:
+        first = str(e).splitlines()[0] if str(e) else "end of file"
+        raise _corrupt(path, f"{type(e).__name__}: {first}") from e
 
 
 def _patch_checkpointer():
@@ -396,6 +463,7 @@ def apply():
 
     _patch_optimizer()
     _patch_dataloader()
+    _patch_loader_thread_errors()
     _patch_amp()
     _patch_evaluator_compile()
     _patch_rerank()

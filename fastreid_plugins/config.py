@@ -11,6 +11,11 @@ Added by :func:`add_plugins_config`:
 * ``TEST.RERANK.KNN`` ("exact"): k-NN of the sparse re-ranker, ``"exact"`` or faiss's approximate
   ``"ivf"`` / ``"hnsw"``, with ``KNN_NLIST`` (0 = 4 sqrt(N)), ``KNN_NPROBE`` (64) and
   ``KNN_EF_SEARCH`` (128).
+* ``SEED`` (-1): the seed of every random draw of a run (Python, NumPy, torch, the training
+  sampler and the augmentations; :mod:`fastreid_plugins.seeding`), shared by every project.
+  ``-1`` draws one, logs it and writes it into the run's ``config.yaml``; with a fixed seed two
+  runs on the CPU give bit-identical checkpoints. CLIP-SENet's ``MODEL.CLIPSENET.SEED`` and
+  SVRN's ``MODEL.SVRN.SEED`` (their keys before ``SEED``) are aliases (used when ``SEED`` is -1).
 * ``MODEL.BACKBONE.IBN_LAYOUT`` ("ibnnet"): where ``build_resnext_backbone`` puts IBN with
   ``WITH_IBN``: IBN-Net's layout (layer1-3; plain BN in layer4, the layout of IBN-Net's published
   ``resnext101_ibn_a``), or "fastreid" (FastReID 1.4.0's ResNeXt: layer1-4). See
@@ -32,6 +37,8 @@ def add_plugins_config(cfg):
         cfg.TEST.VEHICLEID = CN()
         cfg.TEST.VEHICLEID.NUM_TRIALS = 10
         cfg.TEST.VEHICLEID.SEED = 0
+    if "SEED" not in cfg:
+        cfg.SEED = -1
     if "TYPE" not in cfg.TEST.RERANK:
         # "sparse": O(k n)-memory k-reciprocal re-ranking (fastreid_plugins.evaluation.sparse_rerank)
         # "fastreid": FastReID's dense N x N compute_jaccard_distance path

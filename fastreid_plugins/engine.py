@@ -9,7 +9,11 @@ samplers and checkpoints, with three differences:
   the seeded VehicleID multi-trial protocol, no run-time Cython compilation);
 * ``SOLVER.OPT: AMSGrad`` builds Adam with ``amsgrad=True``;
 * ``--eval-only`` refuses a missing checkpoint or one whose keys do not match the model, listing
-  the mismatched keys (FastReID only logs them and evaluates a half-random model).
+  the mismatched keys (FastReID only logs them and evaluates a half-random model);
+* reliability (README "Reliability"): the shared ``SEED`` key and a seeded, resumable training
+  stream (:mod:`fastreid_plugins.seeding`), checkpoints written atomically, never non-finite, and
+  carrying generator states and the sampler position (:mod:`fastreid_plugins.checkpoint`),
+  identity-sampler batch checks, and ``--resume`` of a finished run says so.
 """
 
 import logging
@@ -27,14 +31,17 @@ from fastreid.utils.logger import setup_logger
 from fastreid.utils.events import (CommonMetricPrinter, JSONWriter, TensorboardXWriter,
                                    get_event_storage)
 
+from .checkpoint import ResumableTrainerMixin, TrainingFinishedError, check_finite_state
 from .compat import load_checkpoint_file
 from .config import get_cfg
-from .data.checks import check_dataset_items
+from .data.checks import check_dataset_items, check_identity_batches
 from .evaluation import VehicleReidEvaluator
 from .modeling.base import state_dict_mismatch
+from .seeding import resolve_seed, seed_all, seeded_train_loader
 
 __all__ = ["PluginTrainer", "setup", "main", "launch_main", "load_model_weights",
-           "default_argument_parser", "is_vehicleid", "set_datasets_root", "prepare_for_host"]
+           "default_argument_parser", "is_vehicleid", "set_datasets_root", "prepare_for_host",
+           "TrainingFinishedError"]
 
 logger = logging.getLogger(__name__)
 _root = os.getenv("FASTREID_DATASETS", "datasets")
@@ -68,6 +75,8 @@ def load_model_weights(model, path):
         FileNotFoundError: ``path`` is empty or does not exist.
         WeightsMismatchError: missing, unexpected or wrongly shaped keys (all listed).
         compat.CheckpointUnpicklingError: the file needs arbitrary unpickling.
+        compat.CorruptCheckpointError: the file is empty, truncated or not a torch checkpoint.
+        checkpoint.NonFiniteCheckpointError: the weights hold inf/NaN.
     """
     if not path:
         raise FileNotFoundError("--eval-only needs MODEL.WEIGHTS: pass `MODEL.WEIGHTS "
@@ -79,6 +88,7 @@ def load_model_weights(model, path):
     if not isinstance(state, dict):
         raise WeightsMismatchError(f"{path!r} holds no state dict (got {type(state).__name__})")
     state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    check_finite_state(state, f"Checkpoint {path!r}")
     own = model.state_dict()
     _adopt_auto_sized(model, state, own)
     own = model.state_dict()
@@ -138,7 +148,7 @@ def is_vehicleid(dataset_name):
     return isinstance(cls, type) and issubclass(cls, VehicleID)
 
 
-class PluginTrainer(DefaultTrainer):
+class PluginTrainer(ResumableTrainerMixin, DefaultTrainer):
     """FastReID's :class:`DefaultTrainer` with the plugins' evaluator, loaders and optimizer.
 
     ``dataset_cls``: the dataset class of the train and (non-VehicleID) test loaders. ``None``
@@ -182,7 +192,12 @@ class PluginTrainer(DefaultTrainer):
                 f"The training set has {len(loader.dataset)} images, fewer than "
                 f"SOLVER.IMS_PER_BATCH={cfg.SOLVER.IMS_PER_BATCH}: an epoch would have no "
                 "iteration. Lower SOLVER.IMS_PER_BATCH.")
-        return loader
+        if hasattr(loader.batch_sampler.sampler, "num_instances"):  # an identity (PK) sampler
+            check_identity_batches(loader.dataset.img_items, cfg.SOLVER.IMS_PER_BATCH,
+                                   cfg.DATALOADER.NUM_INSTANCE, comm.get_world_size(),
+                                   cfg.DATALOADER.SAMPLER_TRAIN)
+        return seeded_train_loader(loader, resolve_seed(cfg), cfg.SOLVER.IMS_PER_BATCH,
+                                   cfg.DATALOADER.NUM_WORKERS)
 
     @classmethod
     def build_optimizer(cls, cfg, model):
@@ -252,10 +267,13 @@ def setup(args, *add_fns):
         cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts or [])
     prepare_for_host(cfg, eval_only=getattr(args, "eval_only", False))
+    cfg.SEED = resolve_seed(cfg)  # a drawn seed is logged and saved in config.yaml
     cfg.freeze()
     default_setup(cfg, args)
     # FastReID's setup logs only the "fastreid" tree; ours (e.g. "loaded N/N tensors from FILE") too
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="fastreid_plugins")
+    seed_all(cfg.SEED + comm.get_rank())  # default_setup seeded with a random number
+    logger.info(f"Seed of this run: SEED {cfg.SEED}")
     return cfg
 
 

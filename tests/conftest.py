@@ -1,5 +1,8 @@
 """Shared pytest fixtures.
 
+The suite also runs with a FastReID git checkout first on ``PYTHONPATH`` (its ``tests`` package
+would shadow ours: :func:`_own_tests_package`).
+
 Tests that need the real VeRi-776 sample use the ``veri_root`` fixture: it skips when
 ``../shared/datasets`` (or ``$FASTREID_DATASETS``) is absent, and fails instead when
 ``REQUIRE_SHARED_DATA=1`` (set by CI), so CI can never pass by skipping them.
@@ -10,6 +13,7 @@ import os
 import shutil
 import sys
 import tempfile
+import types
 
 import pytest
 
@@ -23,8 +27,29 @@ import fastreid_plugins  # noqa: F401  (applies the compat layer before any fast
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TESTS_DIR = os.path.join(ROOT, "tests")
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+
+
+def _own_tests_package():
+    """Make ``import tests.helpers`` find this folder even when another ``tests`` package comes
+    first on ``sys.path``: a FastReID git checkout on ``PYTHONPATH`` (as the README offers) has a
+    regular ``tests/__init__.py``, which Python prefers to this ``__init__``-less folder wherever
+    it stands on the path. Test modules import their helpers as ``helpers`` or ``tests.helpers``.
+    """
+    mod = sys.modules.get("tests")
+    if mod is not None and TESTS_DIR in [os.path.abspath(p) for p in getattr(mod, "__path__", [])]:
+        return
+    pkg = types.ModuleType("tests")
+    pkg.__path__ = [TESTS_DIR]
+    pkg.__file__ = None
+    sys.modules["tests"] = pkg
+    for name in [m for m in sys.modules if m.startswith("tests.")]:
+        del sys.modules[name]  # submodules of the other package
+
+
+_own_tests_package()
 
 # FASTREID_PLUGINS_THREADS=1 keeps tests fast when other jobs load the machine
 torch.set_num_threads(int(os.environ.get("FASTREID_PLUGINS_THREADS",

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import fastreid_plugins  # noqa: F401
+from fastreid_plugins import seeding
 from fastreid.modeling import build_model
 from fastreid.solver import build_optimizer
 from fastreid_plugins.clip_senet import CLIPSENet, add_clip_senet_config, build_cnn_backbone
@@ -101,10 +102,10 @@ def test_ablation_switches(opts, dim, parts):
 
 
 def test_cv_position_feature_and_sem_tokens(demo_model):
-    tok = demo_model
+    feat = demo_model
+    assert feat.cv.dim == 512  # the default: the final feature
+    tok, _ = model_for("MODEL.CLIPSENET.CV.POSITION", "sem_tokens")
     assert tok.cv.dim == 64  # the SEM width: added to its tokens
-    feat, _ = model_for("MODEL.CLIPSENET.CV.POSITION", "feature")
-    assert feat.cv.dim == 512  # the final feature
     for m in (tok, feat):
         m.eval()
         b = batch(4)
@@ -139,7 +140,8 @@ def test_config_errors():
     with pytest.raises(ValueError, match="AFEM.GROUPS"):
         model_for("MODEL.CLIPSENET.AFEM.GROUPS", 3)
     with pytest.raises(ValueError, match="CV.POSITION 'sem_tokens' needs the SEM"):
-        model_for("MODEL.CLIPSENET.SEM.ENABLED", False, "MODEL.CLIPSENET.AFEM.ENABLED", False)
+        model_for("MODEL.CLIPSENET.SEM.ENABLED", False, "MODEL.CLIPSENET.AFEM.ENABLED", False,
+                  "MODEL.CLIPSENET.CV.POSITION", "sem_tokens")
     with pytest.raises(ValueError, match="AFEM.ENABLED needs"):
         model_for("MODEL.CLIPSENET.SEM.ENABLED", False, "MODEL.CLIPSENET.CV.POSITION", "feature")
     with pytest.raises(ValueError, match="CV.POSITION"):
@@ -241,10 +243,13 @@ def test_paper_configs(path):
     assert (cfg.MODEL.BACKBONE.NAME, cfg.MODEL.BACKBONE.DEPTH, cfg.MODEL.BACKBONE.WITH_IBN) == \
         ("build_resnext_backbone", "101x", True)
     assert c.SEM.VARIANT == "TinyCLIP-ViT-61M-32" and c.AFEM.GROUPS == 32 and c.COMBINE == "sum"
+    assert (c.SEM.INPUT_SIZE, c.SEM.POS_EMBED_INTERP, c.SEM.LR_FACTOR) == (320, "bilinear", 1.0)
+    assert c.CV.POSITION == "feature" and c.AFEM.WEIGHT_SHAPE == "group"
     assert tuple(cfg.INPUT.SIZE_TRAIN) == (320, 320) and tuple(cfg.INPUT.SIZE_TEST) == (320, 320)
     assert cfg.SOLVER.IMS_PER_BATCH == 128 and cfg.DATALOADER.NUM_INSTANCE == 8  # 16 ids x 8
     assert cfg.MODEL.LOSSES.NAME == ("CrossEntropyLoss", "SupConLoss")
-    assert cfg.MODEL.LOSSES.CE.EPSILON == 0.1 and c.SEED == 3407 and cfg.SOLVER.OPT == "Adam"
+    assert cfg.MODEL.LOSSES.CE.EPSILON == 0.1 and cfg.SOLVER.OPT == "Adam"
+    assert seeding.resolve_seed(cfg, draw=False) == 3407  # the paper's global seed (IV-B1)
     if "veri/" in path:
         assert (cfg.SOLVER.BASE_LR, cfg.SOLVER.MAX_EPOCH, cfg.SOLVER.SCHED) == \
             (0.0005, 24, "CosineAnnealingLR")
@@ -278,7 +283,10 @@ def test_paper_model_structure(opts):
     assert model.fusion.fc.in_features == 2048 + 512 and model.fusion.fc.out_features == 2048
     assert model.heads.weight.shape == (576, 2048)
     assert model.cv.camera_embed.shape[0] == 21 and model.cv.view_embed.shape[0] == 9
-    assert model.cv.dim == model.sem.hidden_size
+    assert model.cv.dim == 2048  # CV at the final feature
+    # the SEM at the paper's 320 px: a 10 x 10 grid of /32 patches + the class token
+    assert model.sem.image_size == 320
+    assert model.sem.vit.embeddings.position_embedding.weight.shape == (101, model.sem.hidden_size)
 
 
 def test_onnx_export_bare_tensor(demo_model, tmp_path):

@@ -8,8 +8,8 @@ import pytest
 
 import fastreid_plugins  # noqa: F401
 from fastreid_plugins.clip_senet import CLIPSENetTrainer, add_clip_senet_config
-from fastreid_plugins.engine import default_argument_parser, main
-from tests.helpers import ROOT, make_cfg, seed_everything
+from fastreid_plugins.engine import default_argument_parser, main, setup
+from tests.helpers import ROOT, seed_everything
 
 DEMO = "configs/demo/clip_senet.yml"
 
@@ -24,8 +24,12 @@ def trained(veri_root, tmp_path_factory):
     mp.setattr(eng, "_root", veri_root)
     out = str(tmp_path_factory.mktemp("clip_senet_demo"))
     logging.getLogger("fastreid").setLevel(logging.WARNING)
-    seed_everything(0)
-    cfg = make_cfg(DEMO, ["OUTPUT_DIR", out], [add_clip_senet_config])
+    seed_everything(0)  # whatever came before: setup seeds every generator with SEED (3407)
+    cfg = setup(default_argument_parser().parse_args(
+        ["--config-file", os.path.join(ROOT, DEMO), "MODEL.DEVICE", "cpu", "OUTPUT_DIR", out]),
+        add_clip_senet_config)
+    assert cfg.SEED == 3407
+    logging.getLogger("fastreid").setLevel(logging.WARNING)
     trainer = CLIPSENetTrainer(cfg)
     before = dict(CLIPSENetTrainer.test(trainer.cfg, trainer.model))
     trainer.resume_or_load(resume=False)

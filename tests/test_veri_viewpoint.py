@@ -44,20 +44,60 @@ def test_labels_equal_txt_last_column(veri_root):
     assert all(isinstance(it[2], int) for it in data.query)
 
 
-def make_copy(tmp_path, veri_root, drop=(), write_test=True):
-    """A VeRi root in tmp_path: image folders symlinked, orientation files (optionally edited)."""
+def make_copy(tmp_path, veri_root, drop=(), write_test=True, write_train=True,
+              names=("keypoint_orient_train.txt", "keypoint_orient_test.txt")):
+    """A VeRi root in tmp_path: image folders symlinked, orientation files (optionally edited,
+    written under ``names``: the train file's name, then the test file's)."""
     src = os.path.join(veri_root, "veri")
     dst = tmp_path / "veri"
     dst.mkdir()
     for d in ("image_train", "image_query", "image_test"):
         os.symlink(os.path.join(src, d), dst / d)
-    for name in ("keypoint_orient_train.txt", "keypoint_orient_test.txt"):
-        if name.endswith("test.txt") and not write_test:
+    for name, out in zip(("keypoint_orient_train.txt", "keypoint_orient_test.txt"), names):
+        if (name.endswith("test.txt") and not write_test) or (
+                name.endswith("train.txt") and not write_train):
             continue
         lines = open(os.path.join(src, name)).read().splitlines()
         lines = [ln for ln in lines if ln.split() and ln.split()[0] not in drop]
-        (dst / name).write_text("\n".join(lines) + "\n")
+        (dst / out).write_text("\n".join(lines) + "\n")
     return str(tmp_path)
+
+
+def test_keypoint_file_names_of_the_public_release(tmp_path, veri_root):
+    """keypoint_{train,test}.txt (the annotation repository's / CLIP-ReID's names) are read."""
+    ref = VeRiViewpoint(root=veri_root)
+    root = make_copy(tmp_path, veri_root, names=("keypoint_train.txt", "keypoint_test.txt"))
+    data = VeRiViewpoint(root=root)
+    for a, b in ((ref.train, data.train), (ref.query, data.query), (ref.gallery, data.gallery)):
+        assert [it[3] for it in a] == [it[3] for it in b]
+        assert all(it[3] != UNKNOWN_VIEWPOINT for it in b)
+
+
+def test_both_file_names_must_agree(tmp_path, veri_root):
+    root = make_copy(tmp_path, veri_root)
+    veri = os.path.join(root, "veri")
+    lines = open(os.path.join(veri, "keypoint_orient_train.txt")).read().splitlines()
+    first = lines[0].split()
+    first[-1] = str((int(first[-1]) + 1) % 8)
+    with open(os.path.join(veri, "keypoint_train.txt"), "w") as f:
+        f.write(" ".join(first) + "\n")
+    with pytest.raises(ValueError, match=rf"{first[0]} has orientation"):
+        VeRiViewpoint(root=root)
+
+
+def test_viewpoint_embedding_without_any_label_is_an_error(tmp_path, veri_root, datasets_root):
+    from fastreid_plugins.clip_senet import CLIPSENetTrainer, add_clip_senet_config
+    from tests.helpers import make_cfg
+
+    datasets_root(make_copy(tmp_path, veri_root, write_train=False))
+    cfg = make_cfg("configs/demo/clip_senet.yml", [], [add_clip_senet_config])
+    with pytest.raises(ValueError, match=r"(?s)CV.VIEWPOINT is on but no train image.*"
+                                         r"keypoint_train.txt.*keypoint_orient_train.txt"):
+        CLIPSENetTrainer.build_train_loader(cfg)
+    CLIPSENetTrainer.build_test_loader(cfg, "VeRiViewpoint")  # the test split has its labels
+    off = make_cfg("configs/demo/clip_senet.yml", ["MODEL.CLIPSENET.CV.VIEWPOINT", False],
+                   [add_clip_senet_config])
+    CLIPSENetTrainer.build_train_loader(off)  # without the viewpoint embedding: fine
 
 
 def test_missing_label_gets_unknown_index(tmp_path, veri_root, caplog):
@@ -78,7 +118,7 @@ def test_missing_file_gives_all_unknown(tmp_path, veri_root, caplog):
         data = VeRiViewpoint(root=root)
     assert all(it[3] == UNKNOWN_VIEWPOINT for it in data.query + data.gallery)
     assert all(it[3] != UNKNOWN_VIEWPOINT for it in data.train)
-    assert "keypoint_orient_test.txt not found" in caplog.text
+    assert "keypoint_orient_test.txt') in" in caplog.text and "every test image" in caplog.text
 
 
 def test_malformed_orientation_file(tmp_path):

@@ -8,15 +8,25 @@
 * ``SEM.USE_PROJECTION`` (True): f_clip = CLIP's projected image embedding (512-d).
 * ``SEM.HIDDEN_SIZE / NUM_LAYERS / NUM_HEADS / INTERMEDIATE_SIZE / PATCH_SIZE / INPUT_SIZE /
   PROJECTION_DIM`` (0 = the variant's): a smaller encoder, e.g. random-init on CPU.
-* ``SEM.HIDDEN_ACT`` (""): the variant's ("gelu") or the weights directory's ``config.json``.
+* ``SEM.HIDDEN_ACT`` (""): the variant's ("gelu") or the weights directory's ``config.json``; the
+  activation is also stored in the model's state dict, so ``--eval-only`` rebuilds it.
+* ``SEM.POS_EMBED_INTERP`` ("bilinear"): how pretrained position embeddings are resized when
+  ``SEM.INPUT_SIZE`` differs from the checkpoint's (CLIP-ReID: bilinear); "bicubic"; "" refuses.
+* ``SEM.LR_FACTOR`` (1.0) / ``SEM.WEIGHT_DECAY`` (-1.0): the SEM's learning rate is
+  ``SOLVER.BASE_LR x LR_FACTOR`` and its weight decay ``WEIGHT_DECAY`` (< 0: FastReID's
+  ``SOLVER.WEIGHT_DECAY`` / ``WEIGHT_DECAY_NORM``), one optimizer group
+  (:meth:`~fastreid_plugins.clip_senet.CLIPSENetTrainer.build_optimizer`).
 * ``FUSION.DIM`` (0 = ``MODEL.BACKBONE.FEAT_DIM``): dimension of f_fuse (Eq. 3).
-* ``AFEM.ENABLED`` (True) / ``AFEM.GROUPS`` (32): Eq. 4 (Table V varies G from 4 to 128).
+* ``AFEM.ENABLED`` (True) / ``AFEM.GROUPS`` (32): Eq. 4 (Table V varies G from 4 to 128);
+  ``AFEM.WEIGHT_SHAPE`` ("group": one scalar per group; "channel": one weight per channel).
 * ``COMBINE`` ("sum"): Eq. 5, "sum" or "concat".
 * ``CV.CAMERA`` / ``CV.VIEWPOINT`` (True / True): camera / viewpoint embeddings;
   ``CV.NUM_CAMERAS`` / ``CV.NUM_VIEWPOINTS`` (20 / 8, VeRi-776); ``CV.COE`` (3.0, TransReID's
-  lambda); ``CV.POSITION`` ("sem_tokens": added to the SEM's tokens, or "feature": to the final
-  feature).
-* ``SEED`` (-1): >= 0 makes :class:`~fastreid_plugins.clip_senet.CLIPSENetTrainer` seed all RNGs.
+  lambda); ``CV.POSITION`` ("feature": added to the final feature, the one position every
+  Table IV row can use; "sem_tokens": to the SEM's tokens); ``CV.VIEWPOINT_GROUPS`` ("": the
+  8 VeRi orientations; "paper4": front / front side / rear side / rear, NUM_VIEWPOINTS 4).
+* ``SEED`` (-1): an alias of the shared top-level ``SEED`` key (:mod:`fastreid_plugins.seeding`),
+  used when ``SEED`` is -1 (the paper uses 3407); setting both to different values is an error.
 
 Losses use FastReID's ``MODEL.LOSSES``: ``NAME`` ("CrossEntropyLoss", "SupConLoss") by default,
 "TripletLoss" instead of "SupConLoss" for Fig. 3; ``MODEL.LOSSES.SUPCON`` comes from
@@ -27,7 +37,7 @@ from fastreid.config import CfgNode as CN
 
 from ..losses.supcon import add_supcon_config
 
-__all__ = ["add_clip_senet_config"]
+__all__ = ["add_clip_senet_config", "ABLATIONS", "ablation_overrides"]
 
 
 def add_clip_senet_config(cfg):
@@ -57,6 +67,9 @@ def add_clip_senet_config(cfg):
     _C.SEM.INPUT_SIZE = 0
     _C.SEM.PROJECTION_DIM = 0
     _C.SEM.HIDDEN_ACT = ""
+    _C.SEM.POS_EMBED_INTERP = "bilinear"
+    _C.SEM.LR_FACTOR = 1.0
+    _C.SEM.WEIGHT_DECAY = -1.0
 
     _C.FUSION = CN()
     _C.FUSION.DIM = 0
@@ -64,6 +77,7 @@ def add_clip_senet_config(cfg):
     _C.AFEM = CN()
     _C.AFEM.ENABLED = True
     _C.AFEM.GROUPS = 32
+    _C.AFEM.WEIGHT_SHAPE = "group"
 
     _C.COMBINE = "sum"
 
@@ -73,7 +87,73 @@ def add_clip_senet_config(cfg):
     _C.CV.NUM_CAMERAS = 20
     _C.CV.NUM_VIEWPOINTS = 8
     _C.CV.COE = 3.0
-    _C.CV.POSITION = "sem_tokens"
+    _C.CV.POSITION = "feature"
+    _C.CV.VIEWPOINT_GROUPS = ""
 
     _C.SEED = -1
     return cfg
+
+
+# ------------------------------------------------------------------------------------------------
+# Ablations of the paper (Sec. IV-D): each row is a list of config overrides of the paper config
+# (configs/veri/clip_senet.yml), for ``cfg.merge_from_list`` or the command line.
+# ------------------------------------------------------------------------------------------------
+_NO_SEM = ["MODEL.CLIPSENET.SEM.ENABLED", False]
+_NO_AFEM = ["MODEL.CLIPSENET.AFEM.ENABLED", False]
+_NO_CV = ["MODEL.CLIPSENET.CV.CAMERA", False, "MODEL.CLIPSENET.CV.VIEWPOINT", False]
+_TRIPLET = ["MODEL.LOSSES.NAME", '("CrossEntropyLoss", "TripletLoss")']
+
+#: Table IV (SEM / AFEM / CV). Every row with CV uses the paper config's ``CV.POSITION``
+#: ("feature"), the one position that exists with and without the SEM, so rows 4-6 differ only
+#: in the components the table varies.
+TABLE_IV = {
+    "baseline": _NO_SEM + _NO_AFEM + _NO_CV,          # 86.7 mAP
+    "sem": _NO_AFEM + _NO_CV,                         # 87.3
+    "sem_afem": _NO_CV,                               # 91.4
+    "cv": _NO_SEM + _NO_AFEM,                         # 86.8
+    "sem_cv": list(_NO_AFEM),                         # 86.4
+    "sem_afem_cv": [],                                # 92.9 (the paper config)
+}
+#: Table V (AFEM groups G).
+TABLE_V = {f"groups_{g}": ["MODEL.CLIPSENET.AFEM.GROUPS", g] for g in (4, 8, 16, 32, 64, 128)}
+#: Table VI (CNN backbone, all with IBN-a; ImageNet files in projects/CLIPSENet/README.md).
+TABLE_VI = {
+    "resnet50_ibn": ["MODEL.BACKBONE.NAME", "build_resnet_backbone", "MODEL.BACKBONE.DEPTH", "50x",
+                     "MODEL.BACKBONE.WITH_IBN", True, "MODEL.BACKBONE.WITH_SE", False,
+                     "MODEL.BACKBONE.FEAT_DIM", 2048],
+    "resnet101_ibn": ["MODEL.BACKBONE.NAME", "build_resnet_backbone",
+                      "MODEL.BACKBONE.DEPTH", "101x", "MODEL.BACKBONE.WITH_IBN", True,
+                      "MODEL.BACKBONE.WITH_SE", False, "MODEL.BACKBONE.FEAT_DIM", 2048],
+    "se_resnet101_ibn": ["MODEL.BACKBONE.NAME", "build_resnet_backbone",
+                         "MODEL.BACKBONE.DEPTH", "101x", "MODEL.BACKBONE.WITH_IBN", True,
+                         "MODEL.BACKBONE.WITH_SE", True, "MODEL.BACKBONE.FEAT_DIM", 2048],
+    "resnext101_ibn": ["MODEL.BACKBONE.NAME", "build_resnext_backbone",
+                       "MODEL.BACKBONE.DEPTH", "101x", "MODEL.BACKBONE.WITH_IBN", True,
+                       "MODEL.BACKBONE.WITH_SE", False, "MODEL.BACKBONE.FEAT_DIM", 2048],
+}
+#: Fig. 3 (SupCon vs triplet loss, on the baseline and on CLIP-SENet).
+FIG_3 = {
+    "baseline_supcon": TABLE_IV["baseline"],
+    "baseline_triplet": TABLE_IV["baseline"] + _TRIPLET,
+    "clip_senet_supcon": [],
+    "clip_senet_triplet": list(_TRIPLET),
+}
+#: Every ablation of the paper: ``{table: {row: overrides}}``.
+ABLATIONS = {"table_iv": TABLE_IV, "table_v": TABLE_V, "table_vi": TABLE_VI, "fig_3": FIG_3}
+
+
+def ablation_overrides(table, row):
+    """The config overrides (a flat ``[key, value, ...]`` list) of one ablation row.
+
+    Args:
+        table (str): a key of :data:`ABLATIONS` ("table_iv", "table_v", "table_vi", "fig_3").
+        row (str): a row of that table, e.g. ``"sem_afem"``.
+
+    Raises:
+        KeyError: unknown table or row (the message lists the known ones).
+    """
+    if table not in ABLATIONS:
+        raise KeyError(f"unknown CLIP-SENet ablation table {table!r}; known: {sorted(ABLATIONS)}")
+    if row not in ABLATIONS[table]:
+        raise KeyError(f"unknown row {row!r} of {table}; known: {list(ABLATIONS[table])}")
+    return list(ABLATIONS[table][row])

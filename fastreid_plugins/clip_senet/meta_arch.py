@@ -5,6 +5,7 @@ Reference:
     Re-identification", arXiv:2502.16815 (2025), Sec. III, Fig. 2, Eq. 1-8.
 """
 
+import contextlib
 import logging
 
 import torch
@@ -18,9 +19,9 @@ from fastreid.utils import events
 
 from ..losses.supcon import supcon_kwargs_from_cfg, supcon_loss
 from ..modeling.base import PluginMetaArch, build_backbone, loss_kwargs_from_cfg
-from .modules import AFEM, CameraViewEmbedding, FeatureFusion
-from .tinyclip import (SemanticExtractionModule, hf_activation, load_sem_weights,
-                       tinyclip_vision_config)
+from .modules import VIEWPOINT_GROUPS, AFEM, CameraViewEmbedding, FeatureFusion
+from .tinyclip import (SemanticExtractionModule, load_sem_weights, resolve_weights_activation,
+                       skip_random_init, tinyclip_vision_config)
 
 __all__ = ["CLIPSENet", "build_cnn_backbone", "build_sem", "SUPPORTED_LOSSES", "CV_POSITIONS"]
 
@@ -48,20 +49,27 @@ def build_cnn_backbone(cfg):
 def build_sem(cfg):
     """The SEM from ``MODEL.CLIPSENET.SEM`` (random weights, or ``WEIGHTS`` when ``PRETRAIN``).
 
+    The activation is ``SEM.HIDDEN_ACT``, else that of the weights' ``config.json`` (when
+    ``PRETRAIN``), else the variant's; it is kept in the SEM's state dict, so a model built for
+    ``--eval-only`` (``PRETRAIN`` off) takes the trained one when ``MODEL.WEIGHTS`` is loaded.
+
     Raises:
-        ValueError: unknown variant / inconsistent sizes.
+        ValueError: unknown variant / inconsistent sizes / unknown activation.
         FileNotFoundError, SEMWeightsError: see :func:`~.tinyclip.load_sem_weights`.
     """
     s = cfg.MODEL.CLIPSENET.SEM
-    act = s.HIDDEN_ACT or (hf_activation(s.WEIGHTS) if s.PRETRAIN else None)
+    weights = act = None
+    if s.PRETRAIN:
+        weights, act = resolve_weights_activation(s.WEIGHTS)
     config = tinyclip_vision_config(
         s.VARIANT, hidden_size=s.HIDDEN_SIZE, num_hidden_layers=s.NUM_LAYERS,
         num_attention_heads=s.NUM_HEADS, intermediate_size=s.INTERMEDIATE_SIZE,
         patch_size=s.PATCH_SIZE, image_size=s.INPUT_SIZE, projection_dim=s.PROJECTION_DIM,
-        hidden_act=act)
-    sem = SemanticExtractionModule(config, use_projection=s.USE_PROJECTION)
+        hidden_act=s.HIDDEN_ACT or act)
+    with skip_random_init() if s.PRETRAIN else contextlib.nullcontext():
+        sem = SemanticExtractionModule(config, use_projection=s.USE_PROJECTION)
     if s.PRETRAIN:
-        load_sem_weights(sem, s.WEIGHTS)
+        load_sem_weights(sem, weights, pos_embed_interp=s.POS_EMBED_INTERP)
     if s.FREEZE:
         sem.freeze()
     return sem
@@ -85,10 +93,11 @@ class CLIPSENet(PluginMetaArch):
         logits  = classifier(BNNeck(f))                          (FastReID EmbeddingHead)
         loss    = CE_ls(logits) + SupCon(f)  (or + triplet)      (Eq. 6-8)
 
-    The camera / viewpoint embeddings (CV) are added to the SEM's token sequence (after the patch
-    + position embedding) by default, as TransReID adds SIE to its ViT tokens; ``CV.POSITION
-    "feature"`` adds them to ``f`` instead (the only choice when the SEM is off). With the SEM off,
-    ``f = f_cnn`` (FastReID's baseline with this head); with AFEM off, ``f = f_fuse``.
+    The camera / viewpoint embeddings (CV) are added to ``f`` by default (``CV.POSITION
+    "feature"``, the one position every Table IV row has); ``CV.POSITION "sem_tokens"`` adds them
+    to every token of the SEM (after the patch + position embedding), as TransReID adds SIE to its
+    ViT tokens. With the SEM off, ``f = f_cnn`` (FastReID's baseline with this head); with AFEM
+    off, ``f = f_fuse``.
 
     Input: FastReID's batch dict (``images`` (B, 3, H, W) in [0, 255]; ``targets`` in training;
     ``sie_camids`` / ``viewids`` for CV, see :class:`~fastreid_plugins.data.veri_viewpoint.
@@ -143,7 +152,8 @@ class CLIPSENet(PluginMetaArch):
             fuse_dim = c.FUSION.DIM or cnn_dim
             fusion = FeatureFusion(cnn_dim, sem.out_dim, fuse_dim, combine=c.COMBINE)
             if c.AFEM.ENABLED:
-                afem = AFEM(sem.out_dim, fuse_dim, groups=c.AFEM.GROUPS)
+                afem = AFEM(sem.out_dim, fuse_dim, groups=c.AFEM.GROUPS,
+                            weight_shape=c.AFEM.WEIGHT_SHAPE)
             feat_dim = fusion.combined_dim(with_afem=afem is not None)
         elif c.AFEM.ENABLED:
             raise ValueError("MODEL.CLIPSENET.AFEM.ENABLED needs MODEL.CLIPSENET.SEM.ENABLED "
@@ -158,8 +168,14 @@ class CLIPSENet(PluginMetaArch):
                 raise ValueError("MODEL.CLIPSENET.CV.POSITION 'sem_tokens' needs the SEM; with "
                                  "SEM.ENABLED False set CV.POSITION 'feature' or turn CV off.")
             dim = sem.hidden_size if c.CV.POSITION == "sem_tokens" else feat_dim
+            if c.CV.VIEWPOINT_GROUPS and c.CV.VIEWPOINT_GROUPS not in VIEWPOINT_GROUPS:
+                raise ValueError(f"MODEL.CLIPSENET.CV.VIEWPOINT_GROUPS={c.CV.VIEWPOINT_GROUPS!r} "
+                                 f"must be '' (VeRi's 8 orientations) or one of "
+                                 f"{sorted(VIEWPOINT_GROUPS)}")
+            view_map = VIEWPOINT_GROUPS.get(c.CV.VIEWPOINT_GROUPS) if c.CV.VIEWPOINT else None
             cv = CameraViewEmbedding(dim, c.CV.NUM_CAMERAS, c.CV.NUM_VIEWPOINTS,
-                                     camera=c.CV.CAMERA, viewpoint=c.CV.VIEWPOINT, coe=c.CV.COE)
+                                     camera=c.CV.CAMERA, viewpoint=c.CV.VIEWPOINT, coe=c.CV.COE,
+                                     view_map=view_map)
 
         h = cfg.MODEL.HEADS
         heads = EmbeddingHead(feat_dim=feat_dim, embedding_dim=h.EMBEDDING_DIM,

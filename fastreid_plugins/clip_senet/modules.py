@@ -3,9 +3,20 @@
 import torch
 from torch import nn
 
-__all__ = ["AFEM", "FeatureFusion", "CameraViewEmbedding", "COMBINE_MODES"]
+__all__ = ["AFEM", "FeatureFusion", "CameraViewEmbedding", "COMBINE_MODES", "AFEM_WEIGHT_SHAPES",
+           "VIEWPOINT_GROUPS"]
 
 COMBINE_MODES = ("sum", "concat")
+AFEM_WEIGHT_SHAPES = ("group", "channel")
+
+#: Groupings of VeRi's 8 orientation labels (Wang et al., ICCV 2017: 0 front, 1 rear, 2 left,
+#: 3 left front, 4 left rear, 5 right, 6 right front, 7 right rear). "paper4" is the four
+#: viewpoints CLIP-SENet Sec. IV-A names ("front, front side, rear side, and rear"): 0 front,
+#: 1 front side, 2 rear side, 3 rear. Pure side views (left, right) belong to none of the four
+#: and map to -1, the learnable "unknown" embedding.
+VIEWPOINT_GROUPS = {
+    "paper4": (0, 3, -1, 1, 2, -1, 1, 2),
+}
 
 
 class AFEM(nn.Module):
@@ -16,8 +27,15 @@ class AFEM(nn.Module):
         f_{afem} = h + [\,w_1 h_1;\ w_2 h_2;\ \dots;\ w_G h_G\,]
 
     where :math:`h` is split into :math:`G` equal groups :math:`h_g` along the channels and each
-    group has one learnable scalar weight :math:`w_g \sim \mathcal{N}(0, 1)` at initialisation;
-    the weighted groups are added element-wise to :math:`h`.
+    group has one learnable scalar weight :math:`w_g \sim \mathcal{N}(0, 1)` at initialisation
+    (``weight_shape="group"``, the default: the paper "calculate[s] feature group importance");
+    ``weight_shape="channel"`` gives each group a weight vector :math:`w_g \in R^{D/G}` (one
+    weight per channel, each ~ N(0, 1)). The weighted groups are added element-wise to :math:`h`.
+
+    Note: Eq. 4 itself was lost in the text we have; both readings are element-wise rescalings of
+    the ReLU output, :math:`(1 + w) \odot h`. Where :math:`1 + w > 0` that equals rescaling BN's
+    gamma / beta (ReLU is positively homogeneous); entries with :math:`1 + w < 0` (about 16 % at
+    N(0, 1) initialisation) flip the sign, which BN + ReLU alone cannot express.
 
     Reference:
         CLIP-SENet (Lu et al., arXiv:2502.16815, 2025), Sec. III, Eq. 4 (default G = 32;
@@ -27,36 +45,46 @@ class AFEM(nn.Module):
         in_dim (int): dimension of f_clip.
         out_dim (int): dimension of h (= the fused feature's, so Eq. 5 can add them).
         groups (int): G, must divide ``out_dim``.
+        weight_shape (str): "group" (G scalars) or "channel" (G x out_dim/G weights).
 
     Shape:
         - Input: (B, in_dim)
         - Output: (B, out_dim)
+        - ``group_weight``: (G,) or (G, out_dim / G)
 
     Raises:
-        ValueError: ``groups`` < 1 or does not divide ``out_dim``.
+        ValueError: ``groups`` < 1 or does not divide ``out_dim``; unknown ``weight_shape``.
     """
 
-    def __init__(self, in_dim, out_dim, groups=32):
+    def __init__(self, in_dim, out_dim, groups=32, weight_shape="group"):
         super().__init__()
         if groups < 1 or out_dim % groups != 0:
             raise ValueError(f"AFEM groups G={groups} must be >= 1 and divide the feature "
                              f"dimension {out_dim} (MODEL.CLIPSENET.AFEM.GROUPS)")
+        if weight_shape not in AFEM_WEIGHT_SHAPES:
+            raise ValueError(f"MODEL.CLIPSENET.AFEM.WEIGHT_SHAPE={weight_shape!r} must be one of "
+                             f"{AFEM_WEIGHT_SHAPES}")
         self.groups = groups
+        self.weight_shape = weight_shape
         self.fc = nn.Linear(in_dim, out_dim)
         self.bn = nn.BatchNorm1d(out_dim)
         self.relu = nn.ReLU(inplace=True)
-        self.group_weight = nn.Parameter(torch.randn(groups))
+        shape = (groups,) if weight_shape == "group" else (groups, out_dim // groups)
+        self.group_weight = nn.Parameter(torch.randn(shape))
 
     def enhance(self, h):
-        """``h + w_g * h_g`` per group: (B, D) -> (B, D)."""
-        w = self.group_weight.repeat_interleave(h.shape[1] // self.groups)
+        """``h + w_g * h_g`` per group (scalar or per-channel ``w_g``): (B, D) -> (B, D)."""
+        if self.weight_shape == "group":
+            w = self.group_weight.repeat_interleave(h.shape[1] // self.groups)
+        else:
+            w = self.group_weight.reshape(-1)
         return h + h * w
 
     def forward(self, f_clip):
         return self.enhance(self.relu(self.bn(self.fc(f_clip))))
 
     def extra_repr(self):
-        return f"groups={self.groups}"
+        return f"groups={self.groups}, weight_shape={self.weight_shape}"
 
 
 class FeatureFusion(nn.Module):
@@ -123,17 +151,20 @@ class CameraViewEmbedding(nn.Module):
         camera (bool): use camera embeddings.
         viewpoint (bool): use viewpoint embeddings.
         coe (float): lambda.
+        view_map (Sequence[int] or None): maps the dataset's viewpoint labels ``0..len-1`` to
+            table rows (``-1`` = unknown), e.g. ``VIEWPOINT_GROUPS["paper4"]``; None = identity.
 
     Shape:
         - camids, viewids: (B,) int, -1 = unknown
         - output: (B, dim)
 
     Raises:
-        ValueError: both switches off, non-positive table size, or (in forward) an index outside
-            ``[-1, num)``.
+        ValueError: both switches off, non-positive table size, a ``view_map`` entry outside
+            ``[-1, num_viewpoints)``, or (in forward) an index outside ``[-1, num)``.
     """
 
-    def __init__(self, dim, num_cameras, num_viewpoints, camera=True, viewpoint=True, coe=3.0):
+    def __init__(self, dim, num_cameras, num_viewpoints, camera=True, viewpoint=True, coe=3.0,
+                 view_map=None):
         super().__init__()
         if not (camera or viewpoint):
             raise ValueError("CameraViewEmbedding needs camera and/or viewpoint enabled")
@@ -142,6 +173,14 @@ class CameraViewEmbedding(nn.Module):
         self.camera_embed = self._table("NUM_CAMERAS", self.num_cameras, dim) if camera else None
         self.view_embed = self._table("NUM_VIEWPOINTS", self.num_viewpoints, dim) \
             if viewpoint else None
+        if view_map is not None:
+            bad = [v for v in view_map if not -1 <= int(v) < self.num_viewpoints]
+            if bad:
+                raise ValueError(f"viewpoint grouping {tuple(view_map)} has rows {bad} outside "
+                                 f"[-1, {self.num_viewpoints}): set MODEL.CLIPSENET.CV."
+                                 f"NUM_VIEWPOINTS to {max(view_map) + 1}")
+            view_map = torch.as_tensor(list(view_map), dtype=torch.long)
+        self.register_buffer("view_map", view_map, persistent=False)
 
     @staticmethod
     def _table(key, n, dim):
@@ -172,6 +211,12 @@ class CameraViewEmbedding(nn.Module):
             out = out + self.camera_embed[self._index(camids, self.num_cameras, "camera",
                                                       batch_size, device)]
         if self.view_embed is not None:
+            if self.view_map is not None and viewids is not None:
+                ids = self._index(viewids, len(self.view_map), "viewpoint", batch_size, device)
+                ids = torch.where(ids < len(self.view_map),
+                                  self.view_map[ids.clamp(max=len(self.view_map) - 1)],
+                                  torch.full_like(ids, -1))
+                viewids = ids  # grouped rows, -1 = unknown
             out = out + self.view_embed[self._index(viewids, self.num_viewpoints, "viewpoint",
                                                     batch_size, device)]
         return self.coe * out
@@ -179,4 +224,5 @@ class CameraViewEmbedding(nn.Module):
     def extra_repr(self):
         cams = self.num_cameras if self.camera_embed is not None else "off"
         views = self.num_viewpoints if self.view_embed is not None else "off"
-        return f"dim={self.dim}, cameras={cams}, viewpoints={views}, coe={self.coe}"
+        grouped = "" if self.view_map is None else f" (grouped from {len(self.view_map)})"
+        return f"dim={self.dim}, cameras={cams}, viewpoints={views}{grouped}, coe={self.coe}"

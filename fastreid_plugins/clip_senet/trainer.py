@@ -1,32 +1,131 @@
-"""CLIP-SENet trainer: the plugins' trainer with loaders that carry camera / viewpoint indices.
+"""CLIP-SENet trainer: the plugins' trainer with loaders that carry camera / viewpoint indices and
+an optimizer whose SEM group has its own learning rate and weight decay.
 
 FastReID's loaders build a :class:`~fastreid.data.common.CommDataset`, whose samples hold only
 ``images/targets/camids/img_paths``. :class:`CLIPSENetTrainer` builds the same loaders (same
 transforms, samplers, batch sizes, workers) over
 :class:`~fastreid_plugins.data.veri_viewpoint.SideInfoDataset`, which adds ``viewids`` and
-``sie_camids``, and seeds every RNG with ``MODEL.CLIPSENET.SEED`` when it is >= 0 (the paper
-uses 3407).
+``sie_camids``. Seeding is the engine's: the shared ``SEED`` key (the paper's 3407 in the
+configs; ``MODEL.CLIPSENET.SEED`` is an alias), applied by :func:`fastreid_plugins.engine.setup`
+before the trainer builds the model and the loaders (:mod:`fastreid_plugins.seeding`).
 """
 
-from fastreid.utils.env import seed_all_rng
+import contextlib
 
-from ..data.veri_viewpoint import SideInfoDataset
+from ..data.veri_viewpoint import UNKNOWN_VIEWPOINT, SideInfoDataset
 from ..engine import PluginTrainer
 
-__all__ = ["CLIPSENetTrainer"]
+__all__ = ["CLIPSENetTrainer", "sem_param_overrides"]
+
+
+def _unwrap(model):
+    return getattr(model, "module", model)
+
+
+def sem_param_overrides(cfg, model):
+    """``{id(param): {"lr": factor, "weight_decay": wd or None}}`` for the SEM's trainable
+    parameters, or ``{}`` when ``SEM.LR_FACTOR`` is 1 and ``SEM.WEIGHT_DECAY`` < 0 (FastReID's
+    groups unchanged).
+
+    Raises:
+        ValueError: ``SEM.LR_FACTOR`` < 0.
+    """
+    if "CLIPSENET" not in cfg.MODEL:
+        return {}
+    s = cfg.MODEL.CLIPSENET.SEM
+    if s.LR_FACTOR < 0:
+        raise ValueError(f"MODEL.CLIPSENET.SEM.LR_FACTOR={s.LR_FACTOR} must be >= 0")
+    sem = getattr(_unwrap(model), "sem", None)
+    if sem is None or (s.LR_FACTOR == 1.0 and s.WEIGHT_DECAY < 0):
+        return {}
+    wd = float(s.WEIGHT_DECAY) if s.WEIGHT_DECAY >= 0 else None
+    return {id(p): {"lr": float(s.LR_FACTOR), "weight_decay": wd}
+            for p in sem.parameters() if p.requires_grad}
+
+
+@contextlib.contextmanager
+def _sem_groups(overrides):
+    """While FastReID builds its optimizer, give the SEM's parameter entries their own lr and
+    weight decay (FastReID's ``get_default_optimizer_params`` has no per-module hook; its
+    ``ContiguousParams`` then puts them in a group of their own whenever the values differ)."""
+    import fastreid.solver.build as sb
+
+    original = sb.get_default_optimizer_params
+
+    def with_sem(model, *args, **kwargs):
+        params = original(model, *args, **kwargs)
+        for entry in params:
+            o = overrides.get(id(entry["params"][0]))
+            if o is not None:
+                entry["lr"] = entry["lr"] * o["lr"]
+                if o["weight_decay"] is not None:
+                    entry["weight_decay"] = o["weight_decay"]
+        return params
+
+    sb.get_default_optimizer_params = with_sem
+    try:
+        yield
+    finally:
+        sb.get_default_optimizer_params = original
 
 
 class CLIPSENetTrainer(PluginTrainer):
     """:class:`~fastreid_plugins.engine.PluginTrainer` whose batches also hold ``viewids`` and
-    ``sie_camids`` (see :class:`~fastreid_plugins.data.veri_viewpoint.SideInfoDataset`).
+    ``sie_camids`` (see :class:`~fastreid_plugins.data.veri_viewpoint.SideInfoDataset`), and
+    whose optimizer trains the SEM at ``SOLVER.BASE_LR x MODEL.CLIPSENET.SEM.LR_FACTOR`` with
+    weight decay ``MODEL.CLIPSENET.SEM.WEIGHT_DECAY`` (< 0: FastReID's).
 
     VehicleID test sets keep the plugins' VehicleID loader (no cameras or viewpoints there).
     """
 
     dataset_cls = SideInfoDataset
 
-    def __init__(self, cfg):
-        seed = cfg.MODEL.CLIPSENET.SEED if "CLIPSENET" in cfg.MODEL else -1
-        if seed >= 0:
-            seed_all_rng(seed)
-        super().__init__(cfg)
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        """The plugins' optimizer; the SEM's parameters get ``lr x SEM.LR_FACTOR`` (every
+        FastReID factor, e.g. the bias one, still applies) and, when ``SEM.WEIGHT_DECAY >= 0``,
+        that weight decay (LayerNorms included). Schedulers scale every group alike, so the ratio
+        holds for the whole run.
+
+        CLIP-ReID (Li et al., AAAI 2023), for comparison, fine-tunes CLIP's ViT-B/16 image
+        encoder at Adam lr 5e-6, weight decay 1e-4 (bias lr x2), 70x lower than the 3.5e-4 of
+        its ResNet-50 runs (configs/veri/vit_prom.yml vs cnn_prom.yml of its code).
+        """
+        overrides = sem_param_overrides(cfg, model)
+        if not overrides:
+            return super().build_optimizer(cfg, model)
+        with _sem_groups(overrides):
+            return super().build_optimizer(cfg, model)
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        loader = super().build_train_loader(cfg)
+        _check_viewpoints(cfg, loader.dataset, "train", cfg.DATASETS.NAMES)
+        return loader
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        loader, num_query = super().build_test_loader(cfg, dataset_name)
+        _check_viewpoints(cfg, loader.dataset, "test", (dataset_name,))
+        return loader, num_query
+
+
+def _check_viewpoints(cfg, dataset, split, names):
+    """``CV.VIEWPOINT`` on and not one viewpoint label in the split: an error, not a model that
+    silently learns only the "unknown" embedding.
+
+    Raises:
+        ValueError: names the datasets, the split and the label files looked for.
+    """
+    if "CLIPSENET" not in cfg.MODEL or not cfg.MODEL.CLIPSENET.CV.VIEWPOINT:
+        return
+    views = getattr(dataset, "viewids", None)
+    if views is None or not len(views):  # e.g. VehicleID's test loader: no side information
+        return
+    if all(v == UNKNOWN_VIEWPOINT for v in views):
+        from ..data.veri_viewpoint import orientation_files
+        raise ValueError(
+            f"MODEL.CLIPSENET.CV.VIEWPOINT is on but no {split} image of {tuple(names)} has a "
+            f"viewpoint label. VeRiViewpoint reads {orientation_files(split)} under "
+            "<root>/veri/ (Wang et al., ICCV 2017 annotations); put one there, or set "
+            "MODEL.CLIPSENET.CV.VIEWPOINT False.")

@@ -2,7 +2,7 @@
 
 import os
 
-__all__ = ["check_dataset_items"]
+__all__ = ["check_dataset_items", "check_identity_batches"]
 
 
 def check_dataset_items(items, split, dataset_names):
@@ -27,3 +27,49 @@ def check_dataset_items(items, split, dataset_names):
         listed = "\n  ".join(missing[:10])
         raise FileNotFoundError(f"{len(missing)} of {len(items)} {split} images of {names} do not "
                                 f"exist, e.g.:\n  {listed}")
+
+
+def check_identity_batches(items, ims_per_batch, num_instance, world_size=1, sampler="the sampler"):
+    """Refuse batch settings an identity (PK) sampler can never fill: FastReID's
+    ``NaiveIdentitySampler`` / ``BalancedIdentitySampler`` then loop forever without yielding a
+    batch, and training hangs at its first iteration with no message.
+
+    A PK batch (Hermans et al., "In Defense of the Triplet Loss for Person Re-Identification",
+    2017) holds ``P = IMS_PER_BATCH / NUM_INSTANCE`` identities of ``K = NUM_INSTANCE`` images
+    each, so the per-process batch must be a multiple of ``NUM_INSTANCE`` and the training set
+    must have at least ``P`` identities.
+
+    Args:
+        items (list[tuple]): the training ``(img_path, pid, camid, ...)`` tuples.
+        ims_per_batch (int): ``SOLVER.IMS_PER_BATCH`` (all processes together).
+        num_instance (int): ``DATALOADER.NUM_INSTANCE``.
+        world_size (int): number of training processes.
+        sampler (str): the sampler's name, for the message.
+
+    Raises:
+        ValueError: naming the keys, their values and what would work.
+    """
+    ims, k, w = int(ims_per_batch), int(num_instance), int(world_size)
+    if k < 1:
+        raise ValueError(f"DATALOADER.NUM_INSTANCE must be >= 1 for {sampler}, got {k}.")
+    if ims % w:
+        raise ValueError(f"SOLVER.IMS_PER_BATCH={ims} is not divisible by the {w} training "
+                         "processes: each process takes IMS_PER_BATCH / world size images.")
+    mini = ims // w
+    if mini % k:
+        step = k * w
+        lo, hi = (ims // step) * step, (ims // step + 1) * step
+        hint = f"{lo} or {hi}" if lo > 0 else f"{hi}"
+        raise ValueError(
+            f"SOLVER.IMS_PER_BATCH={ims} ({mini} per process) is not a multiple of "
+            f"DATALOADER.NUM_INSTANCE={k}: {sampler} fills a batch with NUM_INSTANCE images per "
+            f"identity and would never complete one (training would hang). Use an "
+            f"IMS_PER_BATCH that is a multiple of {step}, e.g. {hint}.")
+    num_pids = len({it[1] for it in items})
+    need = ims // k
+    if num_pids < need:
+        raise ValueError(
+            f"{sampler} needs SOLVER.IMS_PER_BATCH / DATALOADER.NUM_INSTANCE = {ims} / {k} = "
+            f"{need} training identities per batch, but the training set has {num_pids}: it "
+            "would never fill a batch (training would hang). Lower SOLVER.IMS_PER_BATCH to at "
+            f"most {num_pids * k} (a multiple of {k * w}) or raise DATALOADER.NUM_INSTANCE.")

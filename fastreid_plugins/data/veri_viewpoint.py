@@ -2,9 +2,10 @@
 
 * :class:`VeRiViewpoint` (registered in FastReID's ``DATASET_REGISTRY`` as ``"VeRiViewpoint"``):
   FastReID's :class:`~fastreid.data.datasets.veri.VeRi` whose items carry a fourth field, the
-  viewpoint index read from the public ``keypoint_orient_train.txt`` / ``keypoint_orient_test.txt``
-  files (Wang et al., ICCV 2017; last column = orientation 0-7). An image without a label (or a
-  split without its file) gets :data:`UNKNOWN_VIEWPOINT`.
+  viewpoint index read from the public annotation files of Wang et al. (ICCV 2017; last column =
+  orientation 0-7) under either name in use: ``keypoint_{train,test}.txt`` (the annotation
+  repository's and CLIP-ReID's) or ``keypoint_orient_{train,test}.txt``. An image without a label
+  (or a split without a file) gets :data:`UNKNOWN_VIEWPOINT`.
 * :class:`SideInfoDataset`: FastReID's :class:`~fastreid.data.common.CommDataset` that also returns
   ``"viewids"`` (the item's viewpoint, :data:`UNKNOWN_VIEWPOINT` when it has none) and
   ``"sie_camids"`` (the dataset's raw camera index, identical in training and test). FastReID's
@@ -23,7 +24,7 @@ from fastreid.data.datasets import DATASET_REGISTRY
 from fastreid.data.datasets.veri import VeRi
 
 __all__ = ["VeRiViewpoint", "SideInfoDataset", "read_orientation_file", "raw_camera_index",
-           "NUM_VERI_VIEWPOINTS", "UNKNOWN_VIEWPOINT", "UNKNOWN_CAMERA"]
+           "orientation_files", "NUM_VERI_VIEWPOINTS", "UNKNOWN_VIEWPOINT", "UNKNOWN_CAMERA"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,8 +35,16 @@ UNKNOWN_VIEWPOINT = -1
 #: Camera index when the camera is not known (e.g. a bare image tensor at inference).
 UNKNOWN_CAMERA = -1
 
-TRAIN_ORIENT_FILE = "keypoint_orient_train.txt"
-TEST_ORIENT_FILE = "keypoint_orient_test.txt"
+#: Accepted names of the orientation files per split, in lookup order.
+ORIENT_FILES = {
+    "train": ("keypoint_train.txt", "keypoint_orient_train.txt"),
+    "test": ("keypoint_test.txt", "keypoint_orient_test.txt"),
+}
+
+
+def orientation_files(split):
+    """The accepted file names of a split's orientation labels ("train" or "test")."""
+    return ORIENT_FILES[split]
 
 
 def read_orientation_file(path, num_viewpoints=NUM_VERI_VIEWPOINTS):
@@ -118,10 +127,13 @@ def raw_camera_index(camid):
 class VeRiViewpoint(VeRi):
     """VeRi-776 whose items are ``(img_path, pid, camid, viewpoint)``.
 
-    The viewpoint is the orientation label (0-7) of ``keypoint_orient_train.txt`` for
-    ``image_train`` and of ``keypoint_orient_test.txt`` for ``image_query`` / ``image_test`` (query
-    images are test images), looked up by file name. Images without a label, and every image of a
-    split whose file is absent, get :data:`UNKNOWN_VIEWPOINT` (a warning says how many).
+    The viewpoint is the orientation label (0-7) of ``keypoint_train.txt`` (or
+    ``keypoint_orient_train.txt``) for ``image_train`` and of ``keypoint_test.txt`` (or
+    ``keypoint_orient_test.txt``) for ``image_query`` / ``image_test`` (query images are test
+    images), looked up by file name. When both names of a split exist both are read, and an image
+    they label differently is an error. Images without a label, and every image of a split with
+    no file, get :data:`UNKNOWN_VIEWPOINT` (a warning says how many); a model that uses
+    viewpoints refuses a split without any label (``CLIPSENetTrainer``).
     Identities and cameras are FastReID's ``VeRi`` ones (``dataset_name`` stays ``"veri"``).
 
     Reference:
@@ -134,7 +146,8 @@ class VeRiViewpoint(VeRi):
 
     Raises:
         RuntimeError: FastReID's check that the ``veri`` folders exist.
-        ValueError: a malformed orientation file (see :func:`read_orientation_file`).
+        ValueError: a malformed orientation file (see :func:`read_orientation_file`), or two
+            files of a split that label an image differently.
     """
 
     dataset_name = "veri"
@@ -142,19 +155,26 @@ class VeRiViewpoint(VeRi):
 
     def __init__(self, root="datasets", **kwargs):
         dataset_dir = os.path.join(root, "veri")
-        self.viewpoint_labels = {
-            "train": self._labels(os.path.join(dataset_dir, TRAIN_ORIENT_FILE)),
-            "test": self._labels(os.path.join(dataset_dir, TEST_ORIENT_FILE)),
-        }
+        self.viewpoint_labels = {split: self._labels(dataset_dir, split) for split in ORIENT_FILES}
         super().__init__(root=root, **kwargs)
 
     @staticmethod
-    def _labels(path):
-        if not os.path.isfile(path):
-            logger.warning(f"{path} not found: every image of that split gets the unknown "
-                           f"viewpoint index ({UNKNOWN_VIEWPOINT}).")
+    def _labels(dataset_dir, split):
+        paths = [os.path.join(dataset_dir, n) for n in ORIENT_FILES[split]]
+        found = [p for p in paths if os.path.isfile(p)]
+        if not found:
+            logger.warning(f"None of {ORIENT_FILES[split]} in {dataset_dir}: every {split} image "
+                           f"gets the unknown viewpoint index ({UNKNOWN_VIEWPOINT}).")
             return None
-        return read_orientation_file(path)
+        labels = {}
+        for path in found:
+            for name, view in read_orientation_file(path).items():
+                if labels.get(name, view) != view:
+                    raise ValueError(f"{name} has orientation {labels[name]} in {found[0]} but "
+                                     f"{view} in {path}")
+                labels[name] = view
+        logger.info(f"VeRi viewpoints ({split}): {len(labels)} labels from {found}")
+        return labels
 
     def process_dir(self, dir_path, is_train=True):
         items = super().process_dir(dir_path, is_train=is_train)

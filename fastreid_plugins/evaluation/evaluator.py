@@ -111,10 +111,22 @@ class VehicleReidEvaluator(DatasetEvaluator):
         self._predictions = []
 
     def process(self, inputs, outputs):
-        """Store one batch. ``outputs`` is the model's (B, D) feature tensor."""
+        """Store one batch. ``outputs`` is the model's (B, D) feature tensor.
+
+        Raises:
+            TypeError: ``outputs`` is not a (B, D) tensor.
+            FloatingPointError: a feature holds inf/NaN (the image paths are named).
+        """
         if not isinstance(outputs, torch.Tensor) or outputs.dim() != 2:
             raise TypeError("The model must return a (B, D) feature tensor in eval mode, got "
                             f"{type(outputs).__name__} {getattr(outputs, 'shape', '')}")
+        bad = ~torch.isfinite(outputs.detach()).all(dim=1)
+        if bad.any():  # a diverged model: metrics of NaN distances would be meaningless
+            paths = [p for p, b in zip(inputs.get("img_paths", []), bad.tolist()) if b][:5]
+            raise FloatingPointError(
+                f"The model returned non-finite (inf/NaN) features for {int(bad.sum())} of "
+                f"{len(bad)} images of this batch (e.g. {paths}): its weights are probably "
+                "non-finite (a diverged training); refusing to compute metrics.")
         self._predictions.append({
             "feats": outputs.detach().to("cpu", torch.float32),
             "pids": inputs["targets"].cpu(),

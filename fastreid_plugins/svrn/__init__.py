@@ -12,9 +12,8 @@ from .layers import ClassificationBlock, SalienceRanking, SpatialInformationMini
 from .losses import dcc_loss, icc_loss, reward_loss, vcc_loss
 from .meta_arch import SVRN
 from .suppression import random_suppression_mask, suppression_mask, upsample_mask
-from .trainer import SVRNTrainer
 
-__all__ = ["SVRN", "SVRNTrainer", "ABLATIONS", "Ablation", "ablation_overrides",
+__all__ = ["SVRN", "ABLATIONS", "Ablation", "ablation_overrides",
            "add_svrn_config", "check_svrn_config", "num_suppressed", "grid_critic",
            "minmax_normalise", "ClassificationBlock", "SalienceRanking",
            "SpatialInformationMining", "UnifiedLayer", "reward_loss", "vcc_loss", "icc_loss",

@@ -61,7 +61,7 @@ def add_svrn_config(cfg):
         # stage t+1's input is masked by the union M_1..M_t. False: top-n over all cells and
         # M_t alone (this project's behaviour before issue 12)
         _C.ACCUMULATE_MASKS = True
-        _C.SEED = -1                  # >= 0: SVRNTrainer seeds python / numpy / torch with it
+        _C.SEED = -1                  # alias of the shared top-level SEED (seeding.SEED_ALIASES)
 
         # spatial information mining module (Sec. III-A): see svrn/layers.py
         _C.SIM = CN()

@@ -11,7 +11,7 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))  # run from a source checkout
 
 from fastreid_plugins.engine import launch_main  # noqa: E402
-from fastreid_plugins.svrn import SVRNTrainer, add_svrn_config  # noqa: E402
+from fastreid_plugins.svrn import add_svrn_config  # noqa: E402
 
 if __name__ == "__main__":
-    launch_main(add_svrn_config, trainer_cls=SVRNTrainer)
+    launch_main(add_svrn_config)

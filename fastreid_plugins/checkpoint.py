@@ -1,0 +1,304 @@
+"""Checkpoints that resume exactly, are never non-finite, and are written atomically.
+
+FastReID's ``Checkpointer`` writes ``model_XXXX.pth`` in place and then ``last_checkpoint``
+(a kill or a full disk during the write leaves ``last_checkpoint`` naming a partial file, or a
+partial file where a good one was), saves weights that already hold inf/NaN after a diverging
+step (and tags them as last), and keeps neither the generator states nor the sampler position.
+:class:`PluginCheckpointer` (what :class:`~fastreid_plugins.engine.PluginTrainer` uses):
+
+* writes ``<name>.pth.partial``, flushes and fsyncs it, then renames it onto ``<name>.pth``
+  (``os.replace`` is atomic on POSIX), and writes ``last_checkpoint`` the same way, after the
+  checkpoint is complete;
+* refuses to write a checkpoint whose model or optimizer state holds a non-finite value
+  (:class:`NonFiniteCheckpointError`, naming the tensors; ``last_checkpoint`` keeps naming the
+  last good one), and refuses to load one (``--resume``);
+* stores ``trainer_state`` (:class:`TrainerState`): the Python / NumPy / torch / CUDA generator
+  states and the training sampler's seed and position (see :mod:`fastreid_plugins.seeding`).
+
+Loading a truncated or corrupt file raises :class:`~fastreid_plugins.compat.CorruptCheckpointError`
+naming it (:func:`fastreid_plugins.compat.load_checkpoint_file`).
+"""
+
+import logging
+import os
+
+import weakref
+
+import torch
+from fastreid.utils import comm
+from fastreid.utils.checkpoint import Checkpointer
+
+from .compat import CorruptCheckpointError  # noqa: F401  (re-exported)
+from .compat import load_checkpoint_file
+from .seeding import derive_seed, get_rng_state, resolve_seed, seed_all, set_rng_state
+
+__all__ = ["ResumableTrainerMixin", "PluginCheckpointer", "TrainerState",
+           "NonFiniteCheckpointError",
+           "CorruptCheckpointError", "TrainingFinishedError", "non_finite_tensors",
+           "check_finite_state", "atomic_torch_save", "atomic_write_text"]
+
+logger = logging.getLogger(__name__)
+
+
+class NonFiniteCheckpointError(FloatingPointError):
+    """A model / optimizer state holds inf or NaN (training diverged)."""
+
+
+class TrainingFinishedError(ValueError):
+    """``--resume`` on a run whose last checkpoint is already its final epoch."""
+
+
+def non_finite_tensors(state, prefix=""):
+    """``[(name, count)]`` of the floating-point tensors in the nested dict / list ``state`` that
+    hold inf or NaN (``count`` non-finite elements)."""
+    bad = []
+    if isinstance(state, torch.Tensor):
+        if state.is_floating_point() or state.is_complex():
+            n = int((~torch.isfinite(state)).sum())
+            if n:
+                bad.append((prefix or "tensor", n))
+    elif isinstance(state, dict):
+        for k, v in state.items():
+            bad.extend(non_finite_tensors(v, f"{prefix}.{k}" if prefix else str(k)))
+    elif isinstance(state, (list, tuple)):
+        for i, v in enumerate(state):
+            bad.extend(non_finite_tensors(v, f"{prefix}[{i}]"))
+    return bad
+
+
+def _listing(bad, limit=8):
+    shown = ", ".join(f"{k} ({n} non-finite)" for k, n in bad[:limit])
+    return shown + (f", ... ({len(bad)} tensors in all)" if len(bad) > limit else "")
+
+
+def check_finite_state(state, what):
+    """Raise :class:`NonFiniteCheckpointError` if ``state`` holds inf/NaN; ``what`` names it."""
+    bad = non_finite_tensors(state)
+    if bad:
+        raise NonFiniteCheckpointError(f"{what} holds non-finite values: {_listing(bad)}.")
+
+
+def _fsync_replace(tmp, path):
+    os.replace(tmp, path)
+    try:  # make the rename itself durable
+        fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def atomic_torch_save(obj, path):
+    """``torch.save(obj, path)`` through ``path + ".partial"`` and a rename: ``path`` is either
+    its old content or the complete new one, never partial. On an error the partial file is
+    removed and the error re-raised."""
+    tmp = path + ".partial"
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        _fsync_replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def atomic_write_text(text, path):
+    """Write ``text`` to ``path`` through a temporary file and a rename."""
+    tmp = path + ".partial"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    _fsync_replace(tmp, path)
+
+
+class TrainerState:
+    """The checkpointable ``trainer_state``: generator states and the training sampler's state.
+
+    ``state_dict()`` is taken when a checkpoint is written (``trainer.iter`` iterations done);
+    ``load_state_dict()`` only keeps the state for :meth:`PluginTrainer.resume_or_load
+    <fastreid_plugins.engine.PluginTrainer.resume_or_load>`, which applies it.
+    """
+
+    VERSION = 1
+
+    def __init__(self, trainer):
+        self._trainer = weakref.ref(trainer)
+        self.loaded = None
+
+    def state_dict(self):
+        tr = self._trainer()
+        loader = tr.data_loader
+        sampler = getattr(loader, "sampler_state", None)
+        mini_batch = loader.batch_sampler.batch_size
+        state = {"version": self.VERSION, "rng": get_rng_state(), "iter": int(tr.iter),
+                 "mini_batch_size": int(mini_batch), "world_size": comm.get_world_size()}
+        if sampler is not None:
+            state["sampler"] = sampler.state_dict(tr.iter * mini_batch)
+        return state
+
+    def load_state_dict(self, state):
+        self.loaded = state
+
+
+class PluginCheckpointer(Checkpointer):
+    """FastReID's ``Checkpointer`` with atomic writes, non-finite refusal and clear load errors.
+
+    Build it like FastReID's (``PluginCheckpointer(model, save_dir, save_to_disk=...,
+    optimizer=..., **schedulers, trainer_state=TrainerState(trainer))``) or from one with
+    :meth:`from_checkpointer`.
+    """
+
+    @classmethod
+    def from_checkpointer(cls, ck, **extra):
+        """A :class:`PluginCheckpointer` with ``ck``'s model, folder, rank role and
+        checkpointables, plus ``extra`` checkpointables."""
+        return cls(ck.model, ck.save_dir, save_to_disk=ck.save_to_disk,
+                   **ck.checkpointables, **extra)
+
+    def save(self, name, **kwargs):
+        """Write ``<save_dir>/<name>.pth`` atomically and tag it in ``last_checkpoint``.
+
+        Raises:
+            NonFiniteCheckpointError: the model or an optimizer state holds inf/NaN; nothing is
+                written and ``last_checkpoint`` is unchanged.
+        """
+        if not self.save_dir or not self.save_to_disk:
+            return
+        data = {"model": self.model.state_dict()}
+        for key, obj in self.checkpointables.items():
+            data[key] = obj.state_dict()
+        data.update(kwargs)
+        bad = non_finite_tensors({"model": data["model"], "optimizer": data.get("optimizer", {})})
+        if bad:
+            last = self.get_checkpoint_file() if self.has_checkpoint() else ""
+            keep = (f"last_checkpoint still names {last!r}" if last
+                    else "no earlier checkpoint exists")
+            raise NonFiniteCheckpointError(
+                f"Training diverged: not writing {name}.pth because the weights hold non-finite "
+                f"values: {_listing(bad)}; {keep}. Lower SOLVER.BASE_LR, use warm-up "
+                "(SOLVER.WARMUP_ITERS) or gradient clipping (SOLVER.CLIP_GRADIENTS.ENABLED).")
+        basename = f"{name}.pth"
+        save_file = os.path.join(self.save_dir, basename)
+        self.logger.info(f"Saving checkpoint to {save_file}")
+        atomic_torch_save(data, save_file)
+        self.tag_last_checkpoint(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename):
+        atomic_write_text(last_filename_basename, os.path.join(self.save_dir, "last_checkpoint"))
+
+    def load(self, path, checkpointables=None):
+        """FastReID's ``load``; a checkpoint naming a missing file or holding non-finite weights is
+        an error (:class:`FileNotFoundError` / :class:`NonFiniteCheckpointError`)."""
+        if path and not os.path.isfile(path):
+            src = (f" (named by {os.path.join(self.save_dir, 'last_checkpoint')})"
+                   if path == self.get_checkpoint_file() else "")
+            raise FileNotFoundError(f"Checkpoint file not found: {path!r}{src}.")
+        return super().load(path, checkpointables=checkpointables)
+
+    def _load_model(self, checkpoint):
+        state = checkpoint.get("model")
+        if isinstance(state, dict):
+            bad = non_finite_tensors(state)
+            if bad:
+                raise NonFiniteCheckpointError(
+                    f"Checkpoint {self._loading!r} holds non-finite weights: {_listing(bad)}. "
+                    "Resume from an earlier model_XXXX.pth (write its name into "
+                    "last_checkpoint) or train again with a lower SOLVER.BASE_LR.")
+        return super()._load_model(checkpoint)
+
+    def _load_file(self, f):
+        self._loading = f
+        return load_checkpoint_file(f)
+
+
+class ResumableTrainerMixin:
+    """Put before FastReID's ``DefaultTrainer`` (``class T(ResumableTrainerMixin,
+    DefaultTrainer)``): seeds the run with ``SEED``, checkpoints through
+    :class:`PluginCheckpointer` with :class:`TrainerState`, and resumes exactly.
+
+    The training loader must come from :func:`fastreid_plugins.seeding.seeded_train_loader`
+    (``PluginTrainer.build_train_loader`` does it) for the sampler position to be restored.
+    """
+
+    def __init__(self, cfg):
+        self.seed = resolve_seed(cfg)
+        if cfg.SEED != self.seed:  # -1 (drawn) or an alias: every builder below sees the seed
+            cfg = cfg.clone()
+            cfg.defrost()
+            cfg.SEED = self.seed
+            cfg.freeze()
+        seed_all(self.seed + comm.get_rank())
+        self._rng_to_restore = None
+        super().__init__(cfg)
+
+    def build_hooks(self):
+        """FastReID's hooks; the checkpointer becomes a
+        :class:`~fastreid_plugins.checkpoint.PluginCheckpointer` that also saves
+        ``trainer_state`` (set here, before FastReID's ``PeriodicCheckpointer`` takes it)."""
+        self.checkpointer = PluginCheckpointer.from_checkpointer(
+            self.checkpointer, trainer_state=TrainerState(self))
+        return super().build_hooks()
+
+    def resume_or_load(self, resume=True):
+        """FastReID's ``resume_or_load``, resuming exactly: the training sampler continues at the
+        checkpoint's position and the generator states are restored when training starts.
+
+        Raises:
+            TrainingFinishedError: ``resume`` and the last checkpoint is the final epoch.
+        """
+        state = self.checkpointer.checkpointables["trainer_state"]
+        state.loaded = None
+        super().resume_or_load(resume=resume)
+        if not (resume and self.checkpointer.has_checkpoint()):
+            return
+        if self.start_epoch >= self.max_epoch:
+            last = self.checkpointer.get_checkpoint_file()
+            raise TrainingFinishedError(
+                f"--resume: this run has already finished: {last!r} is the checkpoint of epoch "
+                f"{self.start_epoch} of SOLVER.MAX_EPOCH={self.max_epoch}. To train longer, "
+                f"raise SOLVER.MAX_EPOCH (e.g. SOLVER.MAX_EPOCH {self.max_epoch + 10}) and "
+                f"--resume again; to evaluate it, run --eval-only MODEL.WEIGHTS {last}.")
+        self._apply_trainer_state(state.loaded)
+
+    def _apply_trainer_state(self, loaded):
+        loader = self.data_loader
+        sampler = getattr(loader, "sampler_state", None)
+        mini = loader.batch_sampler.batch_size
+        start_iter = self.start_epoch * self.iters_per_epoch
+        position, seed = start_iter * mini, self.seed
+        if loaded is None:
+            logger.warning("The checkpoint has no trainer_state (written by FastReID or an older "
+                           "version): the sampler continues at its position, but the generator "
+                           "states restart, so the run will differ from an uninterrupted one.")
+        else:
+            saved = loaded.get("sampler")
+            if saved is not None:
+                seed = int(saved["seed"])
+                if seed != self.seed:
+                    logger.info(f"Resuming the training stream of the checkpoint's seed {seed} "
+                                f"(SEED is {self.seed})")
+                if int(saved["position"]) != position:
+                    logger.warning(
+                        f"The checkpoint's sampler position {saved['position']} does not match "
+                        f"{start_iter} iterations of {mini} images (SOLVER.IMS_PER_BATCH or the "
+                        "number of processes changed?): continuing at the latter.")
+            if comm.get_rank() == 0:
+                self._rng_to_restore = loaded["rng"]
+            else:  # the checkpoint holds rank 0's states only
+                seed_all(derive_seed(seed, 4, comm.get_rank(), start_iter))
+        if sampler is not None:
+            sampler.load_state_dict({"seed": seed, "position": position})
+            self._trainer._data_loader_iter = iter(loader)
+
+    def train(self):
+        """FastReID's ``train``, after restoring the generator states of a resumed checkpoint."""
+        if self._rng_to_restore is not None:
+            set_rng_state(self._rng_to_restore)
+            self._rng_to_restore = None
+        return super().train()
