@@ -57,14 +57,41 @@ def _reset_peak():
         return False
 
 
-def _make_features(n, dim, ids, seed):
-    """(N, D) float32 L2-normalised clustered features and their (N,) identity labels."""
+def measure(run):
+    """Call ``run()``; returns ``(result, wall s, CPU s, peak RSS kB, RSS before kB, exact_peak)``.
+
+    CPU time is user + system of all threads; the peak is ``VmHWM`` reset right before the call
+    (``exact_peak``), else ``ru_maxrss`` (the process's whole-life peak).
+    """
+    import resource
+
+    def cpu_seconds():
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        return ru.ru_utime + ru.ru_stime
+
+    rss_before = _status_kb("VmRSS")
+    exact_peak = _reset_peak()
+    c0, t0 = cpu_seconds(), time.perf_counter()
+    out = run()
+    elapsed, cpu = time.perf_counter() - t0, cpu_seconds() - c0
+    if exact_peak:
+        peak = _status_kb("VmHWM")
+    else:  # pragma: no cover - non-Linux
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return out, elapsed, cpu, peak, rss_before, exact_peak
+
+
+def _make_features(n, dim, ids, seed, noise=0.8):
+    """(N, D) float32 L2-normalised clustered features and their (N,) identity labels.
+
+    Each feature = its identity's N(0, I) centre + N(0, noise^2 I), then L2-normalised.
+    """
     import torch
 
     g = torch.Generator().manual_seed(seed)
     labels = torch.randint(0, ids, (n,), generator=g)
     centres = torch.randn(ids, dim, generator=g)
-    x = torch.randn(n, dim, generator=g).mul_(0.8)
+    x = torch.randn(n, dim, generator=g).mul_(noise)
     step = 8192
     for s in range(0, n, step):  # in place, in chunks: no (N, D) temporaries
         x[s:s + step] += centres[labels[s:s + step]]
@@ -96,21 +123,7 @@ def _worker(args):
             jac = build_dist(qf, gf, metric="jaccard", k1=args.k1, k2=args.k2)
             return jac * (1 - args.lam) + dist * args.lam
 
-    import resource
-
-    def cpu_seconds():
-        ru = resource.getrusage(resource.RUSAGE_SELF)
-        return ru.ru_utime + ru.ru_stime
-
-    rss_before = _status_kb("VmRSS")
-    exact_peak = _reset_peak()
-    c0, t0 = cpu_seconds(), time.perf_counter()
-    out = run()
-    elapsed, cpu = time.perf_counter() - t0, cpu_seconds() - c0
-    if exact_peak:
-        peak = _status_kb("VmHWM")
-    else:  # pragma: no cover - non-Linux
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    out, elapsed, cpu, peak, rss_before, exact_peak = measure(run)
     if args.save:
         np.save(args.save, out)
     print(json.dumps({"method": args.method, "seconds": elapsed, "cpu_seconds": cpu,
@@ -125,10 +138,13 @@ def _run_worker(method, args, save=None):
            "--dim", str(args.dim), "--ids", str(args.ids), "--seed", str(args.seed),
            "--k1", str(args.k1), "--k2", str(args.k2), "--lam", str(args.lam),
            "--knn", args.knn, "--threads", str(args.threads)]
-    if save:
-        cmd += ["--save", save]
-    if args.progress:
-        cmd += ["--progress"]
+    return run_worker(cmd, save, args.progress)
+
+
+def run_worker(cmd, save=None, progress=False):
+    """Run a bench worker command (this repository first on PYTHONPATH); its last stdout line
+    is JSON, returned as a dict."""
+    cmd = list(cmd) + (["--save", save] if save else []) + (["--progress"] if progress else [])
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     res = subprocess.run(cmd, stdout=subprocess.PIPE, env=env, text=True, check=True)
     return json.loads(res.stdout.strip().splitlines()[-1])

@@ -6,6 +6,11 @@ Added by :func:`add_plugins_config`:
   repeated random gallery draws (Liu et al. CVPR 2016), seeded for reproducibility.
 * ``TEST.RERANK.TYPE`` ("sparse"): which k-reciprocal re-ranking ``TEST.RERANK.ENABLED`` uses,
   the sparse O(k n)-memory one or FastReID's dense one ("fastreid").
+* ``TEST.EVAL_MEMORY_GB`` (1.0): budget (GiB) of the query-chunked evaluation's block working
+  set (:mod:`fastreid_plugins.evaluation.chunked`); the block size follows from it and G.
+* ``TEST.RERANK.KNN`` ("exact"): k-NN of the sparse re-ranker, ``"exact"`` or faiss's approximate
+  ``"ivf"`` / ``"hnsw"``, with ``KNN_NLIST`` (0 = 4 sqrt(N)), ``KNN_NPROBE`` (64) and
+  ``KNN_EF_SEARCH`` (128).
 * ``SEED`` (-1): the seed of every random draw of a run (Python, NumPy, torch, the training
   sampler and the augmentations; :mod:`fastreid_plugins.seeding`), shared by every project.
   ``-1`` draws one, logs it and writes it into the run's ``config.yaml``; with a fixed seed two
@@ -40,6 +45,13 @@ def add_plugins_config(cfg):
         # "sparse": O(k n)-memory k-reciprocal re-ranking (fastreid_plugins.evaluation.sparse_rerank)
         # "fastreid": FastReID's dense N x N compute_jaccard_distance path
         cfg.TEST.RERANK.TYPE = "sparse"
+    if "EVAL_MEMORY_GB" not in cfg.TEST:
+        cfg.TEST.EVAL_MEMORY_GB = 1.0
+    if "KNN" not in cfg.TEST.RERANK:
+        cfg.TEST.RERANK.KNN = "exact"
+        cfg.TEST.RERANK.KNN_NLIST = 0
+        cfg.TEST.RERANK.KNN_NPROBE = 64
+        cfg.TEST.RERANK.KNN_EF_SEARCH = 128
     if "IBN_LAYOUT" not in cfg.MODEL.BACKBONE:
         cfg.MODEL.BACKBONE.IBN_LAYOUT = "ibnnet"
     from .distributed import add_dist_config

@@ -148,3 +148,14 @@ def test_bad_arguments_raise_clear_errors():
         knn_search(x, 3, backend="annoy")
     with pytest.raises(ValueError, match="TEST.RERANK.TYPE"):
         rerank_distance(rerank_cfg("dense"), x[:10], x[10:], np.zeros((10, 20)))
+
+
+@pytest.mark.parametrize("block", [64, 100, 700])
+def test_symmetric_knn_equals_faiss(block):
+    # each block pair of X X^T computed once, both row blocks updated: same neighbours as a full
+    # search, whatever the block size (one block, uneven last block, many blocks)
+    from fastreid_plugins.evaluation.sparse_rerank import _knn_symmetric
+
+    x, _ = clustered(700, 24, ids=50, seed=12)
+    np.testing.assert_array_equal(_knn_symmetric(x, 12, False, block=block),
+                                  knn_search(x, 12, backend="faiss"))

@@ -39,7 +39,10 @@ def metrics_from_distmat(dist, q_pids, g_pids, q_camids, g_camids):
     Returns:
         OrderedDict: ``Rank-1``, ``Rank-5``, ``Rank-10``, ``mAP``, ``mINP``, ``metric``.
     """
-    cmc, all_ap, all_inp = evaluate_rank(dist, q_pids, g_pids, q_camids, g_camids)
+    return _metrics(*evaluate_rank(dist, q_pids, g_pids, q_camids, g_camids))
+
+
+def _metrics(cmc, all_ap, all_inp):
     res = OrderedDict()
     for r in (1, 5, 10):
         res[f"Rank-{r}"] = float(cmc[min(r, len(cmc)) - 1]) * 100
@@ -81,7 +84,10 @@ class VehicleReidEvaluator(DatasetEvaluator):
       the mean over trials, with ``<metric>_std`` for the standard deviation.
 
     ``TEST.AQE`` and ``TEST.RERANK`` work as in FastReID's ``ReidEvaluator`` (on the CPU when there
-    is no GPU).
+    is no GPU). Both protocols are evaluated query-chunked
+    (:func:`fastreid_plugins.evaluation.chunked.evaluate_chunked`, blocks sized by
+    ``TEST.EVAL_MEMORY_GB``): no (Q, G) matrix is built, except with ``TEST.RERANK.TYPE fastreid``
+    (FastReID's dense re-ranking, N x N by construction).
 
     mINP with one true match per query (VehicleID's protocol, VRIC): INP = G / X (MFG-Net Eq. 5)
     with G = 1 and X = the rank of that match, which is also that query's AP (1 / rank), so mINP
@@ -155,6 +161,19 @@ class VehicleReidEvaluator(DatasetEvaluator):
             dist = rerank_distance(cfg, qf, gf, dist)
         return dist
 
+    def _metrics(self, qf, gf, q_pids, g_pids, q_camids, g_camids):
+        """Metrics of one query/gallery split: query-chunked (never a (Q, G) array), except for
+        ``TEST.RERANK.TYPE fastreid`` (dense N x N by construction: the full-matrix path)."""
+        if self.cfg.TEST.RERANK.ENABLED and \
+                str(self.cfg.TEST.RERANK.get("TYPE", "sparse")).lower() != "sparse":
+            dist = self._distance(qf, gf)
+            return metrics_from_distmat(dist, q_pids, g_pids, q_camids, g_camids)
+        from .chunked import evaluate_chunked, options_from_cfg
+
+        res = evaluate_chunked(qf, gf, q_pids, g_pids, q_camids, g_camids,
+                               progress=comm.is_main_process(), **options_from_cfg(self.cfg))
+        return _metrics(res["cmc"], res["all_ap"], res["all_inp"])
+
     def evaluate(self):
         gathered = self._gather()
         if gathered is None:
@@ -162,8 +181,8 @@ class VehicleReidEvaluator(DatasetEvaluator):
         feats, pids, camids = gathered
         if self._protocol == "standard":
             nq = self._num_query
-            dist = self._distance(feats[:nq], feats[nq:])
-            results = metrics_from_distmat(dist, pids[:nq], pids[nq:], camids[:nq], camids[nq:])
+            results = self._metrics(feats[:nq], feats[nq:], pids[:nq], pids[nq:], camids[:nq],
+                                    camids[nq:])
         else:
             results = self._evaluate_vehicleid(feats, pids)
         if self._protocol == "vehicleid" or np.all(np.unique(pids[nq:], return_counts=True)[1] == 1):
@@ -180,10 +199,9 @@ class VehicleReidEvaluator(DatasetEvaluator):
         per_trial = []
         for t in range(n_trials):
             q, g = vehicleid_split(pids, np.random.default_rng(seed + t))
-            dist = self._distance(feats[q], feats[g])
             # every image is its own "camera" in VehicleID: no junk removal
-            per_trial.append(metrics_from_distmat(dist, pids[q], pids[g],
-                                                  np.zeros(len(q)), np.ones(len(g))))
+            per_trial.append(self._metrics(feats[q], feats[g], pids[q], pids[g],
+                                           np.zeros(len(q)), np.ones(len(g))))
         results = OrderedDict()
         for k in per_trial[0]:
             results[k] = float(np.mean([r[k] for r in per_trial]))

@@ -28,7 +28,7 @@ a metric); on tie-free inputs the result equals FastReID's ``evaluate_rank``.
 import numpy as np
 import torch
 
-__all__ = ["evaluate_rank"]
+__all__ = ["evaluate_rank", "rank_block", "curves_from_ranks", "check_labels"]
 
 
 def evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50, chunk=64):
@@ -52,48 +52,91 @@ def evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50, chun
     distmat = distmat.cpu().numpy() if isinstance(distmat, torch.Tensor) else np.asarray(distmat)
     if distmat.dtype not in (np.float32, np.float64):
         distmat = distmat.astype(np.float64)
-    q_pids, g_pids, q_camids, g_camids = map(np.asarray, (q_pids, g_pids, q_camids, g_camids))
     if distmat.ndim != 2:
         raise ValueError(f"distmat must be (Q, G), got shape {distmat.shape}")
     num_q, num_g = distmat.shape
-    if q_pids.shape != (num_q,) or q_camids.shape != (num_q,):
-        raise ValueError(f"distmat has {num_q} query rows but got q_pids {q_pids.shape}, "
-                         f"q_camids {q_camids.shape}")
-    if g_pids.shape != (num_g,) or g_camids.shape != (num_g,):
-        raise ValueError(f"distmat has {num_g} gallery columns but got g_pids {g_pids.shape}, "
-                         f"g_camids {g_camids.shape}")
+    q_pids, g_pids, q_camids, g_camids = check_labels(
+        num_q, num_g, q_pids, g_pids, q_camids, g_camids, "distmat has {} query rows",
+        "distmat has {} gallery columns")
     max_rank = min(max_rank, num_g)
-    inf = np.array(np.inf, dtype=distmat.dtype)
-
     first = np.zeros(num_q, dtype=np.int64)  # 1-based rank of the first true match; 0 = no match
     ap = np.full(num_q, np.nan)
     inp = np.full(num_q, np.nan)
     for s in range(0, num_q, chunk):
-        rows = distmat[s:s + chunk]  # (b, G), a view
-        b = rows.shape[0]
-        same = g_pids[None, :] == q_pids[s:s + b, None]
-        pos = same & (g_camids[None, :] != q_camids[s:s + b, None])  # true matches (junk removed)
-        n_pos = pos.sum(1)
-        P = int(n_pos.max())
-        if P == 0:
-            continue
-        neg_sorted = np.sort(np.where(same, inf, rows), axis=1)  # negatives ascending, then +inf
-        pos_d = np.where(pos, rows, inf)
-        if P < num_g:
-            pos_d = np.partition(pos_d, P - 1, axis=1)[:, :P]
-        pos_d = np.sort(pos_d, axis=1)  # (b, P) true-match distances ascending, +inf padded
-        negs_le = torch.searchsorted(torch.from_numpy(neg_sorted),
-                                     torch.from_numpy(np.ascontiguousarray(pos_d)), right=True).numpy()
-        k = np.arange(1, P + 1)
-        ranks = k[None, :] + negs_le  # (b, P) 1-based ranks of the true matches
-        valid = n_pos > 0
-        prec = np.where(k[None, :] <= n_pos[:, None], k[None, :] / ranks, 0.0)
-        last = np.take_along_axis(ranks, np.maximum(n_pos - 1, 0)[:, None], axis=1)[:, 0]
-        qi = np.arange(s, s + b)[valid]
-        first[qi] = ranks[valid, 0]
-        ap[qi] = prec.sum(1)[valid] / n_pos[valid]
-        inp[qi] = n_pos[valid] / last[valid]
+        e = min(num_q, s + chunk)
+        first[s:e], ap[s:e], inp[s:e] = rank_block(distmat[s:e], q_pids[s:e], g_pids,
+                                                   q_camids[s:e], g_camids)
+    return curves_from_ranks(first, ap, inp, max_rank)
 
+
+def check_labels(num_q, num_g, q_pids, g_pids, q_camids, g_camids, q_what, g_what):
+    """The four label arrays as numpy, or ValueError unless they are (Q,) and (G,).
+
+    ``q_what`` / ``g_what`` say where Q and G come from (``"{}"`` is replaced by the count).
+    """
+    q_pids, g_pids, q_camids, g_camids = map(np.asarray, (q_pids, g_pids, q_camids, g_camids))
+    if q_pids.shape != (num_q,) or q_camids.shape != (num_q,):
+        raise ValueError(f"{q_what.format(num_q)} but got q_pids {q_pids.shape}, "
+                         f"q_camids {q_camids.shape}")
+    if g_pids.shape != (num_g,) or g_camids.shape != (num_g,):
+        raise ValueError(f"{g_what.format(num_g)} but got g_pids {g_pids.shape}, "
+                         f"g_camids {g_camids.shape}")
+    return q_pids, g_pids, q_camids, g_camids
+
+
+def rank_block(rows, q_pids, g_pids, q_camids, g_camids):
+    """Per-query first-match rank, AP and INP of a block of query rows (see the module docstring).
+
+    Args:
+        rows (np.ndarray): (b, G) float32/float64 distances of ``b`` queries.
+        q_pids, q_camids (np.ndarray): (b,); g_pids, g_camids (np.ndarray): (G,).
+
+    Returns:
+        tuple: ``(first, ap, inp)``, each (b,): the 1-based rank of the first true match (0 when
+        the query has none), AP and INP in [0, 1] (NaN when it has none).
+    """
+    b, num_g = rows.shape
+    first = np.zeros(b, dtype=np.int64)
+    ap = np.full(b, np.nan)
+    inp = np.full(b, np.nan)
+    if b == 0:
+        return first, ap, inp
+    inf = np.array(np.inf, dtype=rows.dtype)
+    same = g_pids[None, :] == q_pids[:, None]
+    pos = same & (g_camids[None, :] != q_camids[:, None])  # true matches (junk removed)
+    n_pos = pos.sum(1)
+    P = int(n_pos.max())
+    if P == 0:
+        return first, ap, inp
+    neg_sorted = np.sort(np.where(same, inf, rows), axis=1)  # negatives ascending, then +inf
+    pos_d = np.where(pos, rows, inf)
+    if P < num_g:
+        pos_d = np.partition(pos_d, P - 1, axis=1)[:, :P]
+    pos_d = np.sort(pos_d, axis=1)  # (b, P) true-match distances ascending, +inf padded
+    negs_le = torch.searchsorted(torch.from_numpy(neg_sorted),
+                                 torch.from_numpy(np.ascontiguousarray(pos_d)), right=True).numpy()
+    k = np.arange(1, P + 1)
+    ranks = k[None, :] + negs_le  # (b, P) 1-based ranks of the true matches
+    valid = n_pos > 0
+    prec = np.where(k[None, :] <= n_pos[:, None], k[None, :] / ranks, 0.0)
+    last = np.take_along_axis(ranks, np.maximum(n_pos - 1, 0)[:, None], axis=1)[:, 0]
+    first[valid] = ranks[valid, 0]
+    ap[valid] = prec.sum(1)[valid] / n_pos[valid]
+    inp[valid] = n_pos[valid] / last[valid]
+    return first, ap, inp
+
+
+def curves_from_ranks(first, ap, inp, max_rank):
+    """CMC over the valid queries and their AP / INP lists (the layout of :func:`evaluate_rank`).
+
+    Args:
+        first (np.ndarray): (Q,) 1-based first-match ranks, 0 for queries without a true match.
+        ap, inp (np.ndarray): (Q,) per-query AP / INP (ignored where ``first == 0``).
+        max_rank (int): length of the CMC curve.
+
+    Raises:
+        ValueError: no query has a true match.
+    """
     valid = first > 0
     if not valid.any():
         raise ValueError("No query has a true match in the gallery (after removing same-camera "

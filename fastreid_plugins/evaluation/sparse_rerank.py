@@ -34,10 +34,14 @@ held in memory: the features, the (N, k1) neighbour table, ``V`` as a sparse mat
 three dense N x N float32 matrices (V, its query expansion, the Jaccard matrix): 2.1 GB at
 VeRi-776's 13,257 test images, 77 GB each at VERI-Wild Large's 138,517.
 
-The k-NN search is faiss' exact L2 search (``faiss.knn``; a GPU index when faiss sees a GPU) or,
-with ``knn="torch"``, an exact chunked matrix-product search in torch (on ``device``; the fallback
-used on a CUDA machine whose faiss is CPU-only). The encoding runs in torch on ``device`` (CUDA
-when available), the sparse algebra in numpy/scipy on the CPU.
+The k-NN search is exact by default: faiss' L2 search (``faiss.knn``; a GPU index when faiss sees
+a GPU), or, on a CPU-only machine above 4,096 points, a symmetric blocked search in torch that
+computes each block pair of ``X X^T`` once (half of faiss's multiply-adds; same neighbours up to
+the order of distances equal within float32 rounding), or, with ``knn="torch"`` on CUDA, an exact
+chunked matrix-product search (the fallback on a CUDA machine whose faiss is CPU-only).
+``knn="ivf"`` / ``"hnsw"`` switch to faiss's approximate indexes (see :func:`knn_search`). The
+encoding runs in torch on ``device`` (CUDA when available), the sparse algebra in numpy/scipy on
+the CPU.
 """
 
 import logging
@@ -49,11 +53,14 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["sparse_jaccard_distance", "sparse_rerank", "knn_search", "k_reciprocal_neighbours"]
+__all__ = ["sparse_jaccard_distance", "sparse_rerank", "knn_search", "k_reciprocal_neighbours",
+           "JaccardIndex", "KNN_BACKENDS"]
 
 # faiss' exhaustive search processes queries in blocks of this many rows; searching in chunks
 # that are multiples of it reproduces a single search call exactly
 _FAISS_QUERY_BLOCK = 4096
+# rows per block of the symmetric exact CPU search (a (4096, 4096) float32 block is 64 MB)
+_SYMMETRIC_BLOCK = 4096
 
 
 def _progress(iterable, enabled, desc, total=None):
@@ -76,6 +83,19 @@ def _check_args(n, k1, k2, lambda_value=None):
         raise ValueError(f"lambda (TEST.RERANK.LAMBDA) must be in [0, 1], got {lambda_value!r}")
 
 
+def row_sq_norms(x, step=8192):
+    """(N,) ``(x * x).sum(1)`` computed over row blocks: no (N, D) temporary (1 GB at VERI-Wild
+    Large size); the same values, row by row."""
+    return torch.cat([(x[s:s + step] * x[s:s + step]).sum(1) for s in range(0, len(x), step)]) \
+        if len(x) else x.new_zeros(0)
+
+
+def row_norms(x, step=8192):
+    """(N, 1) ``x.norm(p=2, dim=1, keepdim=True)`` (F.normalize's norm) over row blocks."""
+    return torch.cat([x[s:s + step].norm(p=2, dim=1, keepdim=True)
+                      for s in range(0, len(x), step)]) if len(x) else x.new_zeros(0, 1)
+
+
 def _as_features(x, name):
     if isinstance(x, np.ndarray):
         x = torch.from_numpy(x)
@@ -93,17 +113,34 @@ def _faiss_gpu_count():
     return getattr(faiss, "get_num_gpus", lambda: 0)()
 
 
-def knn_search(features, k, backend="auto", device=None, progress=False):
-    """Exact k nearest neighbours of every row of ``features`` among all rows (itself included).
+KNN_BACKENDS = ("auto", "faiss", "torch", "ivf", "hnsw")
+
+
+def knn_search(features, k, backend="auto", device=None, progress=False, nlist=None, nprobe=64,
+               hnsw_m=32, ef_search=128, refine=2):
+    """k nearest neighbours of every row of ``features`` among all rows (itself included).
+
+    Exact by default; ``"ivf"`` / ``"hnsw"`` are faiss's approximate indexes, for the largest
+    benchmarks where the exact O(N^2 D) search dominates the re-ranking time. Both store the
+    vectors 8-bit scalar-quantised (N x D bytes, a quarter of the float32 features, instead of a
+    full float copy) and return the ``k`` best of ``refine * k`` candidates re-scored exactly
+    (float32 squared L2), so only candidates the index misses are lost.
 
     Args:
         features (torch.Tensor): (N, D) float features.
         k (int): number of neighbours per row (``k <= N``).
         backend (str): ``"faiss"`` (exact L2, GPU index when faiss sees a GPU), ``"torch"`` (exact
-            chunked ``||x||^2 + ||y||^2 - 2 x.y`` with ``topk`` on ``device``), or ``"auto"``
-            (faiss, unless faiss is CPU-only and ``device`` is CUDA).
+            ``||x||^2 + ||y||^2 - 2 x.y`` with ``topk`` on ``device``; on the CPU each block pair
+            of ``X X^T`` is computed once, half of faiss's multiply-adds), ``"auto"`` (``"torch"``
+            on a CPU-only machine above one block of rows, or with a CPU-only faiss and a CUDA
+            ``device``; faiss otherwise), ``"ivf"`` (faiss
+            ``IndexIVFScalarQuantizer``: ``nlist`` k-means cells, ``nprobe`` searched) or
+            ``"hnsw"`` (faiss ``IndexHNSWSQ``: ``hnsw_m`` links, ``ef_search``).
         device (str or torch.device): device of the torch backend (default: CUDA if available).
         progress (bool): show a tqdm bar.
+        nlist (int): IVF cells (default ``4 sqrt(N)``); nprobe (int): cells searched per query.
+        hnsw_m (int), ef_search (int): HNSW graph degree and search beam width.
+        refine (int): candidates per neighbour re-scored exactly by the approximate backends.
 
     Returns:
         np.ndarray: (N, k) int64 neighbour indices, nearest first (squared L2).
@@ -111,17 +148,65 @@ def knn_search(features, k, backend="auto", device=None, progress=False):
     Raises:
         ValueError: unknown backend, or ``k > N``.
     """
-    if backend not in ("auto", "faiss", "torch"):
-        raise ValueError(f"knn backend must be 'auto', 'faiss' or 'torch', got {backend!r}")
+    if backend not in KNN_BACKENDS:
+        raise ValueError(f"knn backend must be one of {KNN_BACKENDS}, got {backend!r}")
     n = features.shape[0]
     if k > n:
         raise ValueError(f"k={k} neighbours requested among only {n} features")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if backend == "auto":
-        backend = "torch" if (device.type == "cuda" and _faiss_gpu_count() == 0) else "faiss"
+        cpu_large = device.type == "cpu" and n > _SYMMETRIC_BLOCK and _faiss_gpu_count() == 0
+        gpu_no_faiss = device.type == "cuda" and _faiss_gpu_count() == 0
+        backend = "torch" if (cpu_large or gpu_no_faiss) else "faiss"
     if backend == "torch":
+        if device.type == "cpu":
+            return _knn_symmetric(features, k, progress)
         return _knn_torch(features, k, device, progress)
+    if backend in ("ivf", "hnsw"):
+        return _knn_approximate(features, k, backend, progress, nlist, nprobe, hnsw_m,
+                                ef_search, refine)
     return _knn_faiss(features, k, progress)
+
+
+def _knn_approximate(features, k, backend, progress, nlist, nprobe, hnsw_m, ef_search, refine):
+    import faiss
+
+    x = np.ascontiguousarray(features.detach().cpu().numpy(), dtype=np.float32)
+    n, d = x.shape
+    qt = faiss.ScalarQuantizer.QT_8bit
+    if backend == "ivf":
+        nlist = int(nlist or max(1, min(n // 39, round(4 * np.sqrt(n)))))
+        quantizer = faiss.IndexFlatL2(d)
+        index = faiss.IndexIVFScalarQuantizer(quantizer, d, nlist, qt, faiss.METRIC_L2)
+        rng = np.random.default_rng(0)
+        sample = x[np.sort(rng.choice(n, size=min(n, 40 * nlist), replace=False))]
+        index.cp.niter = 10  # k-means on 40 points per cell, 10 iterations: seconds, not minutes
+        index.train(sample)
+        del sample  # 40 nlist x D floats: 0.5 GB at VERI-Wild Large size
+        index.nprobe = int(min(nprobe, nlist))
+    else:
+        index = faiss.IndexHNSWSQ(d, qt, int(hnsw_m))
+        index.train(x[np.sort(np.random.default_rng(0).choice(n, min(n, 65536), replace=False))])
+        index.hnsw.efSearch = int(max(ef_search, refine * k))
+    step = 16384
+    for s in _progress(range(0, n, step), progress, f"re-ranking: k-NN index ({backend})"):
+        index.add(x[s:s + step])
+    kc = int(min(n, max(k, refine * k)))
+    xt = torch.from_numpy(x)
+    sq = row_sq_norms(xt)
+    out = np.empty((n, k), dtype=np.int64)
+    chunk = 256  # (chunk, kc, D) gathered candidates: 84 MB at kc = 40, D = 2048
+    for s in _progress(range(0, n, chunk), progress, f"re-ranking: k-NN search ({backend})"):
+        e = min(n, s + chunk)
+        cand = torch.from_numpy(index.search(x[s:e], kc)[1])  # (b, kc), -1 where too few
+        cand_ok = cand >= 0
+        c = cand.clamp_min(0)
+        dots = torch.bmm(xt[c], xt[s:e, :, None])[..., 0]  # (b, kc) exact re-scoring
+        dist = sq[s:e, None] + sq[c] - 2 * dots
+        dist[~cand_ok] = float("inf")
+        best = dist.topk(k, dim=1, largest=False, sorted=True).indices
+        out[s:e] = torch.gather(c, 1, best).numpy()
+    return out
 
 
 def _knn_faiss(features, k, progress):
@@ -154,7 +239,7 @@ def _knn_faiss(features, k, progress):
 @torch.no_grad()
 def _knn_torch(features, k, device, progress):
     x = features.to(device, torch.float32)
-    sq = (x * x).sum(1)
+    sq = row_sq_norms(x)
     n = x.shape[0]
     chunk = max(1, min(n, (1 << 26) // max(n, 1)))  # (chunk, N) float32 block <= 256 MB
     out = np.empty((n, k), dtype=np.int64)
@@ -163,6 +248,41 @@ def _knn_torch(features, k, device, progress):
         d = torch.addmm(sq[s:e, None] + sq[None, :], x[s:e], x.t(), beta=1, alpha=-2)
         out[s:e] = d.topk(k, dim=1, largest=False, sorted=True).indices.cpu().numpy()
     return out
+
+
+@torch.no_grad()
+def _knn_symmetric(features, k, progress, block=None):
+    """Exact k-NN of the set against itself computing each block pair of ``X X^T`` once.
+
+    The squared distances ``||x||^2 + ||y||^2 - 2 x.y`` of block pair (I, J), J >= I, update the
+    running top-k of the rows of I and (transposed) of the rows of J: half the multiply-adds of a
+    full search (the O(N^2 D) product dominates the re-ranking time at VERI-Wild Large size).
+    """
+    x = features.detach().to("cpu", torch.float32).contiguous()
+    n = x.shape[0]
+    block = block or _SYMMETRIC_BLOCK
+    sq = row_sq_norms(x)
+    best_d = torch.full((n, k), float("inf"))
+    best_i = torch.full((n, k), -1, dtype=torch.int64)
+    starts = list(range(0, n, block))
+
+    def merge(s, e, d, t):  # d: (e - s, c) distances of rows s:e to columns t:t + c
+        kk = min(k, d.shape[1])
+        v, i = d.topk(kk, dim=1, largest=False, sorted=False)
+        cat_d = torch.cat([best_d[s:e], v], 1)
+        cat_i = torch.cat([best_i[s:e], i + t], 1)
+        v2, j = cat_d.topk(k, dim=1, largest=False, sorted=True)
+        best_d[s:e], best_i[s:e] = v2, torch.gather(cat_i, 1, j)
+
+    pairs = [(a, b) for a in range(len(starts)) for b in range(a, len(starts))]
+    for a, b in _progress(pairs, progress, "re-ranking: k-NN (exact, symmetric)"):
+        s, e = starts[a], min(n, starts[a] + block)
+        t, f = starts[b], min(n, starts[b] + block)
+        d = torch.addmm(sq[s:e, None] + sq[None, t:f], x[s:e], x[t:f].t(), beta=1, alpha=-2)
+        merge(s, e, d, t)
+        if b != a:
+            merge(t, f, d.t(), s)
+    return best_i.numpy()
 
 
 def k_reciprocal_neighbours(initial_rank, k, chunk_rows=None):
@@ -245,7 +365,7 @@ def _encode(features, indptr, indices, device):
         pattern = torch.sparse_csr_tensor(crow, col, torch.zeros(len(indices), device=device),
                                           size=(n, n), check_invariants=False)
         dots = torch.sparse.sampled_addmm(pattern, x, x.t(), beta=0.0).values()
-    sq = (x * x).sum(1)
+    sq = row_sq_norms(x)
     rows = torch.repeat_interleave(torch.arange(n, device=device),
                                    torch.from_numpy(counts).to(device))
     neg = (-(sq[rows] + sq[col] - 2 * dots)).double().cpu().numpy()
@@ -342,24 +462,65 @@ def sparse_jaccard_distance(query_features, gallery_features, k1=20, k2=6, knn="
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     feats = torch.cat([qf.cpu(), gf.cpu()]).contiguous()
     if normalize:  # same arithmetic as F.normalize(x, dim=1), in place
-        feats /= feats.norm(p=2, dim=1, keepdim=True).clamp_min_(1e-12)
+        feats /= row_norms(feats).clamp_min_(1e-12)
+    index = JaccardIndex(feats, nq, k1, k2, knn=knn, device=device, progress=progress)
+    del feats
+    return index.rows(0, nq, progress)
 
-    initial_rank = knn_search(feats, k1, backend=knn, device=device, progress=progress)
-    recip = k_reciprocal_neighbours(initial_rank, k1)
-    recip_half = k_reciprocal_neighbours(initial_rank, int(np.around(k1 / 2)))
-    indptr, indices = _expanded_sets(recip, recip_half)
-    del recip, recip_half
-    data = _encode(feats, indptr, indices, device)
-    V = sp.csr_matrix((data, indices, indptr), shape=(n, n))
-    V.eliminate_zeros()  # exp underflow: FastReID's inverted index skips exact zeros too
-    if k2 != 1:
-        nbr = initial_rank[:, :k2]  # FastReID: mean of V over the first k2 neighbours
-        kk = nbr.shape[1]
-        A = sp.csr_matrix((np.full(n * kk, 1.0 / kk), nbr.reshape(-1),
-                           np.arange(0, n * kk + 1, kk)), shape=(n, n))
-        V = (A @ V.astype(np.float64)).tocsr()
-    del initial_rank
-    return _jaccard_rows(V[:nq], V[nq:].tocsc(), progress)
+
+class JaccardIndex:
+    """The sparse k-reciprocal encoding of query + gallery, giving Jaccard rows on demand.
+
+    Builds everything of :func:`sparse_jaccard_distance` except its (Q, G) output: the k-NN table,
+    the expanded k-reciprocal sets and the (k2-averaged) encoding ``V`` (sparse, O(k n)), split into
+    the query rows (CSR) and the gallery rows (CSC). :meth:`rows` then gives the Jaccard distances
+    of any block of queries, so a query-chunked evaluation never holds a (Q, G) array.
+
+    Reference: Zhong et al. CVPR 2017, Eq. 4-11 (see the module docstring).
+
+    Args:
+        feats (torch.Tensor): (Q + G, D) float32 stacked query then gallery features, already
+            L2-normalised where FastReID normalises (``TEST.METRIC cosine``); not kept.
+        num_query (int): Q.
+        k1, k2 (int): ``TEST.RERANK.K1`` / ``K2``.
+        knn (str): k-NN backend of :func:`knn_search` (``"ivf"`` / ``"hnsw"`` are approximate).
+        device, progress: as in :func:`sparse_jaccard_distance`.
+        knn_params (dict): options of the approximate backends (see :func:`knn_search`).
+
+    Attributes:
+        neighbours (np.ndarray or None): the (N, k1) k-NN table when ``keep_neighbours`` is set
+            (the bench's recall measurement), else None.
+    """
+
+    def __init__(self, feats, num_query, k1=20, k2=6, knn="auto", device=None, progress=False,
+                 knn_params=None, keep_neighbours=False):
+        n = feats.shape[0]
+        _check_args(n, k1, k2)
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        initial_rank = knn_search(feats, k1, backend=knn, device=device, progress=progress,
+                                  **(knn_params or {}))
+        self.neighbours = initial_rank if keep_neighbours else None
+        recip = k_reciprocal_neighbours(initial_rank, k1)
+        recip_half = k_reciprocal_neighbours(initial_rank, int(np.around(k1 / 2)))
+        indptr, indices = _expanded_sets(recip, recip_half)
+        del recip, recip_half
+        data = _encode(feats, indptr, indices, device)
+        V = sp.csr_matrix((data, indices, indptr), shape=(n, n))
+        V.eliminate_zeros()  # exp underflow: FastReID's inverted index skips exact zeros too
+        if k2 != 1:
+            nbr = initial_rank[:, :k2]  # FastReID: mean of V over the first k2 neighbours
+            kk = nbr.shape[1]
+            A = sp.csr_matrix((np.full(n * kk, 1.0 / kk), nbr.reshape(-1),
+                               np.arange(0, n * kk + 1, kk)), shape=(n, n))
+            V = (A @ V.astype(np.float64)).tocsr()
+        del initial_rank
+        self.num_query, self.num_gallery = num_query, n - num_query
+        self.vq = V[:num_query]
+        self.vg_csc = V[num_query:].tocsc()
+
+    def rows(self, start, stop, progress=False):
+        """(stop - start, G) float32 Jaccard distances of queries ``start:stop``."""
+        return _jaccard_rows(self.vq[start:stop], self.vg_csc, progress)
 
 
 def sparse_rerank(query_features, gallery_features, dist, k1=20, k2=6, lambda_value=0.3,

@@ -23,7 +23,11 @@ Outputs in ``--output``:
 
 Queries are chosen by their average precision (only queries with at least one true match):
 ``best`` = highest AP first, ``worst`` = lowest first, ``random`` = seeded sample (``--seed``).
-Distances are the evaluator's: ``TEST.METRIC``, ``TEST.AQE`` and ``TEST.RERANK`` of the config.
+Distances are the evaluator's: ``TEST.METRIC``, ``TEST.AQE`` and ``TEST.RERANK`` of the config,
+through the same query-chunked path (:mod:`fastreid_plugins.evaluation.chunked`, block size from
+``TEST.EVAL_MEMORY_GB``), which keeps only the top-k gallery images of every query: no (Q, G)
+matrix, so the tool runs on the largest test sets (``TEST.RERANK.TYPE fastreid`` is not used here;
+the sparse re-ranker gives the same distances).
 """
 
 import argparse
@@ -201,30 +205,6 @@ def _extract(model, loader, flip):
     return (torch.cat(feats), torch.cat(pids).numpy(), torch.cat(camids).numpy(), paths)
 
 
-def _distance(cfg, qf, gf):
-    from fastreid.evaluation.query_expansion import aqe
-    from fastreid.utils.compute_dist import build_dist
-
-    from fastreid_plugins.evaluation.rerank import rerank_distance
-
-    if cfg.TEST.AQE.ENABLED:
-        qf, gf = aqe(qf, gf, cfg.TEST.AQE.QE_TIME, cfg.TEST.AQE.QE_K, cfg.TEST.AQE.ALPHA)
-    dist = build_dist(qf, gf, cfg.TEST.METRIC)
-    if cfg.TEST.RERANK.ENABLED:
-        dist = rerank_distance(cfg, qf, gf, dist)
-    return np.asarray(dist)
-
-
-def _valid_queries(q_pids, q_camids, g_pids, g_camids, chunk=1024):
-    """Queries with at least one gallery image of their ID from another camera."""
-    out = np.zeros(len(q_pids), dtype=bool)
-    for s in range(0, len(q_pids), chunk):
-        same = q_pids[s:s + chunk, None] == g_pids[None, :]
-        other_cam = q_camids[s:s + chunk, None] != g_camids[None, :]
-        out[s:s + chunk] = (same & other_cam).any(1)
-    return out
-
-
 def build_parser():
     p = argparse.ArgumentParser(
         prog="python -m fastreid_plugins.tools.visualize",
@@ -259,7 +239,8 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
     from fastreid_plugins.engine import is_vehicleid
-    from fastreid_plugins.evaluation import evaluate_rank, metrics_from_distmat
+    from fastreid_plugins.evaluation.chunked import evaluate_chunked, options_from_cfg
+    from fastreid_plugins.evaluation.evaluator import _metrics
     from fastreid_plugins.tools import build_tool_cfg, load_tool_model, trainer_class_for
 
     cfg = build_tool_cfg(args.config_file, args.opts)
@@ -275,11 +256,11 @@ def main(argv=None):
     qf, gf = feats[:num_query], feats[num_query:]
     q_pids, g_pids, q_cam, g_cam = pids[:num_query], pids[num_query:], camids[:num_query], \
         camids[num_query:]
-    dist = _distance(cfg, qf, gf)
-    metrics = metrics_from_distmat(dist, q_pids, g_pids, q_cam, g_cam)
-    cmc, all_ap, _ = evaluate_rank(dist, q_pids, g_pids, q_cam, g_cam)
-    valid_idx = np.flatnonzero(_valid_queries(q_pids, q_cam, g_pids, g_cam))
-    assert len(valid_idx) == len(all_ap)
+    # the evaluator's query-chunked path (TEST.EVAL_MEMORY_GB): top-k per query, no (Q, G) array
+    res = evaluate_chunked(qf, gf, q_pids, g_pids, q_cam, g_cam, topk=args.topk, progress=True,
+                           **options_from_cfg(cfg))
+    metrics = _metrics(res["cmc"], res["all_ap"], res["all_inp"])
+    cmc, all_ap, valid_idx = res["cmc"], res["all_ap"], np.flatnonzero(res["valid"])
 
     height, width = args.size or tuple(cfg.INPUT.SIZE_TEST)
     os.makedirs(args.output, exist_ok=True)
@@ -290,13 +271,12 @@ def main(argv=None):
     chosen = select_queries(all_ap, valid_idx, args.num_queries, args.mode, args.seed)
     g_paths = paths[num_query:]
     for i, (q, ap) in enumerate(chosen):
-        order = np.argsort(dist[q], kind="stable")
-        junk = (g_pids[order] == q_pids[q]) & (g_cam[order] == q_cam[q])
-        order = order[~junk][:args.topk]
+        order = res["topk_index"][q]
+        order = order[order >= 0]  # ranked, junk excluded (ties: lower gallery index first)
         query = {"path": paths[q], "pid": int(q_pids[q]), "camid": int(q_cam[q])}
         gallery = [{"path": g_paths[j], "pid": int(g_pids[j]), "camid": int(g_cam[j]),
-                    "dist": float(dist[q, j]), "match": bool(g_pids[j] == q_pids[q])}
-                   for j in order]
+                    "dist": float(res["topk_dist"][q, r]), "match": bool(g_pids[j] == q_pids[q])}
+                   for r, j in enumerate(order)]
         img, qbox, boxes = draw_ranklist(query, gallery, height, width)
         stem = os.path.splitext(os.path.basename(paths[q]))[0]
         name = f"ranklist_{i:03d}_{stem}.png"
