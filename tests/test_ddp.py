@@ -72,45 +72,16 @@ def ablation_rows(method):
     whose ranking layers get no gradient, which DDP refuses at the 2nd iteration unless the model
     leaves those layers out).
 
-    Where ``fastreid_plugins.<method>.config`` defines ``ABLATIONS`` (the methods' ablation rows
-    as data: ``{name: overrides}`` or ``{name: Ablation(..., overrides, ...)}``), that dict; else
-    the ablation tables of today's unit tests.
+    Each method's ``fastreid_plugins.<method>.config.ABLATIONS`` (its ablation rows as data:
+    ``{name: overrides}`` or ``{name: Ablation(..., overrides, ...)}``).
     """
     cfg_mod = importlib.import_module(f"fastreid_plugins.{CONFIG_MODULES[method]}.config")
-    table = getattr(cfg_mod, "ABLATIONS", None)
-    if table:   # {row: overrides}, {row: Ablation(overrides=...)} or {table: {row: overrides}}
-        rows = {}
-        for k, v in table.items():
-            for r, ov in (v.items() if isinstance(v, dict) else [(None, v)]):
-                rows[k if r is None else f"{k}/{r}"] = list(getattr(ov, "overrides", ov))
-    elif method == "MFGNet":
-        import test_mfgnet
-        rows = {f"table4/{k}": v for k, v in test_mfgnet.TABLE4.items()}
-        rows.update({f"table3/{s} stripes": ["MODEL.MFGNET.NUM_STRIPES", str(s)] for s in range(1, 6)})
-    elif method == "MBFN":
-        import test_mbfn
-        rows = {f"table4/{k}": v for k, v in test_mbfn.TABLE4.items()}
-        rows.update({f"table2/{d} {a}+{b}": ["MODEL.MBFN.SPLIT_DIRECTION", d, "MODEL.MBFN.LOCAL1.NUM_PARTS",
-                                             str(a), "MODEL.MBFN.LOCAL2.NUM_PARTS", str(b)]
-                     for d, a, b in test_mbfn.TABLE2})
-        rows.update({f"table3/alpha {a} beta {b}": ["MODEL.MBFN.WEIGHTS.ALPHA", str(a),
-                                                    "MODEL.MBFN.WEIGHTS.BETA", str(b)]
-                     for a, b in test_mbfn.TABLE3})
-    elif method == "CLIPSENet":
-        import test_clip_senet_model
-        mark = next(m for m in test_clip_senet_model.test_ablation_switches.pytestmark
-                    if m.name == "parametrize")
-        rows = {" ".join(map(str, opts)): list(opts) for opts, _, _ in mark.args[1]}
-    elif method == "SVRN":   # test_svrn.py's ablation tests
-        rows = {
-            "no VCC/DCC/reward": ["MODEL.SVRN.CROSS.VCC.ENABLED", "False", "MODEL.SVRN.CROSS.DCC.ENABLED",
-                                  "False", "MODEL.SVRN.REWARD.ENABLED", "False"],
-            "baseline (1 stage)": ["MODEL.SVRN.NUM_STAGES", "1", "MODEL.SVRN.START_BLOCKS", "[]",
-                                   "MODEL.SVRN.ALPHAS", "[]", "MODEL.SVRN.CROSS.ICC.ENABLED", "False",
-                                   "MODEL.SVRN.CROSS.DCC.ENABLED", "False"],
-            "random mask": ["MODEL.SVRN.MASK_MODE", "random"],
-            "reward off": ["MODEL.SVRN.REWARD.ENABLED", "False"],
-        }
+    table = cfg_mod.ABLATIONS
+    assert table, f"fastreid_plugins.{CONFIG_MODULES[method]}.config.ABLATIONS is empty"
+    rows = {}
+    for k, v in table.items():   # {row: overrides}, {row: Ablation(overrides=...)} or {table: {row: overrides}}
+        for r, ov in (v.items() if isinstance(v, dict) else [(None, v)]):
+            rows[k if r is None else f"{k}/{r}"] = list(getattr(ov, "overrides", ov))
     return rows
 
 
