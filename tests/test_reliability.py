@@ -92,6 +92,17 @@ def _assert_identical(a, b):
             assert torch.equal(torch.as_tensor(sa[i][k]), torch.as_tensor(sb[i][k])), (i, k)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Bit-identity needs one thread count on both sides: the train_net.py processes below run
+    with ``ENV``'s one thread, so the in-process runs of this module use one thread too (CI leaves
+    ``FASTREID_PLUGINS_THREADS`` unset, and conftest then gives the tests 2 threads)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(ENV["FASTREID_PLUGINS_THREADS"]))
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def seeded_run(veri_root, tmp_path_factory):
     """The uninterrupted seeded run (in-process): its output folder."""
