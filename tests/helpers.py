@@ -3,14 +3,11 @@
 import copy
 import logging
 import os
-import random
-
-import numpy as np
-import torch
 
 import fastreid_plugins  # noqa: F401  (compat + registration)
 from fastreid_plugins.config import get_cfg
 from fastreid_plugins.engine import PluginTrainer
+from fastreid_plugins.seeding import seed_all
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -26,9 +23,7 @@ def make_cfg(config_file, opts=(), add_fns=()):
 
 
 def seed_everything(seed=0):
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+    seed_all(seed)
 
 
 def evaluate(cfg, model):
