@@ -33,30 +33,44 @@ from fastreid_plugins.config import get_cfg  # noqa: E402
 from fastreid_plugins.engine import PluginTrainer, set_datasets_root  # noqa: E402
 from fastreid_plugins.mbfn import add_mbfn_config  # noqa: E402
 from fastreid_plugins.mfgnet import add_mfgnet_config  # noqa: E402
+from fastreid_plugins.seeding import seed_all  # noqa: E402
 
 
-def make_split(src, dst):
-    """``dst/veri``: image_train = the sample's gallery images, image_query / image_test as given."""
+FOLDS = {
+    # fold: (folder whose images train and form the gallery, folder of the unseen-camera queries)
+    "forward": ("image_test", "image_query"),   # train on the 27 gallery-camera images
+    "reverse": ("image_query", "image_test"),   # train on the 30 query-camera images
+}
+
+
+def make_split(src, dst, fold="forward"):
+    """``dst/veri`` for one fold: image_train = image_test = the training cameras' images (the
+    gallery), image_query = the other cameras' images (never seen in training).
+
+    Each vehicle of the sample has one query camera and one gallery camera, and the 8 cameras are
+    all different, so in both folds no query camera occurs in training; the gallery is the training
+    images themselves (the same design in both directions).
+    """
+    train, query = FOLDS[fold]
     veri = os.path.join(dst, "veri")
     os.makedirs(os.path.join(veri, "image_train"))
-    for name in ("image_query", "image_test"):
-        os.symlink(os.path.join(src, "veri", name), os.path.join(veri, name))
-    for f in sorted(os.listdir(os.path.join(src, "veri", "image_test"))):
-        os.symlink(os.path.join(src, "veri", "image_test", f), os.path.join(veri, "image_train", f))
+    os.symlink(os.path.join(src, "veri", query), os.path.join(veri, "image_query"))
+    os.symlink(os.path.join(src, "veri", train), os.path.join(veri, "image_test"))
+    for f in sorted(os.listdir(os.path.join(src, "veri", train))):
+        os.symlink(os.path.join(src, "veri", train, f), os.path.join(veri, "image_train", f))
     return dst
 
 
 @torch.no_grad()
 def sub_descriptor_maps(cfg, model):
-    """mAP of each branch's slice of the test descriptor (global branch, local branch, ...)."""
+    """mAP of the whole descriptor under both metrics, and of each branch's slice of it (global
+    branch, local branch, ...) under ``TEST.METRIC``; the same trained model, one forward pass."""
     from fastreid.utils.compute_dist import build_dist
     from fastreid_plugins.evaluation import metrics_from_distmat
     branches = ([("global", model.global_branch), ("local", model.local_branch)]
                 if hasattr(model, "local_branch") else list(model.branches())
                 if hasattr(model, "branches") else [])
     branches = [(n, b) for n, b in branches if b is not None]
-    if len(branches) < 2:
-        return {}
     loader, nq = PluginTrainer.build_test_loader(cfg, cfg.DATASETS.TESTS[0])
     model.eval()
     feats, pids, camids = [], [], []
@@ -67,10 +81,14 @@ def sub_descriptor_maps(cfg, model):
     f, p, c = torch.cat(feats), torch.cat(pids).numpy(), torch.cat(camids).numpy()
     out, start, blocks = {}, 0, []
 
-    def m_ap(x):
-        d = build_dist(x[:nq], x[nq:], cfg.TEST.METRIC)
+    def m_ap(x, metric=cfg.TEST.METRIC):
+        d = build_dist(x[:nq], x[nq:], metric)
         return metrics_from_distmat(d, p[:nq], p[nq:], c[:nq], c[nq:])["mAP"]
 
+    for metric in ("cosine", "euclidean"):
+        out[metric] = m_ap(f, metric)
+    if len(branches) < 2:
+        return out
     for name, b in branches:
         sl = f[:, start:start + b.out_dim]
         start += b.out_dim
@@ -92,12 +110,10 @@ def run(config_file, opts, seed, epochs, out):
                                       "SOLVER.AMP.ENABLED", "False", "OUTPUT_DIR", out])
     cfg.freeze()
     os.makedirs(out, exist_ok=True)
-    torch.manual_seed(seed)
-    np.random.seed(seed)
+    seed_all(seed)
     untrained = PluginTrainer.test(cfg, PluginTrainer.build_model(
         PluginTrainer.auto_scale_hyperparams(cfg, 4)))
-    torch.manual_seed(seed)
-    np.random.seed(seed)
+    seed_all(seed)
     trainer = PluginTrainer(cfg)
     trainer.resume_or_load(resume=False)
     res = trainer.train()
@@ -105,30 +121,55 @@ def run(config_file, opts, seed, epochs, out):
     return untrained, res
 
 
+def mean_se(values):
+    """Mean and standard error (sample s.d. / sqrt(n); 0 for a single value) of a list."""
+    v = np.asarray(values, dtype=float)
+    return v.mean(), (v.std(ddof=1) / np.sqrt(len(v)) if len(v) > 1 else 0.0)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--config-file", required=True)
-    p.add_argument("--seeds", default="0,1", help="comma-separated seeds")
+    p.add_argument("--seeds", default="0,1", help="comma-separated seeds, or a range like 0-5")
+    p.add_argument("--fold", default="forward", choices=["forward", "reverse", "both"],
+                   help="forward: train on the gallery cameras; reverse: on the query cameras")
     p.add_argument("--epochs", type=int, default=60)
     p.add_argument("--label", default="")
-    p.add_argument("opts", nargs=argparse.REMAINDER)
-    a = p.parse_args(argv)
-    a.seeds = [int(x) for x in a.seeds.split(",")]
+    p.add_argument("opts", nargs="*", help="config overrides, KEY VALUE pairs")
+    a = p.parse_intermixed_args(argv)  # options may also follow the KEY VALUE pairs
+    if "-" in a.seeds:
+        lo, hi = a.seeds.split("-")
+        a.seeds = list(range(int(lo), int(hi) + 1))
+    else:
+        a.seeds = [int(x) for x in a.seeds.split(",")]
+    folds = ["forward", "reverse"] if a.fold == "both" else [a.fold]
     torch.set_num_threads(int(os.environ.get("FASTREID_PLUGINS_THREADS", "1")))
     logging.getLogger("fastreid").setLevel(logging.WARNING)
     logging.getLogger("fastreid_plugins").setLevel(logging.WARNING)
     src = os.environ.get("FASTREID_DATASETS", "../shared/datasets")
-    with tempfile.TemporaryDirectory() as tmp:
-        set_datasets_root(make_split(src, os.path.join(tmp, "data")))
-        maps = []
-        for s in a.seeds:
-            u, r = run(a.config_file, a.opts, s, a.epochs, os.path.join(tmp, f"out{s}"))
-            maps.append(r["mAP"])
-            print(f"RESULT {a.label or a.config_file} seed {s}: untrained mAP {u['mAP']:.1f} "
-                  f"R1 {u['Rank-1']:.1f} -> trained mAP {r['mAP']:.1f} R1 {r['Rank-1']:.1f}; per-branch mAP "
-                  + " ".join(f"{k} {v:.1f}" for k, v in r["branches"].items()), flush=True)
-        print(f"RESULT {a.label or a.config_file} mean mAP {np.mean(maps):.1f} "
-              f"({' '.join(f'{m:.1f}' for m in maps)}) opts={' '.join(a.opts)}", flush=True)
+    label = a.label or a.config_file
+    per_fold = {}
+    for fold in folds:
+        maps = per_fold.setdefault(fold, [])
+        with tempfile.TemporaryDirectory() as tmp:
+            set_datasets_root(make_split(src, os.path.join(tmp, "data"), fold))
+            for s in a.seeds:
+                u, r = run(a.config_file, a.opts, s, a.epochs, os.path.join(tmp, f"out{s}"))
+                maps.append(r["mAP"])
+                print(f"RESULT {label} fold {fold} seed {s}: untrained mAP {u['mAP']:.1f} "
+                      f"R1 {u['Rank-1']:.1f} -> trained mAP {r['mAP']:.1f} R1 {r['Rank-1']:.1f}; "
+                      "descriptor mAP " + " ".join(f"{k} {v:.1f}" for k, v in r["branches"].items()),
+                      flush=True)
+        m, se = mean_se(maps)
+        print(f"RESULT {label} fold {fold}: mAP {m:.1f} +- {se:.1f} (s.e., n={len(maps)}: "
+              f"{' '.join(f'{x:.1f}' for x in maps)}) opts={' '.join(a.opts)}", flush=True)
+    if len(folds) > 1:
+        # each fold weighs the same; s.e. of the mean of the fold means
+        stats = [mean_se(v) for v in per_fold.values()]
+        m = np.mean([x[0] for x in stats])
+        se = np.sqrt(sum(x[1] ** 2 for x in stats)) / len(stats)
+        print(f"RESULT {label} both folds: mAP {m:.1f} +- {se:.1f} (s.e.; mean of the fold means, "
+              f"{len(a.seeds)} seeds per fold) opts={' '.join(a.opts)}", flush=True)
 
 
 if __name__ == "__main__":
