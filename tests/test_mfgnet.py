@@ -1,7 +1,7 @@
 """MFG-Net (Xu et al., Array 2022): contracts, the paper's split and global-branch convs, loss terms vs
 FastReID's losses, every Table 3 / Table 4 ablation row (``mfgnet.config.ABLATIONS``), config
-validation, a weights-change check, and overfitting the real VeRi-776 sample with an ``--eval-only``
-round trip."""
+validation, equivalence to FastReID's Baseline when reduced to it, a weights-change check, and
+overfitting the real VeRi-776 sample with an ``--eval-only`` round trip."""
 
 import os
 
@@ -368,3 +368,25 @@ def test_reduced_to_the_baseline_it_computes_fastreids_baseline():
         return [type(opt).__mro__[1:]] + [{k: v for k, v in g.items() if k != "params"}
                                            for g in opt.param_groups]
     assert hyper(cm, ours) == hyper(cb, base)
+
+
+@pytest.mark.parametrize("fold,n_train,n_query", [("forward", 27, 30), ("reverse", 30, 27)])
+def test_heldout_cams_folds_keep_query_cameras_out_of_training(fold, n_train, n_query, veri_root,
+                                                               tmp_path):
+    """``projects/MFGNet/heldout_cams.py``: in both folds the gallery is the training images and no
+    query camera occurs in training (FastReID's VeRi loader reads the split)."""
+    import importlib.util
+    from fastreid.data.datasets import VeRi
+    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "projects", "MFGNet",
+                        "heldout_cams.py")
+    spec = importlib.util.spec_from_file_location("heldout_cams", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    ds = VeRi(root=mod.make_split(veri_root, str(tmp_path / "data"), fold))
+    def cams(items):  # from the file names (the loader prefixes the training camids)
+        return {os.path.basename(p).split("_")[1] for p, _, _ in items}
+    assert len(ds.train) == len(ds.gallery) == n_train and len(ds.query) == n_query
+    assert {os.path.basename(p) for p, _, _ in ds.train} == {os.path.basename(p) for p, _, _ in ds.gallery}
+    assert len(cams(ds.train)) == 4 and len(cams(ds.query)) == 4
+    assert not cams(ds.query) & cams(ds.train)
+    assert {p for _, p, _ in ds.query} == {p for _, p, _ in ds.gallery} and len({p for _, p, _ in ds.query}) == 4
