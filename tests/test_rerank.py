@@ -135,6 +135,18 @@ def test_symmetric_knn_paths_equal_faiss(screen, onednn):
     assert_same_neighbours(got, ref, x)
 
 
+def test_merge_into_topk_by_hand():
+    from fastreid_plugins.evaluation.sparse_rerank import _merge_into_topk
+
+    best_d = torch.tensor([[1.0, 3.0, 5.0], [0.0, 2.0, 4.0], [7.0, 8.0, 9.0]])
+    best_i = torch.tensor([[10, 11, 12], [20, 21, 22], [30, 31, 32]])
+    # row 0 gets 2.0 and 0.5; row 2 gets 8.5 and 1.0 (given unsorted); row 1 nothing
+    _merge_into_topk(best_d, best_i, torch.tensor([2, 0, 2, 0]), torch.tensor([40, 41, 42, 43]),
+                     torch.tensor([8.5, 2.0, 1.0, 0.5]))
+    assert best_d.tolist() == [[0.5, 1.0, 2.0], [0.0, 2.0, 4.0], [1.0, 7.0, 8.0]]
+    assert best_i.tolist() == [[43, 10, 41], [20, 21, 22], [42, 30, 31]]
+
+
 def test_screen_rows_failing_the_certificate_are_searched_again():
     # no margin (the screen keeps exactly k columns): many rows cannot be certified, and the
     # float32 search of those rows still gives the exact answer
