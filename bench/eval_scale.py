@@ -99,8 +99,10 @@ def _worker(args):
         if mode == "full-rerank":
             from fastreid_plugins.evaluation.sparse_rerank import sparse_rerank
 
+            # the path of the previous stop: dense (Q, G) matrices and faiss's exact k-NN
+            # (knn="auto" picked faiss on the CPU before the symmetric search existed)
             dist = sparse_rerank(qf, gf, dist, args.k1, args.k2, args.lam, device="cpu",
-                                 normalize=True, progress=args.progress)
+                                 normalize=True, progress=args.progress, knn="faiss")
         return evaluate_rank(dist, q_pids, g_pids, q_cams, g_cams)
 
     (cmc, ap, inp), elapsed, cpu, peak, rss_before, exact_peak = measure(run)

@@ -405,6 +405,39 @@ def test_unreachable_server_is_a_clear_error(online):
     assert "FASTREID_PLUGINS_OFFLINE" in msg
 
 
+def test_stalled_server_times_out_with_a_clear_error(online, monkeypatch):
+    # a server that accepts the connection and never answers: torch.hub alone would wait forever
+    monkeypatch.setenv(pretrained.DOWNLOAD_TIMEOUT_ENV, "1")
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(1)  # the kernel completes the handshake; nobody ever reads or writes
+        url = f"http://127.0.0.1:{srv.getsockname()[1]}/resnet50-19c8e357.pth"
+        outcome = []
+
+        def fetch():
+            try:
+                resolve_weights_file(url, "", progress=False)
+            except Exception as e:  # noqa: BLE001 - handed to the main thread
+                outcome.append(e)
+
+        worker = threading.Thread(target=fetch, daemon=True)
+        worker.start()
+        worker.join(30)
+    assert not worker.is_alive(), "the download of a stalled server did not time out"
+    assert len(outcome) == 1 and isinstance(outcome[0], WeightsNotAvailableError), outcome
+    msg = str(outcome[0])
+    assert url in msg and "sent nothing for 1 s" in msg and pretrained.DOWNLOAD_TIMEOUT_ENV in msg
+    assert not os.path.isdir(online) or os.listdir(online) == []  # nothing left behind
+    assert socket.getdefaulttimeout() is None  # restored
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "soon", "inf"])
+def test_bad_download_timeout_names_the_variable(monkeypatch, value):
+    monkeypatch.setenv(pretrained.DOWNLOAD_TIMEOUT_ENV, value)
+    with pytest.raises(ValueError, match=pretrained.DOWNLOAD_TIMEOUT_ENV):
+        pretrained.download_timeout()
+
+
 @pytest.fixture
 def socket_trap(monkeypatch):
     """Every DNS look-up or socket connection is recorded in the returned list and fails."""

@@ -99,6 +99,106 @@ def test_rerank_distance_sparse_equals_fastreid_path(metric):
     assert (np.argsort(got, 1)[:, :10] != np.argsort(dist, 1)[:, :10]).any()
 
 
+def hard_knn_set(n=900, dim=48, seed=21, spread=10.0):
+    """Features that stress the k-NN: cluster structure, norms from 1 / spread to spread (the
+    screen's per-row terms), and exact duplicates (tied distances) of the first 40 rows."""
+    x, _ = clustered(n, dim, ids=60, seed=seed, normalise=False, noise=0.5)
+    g = torch.Generator().manual_seed(seed + 1)
+    x = x * torch.exp(torch.empty(n, 1).uniform_(-math.log(spread), math.log(spread),
+                                                 generator=g))
+    x[n - 40:] = x[:40]  # duplicates
+    return x
+
+
+def assert_same_neighbours(got, ref, x):
+    """Row by row, the k neighbour distances (float64) equal those of the reference up to float32
+    rounding: the same neighbours, whichever of exactly tied points each search returns."""
+    xd = x.double()
+    d_got = ((xd[:, None, :] - xd[torch.from_numpy(got)]) ** 2).sum(-1).sort(1).values
+    d_ref = ((xd[:, None, :] - xd[torch.from_numpy(ref)]) ** 2).sum(-1).sort(1).values
+    scale = (xd * xd).sum(1, keepdim=True)
+    assert ((d_got - d_ref).abs() <= 1e-5 * scale).all()
+    unique = np.arange(40, len(x) - 40)  # rows without a duplicate (hard_knn_set)
+    assert (got[unique, 0] == unique).all() and (ref[unique, 0] == unique).all()
+
+
+@pytest.mark.parametrize("screen", [False, True])
+@pytest.mark.parametrize("onednn", [False, True])
+def test_symmetric_knn_paths_equal_faiss(screen, onednn):
+    # the float32 GEMM (torch.mm or oneDNN) and the certified bfloat16 screen give faiss's exact
+    # neighbours on features with mixed norms and duplicates, over uneven blocks
+    from fastreid_plugins.evaluation.sparse_rerank import _knn_symmetric
+
+    x = hard_knn_set()
+    ref = knn_search(x, 15, backend="faiss")
+    got = _knn_symmetric(x, 15, False, block=128, onednn=onednn, screen=screen)
+    assert_same_neighbours(got, ref, x)
+
+
+def test_merge_into_topk_by_hand():
+    from fastreid_plugins.evaluation.sparse_rerank import _merge_into_topk
+
+    best_d = torch.tensor([[1.0, 3.0, 5.0], [0.0, 2.0, 4.0], [7.0, 8.0, 9.0]])
+    best_i = torch.tensor([[10, 11, 12], [20, 21, 22], [30, 31, 32]])
+    # row 0 gets 2.0 and 0.5; row 2 gets 8.5 and 1.0 (given unsorted); row 1 nothing
+    _merge_into_topk(best_d, best_i, torch.tensor([2, 0, 2, 0]), torch.tensor([40, 41, 42, 43]),
+                     torch.tensor([8.5, 2.0, 1.0, 0.5]))
+    assert best_d.tolist() == [[0.5, 1.0, 2.0], [0.0, 2.0, 4.0], [1.0, 7.0, 8.0]]
+    assert best_i.tolist() == [[43, 10, 41], [20, 21, 22], [42, 30, 31]]
+
+
+def test_screen_rows_failing_the_certificate_are_searched_again():
+    # no margin (the screen keeps exactly k columns): many rows cannot be certified, and the
+    # float32 search of those rows still gives the exact answer
+    from fastreid_plugins.evaluation import sparse_rerank as sr
+
+    x = hard_knn_set(seed=23)
+    sq = (x * x).sum(1)
+    got = sr._knn_screened(x, sq, 15, False, block=128, onednn=True, margin=0)
+    assert sr._knn_screened.last_uncertified > 20
+    assert_same_neighbours(got, knn_search(x, 15, backend="faiss"), x)
+    # with the default margin (2k columns kept) and norms as re-id features have them, the
+    # screen certifies most rows
+    x = hard_knn_set(seed=24, spread=1.25)
+    got = sr._knn_screened(x, (x * x).sum(1), 15, False, block=128, onednn=True)
+    assert sr._knn_screened.last_uncertified < len(x) // 10
+    assert_same_neighbours(got, knn_search(x, 15, backend="faiss"), x)
+
+
+def test_screen_error_bound_holds_for_every_pair():
+    # the certificate rests on |2 mu + 2 s~_ij - d_ij| <= 2 E_i + 2^-6 |s~_ij| for every pair,
+    # d_ij computed here in float64 from the float32 features: check it on the whole matrix
+    from fastreid_plugins.evaluation.sparse_rerank import _screen_blocks
+
+    for spread, informative in ((10.0, False), (1.25, True)):
+        x = hard_knn_set(n=600, dim=300, seed=25, spread=spread)
+        sq = (x * x).sum(1)
+        mu, left, right, err = _screen_blocks(x, sq, 10, True, sample=200)
+        keys = torch.mm(left(0, len(x)), right(0, len(x)).t()).double()
+        xd = x.double()
+        d = sq.double()[:, None] + sq.double()[None, :] - 2 * xd @ xd.t()
+        gap = (2 * mu + 2 * keys - d).abs()
+        allowed = 2 * err[:, None] + 2.0 ** -6 * keys.abs()
+        assert (gap <= allowed).all(), float((gap - allowed).max())
+        if informative:  # with re-id-like norms the screen's error is a small fraction of them
+            rel = gap / (sq.double()[:, None] + sq.double()[None, :])
+            assert float(rel.max()) < 0.01, float(rel.max())
+
+
+def test_onednn_gemm_falls_back_when_the_op_fails(monkeypatch):
+    from fastreid_plugins.evaluation import sparse_rerank as sr
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no oneDNN here")
+
+    monkeypatch.setattr(sr, "_ONEDNN_OK", None)
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", broken)
+    assert sr._onednn_available() is False
+    x = hard_knn_set(n=300, seed=27)
+    assert_same_neighbours(sr._knn_symmetric(x, 10, False, block=64, screen=False),
+                           knn_search(x, 10, backend="faiss"), x)
+
+
 def test_evaluator_rerank_types_agree():
     x, pids = clustered(300, 32, ids=30, seed=3, noise=1.0)
     camids = torch.arange(300) % 5

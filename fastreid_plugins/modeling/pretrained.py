@@ -44,6 +44,7 @@ branch copies are deep copies of the loaded backbone) gets its weights here.
 import logging
 import os
 import re
+import socket
 from urllib.parse import urlparse
 
 import torch
@@ -58,6 +59,30 @@ logger = logging.getLogger(__name__)
 
 #: Environment variables that switch downloads off (any of "1", "true", "yes", "on").
 OFFLINE_ENV_VARS = ("FASTREID_PLUGINS_OFFLINE", "HF_HUB_OFFLINE")
+# seconds a download may wait for a connection or for its next bytes before it fails
+# (torch.hub's downloader opens its URL without a timeout: a stalled server would block forever)
+DOWNLOAD_TIMEOUT_ENV = "FASTREID_PLUGINS_DOWNLOAD_TIMEOUT"
+DEFAULT_DOWNLOAD_TIMEOUT = 60.0
+
+
+def download_timeout():
+    """Seconds (``FASTREID_PLUGINS_DOWNLOAD_TIMEOUT``, default 60) a weights download may wait to
+    connect or for its next bytes.
+
+    Raises:
+        ValueError: the variable is not a positive number.
+    """
+    raw = os.environ.get(DOWNLOAD_TIMEOUT_ENV, "")
+    if not raw.strip():
+        return DEFAULT_DOWNLOAD_TIMEOUT
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"{DOWNLOAD_TIMEOUT_ENV} must be a positive number of seconds, got "
+                         f"{raw!r}")
+    return value
 _TRUE = {"1", "true", "yes", "on"}
 
 #: ``MODEL.BACKBONE.IBN_LAYOUT`` values: IBN-Net's (IBN in layer1-3) or FastReID's ResNeXt (layer1-4).
@@ -208,8 +233,12 @@ def download_weights(url, cache=None, *, progress=True, config_key=CONFIG_KEY,
     Returns:
         str: the downloaded file, ``<cache>/<file name of url>``.
 
+    A connection or read that waits longer than :func:`download_timeout` seconds fails (torch.hub
+    itself would wait forever on a stalled server).
+
     Raises:
-        WeightsNotAvailableError: offline, network failure, HTTP error, or hash mismatch.
+        WeightsNotAvailableError: offline, network failure or stall, HTTP error, or hash mismatch.
+        ValueError: ``FASTREID_PLUGINS_DOWNLOAD_TIMEOUT`` is not a positive number.
     """
     cache = cache or hub_cache_dir()
     name = url_filename(url)
@@ -218,9 +247,14 @@ def download_weights(url, cache=None, *, progress=True, config_key=CONFIG_KEY,
         raise WeightsNotAvailableError(
             f"{what}: downloads are off ({_offline_reason()}); not fetching {url}. Either "
             + _how_to_get(url, config_key, cache))
+    timeout = download_timeout()
+    previous = socket.getdefaulttimeout()
     try:
         os.makedirs(cache, exist_ok=True)
         logger.info(f"{what}: downloading {url} to {dst}")
+        # torch.hub's urlopen takes no timeout: the default socket timeout bounds the wait to
+        # connect and for each read (process-wide, for the length of the download only)
+        socket.setdefaulttimeout(timeout)
         torch.hub.download_url_to_file(url, dst, hash_prefix(name), progress=progress)
     except RuntimeError as e:
         if "invalid hash value" not in str(e):
@@ -233,10 +267,16 @@ def download_weights(url, cache=None, *, progress=True, config_key=CONFIG_KEY,
             f"(nothing was written to {cache}/). Try again, or "
             + _how_to_get(url, config_key, cache)) from e
     except OSError as e:  # URLError, HTTPError, timeouts, connection refused, disk errors
+        stalled = isinstance(e, TimeoutError) or isinstance(getattr(e, "reason", None),
+                                                            TimeoutError)
+        why = (f"the server sent nothing for {timeout:g} s ({DOWNLOAD_TIMEOUT_ENV}); "
+               if stalled else "")
         raise WeightsNotAvailableError(
-            f"{what}: could not download {url} ({type(e).__name__}: {e}). No network? Either "
-            + _how_to_get(url, config_key, cache)
+            f"{what}: could not download {url} ({why}{type(e).__name__}: {e}). No network? "
+            "Either " + _how_to_get(url, config_key, cache)
             + f" Set {OFFLINE_ENV_VARS[0]}=1 to never try downloads.") from e
+    finally:
+        socket.setdefaulttimeout(previous)
     return dst
 
 
