@@ -318,8 +318,9 @@ def test_paper_configs_carry_the_paper_settings(path, dataset, epochs, steps, ba
 def test_reduced_to_the_baseline_it_computes_fastreids_baseline():
     """MFG-Net without the local branch, CAM and global 1x1 convs, with the Baseline's loss settings,
     is FastReID's BagTricks Baseline (ResNet -> GAP -> BNNeck -> classifier; CE + triplet on the
-    pooled feature): given the Baseline's weights it gives the same descriptor, loss terms and
-    gradients, and its optimiser gets the same parameter groups. Our heads' initialisation and
+    pooled feature): its BNNeck and classifier are initialised alike, given the Baseline's weights
+    it gives the same descriptor, loss terms and gradients, and its optimiser gets the same
+    parameter groups. Our heads' initialisation and
     optimiser settings therefore cannot explain a gap to the Baseline (README, held-out-camera
     check); the reference is FastReID's own ``Baseline`` + ``EmbeddingHead``."""
     common = ["MODEL.HEADS.NUM_CLASSES", "4", "INPUT.SIZE_TRAIN", "[96, 64]",
@@ -335,6 +336,12 @@ def test_reduced_to_the_baseline_it_computes_fastreids_baseline():
     ours = PluginTrainer.build_model(cm)
     sb, so = base.state_dict(), ours.state_dict()
     assert [v.shape for v in sb.values()] == [v.shape for v in so.values()]
+    # initialisation (before loading): the same BNNeck constants and classifier scale as FastReID's
+    for k in ("weight", "bias"):
+        torch.testing.assert_close(so[f"global_branch.global_head.bnneck.{k}"],
+                                   sb[f"heads.bottleneck.0.{k}"])
+    w_o, w_b = so["global_branch.global_head.weight"], sb["heads.weight"]
+    assert abs(w_o.std() / w_b.std() - 1) < 0.1 and abs(w_o.mean()) < 0.002
     ours.load_state_dict(dict(zip(so.keys(), sb.values())))
     b = batch()
     base.eval()
