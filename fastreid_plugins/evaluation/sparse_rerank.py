@@ -37,7 +37,9 @@ VeRi-776's 13,257 test images, 77 GB each at VERI-Wild Large's 138,517.
 The k-NN search is exact by default: faiss' L2 search (``faiss.knn``; a GPU index when faiss sees
 a GPU), or, on a CPU-only machine above 4,096 points, a symmetric blocked search in torch that
 computes each block pair of ``X X^T`` once (half of faiss's multiply-adds; same neighbours up to
-the order of distances equal within float32 rounding), or, with ``knn="torch"`` on CUDA, an exact
+the order of distances equal within float32 rounding; oneDNN's float32 GEMM; on CPUs with native
+bfloat16 a bfloat16 screen whose candidates are re-scored in float32 and certified row by row,
+see :func:`_knn_screened`), or, with ``knn="torch"`` on CUDA, an exact
 chunked matrix-product search (the fallback on a CUDA machine whose faiss is CPU-only).
 ``knn="ivf"`` / ``"hnsw"`` switch to faiss's approximate indexes (see :func:`knn_search`). The
 encoding runs in torch on ``device`` (CUDA when available), the sparse algebra in numpy/scipy on
@@ -131,7 +133,9 @@ def knn_search(features, k, backend="auto", device=None, progress=False, nlist=N
         k (int): number of neighbours per row (``k <= N``).
         backend (str): ``"faiss"`` (exact L2, GPU index when faiss sees a GPU), ``"torch"`` (exact
             ``||x||^2 + ||y||^2 - 2 x.y`` with ``topk`` on ``device``; on the CPU each block pair
-            of ``X X^T`` is computed once, half of faiss's multiply-adds), ``"auto"`` (``"torch"``
+            of ``X X^T`` is computed once, half of faiss's multiply-adds, through a certified
+            bfloat16 screen where the CPU has native bfloat16: :func:`_knn_symmetric`),
+            ``"auto"`` (``"torch"``
             on a CPU-only machine above one block of rows, or with a CPU-only faiss and a CUDA
             ``device``; faiss otherwise), ``"ivf"`` (faiss
             ``IndexIVFScalarQuantizer``: ``nlist`` k-means cells, ``nprobe`` searched) or
