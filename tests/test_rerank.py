@@ -174,7 +174,7 @@ def test_screen_error_bound_holds_for_every_pair():
         x = hard_knn_set(n=600, dim=300, seed=25, spread=spread)
         sq = (x * x).sum(1)
         mu, left, right, err = _screen_blocks(x, sq, 10, True, sample=200)
-        keys = torch.mm(left(0, len(x)), right(0, len(x)).t()).double()
+        keys = torch.mm(left(slice(None)), right(slice(None)).t()).double()
         xd = x.double()
         d = sq.double()[:, None] + sq.double()[None, :] - 2 * xd @ xd.t()
         gap = (2 * mu + 2 * keys - d).abs()

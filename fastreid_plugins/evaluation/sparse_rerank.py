@@ -320,9 +320,20 @@ def _gemm_nt(a, b, onednn):
     return torch.mm(a, b.t())
 
 
+def _topk_merge(best_d, best_i, d, offset):
+    """The (b, kk) lists ``best_d`` / ``best_i`` merged with the kk smallest keys of the (b, c)
+    block ``d`` (whose column j is index ``offset + j``): new (b, kk) lists, ascending."""
+    kk = best_d.shape[1]
+    v, i = d.topk(min(kk, d.shape[1]), dim=1, largest=False, sorted=False)
+    cat_d = torch.cat([best_d, v.to(best_d.dtype)], 1)
+    cat_i = torch.cat([best_i, i + offset], 1)
+    v2, j = cat_d.topk(kk, dim=1, largest=False, sorted=True)
+    return v2, torch.gather(cat_i, 1, j)
+
+
 def _symmetric_topk(n, kk, left, right, gemm, progress, desc, block):
     """Running top-``kk`` smallest keys of every row of a symmetric (N, N) key matrix whose block
-    (I, J) is ``gemm(left(I), right(J))``; each block pair is computed once (J >= I) and updates
+    (I, J) is ``gemm(left(I), right(J))`` (``I``, ``J``: row slices); each block pair is computed once (J >= I) and updates
     the rows of I and, transposed, the rows of J.
 
     Returns:
@@ -334,19 +345,15 @@ def _symmetric_topk(n, kk, left, right, gemm, progress, desc, block):
     sparse_limit = 2 * kk  # candidates per row above which a dense top-k merge is cheaper
 
     def merge(s, e, d, t):  # d: (e - s, c) keys of rows s:e to columns t:t + c
-        v, i = d.topk(min(kk, d.shape[1]), dim=1, largest=False, sorted=False)
-        cat_d = torch.cat([best_d[s:e], v.to(best_d.dtype)], 1)
-        cat_i = torch.cat([best_i[s:e], i + t], 1)
-        v2, j = cat_d.topk(kk, dim=1, largest=False, sorted=True)
-        best_d[s:e], best_i[s:e] = v2, torch.gather(cat_i, 1, j)
+        best_d[s:e], best_i[s:e] = _topk_merge(best_d[s:e], best_i[s:e], d, t)
 
     step = iter(_progress(range(len(starts) * (len(starts) + 1) // 2), progress, desc))
     for a in range(len(starts)):
         s, e = starts[a], min(n, starts[a] + block)
-        xa = left(s, e)
+        xa = left(slice(s, e))
         for b in range(a, len(starts)):
             t, f = starts[b], min(n, starts[b] + block)
-            d = gemm(xa, right(t, f))
+            d = gemm(xa, right(slice(t, f)))
             # only keys below a row's current kk-th can enter its list: once the lists fill up
             # they are few, and merging them replaces two (b, c) top-k passes (and a transposed
             # copy); the first blocks, where most keys qualify, use top-k
@@ -376,18 +383,20 @@ def _exact_blocks(x, sq):
     separate pass adding the norms; scaling by -2 is exact in floating point)."""
     dim = x.shape[1]
 
-    def left(s, e):
-        out = torch.empty(e - s, dim + 2)
-        out[:, :dim] = x[s:e]
-        out[:, dim] = sq[s:e]
+    def left(rows):  # rows: a slice or an index tensor
+        xr = x[rows]
+        out = torch.empty(len(xr), dim + 2)
+        out[:, :dim] = xr
+        out[:, dim] = sq[rows]
         out[:, dim + 1] = 1.0
         return out
 
-    def right(t, f):
-        out = torch.empty(f - t, dim + 2)
-        torch.mul(x[t:f], -2.0, out=out[:, :dim])
+    def right(rows):
+        xr = x[rows]
+        out = torch.empty(len(xr), dim + 2)
+        torch.mul(xr, -2.0, out=out[:, :dim])
         out[:, dim] = 1.0
-        out[:, dim + 1] = sq[t:f]
+        out[:, dim + 1] = sq[rows]
         return out
 
     return left, right
@@ -447,8 +456,8 @@ def _screen_blocks(x, sq, k, onednn, sample=512):
     error bound.
 
     Returns:
-        tuple: ``mu`` (float), ``left(s, e)`` -> (e - s, D + 4) bfloat16
-        ``[x~_i, hi_i, lo_i, 1, 1]``, ``right(t, f)`` -> (f - t, D + 4) bfloat16
+        tuple: ``mu`` (float), ``left(rows)`` -> (R, D + 4) bfloat16
+        ``[x~_i, hi_i, lo_i, 1, 1]``, ``right(rows)`` -> (R, D + 4) bfloat16
         ``[-x~_j, -1, -1, -hi_j, -lo_j]`` (their product is the key
         ``s~_ij ~ d_ij / 2 - mu``), and (N,) float64 ``E`` such that for every pair
         ``|2 mu + 2 s~_ij - d_ij| <= 2 E_i + 2^-6 |s~_ij|`` (``d_ij`` in exact arithmetic from
@@ -479,18 +488,20 @@ def _screen_blocks(x, sq, k, onednn, sample=512):
     err = (xn * rn.max() + rn * bn.max() + ea + ea.max()
            + gamma * (bn * bn.max() + hl + hl.max()) + 1e-30)
 
-    def left(s, e):
-        out = torch.empty(e - s, dim + 4, dtype=torch.bfloat16)
-        out[:, :dim] = x[s:e]
-        out[:, dim], out[:, dim + 1] = hi[s:e], lo[s:e]
+    def left(rows):  # rows: a slice or an index tensor
+        xr = x[rows]
+        out = torch.empty(len(xr), dim + 4, dtype=torch.bfloat16)
+        out[:, :dim] = xr
+        out[:, dim], out[:, dim + 1] = hi[rows], lo[rows]
         out[:, dim + 2:] = 1.0
         return out
 
-    def right(t, f):
-        out = torch.empty(f - t, dim + 4, dtype=torch.bfloat16)
-        out[:, :dim].copy_(x[t:f]).neg_()  # rounding to bfloat16, then an exact negation
+    def right(rows):
+        xr = x[rows]
+        out = torch.empty(len(xr), dim + 4, dtype=torch.bfloat16)
+        out[:, :dim].copy_(xr).neg_()  # rounding to bfloat16, then an exact negation
         out[:, dim:dim + 2] = -1.0
-        out[:, dim + 2], out[:, dim + 3] = -hi[t:f], -lo[t:f]
+        out[:, dim + 2], out[:, dim + 3] = -hi[rows], -lo[rows]
         return out
 
     return mu, left, right, err
@@ -558,21 +569,16 @@ def _knn_rows_exact(x, sq, rows, k, onednn, block=None):
     """
     n = x.shape[0]
     block = block or _SYMMETRIC_BLOCK
-    _, right = _exact_blocks(x, sq)
+    left, right = _exact_blocks(x, sq)
     out_d = torch.empty(len(rows), k)
     out_i = torch.empty(len(rows), k, dtype=torch.int64)
     for s in range(0, len(rows), block):
-        r = rows[s:s + block]
-        lr = torch.cat([x[r], sq[r, None], torch.ones(len(r), 1)], 1)
-        best_d = torch.full((len(r), k), float("inf"))
-        best_i = torch.full((len(r), k), -1, dtype=torch.int64)
+        lr = left(rows[s:s + block])
+        best_d = torch.full((len(lr), k), float("inf"))
+        best_i = torch.full((len(lr), k), -1, dtype=torch.int64)
         for t in range(0, n, block):
-            f = min(n, t + block)
-            d = _gemm_nt(lr, right(t, f), onednn)
-            v, i = d.topk(min(k, f - t), dim=1, largest=False, sorted=False)
-            cat_d, cat_i = torch.cat([best_d, v], 1), torch.cat([best_i, i + t], 1)
-            best_d, j = cat_d.topk(k, dim=1, largest=False, sorted=True)
-            best_i = torch.gather(cat_i, 1, j)
+            d = _gemm_nt(lr, right(slice(t, t + block)), onednn)
+            best_d, best_i = _topk_merge(best_d, best_i, d, t)
         out_d[s:s + block], out_i[s:s + block] = best_d, best_i
     return out_d, out_i
 
