@@ -31,6 +31,7 @@ from fastreid.utils.checkpoint import Checkpointer
 from .compat import CorruptCheckpointError  # noqa: F401  (re-exported)
 from .compat import load_checkpoint_file
 from .seeding import derive_seed, get_rng_state, resolve_seed, seed_all, set_rng_state
+from .errors import NonFiniteCheckpointError, TrainingFinishedError  # noqa: F401  (re-exported)
 
 __all__ = ["ResumableTrainerMixin", "PluginCheckpointer", "TrainerState",
            "NonFiniteCheckpointError",
@@ -38,14 +39,6 @@ __all__ = ["ResumableTrainerMixin", "PluginCheckpointer", "TrainerState",
            "check_finite_state", "atomic_torch_save", "atomic_write_text"]
 
 logger = logging.getLogger(__name__)
-
-
-class NonFiniteCheckpointError(FloatingPointError):
-    """A model / optimizer state holds inf or NaN (training diverged)."""
-
-
-class TrainingFinishedError(ValueError):
-    """``--resume`` on a run whose last checkpoint is already its final epoch."""
 
 
 def non_finite_tensors(state, prefix=""):

@@ -32,6 +32,7 @@ import warnings
 import zipfile
 
 import torch
+from .errors import CheckpointUnpicklingError, CorruptCheckpointError  # noqa: F401  (re-exported)
 
 logger = logging.getLogger(__name__)
 
@@ -320,18 +321,10 @@ def _patch_test_loader_workers():
                modules=["fastreid.data", "fastreid.engine.defaults"], tag="test_loader.num_workers")
 
 
-class CheckpointUnpicklingError(RuntimeError):
-    """A checkpoint holds pickled Python objects that ``torch.load(weights_only=True)`` refuses."""
-
-
 #: Types FastReID's own checkpoints hold besides tensors (scheduler state: ``Counter`` milestones).
 SAFE_CHECKPOINT_GLOBALS = [collections.Counter, collections.OrderedDict]
 
 TRUST_ENV = "FASTREID_PLUGINS_TRUST_CHECKPOINTS"
-
-
-class CorruptCheckpointError(RuntimeError):
-    """A checkpoint file is empty, truncated (e.g. a write that was killed) or not a torch file."""
 
 
 def _corrupt(path, detail):

@@ -39,6 +39,7 @@ from .data.checks import check_dataset_items, check_identity_batches
 from .evaluation import VehicleReidEvaluator
 from .modeling.base import state_dict_mismatch
 from .seeding import resolve_seed, seed_all, seeded_train_loader
+from .errors import WeightsMismatchError  # noqa: F401  (re-exported)
 
 __all__ = ["PluginTrainer", "setup", "main", "launch_main", "load_model_weights",
            "default_argument_parser", "is_vehicleid", "set_datasets_root", "prepare_for_host",
@@ -55,10 +56,6 @@ def set_datasets_root(path):
     import fastreid.data.build as db
     db._root = _root = path
     os.environ["FASTREID_DATASETS"] = path
-
-
-class WeightsMismatchError(RuntimeError):
-    """A checkpoint's parameter names or shapes do not match the model."""
 
 
 def load_model_weights(model, path):

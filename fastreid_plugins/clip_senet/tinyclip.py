@@ -43,6 +43,7 @@ from torch import nn
 
 from ..modeling.base import state_dict_mismatch
 from ..modeling.pretrained import is_offline
+from ..errors import SEMWeightsError  # noqa: F401  (re-exported)
 
 __all__ = ["TINYCLIP_VARIANTS", "CLIP_MEAN", "CLIP_STD", "SemanticExtractionModule",
            "SEMWeightsError", "tinyclip_vision_config", "tinyclip_full_config", "load_sem_weights",
@@ -83,10 +84,6 @@ POS_EMBED_MODES = ("bilinear", "bicubic")
 #: Vision fields that change parameter shapes or the computation: they must match a checkpoint.
 _SHAPE_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
                  "patch_size", "image_size")
-
-
-class SEMWeightsError(ValueError):
-    """SEM weights are in an unsupported format or do not match the configured encoder."""
 
 
 def _variant(name):

@@ -62,6 +62,7 @@ import sys
 
 from .. import compat
 from ..compat import patch_attr
+from ..errors import DatasetNotFoundError, ImageReadError  # noqa: F401  (re-exported)
 
 __all__ = ["apply", "APPLIED", "ORIGINALS", "LAYOUTS", "DatasetNotFoundError", "ImageReadError",
            "check_veri_dir", "check_vehicleid_list", "check_veriwild_vehicle_info",
@@ -115,14 +116,6 @@ VERI_NAME_PATTERN = re.compile(r"([\d]+)_c(\d\d\d)")
 _VERI_EXPECTED = ("'<vehicle id>_c<3-digit camera 001-020>_<frame>_<n>.jpg' with vehicle id "
                   "0..776, e.g. '0002_c002_00030600_0.jpg'")
 _OS_METADATA = ("Thumbs.db", "desktop.ini")
-
-
-class DatasetNotFoundError(FileNotFoundError, RuntimeError):
-    """A dataset's folder or list file is missing. Also a ``RuntimeError`` (FastReID's type)."""
-
-
-class ImageReadError(OSError):
-    """An image file exists but cannot be decoded (corrupt, truncated, not an image)."""
 
 
 def _strip_eol(line):

@@ -48,6 +48,7 @@ import socket
 from urllib.parse import urlparse
 
 import torch
+from ..errors import WeightsNotAvailableError, WeightsMismatchError  # noqa: F401  (re-exported)
 
 __all__ = ["OFFLINE_ENV_VARS", "IBN_LAYOUTS", "WeightsNotAvailableError", "WeightsMismatchError",
            "is_offline", "hub_cache_dir", "fastreid_cache_dir", "url_filename", "hash_prefix",
@@ -95,16 +96,6 @@ CLASSIFIER_PREFIXES = ("fc.",)
 WRAPPER_PREFIXES = ("module.encoder.", "module.")
 #: FastReID's non-local blocks: added on top of the ImageNet architecture, in no ImageNet file.
 NEW_LAYER_PREFIXES = ("NL_1.", "NL_2.", "NL_3.", "NL_4.")
-
-
-class WeightsNotAvailableError(FileNotFoundError):
-    """The weights file is not there and could not be fetched (missing path, offline, download
-    failed or corrupt). The message names the file, URL, cache folder and config key."""
-
-
-class WeightsMismatchError(ValueError):
-    """The weights file does not fit the model (missing / unexpected / mis-shaped keys, or not a
-    backbone state dict at all). The message names the file and lists the keys."""
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,100 @@
+"""Every exception the package raises on purpose, in one place.
+
+A leaf module: it imports nothing else of the package, so any layer may raise these.
+
+:class:`UserError` is the family of mistakes a user can fix (a path, a config key, a file that is
+not what it should be). The command-line tools print a ``UserError`` as one short block (what is
+wrong, the file / key / value, what to do) and keep the traceback for ``--debug`` and the log file;
+anything else is a bug and keeps its traceback. Each class also derives from the builtin type the
+code raised before (``FileNotFoundError``, ``ValueError``, ``RuntimeError``, ...), so existing
+``except`` clauses keep working.
+
+=============================  ==========================================================
+class                          raised when
+=============================  ==========================================================
+:class:`ConfigError`           a config value / key is invalid for the method or the host
+:class:`DatasetNotFoundError`  a dataset's folder or list file is missing
+:class:`DatasetError`          a dataset is readable but unusable (bad labels, too few ids)
+:class:`ImageReadError`        an image exists but cannot be decoded
+:class:`CorruptCheckpointError`  a checkpoint is empty, truncated or not a checkpoint at all
+:class:`CheckpointUnpicklingError`  a checkpoint holds pickled objects torch refuses to load
+:class:`WeightsMismatchError`  a checkpoint / weights file does not fit the model
+:class:`WeightsNotAvailableError`  pretrained weights missing and not downloadable
+:class:`SEMWeightsError`       CLIP-SENet's TinyCLIP weights are in an unsupported format
+:class:`NonFiniteCheckpointError`  a state to save holds inf / NaN (training diverged)
+:class:`TrainingFinishedError`  ``--resume`` on a run that already finished
+=============================  ==========================================================
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "UserError",
+    "ConfigError",
+    "DatasetNotFoundError",
+    "DatasetError",
+    "ImageReadError",
+    "CorruptCheckpointError",
+    "CheckpointUnpicklingError",
+    "WeightsMismatchError",
+    "WeightsNotAvailableError",
+    "SEMWeightsError",
+    "NonFiniteCheckpointError",
+    "TrainingFinishedError",
+]
+
+
+class UserError(Exception):
+    """A mistake the user can fix; the message names the file, key or value and what to do.
+
+    Command-line tools print ``Error: <message>`` (no traceback unless ``--debug``) and exit 2.
+    """
+
+
+class ConfigError(UserError, ValueError):
+    """A config key or value is invalid (unknown key, value out of range, combination the
+    method does not support). The message names the key (``MODEL.MBFN.LOCAL1.NUM_PARTS``)."""
+
+
+class DatasetNotFoundError(UserError, FileNotFoundError, RuntimeError):
+    """A dataset's folder or list file is missing. Also a ``RuntimeError`` (FastReID's type)."""
+
+
+class DatasetError(UserError, ValueError):
+    """A dataset is found but cannot be used as configured (labels, sizes, sampler needs)."""
+
+
+class ImageReadError(UserError, OSError):
+    """An image file exists but cannot be decoded (corrupt, truncated, not an image)."""
+
+
+class CorruptCheckpointError(UserError, RuntimeError):
+    """A checkpoint file is empty, truncated (e.g. a write that was killed) or not a torch
+    checkpoint at all (a text file, a zip without ``data.pkl``, a pickle of another type)."""
+
+
+class CheckpointUnpicklingError(UserError, RuntimeError):
+    """A checkpoint holds pickled Python objects that ``torch.load(weights_only=True)`` refuses."""
+
+
+class WeightsMismatchError(UserError, ValueError, RuntimeError):
+    """A checkpoint (``MODEL.WEIGHTS``) or pretrained weights file does not fit the model
+    (missing / unexpected / mis-shaped keys). The message names the file and lists the keys."""
+
+
+class WeightsNotAvailableError(UserError, FileNotFoundError):
+    """Pretrained weights are not there and could not be fetched (missing path, offline,
+    download failed or corrupt). The message names the file, URL, cache folder and config key."""
+
+
+class SEMWeightsError(WeightsMismatchError):
+    """CLIP-SENet's SEM (TinyCLIP) weights are in an unsupported format or do not match the
+    configured encoder."""
+
+
+class NonFiniteCheckpointError(UserError, FloatingPointError):
+    """A model / optimizer state holds inf or NaN (training diverged)."""
+
+
+class TrainingFinishedError(UserError, ValueError):
+    """``--resume`` on a run whose last checkpoint is already its final iteration."""
