@@ -4,8 +4,15 @@ Importing this package
 
 1. checks that FastReID is importable (PyPI ``fastreid==1.4.0`` or a git checkout on ``PYTHONPATH``)
    and otherwise raises an :class:`ImportError` that says how to get it;
-2. applies :mod:`fastreid_plugins.compat` once (Python 3.11 / torch 2.x / CPU fixes);
+2. applies :mod:`fastreid_plugins.patches` once (every change to FastReID: Python 3.11 / torch 2.x /
+   CPU fixes, strict weights, DDP on gloo, dataset validation; ``python -m
+   fastreid_plugins.patches`` lists them);
 3. registers the plugins' datasets, backbones, heads and meta-architectures in FastReID's registries.
+
+Layers (``tests/test_layers.py`` keeps them): :mod:`~fastreid_plugins.errors`,
+:mod:`~fastreid_plugins.patches.base` (leaves) < core (config, checkpoint, seeding, distributed, data,
+evaluation, modeling, layers, losses, engine) < :mod:`~fastreid_plugins.patches` < the methods
+(mfgnet, mbfn, svrn, clip_senet) < tools.
 """
 
 __version__ = "0.1.0"
@@ -24,9 +31,9 @@ try:
 except ImportError as e:  # pragma: no cover - exercised in a subprocess test
     raise ImportError(_INSTALL_HINT) from e
 
-from . import compat  # noqa: E402
+from . import patches  # noqa: E402
 
-compat.apply()
+patches.apply()
 
 from . import config, data, evaluation, layers, losses, modeling  # noqa: E402,F401
 from . import clip_senet, mbfn, mfgnet, svrn  # noqa: E402,F401  (register the methods)

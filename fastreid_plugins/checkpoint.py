@@ -15,30 +15,128 @@ step (and tags them as last), and keeps neither the generator states nor the sam
 * stores ``trainer_state`` (:class:`TrainerState`): the Python / NumPy / torch / CUDA generator
   states and the training sampler's seed and position (see :mod:`fastreid_plugins.seeding`).
 
-Loading a truncated or corrupt file raises :class:`~fastreid_plugins.compat.CorruptCheckpointError`
-naming it (:func:`fastreid_plugins.compat.load_checkpoint_file`).
+Every checkpoint read (``MODEL.WEIGHTS``, ``--resume``, FastReID's ``Checkpointer`` through the
+checkpoint patch) goes through :func:`load_checkpoint_file`: torch >= 2.6's ``weights_only``
+loading with the types FastReID writes allowed; a file that is empty, truncated or not a torch
+checkpoint at all (text, a zip without ``data.pkl``, a plain Python pickle) raises
+:class:`~fastreid_plugins.errors.CorruptCheckpointError` naming it and what was found.
 """
 
+import collections
 import logging
 import os
-
+import pickle
 import weakref
+import zipfile
 
 import torch
 from fastreid.utils import comm
 from fastreid.utils.checkpoint import Checkpointer
 
-from .compat import CorruptCheckpointError  # noqa: F401  (re-exported)
-from .compat import load_checkpoint_file
+from .errors import (CheckpointUnpicklingError, CorruptCheckpointError,
+                     NonFiniteCheckpointError, TrainingFinishedError)
 from .seeding import derive_seed, get_rng_state, resolve_seed, seed_all, set_rng_state
-from .errors import NonFiniteCheckpointError, TrainingFinishedError  # noqa: F401  (re-exported)
 
 __all__ = ["ResumableTrainerMixin", "PluginCheckpointer", "TrainerState",
            "NonFiniteCheckpointError",
            "CorruptCheckpointError", "TrainingFinishedError", "non_finite_tensors",
-           "check_finite_state", "atomic_torch_save", "atomic_write_text"]
+           "check_finite_state", "atomic_torch_save", "atomic_write_text", "load_checkpoint_file",
+           "CheckpointUnpicklingError", "SAFE_CHECKPOINT_GLOBALS", "TRUST_ENV"]
 
 logger = logging.getLogger(__name__)
+
+#: Types FastReID's own checkpoints hold besides tensors (scheduler state: ``Counter`` milestones).
+SAFE_CHECKPOINT_GLOBALS = [collections.Counter, collections.OrderedDict]
+
+TRUST_ENV = "FASTREID_PLUGINS_TRUST_CHECKPOINTS"
+
+#: a legacy (non-zip) torch file is a pickle that starts with torch's magic number
+#: 0x1950a86a20f9469cfc6c (these are its little-endian bytes as a pickled long)
+_LEGACY_TORCH_MAGIC = b"\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
+
+
+def _corrupt(path, detail):
+    size = os.path.getsize(path)
+    return CorruptCheckpointError(
+        f"Checkpoint {path!r} ({size} bytes) is not a complete torch checkpoint ({detail}): it is "
+        "truncated or corrupt, e.g. a write that was interrupted or a partial copy. Copy it again, "
+        "or use an earlier checkpoint (for --resume: write its file name into last_checkpoint "
+        "next to it).")
+
+
+def _not_a_checkpoint(path, found):
+    size = os.path.getsize(path)
+    return CorruptCheckpointError(
+        f"{path!r} ({size} bytes) is not a torch checkpoint: {found}. MODEL.WEIGHTS must be a "
+        "file written by torch.save, e.g. a run's model_final.pth.")
+
+
+def _sniff(path, head):
+    """Refuse files that are plainly no torch checkpoint, naming what they are instead."""
+    if head[:4] == b"PK\x03\x04":
+        if not zipfile.is_zipfile(path):
+            raise _corrupt(path, "its zip directory is missing")
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+        if not any(n.endswith("/data.pkl") or n == "data.pkl" for n in names):
+            listing = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+            raise _not_a_checkpoint(path, f"a zip archive without data.pkl (holds {listing})")
+        return True
+    if head[:1] == b"\x80":
+        if _LEGACY_TORCH_MAGIC not in head[:32] and len(head) >= 32:
+            raise _not_a_checkpoint(path, f"a Python pickle (protocol {head[1]}) not written "
+                                          "by torch.save")
+        return False
+    text = head.decode("utf-8", errors="replace")[:-3]  # the read may cut a character
+    if text and all(c.isprintable() or c in "\r\n\t" for c in text):
+        first = text.splitlines()[0][:40] if text.strip() else text[:40]
+        raise _not_a_checkpoint(path, f"a text file (it starts with {first!r})")
+    raise _not_a_checkpoint(path, f"unknown content (first bytes {head[:8].hex(' ')})")
+
+
+def load_checkpoint_file(path):
+    """Load a checkpoint with ``weights_only=True``, allowing the types FastReID itself writes.
+
+    Args:
+        path (str): a file written by ``torch.save`` (zip format, or the legacy pickle format).
+
+    Returns:
+        object: what was saved (a FastReID checkpoint dict, a bare state dict, ...), on the CPU.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        CorruptCheckpointError: the file is empty, truncated or not a torch checkpoint: text, a
+            zip without ``data.pkl``, a Python pickle not written by ``torch.save`` (named).
+        CheckpointUnpicklingError: the file needs arbitrary unpickling; the message names the
+            refused global and how to allow it (``FASTREID_PLUGINS_TRUST_CHECKPOINTS=1`` for
+            files you trust).
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Checkpoint file not found: {path!r}")
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if not head:
+        raise _corrupt(path, "the file is empty")
+    is_zip = _sniff(path, head)
+    trust = os.environ.get(TRUST_ENV) == "1"
+    try:
+        if trust:
+            return torch.load(path, map_location="cpu", weights_only=False)
+        with torch.serialization.safe_globals(SAFE_CHECKPOINT_GLOBALS):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).splitlines()[0] if str(e) else repr(e)
+        pickled = is_zip or head[:1] == b"\x80"  # a (legacy) pickle that needs more than tensors
+        if trust or not pickled or "Weights only load failed" not in str(e):
+            raise _corrupt(path, f"unpickling failed: {first}") from e
+        raise CheckpointUnpicklingError(
+            f"Checkpoint {path!r} contains pickled Python objects that torch.load(weights_only=True) "
+            f"refuses to load ({first}). If you trust this file, "
+            f"set {TRUST_ENV}=1 to load it with full unpickling."
+        ) from e
+    except (EOFError, RuntimeError, OSError, KeyError) as e:
+        first = str(e).splitlines()[0] if str(e) else "end of file"
+        raise _corrupt(path, f"{type(e).__name__}: {first}") from e
 
 
 def non_finite_tensors(state, prefix=""):

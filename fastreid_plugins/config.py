@@ -54,8 +54,10 @@ def add_plugins_config(cfg):
         cfg.TEST.RERANK.KNN_EF_SEARCH = 128
     if "IBN_LAYOUT" not in cfg.MODEL.BACKBONE:
         cfg.MODEL.BACKBONE.IBN_LAYOUT = "ibnnet"
-    from .distributed import add_dist_config
-    add_dist_config(cfg)
+    if "DIST" not in cfg:
+        cfg.DIST = CN()
+        cfg.DIST.GATHER_LOSSES = True
+        cfg.DIST.GLOBAL_SAMPLER = True
     return cfg
 
 

@@ -32,14 +32,15 @@ from fastreid.utils.events import (CommonMetricPrinter, JSONWriter, TensorboardX
                                    get_event_storage)
 
 from . import distributed
-from .checkpoint import ResumableTrainerMixin, TrainingFinishedError, check_finite_state
-from .compat import load_checkpoint_file
+from .checkpoint import (ResumableTrainerMixin, TrainingFinishedError, check_finite_state,
+                         load_checkpoint_file)
 from .config import get_cfg
-from .data.checks import check_dataset_items, check_identity_batches
+from .data.validation import check_dataset_items, check_identity_batches
 from .evaluation import VehicleReidEvaluator
 from .modeling.base import state_dict_mismatch
+from .errors import CorruptCheckpointError, WeightsMismatchError
+from .patches.base import set_module_global
 from .seeding import resolve_seed, seed_all, seeded_train_loader
-from .errors import WeightsMismatchError  # noqa: F401  (re-exported)
 
 __all__ = ["PluginTrainer", "setup", "main", "launch_main", "load_model_weights",
            "default_argument_parser", "is_vehicleid", "set_datasets_root", "prepare_for_host",
@@ -54,7 +55,8 @@ def set_datasets_root(path):
     import time)."""
     global _root
     import fastreid.data.build as db
-    db._root = _root = path
+    set_module_global(db, "_root", path, tag="datasets_root")
+    _root = path
     os.environ["FASTREID_DATASETS"] = path
 
 
@@ -72,8 +74,9 @@ def load_model_weights(model, path):
     Raises:
         FileNotFoundError: ``path`` is empty or does not exist.
         WeightsMismatchError: missing, unexpected or wrongly shaped keys (all listed).
-        compat.CheckpointUnpicklingError: the file needs arbitrary unpickling.
-        compat.CorruptCheckpointError: the file is empty, truncated or not a torch checkpoint.
+        CheckpointUnpicklingError: the file needs arbitrary unpickling.
+        CorruptCheckpointError: the file is empty, truncated or not a torch checkpoint (text, a
+            zip without ``data.pkl``, a Python pickle), or holds no state dict.
         checkpoint.NonFiniteCheckpointError: the weights hold inf/NaN.
     """
     if not path:
@@ -84,7 +87,10 @@ def load_model_weights(model, path):
     ckpt = load_checkpoint_file(path)
     state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else ckpt
     if not isinstance(state, dict):
-        raise WeightsMismatchError(f"{path!r} holds no state dict (got {type(state).__name__})")
+        raise CorruptCheckpointError(
+            f"{path!r} is a torch file but holds no model state dict (it holds a "
+            f"{type(state).__name__}); MODEL.WEIGHTS must be a checkpoint such as a run's "
+            "model_final.pth.")
     state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
     check_finite_state(state, f"Checkpoint {path!r}")
     own = model.state_dict()
@@ -276,7 +282,6 @@ def setup(args, *add_fns):
     # under DDP every rank must draw the same global batches: rank 0's drawn seed for all
     cfg.SEED = distributed.same_on_all_ranks(cfg.SEED)
     cfg.freeze()
-    distributed.configure(cfg)
     default_setup(cfg, args)
     # FastReID's setup logs only the "fastreid" tree; ours (e.g. "loaded N/N tensors from FILE") too
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="fastreid_plugins")

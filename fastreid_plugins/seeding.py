@@ -49,6 +49,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from . import upstream
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["SEED_ALIASES", "resolve_seed", "seed_all", "derive_seed", "get_rng_state",
@@ -243,7 +245,7 @@ class SeededSampler(Sampler):
             yield from inner
             return
         if hasattr(inner, "_seed"):  # FastReID's samplers read it when iteration starts
-            inner._seed = derive_seed(self.seed, 0)
+            upstream.set_sampler_seed(inner, derive_seed(self.seed, 0))
         states = RngStates(derive_seed(self.seed, 1))
         it = iter(inner)
         with states:

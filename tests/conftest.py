@@ -23,7 +23,7 @@ os.environ["FASTREID_PLUGINS_OFFLINE"] = "1"
 os.environ["TORCH_HOME"] = tempfile.mkdtemp(prefix="fastreid_plugins_torch_home_")
 atexit.register(shutil.rmtree, os.environ["TORCH_HOME"], True)
 
-import fastreid_plugins  # noqa: F401  (applies the compat layer before any fastreid import)
+import fastreid_plugins  # noqa: F401  (applies the patches before any fastreid import)
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

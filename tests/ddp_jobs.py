@@ -132,7 +132,6 @@ def project(name):
 
 
 def make_cfg(name, config_file, opts):
-    from fastreid_plugins import distributed
     from fastreid_plugins.config import get_cfg
     add, trainer_cls = project(name)
     cfg = get_cfg(add)
@@ -140,7 +139,6 @@ def make_cfg(name, config_file, opts):
     cfg.merge_from_list(list(opts))
     cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
-    distributed.configure(cfg)
     return cfg, trainer_cls
 
 
@@ -152,7 +150,7 @@ def job_loss_functions(seed=0, **_):
     with B rows (loss value and the gradient of the weight). Also returns, per loss, how far the
     un-gathered loss (each rank's own rows, FastReID's behaviour) is from the whole batch's."""
     from fastreid_plugins import distributed
-    from fastreid_plugins.distributed import DistributedDataParallel, gathering
+    from fastreid_plugins.distributed import DistributedDataParallel
     from fastreid_plugins.losses import supcon_loss, triplet_loss
     from fastreid_plugins.svrn.losses import icc_loss, vcc_loss
 
@@ -162,26 +160,25 @@ def job_loss_functions(seed=0, **_):
     x = torch.randn(T, B, D_in, generator=g)
     targets = torch.arange(4).repeat_interleave(4)  # 4 identities x 4 images; 2 per rank
     losses = {
-        "triplet": lambda z, t: triplet_loss(z[0], t, 0.3, False, True),
-        "triplet_cosine_soft": lambda z, t: triplet_loss(z[0], t, 0.0, True, True),
-        "supcon": lambda z, t: supcon_loss(z[0], t, 0.1),
-        "vcc": lambda z, t: vcc_loss(z, t, 0.3),
-        "icc": lambda z, t: icc_loss(z, 0.15),
+        "triplet": lambda z, t, g=True: triplet_loss(z[0], t, 0.3, False, True, gather=g),
+        "triplet_cosine_soft": lambda z, t, g=True: triplet_loss(z[0], t, 0.0, True, True,
+                                                                 gather=g),
+        "supcon": lambda z, t, g=True: supcon_loss(z[0], t, 0.1, gather=g),
+        "vcc": lambda z, t, g=True: vcc_loss(z, t, 0.3, gather=g),
+        "icc": lambda z, t, g=True: icc_loss(z, 0.15, gather=g),
     }
     out = {}
     for name, fn in losses.items():
         torch.manual_seed(seed)
         lin = torch.nn.Linear(D_in, D)
         ref = copy.deepcopy(lin)
-        with gathering(False):
-            l_ref = fn(ref(x), targets)
+        l_ref = fn(ref(x), targets, False)
         l_ref.backward()
         n = B // w
         xl, tl = x[:, r * n:(r + 1) * n], targets[r * n:(r + 1) * n]
-        with gathering(False):
-            l_local = fn(lin(xl), tl).item()
+        l_local = fn(lin(xl), tl, False).item()
         ddp = DistributedDataParallel(lin, device_ids=[0], broadcast_buffers=False)
-        assert distributed.gather_enabled()
+        assert distributed.is_multi_rank()
         l_ddp = fn(ddp(xl), tl)
         l_ddp.backward()
         out[name] = {
@@ -197,7 +194,7 @@ def job_loss_functions(seed=0, **_):
 def job_model_step(name, config_file, opts, hw, n_ids=4, k=2, **_):
     """A meta-arch's losses and gradients: one DDP step, 2 ranks x B/2 images (BN in eval mode)
     == one process with the B images. Returns per-loss values and the largest gradient gap."""
-    from fastreid_plugins.distributed import DistributedDataParallel, gathering
+    from fastreid_plugins.distributed import DistributedDataParallel
 
     r, w = rank(), dist.get_world_size()
     cfg, trainer_cls = make_cfg(name, config_file, opts)
@@ -206,8 +203,8 @@ def job_model_step(name, config_file, opts, hw, n_ids=4, k=2, **_):
     ref = copy.deepcopy(model)
     batch = synthetic_batch(n_ids, k, hw)
     _bn_eval(ref.train())
-    with gathering(False):
-        ref_losses = ref(batch)
+    ref.gather_losses = False  # the reference: one process over the whole batch
+    ref_losses = ref(batch)
     sum(ref_losses.values()).backward()
     _bn_eval(model.train())
     ddp = DistributedDataParallel(model, device_ids=[0], broadcast_buffers=False)

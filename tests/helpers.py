@@ -4,7 +4,7 @@ import copy
 import logging
 import os
 
-import fastreid_plugins  # noqa: F401  (compat + registration)
+import fastreid_plugins  # noqa: F401  (patches + registration)
 from fastreid_plugins.config import get_cfg
 from fastreid_plugins.engine import PluginTrainer
 from fastreid_plugins.seeding import seed_all

@@ -1,7 +1,7 @@
 """Bad dataset input gets an error that names the file/layout (fastreid_plugins.data.validation).
 
 Each patch is shown twice: the patched FastReID function gives a clear error, and the original
-(kept in ``validation.ORIGINALS``) fails obscurely or silently on the same input.
+(kept in ``fastreid_plugins.patches.ORIGINALS``) fails obscurely or silently on the same input.
 """
 
 import os
@@ -10,6 +10,8 @@ import pytest
 from PIL import Image
 
 import fastreid_plugins
+from fastreid_plugins.patches import APPLIED, ORIGINALS, PATCHES
+from fastreid_plugins.patches import datasets as patches_datasets
 import fastreid.data.common as common
 from fastreid.data.common import CommDataset
 from fastreid.data.datasets import DATASET_REGISTRY
@@ -63,7 +65,7 @@ def test_missing_dataset_without_patch_is_bare(tmp_path):
     ds = VeRi.__new__(VeRi)
     paths = [str(tmp_path / "veri"), str(tmp_path / "veri" / "image_query")]
     with pytest.raises(RuntimeError) as e:
-        validation.ORIGINALS["check_before_run"](ds, paths)
+        ORIGINALS["check_before_run"](ds, paths)
     assert "image_query" not in str(e.value) and "layout" not in str(e.value)
 
 
@@ -115,7 +117,7 @@ def test_unreadable_image_names_file(bad_images, kind, err):
 
 def test_truncated_image_without_patch_names_no_file(bad_images):
     with pytest.raises(OSError) as e:
-        validation.ORIGINALS["read_image"](bad_images["truncated"])
+        ORIGINALS["read_image"](bad_images["truncated"])
     assert "truncated.jpg" not in str(e.value)
 
 
@@ -132,7 +134,7 @@ def test_veri_name_that_does_not_parse(tmp_path):
 def test_veri_name_without_patch_is_attribute_error(tmp_path):
     write_veri(str(tmp_path), train=GOOD + ["car_0007.jpg"])
     with pytest.raises(AttributeError):
-        validation.ORIGINALS["VeRi.process_dir"](VeRi.__new__(VeRi),
+        ORIGINALS["VeRi.process_dir"](VeRi.__new__(VeRi),
                                                   str(tmp_path / "veri" / "image_train"))
 
 
@@ -144,7 +146,7 @@ def test_veri_id_or_camera_out_of_range(tmp_path, name):
         VeRi(root=str(tmp_path))
     assert name in str(e.value) and "0 <= id <= 776" in str(e.value)
     with pytest.raises(AssertionError):  # FastReID: a bare assert
-        validation.ORIGINALS["VeRi.process_dir"](VeRi.__new__(VeRi),
+        ORIGINALS["VeRi.process_dir"](VeRi.__new__(VeRi),
                                                   str(tmp_path / "veri" / "image_query"))
 
 
@@ -161,7 +163,7 @@ def test_veri_non_jpg_files_are_not_silently_dropped(tmp_path, odd):
         VeRi(root=str(tmp_path))
     assert odd in str(e.value) and "not '*.jpg' files" in str(e.value)
     # what FastReID does: silently skips the file (the split is smaller than the folder)
-    items = validation.ORIGINALS["VeRi.process_dir"](VeRi.__new__(VeRi),
+    items = ORIGINALS["VeRi.process_dir"](VeRi.__new__(VeRi),
                                                       str(tmp_path / "veri" / "image_test"), False)
     assert len(items) == len(GOOD[1:])
 
@@ -193,7 +195,7 @@ def test_veri_folder_path_matching_the_pattern(tmp_path):
     write_veri(root)
     with pytest.raises(ValueError, match="itself matches"):
         VeRi(root=root)
-    items = validation.ORIGINALS["VeRi.process_dir"](VeRi.__new__(VeRi),
+    items = ORIGINALS["VeRi.process_dir"](VeRi.__new__(VeRi),
                                                       os.path.join(root, "veri", "image_test"), False)
     assert {pid for _, pid, _ in items} == {12}  # both images mislabelled as vehicle 12
 
@@ -229,7 +231,7 @@ def test_vehicleid_malformed_line(tmp_path, bad, orig_error):
     vid = VehicleID.__new__(VehicleID)
     vid.image_dir = os.path.join(d, "image")
     with pytest.raises(orig_error):  # FastReID: a bare error, no file or line
-        validation.ORIGINALS["VehicleID.process_dir"](vid, os.path.join(d, "train_test_split",
+        ORIGINALS["VehicleID.process_dir"](vid, os.path.join(d, "train_test_split",
                                                                         "train_list.txt"))
 
 
@@ -243,7 +245,7 @@ def test_vehicleid_listed_image_missing(tmp_path):
     assert "train_list.txt:3" in msg
     vid = VehicleID.__new__(VehicleID)
     vid.image_dir = os.path.join(d, "image")
-    items = validation.ORIGINALS["VehicleID.process_dir"](
+    items = ORIGINALS["VehicleID.process_dir"](
         vid, os.path.join(d, "train_test_split", "train_list.txt"))
     assert len(items) == 3  # FastReID: accepted; fails only when that batch is loaded
 
@@ -312,7 +314,7 @@ def vw_unpatched(root, split):
     ds = VeRiWild.__new__(VeRiWild)
     ds.image_dir = os.path.join(root, "VERI-Wild", "images")
     ds.dataset_name = "veriwild"
-    ds.imgid2vid, ds.imgid2camid, ds.imgid2imgpath = validation.ORIGINALS[
+    ds.imgid2vid, ds.imgid2camid, ds.imgid2imgpath = ORIGINALS[
         "VeRiWild.process_vehicle"](ds, os.path.join(split, "vehicle_info.txt"))
     return ds
 
@@ -348,7 +350,7 @@ def test_veriwild_bad_list_line_without_patch(tmp_path):
     split = write_veriwild(str(tmp_path), query=_replace(VW_QUERY, 1, "00004/000999"))
     ds = vw_unpatched(str(tmp_path), split)
     with pytest.raises(KeyError) as e:
-        validation.ORIGINALS["VeRiWild.process_dir"](ds, os.path.join(split, "test_3000_query.txt"))
+        ORIGINALS["VeRiWild.process_dir"](ds, os.path.join(split, "test_3000_query.txt"))
     assert "test_3000_query.txt" not in str(e.value)
 
 
@@ -415,7 +417,7 @@ def test_veriwild_listed_image_missing(tmp_path):
     assert "1 of 3" in msg and img in msg and "test_3000.txt:2" in msg
     # FastReID: accepted; fails only when the batch holding it is loaded
     ds = vw_unpatched(str(tmp_path), split)
-    items = validation.ORIGINALS["VeRiWild.process_dir"](
+    items = ORIGINALS["VeRiWild.process_dir"](
         ds, os.path.join(split, "test_3000.txt"), is_train=False)
     assert len(items) == 3 and img in [p for p, _, _ in items]
 
@@ -429,15 +431,14 @@ def test_patches_are_idempotent():
                (VeRiWild, "process_vehicle", "VeRiWild.process_vehicle"),
                (VeRiWild, "process_dir", "VeRiWild.process_dir")]
     before = [getattr(owner, name) for owner, name, _ in patched]
-    applied = list(validation.APPLIED)
-    validation.apply()
-    validation.apply()
+    tags = set(PATCHES) & {t for t, p in PATCHES.items() if p.concern == "datasets"}
+    applied = list(APPLIED)
+    patches_datasets.apply()
+    patches_datasets.apply()
     assert [getattr(owner, name) for owner, name, _ in patched] == before
-    assert validation.APPLIED == applied and len(set(applied)) == len(applied) == len(patched)
+    assert APPLIED == applied and tags <= set(applied) and len(tags) == len(patched)
     # each wrapper wraps FastReID's original directly (never a wrapper of a wrapper)
     for owner, name, key in patched:
-        assert getattr(owner, name).__wrapped__ is validation.ORIGINALS[key], key
-    # one registry of originals for the compat layer and the data checks
-    assert validation.ORIGINALS is fastreid_plugins.compat.ORIGINALS
+        assert getattr(owner, name).__wrapped__ is ORIGINALS[key], key
     import fastreid.data.data_utils as du
     assert du.read_image is common.read_image

@@ -366,22 +366,22 @@ def test_patches_and_single_process_noops():
     the buffer broadcast do nothing."""
     import fastreid.engine.defaults as defaults
     launch = sys.modules["fastreid.engine.launch"]
-    from fastreid_plugins import compat
-    assert launch._distributed_worker is distributed._distributed_worker
+    from fastreid_plugins import patches
+    assert launch._distributed_worker is distributed.distributed_worker
     assert defaults.DistributedDataParallel is distributed.DistributedDataParallel
-    assert {"launch.gloo", "DDP.cpu", "train_loader.global_sampler"} <= set(compat.APPLIED)
+    assert {"launch.gloo", "DDP.cpu", "train_loader.global_sampler"} <= set(patches.APPLIED)
     x, t = torch.randn(4, 3, requires_grad=True), torch.arange(4)
-    assert distributed.gather_for_loss(x, t) == (x, t) and not distributed.gather_enabled()
+    assert distributed.gather_for_loss(x, t) == (x, t) and not distributed.is_multi_rank()
     distributed.broadcast_buffers(torch.nn.BatchNorm1d(3))
 
 
 def test_worker_keeps_fastreid_nccl_path_with_cuda(monkeypatch):
     """With CUDA, the worker is FastReID's own (NCCL, one GPU per process), untouched."""
-    from fastreid_plugins import compat
+    from fastreid_plugins import patches
     seen = []
-    monkeypatch.setitem(compat.ORIGINALS, "launch._distributed_worker", lambda *a: seen.append(a))
+    monkeypatch.setitem(patches.ORIGINALS, "launch._distributed_worker", lambda *a: seen.append(a))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    distributed._distributed_worker(0, print, 2, 2, 0, "tcp://127.0.0.1:1", ())
+    distributed.distributed_worker(0, print, 2, 2, 0, "tcp://127.0.0.1:1", ())
     assert seen == [(0, print, 2, 2, 0, "tcp://127.0.0.1:1", ())]
 
 
@@ -389,7 +389,7 @@ def test_metric_printer_survives_two_writes_at_one_iteration():
     """A 2-iteration run writes metrics after its last step and again after the epoch, before the
     iteration timer has any ``time`` history: FastReID divides by zero there, the patch not."""
     from fastreid.utils.events import CommonMetricPrinter, EventStorage
-    from fastreid_plugins import compat
+    from fastreid_plugins import patches
 
     def two_writes(write):
         printer = CommonMetricPrinter(max_iter=2)
@@ -400,7 +400,7 @@ def test_metric_printer_survives_two_writes_at_one_iteration():
             write(printer)
     two_writes(CommonMetricPrinter.write)
     with pytest.raises(ZeroDivisionError):
-        two_writes(compat.ORIGINALS["CommonMetricPrinter.write"])
+        two_writes(patches.ORIGINALS["CommonMetricPrinter.write"])
 
 
 def test_sampler_by_name_in_one_process(veri_root, datasets_root):

@@ -26,7 +26,7 @@ def test_fastreid_git_checkout_on_pythonpath(tmp_path):
     co = _fake_checkout(tmp_path)
     env = {**os.environ, "PYTHONPATH": f"{co}{os.pathsep}{ROOT}"}
     code = ("import fastreid, fastreid_plugins, fastreid.data, fastreid.engine\n"
-            "print(fastreid.__file__)\nprint(len(fastreid_plugins.compat.APPLIED))")
+            "print(fastreid.__file__)\nprint(len(fastreid_plugins.patches.APPLIED))")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=str(tmp_path))
     assert res.returncode == 0, res.stderr
     path, n = res.stdout.split()

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-import fastreid_plugins  # noqa: F401  (compat first)
+import fastreid_plugins  # noqa: F401  (patches first)
 from fastreid_plugins.config import get_cfg
 from fastreid_plugins.layers import ChannelAttention
 from fastreid_plugins.modeling.base import build_backbone

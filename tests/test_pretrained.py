@@ -22,7 +22,7 @@ import torch
 import torchvision
 from torch import nn
 
-import fastreid_plugins  # noqa: F401  (compat: our builders in FastReID's registry)
+import fastreid_plugins  # noqa: F401  (patches: our builders in FastReID's registry)
 from fastreid.modeling import build_model
 from fastreid.modeling.backbones import build_backbone, resnet, resnext
 from fastreid.modeling.backbones.resnet import BasicBlock, Bottleneck
@@ -510,7 +510,7 @@ def test_ddp_one_process_per_machine_fetches_and_all_meet_once(online, server, m
 
 def test_osnet_offline_is_a_clear_error_where_fastreid_goes_online(online, monkeypatch, socket_trap):
     """OSNet's weights stay FastReID's (gdown, Google Drive), but offline mode stops them too."""
-    from fastreid_plugins import compat
+    from fastreid_plugins import patches
     opened = socket_trap
     monkeypatch.setenv("FASTREID_PLUGINS_OFFLINE", "1")
     cfg = backbone_cfg("build_osnet_backbone", "x0_25")
@@ -518,5 +518,5 @@ def test_osnet_offline_is_a_clear_error_where_fastreid_goes_online(online, monke
         build_backbone(cfg)
     assert opened == []
     with pytest.raises(Exception):  # FastReID's own function ignores offline mode: it goes online
-        compat.ORIGINALS["osnet.init_pretrained_weights"](None, "osnet_x0_25")
+        patches.ORIGINALS["osnet.init_pretrained_weights"](None, "osnet_x0_25")
     assert opened

@@ -26,7 +26,7 @@ import fastreid_plugins  # noqa: F401
 from fastreid_plugins import seeding
 from fastreid_plugins.checkpoint import (NonFiniteCheckpointError, PluginCheckpointer,
                                          TrainingFinishedError)
-from fastreid_plugins.compat import CorruptCheckpointError
+from fastreid_plugins.errors import CorruptCheckpointError
 from fastreid_plugins.config import get_cfg
 from fastreid_plugins.data.validation import ImageReadError
 from fastreid_plugins.engine import PluginTrainer, load_model_weights, main

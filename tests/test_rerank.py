@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-import fastreid_plugins  # noqa: F401  (compat: FastReID's jaccard path on the CPU)
+import fastreid_plugins  # noqa: F401  (patches: FastReID's jaccard path on the CPU)
 from fastreid.utils.compute_dist import build_dist
 
 from fastreid_plugins.config import get_cfg

@@ -16,8 +16,8 @@ from fastreid.modeling.heads import EmbeddingHead
 from fastreid.modeling.losses import cross_entropy_loss, log_accuracy
 from ..losses.triplet import triplet_loss  # FastReID's, over every DDP rank's embeddings
 from fastreid.modeling.meta_arch import META_ARCH_REGISTRY
-from fastreid.utils import events
 
+from .. import upstream
 from ..losses.supcon import supcon_kwargs_from_cfg, supcon_loss
 from ..modeling.base import PluginMetaArch, build_backbone, loss_kwargs_from_cfg
 from .modules import VIEWPOINT_GROUPS, AFEM, CameraViewEmbedding, FeatureFusion
@@ -76,10 +76,6 @@ def build_sem(cfg):
     return sem
 
 
-def _has_event_storage():
-    return len(getattr(events, "_CURRENT_STORAGE_STACK", [])) > 0
-
-
 @META_ARCH_REGISTRY.register()
 class CLIPSENet(PluginMetaArch):
     r"""CLIP-based Semantic Enhancement Network.
@@ -116,8 +112,8 @@ class CLIPSENet(PluginMetaArch):
 
     @configurable
     def __init__(self, *, backbone, pool, sem, fusion, afem, cv, cv_position, heads, pixel_mean,
-                 pixel_std, loss_kwargs):
-        super().__init__(pixel_mean, pixel_std)
+                 pixel_std, gather_losses=True, loss_kwargs):
+        super().__init__(pixel_mean, pixel_std, gather_losses)
         self.backbone = backbone
         self.pool = pool
         self.sem = sem
@@ -189,7 +185,7 @@ class CLIPSENet(PluginMetaArch):
         return {
             "backbone": backbone, "pool": pool, "sem": sem, "fusion": fusion, "afem": afem,
             "cv": cv, "cv_position": c.CV.POSITION, "heads": heads,
-            "pixel_mean": cfg.MODEL.PIXEL_MEAN, "pixel_std": cfg.MODEL.PIXEL_STD,
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN, "pixel_std": cfg.MODEL.PIXEL_STD, "gather_losses": cfg.DIST.GATHER_LOSSES,
             "loss_kwargs": loss_kwargs,
         }
 
@@ -250,7 +246,7 @@ class CLIPSENet(PluginMetaArch):
 
     def losses(self, outputs, targets):
         """CE with label smoothing + SupCon (Eq. 6-8), or + batch-hard triplet (Fig. 3)."""
-        if _has_event_storage():
+        if upstream.event_storage_active():
             log_accuracy(outputs["pred_class_logits"].detach(), targets)
         names, kw = self.loss_kwargs["loss_names"], self.loss_kwargs
         feats = outputs["features"]
@@ -261,9 +257,11 @@ class CLIPSENet(PluginMetaArch):
                 outputs["cls_outputs"], targets, ce["eps"], ce["alpha"]) * ce["scale"]
         if "SupConLoss" in names:
             loss_dict["loss_supcon"] = supcon_loss(
-                feats, targets, kw["supcon"]["temperature"]) * kw["supcon"]["scale"]
+                feats, targets, kw["supcon"]["temperature"], gather=self.gather_losses
+            ) * kw["supcon"]["scale"]
         if "TripletLoss" in names:
             t = kw["tri"]
             loss_dict["loss_triplet"] = triplet_loss(
-                feats, targets, t["margin"], t["norm_feat"], t["hard_mining"]) * t["scale"]
+                feats, targets, t["margin"], t["norm_feat"], t["hard_mining"],
+                gather=self.gather_losses) * t["scale"]
         return loss_dict

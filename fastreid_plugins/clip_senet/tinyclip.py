@@ -41,9 +41,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checkpoint import load_checkpoint_file
+from ..errors import SEMWeightsError
 from ..modeling.base import state_dict_mismatch
 from ..modeling.pretrained import is_offline
-from ..errors import SEMWeightsError  # noqa: F401  (re-exported)
 
 __all__ = ["TINYCLIP_VARIANTS", "CLIP_MEAN", "CLIP_STD", "SemanticExtractionModule",
            "SEMWeightsError", "tinyclip_vision_config", "tinyclip_full_config", "load_sem_weights",
@@ -319,7 +320,6 @@ def read_state_dict(path):
         from safetensors.torch import load_file
         state = load_file(path)
     else:
-        from fastreid_plugins.compat import load_checkpoint_file
         state = load_checkpoint_file(path)
     if isinstance(state, dict):
         for key in ("state_dict", "model"):

@@ -10,10 +10,9 @@ configs; ``MODEL.CLIPSENET.SEED`` is an alias), applied by :func:`fastreid_plugi
 before the trainer builds the model and the loaders (:mod:`fastreid_plugins.seeding`).
 """
 
-import contextlib
-
 from ..data.veri_viewpoint import UNKNOWN_VIEWPOINT, SideInfoDataset
 from ..engine import PluginTrainer
+from ..patches.trainer import param_group_overrides
 
 __all__ = ["CLIPSENetTrainer", "sem_param_overrides"]
 
@@ -43,32 +42,6 @@ def sem_param_overrides(cfg, model):
             for p in sem.parameters() if p.requires_grad}
 
 
-@contextlib.contextmanager
-def _sem_groups(overrides):
-    """While FastReID builds its optimizer, give the SEM's parameter entries their own lr and
-    weight decay (FastReID's ``get_default_optimizer_params`` has no per-module hook; its
-    ``ContiguousParams`` then puts them in a group of their own whenever the values differ)."""
-    import fastreid.solver.build as sb
-
-    original = sb.get_default_optimizer_params
-
-    def with_sem(model, *args, **kwargs):
-        params = original(model, *args, **kwargs)
-        for entry in params:
-            o = overrides.get(id(entry["params"][0]))
-            if o is not None:
-                entry["lr"] = entry["lr"] * o["lr"]
-                if o["weight_decay"] is not None:
-                    entry["weight_decay"] = o["weight_decay"]
-        return params
-
-    sb.get_default_optimizer_params = with_sem
-    try:
-        yield
-    finally:
-        sb.get_default_optimizer_params = original
-
-
 class CLIPSENetTrainer(PluginTrainer):
     """:class:`~fastreid_plugins.engine.PluginTrainer` whose batches also hold ``viewids`` and
     ``sie_camids`` (see :class:`~fastreid_plugins.data.veri_viewpoint.SideInfoDataset`), and
@@ -94,7 +67,7 @@ class CLIPSENetTrainer(PluginTrainer):
         overrides = sem_param_overrides(cfg, model)
         if not overrides:
             return super().build_optimizer(cfg, model)
-        with _sem_groups(overrides):
+        with param_group_overrides(overrides):
             return super().build_optimizer(cfg, model)
 
     @classmethod

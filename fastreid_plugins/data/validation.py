@@ -48,30 +48,19 @@ Policy, "never silently train on part of a dataset": an entry that FastReID woul
 mislabel is an error, not a warning. The only entries tolerated in image folders are hidden files
 (``.DS_Store``, ...) and ``Thumbs.db``, which are operating-system metadata, never images.
 
-Every patch goes through :func:`fastreid_plugins.compat.patch_attr`: it is idempotent, FastReID's
-files are never edited, and the unpatched callables are kept in :data:`ORIGINALS` (the same dict
-as ``compat.ORIGINALS``; tests use them to show each failure the patch fixes). :data:`APPLIED`
-lists the names of this module's patches only.
+The patches that run these checks inside FastReID's dataset classes are
+:mod:`fastreid_plugins.patches.datasets`.
 """
 
-import functools
-import inspect
 import os
 import re
-import sys
 
-from .. import compat
-from ..compat import patch_attr
-from ..errors import DatasetNotFoundError, ImageReadError  # noqa: F401  (re-exported)
+from ..errors import ConfigError, DatasetError, DatasetNotFoundError, ImageReadError
 
-__all__ = ["apply", "APPLIED", "ORIGINALS", "LAYOUTS", "DatasetNotFoundError", "ImageReadError",
+__all__ = ["LAYOUTS", "DatasetNotFoundError", "ImageReadError", "dataset_root", "listing",
+           "check_dataset_items", "check_identity_batches",
            "check_veri_dir", "check_vehicleid_list", "check_veriwild_vehicle_info",
            "check_veriwild_list", "expected_layout", "VERI_NAME_PATTERN"]
-
-#: Names of the patches this module applied (``compat.APPLIED`` lists the compat layer's).
-APPLIED = []
-#: The unpatched FastReID callables: the same dict as :data:`fastreid_plugins.compat.ORIGINALS`.
-ORIGINALS = compat.ORIGINALS
 
 #: The expected folder layout per dataset family, keyed by FastReID class name; ``{root}`` is the
 #: datasets root (``FASTREID_DATASETS``). Subclasses (e.g. ``SmallVehicleID``) use their base's.
@@ -126,7 +115,7 @@ def _root():
     return os.getenv("FASTREID_DATASETS", "datasets")
 
 
-def _listing(paths, limit=10):
+def listing(paths, limit=10):
     paths = list(paths)
     more = f"\n  ... and {len(paths) - limit} more" if len(paths) > limit else ""
     return "\n  " + "\n  ".join(str(p) for p in paths[:limit]) + more
@@ -147,7 +136,7 @@ def expected_layout(dataset, root=None):
     return None
 
 
-def _dataset_root(ds):
+def dataset_root(ds):
     """The datasets root a FastReID dataset instance was built with (from its ``dataset_dir``)."""
     ddir = getattr(ds, "dataset_dir", None)
     if isinstance(ddir, str) and ddir:
@@ -203,17 +192,17 @@ def check_veri_dir(dir_path):
         raise ValueError(
             f"{len(not_jpg)} entries of the VeRi image folder {dir_path!r} are not '*.jpg' files; "
             "FastReID's VeRi loader reads only '*.jpg' and would silently train/test on the rest. "
-            "Convert them to .jpg (lower-case extension) or move them out:" + _listing(not_jpg))
+            "Convert them to .jpg (lower-case extension) or move them out:" + listing(not_jpg))
     if bad_name:
         raise ValueError(
             f"{len(bad_name)} image names in {dir_path!r} do not match the VeRi-776 naming "
             f"{_VERI_EXPECTED} (FastReID's pattern {VERI_NAME_PATTERN.pattern!r}):"
-            + _listing(bad_name))
+            + listing(bad_name))
     if out_of_range:
         raise ValueError(
             f"{len(out_of_range)} image names in {dir_path!r} have a vehicle id or camera outside "
             f"VeRi-776's range (FastReID asserts 0 <= id <= 776 and 1 <= camera <= 20); expected "
-            f"{_VERI_EXPECTED}:" + _listing(out_of_range))
+            f"{_VERI_EXPECTED}:" + listing(out_of_range))
     if n_ok == 0:
         raise ValueError(f"The VeRi image folder {dir_path!r} holds no '*.jpg' image; expected "
                          f"files named {_VERI_EXPECTED}.")
@@ -266,7 +255,7 @@ def _check_list_file(list_file, dataset, image_path):
     if missing:
         raise FileNotFoundError(
             f"{len(missing)} of {n} images listed in {list_file!r} do not exist (a dataset "
-            "must not be used partly; re-extract the images or fix the list):" + _listing(missing))
+            "must not be used partly; re-extract the images or fix the list):" + listing(missing))
 
 
 #: A ``vehicle_info.txt`` record as FastReID's ``VeRiWild.process_vehicle`` reads it (after
@@ -371,114 +360,74 @@ def check_veriwild_list(list_file, image_dir, imgid2vid, vehicle_info="vehicle_i
 
 
 # --------------------------------------------------------------------------------------------
-# patches
+# dataset items and identity batches (checked by the trainer)
 # --------------------------------------------------------------------------------------------
-def _check_first(check):
-    """A ``make_wrapper`` for :func:`~fastreid_plugins.compat.patch_attr`: the wrapped method
-    ``method(self, arg, ...)`` runs ``check(self, arg)`` first, then FastReID's method."""
-    def wrap(orig):
-        first = list(inspect.signature(orig).parameters)[1]  # the parameter after ``self``
+def check_dataset_items(items, split, dataset_names):
+    """Refuse an empty split or image paths that do not exist, naming the first offenders.
 
-        @functools.wraps(orig)
-        def method(self, *args, **kwargs):
-            if args or first in kwargs:
-                check(self, args[0] if args else kwargs[first])
-            return orig(self, *args, **kwargs)
-        return method
-    return wrap
+    Args:
+        items (list[tuple]): FastReID ``(img_path, pid, camid, ...)`` tuples.
+        split (str): "train" or "test", for the message.
+        dataset_names (Sequence[str]): the configured dataset names, for the message.
 
-
-def _patch_check_before_run():
-    from fastreid.data.datasets.bases import Dataset
-
-    def wrap(orig):
-        @functools.wraps(orig)
-        def check_before_run(self, required_files):
-            try:
-                return orig(self, required_files)
-            except RuntimeError as e:
-                files = ([required_files] if isinstance(required_files, str)
-                         else list(required_files))
-                missing = [p for p in files if not os.path.exists(p)] or [str(e)]
-                name = type(self).__name__
-                msg = (f"Dataset {name}: {len(missing)} required path(s) not found:"
-                       + _listing(missing))
-                if expected_layout(self) is None:
-                    env = os.getenv("FASTREID_DATASETS")
-                    msg += (f"\nFASTREID_DATASETS is {env!r}: it must be the folder that holds the "
-                            "dataset folders." if env else "\nFASTREID_DATASETS is not set: "
-                            "datasets are looked up under './datasets'.")
-                else:
-                    root = _dataset_root(self)
-                    msg += (f"\nDatasets are looked up under {root!r} (set FASTREID_DATASETS to "
-                            "the folder that holds the dataset folders).\n"
-                            f"{name} expects this layout:\n  "
-                            + expected_layout(self, root).replace("\n", "\n  "))
-                raise DatasetNotFoundError(msg) from None
-        return check_before_run
-
-    patch_attr(Dataset, "check_before_run", "check_before_run", wrap,
-               tag="check_before_run.layout", applied=APPLIED)
+    Raises:
+        DatasetError (a ``ValueError``): the split is empty.
+        DatasetNotFoundError (a ``FileNotFoundError``): some image files are missing (up to 10
+            are listed).
+    """
+    names = ", ".join(dataset_names)
+    if len(items) == 0:
+        raise DatasetError(f"The {split} split of dataset(s) {names} is empty: no image was found. "
+                         f"Check FASTREID_DATASETS={os.getenv('FASTREID_DATASETS', 'datasets')!r} "
+                         "and the dataset's folder layout.")
+    missing = [it[0] for it in items if not os.path.isfile(it[0])]
+    if missing:
+        listed = "\n  ".join(missing[:10])
+        raise DatasetNotFoundError(f"{len(missing)} of {len(items)} {split} images of {names} do not "
+                                f"exist, e.g.:\n  {listed}")
 
 
-def _patch_read_image():
-    import fastreid.data.common as common
+def check_identity_batches(items, ims_per_batch, num_instance, world_size=1, sampler="the sampler"):
+    """Refuse batch settings an identity (PK) sampler can never fill: FastReID's
+    ``NaiveIdentitySampler`` / ``BalancedIdentitySampler`` then loop forever without yielding a
+    batch, and training hangs at its first iteration with no message.
 
-    def wrap(orig):
-        @functools.wraps(orig)
-        def read_image(file_name, format=None):
-            try:
-                return orig(file_name, format)
-            except FileNotFoundError:
-                raise FileNotFoundError(f"Image file not found: {file_name!r} (listed by the "
-                                        "dataset but missing on disk)") from None
-            except (OSError, ValueError, SyntaxError) as e:
-                raise ImageReadError(
-                    f"Cannot read image {file_name!r}: {type(e).__name__}: {e}. The file is "
-                    "corrupt, truncated or not an image; re-extract it from the dataset "
-                    "archive.") from e
-        return read_image
+    A PK batch (Hermans et al., "In Defense of the Triplet Loss for Person Re-Identification",
+    2017) holds ``P = IMS_PER_BATCH / NUM_INSTANCE`` identities of ``K = NUM_INSTANCE`` images
+    each, so the per-process batch must be a multiple of ``NUM_INSTANCE`` and the training set
+    must have at least ``P`` identities.
 
-    patch_attr(common, "read_image", "read_image", wrap, modules=["fastreid.data.data_utils"],
-               tag="read_image.names_file", applied=APPLIED)
+    Args:
+        items (list[tuple]): the training ``(img_path, pid, camid, ...)`` tuples.
+        ims_per_batch (int): ``SOLVER.IMS_PER_BATCH`` (all processes together).
+        num_instance (int): ``DATALOADER.NUM_INSTANCE``.
+        world_size (int): number of training processes.
+        sampler (str): the sampler's name, for the message.
 
-
-def _patch_veri_names():
-    from fastreid.data.datasets.veri import VeRi
-
-    patch_attr(VeRi, "process_dir", "VeRi.process_dir",
-               _check_first(lambda self, dir_path: check_veri_dir(dir_path)),
-               tag="VeRi.process_dir.names", applied=APPLIED)
-
-
-def _patch_vehicleid_lists():
-    from fastreid.data.datasets.vehicleid import VehicleID
-
-    patch_attr(VehicleID, "process_dir", "VehicleID.process_dir",
-               _check_first(lambda self, list_file: check_vehicleid_list(list_file,
-                                                                         self.image_dir)),
-               tag="VehicleID.process_dir.lists", applied=APPLIED)
-
-
-def _patch_veriwild_lists():
-    """``VeRiWild`` (and its Small/Medium/Large subclasses, which inherit both methods)."""
-    from fastreid.data.datasets.veriwild import VeRiWild
-
-    patch_attr(VeRiWild, "process_vehicle", "VeRiWild.process_vehicle",
-               _check_first(lambda self, info: check_veriwild_vehicle_info(info)),
-               tag="VeRiWild.process_vehicle.format", applied=APPLIED)
-    patch_attr(VeRiWild, "process_dir", "VeRiWild.process_dir",
-               _check_first(lambda self, img_list: check_veriwild_list(
-                   img_list, self.image_dir, self.imgid2vid, self.vehicle_info)),
-               tag="VeRiWild.process_dir.lists", applied=APPLIED)
-
-
-def apply():
-    """Apply every patch (idempotent). Called by ``import fastreid_plugins.data``."""
-    if "fastreid.data" not in sys.modules:  # the compat import shims must run first
-        compat.apply_import_shims()
-    _patch_check_before_run()
-    _patch_read_image()
-    _patch_veri_names()
-    _patch_vehicleid_lists()
-    _patch_veriwild_lists()
+    Raises:
+        ConfigError (a ``ValueError``): naming the keys, their values and what would work.
+    """
+    ims, k, w = int(ims_per_batch), int(num_instance), int(world_size)
+    if k < 1:
+        raise ConfigError(f"DATALOADER.NUM_INSTANCE must be >= 1 for {sampler}, got {k}.")
+    if ims % w:
+        raise ConfigError(f"SOLVER.IMS_PER_BATCH={ims} is not divisible by the {w} training "
+                         "processes: each process takes IMS_PER_BATCH / world size images.")
+    mini = ims // w
+    if mini % k:
+        step = k * w
+        lo, hi = (ims // step) * step, (ims // step + 1) * step
+        hint = f"{lo} or {hi}" if lo > 0 else f"{hi}"
+        raise ConfigError(
+            f"SOLVER.IMS_PER_BATCH={ims} ({mini} per process) is not a multiple of "
+            f"DATALOADER.NUM_INSTANCE={k}: {sampler} fills a batch with NUM_INSTANCE images per "
+            f"identity and would never complete one (training would hang). Use an "
+            f"IMS_PER_BATCH that is a multiple of {step}, e.g. {hint}.")
+    num_pids = len({it[1] for it in items})
+    need = ims // k
+    if num_pids < need:
+        raise ConfigError(
+            f"{sampler} needs SOLVER.IMS_PER_BATCH / DATALOADER.NUM_INSTANCE = {ims} / {k} = "
+            f"{need} training identities per batch, but the training set has {num_pids}: it "
+            "would never fill a batch (training would hang). Lower SOLVER.IMS_PER_BATCH to at "
+            f"most {num_pids * k} (a multiple of {k * w}) or raise DATALOADER.NUM_INSTANCE.")

@@ -8,7 +8,7 @@ semantics.
   distances as FastReID's (within float32 rounding) from sparse neighbour sets, memory O(k n):
   no N x N matrix for N = query + gallery.
 * ``"fastreid"``: FastReID's ``build_dist(..., metric="jaccard")`` (three dense N x N float32
-  matrices; on the CPU through ``fastreid_plugins.compat``).
+  matrices; on the CPU through ``fastreid_plugins.patches.evaluation``).
 """
 
 import logging

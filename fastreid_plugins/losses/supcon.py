@@ -18,7 +18,7 @@ from torch import nn
 
 from fastreid.config import CfgNode as CN
 
-from ..distributed import gather_for_loss
+from ..distributed.gather import gather_for_loss
 
 __all__ = ["supcon_loss", "SupConLoss", "add_supcon_config", "supcon_kwargs_from_cfg"]
 
@@ -53,7 +53,7 @@ def supcon_kwargs_from_cfg(cfg):
     return {"temperature": float(node.TEMPERATURE), "scale": float(node.SCALE)}
 
 
-def supcon_loss(features, targets, temperature=0.07, normalize=True):
+def supcon_loss(features, targets, temperature=0.07, normalize=True, gather=True):
     r"""Supervised contrastive loss :math:`\mathcal{L}^{sup}_{out}` over one batch.
 
     For every anchor :math:`i` with at least one positive,
@@ -70,7 +70,7 @@ def supcon_loss(features, targets, temperature=0.07, normalize=True):
     ``tau / base_tau`` factor of the reference code is left out (``MODEL.LOSSES.SUPCON.SCALE``
     weights the loss instead). Under DDP the batch is the whole multi-process batch: features and
     targets of every rank are gathered first (``DIST.GATHER_LOSSES``, see
-    :func:`fastreid_plugins.distributed.gather_for_loss`).
+    :func:`fastreid_plugins.distributed.gather.gather_for_loss`; ``gather``).
 
     Reference:
         Khosla et al., "Supervised Contrastive Learning", NeurIPS 2020, Eq. 2
@@ -82,6 +82,7 @@ def supcon_loss(features, targets, temperature=0.07, normalize=True):
         temperature (float): tau > 0.
         normalize (bool): L2-normalise ``features`` first (SupCon is defined on the unit sphere;
             pass False only for features that are already normalised).
+        gather (bool): gather every DDP rank's features first (``DIST.GATHER_LOSSES``).
 
     Returns:
         torch.Tensor: scalar loss.
@@ -97,7 +98,7 @@ def supcon_loss(features, targets, temperature=0.07, normalize=True):
     if not temperature > 0:
         raise ValueError(f"supcon_loss temperature must be > 0, got {temperature}")
 
-    features, targets = gather_for_loss(features, targets.to(features.device))
+    features, targets = gather_for_loss(features, targets.to(features.device), enabled=gather)
     z = F.normalize(features.float(), dim=1) if normalize else features.float()
     n = z.shape[0]
     self_mask = torch.eye(n, dtype=torch.bool, device=z.device)

@@ -4,19 +4,19 @@ FastReID 1.4.0's ``triplet_loss`` has its cross-rank gather commented out: under
 mines its hardest positive and negative among its own ``IMS_PER_BATCH / world_size`` images
 (with 8 GPUs and a 64-image batch of 4 images per identity, among 2 identities). This wrapper
 gathers the embeddings (with gradient) and labels of every rank first
-(:func:`fastreid_plugins.distributed.gather_for_loss`), so every rank computes the loss of the
+(:func:`fastreid_plugins.distributed.gather.gather_for_loss`), so every rank computes the loss of the
 whole batch, exactly what one process with the whole batch computes. Single-process training and
-``DIST.GATHER_LOSSES False`` call FastReID's function unchanged.
+``gather=False`` (``DIST.GATHER_LOSSES False``) call FastReID's function unchanged.
 """
 
 from fastreid.modeling.losses import triplet_loss as _fastreid_triplet_loss
 
-from ..distributed import gather_for_loss
+from ..distributed.gather import gather_for_loss
 
 __all__ = ["triplet_loss"]
 
 
-def triplet_loss(embedding, targets, margin, norm_feat, hard_mining):
+def triplet_loss(embedding, targets, margin, norm_feat, hard_mining, gather=True):
     """Batch-hard (or weighted) triplet loss over the embeddings of every rank.
 
     Reference:
@@ -30,9 +30,10 @@ def triplet_loss(embedding, targets, margin, norm_feat, hard_mining):
         margin (float): triplet margin (soft margin when 0).
         norm_feat (bool): cosine instead of Euclidean distance.
         hard_mining (bool): batch-hard mining (else FastReID's softmax-weighted mining).
+        gather (bool): gather every rank's embeddings first (``DIST.GATHER_LOSSES``).
 
     Returns:
         Tensor: scalar, the loss of the whole (B, D) batch, identical on every rank.
     """
-    embedding, targets = gather_for_loss(embedding, targets)
+    embedding, targets = gather_for_loss(embedding, targets, enabled=gather)
     return _fastreid_triplet_loss(embedding, targets, margin, norm_feat, hard_mining)

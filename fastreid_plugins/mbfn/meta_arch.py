@@ -88,9 +88,9 @@ class MBFN(PluginMetaArch):
     """
 
     @configurable
-    def __init__(self, *, trunk, global_branch, local1, local2, pixel_mean, pixel_std, lam=0.1,
+    def __init__(self, *, trunk, global_branch, local1, local2, pixel_mean, pixel_std, gather_losses=True, lam=0.1,
                  ce_reduction="sum", triplet_on_parts=True, ce_kwargs=None, tri_kwargs=None):
-        super().__init__(pixel_mean, pixel_std)
+        super().__init__(pixel_mean, pixel_std, gather_losses)
         if global_branch is None and local1 is None and local2 is None:
             raise ValueError("MBFN needs at least one branch")
         self.trunk = trunk
@@ -132,7 +132,7 @@ class MBFN(PluginMetaArch):
             if m.USE_GLOBAL else None,
             "local1": local_branch(m.LOCAL1, None) if m.USE_LOCAL1 else None,
             "local2": local_branch(m.LOCAL2, mbfn_part_weights(cfg)) if m.USE_LOCAL2 else None,
-            "pixel_mean": cfg.MODEL.PIXEL_MEAN, "pixel_std": cfg.MODEL.PIXEL_STD,
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN, "pixel_std": cfg.MODEL.PIXEL_STD, "gather_losses": cfg.DIST.GATHER_LOSSES,
             "lam": m.LOSS.LAMBDA, "ce_reduction": m.LOSS.CE_REDUCTION,
             "triplet_on_parts": m.LOSS.TRIPLET_ON_PARTS,
             "ce_kwargs": {"eps": L.CE.EPSILON, "alpha": L.CE.ALPHA},
@@ -192,7 +192,8 @@ class MBFN(PluginMetaArch):
                   for k, v in cls.items()}
         if self.lam > 0:
             for k, f in tri.items():
-                losses[k] = triplet_loss(f, targets, t["margin"], t["norm_feat"], t["hard_mining"]) \
+                losses[k] = triplet_loss(f, targets, t["margin"], t["norm_feat"], t["hard_mining"],
+                                         gather=self.gather_losses) \
                     * self.lam / (len(tri) if mean else 1)
         return losses
 

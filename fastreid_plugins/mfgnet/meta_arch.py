@@ -59,9 +59,9 @@ class MFGNet(PluginMetaArch):
     """
 
     @configurable
-    def __init__(self, *, trunk, global_branch, local_branch, pixel_mean, pixel_std, alpha=1.0,
+    def __init__(self, *, trunk, global_branch, local_branch, pixel_mean, pixel_std, gather_losses=True, alpha=1.0,
                  beta=0.1, use_triplet=True, ce_reduction="sum", ce_kwargs=None, tri_kwargs=None):
-        super().__init__(pixel_mean, pixel_std)
+        super().__init__(pixel_mean, pixel_std, gather_losses)
         self.trunk = trunk
         self.global_branch = global_branch
         self.local_branch = local_branch
@@ -102,7 +102,7 @@ class MFGNet(PluginMetaArch):
         L = cfg.MODEL.LOSSES
         return {
             "trunk": trunk, "global_branch": global_branch, "local_branch": local_branch,
-            "pixel_mean": cfg.MODEL.PIXEL_MEAN, "pixel_std": cfg.MODEL.PIXEL_STD,
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN, "pixel_std": cfg.MODEL.PIXEL_STD, "gather_losses": cfg.DIST.GATHER_LOSSES,
             "alpha": m.LOSS.ALPHA, "beta": m.LOSS.BETA, "use_triplet": m.LOSS.USE_TRIPLET,
             "ce_reduction": m.LOSS.CE_REDUCTION,
             "ce_kwargs": {"eps": L.CE.EPSILON, "alpha": L.CE.ALPHA},
@@ -163,5 +163,6 @@ class MFGNet(PluginMetaArch):
         if self.use_triplet:
             t = self.tri_kwargs
             losses["loss_triplet_global"] = triplet_loss(
-                g["features"], targets, t["margin"], t["norm_feat"], t["hard_mining"]) * self.beta
+                g["features"], targets, t["margin"], t["norm_feat"], t["hard_mining"],
+                gather=self.gather_losses) * self.beta
         return losses

@@ -37,7 +37,8 @@ def state_dict_mismatch(own, state, what="model", limit=30):
 def build_backbone(cfg):
     """FastReID's ``build_backbone``; ResNet / ResNeXt weights come from
     :mod:`fastreid_plugins.modeling.pretrained` (``PRETRAIN_PATH`` -> torch.hub cache -> download,
-    strict loading), which the compat layer registers under FastReID's builder names.
+    strict loading), which :mod:`fastreid_plugins.patches.backbones` registers under FastReID's
+    builder names.
 
     Raises:
         WeightsNotAvailableError (a ``FileNotFoundError``): ``MODEL.BACKBONE.PRETRAIN`` is True and
@@ -67,10 +68,15 @@ class PluginMetaArch(nn.Module):
 
     Unlike FastReID's ``Baseline.preprocess_image``, normalisation is out of place: the caller's
     batch is never modified (FastReID's flip test otherwise normalises the flipped batch twice).
+
+    ``gather_losses`` (``DIST.GATHER_LOSSES``): whether the pair-based losses gather the batch
+    of every DDP rank; subclasses pass it to each such loss as its ``gather`` argument (see
+    :mod:`fastreid_plugins.distributed.gather`). No effect without a multi-rank process group.
     """
 
-    def __init__(self, pixel_mean, pixel_std):
+    def __init__(self, pixel_mean, pixel_std, gather_losses=True):
         super().__init__()
+        self.gather_losses = bool(gather_losses)
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(1, -1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(1, -1, 1, 1), False)
 

@@ -23,6 +23,7 @@ from torch import nn
 from fastreid.layers import any_softmax, get_norm, pooling
 from fastreid.layers.weight_init import weights_init_kaiming
 
+from .. import upstream
 from ..layers import ChannelAttention
 
 __all__ = [
@@ -198,8 +199,7 @@ def stage_out_channels(trunk, stage, in_channels=3):
 
 def has_event_storage():
     """True inside FastReID's ``EventStorage`` context (the trainer), where ``log_accuracy`` works."""
-    from fastreid.utils import events
-    return len(events._CURRENT_STORAGE_STACK) > 0
+    return upstream.event_storage_active()
 
 
 class ReduceConv(nn.Sequential):

@@ -35,12 +35,13 @@ FastReID itself names, has a plain BatchNorm as ``bn1`` of every ``layer4`` bloc
 build IBN-Net's layout (:func:`apply_ibn_layout`; ``MODEL.BACKBONE.IBN_LAYOUT "fastreid"`` keeps
 FastReID's). FastReID's ResNet already has IBN-Net's layout.
 
-:func:`install` (called by :mod:`fastreid_plugins.compat`) puts :func:`build_resnet_backbone` and
+:mod:`fastreid_plugins.patches.backbones` puts :func:`build_resnet_backbone` and
 :func:`build_resnext_backbone` in FastReID's ``BACKBONE_REGISTRY`` under FastReID's names, so every
 backbone (FastReID's ``Baseline``, and the plugins' MFG-Net / MBFN / SVRN / CLIP-SENet, whose
 branch copies are deep copies of the loaded backbone) gets its weights here.
 """
 
+import importlib
 import logging
 import os
 import re
@@ -48,13 +49,15 @@ import socket
 from urllib.parse import urlparse
 
 import torch
-from ..errors import WeightsNotAvailableError, WeightsMismatchError  # noqa: F401  (re-exported)
+from ..checkpoint import load_checkpoint_file
+from ..errors import WeightsMismatchError, WeightsNotAvailableError
+from ..patches.base import ORIGINALS
 
 __all__ = ["OFFLINE_ENV_VARS", "IBN_LAYOUTS", "WeightsNotAvailableError", "WeightsMismatchError",
            "is_offline", "hub_cache_dir", "fastreid_cache_dir", "url_filename", "hash_prefix",
            "resolve_weights_file", "download_weights", "read_weights", "describe_resnet",
            "load_backbone_weights", "published_url", "apply_ibn_layout", "build_resnet_backbone",
-           "build_resnext_backbone", "install"]
+           "build_resnext_backbone"]
 
 logger = logging.getLogger(__name__)
 
@@ -277,7 +280,7 @@ def download_weights(url, cache=None, *, progress=True, config_key=CONFIG_KEY,
 def read_weights(path):
     """The state dict of a weights file (containers unwrapped, wrapper prefixes stripped).
 
-    Reads with ``torch.load(weights_only=True)`` (:func:`fastreid_plugins.compat.load_checkpoint_file`),
+    Reads with ``torch.load(weights_only=True)`` (:func:`fastreid_plugins.checkpoint.load_checkpoint_file`),
     unwraps ``{"state_dict": ...}`` / ``{"model": ...}`` and strips a ``module.encoder.`` or
     ``module.`` prefix carried by every key.
 
@@ -285,8 +288,6 @@ def read_weights(path):
         WeightsNotAvailableError: the file does not exist.
         WeightsMismatchError: the file cannot be read or holds no ``{str: tensor}`` dict.
     """
-    from ..compat import load_checkpoint_file
-
     if not os.path.isfile(path):
         raise WeightsNotAvailableError(f"weights file not found: {path!r}")
     try:
@@ -507,7 +508,13 @@ def _build(original, cfg, resnext):
     return model
 
 
-_ORIGINALS = {}
+def _upstream_builder(module_name, name):
+    """FastReID's own builder ``module_name.name`` (kept by the backbone patch in
+    :data:`fastreid_plugins.patches.base.ORIGINALS` once ours replaced it)."""
+    key = f"{module_name}.{name}"
+    if key in ORIGINALS:
+        return ORIGINALS[key]
+    return getattr(importlib.import_module(module_name), name)
 
 
 def build_resnet_backbone(cfg):
@@ -520,7 +527,8 @@ def build_resnet_backbone(cfg):
     Raises:
         WeightsNotAvailableError, WeightsMismatchError: see the module docstring.
     """
-    return _build(_ORIGINALS["build_resnet_backbone"], cfg, resnext=False)
+    return _build(_upstream_builder("fastreid.modeling.backbones.resnet", "build_resnet_backbone"),
+                  cfg, resnext=False)
 
 
 def build_resnext_backbone(cfg):
@@ -531,22 +539,5 @@ def build_resnext_backbone(cfg):
         WeightsNotAvailableError, WeightsMismatchError: see the module docstring.
         ValueError: unknown ``MODEL.BACKBONE.IBN_LAYOUT``.
     """
-    return _build(_ORIGINALS["build_resnext_backbone"], cfg, resnext=True)
-
-
-def install(patch_attr, applied=None):
-    """Register :func:`build_resnet_backbone` / :func:`build_resnext_backbone` under FastReID's
-    names (registry and module attributes). Idempotent; ``patch_attr`` is compat's."""
-    from fastreid.modeling.backbones import BACKBONE_REGISTRY, resnet, resnext
-
-    for mod, ours in ((resnet, build_resnet_backbone), (resnext, build_resnext_backbone)):
-        name = ours.__name__
-
-        def wrap(original, _name=name, _ours=ours):
-            _ORIGINALS[_name] = original
-            return _ours
-
-        patch_attr(mod, name, f"{mod.__name__}.{name}", wrap,
-                   modules=["fastreid.modeling.backbones"], tag="pretrain.strict_resolve",
-                   applied=applied)
-        BACKBONE_REGISTRY._obj_map[name] = getattr(mod, name)
+    return _build(_upstream_builder("fastreid.modeling.backbones.resnext",
+                                    "build_resnext_backbone"), cfg, resnext=True)

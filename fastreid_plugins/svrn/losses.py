@@ -11,7 +11,7 @@ convention, safe to back-propagate at zero distance).
 
 Under DDP, VCC and ICC are computed over the whole multi-process batch: the (T, B/N, L) features
 and (B/N,) labels of every rank are concatenated along the batch dimension (with gradient, see
-:func:`fastreid_plugins.distributed.gather_for_loss`), so image i of rank r becomes image
+:func:`fastreid_plugins.distributed.gather.gather_for_loss`; ``gather``), so image i of rank r becomes image
 ``r B/N + i`` of the gathered batch (ICC's image indices are offset per rank) and every rank
 computes the single-process loss. ``DIST.GATHER_LOSSES False`` keeps each rank's own images.
 """
@@ -19,7 +19,7 @@ computes the single-process loss. ``DIST.GATHER_LOSSES False`` keeps each rank's
 import torch
 import torch.nn.functional as F
 
-from ..distributed import gather_for_loss
+from ..distributed.gather import gather_for_loss
 
 __all__ = ["reward_loss", "vcc_loss", "icc_loss", "dcc_loss", "pairwise_euclidean"]
 
@@ -64,7 +64,7 @@ def _flatten(feats):
     return feats.reshape(t * b, -1), t, b
 
 
-def vcc_loss(feats, targets, margin=0.3):
+def vcc_loss(feats, targets, margin=0.3, gather=True):
     """Vehicle-level cross-space constraint L_vcc (Eq. 7-8).
 
     Batch-hard triplet over the pooled set of all T*B unified features: for each anchor
@@ -75,11 +75,12 @@ def vcc_loss(feats, targets, margin=0.3):
         feats (Tensor): (T, B, L).
         targets (Tensor): (B,) vehicle IDs.
         margin (float): beta_V (0.3).
+        gather (bool): gather every DDP rank's features first (``DIST.GATHER_LOSSES``).
 
     Returns:
         Tensor: scalar, mean over anchors of ``relu(d_ap - d_an + beta_V)``.
     """
-    feats, targets = gather_for_loss(feats, targets, dim=1)
+    feats, targets = gather_for_loss(feats, targets, dim=1, enabled=gather)
     z, t, b = _flatten(feats)
     labels = targets.reshape(1, b).expand(t, b).reshape(-1)
     dist = pairwise_euclidean(z, z)
@@ -88,7 +89,7 @@ def vcc_loss(feats, targets, margin=0.3):
     return _hard_triplet(dist, same & ~eye, ~same, margin)
 
 
-def icc_loss(feats, margin=0.15):
+def icc_loss(feats, margin=0.15, gather=True):
     """Instance-level cross-space constraint L_icc (Eq. 9-10).
 
     For each anchor G_t^i the positive is the *farthest* feature of the same image at another
@@ -98,11 +99,12 @@ def icc_loss(feats, margin=0.15):
     Args:
         feats (Tensor): (T, B, L), T >= 2.
         margin (float): beta_I (0.15).
+        gather (bool): gather every DDP rank's features first (``DIST.GATHER_LOSSES``).
 
     Returns:
         Tensor: scalar, mean over anchors of ``relu(d_ap - d_an + beta_I)``.
     """
-    feats, _ = gather_for_loss(feats, None, dim=1)   # image i of rank r -> r * B/N + i
+    feats, _ = gather_for_loss(feats, None, dim=1, enabled=gather)  # image i of rank r -> r B/N + i
     z, t, b = _flatten(feats)
     img = torch.arange(b, device=z.device).repeat(t)
     dist = pairwise_euclidean(z, z)

@@ -15,8 +15,8 @@ from fastreid.config import configurable
 from fastreid.modeling.losses import cross_entropy_loss, log_accuracy
 from ..losses.triplet import triplet_loss  # FastReID's, over every DDP rank's embeddings
 from fastreid.modeling.meta_arch import META_ARCH_REGISTRY
-from fastreid.utils import events
 
+from .. import upstream
 from ..modeling.base import PluginMetaArch, build_backbone, loss_kwargs_from_cfg
 from .config import check_svrn_config, num_suppressed
 from .critic import grid_critic
@@ -106,8 +106,8 @@ class SVRN(PluginMetaArch):
     @configurable
     def __init__(self, *, backbone, num_classes, num_stages, start_blocks, alphas, grid,
                  n_rounding, mask_mode, sim, reduction_dim, eval_feat, critic_mode, reward,
-                 cross, loss_kwargs, pixel_mean, pixel_std, accumulate_masks=True):
-        super().__init__(pixel_mean, pixel_std)
+                 cross, loss_kwargs, pixel_mean, pixel_std, gather_losses=True, accumulate_masks=True):
+        super().__init__(pixel_mean, pixel_std, gather_losses)
         self.backbone = backbone
         self.num_stages = num_stages
         self.start_blocks = tuple(int(b) for b in start_blocks)
@@ -177,7 +177,7 @@ class SVRN(PluginMetaArch):
                               "normalize": X.DCC.NORMALIZE}},
             "loss_kwargs": loss_kwargs_from_cfg(cfg),
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
-            "pixel_std": cfg.MODEL.PIXEL_STD,
+            "pixel_std": cfg.MODEL.PIXEL_STD, "gather_losses": cfg.DIST.GATHER_LOSSES,
         }
 
     # ------------------------------------------------------------------------------------
@@ -276,7 +276,7 @@ class SVRN(PluginMetaArch):
 
     def losses(self, outs, targets):
         """Eq. 13: per-stage CE + triplet, cross-space constraint and reward loss."""
-        if events._CURRENT_STORAGE_STACK:
+        if upstream.event_storage_active():
             log_accuracy(outs[0]["logits"].detach(), targets)
         lk = self.loss_kwargs
         losses = {}
@@ -287,15 +287,18 @@ class SVRN(PluginMetaArch):
         if "TripletLoss" in lk["loss_names"]:
             tri = lk["tri"]
             losses["loss_triplet"] = sum(triplet_loss(o["feat"], targets, tri["margin"],
-                                                      tri["norm_feat"], tri["hard_mining"])
+                                                      tri["norm_feat"], tri["hard_mining"],
+                                                      gather=self.gather_losses)
                                          for o in outs) * tri["scale"]
         if self.use_cross:
             g = torch.stack([self.unified(o["feat"]) for o in outs])      # (T, B, L)
             X = self.cross
             if X["vcc"]["enabled"]:
-                losses["loss_vcc"] = vcc_loss(g, targets, X["vcc"]["margin"]) * X["vcc"]["scale"]
+                losses["loss_vcc"] = vcc_loss(g, targets, X["vcc"]["margin"],
+                                            gather=self.gather_losses) * X["vcc"]["scale"]
             if X["icc"]["enabled"]:
-                losses["loss_icc"] = icc_loss(g, X["icc"]["margin"]) * X["icc"]["scale"]
+                losses["loss_icc"] = icc_loss(g, X["icc"]["margin"],
+                                            gather=self.gather_losses) * X["icc"]["scale"]
             if X["dcc"]["enabled"]:
                 losses["loss_dcc"] = (dcc_loss(g, normalize=X["dcc"]["normalize"]).mean()
                                       * X["dcc"]["scale"])

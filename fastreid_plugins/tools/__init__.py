@@ -25,7 +25,7 @@ def plugin_config_fns():
     Returns:
         list[callable]: each takes a config and adds its keys in place.
     """
-    import fastreid_plugins  # noqa: F401  (compat + registration)
+    import fastreid_plugins  # noqa: F401  (patches + registration)
 
     fns = []
     for name in PLUGIN_PACKAGES:
@@ -80,6 +80,7 @@ def trainer_class_for(cfg):
 
     from fastreid.modeling.meta_arch import META_ARCH_REGISTRY
 
+    from fastreid_plugins import upstream
     from fastreid_plugins.engine import PluginTrainer
 
     name = cfg.MODEL.META_ARCHITECTURE
@@ -87,7 +88,7 @@ def trainer_class_for(cfg):
         arch = META_ARCH_REGISTRY.get(name)
     except KeyError as e:
         raise KeyError(f"MODEL.META_ARCHITECTURE={name!r} is not registered; known: "
-                       f"{sorted(getattr(META_ARCH_REGISTRY, '_obj_map', {}))}") from e
+                       f"{upstream.registry_names(META_ARCH_REGISTRY)}") from e
     package = importlib.import_module(arch.__module__.rsplit(".", 1)[0])
     found = [obj for _, obj in inspect.getmembers(package, inspect.isclass)
              if issubclass(obj, PluginTrainer) and obj is not PluginTrainer]

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 import fastreid_plugins
-from fastreid_plugins import compat
+from fastreid_plugins import checkpoint, patches
+from fastreid_plugins.patches import base as compat  # patch_attr, APPLIED, ORIGINALS
 
 from helpers import ROOT, make_cfg, seed_everything
 
@@ -24,8 +25,8 @@ def _run(code, env=None):
 
 def test_applied_once_and_idempotent():
     before = list(compat.APPLIED)
-    compat.apply()
-    compat.apply()
+    patches.apply()
+    patches.apply()
     assert compat.APPLIED == before
     for name in ["optimizer.zero_grad", "DataLoaderX.cpu", "AMPTrainer.cpu", "ReidEvaluator.no_compile",
                  "rerank.cpu", "test_loader.num_workers", "Checkpointer.weights_only",
@@ -245,11 +246,11 @@ def test_checkpointer_round_trip_and_clear_unpickling_error(tmp_path, monkeypatc
     torch.save({"model": m.state_dict(), "iteration": np.float64(3.0)}, bad)
     with pytest.raises(Exception) as orig:
         compat.ORIGINALS["Checkpointer._load_file"](ck, str(bad))
-    assert compat.TRUST_ENV not in str(orig.value)
-    with pytest.raises(compat.CheckpointUnpicklingError, match=compat.TRUST_ENV) as err:
+    assert checkpoint.TRUST_ENV not in str(orig.value)
+    with pytest.raises(checkpoint.CheckpointUnpicklingError, match=checkpoint.TRUST_ENV) as err:
         Checkpointer(m2).load(str(bad))
     assert str(bad) in str(err.value)
-    monkeypatch.setenv(compat.TRUST_ENV, "1")
+    monkeypatch.setenv(checkpoint.TRUST_ENV, "1")
     assert Checkpointer(m2).load(str(bad))["iteration"] == 3.0
 
 

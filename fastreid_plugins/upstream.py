@@ -1,0 +1,135 @@
+"""Every private FastReID / torch internal the package touches, each behind one guarded shim.
+
+FastReID 1.4.0 has no public API for some things the plugins need (the active event storage, the
+per-machine process group, the train-set construction without a sampler, replacing a registered
+builder, a sampler's seed, the datasets root). Each such access lives here and nowhere else: a
+shim checks that the internal exists and otherwise raises :class:`UpstreamChangedError` naming
+it and the versions it was written against, instead of an ``AttributeError`` deep in a run.
+:func:`check_all` looks every internal up; ``tests/test_upstream.py`` calls it, so an upgrade that
+drops one fails there first, loudly, by name.
+
+Written against FastReID 1.4.0 (``fastreid.__version__`` reports "1.3") and torch 2.14; the
+torch internals of the ONNX exporter and oneDNN live with their only users
+(:mod:`fastreid_plugins.tools.export_onnx`, :mod:`fastreid_plugins.evaluation.knn`), guarded the
+same way.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Callable, Dict, List, Tuple
+
+__all__ = ["UpstreamChangedError", "INTERNALS", "check_all", "event_storage_active",
+           "set_local_process_group", "local_process_group", "train_loader_from_config",
+           "registry_names", "registry_replace", "set_sampler_seed"]
+
+WRITTEN_FOR = "FastReID 1.4.0 / torch 2.14"
+
+
+class UpstreamChangedError(RuntimeError):
+    """A private FastReID / torch internal the package relies on is gone (a bug here, not a user
+    mistake): the message names the internal and the versions the shim was written for."""
+
+
+#: name -> (module, attribute) of each private internal used here
+INTERNALS: Dict[str, Tuple[str, str]] = {
+    "events._CURRENT_STORAGE_STACK": ("fastreid.utils.events", "_CURRENT_STORAGE_STACK"),
+    "comm._LOCAL_PROCESS_GROUP": ("fastreid.utils.comm", "_LOCAL_PROCESS_GROUP"),
+    "build._train_loader_from_config": ("fastreid.data.build", "_train_loader_from_config"),
+    "build._test_loader_from_config": ("fastreid.data.build", "_test_loader_from_config"),
+    "build._root": ("fastreid.data.build", "_root"),
+    "Registry._obj_map": ("fastreid.modeling.backbones", "BACKBONE_REGISTRY._obj_map"),
+    "NaiveIdentitySampler._seed": ("fastreid.data.samplers.triplet_sampler",
+                                   "NaiveIdentitySampler.__init__"),
+}
+
+
+def _lookup(name: str) -> Any:
+    module, attr = INTERNALS[name]
+    try:
+        obj: Any = importlib.import_module(module)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as e:
+        raise UpstreamChangedError(
+            f"{module}.{attr} ({name}) is gone in the installed FastReID/torch ({e}); "
+            f"fastreid_plugins uses it and was written against {WRITTEN_FOR}. Install those "
+            "versions or update fastreid_plugins/upstream.py.") from e
+    return obj
+
+
+def check_all() -> List[str]:
+    """Look up every internal of :data:`INTERNALS`; returns their names.
+
+    Raises:
+        UpstreamChangedError: the first one that is missing, named.
+    """
+    for name in INTERNALS:
+        _lookup(name)
+    sampler_init = _lookup("NaiveIdentitySampler._seed")
+    if "_seed" not in sampler_init.__code__.co_names:
+        raise UpstreamChangedError("NaiveIdentitySampler.__init__ no longer sets self._seed "
+                                   "(fastreid_plugins.seeding sets it); written for "
+                                   f"{WRITTEN_FOR}")
+    return list(INTERNALS)
+
+
+def event_storage_active() -> bool:
+    """Whether code runs inside a FastReID ``EventStorage`` context (training), i.e. whether
+    ``get_event_storage()`` would succeed (FastReID has no public test for it)."""
+    return len(_lookup("events._CURRENT_STORAGE_STACK")) > 0
+
+
+def local_process_group() -> Any:
+    """FastReID's per-machine process group (``comm._LOCAL_PROCESS_GROUP``; None before launch)."""
+    return _lookup("comm._LOCAL_PROCESS_GROUP")
+
+
+def set_local_process_group(group: Any) -> None:
+    """Set FastReID's per-machine process group, as its own launch worker does."""
+    _lookup("comm._LOCAL_PROCESS_GROUP")
+    importlib.import_module("fastreid.utils.comm")._LOCAL_PROCESS_GROUP = group
+
+
+def train_loader_from_config(cfg: Any, **kwargs: Any) -> Dict[str, Any]:
+    """FastReID's ``_train_loader_from_config(cfg, **kwargs)``: the train set, sampler and loader
+    arguments ``build_reid_train_loader`` would use (``"train_set"``, ``"sampler"``, ...)."""
+    return _lookup("build._train_loader_from_config")(cfg, **kwargs)
+
+
+def test_loader_from_config() -> Callable[..., Dict[str, Any]]:
+    """FastReID's ``_test_loader_from_config`` (the function; patched by the data patches)."""
+    return _lookup("build._test_loader_from_config")
+
+
+def registry_names(registry: Any) -> List[str]:
+    """The names registered in a FastReID ``Registry`` (sorted)."""
+    _lookup("Registry._obj_map")
+    return sorted(registry._obj_map)
+
+
+def registry_replace(registry: Any, name: str, obj: Any) -> None:
+    """Make ``registry.get(name)`` return ``obj``. FastReID's ``Registry.register`` refuses a
+    name twice, so an upstream builder (``build_resnet_backbone``) can only be replaced here.
+
+    Raises:
+        KeyError: ``name`` is not registered (replacing is not registering).
+    """
+    _lookup("Registry._obj_map")
+    if name not in registry._obj_map:
+        raise KeyError(f"{name!r} is not registered in {registry!r}")
+    registry._obj_map[name] = obj
+
+
+def set_sampler_seed(sampler: Any, seed: int) -> None:
+    """Set the seed of one of FastReID's identity samplers (they keep it in ``_seed`` and draw
+    from it in ``_infinite_indices``).
+
+    Raises:
+        UpstreamChangedError: the sampler has no ``_seed`` (another sampler implementation).
+    """
+    if not hasattr(sampler, "_seed"):
+        raise UpstreamChangedError(
+            f"{type(sampler).__name__} has no _seed attribute to seed; fastreid_plugins.seeding "
+            f"was written for FastReID's samplers of {WRITTEN_FOR}.")
+    sampler._seed = int(seed)
