@@ -83,10 +83,13 @@ def _sniff(path, head):
             raise _not_a_checkpoint(path, f"a zip archive without data.pkl (holds {listing})")
         return True
     if head[:1] == b"\x80":
-        if _LEGACY_TORCH_MAGIC not in head[:32] and len(head) >= 32:
-            raise _not_a_checkpoint(path, f"a Python pickle (protocol {head[1]}) not written "
-                                          "by torch.save")
-        return False
+        if _LEGACY_TORCH_MAGIC in head[:32]:
+            return False
+        if (b"\x80\x02\x8a\x0a" + _LEGACY_TORCH_MAGIC).startswith(head):
+            raise _corrupt(path, "it ends inside the legacy torch header")
+        protocol = head[1] if len(head) > 1 else "?"
+        raise _not_a_checkpoint(path, f"a Python pickle (protocol {protocol}) not written by "
+                                      "torch.save")
     text = head.decode("utf-8", errors="replace")[:-3]  # the read may cut a character
     if text and all(c.isprintable() or c in "\r\n\t" for c in text):
         first = text.splitlines()[0][:40] if text.strip() else text[:40]

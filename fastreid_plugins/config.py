@@ -26,42 +26,78 @@ Added by :func:`add_plugins_config`:
   training (see :mod:`fastreid_plugins.distributed`).
 """
 
+from typing import Any, Callable, Dict
+
 from fastreid.config import CfgNode as CN
 from fastreid.config import get_cfg as _fastreid_get_cfg
 
-__all__ = ["add_plugins_config", "get_cfg"]
+from .errors import ConfigError
+
+__all__ = ["PLUGIN_DEFAULTS", "add_plugins_config", "require_plugins_config", "get_cfg"]
+
+#: Every shared plugin key and its default: the one place these defaults live. Code reads the
+#: keys directly (``cfg.TEST.RERANK.KNN``); only a patched FastReID path that must also accept
+#: FastReID's own configs (the ResNeXt builder's ``IBN_LAYOUT``) falls back to this table.
+PLUGIN_DEFAULTS: Dict[str, Any] = {
+    "TEST.VEHICLEID.NUM_TRIALS": 10,
+    "TEST.VEHICLEID.SEED": 0,
+    "SEED": -1,
+    # "sparse": O(k n)-memory k-reciprocal re-ranking (fastreid_plugins.evaluation.sparse_rerank)
+    # "fastreid": FastReID's dense N x N compute_jaccard_distance path
+    "TEST.RERANK.TYPE": "sparse",
+    "TEST.EVAL_MEMORY_GB": 1.0,
+    "TEST.RERANK.KNN": "exact",
+    "TEST.RERANK.KNN_NLIST": 0,
+    "TEST.RERANK.KNN_NPROBE": 64,
+    "TEST.RERANK.KNN_EF_SEARCH": 128,
+    "MODEL.BACKBONE.IBN_LAYOUT": "ibnnet",
+    "DIST.GATHER_LOSSES": True,
+    "DIST.GLOBAL_SAMPLER": True,
+}
 
 
-def add_plugins_config(cfg):
-    """Add the shared plugin keys to ``cfg`` in place (idempotent)."""
+def _has(cfg, dotted):
+    node = cfg
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def add_plugins_config(cfg: CN) -> CN:
+    """Add the shared plugin keys (:data:`PLUGIN_DEFAULTS`) to ``cfg`` in place (idempotent:
+    keys already there keep their values)."""
     cfg.defrost() if cfg.is_frozen() else None
-    if "VEHICLEID" not in cfg.TEST:
-        cfg.TEST.VEHICLEID = CN()
-        cfg.TEST.VEHICLEID.NUM_TRIALS = 10
-        cfg.TEST.VEHICLEID.SEED = 0
-    if "SEED" not in cfg:
-        cfg.SEED = -1
-    if "TYPE" not in cfg.TEST.RERANK:
-        # "sparse": O(k n)-memory k-reciprocal re-ranking (fastreid_plugins.evaluation.sparse_rerank)
-        # "fastreid": FastReID's dense N x N compute_jaccard_distance path
-        cfg.TEST.RERANK.TYPE = "sparse"
-    if "EVAL_MEMORY_GB" not in cfg.TEST:
-        cfg.TEST.EVAL_MEMORY_GB = 1.0
-    if "KNN" not in cfg.TEST.RERANK:
-        cfg.TEST.RERANK.KNN = "exact"
-        cfg.TEST.RERANK.KNN_NLIST = 0
-        cfg.TEST.RERANK.KNN_NPROBE = 64
-        cfg.TEST.RERANK.KNN_EF_SEARCH = 128
-    if "IBN_LAYOUT" not in cfg.MODEL.BACKBONE:
-        cfg.MODEL.BACKBONE.IBN_LAYOUT = "ibnnet"
-    if "DIST" not in cfg:
-        cfg.DIST = CN()
-        cfg.DIST.GATHER_LOSSES = True
-        cfg.DIST.GLOBAL_SAMPLER = True
+    for dotted, value in PLUGIN_DEFAULTS.items():
+        *parents, leaf = dotted.split(".")
+        node = cfg
+        for part in parents:
+            if part not in node:
+                node[part] = CN()
+            node = node[part]
+        if leaf not in node:
+            node[leaf] = value
     return cfg
 
 
-def get_cfg(*add_fns):
+def require_plugins_config(cfg: CN, who: str = "fastreid_plugins") -> None:
+    """Fail at once when ``cfg`` lacks the shared plugin keys (built by FastReID's ``get_cfg``
+    alone), instead of an ``AttributeError`` deep inside a run.
+
+    Raises:
+        ConfigError: naming the missing keys and :func:`add_plugins_config` / :func:`get_cfg`.
+    """
+    missing = [k for k in PLUGIN_DEFAULTS if not _has(cfg, k)]
+    if missing:
+        raise ConfigError(
+            f"{who} needs a config with the plugin keys, but {', '.join(missing)} "
+            f"{'are' if len(missing) > 1 else 'is'} missing: build it with "
+            "fastreid_plugins.config.get_cfg(add_<method>_config) or call "
+            "fastreid_plugins.config.add_plugins_config(cfg) before merging the config file.")
+
+
+def get_cfg(*add_fns: Callable[[CN], Any]) -> CN:
     """FastReID's default config + the shared plugin keys + each ``add_<method>_config`` given."""
     cfg = _fastreid_get_cfg()
     add_plugins_config(cfg)

@@ -34,7 +34,7 @@ from fastreid.utils.events import (CommonMetricPrinter, JSONWriter, TensorboardX
 from . import distributed
 from .checkpoint import (ResumableTrainerMixin, TrainingFinishedError, check_finite_state,
                          load_checkpoint_file)
-from .config import get_cfg
+from .config import get_cfg, require_plugins_config
 from .data.validation import check_dataset_items, check_identity_batches
 from .evaluation import VehicleReidEvaluator
 from .modeling.base import state_dict_mismatch
@@ -166,6 +166,7 @@ class PluginTrainer(ResumableTrainerMixin, DefaultTrainer):
     dataset_cls = None
 
     def __init__(self, cfg):
+        require_plugins_config(cfg, type(self).__name__)
         if cfg.OUTPUT_DIR and comm.is_main_process():
             os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
         super().__init__(cfg)

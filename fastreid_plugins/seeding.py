@@ -77,7 +77,7 @@ def resolve_seed(cfg, draw=True):
     Raises:
         ValueError: ``SEED`` and an alias are both >= 0 and differ.
     """
-    seed = int(cfg.get("SEED", -1))
+    seed = int(cfg.SEED)
     for key in SEED_ALIASES:
         alias = _get_key(cfg, key)
         if alias is None or int(alias) < 0:

@@ -291,3 +291,87 @@ def test_pretrained_backbone_loading_is_strict_where_fastreid_is_not(tmp_path):
     with pytest.raises(ValueError, match="partial.pth") as e:
         build_backbone(cfg)
     assert "layer1.0.conv1.weight" in str(e.value)
+
+
+def test_every_applied_patch_is_described_with_its_targets():
+    """``python -m fastreid_plugins.patches`` can say, for every patch applied here, what it
+    patches, why, and whether FastReID's own models change."""
+    from fastreid_plugins.patches import APPLIED, PATCHES, report
+    assert APPLIED, "no patch applied"
+    for tag in APPLIED:
+        assert tag in PATCHES, f"patch {tag!r} has no description (patches.base.describe)"
+        p = PATCHES[tag]
+        assert p.targets, f"patch {tag!r} records no target"
+        assert len(p.why) > 40 and isinstance(p.changes_models, bool), tag
+    text = report()
+    for tag in APPLIED:
+        assert tag in text
+    # the patches that do change FastReID's models are the ones that change what they compute
+    changing = {t for t, p in PATCHES.items() if p.changes_models}
+    assert changing == {"optimizer.zero_grad", "pretrain.strict_resolve",
+                        "preprocess_image.out_of_place", "train_loader.global_sampler"}
+
+
+def test_patches_cli_lists_every_patch():
+    from fastreid_plugins.patches import APPLIED
+    out = subprocess.run([sys.executable, "-m", "fastreid_plugins.patches"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    for tag in APPLIED:
+        assert f"\n{tag}  [" in "\n" + out.stdout, tag
+    assert "target: fastreid.solver.build.build_optimizer" in out.stdout
+    assert max(len(line) for line in out.stdout.splitlines()) <= 100
+
+
+def test_stacked_patches_of_one_attribute_apply_once_each(monkeypatch):
+    """Two patches (two keys) of one attribute stack; re-applying either is a no-op."""
+    import types
+    monkeypatch.setattr(compat, "ORIGINALS", {})
+    owner = types.ModuleType("_stack_owner")
+    owner.f = lambda x: x
+    assert compat.patch_attr(owner, "f", "f.a", lambda o: (lambda x: o(x) + 1))
+    assert compat.patch_attr(owner, "f", "f.b", lambda o: (lambda x: o(x) * 10))
+    assert owner.f(1) == 20
+    assert not compat.patch_attr(owner, "f", "f.a", lambda o: (lambda x: o(x) + 1))
+    assert not compat.patch_attr(owner, "f", "f.b", lambda o: (lambda x: o(x) * 10))
+    assert owner.f(1) == 20 and compat.ORIGINALS["f.b"](1) == 2
+
+
+@pytest.mark.parametrize("kind", ["text", "zip_without_data_pkl", "python_pickle", "list"])
+def test_weights_that_are_no_checkpoint_are_named(tmp_path, kind):
+    """``MODEL.WEIGHTS`` pointing at something that is not a checkpoint: torch alone ends in
+    ``KeyError: 101`` / ``UnpicklingError`` / an enforce failure; here a CorruptCheckpointError
+    names the file and what it holds."""
+    import pickle
+    import zipfile
+
+    from fastreid_plugins.engine import load_model_weights
+    from fastreid_plugins.errors import CorruptCheckpointError, UserError
+    path = tmp_path / f"{kind}.pth"
+    expected = {"text": r"a text file \(it starts with 'learning rate 0.1'\)",
+                "zip_without_data_pkl": r"a zip archive without data.pkl \(holds notes.txt\)",
+                "python_pickle": r"a Python pickle \(protocol 4\) not written by torch.save",
+                "list": r"holds no model state dict \(it holds a list\)"}[kind]
+    if kind == "text":
+        path.write_text("learning rate 0.1\nmAP 80\n")
+    elif kind == "zip_without_data_pkl":
+        with zipfile.ZipFile(path, "w") as z:
+            z.writestr("notes.txt", "x")
+    elif kind == "python_pickle":
+        path.write_bytes(pickle.dumps({"model": {}}, protocol=4))
+    else:
+        torch.save([1, 2], path)
+    with pytest.raises(CorruptCheckpointError, match=expected) as e:
+        load_model_weights(torch.nn.Linear(2, 2), str(path))
+    assert str(path) in str(e.value) and isinstance(e.value, UserError)
+    # torch's own errors are not this clear: the original loader fails differently
+    if kind != "list":
+        with pytest.raises(Exception) as raw:
+            torch.load(path, weights_only=True)
+        assert str(path) not in str(raw.value)
+
+
+def test_legacy_torch_files_still_load(tmp_path):
+    path = tmp_path / "legacy.pth"
+    torch.save({"w": torch.ones(2)}, path, _use_new_zipfile_serialization=False)
+    assert torch.equal(checkpoint.load_checkpoint_file(str(path))["w"], torch.ones(2))

@@ -185,7 +185,7 @@ class CLIPSENet(PluginMetaArch):
         return {
             "backbone": backbone, "pool": pool, "sem": sem, "fusion": fusion, "afem": afem,
             "cv": cv, "cv_position": c.CV.POSITION, "heads": heads,
-            "pixel_mean": cfg.MODEL.PIXEL_MEAN, "pixel_std": cfg.MODEL.PIXEL_STD, "gather_losses": cfg.DIST.GATHER_LOSSES,
+            **cls.base_kwargs(cfg),
             "loss_kwargs": loss_kwargs,
         }
 

@@ -132,7 +132,7 @@ class MBFN(PluginMetaArch):
             if m.USE_GLOBAL else None,
             "local1": local_branch(m.LOCAL1, None) if m.USE_LOCAL1 else None,
             "local2": local_branch(m.LOCAL2, mbfn_part_weights(cfg)) if m.USE_LOCAL2 else None,
-            "pixel_mean": cfg.MODEL.PIXEL_MEAN, "pixel_std": cfg.MODEL.PIXEL_STD, "gather_losses": cfg.DIST.GATHER_LOSSES,
+            **cls.base_kwargs(cfg),
             "lam": m.LOSS.LAMBDA, "ce_reduction": m.LOSS.CE_REDUCTION,
             "triplet_on_parts": m.LOSS.TRIPLET_ON_PARTS,
             "ce_kwargs": {"eps": L.CE.EPSILON, "alpha": L.CE.ALPHA},

@@ -102,7 +102,7 @@ class MFGNet(PluginMetaArch):
         L = cfg.MODEL.LOSSES
         return {
             "trunk": trunk, "global_branch": global_branch, "local_branch": local_branch,
-            "pixel_mean": cfg.MODEL.PIXEL_MEAN, "pixel_std": cfg.MODEL.PIXEL_STD, "gather_losses": cfg.DIST.GATHER_LOSSES,
+            **cls.base_kwargs(cfg),
             "alpha": m.LOSS.ALPHA, "beta": m.LOSS.BETA, "use_triplet": m.LOSS.USE_TRIPLET,
             "ce_reduction": m.LOSS.CE_REDUCTION,
             "ce_kwargs": {"eps": L.CE.EPSILON, "alpha": L.CE.ALPHA},

@@ -4,6 +4,8 @@ import torch
 from torch import nn
 from fastreid.modeling.backbones import build_backbone as _fastreid_build_backbone
 
+from ..config import require_plugins_config
+
 __all__ = ["PluginMetaArch", "build_backbone", "loss_kwargs_from_cfg", "state_dict_mismatch"]
 
 
@@ -79,6 +81,19 @@ class PluginMetaArch(nn.Module):
         self.gather_losses = bool(gather_losses)
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(1, -1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(1, -1, 1, 1), False)
+
+    @classmethod
+    def base_kwargs(cls, cfg):
+        """The base's ``__init__`` arguments from ``cfg`` (for a subclass's ``from_config``):
+        ``MODEL.PIXEL_MEAN`` / ``PIXEL_STD`` and ``DIST.GATHER_LOSSES``.
+
+        Raises:
+            ConfigError: ``cfg`` was built without the plugin keys
+                (:func:`fastreid_plugins.config.require_plugins_config`).
+        """
+        require_plugins_config(cfg, f"MODEL.META_ARCHITECTURE {cls.__name__}")
+        return {"pixel_mean": cfg.MODEL.PIXEL_MEAN, "pixel_std": cfg.MODEL.PIXEL_STD,
+                "gather_losses": cfg.DIST.GATHER_LOSSES}
 
     @property
     def device(self):

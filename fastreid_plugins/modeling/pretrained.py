@@ -50,6 +50,7 @@ from urllib.parse import urlparse
 
 import torch
 from ..checkpoint import load_checkpoint_file
+from ..config import PLUGIN_DEFAULTS
 from ..errors import WeightsMismatchError, WeightsNotAvailableError
 from ..patches.base import ORIGINALS
 
@@ -480,7 +481,8 @@ def apply_ibn_layout(model, cfg):
     from fastreid.layers import IBN, get_norm
 
     bb = cfg.MODEL.BACKBONE
-    layout = bb.get("IBN_LAYOUT", "ibnnet")
+    # FastReID's own configs (this builder replaces FastReID's) have no IBN_LAYOUT key
+    layout = bb.get("IBN_LAYOUT", PLUGIN_DEFAULTS["MODEL.BACKBONE.IBN_LAYOUT"])
     if layout not in IBN_LAYOUTS:
         raise ValueError(f"MODEL.BACKBONE.IBN_LAYOUT must be one of {IBN_LAYOUTS}, got {layout!r}")
     if not bb.WITH_IBN or layout == "fastreid":

@@ -176,8 +176,7 @@ class SVRN(PluginMetaArch):
                       "dcc": {"enabled": X.DCC.ENABLED, "scale": X.DCC.SCALE,
                               "normalize": X.DCC.NORMALIZE}},
             "loss_kwargs": loss_kwargs_from_cfg(cfg),
-            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
-            "pixel_std": cfg.MODEL.PIXEL_STD, "gather_losses": cfg.DIST.GATHER_LOSSES,
+            **cls.base_kwargs(cfg),
         }
 
     # ------------------------------------------------------------------------------------
