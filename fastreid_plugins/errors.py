@@ -13,6 +13,7 @@ code raised before (``FileNotFoundError``, ``ValueError``, ``RuntimeError``, ...
 class                          raised when
 =============================  ==========================================================
 :class:`ConfigError`           a config value / key is invalid for the method or the host
+:class:`MissingConfigError`    a method's config node is missing (``add_<method>_config``)
 :class:`DatasetNotFoundError`  a dataset's folder or list file is missing
 :class:`DatasetError`          a dataset is readable but unusable (bad labels, too few ids)
 :class:`ImageReadError`        an image exists but cannot be decoded
@@ -31,6 +32,7 @@ from __future__ import annotations
 __all__ = [
     "UserError",
     "ConfigError",
+    "MissingConfigError",
     "DatasetNotFoundError",
     "DatasetError",
     "ImageReadError",
@@ -54,6 +56,14 @@ class UserError(Exception):
 class ConfigError(UserError, ValueError):
     """A config key or value is invalid (unknown key, value out of range, combination the
     method does not support). The message names the key (``MODEL.MBFN.LOCAL1.NUM_PARTS``)."""
+
+
+class MissingConfigError(ConfigError, KeyError):
+    """A config node a method needs is missing (``MODEL.SVRN``: ``add_svrn_config`` was not
+    applied). Also a ``KeyError``; its message is not quoted like a ``KeyError``'s."""
+
+    def __str__(self) -> str:
+        return Exception.__str__(self)
 
 
 class DatasetNotFoundError(UserError, FileNotFoundError, RuntimeError):

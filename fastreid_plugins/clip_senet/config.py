@@ -34,10 +34,20 @@ Losses use FastReID's ``MODEL.LOSSES``: ``NAME`` ("CrossEntropyLoss", "SupConLos
 """
 
 from fastreid.config import CfgNode as CN
+from fastreid.layers import pooling
 
+from ..errors import ConfigError, MissingConfigError
 from ..losses.supcon import add_supcon_config
+from .modules import VIEWPOINT_GROUPS
+from .tinyclip import TINYCLIP_VARIANTS
 
-__all__ = ["add_clip_senet_config", "ABLATIONS", "ablation_overrides"]
+__all__ = ["add_clip_senet_config", "validate_clip_senet_config", "check_loss_names",
+           "SUPPORTED_LOSSES", "CV_POSITIONS", "ABLATIONS", "ablation_overrides"]
+
+#: ``MODEL.LOSSES.NAME`` entries CLIP-SENet computes
+SUPPORTED_LOSSES = ("CrossEntropyLoss", "SupConLoss", "TripletLoss")
+#: ``MODEL.CLIPSENET.CV.POSITION`` values: add the CV embedding to the SEM's tokens or the feature
+CV_POSITIONS = ("sem_tokens", "feature")
 
 
 def add_clip_senet_config(cfg):
@@ -92,6 +102,50 @@ def add_clip_senet_config(cfg):
 
     _C.SEED = -1
     return cfg
+
+
+def check_loss_names(names):
+    """Raises ConfigError unless ``MODEL.LOSSES.NAME`` is a non-empty subset of
+    :data:`SUPPORTED_LOSSES`."""
+    unknown = [n for n in names if n not in SUPPORTED_LOSSES]
+    if unknown or not names:
+        raise ConfigError(f"MODEL.LOSSES.NAME={tuple(names)}: CLIPSENet supports "
+                          f"{SUPPORTED_LOSSES}, got unknown {unknown}")
+
+
+def validate_clip_senet_config(cfg):
+    """Check the keys CLIP-SENet reads before any module is built.
+
+    Raises:
+        MissingConfigError (a ``KeyError``): ``MODEL.CLIPSENET`` is missing.
+        ConfigError (a ``ValueError``): an unknown pooling layer, CV position, viewpoint grouping
+            or loss name, AFEM without the SEM, or CV on the SEM's tokens without the SEM.
+    """
+    if "CLIPSENET" not in cfg.MODEL:
+        raise MissingConfigError("MODEL.CLIPSENET is missing: build the config with "
+                                 "get_cfg(add_clip_senet_config).")
+    c = cfg.MODEL.CLIPSENET
+    pool_name = cfg.MODEL.HEADS.POOL_LAYER
+    if not hasattr(pooling, pool_name):
+        raise ConfigError(f"MODEL.HEADS.POOL_LAYER={pool_name!r} is not a FastReID pooling layer")
+    if c.SEM.ENABLED and c.SEM.VARIANT not in TINYCLIP_VARIANTS:
+        raise ConfigError(f"MODEL.CLIPSENET.SEM.VARIANT={c.SEM.VARIANT!r} is not a known "
+                          f"TinyCLIP variant; choose one of {sorted(TINYCLIP_VARIANTS)}.")
+    if c.AFEM.ENABLED and not c.SEM.ENABLED:
+        raise ConfigError("MODEL.CLIPSENET.AFEM.ENABLED needs MODEL.CLIPSENET.SEM.ENABLED "
+                          "(AFEM refines the SEM's f_clip).")
+    if c.CV.POSITION not in CV_POSITIONS:
+        raise ConfigError(f"MODEL.CLIPSENET.CV.POSITION={c.CV.POSITION!r} must be one of "
+                          f"{CV_POSITIONS}")
+    if c.CV.CAMERA or c.CV.VIEWPOINT:
+        if c.CV.POSITION == "sem_tokens" and not c.SEM.ENABLED:
+            raise ConfigError("MODEL.CLIPSENET.CV.POSITION 'sem_tokens' needs the SEM; with "
+                              "SEM.ENABLED False set CV.POSITION 'feature' or turn CV off.")
+        if c.CV.VIEWPOINT_GROUPS and c.CV.VIEWPOINT_GROUPS not in VIEWPOINT_GROUPS:
+            raise ConfigError(f"MODEL.CLIPSENET.CV.VIEWPOINT_GROUPS={c.CV.VIEWPOINT_GROUPS!r} "
+                              "must be '' (VeRi's 8 orientations) or one of "
+                              f"{sorted(VIEWPOINT_GROUPS)}")
+    check_loss_names(tuple(cfg.MODEL.LOSSES.NAME))
 
 
 # ------------------------------------------------------------------------------------------------

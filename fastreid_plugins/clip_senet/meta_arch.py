@@ -20,6 +20,8 @@ from fastreid.modeling.meta_arch import META_ARCH_REGISTRY
 from .. import upstream
 from ..losses.supcon import supcon_kwargs_from_cfg, supcon_loss
 from ..modeling.base import PluginMetaArch, build_backbone, loss_kwargs_from_cfg
+from .config import (CV_POSITIONS, SUPPORTED_LOSSES, check_loss_names,  # noqa: F401
+                     validate_clip_senet_config)
 from .modules import VIEWPOINT_GROUPS, AFEM, CameraViewEmbedding, FeatureFusion
 from .tinyclip import (SemanticExtractionModule, load_sem_weights, resolve_weights_activation,
                        skip_random_init, tinyclip_vision_config)
@@ -28,8 +30,6 @@ __all__ = ["CLIPSENet", "build_cnn_backbone", "build_sem", "SUPPORTED_LOSSES", "
 
 logger = logging.getLogger(__name__)
 
-SUPPORTED_LOSSES = ("CrossEntropyLoss", "SupConLoss", "TripletLoss")
-CV_POSITIONS = ("sem_tokens", "feature")
 
 
 def build_cnn_backbone(cfg):
@@ -123,23 +123,15 @@ class CLIPSENet(PluginMetaArch):
         self.cv_position = cv_position
         self.heads = heads
         self.loss_kwargs = loss_kwargs
-        unknown = [n for n in loss_kwargs["loss_names"] if n not in SUPPORTED_LOSSES]
-        if unknown or not loss_kwargs["loss_names"]:
-            raise ValueError(f"MODEL.LOSSES.NAME={tuple(loss_kwargs['loss_names'])}: CLIPSENet "
-                             f"supports {SUPPORTED_LOSSES}, got unknown {unknown}")
+        check_loss_names(loss_kwargs["loss_names"])
 
     @classmethod
     def from_config(cls, cfg):
-        if "CLIPSENET" not in cfg.MODEL:
-            raise KeyError("MODEL.CLIPSENET is missing: build the config with "
-                           "get_cfg(add_clip_senet_config).")
+        validate_clip_senet_config(cfg)
         c = cfg.MODEL.CLIPSENET
         backbone = build_cnn_backbone(cfg)
         cnn_dim = cfg.MODEL.BACKBONE.FEAT_DIM
         pool_name = cfg.MODEL.HEADS.POOL_LAYER
-        if not hasattr(pooling, pool_name):
-            raise ValueError(f"MODEL.HEADS.POOL_LAYER={pool_name!r} is not a FastReID pooling "
-                             "layer")
         pool = getattr(pooling, pool_name)()
 
         sem = fusion = afem = None
@@ -152,23 +144,10 @@ class CLIPSENet(PluginMetaArch):
                 afem = AFEM(sem.out_dim, fuse_dim, groups=c.AFEM.GROUPS,
                             weight_shape=c.AFEM.WEIGHT_SHAPE)
             feat_dim = fusion.combined_dim(with_afem=afem is not None)
-        elif c.AFEM.ENABLED:
-            raise ValueError("MODEL.CLIPSENET.AFEM.ENABLED needs MODEL.CLIPSENET.SEM.ENABLED "
-                             "(AFEM refines the SEM's f_clip).")
 
         cv = None
-        if c.CV.POSITION not in CV_POSITIONS:
-            raise ValueError(f"MODEL.CLIPSENET.CV.POSITION={c.CV.POSITION!r} must be one of "
-                             f"{CV_POSITIONS}")
         if c.CV.CAMERA or c.CV.VIEWPOINT:
-            if c.CV.POSITION == "sem_tokens" and sem is None:
-                raise ValueError("MODEL.CLIPSENET.CV.POSITION 'sem_tokens' needs the SEM; with "
-                                 "SEM.ENABLED False set CV.POSITION 'feature' or turn CV off.")
             dim = sem.hidden_size if c.CV.POSITION == "sem_tokens" else feat_dim
-            if c.CV.VIEWPOINT_GROUPS and c.CV.VIEWPOINT_GROUPS not in VIEWPOINT_GROUPS:
-                raise ValueError(f"MODEL.CLIPSENET.CV.VIEWPOINT_GROUPS={c.CV.VIEWPOINT_GROUPS!r} "
-                                 f"must be '' (VeRi's 8 orientations) or one of "
-                                 f"{sorted(VIEWPOINT_GROUPS)}")
             view_map = VIEWPOINT_GROUPS.get(c.CV.VIEWPOINT_GROUPS) if c.CV.VIEWPOINT else None
             cv = CameraViewEmbedding(dim, c.CV.NUM_CAMERAS, c.CV.NUM_VIEWPOINTS,
                                      camera=c.CV.CAMERA, viewpoint=c.CV.VIEWPOINT, coe=c.CV.COE,

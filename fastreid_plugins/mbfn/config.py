@@ -34,12 +34,16 @@ Keys (defaults = the paper's full model on a ResNet-50):
   ``LOSS.TRIPLET_ON_PARTS`` (True): besides each branch's global feature, a triplet on each local
   branch's fused (weighted) part feature, as FastReID's MGN does.
   The margin (paper 1.2), label smoothing and hard mining come from FastReID's
-  ``MODEL.LOSSES.TRI.*`` / ``MODEL.LOSSES.CE.*``; ``MODEL.LOSSES.NAME`` and ``*.SCALE`` are not used.
+  ``MODEL.LOSSES.TRI.*`` / ``MODEL.LOSSES.CE.*``; ``MODEL.LOSSES.NAME`` and ``*.SCALE`` do not
+  apply: a value other than FastReID's default is a ``ConfigError``.
 
 :data:`ABLATIONS` maps every ablation row (Tables 2-4) to the config overrides that build it.
 """
 
 from fastreid.config import CfgNode as CN
+
+from ..errors import ConfigError, MissingConfigError
+from ..method import check_fixed_losses
 
 from ..modeling.parts import DIRECTIONS, SPLIT_POINTS
 
@@ -141,40 +145,40 @@ def add_mbfn_config(cfg):
 def _int_in(value, key, lo, hi=None):
     if not isinstance(value, int) or isinstance(value, bool) or value < lo or (hi is not None and value > hi):
         rng = f"{lo}..{hi}" if hi is not None else f">= {lo}"
-        raise ValueError(f"{key}={value!r} must be an int in {rng}")
+        raise ConfigError(f"{key}={value!r} must be an int in {rng}")
 
 
 def _number_ge0(value, key):
     if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-        raise ValueError(f"{key}={value!r} must be a number >= 0")
+        raise ConfigError(f"{key}={value!r} must be a number >= 0")
 
 
 def validate_mbfn_config(cfg):
     """Check every ``MODEL.MBFN`` value.
 
     Raises:
-        KeyError: ``MODEL.MBFN`` is missing (``add_mbfn_config`` was not applied).
-        ValueError: a value out of range; the message names the key and the accepted values.
+        MissingConfigError (a ``KeyError``): ``MODEL.MBFN`` is missing (``add_mbfn_config`` was not applied).
+        ConfigError (a ``ValueError``): a value out of range; the message names the key and the accepted values.
     """
     if "MBFN" not in cfg.MODEL:
-        raise KeyError("MODEL.MBFN is missing: build the config with add_mbfn_config "
+        raise MissingConfigError("MODEL.MBFN is missing: build the config with add_mbfn_config "
                        "(fastreid_plugins.config.get_cfg(add_mbfn_config))")
     m = cfg.MODEL.MBFN
     for key in ("USE_GLOBAL", "USE_LOCAL1", "USE_LOCAL2", "USE_CAM"):
         if not isinstance(m[key], bool):
-            raise ValueError(f"MODEL.MBFN.{key}={m[key]!r} must be True or False")
+            raise ConfigError(f"MODEL.MBFN.{key}={m[key]!r} must be True or False")
     for key in ("WEIGHTS.ENABLED", "BRANCH_GLOBAL.ENABLED"):
         node, leaf = key.split(".")
         if not isinstance(m[node][leaf], bool):
-            raise ValueError(f"MODEL.MBFN.{key}={m[node][leaf]!r} must be True or False")
+            raise ConfigError(f"MODEL.MBFN.{key}={m[node][leaf]!r} must be True or False")
     if not (m.USE_GLOBAL or m.USE_LOCAL1 or m.USE_LOCAL2):
-        raise ValueError("MODEL.MBFN.USE_GLOBAL, USE_LOCAL1 and USE_LOCAL2 are all False: "
+        raise ConfigError("MODEL.MBFN.USE_GLOBAL, USE_LOCAL1 and USE_LOCAL2 are all False: "
                          "at least one branch is needed")
     if m.SPLIT_AT not in SPLIT_POINTS:
-        raise ValueError(f"MODEL.MBFN.SPLIT_AT={m.SPLIT_AT!r} must be one of {SPLIT_POINTS}")
+        raise ConfigError(f"MODEL.MBFN.SPLIT_AT={m.SPLIT_AT!r} must be one of {SPLIT_POINTS}")
     for k in ("LOCAL1", "LOCAL2"):
         if m[k].DIRECTION not in DIRECTIONS:
-            raise ValueError(f"MODEL.MBFN.{k}.DIRECTION={m[k].DIRECTION!r} must be one of {DIRECTIONS}")
+            raise ConfigError(f"MODEL.MBFN.{k}.DIRECTION={m[k].DIRECTION!r} must be one of {DIRECTIONS}")
     _int_in(m.LOCAL1.NUM_PARTS, "MODEL.MBFN.LOCAL1.NUM_PARTS", 1, MAX_PARTS)
     _int_in(m.LOCAL2.NUM_PARTS, "MODEL.MBFN.LOCAL2.NUM_PARTS", 1, MAX_PARTS)
     _int_in(m.CAM_REDUCTION, "MODEL.MBFN.CAM_REDUCTION", 1)
@@ -187,22 +191,23 @@ def validate_mbfn_config(cfg):
     vals = list(m.WEIGHTS.VALUES)
     if vals:
         if len(vals) != m.LOCAL2.NUM_PARTS:
-            raise ValueError(f"MODEL.MBFN.WEIGHTS.VALUES has {len(vals)} weights but "
+            raise ConfigError(f"MODEL.MBFN.WEIGHTS.VALUES has {len(vals)} weights but "
                              f"MODEL.MBFN.LOCAL2.NUM_PARTS={m.LOCAL2.NUM_PARTS}: give one per part, or []")
         for i, v in enumerate(vals):
             _number_ge0(v, f"MODEL.MBFN.WEIGHTS.VALUES[{i}]")
     if m.WEIGHTS.APPLY_AT not in ("both", "train", "test"):
-        raise ValueError(f"MODEL.MBFN.WEIGHTS.APPLY_AT={m.WEIGHTS.APPLY_AT!r} must be 'both', "
+        raise ConfigError(f"MODEL.MBFN.WEIGHTS.APPLY_AT={m.WEIGHTS.APPLY_AT!r} must be 'both', "
                          "'train' or 'test'")
     if m.WEIGHTS.NORMALIZE not in WEIGHT_NORMS:
-        raise ValueError(f"MODEL.MBFN.WEIGHTS.NORMALIZE={m.WEIGHTS.NORMALIZE!r} must be one of {WEIGHT_NORMS}")
+        raise ConfigError(f"MODEL.MBFN.WEIGHTS.NORMALIZE={m.WEIGHTS.NORMALIZE!r} must be one of {WEIGHT_NORMS}")
     if m.WEIGHTS.FUSION not in ("concat", "sum"):
-        raise ValueError(f"MODEL.MBFN.WEIGHTS.FUSION={m.WEIGHTS.FUSION!r} must be 'concat' or 'sum'")
+        raise ConfigError(f"MODEL.MBFN.WEIGHTS.FUSION={m.WEIGHTS.FUSION!r} must be 'concat' or 'sum'")
     _number_ge0(m.LOSS.LAMBDA, "MODEL.MBFN.LOSS.LAMBDA")
     if m.LOSS.CE_REDUCTION not in ("sum", "mean"):
-        raise ValueError(f"MODEL.MBFN.LOSS.CE_REDUCTION={m.LOSS.CE_REDUCTION!r} must be 'sum' or 'mean'")
+        raise ConfigError(f"MODEL.MBFN.LOSS.CE_REDUCTION={m.LOSS.CE_REDUCTION!r} must be 'sum' or 'mean'")
     if not isinstance(m.LOSS.TRIPLET_ON_PARTS, bool):
-        raise ValueError(f"MODEL.MBFN.LOSS.TRIPLET_ON_PARTS={m.LOSS.TRIPLET_ON_PARTS!r} must be True or False")
+        raise ConfigError(f"MODEL.MBFN.LOSS.TRIPLET_ON_PARTS={m.LOSS.TRIPLET_ON_PARTS!r} must be True or False")
     if cfg.MODEL.BACKBONE.WITH_NL:
-        raise ValueError("MODEL.BACKBONE.WITH_NL=True is not supported by MBFN's branch split "
+        raise ConfigError("MODEL.BACKBONE.WITH_NL=True is not supported by MBFN's branch split "
                          "(the non-local blocks would be dropped); set it to False")
+    check_fixed_losses(cfg, "MBFN", "MODEL.MBFN.LOSS.{LAMBDA, TRIPLET_ON_PARTS}")

@@ -23,9 +23,11 @@ requires. ``(2, 3)`` is the conv{b}_x reading (2.68x the Baseline's MACs instead
 
 from fastreid.config import CfgNode as CN
 
+from ..errors import ConfigError, MissingConfigError
+
 from collections import namedtuple
 
-__all__ = ["add_svrn_config", "check_svrn_config", "num_suppressed", "ABLATIONS", "Ablation",
+__all__ = ["add_svrn_config", "validate_svrn_config", "num_suppressed", "ABLATIONS", "Ablation",
            "ablation_overrides"]
 
 SIM_NAMES = ("spatial", "residual", "none")
@@ -112,18 +114,22 @@ def num_suppressed(alpha, cells, rounding="floor"):
 
 
 def _err(key, value, expected):
-    return ValueError(f"MODEL.SVRN.{key}={value!r} is invalid: expected {expected}.")
+    return ConfigError(f"MODEL.SVRN.{key}={value!r} is invalid: expected {expected}.")
 
 
-def check_svrn_config(cfg):
+def validate_svrn_config(cfg):
     """Validate ``MODEL.SVRN`` (and the backbone keys SVRN depends on).
 
     Raises:
-        ValueError: naming the offending key, its value and what was expected, e.g. an alpha
-            outside [0, 1), start blocks not strictly increasing in [1, 4], a number of alphas
+        MissingConfigError: ``MODEL.SVRN`` is missing.
+        ConfigError (a ``ValueError``): naming the offending key, its value and what was
+            expected, e.g. an alpha outside [0, 1), start blocks not strictly increasing in [1, 4], a number of alphas
             or start blocks that is not NUM_STAGES - 1, an unknown SIM / critic / mask mode, or
             ICC / DCC enabled with a single stage.
     """
+    if "SVRN" not in cfg.MODEL:
+        raise MissingConfigError("MODEL.SVRN is missing: build the config with add_svrn_config "
+                                 "(fastreid_plugins.config.get_cfg(add_svrn_config))")
     C = cfg.MODEL.SVRN
     T = C.NUM_STAGES
     if not isinstance(T, int) or T < 1:
@@ -194,10 +200,10 @@ def check_svrn_config(cfg):
                 raise _err(f"CROSS.{k}.ENABLED", True, f"False when NUM_STAGES=1 ({k} compares "
                            "the stages of one image)")
     if cfg.MODEL.BACKBONE.NAME != "build_resnet_backbone":
-        raise ValueError(f"MODEL.BACKBONE.NAME={cfg.MODEL.BACKBONE.NAME!r}: SVRN duplicates "
+        raise ConfigError(f"MODEL.BACKBONE.NAME={cfg.MODEL.BACKBONE.NAME!r}: SVRN duplicates "
                          "ResNet blocks and needs 'build_resnet_backbone'.")
     if cfg.MODEL.BACKBONE.WITH_NL:
-        raise ValueError("MODEL.BACKBONE.WITH_NL=True is not supported by SVRN (its stages run "
+        raise ConfigError("MODEL.BACKBONE.WITH_NL=True is not supported by SVRN (its stages run "
                          "the ResNet layers block by block); set it False.")
 
 
@@ -292,5 +298,5 @@ def ablation_overrides(name):
         KeyError: unknown name (the message lists the known ones).
     """
     if name not in ABLATIONS:
-        raise KeyError(f"unknown SVRN ablation {name!r}; known: {sorted(ABLATIONS)}")
+        raise MissingConfigError(f"unknown SVRN ablation {name!r}; known: {sorted(ABLATIONS)}")
     return list(ABLATIONS[name].overrides)

@@ -18,7 +18,7 @@ from fastreid.modeling.meta_arch import META_ARCH_REGISTRY
 
 from .. import upstream
 from ..modeling.base import PluginMetaArch, build_backbone, loss_kwargs_from_cfg
-from .config import check_svrn_config, num_suppressed
+from .config import validate_svrn_config, num_suppressed
 from .critic import grid_critic
 from .layers import ClassificationBlock, SalienceRanking, SpatialInformationMining, UnifiedLayer
 from .losses import dcc_loss, icc_loss, reward_loss, vcc_loss
@@ -99,7 +99,7 @@ class SVRN(PluginMetaArch):
         eval: (B, D) sum of the T stage features (D = UNIFIED_DIM for ``"unified"``).
 
     Raises:
-        ValueError: invalid configuration (see :func:`check_svrn_config`) or a feature map
+        ValueError: invalid configuration (see :func:`validate_svrn_config`) or a feature map
             that does not split into G x G cells.
     """
 
@@ -140,7 +140,7 @@ class SVRN(PluginMetaArch):
         self.navigated = mask_mode == "salience" and any(self.n_cells)
         if self.navigated and not self.reward["enabled"]:
             raise ValueError("SVRN: salience navigation needs the reward loss to train the ranking "
-                             "layers (MODEL.SVRN.REWARD.ENABLED); see check_svrn_config")
+                             "layers (MODEL.SVRN.REWARD.ENABLED); see validate_svrn_config")
         self.rankers = nn.ModuleList(SalienceRanking(channels, grid)
                                      for _ in range(num_stages - 1 if self.navigated else 0))
         self.use_cross = any(self.cross[k]["enabled"] for k in ("vcc", "icc", "dcc"))
@@ -151,7 +151,7 @@ class SVRN(PluginMetaArch):
 
     @classmethod
     def from_config(cls, cfg):
-        check_svrn_config(cfg)
+        validate_svrn_config(cfg)
         C = cfg.MODEL.SVRN
         X = C.CROSS
         return {

@@ -10,31 +10,18 @@ Importing this package is cheap (no torch / FastReID import); the helpers below 
 that ``python -m fastreid_plugins.tools.demo`` can set ``FASTREID_DATASETS`` first.
 """
 
-import importlib
-
-__all__ = ["PLUGIN_PACKAGES", "plugin_config_fns", "build_tool_cfg", "trainer_class_for",
-           "load_tool_model"]
-
-# the method subpackages whose ``add_<method>_config`` functions every tool applies
-PLUGIN_PACKAGES = ("mfgnet", "mbfn", "svrn", "clip_senet")
+__all__ = ["plugin_config_fns", "build_tool_cfg", "trainer_class_for", "load_tool_model"]
 
 
 def plugin_config_fns():
-    """The ``add_*_config`` functions exported by the plugin packages (in a fixed order).
+    """Every method's ``add_config`` (``fastreid_plugins.METHODS``, in a fixed order).
 
     Returns:
         list[callable]: each takes a config and adds its keys in place.
     """
-    import fastreid_plugins  # noqa: F401  (patches + registration)
+    import fastreid_plugins
 
-    fns = []
-    for name in PLUGIN_PACKAGES:
-        mod = importlib.import_module(f"fastreid_plugins.{name}")
-        for attr in sorted(getattr(mod, "__all__", dir(mod))):
-            fn = getattr(mod, attr, None)
-            if attr.startswith("add_") and attr.endswith("_config") and callable(fn):
-                fns.append(fn)
-    return fns
+    return [m.add_config for m in fastreid_plugins.METHODS.values()]
 
 
 def build_tool_cfg(config_file, opts=()):
@@ -67,32 +54,25 @@ def build_tool_cfg(config_file, opts=()):
 
 
 def trainer_class_for(cfg):
-    """The trainer that builds the loaders ``cfg``'s meta-architecture expects.
-
-    A plugin whose batches need more than FastReID's ``images/targets/camids`` (e.g. CLIP-SENet's
-    viewpoint indices) defines a :class:`~fastreid_plugins.engine.PluginTrainer` subclass in its
-    package; that class is returned, otherwise ``PluginTrainer``.
+    """The trainer that builds the loaders ``cfg``'s meta-architecture expects: the method's
+    ``METHOD.trainer`` (e.g. CLIP-SENet's, whose batches carry viewpoint indices), else
+    :class:`~fastreid_plugins.engine.PluginTrainer` (FastReID's own meta-architectures).
 
     Raises:
-        KeyError: ``MODEL.META_ARCHITECTURE`` is not registered.
+        ConfigError: ``MODEL.META_ARCHITECTURE`` is not registered.
     """
-    import inspect
-
+    import fastreid_plugins
     from fastreid.modeling.meta_arch import META_ARCH_REGISTRY
-
     from fastreid_plugins import upstream
     from fastreid_plugins.engine import PluginTrainer
+    from fastreid_plugins.errors import ConfigError
 
     name = cfg.MODEL.META_ARCHITECTURE
-    try:
-        arch = META_ARCH_REGISTRY.get(name)
-    except KeyError as e:
-        raise KeyError(f"MODEL.META_ARCHITECTURE={name!r} is not registered; known: "
-                       f"{upstream.registry_names(META_ARCH_REGISTRY)}") from e
-    package = importlib.import_module(arch.__module__.rsplit(".", 1)[0])
-    found = [obj for _, obj in inspect.getmembers(package, inspect.isclass)
-             if issubclass(obj, PluginTrainer) and obj is not PluginTrainer]
-    return found[0] if len(found) == 1 else PluginTrainer
+    known = upstream.registry_names(META_ARCH_REGISTRY)
+    if name not in known:
+        raise ConfigError(f"MODEL.META_ARCHITECTURE={name!r} is not registered; known: {known}")
+    method = fastreid_plugins.METHODS.get(name)
+    return method.trainer if method is not None else PluginTrainer
 
 
 def load_tool_model(cfg, purpose):
