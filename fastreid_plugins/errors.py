@@ -24,6 +24,7 @@ class                          raised when
 :class:`SEMWeightsError`       CLIP-SENet's TinyCLIP weights are in an unsupported format
 :class:`NonFiniteCheckpointError`  a state to save holds inf / NaN (training diverged)
 :class:`TrainingFinishedError`  ``--resume`` on a run that already finished
+:class:`UpstreamChangedError`  (not a user error) a private FastReID / torch internal is gone
 =============================  ==========================================================
 """
 
@@ -43,6 +44,7 @@ __all__ = [
     "SEMWeightsError",
     "NonFiniteCheckpointError",
     "TrainingFinishedError",
+    "UpstreamChangedError",
 ]
 
 
@@ -108,3 +110,9 @@ class NonFiniteCheckpointError(UserError, FloatingPointError):
 
 class TrainingFinishedError(UserError, ValueError):
     """``--resume`` on a run whose last checkpoint is already its final iteration."""
+
+
+class UpstreamChangedError(RuntimeError):
+    """A private FastReID / torch internal the package relies on is gone (a bug here, not a user
+    mistake): the message names the internal and the versions the shim was written for
+    (:mod:`fastreid_plugins.upstream`)."""

@@ -19,16 +19,13 @@ from __future__ import annotations
 import importlib
 from typing import Any, Callable, Dict, List, Tuple
 
+from .errors import UpstreamChangedError
+
 __all__ = ["UpstreamChangedError", "INTERNALS", "check_all", "event_storage_active",
            "set_local_process_group", "local_process_group", "train_loader_from_config",
            "registry_names", "registry_replace", "set_sampler_seed"]
 
 WRITTEN_FOR = "FastReID 1.4.0 / torch 2.14"
-
-
-class UpstreamChangedError(RuntimeError):
-    """A private FastReID / torch internal the package relies on is gone (a bug here, not a user
-    mistake): the message names the internal and the versions the shim was written for."""
 
 
 #: name -> (module, attribute) of each private internal used here

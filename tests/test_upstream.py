@@ -38,3 +38,13 @@ def test_shims_do_what_fastreid_does():
     assert s._seed == 7
     with pytest.raises(upstream.UpstreamChangedError, match="_seed"):
         upstream.set_sampler_seed(object(), 7)
+
+
+def test_onnx_exporter_internals_exist_and_a_missing_one_is_named(monkeypatch):
+    from fastreid_plugins.tools import export_onnx
+    sh = export_onnx._symbolic_helper()
+    for name in export_onnx.ONNX_INTERNALS:
+        assert callable(getattr(sh, name)), name
+    monkeypatch.delattr(sh, "_get_tensor_sizes")
+    with pytest.raises(upstream.UpstreamChangedError, match="_get_tensor_sizes"):
+        export_onnx._symbolic_helper()

@@ -41,6 +41,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from fastreid_plugins.errors import UpstreamChangedError
+
 __all__ = ["main", "export_onnx", "check_onnx", "BareTensorModel", "DEFAULT_ATOL", "DEFAULT_RTOL"]
 
 logger = logging.getLogger("fastreid_plugins.export_onnx")
@@ -70,11 +72,31 @@ class BareTensorModel(nn.Module):
         return out
 
 
+#: the TorchScript exporter's private helpers the two symbolics below use
+ONNX_INTERNALS = ("_parse_arg", "_get_tensor_sizes")
+
+
 def _symbolic_helper():
+    """torch's TorchScript-exporter ``symbolic_helper`` module, checked for
+    :data:`ONNX_INTERNALS` (private; the one place they are looked up).
+
+    Raises:
+        UpstreamChangedError: the installed torch lacks the module or one of the helpers.
+    """
     try:  # torch >= 2.9
         from torch.onnx._internal.torchscript_exporter import symbolic_helper
     except ImportError:  # pragma: no cover - older torch
-        from torch.onnx import symbolic_helper
+        try:
+            from torch.onnx import symbolic_helper
+        except ImportError as e:
+            raise UpstreamChangedError(
+                "torch.onnx's symbolic_helper (TorchScript exporter) is gone in torch "
+                f"{torch.__version__}; export_onnx was written against torch 2.14") from e
+    missing = [n for n in ONNX_INTERNALS if not hasattr(symbolic_helper, n)]
+    if missing:
+        raise UpstreamChangedError(
+            f"torch {torch.__version__}'s ONNX symbolic_helper lacks {missing} (private helpers "
+            "fastreid_plugins.tools.export_onnx uses); it was written against torch 2.14")
     return symbolic_helper
 
 
