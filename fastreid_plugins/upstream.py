@@ -38,6 +38,16 @@ INTERNALS: Dict[str, Tuple[str, str]] = {
     "Registry._obj_map": ("fastreid.modeling.backbones", "BACKBONE_REGISTRY._obj_map"),
     "NaiveIdentitySampler._seed": ("fastreid.data.samplers.triplet_sampler",
                                    "NaiveIdentitySampler.__init__"),
+    "TensorboardXWriter._writer": ("fastreid.utils.events", "TensorboardXWriter.__init__"),
+    "CommonMetricPrinter._last_write": ("fastreid.utils.events", "CommonMetricPrinter.write"),
+}
+
+#: instance attributes set by an upstream method (checked in its code object): internal name ->
+#: the attributes the plugins read or write (engine.EvalAwareTensorboardWriter, seeding)
+_ATTRIBUTES = {
+    "NaiveIdentitySampler._seed": ("_seed",),
+    "TensorboardXWriter._writer": ("_writer", "_window_size", "_last_write"),
+    "CommonMetricPrinter._last_write": ("_last_write",),
 }
 
 
@@ -63,11 +73,14 @@ def check_all() -> List[str]:
     """
     for name in INTERNALS:
         _lookup(name)
-    sampler_init = _lookup("NaiveIdentitySampler._seed")
-    if "_seed" not in sampler_init.__code__.co_names:
-        raise UpstreamChangedError("NaiveIdentitySampler.__init__ no longer sets self._seed "
-                                   "(fastreid_plugins.seeding sets it); written for "
-                                   f"{WRITTEN_FOR}")
+    for name, attrs in _ATTRIBUTES.items():
+        code = _lookup(name).__code__
+        missing = [a for a in attrs if a not in code.co_names]
+        if missing:
+            module, attr = INTERNALS[name]
+            raise UpstreamChangedError(
+                f"{module}.{attr} no longer sets {missing} (fastreid_plugins uses them); it was "
+                f"written against {WRITTEN_FOR}.")
     return list(INTERNALS)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import upstream
 from .base import describe, patch_attr
 
 __all__ = ["apply"]
@@ -117,7 +118,7 @@ def _patch_test_loader_workers() -> None:
     import fastreid.data.build as db
     from fastreid.config import configurable
 
-    original_from_config = db._test_loader_from_config
+    original_from_config = upstream.test_loader_from_config()
 
     def _from_config(cfg, **kwargs):
         ret = original_from_config(cfg, **kwargs)
