@@ -14,7 +14,7 @@ from fastreid_plugins.evaluation import chunked as chunked_mod
 from fastreid_plugins.evaluation.chunked import (BYTES_PER_ENTRY, chunk_rows, evaluate_chunked,
                                                  options_from_cfg)
 from fastreid_plugins.evaluation.rerank import rerank_distance
-from fastreid_plugins.evaluation.sparse_rerank import knn_search
+from fastreid_plugins.evaluation.knn import knn_search
 
 from helpers import make_cfg
 
