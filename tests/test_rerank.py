@@ -91,7 +91,7 @@ def test_rerank_distance_sparse_equals_fastreid_path(metric):
     qf, gf = x[:100] * 3.0, x[100:] * 3.0  # scaled: the cosine path must re-normalise
     dist = build_dist(qf, gf, metric)
     ref = rerank_distance(rerank_cfg("fastreid", metric=metric), qf, gf, dist)
-    got = rerank_distance(rerank_cfg("sparse", metric=metric), qf, gf, dist)
+    got = sparse_rerank(qf, gf, dist, k1=20, k2=6, lambda_value=0.3, normalize=metric == "cosine")
     assert np.abs(got - ref).max() < 1e-4
     # identical ranking of every gallery image for every query
     np.testing.assert_array_equal(np.argsort(got, 1, kind="stable"),
@@ -249,6 +249,8 @@ def test_bad_arguments_raise_clear_errors():
         knn_search(x, 3, backend="annoy")
     with pytest.raises(ValueError, match="TEST.RERANK.TYPE"):
         rerank_distance(rerank_cfg("dense"), x[:10], x[10:], np.zeros((10, 20)))
+    with pytest.raises(ValueError, match="sparse_rerank"):  # the sparse type runs chunked
+        rerank_distance(rerank_cfg("sparse"), x[:10], x[10:], np.zeros((10, 20)))
 
 
 @pytest.mark.parametrize("block", [64, 100, 700])
