@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from .rank import check_labels, curves_from_ranks, rank_block
-from .knn import knn_from_cfg, row_norms, row_sq_norms
+from .knn import _progress, knn_from_cfg, row_norms, row_sq_norms
 
 __all__ = ["evaluate_chunked", "chunk_rows", "chunked_aqe", "DEFAULT_MEMORY_GB",
            "BYTES_PER_ENTRY"]
@@ -69,14 +69,6 @@ def chunk_rows(num_gallery, memory_gb=DEFAULT_MEMORY_GB, bytes_per_entry=BYTES_P
     if not ok:
         raise ValueError(f"TEST.EVAL_MEMORY_GB must be a positive number of GiB, got {memory_gb!r}")
     return max(1, int(float(memory_gb) * 2**30 // (bytes_per_entry * max(int(num_gallery), 1))))
-
-
-def _progress(iterable, enabled, desc, total=None):
-    if not enabled:
-        return iterable
-    from tqdm import tqdm
-
-    return tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True)
 
 
 @torch.no_grad()

@@ -42,12 +42,13 @@ _FAISS_QUERY_BLOCK = 4096
 _SYMMETRIC_BLOCK = 4096
 
 
-def _progress(iterable, enabled, desc, total=None):
+def _progress(iterable, enabled, desc):
+    """``iterable`` wrapped in a transient tqdm bar labelled ``desc`` when ``enabled``."""
     if not enabled:
         return iterable
     from tqdm import tqdm
 
-    return tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True)
+    return tqdm(iterable, desc=desc, leave=False, dynamic_ncols=True)
 
 
 def row_sq_norms(x, step=8192):

@@ -274,20 +274,15 @@ class JaccardIndex:
         device, progress: as in :func:`sparse_jaccard_distance`.
         knn_params (dict): options of the approximate backends (see
             :func:`~fastreid_plugins.evaluation.knn.knn_search`).
-
-    Attributes:
-        neighbours (np.ndarray or None): the (N, k1) k-NN table when ``keep_neighbours`` is set
-            (the bench's recall measurement), else None.
     """
 
     def __init__(self, feats, num_query, k1=20, k2=6, knn="auto", device=None, progress=False,
-                 knn_params=None, keep_neighbours=False):
+                 knn_params=None):
         n = feats.shape[0]
         _check_args(n, k1, k2)
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         initial_rank = knn_search(feats, k1, backend=knn, device=device, progress=progress,
                                   **(knn_params or {}))
-        self.neighbours = initial_rank if keep_neighbours else None
         recip = k_reciprocal_neighbours(initial_rank, k1)
         recip_half = k_reciprocal_neighbours(initial_rank, int(np.around(k1 / 2)))
         indptr, indices = _expanded_sets(recip, recip_half)
