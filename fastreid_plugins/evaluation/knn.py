@@ -85,6 +85,13 @@ def knn_search(features, k, backend="auto", device=None, progress=False, nlist=N
     full float copy) and return the ``k`` best of ``refine * k`` candidates re-scored exactly
     (float32 squared L2), so only candidates the index misses are lost.
 
+    Reference:
+        FastReID 1.4.0's ``compute_jaccard_distance`` takes the same (N, k1) table from faiss
+        (``search_raw_array_pytorch`` / ``GpuIndexFlatL2``); IVF: Jegou et al., "Product
+        Quantization for Nearest Neighbor Search", TPAMI 2011; HNSW: Malkov and Yashunin, TPAMI
+        2020; both as implemented by faiss (Johnson et al., "Billion-scale similarity search
+        with GPUs", IEEE Trans. Big Data 2019).
+
     Args:
         features (torch.Tensor): (N, D) float features.
         k (int): number of neighbours per row (``k <= N``).
@@ -92,9 +99,8 @@ def knn_search(features, k, backend="auto", device=None, progress=False, nlist=N
             ``||x||^2 + ||y||^2 - 2 x.y`` with ``topk`` on ``device``; on the CPU each block pair
             of ``X X^T`` is computed once, half of faiss's multiply-adds, through a certified
             bfloat16 screen where the CPU has native bfloat16: :func:`_knn_symmetric`),
-            ``"auto"`` (``"torch"``
-            on a CPU-only machine above one block of rows, or with a CPU-only faiss and a CUDA
-            ``device``; faiss otherwise), ``"ivf"`` (faiss
+            ``"auto"`` (``"torch"`` on a CPU-only machine above one block of rows, or with a
+            CPU-only faiss and a CUDA ``device``; faiss otherwise), ``"ivf"`` (faiss
             ``IndexIVFScalarQuantizer``: ``nlist`` k-means cells, ``nprobe`` searched) or
             ``"hnsw"`` (faiss ``IndexHNSWSQ``: ``hnsw_m`` links, ``ef_search``).
         device (str or torch.device): device of the torch backend (default: CUDA if available).
