@@ -57,6 +57,7 @@ def _worker(args):
     import torch
 
     import fastreid_plugins  # noqa: F401
+    from fastreid_plugins.evaluation import knn
     from fastreid_plugins.evaluation import sparse_rerank as sr
     from fastreid_plugins.evaluation.chunked import evaluate_chunked
 
@@ -108,7 +109,7 @@ def _worker(args):
     (cmc, ap, inp), elapsed, cpu, peak, rss_before, exact_peak = measure(run)
     if args.save and tables:
         np.save(args.save, tables[0])
-    uncertified = getattr(sr._knn_screened, "last_uncertified", None) \
+    uncertified = getattr(knn._knn_screened, "last_uncertified", None) \
         if mode.startswith("chunked-rerank") else None
     print(json.dumps({"mode": mode, "seconds": elapsed, "cpu_seconds": cpu,
                       "uncertified_rows": uncertified,

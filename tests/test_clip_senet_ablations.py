@@ -42,6 +42,7 @@ def batch(n=8, size=32):
             "sie_camids": torch.arange(n) % 3, "viewids": torch.arange(n) % 8}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("table, row", ROWS, ids=[f"{t}-{r}" for t, r in ROWS])
 def test_every_ablation_row_builds_and_trains_a_step(table, row):
     torch.manual_seed(0)

@@ -39,6 +39,7 @@ def trained(veri_root, tmp_path_factory):
     mp.undo()
 
 
+@pytest.mark.slow
 def test_overfit_real_sample(trained):
     losses, before, after = trained["losses"], trained["before"], trained["after"]
     n = max(1, len(losses) // 5)
@@ -54,6 +55,7 @@ def test_overfit_real_sample(trained):
     assert {"viewids", "sie_camids"} <= set(batch)
 
 
+@pytest.mark.slow
 def test_eval_only_round_trip(trained, tmp_path):
     """Evaluate the saved checkpoint through engine.main --eval-only with the run's config.yaml."""
     weights = os.path.join(trained["out"], "model_final.pth")

@@ -151,6 +151,7 @@ def test_command_line(tmp_path, capsys):
 LEARN_MARGIN = 15.0
 
 
+@pytest.mark.slow
 def test_learning_check_unseen_identities(tmp_path, datasets_root):
     """BagTricks trained on the toy train identities must rank *unseen* identities clearly better
     than the same network untrained: what it learns (colour, type, fine details, invariance to

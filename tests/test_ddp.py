@@ -157,8 +157,9 @@ def _result(grouped, key):
 
 
 # --------------------------------------------------------------------------------------------
-# grouped run
+# grouped run (slow: the module fixture's 2-rank process group runs every job, minutes)
 # --------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_worker_exception_reaches_parent(grouped):
     """Rank 1's exception after the last job reaches the parent with its traceback (no hang)."""
     raised = grouped[2]
@@ -166,6 +167,7 @@ def test_worker_exception_reaches_parent(grouped):
     assert ddp_jobs.SENTINEL in str(raised)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss", ["triplet", "triplet_cosine_soft", "supcon", "vcc", "icc"])
 def test_cross_rank_loss_equals_single_process(grouped, loss):
     """2 ranks x B/2 rows == 1 process x B rows: the loss on every rank and the DDP-averaged
@@ -179,6 +181,7 @@ def test_cross_rank_loss_equals_single_process(grouped, loss):
     assert abs(v["loss_local_mean"] - v["loss_ref"]) > 1e-3 * abs(v["loss_ref"]), v
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS)
 def test_ddp_step_equals_single_process(grouped, method):
     """One DDP step of the meta-arch (BN in eval mode) == one process with the whole batch: every
@@ -193,6 +196,7 @@ def test_ddp_step_equals_single_process(grouped, method):
     assert expected <= set(r0["losses"]), sorted(r0["losses"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", GRID_METHODS)
 def test_ddp_training_keeps_ranks_identical(grouped, method):
     """2 iterations of the project's training: identical parameters on both ranks, weights
@@ -204,6 +208,7 @@ def test_ddp_training_keeps_ranks_identical(grouped, method):
     assert r0["results"] and r1["results"] is None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", GRID_METHODS)
 def test_ddp_printed_metrics_equal_eval_only(grouped, method, veri_root, datasets_root, tmp_path):
     """The metrics DDP training prints (rank 0's return value) == ``--eval-only`` of the saved
@@ -231,6 +236,7 @@ def _eval_only(method, config_file, opts):
     return {k: float(v) for k, v in res.items() if isinstance(v, (int, float))}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS)
 def test_every_ablation_trains_under_ddp(grouped, method):
     """Every documented ablation row: 2 DDP iterations, parameters identical across ranks and
@@ -275,6 +281,7 @@ def _env(veri_root):
     return env
 
 
+@pytest.mark.slow
 def test_train_net_num_gpus_2(veri_root, datasets_root, tmp_path):
     """``train_net.py --num-gpus 2`` on a host without CUDA: 2 gloo processes train MFG-Net, one
     checkpoint is written once, and the printed metrics equal ``--eval-only`` of it."""
@@ -303,6 +310,7 @@ def _check_printed_equals_eval_only(method, out, tmp_path, veri_root, datasets_r
         assert printed[k] == pytest.approx(evald[k], abs=1e-3), (printed, evald)
 
 
+@pytest.mark.slow
 def test_two_local_machines(veri_root, datasets_root, tmp_path):
     """``--num-machines 2 --machine-rank R --dist-url tcp://127.0.0.1:PORT``: two local
     "machines" of one process each train SVRN together; the checkpoint is written once and the

@@ -22,6 +22,7 @@ def _args(*opts, eval_only=False, config=CFG):
                               num_machines=1, machine_rank=0, dist_url="auto", opts=list(opts))
 
 
+@pytest.mark.slow
 def test_eval_only_round_trip_reproduces_training_metrics(veri_root, datasets_root, tmp_path):
     datasets_root(veri_root)
     out = str(tmp_path / "run")

@@ -13,8 +13,8 @@ from fastreid_plugins.evaluation import VehicleReidEvaluator, evaluate_rank, veh
 from fastreid_plugins.evaluation import chunked as chunked_mod
 from fastreid_plugins.evaluation.chunked import (BYTES_PER_ENTRY, chunk_rows, evaluate_chunked,
                                                  options_from_cfg)
-from fastreid_plugins.evaluation.rerank import rerank_distance
-from fastreid_plugins.evaluation.sparse_rerank import knn_search
+from fastreid_plugins.evaluation.knn import knn_search
+from fastreid_plugins.evaluation.sparse_rerank import sparse_rerank
 
 from helpers import make_cfg
 
@@ -44,13 +44,14 @@ def labels(seed=0):
 
 
 def full_matrix(qf, gf, q_pids, g_pids, q_cams, g_cams, metric, use_aqe, use_rerank):
-    """Today's full-matrix path: FastReID's aqe / build_dist, rerank_distance, evaluate_rank."""
-    cfg = make_cfg(CFG, ["TEST.METRIC", metric, "TEST.RERANK.K1", 6, "TEST.RERANK.K2", 3])
+    """The full-matrix path: FastReID's aqe / build_dist, sparse_rerank on the whole (Q, G)
+    matrix (features normalised for cosine, as FastReID's evaluator does), evaluate_rank."""
     if use_aqe:
         qf, gf = fastreid_aqe(qf, gf, 1, 4, 3.0)
     dist = build_dist(qf, gf, metric)
     if use_rerank:
-        dist = rerank_distance(cfg, qf, gf, dist)
+        dist = sparse_rerank(qf, gf, dist, k1=6, k2=3, lambda_value=0.3,
+                             normalize=metric == "cosine")
     return evaluate_rank(dist, q_pids, g_pids, q_cams, g_cams, max_rank=50), dist
 
 

@@ -71,6 +71,7 @@ def assert_clear_suppression_cut(model, images, rel=1e-4):
             f"(gaps {gap.tolist()}, ranges {spread.tolist()}): pick other random weights")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", CONFIGS)
 def test_export_matches_pytorch(name, tmp_path, veri_root, datasets_root):
     cfg_path = demo_config(name)

@@ -11,6 +11,9 @@ import fastreid
 
 from helpers import ROOT
 
+# every test here runs FastReID tools in a subprocess (~20 s each)
+pytestmark = pytest.mark.slow
+
 PROJECTS = ["MFGNet", "MBFN", "SVRN", "CLIPSENet"]
 
 

@@ -168,6 +168,7 @@ def test_table4_has_the_papers_eight_rows():
     assert ABLATIONS["table4/(g) Baseline+Local Branch1+Local Branch2+Green+CAM"] == []   # full model
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("row", TABLE4)
 def test_table4_rows_build_and_train_one_step(row):
     model, _ = tiny_model(*ABLATIONS[row])
@@ -190,6 +191,7 @@ def test_table4_rows_build_and_train_one_step(row):
         assert model(batch()["images"]).shape == (8, model.feat_dim)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("row", TABLE2)
 def test_table2_rows_build_and_train_one_step(row):
     model, cfg = tiny_model(*ABLATIONS[row])
@@ -216,6 +218,7 @@ def test_each_local_branch_chooses_its_direction_and_part_count():
     assert torch.allclose(d2[:, 64:], torch.cat(h2, 1), atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("row", TABLE3)
 def test_table3_rows_build_and_train_one_step(row):
     model, cfg = tiny_model(*ABLATIONS[row])
@@ -275,6 +278,7 @@ def test_more_parts_than_columns_is_a_clear_error():
         model(torch.rand(2, 3, *HW) * 255)
 
 
+@pytest.mark.slow
 def test_overfit_real_sample_and_eval_only_round_trip(veri_root, datasets_root, tmp_path):
     """Demo config (6 epochs) on the real 57-image VeRi-776 sample: loss falls, mAP from its
     untrained value to >= 90%; `--eval-only` on model_final.pth reproduces the metrics."""

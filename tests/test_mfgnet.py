@@ -161,6 +161,7 @@ def test_paper_split_and_global_convs_keep_the_scale():
     assert mgn.feat_dim == model.feat_dim
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("row", TABLE3)
 def test_table3_rows_build_and_train_one_step(row):
     """Table 3 counts horizontal division *times* k: k divisions give k + 1 stripes (Sec. 4.3:
@@ -182,6 +183,7 @@ def test_table3_best_row_is_the_default_four_stripes():
     assert cfg.MODEL.MFGNET.NUM_STRIPES == 4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("row", TABLE4)
 def test_table4_rows_build_and_train_one_step(row):
     model, _ = tiny_model(*ABLATIONS[row])
@@ -262,6 +264,7 @@ def test_weights_change_after_one_trainer_step(veri_root, datasets_root, tmp_pat
         assert not torch.equal(before[n], params[n].detach()), n
 
 
+@pytest.mark.slow
 def test_overfit_real_sample_and_eval_only_round_trip(veri_root, datasets_root, tmp_path):
     """Demo config (6 epochs) on the real 57-image VeRi-776 sample: loss falls, mAP goes from its
     untrained value to >= 90%; then `--eval-only` on model_final.pth reproduces the metrics."""

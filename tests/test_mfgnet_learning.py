@@ -21,6 +21,9 @@ from fastreid_plugins.mfgnet import add_mfgnet_config
 
 from helpers import evaluate, make_cfg, seed_everything, train
 
+# three short trainings (~1-2.5 min)
+pytestmark = pytest.mark.slow
+
 SIZE = ["INPUT.SIZE_TRAIN", "[64,64]", "INPUT.SIZE_TEST", "[64,64]", "SOLVER.MAX_EPOCH", "2",
         "SOLVER.IMS_PER_BATCH", "16", "SOLVER.AMP.ENABLED", "False"]
 # required gain of each method over its own untrained model (mAP points)

@@ -77,6 +77,7 @@ def test_patch_attr_once_everywhere_the_original_is_bound(monkeypatch):
     assert compat.APPLIED == before and applied == ["earlier", "f.plus_one"]
 
 
+@pytest.mark.slow
 def test_fastreid_import_fails_without_shims_and_works_with_them():
     bare = _run("import fastreid.data")
     assert bare.returncode != 0 and ("torch._six" in bare.stderr or "Mapping" in bare.stderr)

@@ -162,6 +162,7 @@ def info_log(caplog):
 # --------------------------------------------------------------------------------------------
 # Published layouts
 # --------------------------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("depth, make", [
     ("18x", torchvision.models.resnet18), ("34x", torchvision.models.resnet34),
     ("50x", torchvision.models.resnet50), ("101x", torchvision.models.resnet101)])
@@ -175,6 +176,7 @@ def test_torchvision_resnets_load_strictly(tmp_path, info_log, depth, make):
     assert "dropped fc.bias, fc.weight" in info_log.text
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, depth, se", [
     ("resnet50_ibn_a", "50x", False), ("resnet101_ibn_a", "101x", False),
     ("se_resnet101_ibn_a", "101x", True)])

@@ -186,6 +186,7 @@ def test_loader_thread_passes_its_exception_to_the_consumer():
             in_thread(lambda: next(g), timeout=30)
 
 
+@pytest.mark.slow
 def test_eval_only_with_unreadable_query_image_raises_naming_it(veri_root, datasets_root,
                                                                 seeded_run, tmp_path):
     broken = _sample_with_broken_images(veri_root, tmp_path / "data", "image_query", "0002")
@@ -200,6 +201,7 @@ def test_eval_only_with_unreadable_query_image_raises_naming_it(veri_root, datas
 # ----------------------------------------------------------------------------------------------
 # row 4: --resume on a finished run
 # ----------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_resume_of_a_finished_run_says_so_and_how_to_continue(seeded_run, datasets_root,
                                                              veri_root):
     datasets_root(veri_root)
@@ -214,6 +216,7 @@ def test_resume_of_a_finished_run_says_so_and_how_to_continue(seeded_run, datase
 # ----------------------------------------------------------------------------------------------
 # row 5: a truncated checkpoint is named
 # ----------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_truncated_checkpoint_is_named_for_eval_only_and_resume(seeded_run, datasets_root,
                                                                veri_root, tmp_path):
     datasets_root(veri_root)
@@ -328,6 +331,7 @@ def _train_net(out, log):
     return subprocess.Popen(cmd, env=ENV, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
 
 
+@pytest.mark.slow
 def test_kill_after_epoch_then_resume_matches_the_uninterrupted_seeded_run(
         seeded_run, veri_root, datasets_root, tmp_path):
     """A second seeded run (a separate process, through train_net.py) is killed (SIGKILL) once
@@ -361,6 +365,7 @@ def test_kill_after_epoch_then_resume_matches_the_uninterrupted_seeded_run(
     shutil.rmtree(out, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_resume_restores_generator_states_and_sampler_position(seeded_run, datasets_root,
                                                                veri_root, tmp_path, monkeypatch):
     """What a model drawing random numbers in training (dropout, SVRN's random suppression)
@@ -531,6 +536,7 @@ def test_kill_during_checkpoint_write_leaves_the_last_checkpoint_loadable(tmp_pa
 # ----------------------------------------------------------------------------------------------
 # row 9: the suite with a FastReID git checkout first on PYTHONPATH
 # ----------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_suite_collects_with_a_fastreid_checkout_first_on_pythonpath(tmp_path):
     """FastReID's checkout has a regular ``tests`` package; put one (or the real checkout, if
     ``FASTREID_SRC`` names it) first on PYTHONPATH and collect tests that import ``tests.helpers``

@@ -12,7 +12,8 @@ from fastreid.utils.compute_dist import build_dist
 from fastreid_plugins.config import get_cfg
 from fastreid_plugins.evaluation import VehicleReidEvaluator
 from fastreid_plugins.evaluation.rerank import rerank_distance
-from fastreid_plugins.evaluation.sparse_rerank import (k_reciprocal_neighbours, knn_search,
+from fastreid_plugins.evaluation.knn import knn_search
+from fastreid_plugins.evaluation.sparse_rerank import (k_reciprocal_neighbours,
                                                        sparse_jaccard_distance, sparse_rerank)
 
 
@@ -90,7 +91,7 @@ def test_rerank_distance_sparse_equals_fastreid_path(metric):
     qf, gf = x[:100] * 3.0, x[100:] * 3.0  # scaled: the cosine path must re-normalise
     dist = build_dist(qf, gf, metric)
     ref = rerank_distance(rerank_cfg("fastreid", metric=metric), qf, gf, dist)
-    got = rerank_distance(rerank_cfg("sparse", metric=metric), qf, gf, dist)
+    got = sparse_rerank(qf, gf, dist, k1=20, k2=6, lambda_value=0.3, normalize=metric == "cosine")
     assert np.abs(got - ref).max() < 1e-4
     # identical ranking of every gallery image for every query
     np.testing.assert_array_equal(np.argsort(got, 1, kind="stable"),
@@ -127,7 +128,7 @@ def assert_same_neighbours(got, ref, x):
 def test_symmetric_knn_paths_equal_faiss(screen, onednn):
     # the float32 GEMM (torch.mm or oneDNN) and the certified bfloat16 screen give faiss's exact
     # neighbours on features with mixed norms and duplicates, over uneven blocks
-    from fastreid_plugins.evaluation.sparse_rerank import _knn_symmetric
+    from fastreid_plugins.evaluation.knn import _knn_symmetric
 
     x = hard_knn_set()
     ref = knn_search(x, 15, backend="faiss")
@@ -136,7 +137,7 @@ def test_symmetric_knn_paths_equal_faiss(screen, onednn):
 
 
 def test_merge_into_topk_by_hand():
-    from fastreid_plugins.evaluation.sparse_rerank import _merge_into_topk
+    from fastreid_plugins.evaluation.knn import _merge_into_topk
 
     best_d = torch.tensor([[1.0, 3.0, 5.0], [0.0, 2.0, 4.0], [7.0, 8.0, 9.0]])
     best_i = torch.tensor([[10, 11, 12], [20, 21, 22], [30, 31, 32]])
@@ -150,25 +151,25 @@ def test_merge_into_topk_by_hand():
 def test_screen_rows_failing_the_certificate_are_searched_again():
     # no margin (the screen keeps exactly k columns): many rows cannot be certified, and the
     # float32 search of those rows still gives the exact answer
-    from fastreid_plugins.evaluation import sparse_rerank as sr
+    from fastreid_plugins.evaluation import knn as kn
 
     x = hard_knn_set(seed=23)
     sq = (x * x).sum(1)
-    got = sr._knn_screened(x, sq, 15, False, block=128, onednn=True, margin=0)
-    assert sr._knn_screened.last_uncertified > 20
+    got = kn._knn_screened(x, sq, 15, False, block=128, onednn=True, margin=0)
+    assert kn._knn_screened.last_uncertified > 20
     assert_same_neighbours(got, knn_search(x, 15, backend="faiss"), x)
     # with the default margin (2k columns kept) and norms as re-id features have them, the
     # screen certifies most rows
     x = hard_knn_set(seed=24, spread=1.25)
-    got = sr._knn_screened(x, (x * x).sum(1), 15, False, block=128, onednn=True)
-    assert sr._knn_screened.last_uncertified < len(x) // 10
+    got = kn._knn_screened(x, (x * x).sum(1), 15, False, block=128, onednn=True)
+    assert kn._knn_screened.last_uncertified < len(x) // 10
     assert_same_neighbours(got, knn_search(x, 15, backend="faiss"), x)
 
 
 def test_screen_error_bound_holds_for_every_pair():
     # the certificate rests on |2 mu + 2 s~_ij - d_ij| <= 2 E_i + 2^-6 |s~_ij| for every pair,
     # d_ij computed here in float64 from the float32 features: check it on the whole matrix
-    from fastreid_plugins.evaluation.sparse_rerank import _screen_blocks
+    from fastreid_plugins.evaluation.knn import _screen_blocks
 
     for spread, informative in ((10.0, False), (1.25, True)):
         x = hard_knn_set(n=600, dim=300, seed=25, spread=spread)
@@ -186,16 +187,16 @@ def test_screen_error_bound_holds_for_every_pair():
 
 
 def test_onednn_gemm_falls_back_when_the_op_fails(monkeypatch):
-    from fastreid_plugins.evaluation import sparse_rerank as sr
+    from fastreid_plugins.evaluation import knn as kn
 
     def broken(*args, **kwargs):
         raise RuntimeError("no oneDNN here")
 
-    monkeypatch.setattr(sr, "_ONEDNN_OK", None)
+    monkeypatch.setattr(kn, "_ONEDNN_OK", None)
     monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", broken)
-    assert sr._onednn_available() is False
+    assert kn._onednn_available() is False
     x = hard_knn_set(n=300, seed=27)
-    assert_same_neighbours(sr._knn_symmetric(x, 10, False, block=64, screen=False),
+    assert_same_neighbours(kn._knn_symmetric(x, 10, False, block=64, screen=False),
                            knn_search(x, 10, backend="faiss"), x)
 
 
@@ -248,13 +249,15 @@ def test_bad_arguments_raise_clear_errors():
         knn_search(x, 3, backend="annoy")
     with pytest.raises(ValueError, match="TEST.RERANK.TYPE"):
         rerank_distance(rerank_cfg("dense"), x[:10], x[10:], np.zeros((10, 20)))
+    with pytest.raises(ValueError, match="sparse_rerank"):  # the sparse type runs chunked
+        rerank_distance(rerank_cfg("sparse"), x[:10], x[10:], np.zeros((10, 20)))
 
 
 @pytest.mark.parametrize("block", [64, 100, 700])
 def test_symmetric_knn_equals_faiss(block):
     # each block pair of X X^T computed once, both row blocks updated: same neighbours as a full
     # search, whatever the block size (one block, uneven last block, many blocks)
-    from fastreid_plugins.evaluation.sparse_rerank import _knn_symmetric
+    from fastreid_plugins.evaluation.knn import _knn_symmetric
 
     x, _ = clustered(700, 24, ids=50, seed=12)
     np.testing.assert_array_equal(_knn_symmetric(x, 12, False, block=block),

@@ -627,6 +627,7 @@ for _name, _ab in ABLATIONS.items():
     _UNIQUE_ROWS.setdefault(tuple(_ab.overrides), _name)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(_UNIQUE_ROWS.values()))
 def test_every_ablation_row_trains_a_step_with_a_gradient_for_every_parameter(name):
     """Each documented row (demo-sized: ResNet-18, 128 px, the paper's 8x8 grid) merges into the

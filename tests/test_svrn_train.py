@@ -19,6 +19,10 @@ from helpers import ROOT, evaluate, make_cfg, seed_everything
 DEMO = "configs/demo/svrn.yml"
 
 
+# every test uses the module's demo training run (~1-2 min)
+pytestmark = pytest.mark.slow
+
+
 @pytest.fixture(scope="module")
 def trained(veri_root, tmp_path_factory):
     """Train the demo config once for this module: (cfg, untrained metrics, metrics, losses)."""

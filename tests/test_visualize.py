@@ -90,6 +90,7 @@ def check_pictures(out_dir, summary, expect_order):
     return seen
 
 
+@pytest.mark.slow
 def test_visualize_real_sample(weights, veri_root, datasets_root, tmp_path):
     # 1) the command line, as a user runs it: worst queries
     out_w = str(tmp_path / "worst")
@@ -174,6 +175,7 @@ def tb_run(veri_root, tmp_path_factory):
     return trainer, results, scalars
 
 
+@pytest.mark.slow
 def test_tensorboard_has_eval_metrics_and_loss_curve(tb_run):
     trainer, results, scalars = tb_run
     iters = trainer.iters_per_epoch
@@ -192,6 +194,7 @@ def test_tensorboard_has_eval_metrics_and_loss_curve(tb_run):
         assert step == iters - 1 and 0.0 <= value <= 100.0
 
 
+@pytest.mark.slow
 def test_tensorboard_has_final_evaluation(tb_run):
     trainer, results, scalars = tb_run
     for key in ("mAP", "Rank-1", "mINP"):

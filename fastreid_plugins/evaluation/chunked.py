@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from .rank import check_labels, curves_from_ranks, rank_block
-from .sparse_rerank import row_norms, row_sq_norms
+from .knn import _progress, knn_from_cfg, row_norms, row_sq_norms
 
 __all__ = ["evaluate_chunked", "chunk_rows", "chunked_aqe", "DEFAULT_MEMORY_GB",
            "BYTES_PER_ENTRY"]
@@ -69,14 +69,6 @@ def chunk_rows(num_gallery, memory_gb=DEFAULT_MEMORY_GB, bytes_per_entry=BYTES_P
     if not ok:
         raise ValueError(f"TEST.EVAL_MEMORY_GB must be a positive number of GiB, got {memory_gb!r}")
     return max(1, int(float(memory_gb) * 2**30 // (bytes_per_entry * max(int(num_gallery), 1))))
-
-
-def _progress(iterable, enabled, desc, total=None):
-    if not enabled:
-        return iterable
-    from tqdm import tqdm
-
-    return tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True)
 
 
 @torch.no_grad()
@@ -246,17 +238,14 @@ def evaluate_chunked(query_feat, gallery_feat, q_pids, g_pids, q_camids, g_camid
     return out
 
 
-KNN_TYPES = {"exact": "auto", "ivf": "ivf", "hnsw": "hnsw"}
-
-
 def options_from_cfg(cfg):
     """Keyword arguments of :func:`evaluate_chunked` from FastReID's ``TEST`` keys.
 
     Uses ``TEST.METRIC``, ``TEST.AQE.{ENABLED,QE_TIME,QE_K,ALPHA}``,
     ``TEST.RERANK.{ENABLED,K1,K2,LAMBDA}``, and the keys :func:`fastreid_plugins.config.
-    add_plugins_config` adds: ``TEST.EVAL_MEMORY_GB`` and ``TEST.RERANK.KNN`` (``"exact"``,
-    ``"ivf"``, ``"hnsw"``) with ``KNN_NLIST`` (0 = ``4 sqrt(N)``), ``KNN_NPROBE``,
-    ``KNN_EF_SEARCH``; absent keys take their defaults.
+    add_plugins_config` adds: ``TEST.EVAL_MEMORY_GB`` and the k-NN keys ``TEST.RERANK.KNN*``
+    (read by :func:`fastreid_plugins.evaluation.knn.knn_from_cfg`); absent keys take their
+    defaults.
 
     Raises:
         ValueError: ``TEST.RERANK.KNN`` is not one of ``exact``, ``ivf``, ``hnsw``.
@@ -268,12 +257,7 @@ def options_from_cfg(cfg):
         opts["aqe"] = {"qe_times": t.AQE.QE_TIME, "qe_k": t.AQE.QE_K, "alpha": t.AQE.ALPHA}
     if t.RERANK.ENABLED:
         rr = t.RERANK
-        knn = str(rr.get("KNN", "exact")).lower()
-        if knn not in KNN_TYPES:
-            raise ValueError(f"TEST.RERANK.KNN must be one of {tuple(KNN_TYPES)}, got "
-                             f"{rr.get('KNN')!r}")
-        params = {"nlist": rr.get("KNN_NLIST", 0) or None, "nprobe": rr.get("KNN_NPROBE", 64),
-                  "ef_search": rr.get("KNN_EF_SEARCH", 128)} if knn != "exact" else None
-        opts["rerank"] = {"k1": rr.K1, "k2": rr.K2, "lambda_value": rr.LAMBDA,
-                          "knn": KNN_TYPES[knn], "knn_params": params}
+        knn, params = knn_from_cfg(cfg)
+        opts["rerank"] = {"k1": rr.K1, "k2": rr.K2, "lambda_value": rr.LAMBDA, "knn": knn,
+                          "knn_params": params}
     return opts

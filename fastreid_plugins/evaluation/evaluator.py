@@ -16,13 +16,14 @@ from collections import OrderedDict
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from fastreid.evaluation.evaluator import DatasetEvaluator
 from fastreid.evaluation.query_expansion import aqe
 from fastreid.utils import comm
 from fastreid.utils.compute_dist import build_dist
 
+from .chunked import evaluate_chunked, options_from_cfg
 from .rank import evaluate_rank
+from .rerank import rerank_distance, rerank_type
 
 logger = logging.getLogger(__name__)
 
@@ -152,24 +153,19 @@ class VehicleReidEvaluator(DatasetEvaluator):
         return feats, pids, camids
 
     def _distance(self, qf, gf):
+        """(Q, G) distances of FastReID's ``ReidEvaluator`` with ``TEST.RERANK.TYPE fastreid``:
+        AQE (if enabled), ``build_dist``, then FastReID's dense re-ranking."""
         cfg = self.cfg
         if cfg.TEST.AQE.ENABLED:
             qf, gf = aqe(qf, gf, cfg.TEST.AQE.QE_TIME, cfg.TEST.AQE.QE_K, cfg.TEST.AQE.ALPHA)
-        dist = build_dist(qf, gf, cfg.TEST.METRIC)
-        if cfg.TEST.RERANK.ENABLED:
-            from .rerank import rerank_distance
-            dist = rerank_distance(cfg, qf, gf, dist)
-        return dist
+        return rerank_distance(cfg, qf, gf, build_dist(qf, gf, cfg.TEST.METRIC))
 
     def _metrics(self, qf, gf, q_pids, g_pids, q_camids, g_camids):
         """Metrics of one query/gallery split: query-chunked (never a (Q, G) array), except for
         ``TEST.RERANK.TYPE fastreid`` (dense N x N by construction: the full-matrix path)."""
-        if self.cfg.TEST.RERANK.ENABLED and \
-                str(self.cfg.TEST.RERANK.get("TYPE", "sparse")).lower() != "sparse":
+        if self.cfg.TEST.RERANK.ENABLED and rerank_type(self.cfg) == "fastreid":
             dist = self._distance(qf, gf)
             return metrics_from_distmat(dist, q_pids, g_pids, q_camids, g_camids)
-        from .chunked import evaluate_chunked, options_from_cfg
-
         res = evaluate_chunked(qf, gf, q_pids, g_pids, q_camids, g_camids,
                                progress=comm.is_main_process(), **options_from_cfg(self.cfg))
         return _metrics(res["cmc"], res["all_ap"], res["all_inp"])
@@ -185,7 +181,9 @@ class VehicleReidEvaluator(DatasetEvaluator):
                                     camids[nq:])
         else:
             results = self._evaluate_vehicleid(feats, pids)
-        if self._protocol == "vehicleid" or np.all(np.unique(pids[nq:], return_counts=True)[1] == 1):
+        one_match = self._protocol == "vehicleid" or \
+            np.all(np.unique(pids[nq:], return_counts=True)[1] == 1)
+        if one_match:
             logger.info("One gallery match per query: mINP = mAP here (INP = AP = 1/rank, Eq. 5).")
         self._results = results
         self._write_json(results)
