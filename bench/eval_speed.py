@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Ranking speed at VeRi-776 size: fastreid_plugins' evaluator vs FastReID's Python and Cython rankers.
+"""Ranking speed at VeRi-776 size: fastreid_plugins' evaluator vs FastReID's Python and \
+Cython rankers.
 
 Usage: python bench/eval_speed.py [--num-query 1678 --num-gallery 11579 --repeat 3 --skip-python]
 
@@ -29,20 +30,23 @@ from fastreid_plugins.evaluation.rank import evaluate_rank
 
 def build_cython_ranker():
     """Compile FastReID's rank_cy.pyx out of tree; returns its ``evaluate_cy`` or None."""
-    src = os.path.join(os.path.dirname(fastreid.__file__), "evaluation", "rank_cylib", "rank_cy.pyx")
+    src = os.path.join(os.path.dirname(fastreid.__file__), "evaluation", "rank_cylib",
+                       "rank_cy.pyx")
     tmp = tempfile.mkdtemp(prefix="rank_cy_")
     shutil.copy(src, tmp)
     setup = (
         "from setuptools import setup, Extension\n"
         "import numpy as np\nfrom Cython.Build import cythonize\n"
         "setup(ext_modules=cythonize([Extension('rank_cy', ['rank_cy.pyx'], "
-        "include_dirs=[np.get_include()])], language_level=3), script_args=['build_ext', '--inplace'])\n")
+        "include_dirs=[np.get_include()])], language_level=3), "
+        "script_args=['build_ext', '--inplace'])\n")
     with open(os.path.join(tmp, "build.py"), "w") as f:
         f.write(setup)
     res = subprocess.run([sys.executable, "build.py"], cwd=tmp, capture_output=True, text=True)
     so = glob.glob(os.path.join(tmp, "rank_cy*.so"))
     if res.returncode != 0 or not so:
-        print(f"FastReID Cython ranker: not buildable here ({(res.stderr or res.stdout).strip()[-300:]})")
+        print("FastReID Cython ranker: not buildable here "
+              f"({(res.stderr or res.stdout).strip()[-300:]})")
         return None
     spec = importlib.util.spec_from_file_location("rank_cy", so[0])
     mod = importlib.util.module_from_spec(spec)
@@ -60,7 +64,8 @@ def best_of(fn, repeat):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--num-query", type=int, default=1678)
     ap.add_argument("--num-gallery", type=int, default=11579)
     ap.add_argument("--repeat", type=int, default=3)

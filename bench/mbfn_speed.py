@@ -10,7 +10,8 @@ multiply-accumulates of all Conv2d/Linear layers per image are printed too (inde
 
 Models:
   * Baseline: FastReID BagTricks (``Baseline``, EmbeddingHead with BNNeck, LAST_STRIDE 1).
-  * MGN: FastReID ``MGN`` (8 EmbeddingHeads, 256-d embeddings, LAST_STRIDE 1, as FastReID's MGN configs).
+  * MGN: FastReID ``MGN`` (8 EmbeddingHeads, 256-d embeddings, LAST_STRIDE 1, as FastReID's MGN \
+configs).
   * MBFN: ``configs/veri/mbfn.yml``; MFG-Net: ``configs/veri/mfgnet.yml`` (the papers' split: one
     shared ResNet-50 through conv5, branches = heads); ``... (MGN split)``: the same with
     ``SPLIT_AT layer3.1`` (each branch owns ``layer3[1:]`` + ``layer4``, as FastReID's MGN).
@@ -76,7 +77,8 @@ def build_all(device):
 
 @torch.no_grad()
 def conv_gmacs(model, device, hw=(384, 128)):
-    """Multiply-accumulates (G) of the Conv2d / Linear layers for one image: load-independent cost."""
+    """Multiply-accumulates (G) of the Conv2d / Linear layers for one image: load-independent
+    cost."""
     total = [0]
 
     def hook(m, inp, out):
@@ -123,7 +125,8 @@ def time_models(models, batch, reps, warmup, device):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
@@ -142,10 +145,12 @@ def main(argv=None):
           f"{'time/Baseline':>15}{'time/MGN':>10}{'MACs/Baseline':>15}")
     for n in models:
         print(f"{n:<20}{med[n] * 1e3:>10.1f}{med[n] * 1e3 / args.batch:>9.1f}{macs[n]:>11.2f}"
-              f"{params[n]:>11.1f}{dims[n]:>7d}{med[n] / med['Baseline']:>15.2f}{med[n] / med['MGN']:>10.2f}"
+              f"{params[n]:>11.1f}{dims[n]:>7d}{med[n] / med['Baseline']:>15.2f}"
+              f"{med[n] / med['MGN']:>10.2f}"
               f"{macs[n] / macs['Baseline']:>15.2f}")
     print(f"MBFN / Baseline = {med['MBFN'] / med['Baseline']:.2f}x time, "
-          f"{macs['MBFN'] / macs['Baseline']:.2f}x MACs; MBFN / MGN = {med['MBFN'] / med['MGN']:.2f}x time, "
+          f"{macs['MBFN'] / macs['Baseline']:.2f}x MACs; "
+          f"MBFN / MGN = {med['MBFN'] / med['MGN']:.2f}x time, "
           f"{macs['MBFN'] / macs['MGN']:.2f}x MACs")
     return med
 

@@ -16,7 +16,7 @@ The paper (Qian et al., IEEE T-ITS 2022) reports 65 vs 40 ms (1.63x) for trainin
 23 ms (1.61x) for inference on a GPU.
 
 Usage:
-    python bench/svrn_speed.py                       # batch 8 train / 16 inference, 1 warm-up, 3 timed
+    python bench/svrn_speed.py        # batch 8 train / 16 inference, 1 warm-up, 3 timed
     python bench/svrn_speed.py --threads 2 --iters 5 --variants
     python bench/svrn_speed.py --device cuda --iters 20      # on a GPU (the paper's setting)
     python bench/svrn_speed.py --readings-only   # inference MACs of each start-block reading (s)
@@ -176,7 +176,8 @@ def compare(name, extra, args, base, base_opt, t_data, i_data):
     print(f"training step (batch {args.train_batch}): Baseline {med(tb) * 1e3:8.0f} ms   "
           f"SVRN {med(ts) * 1e3:8.0f} ms   ratio {med(ts) / med(tb):.2f}x")
     print(f"inference (batch {args.infer_batch}, per image): Baseline "
-          f"{med(ib) / args.infer_batch * 1e3:6.1f} ms   SVRN {med(is_) / args.infer_batch * 1e3:6.1f} ms"
+          f"{med(ib) / args.infer_batch * 1e3:6.1f} ms   "
+          f"SVRN {med(is_) / args.infer_batch * 1e3:6.1f} ms"
           f"   ratio {med(is_) / med(ib):.2f}x")
     print(f"MACs/image: inference {mb_inf:.2f} vs {ms_inf:.2f} G ({ms_inf / mb_inf:.2f}x), "
           f"training {mb_tr:.2f} vs {ms_tr:.2f} G ({ms_tr / mb_tr:.2f}x)")
@@ -213,8 +214,10 @@ def critic_timing(args):
                         block(xm, stats)["logits"], targets, reduction="none")
         return minmax_normalise(ce)
 
-    rows = [("closed form (decomposed)", lambda: grid_critic(block, x, targets, grid, stats, reduced)),
-            ("one batched call", lambda: grid_critic(block, x, targets, grid, stats, mode="batched")),
+    rows = [("closed form (decomposed)",
+             lambda: grid_critic(block, x, targets, grid, stats, reduced)),
+            ("one batched call",
+             lambda: grid_critic(block, x, targets, grid, stats, mode="batched")),
             ("naive 64-forward loop", naive)]
     print(f"\n== grid critic, one stage, batch {b}, X_t 2048x{x.shape[-2]}x{x.shape[-1]}, "
           f"576 classes ==")
@@ -277,7 +280,8 @@ def main():
                     args, base, base_opt, t_data, i_data)
             compare("SVRN T=3 without critic / cross-space terms", [
                     "MODEL.SVRN.REWARD.ENABLED", "False", "MODEL.SVRN.CROSS.VCC.ENABLED", "False",
-                    "MODEL.SVRN.CROSS.ICC.ENABLED", "False", "MODEL.SVRN.CROSS.DCC.ENABLED", "False"],
+                    "MODEL.SVRN.CROSS.ICC.ENABLED", "False",
+                    "MODEL.SVRN.CROSS.DCC.ENABLED", "False"],
                     args, base, base_opt, t_data, i_data)
 
 

@@ -133,7 +133,8 @@ def load_checkpoint_file(path):
         if trust or not pickled or "Weights only load failed" not in str(e):
             raise _corrupt(path, f"unpickling failed: {first}") from e
         raise CheckpointUnpicklingError(
-            f"Checkpoint {path!r} contains pickled Python objects that torch.load(weights_only=True) "
+            f"Checkpoint {path!r} contains pickled Python objects that "
+            "torch.load(weights_only=True) "
             f"refuses to load ({first}). If you trust this file, "
             f"set {TRUST_ENV}=1 to load it with full unpickling."
         ) from e

@@ -23,8 +23,9 @@ This module makes the training stream a function of ``(SEED, position)`` only:
   random draws (dropout, SVRN's random-suppression ablation).
 * ``SeededLoaderX`` (:func:`seeded_loader_class`): FastReID's ``DataLoaderX`` without its
   background thread and created lazily (at the first batch): the main thread fetches the
-  batches (``DATALOADER.NUM_WORKERS > 0`` still loads them in parallel worker processes). A thread sharing the process-wide generators
-  with the model makes the order of their draws a matter of thread scheduling.
+  batches (``DATALOADER.NUM_WORKERS > 0`` still loads them in parallel worker processes). A thread
+  sharing the process-wide generators with the model makes the order of their draws a matter of
+  thread scheduling.
 * :func:`get_rng_state` / :func:`set_rng_state`: Python, NumPy, torch (and CUDA) generator states
   in a form ``torch.load(weights_only=True)`` accepts (checkpoints carry them, see
   :mod:`fastreid_plugins.checkpoint`).

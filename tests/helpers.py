@@ -1,6 +1,5 @@
 """Helpers for end-to-end tests: build a config, train in-process, evaluate."""
 
-import copy
 import logging
 import os
 

@@ -25,7 +25,8 @@ def _digest(root):
     for dirpath, _, files in os.walk(root):
         for f in files:
             with open(os.path.join(dirpath, f), "rb") as fh:
-                h[os.path.relpath(os.path.join(dirpath, f), root)] = hashlib.md5(fh.read()).hexdigest()
+                h[os.path.relpath(os.path.join(dirpath, f), root)] = hashlib.md5(
+                    fh.read()).hexdigest()
     return h
 
 

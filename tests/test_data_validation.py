@@ -9,7 +9,7 @@ import os
 import pytest
 from PIL import Image
 
-import fastreid_plugins
+import fastreid_plugins  # noqa: F401  (applies the patches, registers the datasets)
 from fastreid_plugins.patches import APPLIED, ORIGINALS, PATCHES
 from fastreid_plugins.patches import datasets as patches_datasets
 import fastreid.data.common as common
@@ -18,7 +18,6 @@ from fastreid.data.datasets import DATASET_REGISTRY
 from fastreid.data.datasets.bases import Dataset
 from fastreid.data.datasets.vehicleid import VehicleID
 from fastreid.data.datasets.veri import VeRi
-from fastreid_plugins.data import validation
 from fastreid_plugins.data.validation import DatasetNotFoundError, ImageReadError
 
 GOOD = ["0002_c002_00030600_0.jpg", "0002_c003_00030700_1.jpg", "0007_c004_00010000_0.jpg"]
@@ -42,7 +41,8 @@ def write_veri(root, train=GOOD, query=GOOD[:1], test=GOOD[1:]):
 @pytest.mark.parametrize("name, expected", [
     ("VeRi", ["veri/", "image_train/", "image_query/", "image_test/", "0002_c002_00030600_0.jpg"]),
     ("VehicleID", ["vehicleid/", "image/<image id>.jpg", "train_list.txt", "test_list_13164.txt"]),
-    ("SmallVehicleID", ["vehicleid/", "train_test_split/test_list_800.txt", "<image id> <vehicle id>"]),
+    ("SmallVehicleID",
+     ["vehicleid/", "train_test_split/test_list_800.txt", "<image id> <vehicle id>"]),
     ("LargeVehicleID", ["test_list_2400.txt"]),
     ("VeRiWild", ["VERI-Wild/", "images/<vehicle id>/<image id>.jpg", "vehicle_info.txt"]),
     ("SmallVeRiWild", ["test_3000_query.txt"]),
@@ -94,7 +94,8 @@ def bad_images(tmp_path):
     trunc = str(tmp_path / "img" / "truncated.jpg")
     # a real JPEG with random content (so the payload is large), cut in half
     import numpy as np
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(trunc)
+    Image.fromarray(
+        np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(trunc)
     data = open(trunc, "rb").read()
     with open(trunc, "wb") as f:
         f.write(data[: len(data) // 2])
@@ -196,7 +197,7 @@ def test_veri_folder_path_matching_the_pattern(tmp_path):
     with pytest.raises(ValueError, match="itself matches"):
         VeRi(root=root)
     items = ORIGINALS["VeRi.process_dir"](VeRi.__new__(VeRi),
-                                                      os.path.join(root, "veri", "image_test"), False)
+                                          os.path.join(root, "veri", "image_test"), False)
     assert {pid for _, pid, _ in items} == {12}  # both images mislabelled as vehicle 12
 
 
@@ -425,7 +426,8 @@ def test_veriwild_listed_image_missing(tmp_path):
 # ------------------------------------------------------------------ idempotence
 def test_patches_are_idempotent():
     from fastreid.data.datasets.veriwild import VeRiWild
-    patched = [(Dataset, "check_before_run", "check_before_run"), (common, "read_image", "read_image"),
+    patched = [(Dataset, "check_before_run", "check_before_run"),
+               (common, "read_image", "read_image"),
                (VeRi, "process_dir", "VeRi.process_dir"),
                (VehicleID, "process_dir", "VehicleID.process_dir"),
                (VeRiWild, "process_vehicle", "VeRiWild.process_vehicle"),

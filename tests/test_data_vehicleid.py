@@ -23,7 +23,8 @@ TRAIN = [(f"{i:07d}", vid) for i, vid in enumerate([1, 1, 2, 2, 3, 3], start=1)]
 TEST_800 = [(f"{100 + k:07d}", 10 + k // 3) for k in range(12)]
 TEST_ALL = TEST_800 + [(f"{200 + k:07d}", 14 + k // 3) for k in range(6)]
 HUES = {10: (220, 30, 30), 11: (30, 200, 40), 12: (40, 60, 220), 13: (230, 220, 40),
-        14: (200, 40, 200), 15: (40, 210, 210), 1: (90, 90, 90), 2: (160, 160, 160), 3: (20, 20, 20)}
+        14: (200, 40, 200), 15: (40, 210, 210), 1: (90, 90, 90), 2: (160, 160, 160),
+        3: (20, 20, 20)}
 
 
 def write_vehicleid(root):
@@ -125,7 +126,8 @@ def noisy_feats():
 def test_evaluator_mean_std_over_trials(noisy_feats, tmp_path):
     trials, seed = 5, 7
     res = _run(_cfg(trials, seed), noisy_feats, PIDS, out=str(tmp_path))
-    per = [_reference_trial(noisy_feats, PIDS, *vehicleid_split(PIDS, np.random.default_rng(seed + t)))
+    per = [_reference_trial(noisy_feats, PIDS,
+                            *vehicleid_split(PIDS, np.random.default_rng(seed + t)))
            for t in range(trials)]
     for k in ("Rank-1", "Rank-5", "mAP", "mINP"):
         assert res[k] == pytest.approx(np.mean([p[k] for p in per]), abs=1e-4), k
@@ -180,4 +182,5 @@ def test_trainer_vehicleid_protocol_end_to_end(tmp_path, datasets_root):
     # each vehicle has its own colour: a perfect ranking in every trial
     assert res["mAP"] == pytest.approx(100.0) and res["Rank-1"] == pytest.approx(100.0)
     assert res["mAP_std"] == pytest.approx(0.0)
-    assert json.load(open(tmp_path / "out" / "SmallVehicleID_results.json"))["protocol"] == "vehicleid"
+    assert json.load(open(tmp_path / "out" / "SmallVehicleID_results.json"))["protocol"] \
+        == "vehicleid"

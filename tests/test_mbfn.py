@@ -1,7 +1,8 @@
-"""MBFN (Rong et al., Sci. Rep. 11, 20210, 2021): contracts, the paper's split, part weighting (literal and
-"rms"-normalised) on hand examples, per-branch split direction, the branch-global ("red dotted area")
-switch, loss terms vs FastReID's losses, every Table 2 / 3 / 4 row (``mbfn.config.ABLATIONS``),
-config validation, and overfitting the real VeRi-776 sample with an ``--eval-only`` round trip."""
+"""MBFN (Rong et al., Sci. Rep. 11, 20210, 2021): contracts, the paper's split, part weighting
+(literal and "rms"-normalised) on hand examples, per-branch split direction, the branch-global
+("red dotted area") switch, loss terms vs FastReID's losses, every Table 2 / 3 / 4 row
+(``mbfn.config.ABLATIONS``), config validation, and overfitting the real VeRi-776 sample with an
+``--eval-only`` round trip."""
 
 import os
 
@@ -21,7 +22,8 @@ from tests.helpers import evaluate, make_cfg, seed_everything, train
 DEMO = "configs/demo/mbfn.yml"
 # small and fast: 80x64 input -> 5x4 conv5 maps (R18, last stride 1): enough rows/columns for the
 # Table 2 rows
-TINY = ["MODEL.HEADS.NUM_CLASSES", "4", "INPUT.SIZE_TRAIN", "[80, 64]", "INPUT.SIZE_TEST", "[80, 64]",
+TINY = ["MODEL.HEADS.NUM_CLASSES", "4", "INPUT.SIZE_TRAIN", "[80, 64]",
+        "INPUT.SIZE_TEST", "[80, 64]",
         "MODEL.MBFN.BRANCH_GLOBAL.REDUCE_DIM", "32", "MODEL.MBFN.BRANCH_GLOBAL.EMBED_DIM", "64",
         "MODEL.MBFN.PART_DIM", "16"]
 HW = (80, 64)
@@ -68,7 +70,8 @@ def test_registered_and_output_shapes_train_eval():
     expected = (["loss_cls_global", "loss_triplet_global"]
                 + [f"loss_{t}_local{k}_global" for k in (1, 2) for t in ("cls", "triplet")]
                 + [f"loss_triplet_local{k}_parts" for k in (1, 2)]
-                + [f"loss_cls_local1_part{i}" for i in range(2)] + [f"loss_cls_local2_part{i}" for i in range(3)])
+                + [f"loss_cls_local1_part{i}" for i in range(2)]
+                + [f"loss_cls_local2_part{i}" for i in range(3)])
     assert sorted(losses) == sorted(expected)
     assert all(v.dim() == 0 and torch.isfinite(v) for v in losses.values())
     model.eval()
@@ -99,7 +102,8 @@ def test_part_weighting_hand_example():
     model.eval()
     with torch.no_grad():
         x = model.trunk(model.preprocess_image(data))
-        m = l2.feature_map(x)                         # (B, C, 5, 4): 5 rows -> parts of 2, 2, 1 rows
+        # (B, C, 5, 4): 5 rows -> parts of 2, 2, 1 rows
+        m = l2.feature_map(x)
         top, mid, bot = m[:, :, 0:2], m[:, :, 2:4], m[:, :, 4:5]
         h = [head(p) for head, p in zip(l2.part_heads, (top, mid, bot))]
         desc = model(data)
@@ -113,7 +117,8 @@ def test_part_weighting_hand_example():
 
 
 def test_weights_apply_at_and_explicit_values():
-    model, cfg = tiny_model("MODEL.MBFN.WEIGHTS.APPLY_AT", "train", "MODEL.MBFN.WEIGHTS.VALUES", "[0.2, 0.5, 0.3]")
+    model, cfg = tiny_model("MODEL.MBFN.WEIGHTS.APPLY_AT", "train",
+                            "MODEL.MBFN.WEIGHTS.VALUES", "[0.2, 0.5, 0.3]")
     assert mbfn_part_weights(cfg) == [0.2, 0.5, 0.3]
     model.eval()
     l2 = model.local2
@@ -121,7 +126,8 @@ def test_weights_apply_at_and_explicit_values():
         x = model.trunk(model.preprocess_image(batch()))
         m = l2.feature_map(x)
         h = [head(p) for head, p in zip(l2.part_heads, (m[:, :, 0:2], m[:, :, 2:4], m[:, :, 4:5]))]
-        assert torch.allclose(model(batch())[:, -48:], torch.cat(h, 1), atol=1e-6)  # unweighted at test
+        # unweighted at test
+        assert torch.allclose(model(batch())[:, -48:], torch.cat(h, 1), atol=1e-6)
     _, cfg_off = tiny_model(*OFF_W)
     assert mbfn_part_weights(cfg_off) is None
 
@@ -140,17 +146,21 @@ def test_loss_terms_equal_fastreid_losses_computed_independently():
     assert len(heads) == 8
     ce = sum(F.cross_entropy(h["cls_outputs"], t) for h in heads)    # Eq. 1, eps = 0
     feats = [out["global"]["global"]["features"], out["local1"]["global"]["features"],
-             out["local2"]["global"]["features"], out["local1"]["part_feature"], out["local2"]["part_feature"]]
+             out["local2"]["global"]["features"], out["local1"]["part_feature"],
+             out["local2"]["part_feature"]]
     tri = sum(triplet_loss(f, t, 1.2, False, True) for f in feats)     # Eq. 2, margin 1.2
-    assert torch.allclose(losses["loss_cls_local2_part1"], cross_entropy_loss(out["local2"]["parts"][1]["cls_outputs"], t, 0.0))
-    assert torch.allclose(losses["loss_triplet_local2_parts"], 0.1 * triplet_loss(feats[4], t, 1.2, False, True))
+    assert torch.allclose(losses["loss_cls_local2_part1"],
+                          cross_entropy_loss(out["local2"]["parts"][1]["cls_outputs"], t, 0.0))
+    assert torch.allclose(losses["loss_triplet_local2_parts"],
+                          0.1 * triplet_loss(feats[4], t, 1.2, False, True))
     assert torch.allclose(sum(losses.values()), ce + 0.1 * tri, atol=1e-5)  # Eq. 3, lambda = 0.1
     for k in losses:
         assert torch.allclose(losses[k], again[k], atol=1e-5)
 
 
-# what each Table 4 row of the paper's text contains: (Global Branch, Local Branch 1, Local Branch 2,
-# red dotted area = each local branch's own global feature, green dotted area = weighting, CAM)
+# what each Table 4 row of the paper's text contains: (Global Branch, Local Branch 1,
+# Local Branch 2, red dotted area = each local branch's own global feature, green dotted area =
+# weighting, CAM)
 TABLE4_CONTENT = {
     "baseline": (True, False, False, None, None, None),
     "(a)": (True, True, False, False, None, True),
@@ -165,7 +175,8 @@ TABLE4_CONTENT = {
 
 def test_table4_has_the_papers_eight_rows():
     assert [r.split("/", 1)[1].split()[0] for r in TABLE4] == list(TABLE4_CONTENT)
-    assert ABLATIONS["table4/(g) Baseline+Local Branch1+Local Branch2+Green+CAM"] == []   # full model
+    # full model
+    assert ABLATIONS["table4/(g) Baseline+Local Branch1+Local Branch2+Green+CAM"] == []
 
 
 @pytest.mark.slow
@@ -175,12 +186,13 @@ def test_table4_rows_build_and_train_one_step(row):
     losses, change = one_step(model, batch())
     assert all(torch.isfinite(v) for v in losses.values()) and change > 0
     glob, l1, l2, red, green, cam = TABLE4_CONTENT[row.split("/", 1)[1].split()[0]]
-    assert (model.global_branch is not None, model.local1 is not None, model.local2 is not None) == \
-        (glob, l1, l2)
+    assert (model.global_branch is not None, model.local1 is not None,
+            model.local2 is not None) == (glob, l1, l2)
     for b in (model.local1, model.local2):
         if b is not None:
             assert (b.global_head is not None) == red
-            assert (f"loss_cls_{'local1' if b is model.local1 else 'local2'}_global" in losses) == red
+            assert (f"loss_cls_{'local1' if b is model.local1 else 'local2'}_global"
+                    in losses) == red
             assert (not isinstance(b.cam, torch.nn.Identity)) == cam
     if model.local2 is not None:
         assert (model.local2.part_weights is not None) == green
@@ -196,8 +208,10 @@ def test_table4_rows_build_and_train_one_step(row):
 def test_table2_rows_build_and_train_one_step(row):
     model, cfg = tiny_model(*ABLATIONS[row])
     m = cfg.MODEL.MBFN
-    assert (model.local1.num_parts, model.local2.num_parts) == (m.LOCAL1.NUM_PARTS, m.LOCAL2.NUM_PARTS)
-    assert (model.local1.direction, model.local2.direction) == (m.LOCAL1.DIRECTION, m.LOCAL2.DIRECTION)
+    assert (model.local1.num_parts, model.local2.num_parts) == \
+        (m.LOCAL1.NUM_PARTS, m.LOCAL2.NUM_PARTS)
+    assert (model.local1.direction, model.local2.direction) == \
+        (m.LOCAL1.DIRECTION, m.LOCAL2.DIRECTION)
     losses, change = one_step(model, batch())
     assert len([k for k in losses if k.startswith("loss_cls_local2_part")]) == m.LOCAL2.NUM_PARTS
     assert all(torch.isfinite(v) for v in losses.values()) and change > 0
@@ -212,7 +226,8 @@ def test_each_local_branch_chooses_its_direction_and_part_count():
         x = model.trunk(model.preprocess_image(batch()))
         m1, m2 = model.local1.feature_map(x), model.local2.feature_map(x)
         h1 = [model.local1.part_heads[0](m1[:, :, 0:3]), model.local1.part_heads[1](m1[:, :, 3:5])]
-        h2 = [model.local2.part_heads[i](m2[..., a:b]) for i, (a, b) in enumerate([(0, 2), (2, 3), (3, 4)])]
+        h2 = [model.local2.part_heads[i](m2[..., a:b])
+              for i, (a, b) in enumerate([(0, 2), (2, 3), (3, 4)])]
         d1, d2 = model.local1(x), model.local2(x)
     assert torch.allclose(d1[:, 64:], torch.cat(h1, 1), atol=1e-6)
     assert torch.allclose(d2[:, 64:], torch.cat(h2, 1), atol=1e-6)
@@ -236,10 +251,12 @@ def test_rms_normalised_weights_hand_example():
     w = mbfn_part_weights(cfg)
     assert w == pytest.approx([0.3 / rms, 0.4 / rms, 0.3 / rms])
     assert w == pytest.approx([0.8911, 1.1882, 0.8911], abs=1e-4)
-    assert sum(v * v for v in w) == pytest.approx(3.0)           # unweighted squared norm on average
+    # unweighted squared norm on average
+    assert sum(v * v for v in w) == pytest.approx(3.0)
     assert w[1] / w[0] == pytest.approx(0.4 / 0.3)                # the paper's ratio beta : alpha
     _, lit = tiny_model()
-    assert mbfn_part_weights(lit) == [0.3, 0.4, 0.3]              # the literal weights stay the default
+    # the literal weights stay the default
+    assert mbfn_part_weights(lit) == [0.3, 0.4, 0.3]
 
 
 def test_branch_global_switch_removes_the_red_dotted_area():
@@ -252,7 +269,8 @@ def test_branch_global_switch_removes_the_red_dotted_area():
 
 
 @pytest.mark.parametrize("opts,match", [
-    (["MODEL.MBFN.USE_GLOBAL", "False", "MODEL.MBFN.USE_LOCAL1", "False", "MODEL.MBFN.USE_LOCAL2", "False"],
+    (["MODEL.MBFN.USE_GLOBAL", "False", "MODEL.MBFN.USE_LOCAL1", "False",
+      "MODEL.MBFN.USE_LOCAL2", "False"],
      "at least one branch"),
     (["MODEL.MBFN.LOCAL2.NUM_PARTS", "9"], r"MODEL.MBFN.LOCAL2.NUM_PARTS=9 must be an int in 1..8"),
     (["MODEL.MBFN.LOCAL1.NUM_PARTS", "0"], "MODEL.MBFN.LOCAL1.NUM_PARTS"),
@@ -272,7 +290,8 @@ def test_invalid_config_values_name_the_key(opts, match):
 
 
 def test_more_parts_than_columns_is_a_clear_error():
-    model, _ = tiny_model("MODEL.MBFN.LOCAL2.DIRECTION", "vertical", "MODEL.MBFN.LOCAL2.NUM_PARTS", "5")
+    model, _ = tiny_model("MODEL.MBFN.LOCAL2.DIRECTION", "vertical",
+                          "MODEL.MBFN.LOCAL2.NUM_PARTS", "5")
     model.eval()
     with pytest.raises(ValueError, match="4 columns .* into 5 vertical parts"):
         model(torch.rand(2, 3, *HW) * 255)
@@ -285,9 +304,11 @@ def test_overfit_real_sample_and_eval_only_round_trip(veri_root, datasets_root, 
     datasets_root(veri_root)
     out = str(tmp_path / "mbfn")
     os.makedirs(out)
-    cfg = make_cfg(DEMO, ["OUTPUT_DIR", out, "SOLVER.MAX_EPOCH", "6"], [add_mbfn_config])  # 18 iterations
+    # 18 iterations
+    cfg = make_cfg(DEMO, ["OUTPUT_DIR", out, "SOLVER.MAX_EPOCH", "6"], [add_mbfn_config])
     seed_everything(0)
-    untrained = evaluate(cfg, PluginTrainer.build_model(PluginTrainer.auto_scale_hyperparams(cfg, 4)))
+    untrained = evaluate(
+        cfg, PluginTrainer.build_model(PluginTrainer.auto_scale_hyperparams(cfg, 4)))
     seed_everything(0)
     _, trained, losses = train(cfg)
     first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
@@ -298,7 +319,8 @@ def test_overfit_real_sample_and_eval_only_round_trip(veri_root, datasets_root, 
     assert trained["mAP"] - untrained["mAP"] >= 20.0
 
     args = engine.default_argument_parser().parse_args(
-        ["--config-file", os.path.join(os.path.dirname(os.path.dirname(__file__)), DEMO), "--eval-only",
+        ["--config-file", os.path.join(os.path.dirname(os.path.dirname(__file__)), DEMO),
+         "--eval-only",
          "MODEL.WEIGHTS", os.path.join(out, "model_final.pth"), "MODEL.DEVICE", "cpu",
          "OUTPUT_DIR", str(tmp_path / "eval"), "SOLVER.MAX_EPOCH", "6"])
     again = engine.main(args, add_mbfn_config)
@@ -318,12 +340,14 @@ def test_paper_configs_carry_the_paper_settings(path, dataset):
     validate_mbfn_config(cfg)
     assert cfg.MODEL.META_ARCHITECTURE == "MBFN" and cfg.MODEL.BACKBONE.DEPTH == "50x"
     assert cfg.DATASETS.NAMES == (dataset,) and DATASET_REGISTRY.get(dataset) is not None
-    assert (cfg.SOLVER.OPT, cfg.SOLVER.BASE_LR, list(cfg.SOLVER.STEPS), cfg.SOLVER.IMS_PER_BATCH) == \
-        ("AMSGrad", 3e-4, [20, 40], 32)
-    assert list(cfg.INPUT.SIZE_TRAIN) == [384, 128] and cfg.INPUT.REA.ENABLED and cfg.INPUT.FLIP.ENABLED
+    assert (cfg.SOLVER.OPT, cfg.SOLVER.BASE_LR, list(cfg.SOLVER.STEPS),
+            cfg.SOLVER.IMS_PER_BATCH) == ("AMSGrad", 3e-4, [20, 40], 32)
+    assert list(cfg.INPUT.SIZE_TRAIN) == [384, 128] and cfg.INPUT.REA.ENABLED \
+        and cfg.INPUT.FLIP.ENABLED
     m = cfg.MODEL.MBFN
     assert (cfg.MODEL.LOSSES.TRI.MARGIN, m.LOSS.LAMBDA, m.CAM_REDUCTION) == (1.2, 0.1, 4)
-    assert (m.WEIGHTS.ALPHA, m.WEIGHTS.BETA, m.LOCAL1.NUM_PARTS, m.LOCAL2.NUM_PARTS) == (0.3, 0.4, 2, 3)
+    assert (m.WEIGHTS.ALPHA, m.WEIGHTS.BETA, m.LOCAL1.NUM_PARTS, m.LOCAL2.NUM_PARTS) == \
+        (0.3, 0.4, 2, 3)
     assert mbfn_part_weights(cfg) == [0.3, 0.4, 0.3] and m.WEIGHTS.NORMALIZE == "none"
     assert m.SPLIT_AT == "after_layer4" and m.BRANCH_GLOBAL.ENABLED     # "after res_conv5"; Fig. 3
     assert m.LOCAL1.DIRECTION == m.LOCAL2.DIRECTION == "horizontal"

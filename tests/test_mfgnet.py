@@ -1,5 +1,5 @@
-"""MFG-Net (Xu et al., Array 2022): contracts, the paper's split and global-branch convs, loss terms vs
-FastReID's losses, every Table 3 / Table 4 ablation row (``mfgnet.config.ABLATIONS``), config
+"""MFG-Net (Xu et al., Array 2022): contracts, the paper's split and global-branch convs, loss terms
+vs FastReID's losses, every Table 3 / Table 4 ablation row (``mfgnet.config.ABLATIONS``), config
 validation, equivalence to FastReID's Baseline when reduced to it, a weights-change check, and
 overfitting the real VeRi-776 sample with an ``--eval-only`` round trip."""
 
@@ -21,7 +21,8 @@ from tests.helpers import evaluate, make_cfg, seed_everything, train
 
 DEMO = "configs/demo/mfgnet.yml"
 # small and fast: 96x64 input -> 6x4 conv5 maps (R18, last stride 1), enough rows for 6 stripes
-TINY = ["MODEL.HEADS.NUM_CLASSES", "4", "INPUT.SIZE_TRAIN", "[96, 64]", "INPUT.SIZE_TEST", "[96, 64]",
+TINY = ["MODEL.HEADS.NUM_CLASSES", "4", "INPUT.SIZE_TRAIN", "[96, 64]",
+        "INPUT.SIZE_TEST", "[96, 64]",
         "MODEL.MFGNET.LOCAL.EMBED_DIM", "16"]
 C = 512   # R18 conv5 channels; the global branch keeps them (paper: 1x1 convs keep the scale)
 TABLE3 = sorted(k for k in ABLATIONS if k.startswith("table3/"))
@@ -89,7 +90,8 @@ def test_training_requires_targets():
 
 @pytest.mark.parametrize("alpha,beta,reduction", [(1.0, 0.1, "sum"), (2.0, 0.5, "mean")])
 def test_loss_terms_equal_fastreid_losses_computed_independently(alpha, beta, reduction):
-    model, cfg = tiny_model("MODEL.MFGNET.LOSS.ALPHA", str(alpha), "MODEL.MFGNET.LOSS.BETA", str(beta),
+    model, cfg = tiny_model("MODEL.MFGNET.LOSS.ALPHA", str(alpha),
+                            "MODEL.MFGNET.LOSS.BETA", str(beta),
                             "MODEL.MFGNET.LOSS.CE_REDUCTION", reduction)
     data = batch()
     t = data["targets"]
@@ -170,7 +172,8 @@ def test_table3_rows_build_and_train_one_step(row):
     model, cfg = tiny_model(*ABLATIONS[row])
     assert model.local_branch.num_parts == cfg.MODEL.MFGNET.NUM_STRIPES == k + 1
     losses, change = one_step(model, batch())
-    assert sorted(k for k in losses if "stripe" in k) == [f"loss_cls_stripe{i}" for i in range(k + 1)]
+    assert sorted(k for k in losses if "stripe" in k) == \
+        [f"loss_cls_stripe{i}" for i in range(k + 1)]
     assert all(torch.isfinite(v) for v in losses.values()) and change > 0
     model.eval()
     with torch.no_grad():
@@ -271,9 +274,11 @@ def test_overfit_real_sample_and_eval_only_round_trip(veri_root, datasets_root, 
     datasets_root(veri_root)
     out = str(tmp_path / "mfgnet")
     os.makedirs(out)
-    cfg = make_cfg(DEMO, ["OUTPUT_DIR", out, "SOLVER.MAX_EPOCH", "6"], [add_mfgnet_config])  # 18 iterations
+    # 18 iterations
+    cfg = make_cfg(DEMO, ["OUTPUT_DIR", out, "SOLVER.MAX_EPOCH", "6"], [add_mfgnet_config])
     seed_everything(0)
-    untrained = evaluate(cfg, PluginTrainer.build_model(PluginTrainer.auto_scale_hyperparams(cfg, 4)))
+    untrained = evaluate(
+        cfg, PluginTrainer.build_model(PluginTrainer.auto_scale_hyperparams(cfg, 4)))
     seed_everything(0)
     _, trained, losses = train(cfg)
     first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
@@ -284,7 +289,8 @@ def test_overfit_real_sample_and_eval_only_round_trip(veri_root, datasets_root, 
     assert trained["mAP"] - untrained["mAP"] >= 20.0
 
     args = engine.default_argument_parser().parse_args(
-        ["--config-file", os.path.join(os.path.dirname(os.path.dirname(__file__)), DEMO), "--eval-only",
+        ["--config-file", os.path.join(os.path.dirname(os.path.dirname(__file__)), DEMO),
+         "--eval-only",
          "MODEL.WEIGHTS", os.path.join(out, "model_final.pth"), "MODEL.DEVICE", "cpu",
          "OUTPUT_DIR", str(tmp_path / "eval"), "SOLVER.MAX_EPOCH", "6"])
     again = engine.main(args, add_mfgnet_config)
@@ -311,7 +317,8 @@ def test_paper_configs_carry_the_paper_settings(path, dataset, epochs, steps, ba
     assert cfg.SOLVER.IMS_PER_BATCH == batch and list(cfg.INPUT.SIZE_TRAIN) == [384, 128]
     assert cfg.INPUT.REA.ENABLED and cfg.INPUT.FLIP.ENABLED
     m = cfg.MODEL.MFGNET
-    assert (m.LOSS.ALPHA, m.LOSS.BETA, cfg.MODEL.LOSSES.TRI.MARGIN, m.NUM_STRIPES) == (1.0, 0.1, 0.3, 4)
+    assert (m.LOSS.ALPHA, m.LOSS.BETA, cfg.MODEL.LOSSES.TRI.MARGIN, m.NUM_STRIPES) == \
+        (1.0, 0.1, 0.3, 4)
     assert cfg.TEST.IMS_PER_BATCH == test_batch                      # Sec. 4.4-4.6
     assert cfg.TEST.METRIC == "euclidean"                            # Sec. 2.1
     assert m.SPLIT_AT == "after_layer4"                              # Sec. 2.2
@@ -319,10 +326,10 @@ def test_paper_configs_carry_the_paper_settings(path, dataset, epochs, steps, ba
 
 
 def test_reduced_to_the_baseline_it_computes_fastreids_baseline():
-    """MFG-Net without the local branch, CAM and global 1x1 convs, with the Baseline's loss settings,
-    is FastReID's BagTricks Baseline (ResNet -> GAP -> BNNeck -> classifier; CE + triplet on the
-    pooled feature): its BNNeck and classifier are initialised alike, given the Baseline's weights
-    it gives the same descriptor, loss terms and gradients, and its optimiser gets the same
+    """MFG-Net without the local branch, CAM and global 1x1 convs, with the Baseline's loss
+    settings, is FastReID's BagTricks Baseline (ResNet -> GAP -> BNNeck -> classifier; CE + triplet
+    on the pooled feature): its BNNeck and classifier are initialised alike, given the Baseline's
+    weights it gives the same descriptor, loss terms and gradients, and its optimiser gets the same
     parameter groups. Our heads' initialisation and
     optimiser settings therefore cannot explain a gap to the Baseline (README, held-out-camera
     check); the reference is FastReID's own ``Baseline`` + ``EmbeddingHead``."""
@@ -370,7 +377,8 @@ def test_reduced_to_the_baseline_it_computes_fastreids_baseline():
             model, base_lr=s.BASE_LR, weight_decay=s.WEIGHT_DECAY,
             weight_decay_norm=s.WEIGHT_DECAY_NORM, bias_lr_factor=s.BIAS_LR_FACTOR,
             heads_lr_factor=s.HEADS_LR_FACTOR, weight_decay_bias=s.WEIGHT_DECAY_BIAS)
-        return sorted((index[id(p)], g["lr"], g["weight_decay"]) for g in params for p in g["params"])
+        return sorted((index[id(p)], g["lr"], g["weight_decay"])
+                      for g in params for p in g["params"])
     assert groups(cm, ours) == groups(cb, base)
 
     def hyper(cfg, model):
@@ -396,7 +404,9 @@ def test_heldout_cams_folds_keep_query_cameras_out_of_training(fold, n_train, n_
     def cams(items):  # from the file names (the loader prefixes the training camids)
         return {os.path.basename(p).split("_")[1] for p, _, _ in items}
     assert len(ds.train) == len(ds.gallery) == n_train and len(ds.query) == n_query
-    assert {os.path.basename(p) for p, _, _ in ds.train} == {os.path.basename(p) for p, _, _ in ds.gallery}
+    assert {os.path.basename(p) for p, _, _ in ds.train} == \
+        {os.path.basename(p) for p, _, _ in ds.gallery}
     assert len(cams(ds.train)) == 4 and len(cams(ds.query)) == 4
     assert not cams(ds.query) & cams(ds.train)
-    assert {p for _, p, _ in ds.query} == {p for _, p, _ in ds.gallery} and len({p for _, p, _ in ds.query}) == 4
+    assert {p for _, p, _ in ds.query} == {p for _, p, _ in ds.gallery} \
+        and len({p for _, p, _ in ds.query}) == 4

@@ -1,5 +1,6 @@
 """Learning checks on generated data with *unseen* test identities: MFG-Net and MBFN (their
-paper-default architectures, demo configs) against FastReID's BagTricks Baseline at equal iterations.
+paper-default architectures, demo configs) against FastReID's BagTricks Baseline at equal
+iterations.
 
 The toy generator (fastreid_plugins.data.toy) writes disjoint train / test identities, so mAP on
 its query/gallery only rises if what the model learns generalises. Every model trains on the same

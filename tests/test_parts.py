@@ -1,4 +1,5 @@
-"""Shared part-based building blocks (fastreid_plugins/modeling/parts.py) against hand-computed values."""
+"""Shared part-based building blocks (fastreid_plugins/modeling/parts.py) against hand-computed
+values."""
 
 import copy
 
@@ -143,7 +144,8 @@ def test_pretrained_weights_reach_the_trunk_and_every_branch_copy(tmp_path, meta
     trunk = dict(model.trunk.named_parameters())
     # trunk = Sequential(conv1, bn1, relu, maxpool, layer1, layer2, layer3[0] | layer3, [layer4])
     names = ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2"]
-    names += {"layer3.1": ["layer3.0"], "layer4": ["layer3"], "after_layer4": ["layer3", "layer4"]}[split]
+    names += {"layer3.1": ["layer3.0"], "layer4": ["layer3"],
+              "after_layer4": ["layer3", "layer4"]}[split]
     checked = 0
     for i, n in enumerate(names):
         for k, v in trunk.items():
@@ -239,7 +241,8 @@ def test_reduce_conv_then_head_is_conv_gap_conv():
     with torch.no_grad():
         bn = red[1]
         y = torch.einsum("bchw,oc->bohw", x, red[0].weight[:, :, 0, 0])
-        y = torch.relu((y - bn.running_mean.view(1, -1, 1, 1)) / torch.sqrt(bn.running_var.view(1, -1, 1, 1) + bn.eps)
+        y = torch.relu((y - bn.running_mean.view(1, -1, 1, 1))
+                       / torch.sqrt(bn.running_var.view(1, -1, 1, 1) + bn.eps)
                        * bn.weight.view(1, -1, 1, 1) + bn.bias.view(1, -1, 1, 1))
         hand = y.mean((2, 3)) @ head.embed.weight[:, :, 0, 0].t()
         assert torch.allclose(head(red(x)), hand, atol=1e-5)
@@ -264,7 +267,8 @@ def test_cam_branch_map_and_parts_follow_the_cam():
     torch.manual_seed(0)
     stage = nn.Conv2d(3, 8, 1)
     cam = ChannelAttention(8, 4)
-    branch = PartBranch(copy.deepcopy(stage), cam=cam, global_head=PartHead(8, 2, with_bnneck=False),
+    branch = PartBranch(copy.deepcopy(stage), cam=cam,
+                        global_head=PartHead(8, 2, with_bnneck=False),
                         part_heads=_pool_heads(2, 8)).eval()
     plain = PartBranch(copy.deepcopy(stage), global_head=PartHead(8, 2, with_bnneck=False),
                        part_heads=_pool_heads(2, 8)).eval()
@@ -289,14 +293,16 @@ def test_branch_part_weights_hand_example():
     """Three stripes with GAP values 1, 2, 3 weighted (0.3, 0.4, 0.3)."""
     x = torch.tensor([1.0, 2.0, 3.0]).view(1, 1, 3, 1).repeat(2, 1, 1, 2)  # rows of 1s, 2s, 3s
     t = torch.tensor([0, 1])
-    for at, train_w, test_w in [("both", True, True), ("train", True, False), ("test", False, True)]:
+    for at, train_w, test_w in [("both", True, True), ("train", True, False),
+                                ("test", False, True)]:
         b = PartBranch(nn.Identity(), part_heads=_pool_heads(3, 1), part_weights=[0.3, 0.4, 0.3],
                        weight_at=at)
         b.eval()
         assert torch.allclose(b(x)[0], torch.tensor([0.3, 0.8, 0.9] if test_w else [1.0, 2.0, 3.0]))
         b.train()
         out = b(x, t)
-        assert torch.allclose(out["part_feature"][0], torch.tensor([0.3, 0.8, 0.9] if train_w else [1.0, 2.0, 3.0]))
+        assert torch.allclose(out["part_feature"][0],
+                              torch.tensor([0.3, 0.8, 0.9] if train_w else [1.0, 2.0, 3.0]))
         # CE is computed on each unweighted part
         assert torch.allclose(out["parts"][2]["features"][0], torch.tensor([3.0]))
     s = PartBranch(nn.Identity(), part_heads=_pool_heads(3, 1), part_weights=[0.3, 0.4, 0.3],

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-import fastreid_plugins
+import fastreid_plugins  # noqa: F401  (applies the patches under test)
 from fastreid_plugins import checkpoint, patches
 from fastreid_plugins.patches import base as compat  # patch_attr, APPLIED, ORIGINALS
 
@@ -28,8 +28,9 @@ def test_applied_once_and_idempotent():
     patches.apply()
     patches.apply()
     assert compat.APPLIED == before
-    for name in ["optimizer.zero_grad", "DataLoaderX.cpu", "AMPTrainer.cpu", "ReidEvaluator.no_compile",
-                 "rerank.cpu", "test_loader.num_workers", "Checkpointer.weights_only",
+    for name in ["optimizer.zero_grad", "DataLoaderX.cpu", "AMPTrainer.cpu",
+                 "ReidEvaluator.no_compile", "rerank.cpu", "test_loader.num_workers",
+                 "Checkpointer.weights_only",
                  "preprocess_image.out_of_place", "pretrain.strict_resolve", "pretrain.offline"]:
         assert name in compat.APPLIED
 
@@ -100,7 +101,8 @@ def test_missing_fastreid_gives_install_instructions():
 
 def _tiny_model_and_batch():
     seed_everything(0)
-    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.BatchNorm1d(16), torch.nn.Linear(16, 3))
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.BatchNorm1d(16),
+                                torch.nn.Linear(16, 3))
     x, y = torch.randn(12, 8), torch.randint(0, 3, (12,))
     return model, x, y
 
@@ -125,7 +127,8 @@ def test_optimizer_updates_weights_after_one_step():
 
 def test_unpatched_optimizer_updates_nothing():
     changed = _one_step(compat.ORIGINALS["build_optimizer"])
-    assert not any(changed), "FastReID 1.4.0's optimizer on torch 2.x was expected to update nothing"
+    assert not any(changed), ("FastReID 1.4.0's optimizer on torch 2.x was expected to "
+                              "update nothing")
 
 
 def test_trainer_optimizer_and_amsgrad():
@@ -155,7 +158,8 @@ class _DS(torch.utils.data.Dataset):
 def test_dataloaderx_on_cpu():
     from fastreid.data.build import fast_batch_collator
     from fastreid.data.data_utils import DataLoaderX
-    loader = DataLoaderX(0, dataset=_DS(), batch_size=2, num_workers=0, collate_fn=fast_batch_collator)
+    loader = DataLoaderX(0, dataset=_DS(), batch_size=2, num_workers=0,
+                         collate_fn=fast_batch_collator)
     batches = list(loader)
     assert len(batches) == 3 and batches[1]["images"][0, 0, 0, 0].item() == 2.0
     if not torch.cuda.is_available():
@@ -235,12 +239,14 @@ def test_checkpointer_round_trip_and_clear_unpickling_error(tmp_path, monkeypatc
     from fastreid.utils.checkpoint import Checkpointer
     m = torch.nn.Linear(3, 2)
     opt = torch.optim.Adam(m.parameters())
-    ck = Checkpointer(m, str(tmp_path), optimizer=opt, lr_sched=lr_scheduler.MultiStepLR(opt, [2, 3]))
+    ck = Checkpointer(m, str(tmp_path), optimizer=opt,
+                      lr_sched=lr_scheduler.MultiStepLR(opt, [2, 3]))
     ck.save("model_final", epoch=3)
     m2 = torch.nn.Linear(3, 2)
     opt2 = torch.optim.Adam(m2.parameters())
     extra = Checkpointer(m2, str(tmp_path), optimizer=opt2,
-                         lr_sched=lr_scheduler.MultiStepLR(opt2, [9])).resume_or_load("", resume=True)
+                         lr_sched=lr_scheduler.MultiStepLR(opt2, [9])).resume_or_load(
+        "", resume=True)
     assert extra["epoch"] == 3 and torch.equal(m.weight, m2.weight)
 
     bad = tmp_path / "pickled.pth"
@@ -264,7 +270,8 @@ def test_baseline_preprocess_is_out_of_place_and_flip_test_is_right():
     batch = {"images": images.clone()}
     with torch.no_grad():
         model(batch)
-    assert torch.equal(batch["images"], images), "the caller's batch must not be normalised in place"
+    assert torch.equal(batch["images"], images), \
+        "the caller's batch must not be normalised in place"
     orig = compat.ORIGINALS["Baseline.preprocess_image"]
     batch = {"images": images.clone()}
     orig(model, batch)
@@ -286,7 +293,8 @@ def test_pretrained_backbone_loading_is_strict_where_fastreid_is_not(tmp_path):
     from fastreid.modeling.backbones import build_backbone
     path = tmp_path / "partial.pth"
     torch.save({"conv1.weight": torch.full((64, 3, 7, 7), 0.5)}, path)
-    cfg = make_cfg(CFG, ["MODEL.BACKBONE.PRETRAIN", "True", "MODEL.BACKBONE.PRETRAIN_PATH", str(path)])
+    cfg = make_cfg(CFG, ["MODEL.BACKBONE.PRETRAIN", "True",
+                         "MODEL.BACKBONE.PRETRAIN_PATH", str(path)])
     original = compat.ORIGINALS["fastreid.modeling.backbones.resnet.build_resnet_backbone"]
     assert torch.all(original(cfg).conv1.weight == 0.5)  # silently half-loaded
     with pytest.raises(ValueError, match="partial.pth") as e:

@@ -52,7 +52,8 @@ class RefSELayer(nn.Module):  # ibnnet/modules.py SELayer(channel, reduction=16)
         super().__init__()
         self.fc = nn.Sequential(nn.Linear(channel, int(channel / reduction), bias=False),
                                 nn.ReLU(inplace=True),
-                                nn.Linear(int(channel / reduction), channel, bias=False), nn.Sigmoid())
+                                nn.Linear(int(channel / reduction), channel, bias=False),
+                                nn.Sigmoid())
 
 
 class RefBottleneckIBN(nn.Module):
@@ -62,7 +63,8 @@ class RefBottleneckIBN(nn.Module):
     def __init__(self, inplanes, planes, ibn=None, stride=1, downsample=None, se=False,
                  base_width=None, cardinality=1):
         super().__init__()
-        width = planes if base_width is None else int(math.floor(planes * (base_width / 64))) * cardinality
+        width = (planes if base_width is None
+                 else int(math.floor(planes * (base_width / 64))) * cardinality)
         self.conv1 = nn.Conv2d(inplanes, width, 1, bias=False)
         self.bn1 = RefIBN(width) if ibn == "a" else nn.BatchNorm2d(width)
         self.conv2 = nn.Conv2d(width, width, 3, stride, 1, groups=cardinality, bias=False)
@@ -246,7 +248,8 @@ def assert_every_copy_loaded(model, state):
         assert set(own) == set(file), name
         assert all(torch.equal(v, file[k]) for k, v in own.items()), f"{name} != file {prefix}"
         used.setdefault(prefix, []).append(name)
-    file_blocks = {k.split(".")[0] + "." + k.split(".")[1] + "." for k in state if k.startswith("layer")}
+    file_blocks = {k.split(".")[0] + "." + k.split(".")[1] + "." for k in state
+                   if k.startswith("layer")}
     assert set(used) == file_blocks
     stems = [m for m in model.modules()
              if isinstance(m, nn.Conv2d) and m.in_channels == 3 and m.kernel_size == (7, 7)]
@@ -510,7 +513,8 @@ def test_ddp_one_process_per_machine_fetches_and_all_meet_once(online, server, m
     assert path == str(online / name)
 
 
-def test_osnet_offline_is_a_clear_error_where_fastreid_goes_online(online, monkeypatch, socket_trap):
+def test_osnet_offline_is_a_clear_error_where_fastreid_goes_online(online, monkeypatch,
+                                                                    socket_trap):
     """OSNet's weights stay FastReID's (gdown, Google Drive), but offline mode stops them too."""
     from fastreid_plugins import patches
     opened = socket_trap

@@ -300,7 +300,8 @@ def test_out_of_order_message_says_so():
 # Builds and contracts
 # --------------------------------------------------------------------------------------------
 STAGE_OPTS = {
-    2: ["MODEL.SVRN.NUM_STAGES", "2", "MODEL.SVRN.START_BLOCKS", "[3]", "MODEL.SVRN.ALPHAS", "[0.2]"],
+    2: ["MODEL.SVRN.NUM_STAGES", "2", "MODEL.SVRN.START_BLOCKS", "[3]",
+        "MODEL.SVRN.ALPHAS", "[0.2]"],
     3: [],
     4: ["MODEL.SVRN.NUM_STAGES", "4", "MODEL.SVRN.START_BLOCKS", "[2, 3, 4]",
         "MODEL.SVRN.ALPHAS", "[0.2, 0.1, 0.1]"],
@@ -374,7 +375,8 @@ def test_reward_gradient_reaches_only_the_ranking_layer_and_masks_are_detached()
     out = model(batch())
     out["loss_reward"].backward()
     assert model.rankers[0].conv.weight.grad.abs().sum() > 0
-    assert model.backbone.conv1.weight.grad is None or model.backbone.conv1.weight.grad.abs().sum() == 0
+    assert model.backbone.conv1.weight.grad is None or \
+        model.backbone.conv1.weight.grad.abs().sum() == 0
     assert model.heads[0].classifier.weight.grad is None or \
         model.heads[0].classifier.weight.grad.abs().sum() == 0
 
@@ -430,11 +432,13 @@ def test_paper_config_values(path):
     assert list(cfg.INPUT.SIZE_TRAIN) == list(cfg.INPUT.SIZE_TEST) == [256, 256]
     assert cfg.INPUT.REA.ENABLED and cfg.INPUT.FLIP.ENABLED
     s = cfg.SOLVER
-    assert (s.OPT, s.BASE_LR, s.WEIGHT_DECAY, list(s.STEPS), s.GAMMA) == ("Adam", 1e-4, 1e-4, [40, 70], 0.1)
+    assert (s.OPT, s.BASE_LR, s.WEIGHT_DECAY, list(s.STEPS), s.GAMMA) == \
+        ("Adam", 1e-4, 1e-4, [40, 70], 0.1)
     # batch 32: the critic's grids are "R^{32 x 2048 x 2 x 2}" (Sec. III-A)
     assert s.MAX_EPOCH > 70 and s.IMS_PER_BATCH == 32 and cfg.DATALOADER.NUM_INSTANCE == 4
     C = cfg.MODEL.SVRN
-    assert (C.NUM_STAGES, list(C.START_BLOCKS), list(C.ALPHAS), C.GRID) == (3, [3, 4], [0.2, 0.1], 8)
+    assert (C.NUM_STAGES, list(C.START_BLOCKS), list(C.ALPHAS), C.GRID) == \
+        (3, [3, 4], [0.2, 0.1], 8)
     assert (C.CROSS.VCC.MARGIN, C.CROSS.ICC.MARGIN, cfg.MODEL.LOSSES.TRI.MARGIN) == (0.3, 0.15, 0.3)
     # Eq. 13: one-hot labels; after Eq. 5: accumulated suppression; Sec. III-C: sum of F_t
     assert cfg.MODEL.LOSSES.CE.EPSILON == 0.0
@@ -501,9 +505,11 @@ def _ranked_cells(seed=3):
 def _stage_inputs(model, images):
     seen = {}
     model.backbone.layer2.register_forward_hook(lambda m, i, o: seen.__setitem__("o1", o))
-    model.branches[0]["layer3"].register_forward_pre_hook(lambda m, i: seen.__setitem__("in2", i[0]))
+    model.branches[0]["layer3"].register_forward_pre_hook(
+        lambda m, i: seen.__setitem__("in2", i[0]))
     model.branches[0]["layer3"].register_forward_hook(lambda m, i, o: seen.__setitem__("o2", o))
-    model.branches[1]["layer4"].register_forward_pre_hook(lambda m, i: seen.__setitem__("in3", i[0]))
+    model.branches[1]["layer4"].register_forward_pre_hook(
+        lambda m, i: seen.__setitem__("in3", i[0]))
     with torch.no_grad():
         outs = model.stages(model.preprocess_image(images))
     return outs, seen

@@ -1,8 +1,8 @@
 """SVRN end to end on the real 57-image VeRi-776 sample: the demo config, seeded by the shared
 ``SEED`` key through ``engine.setup`` and :class:`PluginTrainer` as ``projects/SVRN/train_net.py``
-runs it, learns from scratch (loss falls, mAP from untrained to the README's level), ``--eval-only`` through
-``fastreid_plugins.engine.main`` reproduces the trained model's metrics, and the other test
-descriptors evaluate from the same checkpoint."""
+runs it, learns from scratch (loss falls, mAP from untrained to the README's level),
+``--eval-only`` through ``fastreid_plugins.engine.main`` reproduces the trained model's metrics,
+and the other test descriptors evaluate from the same checkpoint."""
 
 import argparse
 import logging

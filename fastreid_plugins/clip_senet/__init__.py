@@ -13,11 +13,13 @@ from .tinyclip import (TINYCLIP_VARIANTS, SemanticExtractionModule, SEMWeightsEr
                        load_sem_weights, tinyclip_parameter_counts, tinyclip_vision_config)
 from .trainer import CLIPSENetTrainer
 
-__all__ = ["METHOD", "add_clip_senet_config", "validate_clip_senet_config", "CLIPSENet", "CLIPSENetTrainer", "AFEM", "FeatureFusion",
+__all__ = ["METHOD", "add_clip_senet_config", "validate_clip_senet_config", "CLIPSENet",
+           "CLIPSENetTrainer", "AFEM", "FeatureFusion",
            "CameraViewEmbedding", "SemanticExtractionModule", "SEMWeightsError",
            "TINYCLIP_VARIANTS", "tinyclip_vision_config", "tinyclip_parameter_counts",
            "load_sem_weights", "build_cnn_backbone", "build_sem"]
 
 #: the method's surface (:class:`fastreid_plugins.method.Method`)
 METHOD = Method(name="CLIP-SENet", meta_arch="CLIPSENet", add_config=add_clip_senet_config,
-                validate_config=validate_clip_senet_config, trainer=CLIPSENetTrainer, project="projects/CLIPSENet")
+                validate_config=validate_clip_senet_config, trainer=CLIPSENetTrainer,
+                project="projects/CLIPSENet")

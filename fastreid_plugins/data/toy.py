@@ -213,14 +213,16 @@ def _draw_face(draw, ident, x0, ground, length, front=True, squeeze=1.0):
         bw = 0.07 * W
         cx = x0 + 0.5 * W
         if ident["stripe"] == "single":
-            draw.rectangle([cx - bw / 2, body_top, cx + bw / 2, body_bot - 0.35 * (body_bot - body_top)],
+            draw.rectangle([cx - bw / 2, body_top, cx + bw / 2,
+                            body_bot - 0.35 * (body_bot - body_top)],
                            fill=sc)
         else:
             for off in (-0.9 * bw, 0.9 * bw):
                 draw.rectangle([cx + off - bw / 3, body_top, cx + off + bw / 3,
                                 body_bot - 0.35 * (body_bot - body_top)], fill=sc)
     if ident["roof_box"]:
-        draw.rectangle([x0 + 0.25 * W, cab_top - 0.05 * L, x0 + 0.75 * W, cab_top], fill=(30, 30, 30))
+        draw.rectangle([x0 + 0.25 * W, cab_top - 0.05 * L, x0 + 0.75 * W, cab_top],
+                       fill=(30, 30, 30))
     # lights
     lc = (250, 240, 170) if front else (210, 20, 20)
     lh = 0.05 * L
@@ -278,7 +280,8 @@ def _make_cameras(rng, n):
             tint=[float(v) for v in rng.uniform(0.85, 1.15, size=3)],
             blur=float(rng.choice([0.0, 0.0, 0.6, 1.0])),
             ground=[int(v) for v in ground],
-            road=[int(v) for v in np.clip(ground * rng.uniform(0.3, 0.8) + rng.integers(0, 40), 0, 255)],
+            road=[int(v) for v in np.clip(ground * rng.uniform(0.3, 0.8) + rng.integers(0, 40),
+                                          0, 255)],
             road_angle=float(rng.uniform(-35, 35)),
             road_width=float(rng.uniform(0.35, 0.7)),
             noise=float(rng.uniform(3, 10)),
@@ -295,7 +298,8 @@ def _background(cam, size, rng):
     dx, dy = math.cos(a) * 2 * max(H, W), math.sin(a) * 2 * max(H, W)
     nx, ny = -math.sin(a) * cam["road_width"] * H / 2, math.cos(a) * cam["road_width"] * H / 2
     draw.polygon([(cx - dx + nx, cy - dy + ny), (cx + dx + nx, cy + dy + ny),
-                  (cx + dx - nx, cy + dy - ny), (cx - dx - nx, cy - dy - ny)], fill=tuple(cam["road"]))
+                  (cx + dx - nx, cy + dy - ny), (cx - dx - nx, cy - dy - ny)],
+                 fill=tuple(cam["road"]))
     # dashed lane marks
     for t in np.arange(-1.0, 1.0, 0.18):
         px, py = cx + t * dx * 0.5, cy + t * dy * 0.5
@@ -351,7 +355,8 @@ def _check_args(train_ids, test_ids, cams, images_per_cam, size):
                          f"0 <= vehicle id <= 776), got {train_ids + test_ids}")
     if not 2 <= cams <= 20:
         raise ValueError(f"cams must be in 2..20 (VeRi-776 has 20 cameras c001..c020 and the "
-                         f"loader asserts 1 <= camid <= 20; query and gallery need two), got {cams}")
+                         f"loader asserts 1 <= camid <= 20; query and gallery need two), "
+                         f"got {cams}")
     if images_per_cam < 1:
         raise ValueError(f"images_per_cam must be >= 1, got {images_per_cam}")
     if min(size) < 16:
@@ -395,7 +400,8 @@ def generate(out_dir, train_ids=24, test_ids=12, cams=4, images_per_cam=3, seed=
         ours = os.path.isfile(os.path.join(root, _MANIFEST))
         if not (overwrite and ours):
             why = ("pass overwrite=True (--overwrite) to replace it" if ours else
-                   "it was not written by this generator (no toy_manifest.json): refusing to touch it")
+                   "it was not written by this generator (no toy_manifest.json): "
+                   "refusing to touch it")
             raise FileExistsError(f"{root} already holds a dataset ({', '.join(existing)}); {why}.")
         for d in _SUBDIRS:
             shutil.rmtree(os.path.join(root, d), ignore_errors=True)
@@ -420,7 +426,8 @@ def generate(out_dir, train_ids=24, test_ids=12, cams=4, images_per_cam=3, seed=
             key = (vid, orient)
             if key not in cache:
                 # drawn at about the 2x-supersampled output resolution (no wasted resizing)
-                cache[key] = _render_vehicle(idents[vid], orient, unit=max(60, int(1.6 * max(size))))
+                cache[key] = _render_vehicle(idents[vid], orient,
+                                             unit=max(60, int(1.6 * max(size))))
             frame0 = int(rng.integers(1000, 90000)) * 10
             if is_train:
                 split, sub = "train", "image_train"

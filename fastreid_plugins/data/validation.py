@@ -84,7 +84,8 @@ LAYOUTS = {
         "{root}/VERI-Wild/                 (VERI-Wild, Lou et al. CVPR 2019)\n"
         "    images/<vehicle id>/<image id>.jpg\n"
         "    train_test_split/train_list.txt        lines '<vehicle id>/<image id>'\n"
-        "    train_test_split/vehicle_info.txt      header line, then '<vid>/<image id>;<camera>;...'\n"
+        "    train_test_split/vehicle_info.txt      header line, then "
+        "'<vid>/<image id>;<camera>;...'\n"
         "    train_test_split/test_3000.txt, test_3000_query.txt     SmallVeRiWild\n"
         "    train_test_split/test_5000.txt, test_5000_query.txt     MediumVeRiWild\n"
         "    train_test_split/test_10000.txt, test_10000_query.txt   LargeVeRiWild / VeRiWild"),
@@ -383,8 +384,8 @@ def check_dataset_items(items, split, dataset_names):
     missing = [it[0] for it in items if not os.path.isfile(it[0])]
     if missing:
         listed = "\n  ".join(missing[:10])
-        raise DatasetNotFoundError(f"{len(missing)} of {len(items)} {split} images of {names} do not "
-                                f"exist, e.g.:\n  {listed}")
+        raise DatasetNotFoundError(f"{len(missing)} of {len(items)} {split} images of {names} "
+                                   f"do not exist, e.g.:\n  {listed}")
 
 
 def check_identity_batches(items, ims_per_batch, num_instance, world_size=1, sampler="the sampler"):

@@ -27,7 +27,8 @@ from .. import upstream
 from ..patches.base import ORIGINALS
 from .gather import is_multi_rank
 
-__all__ = ["distributed_worker", "DistributedDataParallel", "broadcast_buffers", "same_on_all_ranks"]
+__all__ = ["distributed_worker", "DistributedDataParallel", "broadcast_buffers",
+           "same_on_all_ranks"]
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +83,8 @@ def distributed_worker(local_rank, main_func, world_size, num_gpus_per_machine, 
         return fastreid_worker(local_rank, main_func, world_size, num_gpus_per_machine,
                                machine_rank, dist_url, args)
     global_rank = machine_rank * num_gpus_per_machine + local_rank
-    timeout = datetime.timedelta(seconds=float(os.environ.get("FASTREID_PLUGINS_DIST_TIMEOUT", 1800)))
+    timeout = datetime.timedelta(
+        seconds=float(os.environ.get("FASTREID_PLUGINS_DIST_TIMEOUT", 1800)))
     try:
         dist.init_process_group(backend="gloo", init_method=dist_url, world_size=world_size,
                                 rank=global_rank, timeout=timeout)

@@ -61,7 +61,8 @@ class GlobalIdentitySampler(Sampler):
         if self.num_instances < 1 or self.batch_size % (self.num_instances * self.world_size):
             raise ValueError(
                 f"SOLVER.IMS_PER_BATCH={batch_size} must be a multiple of DATALOADER.NUM_INSTANCE="
-                f"{num_instances} x world size {self.world_size} (= {num_instances * self.world_size}):"
+                f"{num_instances} x world size {self.world_size} "
+                f"(= {num_instances * self.world_size}):"
                 " each rank takes whole identities of the global P x K batch.")
         self.num_pids = self.batch_size // self.num_instances
         pid_index = {}
@@ -95,9 +96,11 @@ class GlobalIdentitySampler(Sampler):
     def load_state_dict(self, state):
         """:mod:`fastreid_plugins.seeding`'s sampler protocol: the next ``iter()`` yields this
         rank's stream of seed ``state["seed"]`` from its ``state["position"]``-th index on (counted
-        on this rank, 0-based). No other state exists: a step's draw depends on (seed, step) only."""
+        on this rank, 0-based). No other state exists: a step's draw depends on (seed, step)
+        only."""
         self.seed = int(state["seed"])
-        self.start_iter, self._skip = divmod(int(state["position"]), self.batch_size // self.world_size)
+        self.start_iter, self._skip = divmod(int(state["position"]),
+                                             self.batch_size // self.world_size)
 
     def __iter__(self):
         step, skip = self.start_iter, getattr(self, "_skip", 0)

@@ -4,9 +4,9 @@ FastReID 1.4.0's ``triplet_loss`` has its cross-rank gather commented out: under
 mines its hardest positive and negative among its own ``IMS_PER_BATCH / world_size`` images
 (with 8 GPUs and a 64-image batch of 4 images per identity, among 2 identities). This wrapper
 gathers the embeddings (with gradient) and labels of every rank first
-(:func:`fastreid_plugins.distributed.gather.gather_for_loss`), so every rank computes the loss of the
-whole batch, exactly what one process with the whole batch computes. Single-process training and
-``gather=False`` (``DIST.GATHER_LOSSES False``) call FastReID's function unchanged.
+(:func:`fastreid_plugins.distributed.gather.gather_for_loss`), so every rank computes the loss
+of the whole batch, exactly what one process with the whole batch computes. Single-process
+training and ``gather=False`` (``DIST.GATHER_LOSSES False``) call FastReID's function unchanged.
 """
 
 from fastreid.modeling.losses import triplet_loss as _fastreid_triplet_loss

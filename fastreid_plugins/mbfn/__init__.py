@@ -11,4 +11,5 @@ __all__ = ["METHOD", "add_mbfn_config", "validate_mbfn_config", "MBFN", "mbfn_pa
 
 #: the method's surface (:class:`fastreid_plugins.method.Method`)
 METHOD = Method(name="MBFN", meta_arch="MBFN", add_config=add_mbfn_config,
-                validate_config=validate_mbfn_config, trainer=PluginTrainer, project="projects/MBFN")
+                validate_config=validate_mbfn_config, trainer=PluginTrainer,
+                project="projects/MBFN")

@@ -40,7 +40,8 @@ def mbfn_part_weights(cfg):
     if w.NORMALIZE == "rms":
         rms = (sum(v * v for v in vals) / len(vals)) ** 0.5
         if rms == 0:
-            raise ValueError(f"MODEL.MBFN.WEIGHTS.NORMALIZE='rms' cannot scale all-zero weights {vals}")
+            raise ValueError("MODEL.MBFN.WEIGHTS.NORMALIZE='rms' cannot scale all-zero weights "
+                             f"{vals}")
         vals = [v / rms for v in vals]
     return vals
 
@@ -88,8 +89,9 @@ class MBFN(PluginMetaArch):
     """
 
     @configurable
-    def __init__(self, *, trunk, global_branch, local1, local2, pixel_mean, pixel_std, gather_losses=True, lam=0.1,
-                 ce_reduction="sum", triplet_on_parts=True, ce_kwargs=None, tri_kwargs=None):
+    def __init__(self, *, trunk, global_branch, local1, local2, pixel_mean, pixel_std,
+                 gather_losses=True, lam=0.1, ce_reduction="sum", triplet_on_parts=True,
+                 ce_kwargs=None, tri_kwargs=None):
         super().__init__(pixel_mean, pixel_std, gather_losses)
         if global_branch is None and local1 is None and local2 is None:
             raise ValueError("MBFN needs at least one branch")
@@ -101,7 +103,8 @@ class MBFN(PluginMetaArch):
         self.ce_reduction = ce_reduction
         self.triplet_on_parts = bool(triplet_on_parts)
         self.ce_kwargs = dict(ce_kwargs or {"eps": 0.0, "alpha": 0.2})
-        self.tri_kwargs = dict(tri_kwargs or {"margin": 1.2, "norm_feat": False, "hard_mining": True})
+        self.tri_kwargs = dict(tri_kwargs
+                               or {"margin": 1.2, "norm_feat": False, "hard_mining": True})
 
     @classmethod
     def from_config(cls, cfg):
@@ -118,8 +121,10 @@ class MBFN(PluginMetaArch):
             return PartBranch(
                 copy_stage(stage, stride_one=True), cam=cam,
                 reduce=ReduceConv(channels, bg.REDUCE_DIM, norm) if bg.ENABLED else None,
-                global_head=PartHead.from_cfg(cfg, bg.REDUCE_DIM, bg.EMBED_DIM) if bg.ENABLED else None,
-                part_heads=[PartHead.from_cfg(cfg, channels, m.PART_DIM) for _ in range(local.NUM_PARTS)],
+                global_head=(PartHead.from_cfg(cfg, bg.REDUCE_DIM, bg.EMBED_DIM)
+                             if bg.ENABLED else None),
+                part_heads=[PartHead.from_cfg(cfg, channels, m.PART_DIM)
+                            for _ in range(local.NUM_PARTS)],
                 direction=local.DIRECTION, part_weights=weights,
                 weight_at=m.WEIGHTS.APPLY_AT,
                 part_fusion=m.WEIGHTS.FUSION if weights is not None else "concat")
@@ -127,8 +132,8 @@ class MBFN(PluginMetaArch):
         L = cfg.MODEL.LOSSES
         return {
             "trunk": trunk,
-            "global_branch": PartBranch(copy_stage(stage),
-                                        global_head=PartHead.from_cfg(cfg, channels, m.GLOBAL.EMBED_DIM))
+            "global_branch": PartBranch(
+                copy_stage(stage), global_head=PartHead.from_cfg(cfg, channels, m.GLOBAL.EMBED_DIM))
             if m.USE_GLOBAL else None,
             "local1": local_branch(m.LOCAL1, None) if m.USE_LOCAL1 else None,
             "local2": local_branch(m.LOCAL2, mbfn_part_weights(cfg)) if m.USE_LOCAL2 else None,
@@ -142,7 +147,8 @@ class MBFN(PluginMetaArch):
 
     def branches(self):
         """``[(name, PartBranch)]`` of the branches that are switched on, in descriptor order."""
-        out = [(n, getattr(self, a)) for n, a in zip(BRANCHES, ("global_branch", "local1", "local2"))]
+        out = [(n, getattr(self, a))
+               for n, a in zip(BRANCHES, ("global_branch", "local1", "local2"))]
         return [(n, b) for n, b in out if b is not None]
 
     @property
@@ -168,8 +174,9 @@ class MBFN(PluginMetaArch):
 
         Returns:
             dict[str, Tensor]: ``loss_cls_global``, ``loss_cls_local{k}_global``,
-            ``loss_cls_local{k}_part{i}`` (divided by the number of classifiers if ``CE_REDUCTION`` is
-            "mean") and ``loss_triplet_global``, ``loss_triplet_local{k}_global``,
+            ``loss_cls_local{k}_part{i}`` (divided by the number of classifiers if
+            ``CE_REDUCTION`` is "mean") and ``loss_triplet_global``,
+            ``loss_triplet_local{k}_global``,
             ``loss_triplet_local{k}_parts`` (times lambda, divided by their number if "mean").
         """
         cls, tri = {}, {}
@@ -188,7 +195,8 @@ class MBFN(PluginMetaArch):
             log_accuracy(head["pred_class_logits"].detach(), targets)
         mean = self.ce_reduction == "mean"
         ce, t = self.ce_kwargs, self.tri_kwargs
-        losses = {k: cross_entropy_loss(v, targets, ce["eps"], ce["alpha"]) / (len(cls) if mean else 1)
+        losses = {k: cross_entropy_loss(v, targets, ce["eps"], ce["alpha"])
+                  / (len(cls) if mean else 1)
                   for k, v in cls.items()}
         if self.lam > 0:
             for k, f in tri.items():

@@ -10,4 +10,5 @@ __all__ = ["METHOD", "add_mfgnet_config", "validate_mfgnet_config", "MFGNet"]
 
 #: the method's surface (:class:`fastreid_plugins.method.Method`)
 METHOD = Method(name="MFG-Net", meta_arch="MFGNet", add_config=add_mfgnet_config,
-                validate_config=validate_mfgnet_config, trainer=PluginTrainer, project="projects/MFGNet")
+                validate_config=validate_mfgnet_config, trainer=PluginTrainer,
+                project="projects/MFGNet")

@@ -47,7 +47,8 @@ class MFGNet(PluginMetaArch):
         pixel_mean, pixel_std (list[float]): input normalisation (``MODEL.PIXEL_MEAN/STD``).
         alpha, beta (float): loss weights; use_triplet (bool); ce_reduction (str);
         ce_kwargs (dict): ``eps``, ``alpha`` for FastReID's ``cross_entropy_loss``;
-        tri_kwargs (dict): ``margin``, ``norm_feat``, ``hard_mining`` for FastReID's ``triplet_loss``.
+        tri_kwargs (dict): ``margin``, ``norm_feat``, ``hard_mining`` for FastReID's
+            ``triplet_loss``.
 
     Inputs:
         FastReID batch dict (``images`` (B, 3, H, W) in [0, 255]; ``targets`` (B,) in training) or,
@@ -59,8 +60,9 @@ class MFGNet(PluginMetaArch):
     """
 
     @configurable
-    def __init__(self, *, trunk, global_branch, local_branch, pixel_mean, pixel_std, gather_losses=True, alpha=1.0,
-                 beta=0.1, use_triplet=True, ce_reduction="sum", ce_kwargs=None, tri_kwargs=None):
+    def __init__(self, *, trunk, global_branch, local_branch, pixel_mean, pixel_std,
+                 gather_losses=True, alpha=1.0, beta=0.1, use_triplet=True, ce_reduction="sum",
+                 ce_kwargs=None, tri_kwargs=None):
         super().__init__(pixel_mean, pixel_std, gather_losses)
         self.trunk = trunk
         self.global_branch = global_branch
@@ -70,7 +72,8 @@ class MFGNet(PluginMetaArch):
         self.use_triplet = bool(use_triplet)
         self.ce_reduction = ce_reduction
         self.ce_kwargs = dict(ce_kwargs or {"eps": 0.0, "alpha": 0.2})
-        self.tri_kwargs = dict(tri_kwargs or {"margin": 0.3, "norm_feat": False, "hard_mining": True})
+        self.tri_kwargs = dict(tri_kwargs
+                               or {"margin": 0.3, "norm_feat": False, "hard_mining": True})
 
     @classmethod
     def from_config(cls, cfg):

@@ -79,8 +79,10 @@ class PluginMetaArch(nn.Module):
     def __init__(self, pixel_mean, pixel_std, gather_losses=True):
         super().__init__()
         self.gather_losses = bool(gather_losses)
-        self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(1, -1, 1, 1), False)
-        self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(1, -1, 1, 1), False)
+        self.register_buffer("pixel_mean",
+                             torch.tensor(pixel_mean, dtype=torch.float32).view(1, -1, 1, 1), False)
+        self.register_buffer("pixel_std",
+                             torch.tensor(pixel_std, dtype=torch.float32).view(1, -1, 1, 1), False)
 
     @classmethod
     def base_kwargs(cls, cfg):

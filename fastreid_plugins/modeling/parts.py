@@ -7,10 +7,11 @@
   ``"layer3.1"``: FastReID's MGN split (``fastreid/modeling/meta_arch/mgn.py``: the trunk ends
   after ``layer3[0]``, each branch owns ``layer3[1:]`` and ``layer4``). The copies are deep copies
   of the *built* backbone, so they carry whatever weights the backbone builder loaded (ImageNet).
-* :func:`split_parts` / :func:`part_bounds`: horizontal stripes or vertical columns of a feature map,
-  with ``torch.tensor_split`` semantics for uneven sizes.
+* :func:`split_parts` / :func:`part_bounds`: horizontal stripes or vertical columns of a feature
+  map, with ``torch.tensor_split`` semantics for uneven sizes.
 * :class:`ReduceConv`: the 1x1 convolution before GAP of a branch-global feature (C -> C in
-  MFG-Net, reducing in MBFN); :class:`PartHead`: GAP -> optional 1x1 conv after GAP -> BNNeck -> classifier.
+  MFG-Net, reducing in MBFN); :class:`PartHead`: GAP -> optional 1x1 conv after GAP -> BNNeck ->
+  classifier.
 * :class:`PartBranch`: one branch = own stage copy + optional CAM + optional branch-global feature +
   optional parts (optionally weighted).
 """
@@ -24,7 +25,6 @@ from fastreid.layers import any_softmax, get_norm, pooling
 from fastreid.layers.weight_init import weights_init_kaiming
 
 from .. import upstream
-from ..layers import ChannelAttention
 
 __all__ = [
     "SPLIT_POINTS", "DIRECTIONS", "part_bounds", "split_parts", "split_backbone", "copy_stage",
@@ -78,9 +78,9 @@ def part_bounds(size, num_parts):
 def split_parts(x, num_parts, direction="horizontal"):
     """Split a feature map into horizontal stripes or vertical columns.
 
-    Horizontal: part ``i`` is ``x[:, :, a_i:b_i, :]`` (an (h_i x W) stripe, top to bottom, as in PCB,
-    Sun et al. ECCV 2018, and MFG-Net's "h/4 x w x c" stripes); vertical: ``x[:, :, :, a_i:b_i]``
-    (left to right; MBFN Table 2). Uneven sizes follow :func:`part_bounds`.
+    Horizontal: part ``i`` is ``x[:, :, a_i:b_i, :]`` (an (h_i x W) stripe, top to bottom, as in
+    PCB, Sun et al. ECCV 2018, and MFG-Net's "h/4 x w x c" stripes); vertical:
+    ``x[:, :, :, a_i:b_i]`` (left to right; MBFN Table 2). Uneven sizes follow :func:`part_bounds`.
 
     Args:
         x (Tensor): (B, C, H, W) feature map.
@@ -91,13 +91,14 @@ def split_parts(x, num_parts, direction="horizontal"):
         list[Tensor]: ``num_parts`` views of shape (B, C, h_i, W) or (B, C, H, w_i).
 
     Raises:
-        ValueError: unknown ``direction``, non-4D input, or more parts than rows/columns (the message
-            says which input size to raise).
+        ValueError: unknown ``direction``, non-4D input, or more parts than rows/columns (the
+            message says which input size to raise).
     """
     if direction not in DIRECTIONS:
         raise ValueError(f"part split direction must be one of {DIRECTIONS}, got {direction!r}")
     if x.dim() != 4:
-        raise ValueError(f"split_parts expects a (B, C, H, W) feature map, got shape {tuple(x.shape)}")
+        raise ValueError("split_parts expects a (B, C, H, W) feature map, "
+                         f"got shape {tuple(x.shape)}")
     dim = 2 if direction == "horizontal" else 3
     size = x.shape[dim]
     if not isinstance(num_parts, int) or isinstance(num_parts, bool) or num_parts < 1:
@@ -106,7 +107,8 @@ def split_parts(x, num_parts, direction="horizontal"):
         axis = "rows (H)" if dim == 2 else "columns (W)"
         raise ValueError(
             f"cannot split a feature map with {size} {axis} into {num_parts} {direction} parts "
-            f"(feature map {tuple(x.shape)}); use a larger INPUT.SIZE_TRAIN/SIZE_TEST or fewer parts")
+            f"(feature map {tuple(x.shape)}); "
+            "use a larger INPUT.SIZE_TRAIN/SIZE_TEST or fewer parts")
     return list(torch.tensor_split(x, num_parts, dim=dim))
 
 
@@ -184,7 +186,8 @@ def copy_stage(stage, stride_one=False):
 
 @torch.no_grad()
 def stage_out_channels(trunk, stage, in_channels=3):
-    """Number of output channels of ``stage(trunk(x))`` (a tiny eval-mode forward; no state changes)."""
+    """Number of output channels of ``stage(trunk(x))`` (a tiny eval-mode forward; no state
+    changes)."""
     modes = [(m, m.training) for m in (trunk, stage)]
     try:
         trunk.eval()
@@ -198,12 +201,14 @@ def stage_out_channels(trunk, stage, in_channels=3):
 
 
 def has_event_storage():
-    """True inside FastReID's ``EventStorage`` context (the trainer), where ``log_accuracy`` works."""
+    """True inside FastReID's ``EventStorage`` context (the trainer), where ``log_accuracy``
+    works."""
     return upstream.event_storage_active()
 
 
 class ReduceConv(nn.Sequential):
-    """1x1 convolution before GAP on a branch's feature map: conv1x1 (C -> C_r, no bias) -> norm -> ReLU.
+    """1x1 convolution before GAP on a branch's feature map: conv1x1 (C -> C_r, no bias) -> norm
+    -> ReLU.
 
     MFG-Net keeps the channels (C_r = C: "to greatly increase the non-linear characteristics while
     keeping the scale of the feature map unchanged"); MBFN reduces them ("This can not only reduce
@@ -252,7 +257,8 @@ class PartHead(nn.Module):
         scale (float), margin (float): classifier scale / margin (``MODEL.HEADS.SCALE/MARGIN``).
         norm (str): BNNeck norm (``MODEL.HEADS.NORM``).
         with_bnneck (bool): use the BNNeck (``MODEL.HEADS.WITH_BNNECK``).
-        neck_feat (str): training feature for metric losses, ``"before"`` (``f``) or ``"after"`` (``n``).
+        neck_feat (str): training feature for metric losses, ``"before"`` (``f``) or ``"after"``
+            (``n``).
 
     Shape:
         - Input: (B, C, h, w)
@@ -261,9 +267,10 @@ class PartHead(nn.Module):
         - Eval output: (B, D), the BNNeck feature ``n``.
 
     Raises:
-        ValueError: unknown ``pool_type``/``cls_type``/``neck_feat`` or ``num_classes`` < 0; training
-            forward with 0 classes (``num_classes`` 0 builds an empty classifier, like FastReID's
-            ``NUM_CLASSES: 0``, which the trainer or ``--eval-only`` weight loading fills in).
+        ValueError: unknown ``pool_type``/``cls_type``/``neck_feat`` or ``num_classes`` < 0;
+            training forward with 0 classes (``num_classes`` 0 builds an empty classifier, like
+            FastReID's ``NUM_CLASSES: 0``, which the trainer or ``--eval-only`` weight loading fills
+            in).
     """
 
     def __init__(self, in_channels, num_classes, embed_dim=0, pool_type="GlobalAvgPool",
@@ -271,19 +278,22 @@ class PartHead(nn.Module):
                  neck_feat="before"):
         super().__init__()
         if not hasattr(pooling, pool_type):
-            raise ValueError(f"MODEL.HEADS.POOL_LAYER={pool_type!r} is not a FastReID pooling layer "
-                             f"({', '.join(pooling.__all__)})")
+            raise ValueError(f"MODEL.HEADS.POOL_LAYER={pool_type!r} is not a FastReID pooling "
+                             f"layer ({', '.join(pooling.__all__)})")
         if not hasattr(any_softmax, cls_type):
             raise ValueError(f"MODEL.HEADS.CLS_LAYER={cls_type!r} is not a FastReID classifier "
                              f"({', '.join(any_softmax.__all__)})")
         if neck_feat not in ("before", "after"):
-            raise ValueError(f"MODEL.HEADS.NECK_FEAT must be 'before' or 'after', got {neck_feat!r}")
+            raise ValueError("MODEL.HEADS.NECK_FEAT must be 'before' or 'after', "
+                             f"got {neck_feat!r}")
         if int(num_classes) < 0:
             raise ValueError(f"MODEL.HEADS.NUM_CLASSES must be >= 0, got {num_classes}")
         self.pool = getattr(pooling, pool_type)()
-        self.embed = nn.Conv2d(in_channels, embed_dim, 1, bias=False) if embed_dim > 0 else nn.Identity()
+        self.embed = (nn.Conv2d(in_channels, embed_dim, 1, bias=False) if embed_dim > 0
+                      else nn.Identity())
         self.out_dim = embed_dim if embed_dim > 0 else in_channels
-        self.bnneck = get_norm(norm, self.out_dim, bias_freeze=True) if with_bnneck else nn.Identity()
+        self.bnneck = (get_norm(norm, self.out_dim, bias_freeze=True) if with_bnneck
+                       else nn.Identity())
         self.neck_feat = neck_feat
         self.weight = nn.Parameter(torch.empty(num_classes, self.out_dim))
         self.cls_layer = getattr(any_softmax, cls_type)(num_classes, scale, margin)
@@ -334,7 +344,8 @@ def edge_middle_weights(num_parts, alpha, beta):
 
 
 class PartBranch(nn.Module):
-    """One branch of a multi-branch network: own stage, optional CAM, branch-global and part features.
+    """One branch of a multi-branch network: own stage, optional CAM, branch-global and part
+    features.
 
     ``y = stage(x)``; ``y = CAM(y)`` if a CAM is given; the branch-global feature is
     ``global_head(reduce(y))`` (``reduce`` = 1x1 conv before GAP, the head's 1x1 conv after GAP);
@@ -394,8 +405,10 @@ class PartBranch(nn.Module):
         self.part_fusion = part_fusion
         if part_weights is not None:
             if len(part_weights) != len(part_heads):
-                raise ValueError(f"{len(part_weights)} part weights given for {len(part_heads)} parts")
-            self.register_buffer("part_weights", torch.tensor([float(w) for w in part_weights]), False)
+                raise ValueError(f"{len(part_weights)} part weights given for "
+                                 f"{len(part_heads)} parts")
+            self.register_buffer("part_weights", torch.tensor([float(w) for w in part_weights]),
+                                 False)
         else:
             self.part_weights = None
 

@@ -30,10 +30,11 @@ holds and which stay at their initialisation. One log line per load:
 
 **Which network**: FastReID's ``build_resnext_backbone`` with ``WITH_IBN`` puts IBN in ``layer4``
 too, but IBN-Net (Pan et al., ECCV 2018, Sec. 3.2 "IBN-Net-a": IN only in conv2_x-conv4_x;
-``ibnnet/resnext_ibn.py``: ``ibn_cfg=('a', 'a', 'a', None)``), whose ``resnext101_ibn_a-6ace051d.pth``
-FastReID itself names, has a plain BatchNorm as ``bn1`` of every ``layer4`` block. The builders here
-build IBN-Net's layout (:func:`apply_ibn_layout`; ``MODEL.BACKBONE.IBN_LAYOUT "fastreid"`` keeps
-FastReID's). FastReID's ResNet already has IBN-Net's layout.
+``ibnnet/resnext_ibn.py``: ``ibn_cfg=('a', 'a', 'a', None)``), whose
+``resnext101_ibn_a-6ace051d.pth`` FastReID itself names, has a plain BatchNorm as ``bn1`` of every
+``layer4`` block. The builders here build IBN-Net's layout (:func:`apply_ibn_layout`;
+``MODEL.BACKBONE.IBN_LAYOUT "fastreid"`` keeps FastReID's). FastReID's ResNet already has
+IBN-Net's layout.
 
 :mod:`fastreid_plugins.patches.backbones` puts :func:`build_resnet_backbone` and
 :func:`build_resnext_backbone` in FastReID's ``BACKBONE_REGISTRY`` under FastReID's names, so every
@@ -90,7 +91,8 @@ def download_timeout():
     return value
 _TRUE = {"1", "true", "yes", "on"}
 
-#: ``MODEL.BACKBONE.IBN_LAYOUT`` values: IBN-Net's (IBN in layer1-3) or FastReID's ResNeXt (layer1-4).
+#: ``MODEL.BACKBONE.IBN_LAYOUT`` values: IBN-Net's (IBN in layer1-3) or FastReID's ResNeXt
+#: (layer1-4).
 IBN_LAYOUTS = ("ibnnet", "fastreid")
 
 CONFIG_KEY = "MODEL.BACKBONE.PRETRAIN_PATH"
@@ -127,7 +129,8 @@ def hub_cache_dir():
 def fastreid_cache_dir():
     """FastReID 1.4.0's own download folder, ``$TORCH_HOME/checkpoints`` (read, never written)."""
     home = os.getenv("TORCH_HOME",
-                     os.path.join(os.getenv("XDG_CACHE_HOME", os.path.join("~", ".cache")), "torch"))
+                     os.path.join(os.getenv("XDG_CACHE_HOME", os.path.join("~", ".cache")),
+                                  "torch"))
     return os.path.join(os.path.expanduser(home), "checkpoints")
 
 
@@ -281,9 +284,9 @@ def download_weights(url, cache=None, *, progress=True, config_key=CONFIG_KEY,
 def read_weights(path):
     """The state dict of a weights file (containers unwrapped, wrapper prefixes stripped).
 
-    Reads with ``torch.load(weights_only=True)`` (:func:`fastreid_plugins.checkpoint.load_checkpoint_file`),
-    unwraps ``{"state_dict": ...}`` / ``{"model": ...}`` and strips a ``module.encoder.`` or
-    ``module.`` prefix carried by every key.
+    Reads with ``torch.load(weights_only=True)``
+    (:func:`fastreid_plugins.checkpoint.load_checkpoint_file`), unwraps ``{"state_dict": ...}`` /
+    ``{"model": ...}`` and strips a ``module.encoder.`` or ``module.`` prefix carried by every key.
 
     Raises:
         WeightsNotAvailableError: the file does not exist.
@@ -358,13 +361,16 @@ def describe_resnet(shapes):
 def _layout_hint(missing, unexpected):
     """A sentence for the IBN-in-layer4 mismatch (IBN-Net file vs FastReID's ResNeXt layout)."""
     ibn_missing = {k.split(".bn1.IN.")[0] for k in missing if ".bn1.IN." in k}
-    bn_unexpected = {k.split(".bn1.")[0] for k in unexpected if re.search(r"\.bn1\.(weight|bias|running_)", k)}
+    bn_unexpected = {k.split(".bn1.")[0] for k in unexpected
+                     if re.search(r"\.bn1\.(weight|bias|running_)", k)}
     if ibn_missing & bn_unexpected:
         return (" The file has a plain BatchNorm where the model has IBN (bn1 of "
-                f"{', '.join(sorted(ibn_missing & bn_unexpected)[:3])}...): it has IBN-Net's layout "
+                f"{', '.join(sorted(ibn_missing & bn_unexpected)[:3])}...): "
+                "it has IBN-Net's layout "
                 "(IBN in layer1-3 only); build it with MODEL.BACKBONE.IBN_LAYOUT \"ibnnet\".")
     ibn_unexpected = {k.split(".bn1.IN.")[0] for k in unexpected if ".bn1.IN." in k}
-    bn_missing = {k.split(".bn1.")[0] for k in missing if re.search(r"\.bn1\.(weight|bias|running_)", k)}
+    bn_missing = {k.split(".bn1.")[0] for k in missing
+                  if re.search(r"\.bn1\.(weight|bias|running_)", k)}
     if ibn_unexpected & bn_missing:
         return (" The file has IBN where the model has a plain BatchNorm (bn1 of "
                 f"{', '.join(sorted(ibn_unexpected & bn_missing)[:3])}...): it was saved from "
@@ -374,7 +380,8 @@ def _layout_hint(missing, unexpected):
 
 
 def load_backbone_weights(model, path, *, config_key=CONFIG_KEY, drop=CLASSIFIER_PREFIXES):
-    """Load a pretrained backbone file into ``model`` strictly (every backbone tensor from the file).
+    """Load a pretrained backbone file into ``model`` strictly (every backbone tensor from the
+    file).
 
     Args:
         model (nn.Module): the backbone (e.g. FastReID's ``ResNet`` / ``ResNeXt``).
@@ -427,7 +434,8 @@ def load_backbone_weights(model, path, *, config_key=CONFIG_KEY, drop=CLASSIFIER
     result = model.load_state_dict(load, strict=False)
     left = [k for k in result.missing_keys if not counter(k) and not k.startswith(new)]
     if left or result.unexpected_keys:  # cannot happen after the check above
-        raise WeightsMismatchError(f"{path!r}: not loaded {left}, unexpected {result.unexpected_keys}")
+        raise WeightsMismatchError(f"{path!r}: not loaded {left}, "
+                                   f"unexpected {result.unexpected_keys}")
     notes = []
     if dropped:
         notes.append(f"dropped {', '.join(dropped)}")

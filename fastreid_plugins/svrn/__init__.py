@@ -23,4 +23,5 @@ __all__ = ["METHOD", "SVRN", "ABLATIONS", "Ablation", "ablation_overrides",
 
 #: the method's surface (:class:`fastreid_plugins.method.Method`)
 METHOD = Method(name="SVRN", meta_arch="SVRN", add_config=add_svrn_config,
-                validate_config=validate_svrn_config, trainer=PluginTrainer, project="projects/SVRN")
+                validate_config=validate_svrn_config, trainer=PluginTrainer,
+                project="projects/SVRN")

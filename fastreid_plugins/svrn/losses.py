@@ -11,9 +11,10 @@ convention, safe to back-propagate at zero distance).
 
 Under DDP, VCC and ICC are computed over the whole multi-process batch: the (T, B/N, L) features
 and (B/N,) labels of every rank are concatenated along the batch dimension (with gradient, see
-:func:`fastreid_plugins.distributed.gather.gather_for_loss`; ``gather``), so image i of rank r becomes image
-``r B/N + i`` of the gathered batch (ICC's image indices are offset per rank) and every rank
-computes the single-process loss. ``DIST.GATHER_LOSSES False`` keeps each rank's own images.
+:func:`fastreid_plugins.distributed.gather.gather_for_loss`; ``gather``), so image i of rank r
+becomes image ``r B/N + i`` of the gathered batch (ICC's image indices are offset per rank) and
+every rank computes the single-process loss. ``DIST.GATHER_LOSSES False`` keeps each rank's own
+images.
 """
 
 import torch

@@ -106,7 +106,8 @@ class SVRN(PluginMetaArch):
     @configurable
     def __init__(self, *, backbone, num_classes, num_stages, start_blocks, alphas, grid,
                  n_rounding, mask_mode, sim, reduction_dim, eval_feat, critic_mode, reward,
-                 cross, loss_kwargs, pixel_mean, pixel_std, gather_losses=True, accumulate_masks=True):
+                 cross, loss_kwargs, pixel_mean, pixel_std, gather_losses=True,
+                 accumulate_masks=True):
         super().__init__(pixel_mean, pixel_std, gather_losses)
         self.backbone = backbone
         self.num_stages = num_stages
@@ -132,8 +133,9 @@ class SVRN(PluginMetaArch):
             self.branches.append(branch)
 
         channels = _out_channels(backbone.layer4)
-        self.sims = nn.ModuleList(SpatialInformationMining(sim["name"], sim["hidden"], sim["kernel"])
-                                  for _ in range(num_stages))
+        self.sims = nn.ModuleList(
+            SpatialInformationMining(sim["name"], sim["hidden"], sim["kernel"])
+            for _ in range(num_stages))
         self.heads = nn.ModuleList(ClassificationBlock(channels, reduction_dim, num_classes)
                                    for _ in range(num_stages))
         # salience navigation: ranking layers only where the reward trains them
@@ -171,8 +173,10 @@ class SVRN(PluginMetaArch):
             "reward": {"enabled": C.REWARD.ENABLED, "scale": C.REWARD.SCALE,
                        "detach_feat": C.REWARD.DETACH_FEAT},
             "cross": {"dim": X.UNIFIED_DIM,
-                      "vcc": {"enabled": X.VCC.ENABLED, "margin": X.VCC.MARGIN, "scale": X.VCC.SCALE},
-                      "icc": {"enabled": X.ICC.ENABLED, "margin": X.ICC.MARGIN, "scale": X.ICC.SCALE},
+                      "vcc": {"enabled": X.VCC.ENABLED, "margin": X.VCC.MARGIN,
+                              "scale": X.VCC.SCALE},
+                      "icc": {"enabled": X.ICC.ENABLED, "margin": X.ICC.MARGIN,
+                              "scale": X.ICC.SCALE},
                       "dcc": {"enabled": X.DCC.ENABLED, "scale": X.DCC.SCALE,
                               "normalize": X.DCC.NORMALIZE}},
             "loss_kwargs": loss_kwargs_from_cfg(cfg),
@@ -281,8 +285,9 @@ class SVRN(PluginMetaArch):
         losses = {}
         if "CrossEntropyLoss" in lk["loss_names"]:
             ce = lk["ce"]
-            losses["loss_cls"] = sum(cross_entropy_loss(o["logits"], targets, ce["eps"], ce["alpha"])
-                                     for o in outs) * ce["scale"]
+            losses["loss_cls"] = sum(
+                cross_entropy_loss(o["logits"], targets, ce["eps"], ce["alpha"])
+                for o in outs) * ce["scale"]
         if "TripletLoss" in lk["loss_names"]:
             tri = lk["tri"]
             losses["loss_triplet"] = sum(triplet_loss(o["feat"], targets, tri["margin"],

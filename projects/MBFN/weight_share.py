@@ -42,7 +42,8 @@ def shares(cfg, model):
         desc.append(model(batch))
         y = l2.feature_map(model.trunk(model.preprocess_image(batch)))
         parts = split_parts(y, l2.num_parts, l2.direction)
-        feats.append(torch.stack([h.embed(h.pool(p))[..., 0, 0] for h, p in zip(l2.part_heads, parts)], 1))
+        feats.append(torch.stack([h.embed(h.pool(p))[..., 0, 0]
+                                  for h, p in zip(l2.part_heads, parts)], 1))
     d, f = torch.cat(desc), torch.cat(feats)                      # (N, D), (N, P, D_part)
     p, dp = l2.num_parts, l2.part_heads[0].out_dim
     tail = d[:, -p * dp:].reshape(len(d), p, dp) / w[None, :, None]   # unweighted BNNeck parts
@@ -58,7 +59,8 @@ def shares(cfg, model):
 
     ones = torch.ones_like(w)
     return {"share_literal": share(w), "share_unweighted": share(ones), "share_rms": share(rms),
-            "dist_literal": mean_dist(w), "dist_unweighted": mean_dist(ones), "dist_rms": mean_dist(rms),
+            "dist_literal": mean_dist(w), "dist_unweighted": mean_dist(ones),
+            "dist_rms": mean_dist(rms),
             "weights": w.tolist(), "rms_weights": rms.tolist()}
 
 
@@ -74,11 +76,13 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as out:
         cfg = get_cfg(add_mbfn_config)
         cfg.merge_from_file(a.config_file)
-        cfg.merge_from_list(list(a.opts) + ["MODEL.DEVICE", "cpu", "SOLVER.MAX_EPOCH", str(a.epochs),
+        cfg.merge_from_list(list(a.opts) + ["MODEL.DEVICE", "cpu",
+                                            "SOLVER.MAX_EPOCH", str(a.epochs),
                                             "OUTPUT_DIR", out])
         cfg.freeze()
         torch.manual_seed(0)
-        untrained = shares(cfg, PluginTrainer.build_model(PluginTrainer.auto_scale_hyperparams(cfg, 4)))
+        untrained = shares(
+            cfg, PluginTrainer.build_model(PluginTrainer.auto_scale_hyperparams(cfg, 4)))
         torch.manual_seed(0)
         trainer = PluginTrainer(cfg)
         trainer.resume_or_load(resume=False)

@@ -113,7 +113,8 @@ def run(config_file, opts, seed, epochs, out):
     cfg = get_cfg(add_mfgnet_config, add_mbfn_config)
     cfg.merge_from_file(config_file)
     cfg.merge_from_list(list(opts) + ["MODEL.DEVICE", "cpu", "SOLVER.MAX_EPOCH", str(epochs),
-                                      "TEST.EVAL_PERIOD", "1000", "SOLVER.CHECKPOINT_PERIOD", "1000",
+                                      "TEST.EVAL_PERIOD", "1000",
+                                      "SOLVER.CHECKPOINT_PERIOD", "1000",
                                       "SOLVER.AMP.ENABLED", "False", "OUTPUT_DIR", out])
     cfg.freeze()
     os.makedirs(out, exist_ok=True)
@@ -165,7 +166,8 @@ def main(argv=None):
                 maps.append(r["mAP"])
                 print(f"RESULT {label} fold {fold} seed {s}: untrained mAP {u['mAP']:.1f} "
                       f"R1 {u['Rank-1']:.1f} -> trained mAP {r['mAP']:.1f} R1 {r['Rank-1']:.1f}; "
-                      "descriptor mAP " + " ".join(f"{k} {v:.1f}" for k, v in r["branches"].items()),
+                      "descriptor mAP "
+                      + " ".join(f"{k} {v:.1f}" for k, v in r["branches"].items()),
                       flush=True)
         m, se = mean_se(maps)
         print(f"RESULT {label} fold {fold}: mAP {m:.1f} +- {se:.1f} (s.e., n={len(maps)}: "

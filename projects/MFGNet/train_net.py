@@ -9,7 +9,8 @@ Usage:
 import os
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))  # run from a source checkout
+# run from a source checkout
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 
 from fastreid_plugins.engine import launch_main  # noqa: E402
 from fastreid_plugins.mfgnet import add_mfgnet_config  # noqa: E402

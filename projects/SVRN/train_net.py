@@ -3,12 +3,14 @@
 
 Usage:
     python projects/SVRN/train_net.py --config-file configs/veri/svrn.yml
-    python projects/SVRN/train_net.py --config-file configs/veri/svrn.yml --eval-only MODEL.WEIGHTS logs/veri/svrn/model_final.pth
+    python projects/SVRN/train_net.py --config-file configs/veri/svrn.yml --eval-only \
+MODEL.WEIGHTS logs/veri/svrn/model_final.pth
 """
 import os
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))  # run from a source checkout
+# run from a source checkout
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 
 from fastreid_plugins.engine import launch_main  # noqa: E402
 from fastreid_plugins.svrn import add_svrn_config  # noqa: E402
