@@ -13,6 +13,7 @@ code raised before (``FileNotFoundError``, ``ValueError``, ``RuntimeError``, ...
 class                          raised when
 =============================  ==========================================================
 :class:`ConfigError`           a config value / key is invalid for the method or the host
+:class:`ConfigFileNotFoundError`  ``--config-file`` does not exist
 :class:`DatasetNotFoundError`  a dataset's folder or list file is missing
 :class:`DatasetError`          a dataset is readable but unusable (bad labels, too few ids)
 :class:`ImageReadError`        an image exists but cannot be decoded
@@ -31,6 +32,7 @@ from __future__ import annotations
 __all__ = [
     "UserError",
     "ConfigError",
+    "ConfigFileNotFoundError",
     "DatasetNotFoundError",
     "DatasetError",
     "ImageReadError",
@@ -54,6 +56,10 @@ class UserError(Exception):
 class ConfigError(UserError, ValueError):
     """A config key or value is invalid (unknown key, value out of range, combination the
     method does not support). The message names the key (``MODEL.MBFN.LOCAL1.NUM_PARTS``)."""
+
+
+class ConfigFileNotFoundError(ConfigError, FileNotFoundError):
+    """``--config-file`` names a file that does not exist."""
 
 
 class DatasetNotFoundError(UserError, FileNotFoundError, RuntimeError):

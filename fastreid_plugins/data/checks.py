@@ -2,6 +2,8 @@
 
 import os
 
+from ..errors import ConfigError, DatasetError
+
 __all__ = ["check_dataset_items", "check_identity_batches"]
 
 
@@ -14,12 +16,12 @@ def check_dataset_items(items, split, dataset_names):
         dataset_names (Sequence[str]): the configured dataset names, for the message.
 
     Raises:
-        ValueError: the split is empty.
+        DatasetError: the split is empty (a ``ValueError``).
         FileNotFoundError: some image files are missing (up to 10 are listed).
     """
     names = ", ".join(dataset_names)
     if len(items) == 0:
-        raise ValueError(f"The {split} split of dataset(s) {names} is empty: no image was found. "
+        raise DatasetError(f"The {split} split of dataset(s) {names} is empty: no image was found. "
                          f"Check FASTREID_DATASETS={os.getenv('FASTREID_DATASETS', 'datasets')!r} "
                          "and the dataset's folder layout.")
     missing = [it[0] for it in items if not os.path.isfile(it[0])]
@@ -47,20 +49,21 @@ def check_identity_batches(items, ims_per_batch, num_instance, world_size=1, sam
         sampler (str): the sampler's name, for the message.
 
     Raises:
-        ValueError: naming the keys, their values and what would work.
+        ConfigError: the batch settings do not fit the sampler / processes (a ``ValueError``).
+        DatasetError: the training set has too few identities for a batch (a ``ValueError``).
     """
     ims, k, w = int(ims_per_batch), int(num_instance), int(world_size)
     if k < 1:
-        raise ValueError(f"DATALOADER.NUM_INSTANCE must be >= 1 for {sampler}, got {k}.")
+        raise ConfigError(f"DATALOADER.NUM_INSTANCE must be >= 1 for {sampler}, got {k}.")
     if ims % w:
-        raise ValueError(f"SOLVER.IMS_PER_BATCH={ims} is not divisible by the {w} training "
+        raise ConfigError(f"SOLVER.IMS_PER_BATCH={ims} is not divisible by the {w} training "
                          "processes: each process takes IMS_PER_BATCH / world size images.")
     mini = ims // w
     if mini % k:
         step = k * w
         lo, hi = (ims // step) * step, (ims // step + 1) * step
         hint = f"{lo} or {hi}" if lo > 0 else f"{hi}"
-        raise ValueError(
+        raise ConfigError(
             f"SOLVER.IMS_PER_BATCH={ims} ({mini} per process) is not a multiple of "
             f"DATALOADER.NUM_INSTANCE={k}: {sampler} fills a batch with NUM_INSTANCE images per "
             f"identity and would never complete one (training would hang). Use an "
@@ -68,7 +71,7 @@ def check_identity_batches(items, ims_per_batch, num_instance, world_size=1, sam
     num_pids = len({it[1] for it in items})
     need = ims // k
     if num_pids < need:
-        raise ValueError(
+        raise DatasetError(
             f"{sampler} needs SOLVER.IMS_PER_BATCH / DATALOADER.NUM_INSTANCE = {ims} / {k} = "
             f"{need} training identities per batch, but the training set has {num_pids}: it "
             "would never fill a batch (training would hang). Lower SOLVER.IMS_PER_BATCH to at "
