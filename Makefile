@@ -9,8 +9,10 @@ STAMP  := $(VENV)/.installed-stamp
 # torch/torchvision as the machine docs describe: these versions install from local wheels
 TORCH_PKGS := torch==2.14.1 torchvision==0.29.1
 FASTREID   := fastreid==1.4.0
+# The datasets folder of this Makefile's own commands (shown on each command line): the real
+# 57-image VeRi-776 sample. Everywhere else (train_net.py, the tools) FASTREID_DATASETS defaults to
+# FastReID's `datasets`. Override: `make demo FASTREID_DATASETS=/path/to/datasets`.
 FASTREID_DATASETS ?= ../shared/datasets
-export FASTREID_DATASETS
 
 .PHONY: venv demo test bench clean
 
@@ -25,10 +27,10 @@ $(STAMP): setup.py
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m fastreid_plugins.tools.demo
+	FASTREID_DATASETS=$(FASTREID_DATASETS) $(PY) -m fastreid_plugins.tools.demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	FASTREID_DATASETS=$(FASTREID_DATASETS) $(PY) -m pytest -q tests
 
 bench: $(STAMP)
 	$(PY) bench/eval_speed.py
