@@ -223,3 +223,21 @@ def test_console_header_and_full_config_only_in_log(veri_root, tmp_path):
         assert quiet not in console, quiet
         assert quiet in log, quiet
     assert len(console.splitlines()) < 60, console
+
+
+# ------------------------------------------------------------------------------------- demo
+def test_demo_knows_when_its_number_is_a_fitting_check(veri_root, tmp_path):
+    """On the 57-image sample the training images are the query + gallery images (the demo says
+    'fitting check' and adds the held-out-camera run); a dataset with its own test images is not."""
+    from fastreid_plugins.tools import demo
+
+    assert demo._train_is_test(veri_root)
+    other = tmp_path / "veri"
+    for d in ("image_train", "image_query", "image_test"):
+        (other / d).mkdir(parents=True)
+    (other / "image_train" / "0001_c001_00000001_0.jpg").write_bytes(b"x")
+    (other / "image_query" / "0002_c001_00000001_0.jpg").write_bytes(b"x")
+    assert not demo._train_is_test(str(tmp_path))
+    assert os.path.isfile(demo.HELDOUT_SCRIPT)
+    # the printed commands use the interpreter that runs (e.g. .venv/bin/python), not `python`
+    assert demo.interpreter() in (os.path.relpath(sys.executable), sys.executable)

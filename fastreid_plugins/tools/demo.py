@@ -24,6 +24,7 @@ import os
 import sys
 import tempfile
 import time
+import warnings
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HELDOUT_SCRIPT = os.path.join(REPO, "projects", "MFGNet", "heldout_cams.py")
@@ -69,7 +70,10 @@ def _heldout(root, config_file, opts, epochs, seed=0):
     for h in handlers:
         h.setLevel(logging.WARNING)
     try:
-        with tempfile.TemporaryDirectory(prefix="demo_heldout_") as tmp:
+        with tempfile.TemporaryDirectory(prefix="demo_heldout_") as tmp, \
+                warnings.catch_warnings():
+            # FastReID's compute_dist calls the deprecated addmm_(beta, alpha, ...) signature
+            warnings.filterwarnings("ignore", message=".*addmm_.*", category=UserWarning)
             engine.set_datasets_root(hc.make_split(root, os.path.join(tmp, "data"), "forward"))
             return hc.run(config_file, opts, seed, epochs, os.path.join(tmp, "out"))
     finally:
