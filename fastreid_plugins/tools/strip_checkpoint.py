@@ -103,7 +103,7 @@ def build_parser():
 
 
 def _mb(n):
-    return f"{n / 2 ** 20:.1f} MB"
+    return f"{n / 1e6:.1f} MB"
 
 
 def main(argv=None):
