@@ -9,8 +9,10 @@ STAMP  := $(VENV)/.installed-stamp
 # torch/torchvision as the machine docs describe: these versions install from local wheels
 TORCH_PKGS := torch==2.14.1 torchvision==0.29.1
 FASTREID   := fastreid==1.4.0
+# The datasets folder of this Makefile's own commands (shown on each command line): the real
+# 57-image VeRi-776 sample. Everywhere else (train_net.py, the tools) FASTREID_DATASETS defaults to
+# FastReID's `datasets`. Override: `make demo FASTREID_DATASETS=/path/to/datasets`.
 FASTREID_DATASETS ?= ../shared/datasets
-export FASTREID_DATASETS
 
 .PHONY: venv demo test test-fast lint bench clean
 
@@ -25,18 +27,18 @@ $(STAMP): setup.py
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m fastreid_plugins.tools.demo
+	FASTREID_DATASETS=$(FASTREID_DATASETS) $(PY) -m fastreid_plugins.tools.demo
 
 # every test, then the 15 slowest
 test: $(STAMP)
-	$(PY) -m pytest -q --durations=15 tests
+	FASTREID_DATASETS=$(FASTREID_DATASETS) $(PY) -m pytest -q --durations=15 tests
 
 # the inner loop: tests not marked slow (pytest.ini), under 2 minutes on a 2-core machine; one
 # torch thread unless FASTREID_PLUGINS_THREADS says otherwise (2 threads took 193 s instead of
 # 67 s on the shared 2-core machine)
 test-fast: $(STAMP)
 	FASTREID_PLUGINS_THREADS=$${FASTREID_PLUGINS_THREADS:-1} \
-		$(PY) -m pytest -q -m "not slow" --durations=15 tests
+		FASTREID_DATASETS=$(FASTREID_DATASETS) $(PY) -m pytest -q -m "not slow" --durations=15 tests
 
 # ruff (ruff.toml); not yet a prerequisite of `make test`
 lint: $(STAMP)

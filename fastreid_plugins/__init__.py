@@ -2,12 +2,14 @@
 
 Importing this package
 
-1. checks that FastReID is importable (PyPI ``fastreid==1.4.0`` or a git checkout on ``PYTHONPATH``)
-   and otherwise raises an :class:`ImportError` that says how to get it;
-2. applies :mod:`fastreid_plugins.patches` once (every change to FastReID: Python 3.11 / torch 2.x /
-   CPU fixes, strict weights, DDP on gloo, dataset validation; ``python -m
+1. checks that torch, then FastReID, is importable (PyPI ``fastreid==1.4.0`` or a git checkout on
+   ``PYTHONPATH``) and otherwise raises an :class:`ImportError` naming the missing one, the
+   interpreter that runs (``sys.executable``) and how to get it;
+2. applies :mod:`fastreid_plugins.patches` once (every change to FastReID: Python 3.11 / torch
+   2.x / CPU fixes, strict weights, DDP on gloo, dataset validation; ``python -m
    fastreid_plugins.patches`` lists them);
-3. registers the plugins' datasets, backbones, heads and meta-architectures in FastReID's registries.
+3. registers the plugins' datasets, backbones, heads and meta-architectures in FastReID's
+   registries.
 
 Layers (``tests/test_layers.py`` keeps them): :mod:`~fastreid_plugins.errors`,
 :mod:`~fastreid_plugins.patches.base` (leaves) < core (config, checkpoint, seeding, distributed, data,
@@ -17,19 +19,38 @@ evaluation, modeling, layers, losses, engine) < :mod:`~fastreid_plugins.patches`
 
 __version__ = "0.1.0"
 
-_INSTALL_HINT = (
-    "fastreid_plugins needs FastReID, which is not importable in this environment.\n"
-    "Install it without its (torch 1.13-pinned) dependencies:\n"
-    "    pip install --no-deps fastreid==1.4.0\n"
-    "or point Python at a FastReID git checkout:\n"
-    "    export PYTHONPATH=/path/to/fast-reid:$PYTHONPATH\n"
-    "(`make test` / `make demo` in this repository do the former for you in .venv)."
-)
+def _missing(what, exc):
+    """The ImportError for a missing dependency: which interpreter runs, and how to fix it."""
+    import sys
 
+    venv = "(`make test` / `make demo` build .venv; then `source .venv/bin/activate`, or run "
+    venv += "`.venv/bin/python ...`.)"
+    if what == "torch":
+        body = ("fastreid_plugins needs PyTorch, which is not importable by this interpreter:\n"
+                f"    {sys.executable}\n"
+                "Use the interpreter of the environment you installed into, e.g. "
+                "`source .venv/bin/activate`,\nor install it: pip install torch torchvision\n")
+    else:
+        body = ("fastreid_plugins needs FastReID, which is not importable by this interpreter:\n"
+                f"    {sys.executable}\n"
+                "Install it without its (torch 1.13-pinned) dependencies:\n"
+                "    pip install --no-deps fastreid==1.4.0\n"
+                "or point Python at a FastReID git checkout:\n"
+                "    export PYTHONPATH=/path/to/fast-reid:$PYTHONPATH\n")
+    return ImportError(body + venv + f"\n(import error: {exc})")
+
+
+# torch first: without it FastReID fails to import too, and "install FastReID" would be wrong
+try:
+    import torch  # noqa: F401
+except ImportError as e:  # pragma: no cover - exercised in a subprocess test
+    raise _missing("torch", e) from None
 try:
     import fastreid  # noqa: F401
 except ImportError as e:  # pragma: no cover - exercised in a subprocess test
-    raise ImportError(_INSTALL_HINT) from e
+    if getattr(e, "name", None) == "torch" or str(e).startswith("No module named 'torch"):
+        raise _missing("torch", e) from None
+    raise _missing("fastreid", e) from None
 
 from . import patches  # noqa: E402
 

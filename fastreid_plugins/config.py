@@ -27,13 +27,17 @@ Added by :func:`add_plugins_config`:
 """
 
 from typing import Any, Callable, Dict
+import difflib
+import os
+import re
 
 from fastreid.config import CfgNode as CN
 from fastreid.config import get_cfg as _fastreid_get_cfg
 
-from .errors import ConfigError
+from .errors import ConfigError, ConfigFileNotFoundError
 
-__all__ = ["PLUGIN_DEFAULTS", "add_plugins_config", "require_plugins_config", "get_cfg"]
+__all__ = ["PLUGIN_DEFAULTS", "add_plugins_config", "require_plugins_config", "get_cfg",
+           "config_keys", "suggest_keys", "merge_config_file", "merge_overrides"]
 
 #: Every shared plugin key and its default: the one place these defaults live. Code reads the
 #: keys directly (``cfg.TEST.RERANK.KNN``); only a patched FastReID path that must also accept
@@ -103,4 +107,109 @@ def get_cfg(*add_fns: Callable[[CN], Any]) -> CN:
     add_plugins_config(cfg)
     for fn in add_fns:
         fn(cfg)
+    return cfg
+
+
+# --------------------------------------------------------------------------------------------
+# merging files and KEY VALUE overrides, with errors that name the key and suggest the real one
+# --------------------------------------------------------------------------------------------
+_UNKNOWN_KEY = re.compile(r"Non-existent (?:config )?key: (\S+)")
+
+
+def config_keys(cfg, prefix=""):
+    """Every dotted key of ``cfg`` (nodes and leaves), e.g. ``MODEL.MBFN.LOCAL1.NUM_PARTS``."""
+    keys = []
+    for k, v in cfg.items():
+        full = f"{prefix}{k}"
+        keys.append(full)
+        if isinstance(v, dict):
+            keys.extend(config_keys(v, full + "."))
+    return keys
+
+
+def suggest_keys(cfg, key, n=5):
+    """Existing keys close to the unknown dotted ``key``, best first.
+
+    ``difflib.get_close_matches`` over every dotted key, plus the keys that end with the unknown
+    key's last component, or start like it, under the same top-level node (so
+    ``MODEL.MBFN.NUM_PART`` suggests ``MODEL.MBFN.LOCAL1.NUM_PARTS``).
+    """
+    keys = config_keys(cfg)
+    parts = key.split(".")
+    leaf, parent = parts[-1], ".".join(parts[:-1])
+    same_leaf = [k for k in keys if k.split(".")[-1] in (leaf, leaf + "S", leaf.rstrip("S"))
+                 or (len(leaf) >= 4 and k.split(".")[-1].startswith(leaf))]
+    # keys under the unknown key's nearest existing parent first
+    same_leaf.sort(key=lambda k: (not k.startswith(parent + ".") if parent else False,
+                                  k.count("."), k))
+    out = same_leaf
+    for k in difflib.get_close_matches(key, keys, n=n, cutoff=0.75):
+        if k not in out:
+            out.append(k)
+    return out[:n]
+
+
+def _unknown_key_error(cfg, key, source):
+    hint = suggest_keys(cfg, key)
+    msg = f"unknown config key {key!r} (in {source})."
+    if hint:
+        msg += " Did you mean: " + ", ".join(hint) + "?"
+    else:
+        msg += " No similar key exists in this config."
+    return ConfigError(msg + "\nA method's keys exist only for its own project (e.g. MODEL.MBFN.* "
+                       "with projects/MBFN/train_net.py).")
+
+
+def merge_config_file(cfg, path):
+    """``cfg.merge_from_file(path)`` with :class:`~fastreid_plugins.errors.ConfigError` for a
+    missing file, a YAML syntax error, an unknown key (with suggestions) or a mistyped value.
+
+    Raises:
+        ConfigFileNotFoundError: ``path`` does not exist (also a ``FileNotFoundError``).
+        ConfigError: as above; the message names the file and the key.
+    """
+    import yaml
+
+    if not path or not os.path.isfile(path):
+        raise ConfigFileNotFoundError(f"--config-file not found: {path!r}. Pass an existing .yml "
+                                      "file, e.g. --config-file configs/demo/mfgnet.yml.")
+    try:
+        cfg.merge_from_file(path)
+    except (KeyError, AssertionError, ValueError, yaml.YAMLError) as e:
+        text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        m = _UNKNOWN_KEY.search(str(text))
+        if m:
+            raise _unknown_key_error(cfg, m.group(1), f"--config-file {path}") from None
+        raise ConfigError(f"cannot merge --config-file {path!r}: {text}") from None
+    return cfg
+
+
+def merge_overrides(cfg, opts):
+    """``cfg.merge_from_list(opts)`` (the ``KEY VALUE`` pairs after the options) with
+    :class:`~fastreid_plugins.errors.ConfigError` for an odd list, an option placed after the
+    overrides, an unknown key (with suggestions) or a value of the wrong type.
+
+    Raises:
+        ConfigError: as above; the message names the key and value.
+    """
+    opts = list(opts or [])
+    flags = [o for o in opts[0::2] if isinstance(o, str) and o.startswith("--")]
+    if flags:
+        raise ConfigError(f"{flags[0]!r} appears among the KEY VALUE overrides: options must "
+                          "come before KEY VALUE overrides (e.g. `--config-file F --eval-only "
+                          "MODEL.WEIGHTS W`).")
+    if len(opts) % 2:
+        raise ConfigError(f"the KEY VALUE overrides have an odd length ({len(opts)}): "
+                          f"{' '.join(map(str, opts))!r}; every key needs a value.")
+    for key in opts[0::2]:
+        node = cfg
+        for part in str(key).split("."):
+            if not isinstance(node, dict) or part not in node:
+                raise _unknown_key_error(cfg, key, "the command-line overrides")
+            node = node[part]
+    try:
+        cfg.merge_from_list(opts)
+    except (KeyError, AssertionError, ValueError) as e:
+        raise ConfigError(f"cannot apply the override(s) {' '.join(map(str, opts))!r}: "
+                          f"{e.args[0] if e.args else e}") from None
     return cfg

@@ -16,8 +16,10 @@ samplers and checkpoints, with three differences:
   identity-sampler batch checks, and ``--resume`` of a finished run says so.
 """
 
+import json
 import logging
 import os
+import tempfile
 
 import torch
 from fastreid.data import build_reid_test_loader, build_reid_train_loader
@@ -25,7 +27,8 @@ from fastreid.data.common import CommDataset
 from fastreid.data.datasets import DATASET_REGISTRY
 from fastreid.data.datasets.vehicleid import VehicleID
 from fastreid.data.transforms import build_transforms
-from fastreid.engine import DefaultTrainer, default_argument_parser, default_setup, launch
+from fastreid.engine import DefaultTrainer, default_setup, launch
+from fastreid.engine import default_argument_parser as _fastreid_argument_parser
 from fastreid.utils import comm
 from fastreid.utils.logger import setup_logger
 from fastreid.utils.events import (CommonMetricPrinter, JSONWriter, TensorboardXWriter,
@@ -34,17 +37,19 @@ from fastreid.utils.events import (CommonMetricPrinter, JSONWriter, TensorboardX
 from . import distributed
 from .checkpoint import (ResumableTrainerMixin, TrainingFinishedError, check_finite_state,
                          load_checkpoint_file)
-from .config import get_cfg, require_plugins_config
+from . import errors
+from .cli import USER_ERRORS, debug_requested, error_message, log_traceback_to_files, run_cli
+from .config import get_cfg, merge_config_file, merge_overrides, require_plugins_config
 from .data.validation import check_dataset_items, check_identity_batches
 from .evaluation import VehicleReidEvaluator
 from .modeling.base import state_dict_mismatch
-from .errors import CorruptCheckpointError, WeightsMismatchError
+from .errors import CorruptCheckpointError, DatasetError, WeightsMismatchError
 from .patches.base import set_module_global
 from .seeding import resolve_seed, seed_all, seeded_train_loader
 
 __all__ = ["PluginTrainer", "setup", "main", "launch_main", "load_model_weights",
            "default_argument_parser", "is_vehicleid", "set_datasets_root", "prepare_for_host",
-           "TrainingFinishedError"]
+           "TrainingFinishedError", "fastreid_versions"]
 
 logger = logging.getLogger(__name__)
 _root = os.getenv("FASTREID_DATASETS", "datasets")
@@ -193,7 +198,7 @@ class PluginTrainer(ResumableTrainerMixin, DefaultTrainer):
             loader = build_reid_train_loader(cfg, train_set=train_set)
         check_dataset_items(loader.dataset.img_items, "train", cfg.DATASETS.NAMES)
         if len(loader.dataset) < cfg.SOLVER.IMS_PER_BATCH:
-            raise ValueError(
+            raise DatasetError(
                 f"The training set has {len(loader.dataset)} images, fewer than "
                 f"SOLVER.IMS_PER_BATCH={cfg.SOLVER.IMS_PER_BATCH}: an epoch would have no "
                 "iteration. Lower SOLVER.IMS_PER_BATCH.")
@@ -266,26 +271,119 @@ class PluginTrainer(ResumableTrainerMixin, DefaultTrainer):
         return data_loader, evaluator
 
 
+def default_argument_parser():
+    """FastReID's command line (``--config-file``, ``--eval-only``, ``--resume``, ``--num-gpus``,
+    ``opts``) plus ``--debug``: tracebacks of user errors and the full log on the console."""
+    parser = _fastreid_argument_parser()
+    parser.add_argument("--debug", action="store_true",
+                        help="print the traceback of a user error and the full log (environment, "
+                             "config, model) on the console; without it they go to "
+                             "OUTPUT_DIR/log.txt only")
+    return parser
+
+
+#: FastReID's start-of-run records that go to OUTPUT_DIR/log.txt only (the console gets a header)
+_LOG_FILE_ONLY = ("Rank of current process", "Environment info:", "Command line arguments:",
+                  "Contents of args.config_file=", "Running with full config:",
+                  "Full config saved to", "Model:\n", "Using a generated random seed",
+                  # FastReID's train loop logs the exception it re-raises: the CLI prints it once
+                  "Exception during training")
+
+
+class _LogFileOnly(logging.Filter):
+    """Console filter: drops the records of :data:`_LOG_FILE_ONLY` (they stay in log.txt)."""
+
+    def filter(self, record):
+        return not (isinstance(record.msg, str) and record.msg.startswith(_LOG_FILE_ONLY))
+
+
+def _quiet_console(*loggers):
+    """Add :class:`_LogFileOnly` to the console (non-file) handlers of ``loggers``, once."""
+    for lg in loggers:
+        for h in lg.handlers:
+            path = getattr(getattr(h, "stream", None), "name", None)
+            is_file = isinstance(path, str) and os.path.isfile(path)
+            if not is_file and not any(isinstance(f, _LogFileOnly) for f in h.filters):
+                h.addFilter(_LogFileOnly())
+
+
+def fastreid_versions():
+    """``(installed distribution version, fastreid.__version__)``; FastReID 1.4.0's package
+    reports itself as "1.3". The first is ``None`` for a git checkout on ``PYTHONPATH``."""
+    import importlib.metadata
+
+    import fastreid
+    try:
+        dist = importlib.metadata.version("fastreid")
+    except importlib.metadata.PackageNotFoundError:
+        dist = None
+    return dist, getattr(fastreid, "__version__", "unknown")
+
+
+def _log_header(cfg, args):
+    """The console's start-of-run summary (the full environment, config and model are in
+    ``OUTPUT_DIR/log.txt``)."""
+    from . import __version__
+
+    dist, own = fastreid_versions()
+    fr = (f"FastReID {dist} (the package reports itself as {own})" if dist and dist != own
+          else f"FastReID {dist or own}" + ("" if dist else " (from PYTHONPATH)"))
+    logger.info(f"fastreid-plugins {__version__}, {fr}, torch {torch.__version__}")
+    logger.info(f"Method: {cfg.MODEL.META_ARCHITECTURE}, config: {args.config_file or '(none)'}"
+                + (", --eval-only MODEL.WEIGHTS " + cfg.MODEL.WEIGHTS
+                   if getattr(args, "eval_only", False) else ""))
+    logger.info(f"Datasets: train {', '.join(cfg.DATASETS.NAMES)}, test "
+                f"{', '.join(cfg.DATASETS.TESTS)}, under {os.path.abspath(_root)} "
+                "(FASTREID_DATASETS)")
+    world = comm.get_world_size()
+    if world > 1:
+        import torch.distributed as dist_
+        group = f"{world} processes, process group {dist_.get_backend()}"
+    else:
+        group = "1 process, no process group"
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    logger.info(f"Device: {cfg.MODEL.DEVICE}" + ("" if gpus else " (no CUDA GPU)") + f", {group}")
+    requested = int(getattr(args, "num_gpus", 1) or 1)
+    if requested > 1 and requested > gpus:
+        logger.warning(f"--num-gpus {requested} but {gpus} CUDA GPU(s) available: running "
+                       f"{requested} processes on the CPU with gloo instead of NCCL")
+    logger.info(f"Output: {os.path.abspath(cfg.OUTPUT_DIR)} (full config, model and environment "
+                f"in {os.path.join(cfg.OUTPUT_DIR, 'log.txt')})")
+
+
 def setup(args, *add_fns):
     """Build the frozen config from ``args`` and run FastReID's ``default_setup``.
 
+    The console shows a short header (versions, method, config file, datasets, device and process
+    group, output folder) and the progress; FastReID's environment report, the full config and
+    the model go to ``OUTPUT_DIR/log.txt`` only (all of it on the console with ``--debug`` or
+    ``FASTREID_PLUGINS_VERBOSE=1``).
+
     Raises:
-        FileNotFoundError: ``--config-file`` does not exist.
+        ConfigFileNotFoundError: ``--config-file`` does not exist (a ``FileNotFoundError``).
+        ConfigError: unknown key (closest keys suggested) or mistyped value.
     """
     cfg = get_cfg(*add_fns)
     if args.config_file:
-        if not os.path.isfile(args.config_file):
-            raise FileNotFoundError(f"--config-file not found: {args.config_file!r}")
-        cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts or [])
+        merge_config_file(cfg, args.config_file)
+    merge_overrides(cfg, args.opts or [])
     prepare_for_host(cfg, eval_only=getattr(args, "eval_only", False))
     cfg.SEED = resolve_seed(cfg)  # a drawn seed is logged and saved in config.yaml
     # under DDP every rank must draw the same global batches: rank 0's drawn seed for all
     cfg.SEED = distributed.same_on_all_ranks(cfg.SEED)
     cfg.freeze()
+    # the loggers default_setup opens (setup_logger is cached: the same handlers), so the console
+    # filter is in place before FastReID logs the environment, the config and the model
+    rank = comm.get_rank()
+    loggers = [setup_logger(cfg.OUTPUT_DIR, distributed_rank=rank),
+               # FastReID's setup logs only the "fastreid" tree; ours (e.g. "loaded N/N tensors")
+               setup_logger(cfg.OUTPUT_DIR, distributed_rank=rank, name="fastreid_plugins")]
+    verbose = (getattr(args, "debug", False) or debug_requested([])[0]
+               or os.environ.get("FASTREID_PLUGINS_VERBOSE", "") not in ("", "0"))
+    if not verbose:
+        _quiet_console(*loggers)
     default_setup(cfg, args)
-    # FastReID's setup logs only the "fastreid" tree; ours (e.g. "loaded N/N tensors from FILE") too
-    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="fastreid_plugins")
+    _log_header(cfg, args)
     seed_all(cfg.SEED + comm.get_rank())  # default_setup seeded with a random number
     logger.info(f"Seed of this run: SEED {cfg.SEED}")
     return cfg
@@ -325,13 +423,63 @@ def main(args, *add_fns, trainer_cls=PluginTrainer):
 
 
 def launch_main(*add_fns, trainer_cls=PluginTrainer, argv=None):
-    """Parse FastReID's command line and run :func:`main` through FastReID's ``launch``."""
+    """Parse FastReID's command line and run :func:`main` through FastReID's ``launch``.
+
+    A user error (:class:`~fastreid_plugins.errors.UserError`, ``FileNotFoundError``) ends in one
+    short ``Error: ...`` block on stderr and exit status 2 (:func:`fastreid_plugins.cli.run_cli`;
+    the traceback is in ``OUTPUT_DIR/log.txt``, and on the console with ``--debug``), also when
+    it happens in a ``--num-gpus N`` worker process: the worker hands it to this process.
+    """
+    return run_cli(lambda a: _launch(a, trainer_cls, add_fns), argv)
+
+
+_ERROR_DIR = "FASTREID_PLUGINS_WORKER_ERRORS"
+
+
+def _launch(argv, trainer_cls, add_fns):
     args = default_argument_parser().parse_args(argv)
-    print("Command Line Args:", args)
-    return launch(_main_positional, args.num_gpus, num_machines=args.num_machines,
-                  machine_rank=args.machine_rank, dist_url=args.dist_url,
-                  args=(args, trainer_cls, *add_fns))
+    run = dict(num_machines=args.num_machines, machine_rank=args.machine_rank,
+               dist_url=args.dist_url, args=(args, trainer_cls, *add_fns))
+    if args.num_gpus * args.num_machines <= 1:
+        return launch(_main_positional, args.num_gpus, **run)
+    with tempfile.TemporaryDirectory(prefix="fastreid_plugins_errors_") as folder:
+        os.environ[_ERROR_DIR] = folder  # inherited by the spawned workers
+        try:
+            return launch(_main_positional, args.num_gpus, **run)
+        except Exception:
+            err = _worker_error(folder, args.num_gpus * args.num_machines)
+            if err is None:
+                raise
+            raise err from None
+        finally:
+            os.environ.pop(_ERROR_DIR, None)
+
+
+def _worker_error(folder, world):
+    """The user error a worker wrote to ``folder`` (lowest rank first), rebuilt, or ``None``."""
+    files = sorted((f for f in os.listdir(folder) if f.endswith(".json")),
+                   key=lambda f: int(f[len("rank"):-len(".json")]))
+    if not files:
+        return None
+    with open(os.path.join(folder, files[0])) as f:
+        info = json.load(f)
+    cls = getattr(errors, info["type"], None)
+    if not (isinstance(cls, type) and issubclass(cls, errors.UserError)):
+        cls = FileNotFoundError if info["type"] == "FileNotFoundError" else errors.UserError
+    return cls(f"{info['message']}\n(in process {info['rank']} of {world})")
 
 
 def _main_positional(args, trainer_cls, *add_fns):
-    return main(args, *add_fns, trainer_cls=trainer_cls)
+    folder = os.environ.get(_ERROR_DIR)
+    if not folder or getattr(args, "debug", False) or debug_requested([])[0]:
+        return main(args, *add_fns, trainer_cls=trainer_cls)
+    try:
+        return main(args, *add_fns, trainer_cls=trainer_cls)
+    except USER_ERRORS as e:  # a launch worker: hand the error to the main process, exit 2
+        log_traceback_to_files(e)
+        rank = comm.get_rank()
+        tmp = os.path.join(folder, f".rank{rank}.tmp")
+        with open(tmp, "w") as f:
+            json.dump({"type": type(e).__name__, "message": error_message(e), "rank": rank}, f)
+        os.replace(tmp, os.path.join(folder, f"rank{rank}.json"))
+        raise SystemExit(2) from None

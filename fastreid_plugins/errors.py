@@ -14,6 +14,7 @@ class                          raised when
 =============================  ==========================================================
 :class:`ConfigError`           a config value / key is invalid for the method or the host
 :class:`MissingConfigError`    a method's config node is missing (``add_<method>_config``)
+:class:`ConfigFileNotFoundError`  ``--config-file`` does not exist
 :class:`DatasetNotFoundError`  a dataset's folder or list file is missing
 :class:`DatasetError`          a dataset is readable but unusable (bad labels, too few ids)
 :class:`ImageReadError`        an image exists but cannot be decoded
@@ -34,6 +35,7 @@ __all__ = [
     "UserError",
     "ConfigError",
     "MissingConfigError",
+    "ConfigFileNotFoundError",
     "DatasetNotFoundError",
     "DatasetError",
     "ImageReadError",
@@ -66,6 +68,10 @@ class MissingConfigError(ConfigError, KeyError):
 
     def __str__(self) -> str:
         return Exception.__str__(self)
+
+
+class ConfigFileNotFoundError(ConfigError, FileNotFoundError):
+    """``--config-file`` names a file that does not exist."""
 
 
 class DatasetNotFoundError(UserError, FileNotFoundError, RuntimeError):

@@ -62,6 +62,10 @@ def check_pictures(out_dir, summary, expect_order):
         img = np.asarray(Image.open(os.path.join(out_dir, q["file"])).convert("RGB"))
         assert img.shape == (H, W, 3)
         q_pid, q_cam = veri_labels(q["query"]["path"])
+        # the caption names the camera as the file does (c012 -> "cam 12"), not FastReID's
+        # 0-based camid (11)
+        assert q["query"]["caption"] == [f"query id {q_pid}", f"cam {q_cam}"]
+        assert q["query"]["camid"] == q_cam - 1
         x0, y0, x1, y1 = q["query"]["box"]
         assert tuple(img[y0 + 1, x0 + 1]) == vis.QUERY_COLOR
         assert len(q["gallery"]) == TOPK
@@ -85,6 +89,9 @@ def check_pictures(out_dir, summary, expect_order):
         assert aps == sorted(aps, reverse=True)
     elif expect_order == "worst":
         assert aps == sorted(aps)
+    m = summary["metrics"]
+    assert summary["cmc_title"].endswith(f"Rank-1: {m['Rank-1']:.1f}%   mAP: {m['mAP']:.1f}%   "
+                                         f"mINP: {m['mINP']:.1f}%")
     cmc = Image.open(os.path.join(out_dir, "cmc.png"))
     assert cmc.size == (640, 480) and cmc.format == "PNG"
     return seen
@@ -138,6 +145,17 @@ def test_select_queries_by_ap():
     assert rnd == vis.select_queries(ap, idx, 10, "random", seed=1)  # seeded
     with pytest.raises(ValueError, match="--mode"):
         vis.select_queries(ap, idx, 2, "median")
+
+
+def test_camera_label_is_the_file_names_camera():
+    # FastReID's VeRi loader: camid = c - 1; the caption shows the dataset's camera name
+    assert vis.camera_label("/d/veri/image_query/0002_c012_00030600_0.jpg", 11) == \
+        ("cam 12", "file name")
+    assert vis.camera_label("c012_x.jpg", 11) == ("cam 12", "file name")
+    # no camera in the name (VehicleID, VERI-Wild): FastReID's index + 1, marked with '#'
+    assert vis.camera_label("/d/vehicleid/image/0001234.jpg", 3) == ("cam #4", "camid + 1")
+    assert vis.cmc_title("VeRi", {"Rank-1": 66.66, "mAP": 60.0, "mINP": 50.04}) == \
+        "CMC on VeRi:  Rank-1: 66.7%   mAP: 60.0%   mINP: 50.0%"
 
 
 def test_visualize_bad_arguments(tmp_path):

@@ -5,6 +5,10 @@
   and the CMC curve of a trained model.
 * ``export_onnx``: export any meta-architecture's eval forward to ONNX and check it with
   onnxruntime.
+* ``strip_checkpoint``: a weights-only copy of a checkpoint (no optimizer / scheduler state).
+
+Each tool runs through :func:`fastreid_plugins.cli.run_cli`: a user error (bad path, unknown
+config key, ...) prints one ``Error: ...`` block and exits 2; ``--debug`` shows the traceback.
 
 Importing this package is cheap (no torch / FastReID import); the helpers below import lazily so
 that ``python -m fastreid_plugins.tools.demo`` can set ``FASTREID_DATASETS`` first.
@@ -36,18 +40,16 @@ def build_tool_cfg(config_file, opts=()):
         opts (list[str]): ``KEY VALUE`` overrides.
 
     Raises:
-        FileNotFoundError: ``config_file`` does not exist.
+        fastreid_plugins.errors.ConfigFileNotFoundError: ``config_file`` does not exist (a
+            ``FileNotFoundError``).
+        fastreid_plugins.errors.ConfigError: unknown key (closest keys named) or mistyped value.
     """
-    import os
-
-    from fastreid_plugins.config import get_cfg
+    from fastreid_plugins.config import get_cfg, merge_config_file, merge_overrides
     from fastreid_plugins.engine import prepare_for_host
 
-    if not config_file or not os.path.isfile(config_file):
-        raise FileNotFoundError(f"--config-file not found: {config_file!r}")
     cfg = get_cfg(*plugin_config_fns())
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(list(opts or []))
+    merge_config_file(cfg, config_file)
+    merge_overrides(cfg, opts)
     prepare_for_host(cfg, eval_only=True)
     cfg.freeze()
     return cfg
@@ -91,8 +93,8 @@ def load_tool_model(cfg, purpose):
     from fastreid_plugins.engine import load_model_weights
 
     if not cfg.MODEL.WEIGHTS:
-        raise FileNotFoundError(f"No model to {purpose}: pass `MODEL.WEIGHTS /path/to/model.pth` "
-                                "after the other arguments.")
+        raise FileNotFoundError(f"No model to {purpose}: MODEL.WEIGHTS is empty; pass "
+                                "`MODEL.WEIGHTS /path/to/model.pth` after the other arguments.")
     model = trainer_class_for(cfg).build_model(cfg)
     load_model_weights(model, cfg.MODEL.WEIGHTS)
     return model.eval()

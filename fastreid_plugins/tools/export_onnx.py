@@ -294,4 +294,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    from fastreid_plugins.cli import run_cli
+    run_cli(main, sys.argv[1:])

@@ -2,7 +2,7 @@
 
 Usage::
 
-    FASTREID_DATASETS=/path/to/datasets python -m fastreid_plugins.tools.visualize \\
+    FASTREID_DATASETS=../shared/datasets python -m fastreid_plugins.tools.visualize \\
         --config-file configs/demo/mfgnet.yml [--num-queries 10] [--topk 5] \\
         [--mode best|worst|random] [--output vis/] [--dataset VeRi] MODEL.WEIGHTS model_final.pth
 
@@ -13,11 +13,14 @@ Runs on the CPU when there is no GPU.
 
 Outputs in ``--output``:
 
-* ``ranklist_<i>_<query file>.png``: the query (blue border) and its top-k gallery images in
+* ``ranklist_<i>_<query file>.png``: the query (blue border; caption: its ID and camera, the
+  camera as named in the file, ``c012`` -> "cam 12", see :func:`camera_label`) and its top-k
+  gallery images in
   ranked order, green border = same vehicle ID, red = different ID, as in MFG-Net (Xu et al.,
   Array 2022) Fig. 7 and MBFN (Array 2023) Fig. 7. As in the evaluation protocol, gallery images
   of the query's ID taken by the query's camera are junk and not shown.
-* ``cmc.png``: the CMC curve (Rank-1 .. Rank-50) with Rank-1/mAP/mINP in the title.
+* ``cmc.png``: the CMC curve (Rank-1 .. Rank-50) with Rank-1/mAP/mINP in the title
+  ("Rank-1: 66.7%  mAP: ...").
 * ``ranklists.json``: metrics, the CMC, and for every picture the query, the shown gallery images
   (path, pid, camid, distance, match) and the pixel box of every bordered cell.
 
@@ -34,11 +37,13 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 
 import numpy as np
 
-__all__ = ["main", "draw_ranklist", "draw_cmc", "select_queries", "canvas_size",
+__all__ = ["main", "draw_ranklist", "draw_cmc", "select_queries", "canvas_size", "camera_label",
+           "cmc_title",
            "QUERY_COLOR", "MATCH_COLOR", "NONMATCH_COLOR", "BORDER", "GAP", "QUERY_GAP", "PAD",
            "TEXT_H"]
 
@@ -67,6 +72,33 @@ def canvas_size(topk, height, width):
             2 * PAD + ch + TEXT_H)
 
 
+_CAMERA_IN_NAME = re.compile(r"(?:^|_)c(\d{3})(?=[_.])")
+
+
+def camera_label(path, camid):
+    """The camera as a caption: as in the file name when it names one, else ``camid + 1``.
+
+    FastReID's VeRi-776 loader parses ``<pid>_c<cam>_<frame>_<n>.jpg`` and stores
+    ``camid = cam - 1`` (0-based), so ``0002_c012_00030600_0.jpg`` has ``camid`` 11 and is
+    shown as "cam 12", the dataset's own camera name. A file name without ``_cNNN_``
+    (VehicleID, VERI-Wild lists) gives "cam #<camid + 1>" (``#``: FastReID's internal index + 1,
+    not a name from the dataset).
+
+    Returns:
+        tuple[str, str]: ``(caption, source)``, source ``"file name"`` or ``"camid + 1"``.
+    """
+    m = _CAMERA_IN_NAME.search(os.path.basename(str(path)))
+    if m:
+        return f"cam {int(m.group(1))}", "file name"
+    return f"cam #{int(camid) + 1}", "camid + 1"
+
+
+def cmc_title(dataset, metrics):
+    """Title of ``cmc.png``: ``"CMC on VeRi: Rank-1: 66.7%  mAP: 60.0%  mINP: 50.0%"``."""
+    return (f"CMC on {dataset}:  Rank-1: {metrics['Rank-1']:.1f}%   mAP: {metrics['mAP']:.1f}%   "
+            f"mINP: {metrics['mINP']:.1f}%")
+
+
 def _load_image(path, height, width):
     from PIL import Image
 
@@ -78,7 +110,8 @@ def draw_ranklist(query, gallery, height, width):
     """Draw one rank list.
 
     Args:
-        query (dict): ``path``, ``pid``, ``camid`` of the query.
+        query (dict): ``path``, ``pid``, ``camid`` of the query; its caption (id, and the camera
+            by :func:`camera_label`) is stored in it as ``caption``.
         gallery (list[dict]): ranked gallery entries with ``path``, ``pid``, ``camid``, ``dist``
             and ``match`` (bool).
         height, width (int): size of every shown image (px, without border).
@@ -101,8 +134,9 @@ def draw_ranklist(query, gallery, height, width):
             draw.text((x0 + 1, PAD + ch + 2 + 13 * i), text, fill=(0, 0, 0))
         return [x0, PAD, x0 + cw, PAD + ch]
 
-    qbox = cell(PAD, query["path"], QUERY_COLOR, [f"query id {query['pid']}",
-                                                 f"cam {query['camid']}"])
+    query["caption"] = [f"query id {query['pid']}", camera_label(query["path"],
+                                                                query["camid"])[0]]
+    qbox = cell(PAD, query["path"], QUERY_COLOR, query["caption"])
     boxes = []
     x = PAD + cw + QUERY_GAP
     for r, g in enumerate(gallery, 1):
@@ -219,7 +253,7 @@ def build_parser():
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None,
                    help="size of every shown image (default: INPUT.SIZE_TEST)")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides "
-                   "(MODEL.WEIGHTS path/to/model.pth)")
+                   "(MODEL.WEIGHTS path/to/model.pth); options must come before them")
     return p
 
 
@@ -231,11 +265,13 @@ def main(argv=None):
         ValueError: bad ``--topk``/``--num-queries``/``--mode``, or a VehicleID-style test set
             (no fixed query/gallery split).
     """
+    from fastreid_plugins.errors import ConfigError
+
     args = build_parser().parse_args(argv)
     if args.topk < 1:
-        raise ValueError(f"--topk must be >= 1, got {args.topk}")
+        raise ConfigError(f"--topk must be >= 1, got {args.topk}")
     if args.num_queries < 1:
-        raise ValueError(f"--num-queries must be >= 1, got {args.num_queries}")
+        raise ConfigError(f"--num-queries must be >= 1, got {args.num_queries}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
     from fastreid_plugins.engine import is_vehicleid
@@ -246,7 +282,7 @@ def main(argv=None):
     cfg = build_tool_cfg(args.config_file, args.opts)
     dataset = args.dataset or cfg.DATASETS.TESTS[0]
     if is_vehicleid(dataset):
-        raise ValueError(f"{dataset} has no fixed query/gallery split (VehicleID protocol); "
+        raise ConfigError(f"{dataset} has no fixed query/gallery split (VehicleID protocol); "
                          "pick another test set with --dataset.")
     model = load_tool_model(cfg, "visualise")
     trainer_cls = trainer_class_for(cfg)
@@ -285,8 +321,7 @@ def main(argv=None):
             g["box"] = box
         summary["queries"].append({"file": name, "query_index": q, "ap": ap,
                                    "query": dict(query, box=qbox), "gallery": gallery})
-    title = (f"CMC on {dataset}: Rank-1 {metrics['Rank-1']:.1f}%  mAP {metrics['mAP']:.1f}%  "
-             f"mINP {metrics['mINP']:.1f}%")
+    title = summary["cmc_title"] = cmc_title(dataset, metrics)
     draw_cmc(cmc, title).save(os.path.join(args.output, "cmc.png"))
     with open(os.path.join(args.output, "ranklists.json"), "w") as f:
         json.dump(summary, f, indent=1)
@@ -297,4 +332,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    from fastreid_plugins.cli import run_cli
+    run_cli(main, sys.argv[1:])

@@ -72,7 +72,7 @@ def main(argv=None):
     a = ap.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("FASTREID_PLUGINS_THREADS", "1")))
     logging.getLogger("fastreid").setLevel(logging.WARNING)
-    set_datasets_root(os.environ.get("FASTREID_DATASETS", "../shared/datasets"))
+    set_datasets_root(os.environ.get("FASTREID_DATASETS", "datasets"))
     with tempfile.TemporaryDirectory() as out:
         cfg = get_cfg(add_mbfn_config)
         cfg.merge_from_file(a.config_file)

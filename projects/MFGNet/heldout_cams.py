@@ -154,7 +154,7 @@ def main(argv=None):
     torch.set_num_threads(int(os.environ.get("FASTREID_PLUGINS_THREADS", "1")))
     logging.getLogger("fastreid").setLevel(logging.WARNING)
     logging.getLogger("fastreid_plugins").setLevel(logging.WARNING)
-    src = os.environ.get("FASTREID_DATASETS", "../shared/datasets")
+    src = os.environ.get("FASTREID_DATASETS", "datasets")
     label = a.label or a.config_file
     per_fold = {}
     for fold in folds:

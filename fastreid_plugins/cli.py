@@ -1,0 +1,114 @@
+"""Command-line runner: a user mistake ends in one short block, not a traceback.
+
+:func:`run_cli` runs a command's ``main(argv)``. An error the user can fix
+(:class:`~fastreid_plugins.errors.UserError`, and ``FileNotFoundError``: a path given on the
+command line or in the config) is printed once to stderr as::
+
+    Error: <what is wrong, naming the file / key / value, and what to do>
+    (DatasetNotFoundError; traceback in logs/run/log.txt, or rerun with --debug)
+
+and the process exits with status 2. The traceback goes to the run's log file(s) when the run got
+as far as opening one (``OUTPUT_DIR/log.txt``), and to the console only with ``--debug`` (a flag
+accepted anywhere on the command line, or ``FASTREID_PLUGINS_DEBUG=1``), which re-raises the
+exception unchanged. Any other exception is a bug and keeps its traceback.
+
+Used by :func:`fastreid_plugins.engine.launch_main` (so every ``projects/*/train_net.py``) and by
+every ``python -m fastreid_plugins.tools.*``.
+"""
+
+import logging
+import os
+import sys
+import traceback
+
+from .errors import UserError
+
+__all__ = ["run_cli", "USER_ERRORS", "error_message", "format_error", "log_traceback_to_files",
+           "debug_requested"]
+
+#: what :func:`run_cli` prints as a short block (anything else keeps its traceback)
+USER_ERRORS = (UserError, FileNotFoundError)
+
+EXIT_USER_ERROR = 2
+
+
+def debug_requested(argv):
+    """``(debug, argv without --debug)``: ``--debug`` anywhere in ``argv``, or
+    ``FASTREID_PLUGINS_DEBUG=1``."""
+    argv = list(argv)
+    debug = "--debug" in argv or os.environ.get("FASTREID_PLUGINS_DEBUG", "") not in ("", "0")
+    return debug, [a for a in argv if a != "--debug"]
+
+
+def error_message(exc):
+    """The text of ``exc`` for the ``Error:`` line."""
+    if isinstance(exc, OSError) and exc.filename and exc.strerror:
+        # OSError(errno, strerror, filename), e.g. open(): "No such file or directory: 'x'"
+        return f"{exc.strerror}: {exc.filename!r}"
+    msg = exc.args[0] if len(exc.args) == 1 and isinstance(exc.args[0], str) else str(exc)
+    return msg.strip() or type(exc).__name__
+
+
+def format_error(exc, log_files=()):
+    """The block :func:`run_cli` prints for ``exc`` (a string ending in a newline)."""
+    where = (f"traceback in {', '.join(log_files)}, or rerun with --debug" if log_files
+             else "rerun with --debug for the traceback")
+    return f"Error: {error_message(exc)}\n({type(exc).__name__}; {where})\n"
+
+
+def _file_handlers():
+    """The file handlers of FastReID's and our loggers (``OUTPUT_DIR/log.txt``), one per file."""
+    seen, out = set(), []
+    for name in ("fastreid_plugins", "fastreid"):
+        for h in logging.getLogger(name).handlers:
+            stream = getattr(h, "stream", None)
+            path = getattr(stream, "name", None)
+            if (stream is None or stream in (sys.stdout, sys.stderr) or not isinstance(path, str)
+                    or path in seen):
+                continue
+            seen.add(path)
+            out.append((path, stream))
+    return out
+
+
+def log_traceback_to_files(exc):
+    """Append ``exc``'s traceback to every open log file of the run; returns their paths."""
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    paths = []
+    for path, stream in _file_handlers():
+        try:
+            stream.write(f"[error] {type(exc).__name__}, the run stopped:\n{text}")
+            stream.flush()
+            paths.append(path)
+        except (OSError, ValueError):  # closed or unwritable: the console block still says it
+            pass
+    return paths
+
+
+def run_cli(main_fn, argv=None, errors=USER_ERRORS):
+    """Run ``main_fn(argv)``; a user error prints one short block to stderr and exits 2.
+
+    Args:
+        main_fn (callable): takes the argument list (``--debug`` removed).
+        argv (list[str] | None): default ``sys.argv[1:]``.
+        errors (tuple[type]): the exception types printed as a short block.
+
+    Returns:
+        whatever ``main_fn`` returns.
+
+    Raises:
+        SystemExit: status 2 after a user error (without ``--debug``).
+    """
+    debug, argv = debug_requested(sys.argv[1:] if argv is None else argv)
+    if debug:  # seen by engine.setup (full console log) and by launch workers
+        os.environ["FASTREID_PLUGINS_DEBUG"] = "1"
+    try:
+        return main_fn(argv)
+    except errors as e:
+        if debug:
+            raise
+        files = log_traceback_to_files(e)
+        sys.stdout.flush()
+        sys.stderr.write(format_error(e, files))
+        sys.stderr.flush()
+        raise SystemExit(EXIT_USER_ERROR) from None

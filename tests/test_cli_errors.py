@@ -1,0 +1,243 @@
+"""A newcomer's commands: every user error the project names ends in one short block.
+
+Each case runs the real command in a subprocess (with a timeout) and checks the short form: exit
+status 2, ``Error: ...`` naming the culprit (file / key / value) on stderr, no traceback on the
+console, the message printed exactly once (stdout and stderr together). The cases fail before or
+at the first training iteration, so each costs an interpreter start and a model build.
+"""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from helpers import ROOT
+
+DEMO = os.path.join(ROOT, "configs", "demo")
+BAGTRICKS = os.path.join(DEMO, "bagtricks_r18.yml")
+MFGNET = os.path.join(DEMO, "mfgnet.yml")
+TIMEOUT = 600
+
+
+def run(args, datasets=None, env=None, cwd=ROOT):
+    """Run ``python ARGS`` like a user; returns the CompletedProcess."""
+    full_env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+                    FASTREID_PLUGINS_THREADS="1", OMP_NUM_THREADS="1")
+    full_env.pop("FASTREID_PLUGINS_DEBUG", None)
+    full_env.pop("FASTREID_PLUGINS_VERBOSE", None)
+    if datasets is not None:
+        full_env["FASTREID_DATASETS"] = datasets
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=full_env, capture_output=True,
+                          text=True, timeout=TIMEOUT)
+
+
+def train_net(project, *args):
+    return [os.path.join(ROOT, "projects", project, "train_net.py"), *args]
+
+
+def tool(name, *args):
+    return ["-m", f"fastreid_plugins.tools.{name}", *args]
+
+
+def assert_short_error(res, *culprits, error_type=None):
+    """Exit 2, one ``Error:`` block naming every culprit, no traceback, nothing printed twice."""
+    out = res.stdout + res.stderr
+    assert res.returncode == 2, f"rc={res.returncode}\n{out[-4000:]}"
+    assert "Traceback" not in res.stderr, res.stderr[-4000:]
+    assert "Traceback" not in res.stdout, res.stdout[-4000:]
+    starts = [i for i, line in enumerate(res.stderr.splitlines()) if line.startswith("Error: ")]
+    assert len(starts) == 1, res.stderr
+    block = "\n".join(res.stderr.splitlines()[starts[0]:])
+    first = block.splitlines()[0]
+    assert out.count(first) == 1, f"printed more than once: {first!r}\n{out[-4000:]}"
+    for c in culprits:
+        assert c in block, f"{c!r} not in the error block:\n{block}"
+    if error_type:
+        assert f"({error_type};" in block, block
+    return block
+
+
+# ------------------------------------------------------------------------------------ config
+def test_config_key_typo_names_the_real_key(tmp_path):
+    res = run(train_net("MBFN", "--config-file", os.path.join(DEMO, "mbfn.yml"),
+                        "MODEL.MBFN.NUM_PART", "3", "OUTPUT_DIR", str(tmp_path)))
+    block = assert_short_error(res, "MODEL.MBFN.NUM_PART", "MODEL.MBFN.LOCAL1.NUM_PARTS",
+                               error_type="ConfigError")
+    # the suffix match comes first (the yacs message "Non-existent key" gave no hint)
+    assert block.index("MODEL.MBFN.LOCAL1.NUM_PARTS") < block.index("MODEL.MBFN.PART_DIM")
+
+
+def test_config_key_typo_in_a_config_file(tmp_path):
+    cfg = tmp_path / "typo.yml"
+    cfg.write_text(f"_BASE_: {BAGTRICKS}\nSOLVER:\n  IMS_PER_BACH: 8\n")
+    res = run(train_net("MFGNet", "--config-file", str(cfg), "OUTPUT_DIR", str(tmp_path)))
+    assert_short_error(res, "SOLVER.IMS_PER_BACH", "SOLVER.IMS_PER_BATCH", str(cfg))
+
+
+def test_missing_config_file(tmp_path):
+    missing = str(tmp_path / "no_such.yml")
+    res = run(train_net("MFGNet", "--config-file", missing))
+    assert_short_error(res, missing, error_type="ConfigFileNotFoundError")
+    res = run(tool("visualize", "--config-file", missing, "MODEL.WEIGHTS", "x.pth"))
+    assert_short_error(res, missing)
+
+
+def test_visualize_option_after_the_overrides(tmp_path):
+    res = run(tool("visualize", "--config-file", BAGTRICKS, "MODEL.WEIGHTS", "x.pth",
+                   "--mode", "worst"))
+    assert_short_error(res, "'--mode'", "options must come before KEY VALUE overrides")
+
+
+# ------------------------------------------------------------------------------- data / model
+def test_dataset_not_found(tmp_path):
+    empty = tmp_path / "nodata"
+    empty.mkdir()
+    out = tmp_path / "run"
+    res = run(train_net("MFGNet", "--config-file", MFGNET, "OUTPUT_DIR", str(out)),
+              datasets=str(empty))
+    block = assert_short_error(res, str(empty / "veri"), error_type="DatasetNotFoundError")
+    # the traceback is kept in the run's log file, which the block names
+    assert str(out / "log.txt") in block
+    assert "Traceback" in (out / "log.txt").read_text()
+
+
+def test_batch_too_large_for_the_identities(veri_root, tmp_path):
+    res = run(train_net("MFGNet", "--config-file", MFGNET, "SOLVER.IMS_PER_BATCH", "32",
+                        "OUTPUT_DIR", str(tmp_path)), datasets=veri_root)
+    assert_short_error(res, "SOLVER.IMS_PER_BATCH", "32 / 4 = 8", "has 4",
+                       error_type="DatasetError")
+
+
+def test_pretrained_weights_not_available_offline(veri_root, tmp_path):
+    res = run(train_net("MFGNet", "--config-file", BAGTRICKS, "MODEL.BACKBONE.PRETRAIN", "True",
+                        "SOLVER.IMS_PER_BATCH", "8", "OUTPUT_DIR", str(tmp_path / "run")),
+              datasets=veri_root, env={"FASTREID_PLUGINS_OFFLINE": "1",
+                                       "TORCH_HOME": str(tmp_path / "torch")})
+    assert_short_error(res, "resnet18", "MODEL.BACKBONE.PRETRAIN_PATH",
+                       error_type="WeightsNotAvailableError")
+
+
+def test_unreadable_image(veri_root, tmp_path):
+    """Every training image corrupt (names intact): the first batch fails on one of them."""
+    src = os.path.join(veri_root, "veri")
+    veri = tmp_path / "data" / "veri"
+    (veri / "image_train").mkdir(parents=True)
+    for d in ("image_query", "image_test"):
+        os.symlink(os.path.join(src, d), veri / d)
+    for f in sorted(os.listdir(os.path.join(src, "image_train"))):
+        (veri / "image_train" / f).write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    res = run(train_net("MFGNet", "--config-file", MFGNET, "OUTPUT_DIR", str(tmp_path / "run")),
+              datasets=str(tmp_path / "data"))
+    assert_short_error(res, "Cannot read image", str(veri / "image_train"),
+                       error_type="ImageReadError")
+
+
+def test_eval_only_without_model_weights(tmp_path):
+    res = run(train_net("MFGNet", "--config-file", MFGNET, "--eval-only",
+                        "OUTPUT_DIR", str(tmp_path)))
+    assert_short_error(res, "MODEL.WEIGHTS")
+    res = run(train_net("MFGNet", "--config-file", MFGNET, "--eval-only", "OUTPUT_DIR",
+                        str(tmp_path), "MODEL.WEIGHTS", str(tmp_path / "nope.pth")))
+    assert_short_error(res, str(tmp_path / "nope.pth"))
+    res = run(tool("visualize", "--config-file", BAGTRICKS, "--output", str(tmp_path / "v")))
+    assert_short_error(res, "MODEL.WEIGHTS is empty")
+
+
+def test_debug_flag_shows_the_traceback(tmp_path):
+    res = run(train_net("MFGNet", "--config-file", str(tmp_path / "no.yml"), "--debug"))
+    assert res.returncode == 1 and "Traceback" in res.stderr
+    assert "ConfigFileNotFoundError" in res.stderr
+
+
+def test_ddp_worker_error_reaches_the_main_process_once(tmp_path):
+    empty = tmp_path / "nodata"
+    empty.mkdir()
+    res = run(train_net("MFGNet", "--config-file", MFGNET, "--num-gpus", "2",
+                        "OUTPUT_DIR", str(tmp_path / "run")), datasets=str(empty))
+    block = assert_short_error(res, str(empty / "veri"), "(in process ",
+                               error_type="DatasetNotFoundError")
+    assert "process 0 of 2" in block or "process 1 of 2" in block
+    if not torch.cuda.is_available():  # the header says the run fell back to gloo on the CPU
+        assert "--num-gpus 2 but 0 CUDA GPU(s) available" in res.stdout
+        assert "gloo" in res.stdout
+
+
+# --------------------------------------------------------------------------- strip_checkpoint
+def test_strip_checkpoint_bad_input(tmp_path):
+    missing = str(tmp_path / "none.pth")
+    assert_short_error(run(tool("strip_checkpoint", missing, str(tmp_path / "o.pth"))), missing)
+    text = tmp_path / "notes.pth"
+    text.write_text("these are not weights\n")
+    res = run(tool("strip_checkpoint", str(text), str(tmp_path / "o.pth")))
+    assert_short_error(res, str(text), error_type="CorruptCheckpointError")
+    assert not (tmp_path / "o.pth").exists()
+
+
+# ------------------------------------------------------------------------------------ import
+@pytest.mark.parametrize("missing,says", [("torch", "needs PyTorch"),
+                                          ("fastreid", "needs FastReID")])
+def test_import_error_names_the_missing_package_and_interpreter(tmp_path, missing, says):
+    """A module named ``missing`` that fails to import shadows the installed one."""
+    (tmp_path / f"{missing}.py").write_text(
+        f"raise ModuleNotFoundError(\"No module named '{missing}'\", name='{missing}')\n")
+    env = {"PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}
+    res = run(["-c", "import fastreid_plugins"], env=env, cwd=str(tmp_path))
+    assert res.returncode == 1
+    assert says in res.stderr and sys.executable in res.stderr, res.stderr
+    other = "needs FastReID" if missing == "torch" else "needs PyTorch"
+    assert other not in res.stderr
+    assert "source .venv/bin/activate" in res.stderr
+
+
+# ------------------------------------------------------------------------- console and log.txt
+def test_console_header_and_full_config_only_in_log(veri_root, tmp_path):
+    """An --eval-only run: the console shows the header and the metrics; the environment, the
+    full config and the model are in OUTPUT_DIR/log.txt only."""
+    from fastreid.modeling import build_model
+
+    from fastreid_plugins.tools import build_tool_cfg
+
+    cfg = build_tool_cfg(BAGTRICKS, ["MODEL.HEADS.NUM_CLASSES", "4"])
+    weights = tmp_path / "model.pth"
+    torch.save({"model": build_model(cfg).state_dict()}, weights)
+    out = tmp_path / "run"
+    res = run(train_net("MFGNet", "--config-file", BAGTRICKS, "--eval-only", "OUTPUT_DIR",
+                        str(out), "MODEL.WEIGHTS", str(weights), "MODEL.HEADS.NUM_CLASSES", "4"),
+              datasets=veri_root)
+    assert res.returncode == 0, res.stderr[-3000:]
+    console = res.stdout
+    for line in ("FastReID ", "Method: Baseline, config: " + BAGTRICKS,
+                 f"under {os.path.abspath(veri_root)} (FASTREID_DATASETS)",
+                 "Device: cpu", "1 process, no process group", f"Output: {out}",
+                 "Evaluation results"):
+        assert line in console, f"{line!r} not on the console:\n{console}"
+    from fastreid_plugins.engine import fastreid_versions
+    dist, own = fastreid_versions()
+    if dist and dist != own:  # FastReID 1.4.0 says "1.3": both are printed
+        assert f"FastReID {dist} (the package reports itself as {own})" in console
+    log = (out / "log.txt").read_text()
+    for quiet in ("Running with full config:", "Environment info:", "Model:\n"):
+        assert quiet not in console, quiet
+        assert quiet in log, quiet
+    assert len(console.splitlines()) < 60, console
+
+
+# ------------------------------------------------------------------------------------- demo
+def test_demo_knows_when_its_number_is_a_fitting_check(veri_root, tmp_path):
+    """On the 57-image sample the training images are the query + gallery images (the demo says
+    'fitting check' and adds the held-out-camera run); a dataset with its own test images is not."""
+    from fastreid_plugins.tools import demo
+
+    assert demo._train_is_test(veri_root)
+    other = tmp_path / "veri"
+    for d in ("image_train", "image_query", "image_test"):
+        (other / d).mkdir(parents=True)
+    (other / "image_train" / "0001_c001_00000001_0.jpg").write_bytes(b"x")
+    (other / "image_query" / "0002_c001_00000001_0.jpg").write_bytes(b"x")
+    assert not demo._train_is_test(str(tmp_path))
+    assert os.path.isfile(demo.HELDOUT_SCRIPT)
+    # the printed commands use the interpreter that runs (e.g. .venv/bin/python), not `python`
+    assert demo.interpreter() in (os.path.relpath(sys.executable), sys.executable)
