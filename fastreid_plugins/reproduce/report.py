@@ -6,10 +6,13 @@ from __future__ import annotations
 import csv
 import os
 
-from .registry import METRICS, get_table
+from .registry import get_table
 from .runner import read_row_state, row_dir
 
 __all__ = ["gather", "markdown", "write_csv", "write_chart", "write_report"]
+
+#: the report's metric order (the papers lead with mAP)
+ORDER = ("mAP", "Rank-1", "Rank-5", "Rank-10", "mINP")
 
 
 def _fmt(v, sign=False):
@@ -44,7 +47,7 @@ def gather(method, table, output_root, dataset=None):
         done = [e["result"] for e in entries if e["result"]]
         dataset = done[0]["dataset"] if done else next(iter(t.configs))
     paper_metrics = {m for r in t.rows for m in r.paper.get(dataset, {})}
-    metrics = [m for m in METRICS if m in paper_metrics] or ["mAP", "Rank-1"]
+    metrics = [m for m in ORDER if m in paper_metrics] or ["mAP", "Rank-1"]
     for e in entries:
         ours = ((e["result"] or {}).get("results") or {}).get(dataset, {})
         paper = e["row"].paper.get(dataset, {})

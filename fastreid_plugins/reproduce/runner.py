@@ -398,7 +398,7 @@ def run_rows(jobs, gpus=None, gpus_per_row=1, launcher=subprocess_launcher, time
                 if state == "failed":
                     _, st = read_row_state(job.out_dir)
                     msg += f" ({(st or {}).get('error', '')})"
-                echo(msg)
+                (bar.write if bar is not None else echo)(msg)
         return state
 
     try:

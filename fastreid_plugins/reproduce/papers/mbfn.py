@@ -100,7 +100,7 @@ TABLE2 = Table(
               lost=_LOST2, source="Table 2 (lost)", legacy=f"table2/{label}",
               note="our grid around the text's best setting (horizontal, 2 + 3 parts)")
           for rid, label, seg in _T2),
-    _PAPER, anchor="*Feature map segmentation setup.*")
+    _PAPER, anchor="Ablation experiments. Feature map segmentation setup.")
 
 _LOST3 = {"*": "Table 3 was lost in conversion; the text says only that alpha = 0.3, beta = 0.4 "
                "\"the detection results are the best\""}
