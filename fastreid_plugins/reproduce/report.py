@@ -146,6 +146,9 @@ def write_report(method, table, output_root, dataset=None, chart=True):
     paths.append(write_csv(os.path.join(folder, "report.csv"), method, table, output_root,
                            dataset))
     if chart:
-        paths.append(write_chart(os.path.join(folder, "report.png"), method, table, output_root,
-                                 dataset))
+        try:
+            paths.append(write_chart(os.path.join(folder, "report.png"), method, table,
+                                     output_root, dataset))
+        except ImportError as e:   # matplotlib is optional for the markdown / CSV
+            text += f"\n(no report.png: {e}; pip install matplotlib)\n"
     return text, paths
