@@ -381,6 +381,12 @@ def test_failed_row_is_recorded_others_finish_finished_rows_are_skipped_and_resu
     assert [c["row"] for c in fake2.calls] == ["icc"]
     assert "--resume" in fake2.calls[0]["cmd"]
     assert states["svrn/V/icc"] == "done" and list(states.values()).count("skipped") == 5
+    # other settings into the same folders: nothing runs, nothing is overwritten
+    jobs = runner.plan("svrn", "V", None, "configs/demo/svrn.yml", ["SOLVER.MAX_EPOCH", "3"],
+                       str(tmp_path))
+    fake3 = FakeLauncher()
+    states = runner.run_rows(jobs, launcher=fake3, progress=False)
+    assert not fake3.calls and set(states.values()) == {"conflict"}
 
 
 def test_report_holds_every_row_with_ours_the_papers_and_the_difference(tmp_path):

@@ -98,7 +98,7 @@ def cmd_run(args, out=print):
     states = run_rows(jobs, gpus=gpus, gpus_per_row=args.gpus_per_row,
                       timeout=args.timeout or None, progress=not args.no_progress,
                       repo=args.repo, echo=out)
-    failed = [k for k, s in states.items() if s == "failed"]
+    failed = [k for k, s in states.items() if s in ("failed", "conflict")]
     out(f"done: {sum(s in ('done', 'skipped') for s in states.values())}/{len(jobs)} rows"
         + (f"; failed: {', '.join(failed)} (see status.json and run.log in each row's folder)"
            if failed else "")

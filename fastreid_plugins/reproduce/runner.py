@@ -9,8 +9,9 @@ Files of a row folder (besides what the trainer writes there):
 * ``result.json``: written when the run exited 0: the metrics of every test set, read from the
   ``<dataset>_results.json`` that :class:`~fastreid_plugins.evaluation.VehicleReidEvaluator`
   writes at the final evaluation (nothing is added to the trainer for this), the row's paper
-  numbers and the command. A row with a ``result.json`` is finished and skipped; a row with a
-  ``last_checkpoint`` and no ``result.json`` is resumed (``--resume``).
+  numbers and the command. A row with a ``result.json`` of the same settings is finished and
+  skipped (of other settings: ``conflict``, left alone); a row with a ``last_checkpoint`` and no
+  ``result.json`` is resumed (``--resume``).
 
 Rows run one after another, or side by side on GPU slots (``gpus`` split into groups of
 ``gpus_per_row``; each row sees its group as ``CUDA_VISIBLE_DEVICES`` and runs DDP inside with
@@ -309,12 +310,16 @@ def _terminate(p, grace=10.0):
 
 
 def run_one(job, slot, launcher=subprocess_launcher, timeout=None, python=None, repo=None):
-    """Run (or skip, or collect) one row; returns its final state: ``skipped``, ``done``,
-    ``failed``."""
+    """Run (or skip, or collect) one row; returns its final state: ``skipped`` (finished with the
+    same settings), ``conflict`` (finished with other settings: not run, not overwritten),
+    ``done``, ``failed``, ``interrupted``."""
     os.makedirs(job.out_dir, exist_ok=True)
     result, _ = read_row_state(job.out_dir)
     if result is not None:
-        job.status = "skipped"
+        mine = (job.config_file, list(job.row.overrides), list(job.opts))
+        theirs = (result.get("config_file"), result.get("overrides"), result.get("opts"))
+        # a finished run of other settings is never reported as this one's
+        job.status = "skipped" if mine == theirs else "conflict"
         return job.status
     status_path = os.path.join(job.out_dir, "status.json")
     # trained to the end before an interruption: only the result file is missing
@@ -398,6 +403,9 @@ def run_rows(jobs, gpus=None, gpus_per_row=1, launcher=subprocess_launcher, time
                 if state == "failed":
                     _, st = read_row_state(job.out_dir)
                     msg += f" ({(st or {}).get('error', '')})"
+                elif state == "conflict":
+                    msg += (f" ({job.out_dir} holds a finished run with another config file or "
+                            "other overrides: delete it or use another --output-dir)")
                 (bar.write if bar is not None else echo)(msg)
         return state
 
