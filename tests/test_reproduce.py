@@ -96,6 +96,21 @@ def test_every_stored_number_is_printed_by_the_paper_where_the_row_cites_it(meth
     assert not bad, json.dumps(bad, indent=1)
 
 
+def test_the_texts_differences_between_rows_match_the_stored_numbers():
+    """Where the text prints a difference between two rows (e.g. MFG-Net Sec. 4.3 "improves the
+    6.12% mAP"), the stored numbers of both rows give it (to the printed precision)."""
+    checked = 0
+    for r in all_rows():
+        for d in r.deltas:
+            other = get_table(r.method, r.table).row(d.other)
+            a, b = r.paper.get(d.dataset, {}).get(d.metric), other.paper.get(d.dataset, {}).get(
+                d.metric)
+            if a is not None and b is not None:
+                assert abs((a - b) - d.value) < 0.006, (r.key, d, a, b)
+                checked += 1
+    assert checked >= 20
+
+
 def test_the_checker_can_fail(papers):
     """A changed number, a swapped pair of columns or an invented line is caught."""
     t = get_table("svrn", "II")

@@ -17,13 +17,13 @@ is derived from here (:func:`legacy_ablations`).
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Dict, Optional, Tuple
 
 from ..errors import ConfigError
 
 __all__ = ["Row", "Table", "Delta", "METHODS", "PROJECTS", "METRICS", "tables", "get_table",
-           "get_row", "rows", "all_rows", "legacy_rows", "UnknownAblationError"]
+           "get_row", "rows", "all_rows", "legacy_rows", "UnknownAblationError", "with_text"]
 
 #: method id -> (project folder under ``projects/``, the paper's short name)
 PROJECTS = {"mfgnet": ("MFGNet", "MFG-Net"), "mbfn": ("MBFN", "MBFN"),
@@ -145,6 +145,21 @@ class Table:
                 return r
         raise UnknownAblationError(
             f"unknown row {row_id!r} of {self.key}; known: {[r.row for r in self.rows]}")
+
+
+def with_text(table, row_id, sentence, *deltas, note=""):
+    """``table`` with one more sentence of the paper's text about row ``row_id``: the sentence
+    joins the row's evidence and ``deltas`` (``Delta(other, dataset, metric, value)``: ``row -
+    other = value`` as the sentence prints it) its deltas; ``note`` is appended to its note."""
+    if row_id not in [r.row for r in table.rows]:
+        raise KeyError(f"{table.key} has no row {row_id!r}")
+    rows = []
+    for r in table.rows:
+        if r.row == row_id:
+            r = replace(r, evidence=r.evidence + (sentence,), deltas=r.deltas + tuple(deltas),
+                        note="; ".join(x for x in (r.note, note) if x))
+        rows.append(r)
+    return replace(table, rows=tuple(rows))
 
 
 _CACHE: Dict[str, Tuple[Table, ...]] = {}
