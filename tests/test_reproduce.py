@@ -510,3 +510,57 @@ def test_e2e_a_table_interrupted_in_its_second_row_resumes_and_reports(veri_root
         assert f"| {r.paper['VeRi']['Rank-1']:.1f} |" in line
     for ext in ("md", "csv", "png"):
         assert os.path.isfile(os.path.join(out, "svrn", "II", f"report.{ext}"))
+
+
+_SLEEPER_SCRIPT = r"""
+import os, signal, sys, types
+# the reproduce package alone, without the package's FastReID / torch import (as its command)
+pkg = types.ModuleType("fastreid_plugins")
+pkg.__path__ = [os.path.join(os.getcwd(), "fastreid_plugins")]
+sys.modules["fastreid_plugins"] = pkg
+from fastreid_plugins.reproduce import runner
+
+def sleeper(cmd, env, log_path, timeout=None, cwd=None):
+    tag = cmd[cmd.index("OUTPUT_DIR") + 1]
+    return runner.subprocess_launcher(
+        [sys.executable, "-c", "import time, sys; print('up', flush=True); time.sleep(120)", tag],
+        env, log_path, timeout=timeout, cwd=cwd)
+
+def stop(signum, frame):
+    raise KeyboardInterrupt
+
+signal.signal(signal.SIGTERM, stop)
+jobs = runner.plan("svrn", "V", None, "configs/demo/svrn.yml", [], sys.argv[1])
+try:
+    runner.run_rows(jobs, gpus=["0", "1"], gpus_per_row=1, launcher=sleeper, progress=False)
+except KeyboardInterrupt:
+    sys.exit(130)
+"""
+
+
+def test_interrupting_side_by_side_rows_ends_their_processes_and_records_them(tmp_path):
+    """SIGTERM while two rows run on two GPU slots: both rows' processes are ended, both rows
+    are recorded as interrupted, no further row starts."""
+    script = tmp_path / "run.py"
+    script.write_text(_SLEEPER_SCRIPT)
+    out = str(tmp_path / "out")
+    p = subprocess.Popen([PY, str(script), out], cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        logs = [os.path.join(out, "svrn", "V", r, "run.log") for r in ("baseline", "no_csc")]
+        end = time.time() + 120
+        while time.time() < end and not all(
+                os.path.exists(f) and "up" in open(f).read() for f in logs):
+            assert p.poll() is None, p.communicate()[0]
+            time.sleep(0.2)
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(60) == 130, p.communicate()[0]
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert not _processes_mentioning(out)
+    for r in ("baseline", "no_csc"):
+        _, status = runner.read_row_state(os.path.join(out, "svrn", "V", r))
+        assert status["status"] == "interrupted", (r, status)
+    assert not os.path.exists(os.path.join(out, "svrn", "V", "vcc"))

@@ -409,6 +409,7 @@ def run_rows(jobs, gpus=None, gpus_per_row=1, launcher=subprocess_launcher, time
                 (bar.write if bar is not None else echo)(msg)
         return state
 
+    finished = []   # one Event per worker thread, set when it has returned
     try:
         if n_slots == 1:
             for job in jobs:
@@ -420,7 +421,13 @@ def run_rows(jobs, gpus=None, gpus_per_row=1, launcher=subprocess_launcher, time
             for job in jobs:
                 pending.put(job)
 
-            def worker():
+            def worker(done):
+                try:
+                    _work_loop()
+                finally:
+                    done.set()
+
+            def _work_loop():
                 while not STOP.is_set():
                     try:
                         job = pending.get_nowait()
@@ -432,15 +439,19 @@ def run_rows(jobs, gpus=None, gpus_per_row=1, launcher=subprocess_launcher, time
                         errors.append(e)
                         STOP.set()
 
-            threads = [threading.Thread(target=worker, daemon=True) for _ in range(n_slots)]
-            for th in threads:
-                th.start()
-            for th in threads:
-                while th.is_alive():
-                    th.join(0.5)
+            for _ in range(n_slots):
+                finished.append(threading.Event())
+                threading.Thread(target=worker, args=(finished[-1],), daemon=True).start()
+            for ev in finished:
+                while not ev.wait(0.5):
+                    pass
     except BaseException:
         STOP.set()             # no new row; the running ones end as "interrupted"
         CHILDREN.kill_all()
+        # let the workers record their rows as interrupted (an Event, not Thread.join: a join
+        # interrupted by the signal marks a running thread as stopped on Python 3.11)
+        for ev in finished:
+            ev.wait(15)
         raise
     finally:
         if bar is not None:
