@@ -441,6 +441,16 @@ def _processes_mentioning(text):
     return found
 
 
+def _kill_mentioning(text):
+    """SIGKILL what a failed test may have left running (row processes live in sessions of their
+    own, so killing the runner's group does not reach them)."""
+    for pid in _processes_mentioning(text):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
 def _wait_for(path, proc, timeout):
     end = time.time() + timeout
     while time.time() < end:
@@ -472,6 +482,7 @@ def test_e2e_a_table_interrupted_in_its_second_row_resumes_and_reports(veri_root
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGKILL)
             p.wait()
+            _kill_mentioning(out)
     assert p.returncode == 130, log[-3000:]
     assert "svrn/II/baseline: done" in log
     assert not _processes_mentioning(row["scheme_a"])   # the row's trainer was ended
@@ -559,6 +570,7 @@ def test_interrupting_side_by_side_rows_ends_their_processes_and_records_them(tm
         if p.poll() is None:
             p.kill()
             p.wait()
+            _kill_mentioning(out)
     assert not _processes_mentioning(out)
     for r in ("baseline", "no_csc"):
         _, status = runner.read_row_state(os.path.join(out, "svrn", "V", r))
