@@ -396,6 +396,17 @@ def test_failed_row_is_recorded_others_finish_finished_rows_are_skipped_and_resu
     assert [c["row"] for c in fake2.calls] == ["icc"]
     assert "--resume" in fake2.calls[0]["cmd"]
     assert states["svrn/V/icc"] == "done" and list(states.values()).count("skipped") == 5
+    # trained to the end, killed before the final evaluation's results: evaluated only
+    d = tmp_path / "svrn" / "V" / "dcc"
+    os.remove(d / "result.json")
+    (d / "model_final.pth").write_bytes(b"")   # newer than an earlier evaluation's results
+    os.utime(d / "VeRi_results.json", (time.time() - 60, time.time() - 60))
+    fake4 = FakeLauncher()
+    states = runner.run_rows(_jobs(tmp_path), launcher=fake4, progress=False)
+    assert [c["row"] for c in fake4.calls] == ["dcc"] and states["svrn/V/dcc"] == "done"
+    cmd = fake4.calls[0]["cmd"]
+    assert "--eval-only" in cmd and "--resume" not in cmd
+    assert cmd[-2:] == ["MODEL.WEIGHTS", str(d / "model_final.pth")]
     # other settings into the same folders: nothing runs, nothing is overwritten
     jobs = runner.plan("svrn", "V", None, "configs/demo/svrn.yml", ["SOLVER.MAX_EPOCH", "3"],
                        str(tmp_path))

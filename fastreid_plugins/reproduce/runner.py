@@ -11,7 +11,8 @@ Files of a row folder (besides what the trainer writes there):
   writes at the final evaluation (nothing is added to the trainer for this), the row's paper
   numbers and the command. A row with a ``result.json`` of the same settings is finished and
   skipped (of other settings: ``conflict``, left alone); a row with a ``last_checkpoint`` and no
-  ``result.json`` is resumed (``--resume``).
+  ``result.json`` is resumed (``--resume``), or only evaluated (``--eval-only``) when that
+  checkpoint is ``model_final.pth``.
 
 Rows run one after another, or side by side on GPU slots (``gpus`` split into groups of
 ``gpus_per_row``; each row sees its group as ``CUDA_VISIBLE_DEVICES`` and runs DDP inside with
@@ -69,6 +70,7 @@ class RowJob:
     config_file: str
     opts: List[str]
     resume: bool = False
+    eval_only: bool = False
     cmd: List[str] = field(default_factory=list)
     env: Dict[str, str] = field(default_factory=dict)
     slot: Optional[tuple] = None
@@ -145,7 +147,9 @@ def build_command(job, slot, python=None, repo=None):
     repo = repo or repo_root()
     script = os.path.join(repo, "projects", PROJECTS[job.row.method][0], "train_net.py")
     cmd = [python or sys.executable, script, "--config-file", job.config_file]
-    if job.resume:
+    if job.eval_only:
+        cmd.append("--eval-only")
+    elif job.resume:
         cmd.append("--resume")
     env = {}
     if slot is not None:
@@ -153,6 +157,8 @@ def build_command(job, slot, python=None, repo=None):
         if len(slot) > 1:
             cmd += ["--num-gpus", str(len(slot)), "--dist-url", f"tcp://127.0.0.1:{_free_port()}"]
     cmd += list(job.row.overrides) + list(job.opts) + ["OUTPUT_DIR", job.out_dir]
+    if job.eval_only:
+        cmd += ["MODEL.WEIGHTS", os.path.join(job.out_dir, "model_final.pth")]
     return cmd, env
 
 
@@ -206,11 +212,15 @@ def _finished_checkpoint(out_dir):
     return name == "model_final.pth"
 
 
-def _collect(job, cmd, wall_s):
-    """Write ``result.json`` from the evaluator's ``<dataset>_results.json``; None if there is
-    none."""
+def _collect(job, cmd, wall_s, newer_than=None, since=None):
+    """Write ``result.json`` from the evaluator's ``<dataset>_results.json`` (only those written
+    after the file ``newer_than`` / the time ``since``, when given); None if there is none."""
     results = {}
+    if newer_than and os.path.exists(newer_than):
+        since = os.path.getmtime(newer_than)
     for path in sorted(glob.glob(os.path.join(job.out_dir, "*_results.json"))):
+        if since is not None and os.path.getmtime(path) < since:
+            continue   # an earlier evaluation's (EVAL_PERIOD), not the final one's
         data = _read_json(path)
         if not data:
             continue
@@ -322,12 +332,17 @@ def run_one(job, slot, launcher=subprocess_launcher, timeout=None, python=None, 
         job.status = "skipped" if mine == theirs else "conflict"
         return job.status
     status_path = os.path.join(job.out_dir, "status.json")
-    # trained to the end before an interruption: only the result file is missing
-    if _finished_checkpoint(job.out_dir) and _collect(job, [], 0.0) is not None:
+    # trained and evaluated to the end before an interruption: only the result file is missing
+    # (FastReID writes model_final.pth before the final evaluation)
+    final = os.path.join(job.out_dir, "model_final.pth")
+    if _finished_checkpoint(job.out_dir) and _collect(job, [], 0.0, newer_than=final) is not None:
         _write_json(status_path, {"status": "done", "note": "collected from a finished run"})
         job.status = "done"
         return job.status
     job.resume = os.path.isfile(os.path.join(job.out_dir, "last_checkpoint"))
+    # trained to the end but killed before its final evaluation wrote the results: evaluate the
+    # final checkpoint (--resume of a finished run is an error)
+    job.eval_only = _finished_checkpoint(job.out_dir)
     cmd, env = build_command(job, slot, python=python, repo=repo)
     job.cmd, job.env, job.slot = cmd, env, slot
     log_path = os.path.join(job.out_dir, "run.log")
@@ -346,7 +361,7 @@ def run_one(job, slot, launcher=subprocess_launcher, timeout=None, python=None, 
                                   "returncode": rc, "log_tail": _log_tail(log_path)})
         job.status = "interrupted"
         return job.status
-    if rc == 0 and _collect(job, cmd, wall) is not None:
+    if rc == 0 and _collect(job, cmd, wall, since=t0 - 1) is not None:
         _write_json(status_path, {"status": "done", "command": cmd, "env": env,
                                   "wall_s": round(wall, 1)})
         job.status = "done"
