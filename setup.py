@@ -26,6 +26,7 @@ setup(
         "tensorboard",
         "termcolor",
         "tqdm",
+        "matplotlib",  # python -m fastreid_plugins.reproduce report: the PNG chart (Agg backend)
         "gdown",  # imported at module level by FastReID's backbones (never used to download here)
         "Pillow",
         "numpy",

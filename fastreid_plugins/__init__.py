@@ -15,9 +15,13 @@ Layers (``tests/test_layers.py`` keeps them): :mod:`~fastreid_plugins.errors`,
 :mod:`~fastreid_plugins.patches.base` (leaves) < core (config, checkpoint, seeding, distributed, data,
 evaluation, modeling, layers, losses, engine) < :mod:`~fastreid_plugins.patches` < the methods
 (mfgnet, mbfn, svrn, clip_senet) < tools.
+
+In the process of ``python -m fastreid_plugins.reproduce`` (:func:`_reproduce_command`)
+nothing of this is done: that command needs none of it.
 """
 
 __version__ = "0.1.0"
+
 
 def _missing(what, exc):
     """The ImportError for a missing dependency: which interpreter runs, and how to fix it."""
@@ -40,24 +44,39 @@ def _missing(what, exc):
     return ImportError(body + venv + f"\n(import error: {exc})")
 
 
-# torch first: without it FastReID fails to import too, and "install FastReID" would be wrong
-try:
-    import torch  # noqa: F401
-except ImportError as e:  # pragma: no cover - exercised in a subprocess test
-    raise _missing("torch", e) from None
-try:
-    import fastreid  # noqa: F401
-except ImportError as e:  # pragma: no cover - exercised in a subprocess test
-    if getattr(e, "name", None) == "torch" or str(e).startswith("No module named 'torch"):
+def _reproduce_command():
+    """True in the process of ``python -m fastreid_plugins.reproduce``: that command only reads
+    the ablation registry and starts the projects' ``train_net.py`` as subprocesses, so it skips
+    importing FastReID / torch here (``list`` answers in well under a second)."""
+    import sys
+    argv = list(getattr(sys, "orig_argv", []))
+    for i, a in enumerate(argv):
+        if a == "-m":
+            return argv[i + 1:i + 2] == ["fastreid_plugins.reproduce"]
+        if a.startswith("-m"):
+            return a[2:] == "fastreid_plugins.reproduce"
+    return False
+
+
+if not _reproduce_command():
+    # torch first: without it FastReID fails to import too, and "install FastReID" would be wrong
+    try:
+        import torch  # noqa: F401
+    except ImportError as e:  # pragma: no cover - exercised in a subprocess test
         raise _missing("torch", e) from None
-    raise _missing("fastreid", e) from None
+    try:
+        import fastreid  # noqa: F401
+    except ImportError as e:  # pragma: no cover - exercised in a subprocess test
+        if getattr(e, "name", None) == "torch" or str(e).startswith("No module named 'torch"):
+            raise _missing("torch", e) from None
+        raise _missing("fastreid", e) from None
 
-from . import patches  # noqa: E402
+    from . import patches  # noqa: E402
 
-patches.apply()
+    patches.apply()
 
-from . import config, data, evaluation, layers, losses, modeling  # noqa: E402,F401
-from . import clip_senet, mbfn, mfgnet, svrn  # noqa: E402  (register the methods)
+    from . import config, data, evaluation, layers, losses, modeling  # noqa: E402,F401
+    from . import clip_senet, mbfn, mfgnet, svrn  # noqa: E402  (register the methods)
 
-#: every method's :class:`~fastreid_plugins.method.Method`, by meta-architecture name
-METHODS = {m.METHOD.meta_arch: m.METHOD for m in (mfgnet, mbfn, svrn, clip_senet)}
+    #: every method's :class:`~fastreid_plugins.method.Method`, by meta-architecture name
+    METHODS = {m.METHOD.meta_arch: m.METHOD for m in (mfgnet, mbfn, svrn, clip_senet)}

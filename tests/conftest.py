@@ -56,6 +56,10 @@ torch.set_num_threads(int(os.environ.get("FASTREID_PLUGINS_THREADS",
                                          max(1, min(2, os.cpu_count() or 1)))))
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: a long end-to-end test (deselect with -m 'not slow')")
+
+
 def shared_datasets_dir():
     cand = os.environ.get("FASTREID_DATASETS") or os.path.join(ROOT, "..", "shared", "datasets")
     return os.path.abspath(cand)

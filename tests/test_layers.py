@@ -69,6 +69,8 @@ def _layer(name):
     if len(parts) == 1:
         return 5  # the package __init__ imports everything, by design
     top = parts[1]
+    if top == "reproduce" and len(parts) > 2 and parts[2] in ("registry", "papers"):
+        return 1  # the ablation registry is data (the methods' ABLATIONS derive from it)
     if top in TOOLS:
         return 4
     if top in METHODS:

@@ -40,6 +40,7 @@ from ..errors import ConfigError, MissingConfigError
 from ..losses.supcon import add_supcon_config
 from .modules import VIEWPOINT_GROUPS
 from .tinyclip import TINYCLIP_VARIANTS
+from ..reproduce.registry import get_table as _get_table
 
 __all__ = ["add_clip_senet_config", "validate_clip_senet_config", "check_loss_names",
            "SUPPORTED_LOSSES", "CV_POSITIONS", "ABLATIONS", "ablation_overrides"]
@@ -152,49 +153,26 @@ def validate_clip_senet_config(cfg):
 # Ablations of the paper (Sec. IV-D): each row is a list of config overrides of the paper config
 # (configs/veri/clip_senet.yml), for ``cfg.merge_from_list`` or the command line.
 # ------------------------------------------------------------------------------------------------
-_NO_SEM = ["MODEL.CLIPSENET.SEM.ENABLED", False]
-_NO_AFEM = ["MODEL.CLIPSENET.AFEM.ENABLED", False]
-_NO_CV = ["MODEL.CLIPSENET.CV.CAMERA", False, "MODEL.CLIPSENET.CV.VIEWPOINT", False]
-_TRIPLET = ["MODEL.LOSSES.NAME", '("CrossEntropyLoss", "TripletLoss")']
+# Derived from the ablation registry (:mod:`fastreid_plugins.reproduce.papers.clip_senet`), which
+# also holds the paper's numbers of every row; overrides are command-line strings ("False", "4").
+
+
+def _legacy_table(table):
+    return {r.row: list(r.overrides) for r in _get_table("clip_senet", table).rows}
+
 
 #: Table IV (SEM / AFEM / CV). Every row with CV uses the paper config's ``CV.POSITION``
 #: ("feature"), the one position that exists with and without the SEM, so rows 4-6 differ only
 #: in the components the table varies.
-TABLE_IV = {
-    "baseline": _NO_SEM + _NO_AFEM + _NO_CV,          # 86.7 mAP
-    "sem": _NO_AFEM + _NO_CV,                         # 87.3
-    "sem_afem": _NO_CV,                               # 91.4
-    "cv": _NO_SEM + _NO_AFEM,                         # 86.8
-    "sem_cv": list(_NO_AFEM),                         # 86.4
-    "sem_afem_cv": [],                                # 92.9 (the paper config)
-}
+TABLE_IV = _legacy_table("table_iv")
 #: Table V (AFEM groups G).
-TABLE_V = {f"groups_{g}": ["MODEL.CLIPSENET.AFEM.GROUPS", g] for g in (4, 8, 16, 32, 64, 128)}
+TABLE_V = _legacy_table("table_v")
 #: Table VI (CNN backbone, all with IBN-a; ImageNet files in projects/CLIPSENet/README.md).
-TABLE_VI = {
-    "resnet50_ibn": ["MODEL.BACKBONE.NAME", "build_resnet_backbone", "MODEL.BACKBONE.DEPTH", "50x",
-                     "MODEL.BACKBONE.WITH_IBN", True, "MODEL.BACKBONE.WITH_SE", False,
-                     "MODEL.BACKBONE.FEAT_DIM", 2048],
-    "resnet101_ibn": ["MODEL.BACKBONE.NAME", "build_resnet_backbone",
-                      "MODEL.BACKBONE.DEPTH", "101x", "MODEL.BACKBONE.WITH_IBN", True,
-                      "MODEL.BACKBONE.WITH_SE", False, "MODEL.BACKBONE.FEAT_DIM", 2048],
-    "se_resnet101_ibn": ["MODEL.BACKBONE.NAME", "build_resnet_backbone",
-                         "MODEL.BACKBONE.DEPTH", "101x", "MODEL.BACKBONE.WITH_IBN", True,
-                         "MODEL.BACKBONE.WITH_SE", True, "MODEL.BACKBONE.FEAT_DIM", 2048],
-    "resnext101_ibn": ["MODEL.BACKBONE.NAME", "build_resnext_backbone",
-                       "MODEL.BACKBONE.DEPTH", "101x", "MODEL.BACKBONE.WITH_IBN", True,
-                       "MODEL.BACKBONE.WITH_SE", False, "MODEL.BACKBONE.FEAT_DIM", 2048],
-}
+TABLE_VI = _legacy_table("table_vi")
 #: Fig. 3 (SupCon vs triplet loss, on the baseline and on CLIP-SENet).
-FIG_3 = {
-    "baseline_supcon": TABLE_IV["baseline"],
-    "baseline_triplet": TABLE_IV["baseline"] + _TRIPLET,
-    "clip_senet_supcon": [],
-    "clip_senet_triplet": list(_TRIPLET),
-}
+FIG_3 = _legacy_table("fig_3")
 #: Every ablation of the paper: ``{table: {row: overrides}}``.
 ABLATIONS = {"table_iv": TABLE_IV, "table_v": TABLE_V, "table_vi": TABLE_VI, "fig_3": FIG_3}
-
 
 def ablation_overrides(table, row):
     """The config overrides (a flat ``[key, value, ...]`` list) of one ablation row.

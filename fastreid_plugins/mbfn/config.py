@@ -46,6 +46,7 @@ from ..errors import ConfigError, MissingConfigError
 from ..method import check_fixed_losses
 
 from ..modeling.parts import DIRECTIONS, SPLIT_POINTS
+from ..reproduce.registry import legacy_rows as _legacy_rows
 
 __all__ = ["add_mbfn_config", "validate_mbfn_config", "MAX_PARTS", "ABLATIONS", "WEIGHT_NORMS"]
 
@@ -53,18 +54,6 @@ __all__ = ["add_mbfn_config", "validate_mbfn_config", "MAX_PARTS", "ABLATIONS", 
 MAX_PARTS = 8
 #: ``MODEL.MBFN.WEIGHTS.NORMALIZE`` values.
 WEIGHT_NORMS = ("none", "rms")
-
-_M = "MODEL.MBFN."
-_NO_GLOBAL = [_M + "USE_GLOBAL", "False"]
-_NO_RED = [_M + "BRANCH_GLOBAL.ENABLED", "False"]        # no red dotted area (branch-global features)
-_NO_GREEN = [_M + "WEIGHTS.ENABLED", "False"]            # no green dotted area (weighted local feature)
-_NO_CAM = [_M + "USE_CAM", "False"]
-
-
-def _seg(d1, p1, d2, p2):
-    return [_M + "LOCAL1.DIRECTION", d1, _M + "LOCAL1.NUM_PARTS", str(p1),
-            _M + "LOCAL2.DIRECTION", d2, _M + "LOCAL2.NUM_PARTS", str(p2)]
-
 
 #: Every ablation row, as ``merge_from_list`` overrides on top of a full-model config
 #: (``configs/veri/mbfn.yml``).
@@ -78,27 +67,10 @@ def _seg(d1, p1, d2, p2):
 #:   text says only that horizontal beats vertical, that 2 (Local Branch 1) / 3 (Local Branch 2)
 #:   parts are best, and that alpha = 0.3 / beta = 0.4 are best. These rows are our grid around
 #:   those settings (Table 3 rows keep alpha < beta and 2 alpha + beta = 1 as the paper's pair does).
-ABLATIONS = {
-    "table4/baseline": [_M + "USE_LOCAL1", "False", _M + "USE_LOCAL2", "False"],
-    "table4/(a) Baseline+Local Branch1(no red)+CAM": [_M + "USE_LOCAL2", "False"] + _NO_RED,
-    "table4/(b) Baseline+Local Branch2(no red)+CAM": [_M + "USE_LOCAL1", "False"] + _NO_RED + _NO_GREEN,
-    "table4/(c) Local Branch1(no red)+Local Branch2(no red, no green)":
-        _NO_GLOBAL + _NO_RED + _NO_GREEN + _NO_CAM,
-    "table4/(d) Local Branch1(no red)+Local Branch2(no red)+Green": _NO_GLOBAL + _NO_RED + _NO_CAM,
-    "table4/(e) Local Branch1(no red)+Local Branch2(no red)+Green+CAM": _NO_GLOBAL + _NO_RED,
-    "table4/(f) Baseline+Local Branch1(no red)+Local Branch2(no red)+Green+CAM": _NO_RED,
-    "table4/(g) Baseline+Local Branch1+Local Branch2+Green+CAM": [],
-    "table2/horizontal 2+3": _seg("horizontal", 2, "horizontal", 3),
-    "table2/vertical 2+3": _seg("vertical", 2, "vertical", 3),
-    "table2/horizontal 2+2": _seg("horizontal", 2, "horizontal", 2),
-    "table2/vertical 2+2": _seg("vertical", 2, "vertical", 2),
-    "table2/horizontal 3+4": _seg("horizontal", 3, "horizontal", 4),
-    "table2/vertical 3+4": _seg("vertical", 3, "vertical", 4),
-    "table2/horizontal 2+vertical 3": _seg("horizontal", 2, "vertical", 3),
-    **{f"table3/alpha {a} beta {b}": [_M + "WEIGHTS.ALPHA", str(a), _M + "WEIGHTS.BETA", str(b)]
-       for a, b in ((0.1, 0.8), (0.2, 0.6), (0.25, 0.5), (0.3, 0.4))},
-}
-
+#:
+#: Derived from the ablation registry (:mod:`fastreid_plugins.reproduce.papers.mbfn`, where the
+#: reconstructed tables are ``table2-ours`` / ``table3-ours``).
+ABLATIONS = {k: list(r.overrides) for k, r in _legacy_rows("mbfn")}
 
 def add_mbfn_config(cfg):
     """Add the ``MODEL.MBFN`` keys to ``cfg`` in place (idempotent) and return it."""

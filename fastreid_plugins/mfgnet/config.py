@@ -38,28 +38,20 @@ from ..errors import ConfigError, MissingConfigError
 from ..method import check_fixed_losses
 
 from ..modeling.parts import DIRECTIONS, SPLIT_POINTS
+from ..reproduce.registry import legacy_rows as _legacy_rows
 
 __all__ = ["add_mfgnet_config", "validate_mfgnet_config", "MAX_STRIPES", "ABLATIONS"]
 
 #: Largest stripe count accepted for ``MODEL.MFGNET.NUM_STRIPES`` (the paper's Table 3 uses 1-5).
 MAX_STRIPES = 8
 
-_M = "MODEL.MFGNET."
 #: Every ablation row of the paper, as ``merge_from_list`` overrides on top of a full-model config
 #: (``configs/veri/mfgnet.yml``). Keys: ``"table3/<k> divisions"`` (Table 3, "horizontal division
 #: times" k = 1..5, i.e. k + 1 stripes; row 3 is the full model) and ``"table4/<row>"`` (Table 4,
 #: Sec. 4.3 items 1-4 on top of the "ResNet50 with softmax cross-entropy loss" baseline).
-ABLATIONS = {
-    **{f"table3/{k} divisions": [_M + "NUM_STRIPES", str(k + 1)] for k in range(1, 6)},
-    "table4/baseline": [_M + "GLOBAL.USE_CONV", "False", _M + "LOSS.USE_TRIPLET", "False",
-                        _M + "USE_LOCAL", "False", _M + "USE_CAM", "False"],
-    "table4/+global branch (w/o triplet)": [_M + "LOSS.USE_TRIPLET", "False", _M + "USE_LOCAL",
-                                            "False", _M + "USE_CAM", "False"],
-    "table4/+global branch (w/ triplet)": [_M + "USE_LOCAL", "False", _M + "USE_CAM", "False"],
-    "table4/+local branch": [_M + "USE_CAM", "False"],
-    "table4/+CAM": [],
-}
-
+#: Derived from the ablation registry (:mod:`fastreid_plugins.reproduce.papers.mfgnet`), which
+#: also holds the paper's numbers of every row.
+ABLATIONS = {k: list(r.overrides) for k, r in _legacy_rows("mfgnet")}
 
 def add_mfgnet_config(cfg):
     """Add the ``MODEL.MFGNET`` keys to ``cfg`` in place (idempotent) and return it."""

@@ -27,6 +27,8 @@ from ..errors import ConfigError, MissingConfigError
 
 from collections import namedtuple
 
+from ..reproduce.registry import legacy_rows as _legacy_rows
+
 __all__ = ["add_svrn_config", "validate_svrn_config", "num_suppressed", "ABLATIONS", "Ablation",
            "ablation_overrides"]
 
@@ -213,83 +215,25 @@ def validate_svrn_config(cfg):
 #: One ablation row: ``table`` (e.g. "II"), ``row`` (the paper's row label), ``overrides`` (a
 #: ``merge_from_list`` list applied after the training config, e.g. ``configs/veri/svrn.yml``),
 #: ``paper`` (the row's VeRi-776 (mAP, CMC@1) as printed; None where the table lost a value in
-#: conversion or the row is not in the paper) and ``note``.
+#: conversion or the row is not in the paper) and ``note``. All of it is derived from
+#: :mod:`fastreid_plugins.reproduce.registry`.
 Ablation = namedtuple("Ablation", ["table", "row", "overrides", "paper", "note"])
 
-_OFF_CSC = ["MODEL.SVRN.CROSS.VCC.ENABLED", "False", "MODEL.SVRN.CROSS.ICC.ENABLED", "False",
-            "MODEL.SVRN.CROSS.DCC.ENABLED", "False"]
-# Baseline: "only one stage and no extra component" (Sec. IV-E2); Table II: no GSB (so no
-# pyramid, no SIM, no ranking layer) and no CSC
-_BASELINE = ["MODEL.SVRN.NUM_STAGES", "1", "MODEL.SVRN.START_BLOCKS", "[]", "MODEL.SVRN.ALPHAS",
-             "[]", "MODEL.SVRN.SIM.NAME", "none", *_OFF_CSC]
 
 
-def _csc(vcc, icc, dcc):
-    return ["MODEL.SVRN.CROSS.VCC.ENABLED", str(vcc), "MODEL.SVRN.CROSS.ICC.ENABLED", str(icc),
-            "MODEL.SVRN.CROSS.DCC.ENABLED", str(dcc)]
-
-
-def _alphas(a1, a2):
-    return ["MODEL.SVRN.ALPHAS", f"[{a1}, {a2}]"]
+def _legacy_ablation(row):
+    veri = row.paper.get("VeRi")
+    return Ablation(row.table.replace("-ours", ""), row.label.replace("(ours) ", ""),
+                    list(row.overrides),
+                    (veri.get("mAP"), veri.get("Rank-1")) if veri else None, row.note)
 
 
 #: name -> :class:`Ablation`. Every row of Tables II-VI, plus this project's own extra ablations
 #: (table "extra": not in the paper). The default config is Table II scheme b = Table III 3
 #: stages = Table IV scheme e = Table V SVRN+CSC = Table VI beta_V 0.30 / beta_I 0.15.
-ABLATIONS = {
-    # Table II: components (GSB = grid-based salience boosting, CSC = cross-space constraint)
-    "II/baseline": Ablation("II", "Baseline", _BASELINE, (80.7, 95.6), "no GSB, no CSC"),
-    "II/scheme_a": Ablation("II", "Scheme a", _OFF_CSC, (83.0, 96.5), "GSB, no CSC"),
-    "II/scheme_b": Ablation("II", "Scheme b", [], (84.5, 97.4), "GSB + CSC (the default)"),
-    # Table III: number of stages (start blocks and the 4th stage's ratio: paper silent)
-    "III/baseline": Ablation("III", "Baseline", _BASELINE, (80.7, 95.6), ""),
-    "III/2_stages": Ablation("III", "SVRN+2 stages", [
-        "MODEL.SVRN.NUM_STAGES", "2", "MODEL.SVRN.START_BLOCKS", "[3]", "MODEL.SVRN.ALPHAS",
-        "[0.2]"], (83.1, 96.6), "stage 2 starts from block 3 as in Sec. IV-B"),
-    "III/3_stages": Ablation("III", "SVRN+3 stages", [], (84.5, 97.2), "the default"),
-    "III/4_stages": Ablation("III", "SVRN+4 stages", [
-        "MODEL.SVRN.NUM_STAGES", "4", "MODEL.SVRN.START_BLOCKS", "[2, 3, 4]",
-        "MODEL.SVRN.ALPHAS", "[0.2, 0.1, 0.1]"], (79.6, 95.6),
-        "start blocks 2/3/4 and the third ratio 0.1 are our choice (paper silent)"),
-    # Table IV: suppression percentage of stages 1 / 2 (CMC@1 of one row lost in conversion)
-    "IV/baseline": Ablation("IV", "Baseline", _BASELINE, (80.7, 95.6), ""),
-    "IV/scheme_a": Ablation("IV", "Scheme a", _alphas(0.3, 0.3), (82.5, None), "30% / 30%"),
-    "IV/scheme_b": Ablation("IV", "Scheme b", _alphas(0.2, 0.2), (83.7, None), "20% / 20%"),
-    "IV/scheme_c": Ablation("IV", "Scheme c", _alphas(0.1, 0.1), (83.1, None), "10% / 10%"),
-    "IV/scheme_d": Ablation("IV", "Scheme d", _alphas(0.05, 0.05), (82.1, None), "5% / 5%"),
-    "IV/scheme_e": Ablation("IV", "Scheme e", _alphas(0.2, 0.1), (84.5, None),
-                            "20% / 10% (attenuated; the default, Sec. IV-B)"),
-    # Table V: sub-components of the cross-space constraint
-    "V/baseline": Ablation("V", "Baseline", _BASELINE, (80.7, 95.6), ""),
-    "V/no_csc": Ablation("V", "SVRN w/o CSC", _OFF_CSC, (83.0, 96.5), ""),
-    "V/vcc": Ablation("V", "SVRN+VCC", _csc(True, False, False), (83.8, 96.8), ""),
-    "V/icc": Ablation("V", "SVRN+ICC", _csc(False, True, False), (82.1, 96.7), ""),
-    "V/dcc": Ablation("V", "SVRN+DCC", _csc(False, False, True), (83.5, 96.9), ""),
-    "V/csc": Ablation("V", "SVRN+CSC", [], (84.5, 97.4), "the default"),
-    # Table VI: margins beta_V (VCC) and beta_I (ICC)
-    **{f"VI/vcc_{b}": Ablation("VI", f"SVRN+VCC beta_V {b}", [
-        *_csc(True, False, False), "MODEL.SVRN.CROSS.VCC.MARGIN", b], p, "")
-       for b, p in (("0.15", (83.3, 96.5)), ("0.30", (83.8, 96.8)), ("0.45", (82.7, 96.1)))},
-    **{f"VI/csc_{b}": Ablation("VI", f"SVRN+CSC beta_V 0.30 beta_I {b}", [
-        "MODEL.SVRN.CROSS.ICC.MARGIN", b], p, "")
-       for b, p in (("0.30", (83.2, 96.9)), ("0.15", (84.5, 97.4)), ("0.10", (83.8, 97.2)))},
-    # this project's own ablations (not in the paper)
-    "extra/random_mask": Ablation("extra", "random cells, no navigation", [
-        "MODEL.SVRN.MASK_MODE", "random", "MODEL.SVRN.REWARD.ENABLED", "False"], None,
-        "n random cells per image in training, no suppression at test; no ranking layer"),
-    "extra/no_suppression": Ablation("extra", "pyramid without suppression",
-                                     _alphas(0.0, 0.0), None, "no ranking layer, no critic"),
-    "extra/no_sim": Ablation("extra", "without SIM", ["MODEL.SVRN.SIM.NAME", "none"], None, ""),
-    "extra/per_stage_masks": Ablation("extra", "masks not accumulated", [
-        "MODEL.SVRN.ACCUMULATE_MASKS", "False"], None,
-        "each stage's top-n over all cells, M_t alone (before issue 12)"),
-    "extra/start_blocks_2_3": Ablation("extra", "start blocks (2, 3)", [
-        "MODEL.SVRN.START_BLOCKS", "[2, 3]"], None,
-        "conv{b}_x reading of 'starts from block 3 / 4' (2.68x the Baseline's MACs)"),
-    "extra/dcc_literal": Ablation("extra", "Eq. 11 without row normalisation", [
-        "MODEL.SVRN.CROSS.DCC.NORMALIZE", "False"], None, ""),
-}
-
+#: Derived from the ablation registry (:mod:`fastreid_plugins.reproduce.papers.svrn`), which
+#: also holds Table III's VehicleID / VERI-Wild columns and the ambiguous Table IV CMC@1s.
+ABLATIONS = {k: _legacy_ablation(r) for k, r in _legacy_rows("svrn")}
 
 def ablation_overrides(name):
     """The ``merge_from_list`` overrides of ablation ``name`` (a key of :data:`ABLATIONS`).

@@ -1,0 +1,589 @@
+"""The ablation registry against the papers' text, the reproduce command's scheduling (with a fake
+launcher: which rows run where, with which environment), its records and report, and one
+end-to-end CPU run of a whole table (``slow``): interrupted in its second row, run again, resumed
+without redoing the first row, with a failing row recorded while the others finish.
+"""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from fastreid_plugins.errors import ConfigError, UserError
+from fastreid_plugins.reproduce import registry
+from fastreid_plugins.reproduce.registry import Row, all_rows, get_row, get_table, tables
+from fastreid_plugins.reproduce import runner
+from tests.helpers import ROOT
+
+PY = sys.executable
+_NUM = re.compile(r"(?<![\w.])\d+(?:\.\d+)?(?![\w.])")
+
+
+def shared_dir():
+    """``$FASTREID_PLUGINS_SHARED``, else the checkout's ``../shared``."""
+    return os.path.abspath(os.environ.get("FASTREID_PLUGINS_SHARED")
+                           or os.path.join(ROOT, "..", "shared"))
+
+
+@pytest.fixture(scope="module")
+def papers():
+    """``{file name: text}`` of ``shared/papers``; skips when absent, fails with
+    ``REQUIRE_SHARED_DATA=1``."""
+    d = os.path.join(shared_dir(), "papers")
+    if not os.path.isdir(d):
+        msg = f"paper texts not found under {d} (set FASTREID_PLUGINS_SHARED)"
+        if os.environ.get("REQUIRE_SHARED_DATA") == "1":
+            pytest.fail(msg + " (REQUIRE_SHARED_DATA=1)")
+        pytest.skip(msg)
+    return {f: open(os.path.join(d, f), encoding="utf-8").read() for f in os.listdir(d)
+            if f.endswith(".md")}
+
+
+def numbers_in(text):
+    return [float(x) for x in _NUM.findall(text)]
+
+
+def row_problems(table, row, text):
+    """What is wrong with ``row``'s stored numbers against the paper ``text`` ([] = nothing)."""
+    problems = []
+    for ev in row.evidence:
+        if ev not in text:
+            problems.append(f"evidence not in {table.paper_file}: {ev[:60]!r}")
+    found = [n for ev in row.evidence for n in numbers_in(ev)]
+    for d, m, v in row.numbers():
+        if v not in found:
+            problems.append(f"{d} {m} {v} is in none of its evidence")
+    for delta in row.deltas:
+        if abs(delta.value) not in found:
+            problems.append(f"delta {delta} is in none of its evidence")
+    if row.numbers() and not row.evidence:
+        problems.append("numbers without evidence")
+    if table.columns and row.numbers():
+        line = row.evidence[0]
+        start = text.find(table.anchor)
+        region = text[start:start + 3000] if start >= 0 else ""
+        if table.anchor and start < 0:
+            problems.append(f"anchor {table.anchor!r} not in the paper")
+        if line not in [ln.rstrip() for ln in region.splitlines()]:
+            problems.append(f"{line!r} is not a line of the table after {table.anchor!r}")
+        want = [row.paper.get(d, {}).get(m) for d, m in table.columns]
+        got = numbers_in(line)[-len(table.columns):]
+        if want != got:
+            problems.append(f"columns {table.columns}: stored {want}, the paper's line {got}")
+    return problems
+
+
+# --------------------------------------------------------------------------------------------
+# the registry against the papers
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("method", registry.METHODS)
+def test_every_stored_number_is_printed_by_the_paper_where_the_row_cites_it(method, papers):
+    bad = {}
+    for t in tables(method):
+        text = papers[t.paper_file]
+        if t.anchor:
+            assert t.anchor in text, f"{t.key}: anchor {t.anchor!r} not in {t.paper_file}"
+        for r in t.rows:
+            p = row_problems(t, r, text)
+            if p:
+                bad[r.key] = p
+    assert not bad, json.dumps(bad, indent=1)
+
+
+def test_the_texts_differences_between_rows_match_the_stored_numbers():
+    """Where the text prints a difference between two rows (e.g. MFG-Net Sec. 4.3 "improves the
+    6.12% mAP"), the stored numbers of both rows give it (to the printed precision)."""
+    checked = 0
+    for r in all_rows():
+        for d in r.deltas:
+            other = get_table(r.method, r.table).row(d.other)
+            a, b = r.paper.get(d.dataset, {}).get(d.metric), other.paper.get(d.dataset, {}).get(
+                d.metric)
+            if a is not None and b is not None:
+                assert abs((a - b) - d.value) < 0.006, (r.key, d, a, b)
+                checked += 1
+    assert checked >= 20
+
+
+def test_the_checker_can_fail(papers):
+    """A changed number, a swapped pair of columns or an invented line is caught."""
+    t = get_table("svrn", "II")
+    text = papers[t.paper_file]
+    r = t.row("scheme_a")
+    assert row_problems(t, r, text) == []
+    wrong = Row(r.method, r.table, r.row, r.label, r.overrides, {"VeRi": {"mAP": 83.1,
+                "Rank-1": 96.5}}, evidence=r.evidence)
+    assert row_problems(t, wrong, text)
+    swapped = Row(r.method, r.table, r.row, r.label, r.overrides, {"VeRi": {"mAP": 96.5,
+                  "Rank-1": 83.0}}, evidence=r.evidence)
+    assert any("columns" in p for p in row_problems(t, swapped, text))
+    invented = Row(r.method, r.table, r.row, r.label, r.overrides, {"VeRi": {"mAP": 83.1,
+                   "Rank-1": 96.5}}, evidence=("Scheme a\t✓\t×\t83.1\t96.5",))
+    assert row_problems(t, invented, text)
+
+
+def test_line_tables_store_every_printed_number_and_their_labels(papers):
+    """In a table whose rows are lines of the paper, each line's metric numbers are all stored
+    (none left out) and the line is the row's (its label or marks are on it)."""
+    for m in registry.METHODS:
+        for t in tables(m):
+            if not t.columns:
+                continue
+            for r in t.rows:
+                assert len(r.numbers()) == len(t.columns), r.key
+                line = r.evidence[0]
+                if t.key == "clip_senet/table_iv":
+                    marks = r.label.replace("SEM ", "").replace("AFEM ", "").replace("CV ", "")
+                    assert line.startswith(marks + " |"), (r.key, line)
+                else:
+                    assert r.label in line, (r.key, line)
+
+
+def test_svrn_table_iv_reads_the_column_wise_line_in_order(papers):
+    """Table IV's rows were flattened into one line: labels, stage percentages, then the CMC@1
+    column (five values for six rows) and the mAP column (six values)."""
+    t = get_table("svrn", "IV")
+    line = next(ln for ln in papers[t.paper_file].splitlines()
+                if ln.startswith("Baseline Scheme a Scheme b"))
+    cells = line.split("\t")
+    cmc, mAP = numbers_in(cells[-2]), numbers_in(cells[-1])
+    assert (len(cmc), len(mAP), len(t.rows)) == (5, 6, 6)
+    for i, r in enumerate(t.rows):
+        assert r.paper["VeRi"]["mAP"] == mAP[i], r.key
+        assert r.paper["VeRi"]["Rank-1"] == (cmc[i] if i < 5 else None), r.key
+        assert r.ambiguous, r.key   # which CMC@1 cell was lost is not certain
+    assert "VeRi/Rank-1" in t.row("scheme_e").lost
+
+
+def test_svrn_table_iii_keeps_the_vehicleid_and_veri_wild_columns():
+    want = {"baseline": (82.9, 84.0), "2_stages": (84.4, 84.3), "3_stages": (87.5, 85.5),
+            "4_stages-ours": (82.0, 82.0)}
+    t = get_table("svrn", "III")
+    for r in t.rows:
+        assert (r.paper["SmallVehicleID"]["Rank-1"], r.paper["SmallVeRiWild"]["mAP"]) == \
+            want[r.row]
+        assert r.ambiguous   # the columns do not name the test size
+    assert set(t.configs) == {"VeRi", "SmallVehicleID", "SmallVeRiWild"}
+    for path in t.configs.values():
+        assert os.path.isfile(os.path.join(ROOT, path)), path
+
+
+def test_rows_without_numbers_say_why():
+    for r in all_rows():
+        if not r.numbers():
+            assert r.lost, r.key
+        for d, ms in r.paper.items():
+            for m, v in ms.items():
+                if v is None:
+                    assert f"{d}/{m}" in r.lost or "*" in r.lost, r.key
+
+
+def test_reconstructions_are_flagged_in_their_keys():
+    ours = {r.key for r in all_rows() if r.ours}
+    assert all("-ours" in k for k in ours)
+    assert {r.key for r in all_rows() if "-ours" in r.key} == ours
+    assert {r.table for r in all_rows("mbfn") if r.ours} == {"table2-ours", "table3-ours"}
+    assert "svrn/III/4_stages-ours" in ours
+    assert {r.key for r in all_rows("svrn") if r.table == "extra-ours"} <= ours
+    assert not any(r.ours for r in all_rows("mfgnet") + all_rows("clip_senet"))
+    keys = [r.key for r in all_rows()]
+    assert len(keys) == len(set(keys))
+
+
+def test_unknown_method_table_row_are_user_errors_listing_the_known_ones():
+    with pytest.raises(ConfigError, match="known: .*'svrn'"):
+        tables("svrnn")
+    with pytest.raises(ConfigError, match="known: .*'II'"):
+        get_table("svrn", "VII")
+    with pytest.raises(UserError, match="known: .*'scheme_a'"):
+        get_row("svrn/II/scheme_z")
+    with pytest.raises(ConfigError, match="known"):
+        registry.rows("mbfn", "table4", ["g", "h"])
+
+
+def test_config_ablations_are_derived_from_the_registry():
+    from fastreid_plugins.clip_senet import config as clip
+    from fastreid_plugins.mbfn import config as mbfn
+    from fastreid_plugins.mfgnet import config as mfg
+    from fastreid_plugins.svrn import config as svrn
+    for mod, method in ((mfg, "mfgnet"), (mbfn, "mbfn")):
+        assert mod.ABLATIONS == {k: list(r.overrides) for k, r in registry.legacy_rows(method)}
+    assert mfg.ABLATIONS["table3/3 divisions"] == ["MODEL.MFGNET.NUM_STRIPES", "4"]
+    assert svrn.ablation_overrides("III/4_stages") == list(
+        get_row("svrn/III/4_stages-ours").overrides)
+    assert svrn.ABLATIONS["IV/scheme_a"].paper == (82.5, 96.2)
+    assert clip.ablation_overrides("table_v", "groups_4") == ["MODEL.CLIPSENET.AFEM.GROUPS", "4"]
+    n = sum(len(t) for t in clip.ABLATIONS.values()) + len(svrn.ABLATIONS) + len(
+        mbfn.ABLATIONS) + len(mfg.ABLATIONS)
+    assert n == len(all_rows())
+
+
+@pytest.mark.parametrize("method", registry.METHODS)
+def test_every_row_merges_into_its_tables_paper_configs(method):
+    """Every override key exists and every value parses, on every paper config of the table."""
+    from fastreid_plugins.config import get_cfg
+    from tests.ddp_jobs import project
+    add = project({"mfgnet": "MFGNet", "mbfn": "MBFN", "svrn": "SVRN",
+                   "clip_senet": "CLIPSENet"}[method])[0]
+    for t in tables(method):
+        for path in t.configs.values():
+            for r in t.rows:
+                cfg = get_cfg(add)
+                cfg.merge_from_file(os.path.join(ROOT, path))
+                cfg.merge_from_list(list(r.overrides))
+
+
+# --------------------------------------------------------------------------------------------
+# the command
+# --------------------------------------------------------------------------------------------
+def _cli(*args, timeout=60, **kw):
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([PY, "-m", "fastreid_plugins.reproduce", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout, **kw)
+
+
+def test_list_answers_in_under_3_seconds_without_torch():
+    t0 = time.time()
+    p = _cli("list")
+    assert time.time() - t0 < 3.0 and p.returncode == 0, p.stderr
+    for m in registry.METHODS:
+        assert m in p.stdout
+    p = _cli("list", "svrn", "III")
+    assert p.returncode == 0
+    assert "SmallVehicleID: Rank-1 87.5" in p.stdout and "svrn/III/4_stages-ours" in p.stdout
+    assert "8 NVIDIA Titan Xp" in p.stdout
+    # the command's process does not import torch or FastReID
+    p = subprocess.run([PY, "-X", "importtime", "-m", "fastreid_plugins.reproduce", "list"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=60,
+                       env=dict(os.environ, PYTHONPATH=ROOT))
+    imported = {ln.split("|")[-1].strip() for ln in p.stderr.splitlines() if "|" in ln}
+    assert p.returncode == 0 and "fastreid_plugins.reproduce.registry" in imported
+    assert "torch" not in imported and "fastreid" not in imported, sorted(imported)[:20]
+
+
+def test_bad_input_is_one_clear_error():
+    p = _cli("run", "svrn", "VII")
+    assert p.returncode == 2 and "Error: unknown table 'VII' of svrn; known:" in p.stderr
+    p = _cli("run", "svrn", "II", "--rows", "scheme_z", "--dry-run")
+    assert p.returncode == 2 and "known: ['baseline', 'scheme_a', 'scheme_b']" in p.stderr
+    p = _cli("run", "svrn", "II", "--dry-run", "SOLVER.MAX_EPOCH")
+    assert p.returncode == 2 and "pairs" in p.stderr
+    p = _cli("run", "svrn", "II", "--dry-run", "--gpus", "0,1,2", "--gpus-per-row", "2")
+    assert p.returncode == 2 and "groups of --gpus-per-row 2" in p.stderr
+    p = _cli("run", "svrn", "II", "--dry-run", "--config-file", "configs/nope.yml")
+    assert p.returncode == 2 and "not found" in p.stderr
+
+
+def test_dry_run_prints_one_command_per_row(tmp_path):
+    p = _cli("run", "mfgnet", "table4", "--dry-run", "--output-dir", str(tmp_path),
+             "--gpus", "0,1,2,3", "--gpus-per-row", "2", "SOLVER.MAX_EPOCH", "3")
+    assert p.returncode == 0, p.stderr
+    cmds = [ln for ln in p.stdout.splitlines() if not ln.startswith("#")]
+    assert len(cmds) == 5
+    assert cmds[0].startswith("CUDA_VISIBLE_DEVICES=0,1 ") and "--num-gpus 2" in cmds[0]
+    assert cmds[1].startswith("CUDA_VISIBLE_DEVICES=2,3 ")
+    assert all("projects/MFGNet/train_net.py --config-file configs/veri/mfgnet.yml" in c
+               for c in cmds)
+    assert cmds[0].endswith(f"SOLVER.MAX_EPOCH 3 OUTPUT_DIR {tmp_path}/mfgnet/table4/baseline")
+    assert not list(tmp_path.iterdir())   # nothing run, nothing written
+
+
+class FakeLauncher:
+    """Records each launch (row folder, argv, env, start / end time) and writes the evaluator's
+    JSON as a finished run would; ``fail`` rows exit 1 with an error line in the log."""
+
+    def __init__(self, fail=(), seconds=0.3):
+        self.calls, self.fail, self.seconds = [], set(fail), seconds
+        self.lock = threading.Lock()
+
+    def __call__(self, cmd, env, log_path, timeout=None, cwd=None):
+        out = cmd[cmd.index("OUTPUT_DIR") + 1]
+        t0 = time.time()
+        time.sleep(self.seconds)
+        with self.lock:
+            self.calls.append({"row": os.path.basename(out), "cmd": cmd, "env": env,
+                               "t0": t0, "t1": time.time()})
+        with open(log_path, "a") as f:
+            if os.path.basename(out) in self.fail:
+                f.write("Traceback (most recent call last):\n  ...\n"
+                        "fastreid_plugins.errors.ConfigError: MODEL.X=1 is invalid\n")
+                return 1
+            f.write("training...\n")
+        with open(os.path.join(out, "VeRi_results.json"), "w") as f:
+            json.dump({"dataset": "VeRi", "protocol": "standard", "Rank-1": 90.0, "Rank-5": 95.0,
+                       "Rank-10": 97.0, "mAP": 80.0, "mINP": 50.0, "metric": 85.0}, f)
+        with open(os.path.join(out, "last_checkpoint"), "w") as f:
+            f.write("model_final.pth")
+        return 0
+
+
+def _max_overlap(calls):
+    events = sorted([(c["t0"], 1) for c in calls] + [(c["t1"], -1) for c in calls])
+    cur = best = 0
+    for _, d in events:
+        cur += d
+        best = max(best, cur)
+    return best
+
+
+def _jobs(tmp_path, method="svrn", table="V", rows=None):
+    return runner.plan(method, table, rows, "configs/demo/svrn.yml", ["SOLVER.MAX_EPOCH", "2"],
+                       str(tmp_path))
+
+
+def test_cpu_host_runs_rows_one_after_another(tmp_path):
+    fake = FakeLauncher()
+    states = runner.run_rows(_jobs(tmp_path), launcher=fake, progress=False)
+    assert list(states.values()) == ["done"] * 6
+    assert _max_overlap(fake.calls) == 1
+    assert all(c["env"] == {} and "--num-gpus" not in c["cmd"] for c in fake.calls)
+    assert [c["row"] for c in fake.calls] == [r.row for r in get_table("svrn", "V").rows]
+
+
+def test_one_gpu_per_row_runs_rows_side_by_side_pinned_to_their_gpu(tmp_path):
+    fake = FakeLauncher(seconds=0.5)
+    runner.run_rows(_jobs(tmp_path), gpus=["0", "1", "2", "3"], gpus_per_row=1,
+                    launcher=fake, progress=False)
+    assert len(fake.calls) == 6
+    assert 2 <= _max_overlap(fake.calls) <= 4
+    assert {c["env"]["CUDA_VISIBLE_DEVICES"] for c in fake.calls} <= {"0", "1", "2", "3"}
+    assert all("--num-gpus" not in c["cmd"] for c in fake.calls)
+    # rows running at the same time never share a GPU
+    for a in fake.calls:
+        for b in fake.calls:
+            if a is not b and a["t0"] < b["t1"] and b["t0"] < a["t1"]:
+                assert a["env"]["CUDA_VISIBLE_DEVICES"] != b["env"]["CUDA_VISIBLE_DEVICES"]
+
+
+def test_several_gpus_per_row_run_ddp_inside_the_row_on_its_own_port(tmp_path):
+    fake = FakeLauncher(seconds=0.5)
+    runner.run_rows(_jobs(tmp_path), gpus=["0", "1", "2", "3"], gpus_per_row=2,
+                    launcher=fake, progress=False)
+    assert _max_overlap(fake.calls) <= 2
+    assert {c["env"]["CUDA_VISIBLE_DEVICES"] for c in fake.calls} == {"0,1", "2,3"}
+    for c in fake.calls:
+        i = c["cmd"].index("--num-gpus")
+        assert c["cmd"][i + 1] == "2" and c["cmd"][i + 2] == "--dist-url"
+    ports = [c["cmd"][c["cmd"].index("--dist-url") + 1] for c in fake.calls]
+    assert len(set(ports)) == len(ports)
+    with pytest.raises(ConfigError, match="groups"):
+        runner.slots(["0", "1", "2"], 2)
+
+
+def test_failed_row_is_recorded_others_finish_finished_rows_are_skipped_and_resumes(tmp_path):
+    fake = FakeLauncher(fail={"icc"})
+    states = runner.run_rows(_jobs(tmp_path), launcher=fake, progress=False)
+    assert states["svrn/V/icc"] == "failed"
+    assert sum(s == "done" for s in states.values()) == 5
+    result, status = runner.read_row_state(str(tmp_path / "svrn" / "V" / "icc"))
+    assert result is None and status["status"] == "failed" and status["returncode"] == 1
+    assert status["error"] == "fastreid_plugins.errors.ConfigError: MODEL.X=1 is invalid"
+    assert status["log_tail"][-1] == status["error"]
+    done = json.load(open(tmp_path / "svrn" / "V" / "vcc" / "result.json"))
+    assert done["results"]["VeRi"]["mAP"] == 80.0 and done["paper"]["VeRi"]["mAP"] == 83.8
+    assert done["dataset"] == "VeRi" and done["key"] == "svrn/V/vcc"
+    # again: only the failed row runs; a row interrupted after a checkpoint resumes
+    with open(tmp_path / "svrn" / "V" / "icc" / "last_checkpoint", "w") as f:
+        f.write("model_0000.pth")
+    fake2 = FakeLauncher()
+    states = runner.run_rows(_jobs(tmp_path), launcher=fake2, progress=False)
+    assert [c["row"] for c in fake2.calls] == ["icc"]
+    assert "--resume" in fake2.calls[0]["cmd"]
+    assert states["svrn/V/icc"] == "done" and list(states.values()).count("skipped") == 5
+    # trained to the end, killed before the final evaluation's results: evaluated only
+    d = tmp_path / "svrn" / "V" / "dcc"
+    os.remove(d / "result.json")
+    (d / "model_final.pth").write_bytes(b"")   # newer than an earlier evaluation's results
+    os.utime(d / "VeRi_results.json", (time.time() - 60, time.time() - 60))
+    fake4 = FakeLauncher()
+    states = runner.run_rows(_jobs(tmp_path), launcher=fake4, progress=False)
+    assert [c["row"] for c in fake4.calls] == ["dcc"] and states["svrn/V/dcc"] == "done"
+    cmd = fake4.calls[0]["cmd"]
+    assert "--eval-only" in cmd and "--resume" not in cmd
+    assert cmd[-2:] == ["MODEL.WEIGHTS", str(d / "model_final.pth")]
+    # other settings into the same folders: nothing runs, nothing is overwritten
+    jobs = runner.plan("svrn", "V", None, "configs/demo/svrn.yml", ["SOLVER.MAX_EPOCH", "3"],
+                       str(tmp_path))
+    fake3 = FakeLauncher()
+    states = runner.run_rows(jobs, launcher=fake3, progress=False)
+    assert not fake3.calls and set(states.values()) == {"conflict"}
+
+
+def test_report_holds_every_row_with_ours_the_papers_and_the_difference(tmp_path):
+    from fastreid_plugins.reproduce.report import write_report
+    runner.run_rows(_jobs(tmp_path, rows=["baseline", "vcc", "icc"]),
+                    launcher=FakeLauncher(fail={"icc"}), progress=False)
+    text, paths = write_report("svrn", "V", str(tmp_path))
+    lines = {ln.split("|")[1].strip(): ln for ln in text.splitlines() if ln.startswith("| `")}
+    assert set(lines) == {f"`{r.row}`" for r in get_table("svrn", "V").rows}
+    # mAP ours 80.0, paper 83.8, diff -3.8; Rank-1 ours 90.0, paper 96.8
+    assert "| 80.0 | 83.8 | -3.8 | 90.0 | 96.8 | -6.8 |" in lines["`vcc`"]
+    assert "failed: fastreid_plugins.errors.ConfigError" in lines["`icc`"]
+    assert "| not run |" in lines["`dcc`"] and "| - | 83.5 | - |" in lines["`dcc`"]
+    csv_rows = open(paths[1]).read().splitlines()
+    assert len(csv_rows) == 1 + 6 * 2   # header + rows x (mAP, Rank-1)
+    if len(paths) > 2:
+        assert os.path.getsize(paths[2]) > 1000
+
+
+# --------------------------------------------------------------------------------------------
+# end to end on the CPU (slow): a whole table of SVRN, demo-sized
+# --------------------------------------------------------------------------------------------
+E2E_OPTS = ["SOLVER.MAX_EPOCH", "2", "SOLVER.CHECKPOINT_PERIOD", "1", "TEST.EVAL_PERIOD", "100",
+            "INPUT.SIZE_TRAIN", "[64,64]", "INPUT.SIZE_TEST", "[64,64]", "MODEL.SVRN.GRID", "4"]
+
+
+def _processes_mentioning(text):
+    found = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if text.encode() in f.read():
+                        found.append(int(pid))
+            except OSError:
+                pass
+    return found
+
+
+def _kill_mentioning(text):
+    """SIGKILL what a failed test may have left running (row processes live in sessions of their
+    own, so killing the runner's group does not reach them)."""
+    for pid in _processes_mentioning(text):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def _wait_for(path, proc, timeout):
+    end = time.time() + timeout
+    while time.time() < end:
+        if os.path.exists(path):
+            return True
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.5)
+    return False
+
+
+@pytest.mark.slow
+def test_e2e_a_table_interrupted_in_its_second_row_resumes_and_reports(veri_root, tmp_path):
+    out = str(tmp_path)
+    env = dict(os.environ, PYTHONPATH=ROOT, FASTREID_DATASETS=veri_root, OMP_NUM_THREADS="1")
+    args = [PY, "-m", "fastreid_plugins.reproduce", "run", "svrn", "II", "--output-dir", out,
+            "--config-file", "configs/demo/svrn.yml", "--timeout", "300", "--no-progress",
+            *E2E_OPTS]
+    row = {r: os.path.join(out, "svrn", "II", r) for r in ("baseline", "scheme_a", "scheme_b")}
+    p = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        # interrupt once the second row has written its first checkpoint
+        assert _wait_for(os.path.join(row["scheme_a"], "last_checkpoint"), p, 400), \
+            p.communicate(timeout=30)[0][-3000:]
+        os.kill(p.pid, signal.SIGTERM)
+        log = p.communicate(timeout=60)[0]
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+            _kill_mentioning(out)
+    assert p.returncode == 130, log[-3000:]
+    assert "svrn/II/baseline: done" in log
+    assert not _processes_mentioning(row["scheme_a"])   # the row's trainer was ended
+    first = os.path.getmtime(os.path.join(row["baseline"], "result.json"))
+    result, status = runner.read_row_state(row["scheme_a"])
+    assert result is None and status["status"] == "interrupted"
+    assert not os.path.exists(row["scheme_b"])
+
+    # again, in-process, with one more row whose override is bad: it fails, the others finish
+    jobs = runner.plan("svrn", "II", None, "configs/demo/svrn.yml", E2E_OPTS, out)
+    bad = Row("svrn", "II", "bad-override", "a row with a bad override",
+              ("MODEL.SVRN.NO_SUCH_KEY", "1"))
+    jobs.insert(2, runner.RowJob(bad, os.path.join(out, "svrn", "II", "bad-override"),
+                                 "configs/demo/svrn.yml", list(E2E_OPTS)))
+    os.environ["FASTREID_DATASETS"] = veri_root
+    states = runner.run_rows(jobs, progress=False, timeout=300)
+    assert states == {"svrn/II/baseline": "skipped", "svrn/II/scheme_a": "done",
+                      "svrn/II/bad-override": "failed", "svrn/II/scheme_b": "done"}
+    assert os.path.getmtime(os.path.join(row["baseline"], "result.json")) == first
+    with open(os.path.join(row["scheme_a"], "run.log")) as f:
+        runs = [ln for ln in f if ln.startswith("$ ")]
+    assert len(runs) == 2 and "--resume" not in runs[0] and "--resume" in runs[1]
+    _, status = runner.read_row_state(os.path.join(out, "svrn", "II", "bad-override"))
+    assert "NO_SUCH_KEY" in status["error"] and status["log_tail"]
+    for r in row.values():
+        res = json.load(open(os.path.join(r, "result.json")))
+        assert set(res["results"]["VeRi"]) >= {"Rank-1", "Rank-5", "Rank-10", "mAP", "mINP"}
+        assert res["dataset"] == "VeRi"
+
+    p = _cli("report", "svrn", "II", "--output-dir", out, timeout=120)
+    assert p.returncode == 0, p.stderr
+    for r in get_table("svrn", "II").rows:
+        line = next(ln for ln in p.stdout.splitlines() if ln.startswith(f"| `{r.row}`"))
+        assert "| done |" in line
+        assert f"| {r.paper['VeRi']['mAP']:.1f} |" in line
+        assert f"| {r.paper['VeRi']['Rank-1']:.1f} |" in line
+    for ext in ("md", "csv", "png"):
+        assert os.path.isfile(os.path.join(out, "svrn", "II", f"report.{ext}"))
+
+
+_SLEEPER_SCRIPT = r"""
+import os, signal, sys, types
+# the reproduce package alone, without the package's FastReID / torch import (as its command)
+pkg = types.ModuleType("fastreid_plugins")
+pkg.__path__ = [os.path.join(os.getcwd(), "fastreid_plugins")]
+sys.modules["fastreid_plugins"] = pkg
+from fastreid_plugins.reproduce import runner
+
+def sleeper(cmd, env, log_path, timeout=None, cwd=None):
+    tag = cmd[cmd.index("OUTPUT_DIR") + 1]
+    return runner.subprocess_launcher(
+        [sys.executable, "-c", "import time, sys; print('up', flush=True); time.sleep(120)", tag],
+        env, log_path, timeout=timeout, cwd=cwd)
+
+def stop(signum, frame):
+    raise KeyboardInterrupt
+
+signal.signal(signal.SIGTERM, stop)
+jobs = runner.plan("svrn", "V", None, "configs/demo/svrn.yml", [], sys.argv[1])
+try:
+    runner.run_rows(jobs, gpus=["0", "1"], gpus_per_row=1, launcher=sleeper, progress=False)
+except KeyboardInterrupt:
+    sys.exit(130)
+"""
+
+
+def test_interrupting_side_by_side_rows_ends_their_processes_and_records_them(tmp_path):
+    """SIGTERM while two rows run on two GPU slots: both rows' processes are ended, both rows
+    are recorded as interrupted, no further row starts."""
+    script = tmp_path / "run.py"
+    script.write_text(_SLEEPER_SCRIPT)
+    out = str(tmp_path / "out")
+    p = subprocess.Popen([PY, str(script), out], cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        logs = [os.path.join(out, "svrn", "V", r, "run.log") for r in ("baseline", "no_csc")]
+        end = time.time() + 120
+        while time.time() < end and not all(
+                os.path.exists(f) and "up" in open(f).read() for f in logs):
+            assert p.poll() is None, p.communicate()[0]
+            time.sleep(0.2)
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(60) == 130, p.communicate()[0]
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+            _kill_mentioning(out)
+    assert not _processes_mentioning(out)
+    for r in ("baseline", "no_csc"):
+        _, status = runner.read_row_state(os.path.join(out, "svrn", "V", r))
+        assert status["status"] == "interrupted", (r, status)
+    assert not os.path.exists(os.path.join(out, "svrn", "V", "vcc"))
