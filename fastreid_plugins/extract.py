@@ -57,7 +57,7 @@ from fastreid_plugins.errors import (ConfigError, DatasetError, DatasetNotFoundE
                                      ImageReadError, UserError)
 
 __all__ = ["FeatureExtractor", "iter_image_paths", "count_images", "extract_to_dir",
-           "read_manifest", "IMAGE_EXTENSIONS", "MANIFEST", "main"]
+           "save_feature_shards", "read_manifest", "IMAGE_EXTENSIONS", "MANIFEST", "main"]
 
 logger = logging.getLogger("fastreid_plugins.extract")
 
@@ -578,6 +578,53 @@ def extract_to_dir(extractor, images, out_dir, shard_size=10000, dtype="float32"
     return manifest
 
 
+def save_feature_shards(out_dir, shards, metric="cosine", dtype="float32", **info):
+    """Write features computed elsewhere as an extraction folder that the search reads.
+
+    Args:
+        out_dir (str): output folder (created).
+        shards (iterable): ``(features, paths)`` pairs: (n, D) arrays and n image paths / ids.
+        metric (str): ``cosine`` or ``euclidean`` (the evaluator's ``TEST.METRIC``).
+        dtype (str): stored ``float32`` or ``float16``.
+        **info: more manifest entries (e.g. ``weights``).
+
+    Returns:
+        dict: the manifest.
+
+    Raises:
+        ConfigError: bad ``metric`` / ``dtype``; DatasetError: shards of different dimension,
+            features and paths of different lengths.
+    """
+    if metric not in ("cosine", "euclidean"):
+        raise ConfigError(f"metric must be cosine or euclidean, got {metric!r}")
+    if dtype not in ("float32", "float16"):
+        raise ConfigError(f"dtype must be float32 or float16, got {dtype!r}")
+    os.makedirs(out_dir, exist_ok=True)
+    man = dict(info, format_version=FORMAT_VERSION, metric=metric, dtype=dtype, dim=None,
+               shards=[], num_images=0, num_skipped=0, complete=False)
+    for k, (feats, paths) in enumerate(shards):
+        feats = np.asarray(feats).astype(dtype, copy=False)
+        paths = [os.fspath(p) for p in paths]
+        if feats.ndim != 2 or len(feats) != len(paths):
+            raise DatasetError(f"shard {k}: features {feats.shape} and {len(paths)} paths")
+        if man["dim"] not in (None, feats.shape[1]):
+            raise DatasetError(f"shard {k} has dimension {feats.shape[1]}, earlier shards "
+                               f"{man['dim']}")
+        man["dim"] = int(feats.shape[1])
+        base = os.path.join(out_dir, _shard_name(k))
+        _atomic_write(base + ".npy", lambda f: np.save(f, feats))
+        _atomic_write(base + ".txt",
+                      lambda f: f.write("".join(p + "\n" for p in paths).encode("utf-8")))
+        name = _shard_name(k)
+        man["shards"].append({"features": name + ".npy", "paths": name + ".txt",
+                              "count": len(paths)})
+        man["num_images"] += len(paths)
+    man["num_shards"] = len(man["shards"])
+    man["complete"] = True
+    _write_json(os.path.join(out_dir, MANIFEST), man)
+    return man
+
+
 def _finished_shard(base, digest, out_dir):
     """The record of a shard a previous run finished, or None (then it is (re)written)."""
     jpath = base + ".json"
@@ -617,6 +664,8 @@ def build_parser():
                    help="an unreadable image stops the run (raise) or is skipped and listed")
     p.add_argument("--backend", nargs="+", default=["torch"], metavar="torch|onnx MODEL.onnx",
                    help="`torch` (MODEL.WEIGHTS) or `onnx MODEL.onnx` (onnxruntime)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch / onnxruntime CPU threads (default: torch's)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
     p.add_argument("opts", nargs=argparse.REMAINDER,
@@ -658,6 +707,10 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     backend, onnx_model = parse_backend(args.backend)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     count_images(args.images)  # a missing / empty source fails before the model is built
     if args.num_workers is None:
         from fastreid_plugins.tools import build_tool_cfg
