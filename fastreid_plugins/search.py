@@ -260,11 +260,9 @@ def build_index(gallery, factory, metric=None, train_size=None, seed=0, progress
     n = len(gallery)
     if not index.is_trained:
         ivf = faiss.try_extract_index_ivf(index)
-        want = train_size or max(50 * (ivf.nlist if ivf is not None else 1), 10000)
-        frac = min(1.0, want / n)
-        rng = np.random.default_rng(seed)
-        sample = [g[rng.random(len(g)) < frac] for _, g in gallery.iter_shards()]
-        sample = _prepare(np.concatenate(sample), metric)
+        want = min(n, train_size or max(50 * (ivf.nlist if ivf is not None else 1), 10000))
+        rows = np.sort(np.random.default_rng(seed).choice(n, want, replace=False))
+        sample = _prepare(_gather(gallery, rows), metric)
         t0 = time.time()
         index.train(sample)
         logger.info(f"trained {factory} on {len(sample)} gallery vectors in "
@@ -363,6 +361,7 @@ def rerank_topk(gallery, queries, dist, index, k, k1=20, k2=6, lambda_value=0.3,
     from fastreid_plugins.evaluation.sparse_rerank import sparse_rerank
 
     metric = metric or gallery.metric
+    k = min(int(k), index.shape[1])
     out_d = np.full((len(queries), k), np.inf, np.float32)
     out_i = np.full((len(queries), k), -1, np.int64)
     for s in range(0, len(queries), block):
