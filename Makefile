@@ -33,6 +33,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/eval_speed.py
 	$(PY) bench/rerank.py
+	$(PY) bench/extract_speed.py
 
 clean:
 	rm -rf $(VENV) logs

@@ -31,7 +31,7 @@ setup(
         "numpy",
     ],
     extras_require={
-        "dev": ["pytest>=7", "onnx", "onnxruntime", "Cython", "open_clip_torch"],
+        "dev": ["pytest>=7", "onnx", "onnxruntime", "Cython", "open_clip_torch", "ruff"],
         "clip": ["transformers>=4.30"],
     },
 )

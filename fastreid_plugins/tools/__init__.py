@@ -6,6 +6,13 @@
 * ``export_onnx``: export any meta-architecture's eval forward to ONNX and check it with
   onnxruntime.
 
+Your own images (top-level modules, built on :func:`build_tool_cfg` / :func:`load_tool_model`):
+
+* ``python -m fastreid_plugins.extract``: features of a folder / list of images, in resumable
+  shards (:class:`fastreid_plugins.extract.FeatureExtractor` in Python).
+* ``python -m fastreid_plugins.search``: faiss search of a gallery of extracted features (exact,
+  IVF, re-ranking), CSV / JSON and rank-list pictures.
+
 Importing this package is cheap (no torch / FastReID import); the helpers below import lazily so
 that ``python -m fastreid_plugins.tools.demo`` can set ``FASTREID_DATASETS`` first.
 """
