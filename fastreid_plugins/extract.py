@@ -65,6 +65,8 @@ logger = logging.getLogger("fastreid_plugins.extract")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
+#: seconds a DataLoader worker may take for one batch before the run fails (never hangs)
+WORKER_TIMEOUT = 600
 #: test hook: SIGKILL this process after this many shards were written (kill-and-resume tests)
 _KILL_ENV = "FASTREID_PLUGINS_EXTRACT_KILL_AFTER_SHARDS"
 
@@ -329,10 +331,13 @@ class FeatureExtractor:
         workers = self.num_workers
         if workers and not all(isinstance(x, (str, os.PathLike)) for x in items):
             workers = 0  # in-memory images: no point pickling them to workers
+        workers = min(workers, max(1, len(items) // self.batch_size))
+        # a worker stuck for WORKER_TIMEOUT s on one batch (e.g. a hung network file system)
+        # raises in the main process instead of hanging the run
         return torch.utils.data.DataLoader(
             _ImageDataset(items, self.transform), batch_size=self.batch_size, shuffle=False,
-            num_workers=min(workers, max(1, len(items) // self.batch_size)),
-            collate_fn=_collate, pin_memory=self.device.type == "cuda")
+            num_workers=workers, collate_fn=_collate, pin_memory=self.device.type == "cuda",
+            timeout=WORKER_TIMEOUT if workers else 0)
 
     def iter_batches(self, items, on_error="raise"):
         """Yield ``(indices, (b, D) float32 features)`` per batch of ``items``, in order.

@@ -326,3 +326,14 @@ def test_bad_input_errors(models, tmp_path):
     assert res.returncode == 2 and "no_such_dir" in res.stderr
     assert "Traceback" not in res.stderr
     assert issubclass(DatasetNotFoundError, UserError) and issubclass(DatasetError, UserError)
+
+
+def test_amp_on_cpu_is_close(models, veri_root):
+    """``amp=True`` (bfloat16 autocast on the CPU): float32 output, close to the float32 run."""
+    cfg_path, weights, opts = models["bagtricks_r18"]
+    paths = sorted(iter_image_paths(os.path.join(veri_root, "veri", "image_query")))[:4]
+    ref = FeatureExtractor(cfg_path, weights=weights, opts=opts).extract(paths)
+    got = FeatureExtractor(cfg_path, weights=weights, opts=opts, amp=True).extract(paths)
+    assert got.dtype == np.float32 and got.shape == ref.shape
+    cos = (got * ref).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(ref, axis=1)
+    assert (cos > 0.99).all() and np.abs(got - ref).max() > 0  # really ran in bfloat16

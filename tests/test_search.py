@@ -211,6 +211,11 @@ def test_approximate_index_recall_save_and_reload(tmp_path, capsys):
     assert res["info"]["factory"] == "IVF64,Flat" and res["info"]["recall_at_k"] == 1.0
     assert (res["index"] == want).mean() > 0.99
 
+    # faiss's in-memory exact index by its factory string: exact, the gallery held in memory
+    res = search.main(["--gallery", gdir, "--query", qdir, "--topk", "10", "--index-type", "Flat",
+                       "--no-progress", "--output", str(tmp_path / "flat.csv")])
+    assert res["info"]["recall_at_k"] == 1.0 and (res["index"] == want).mean() > 0.99
+
     # IVF-PQ probing 4 of 64 lists: approximate; the printed recall@10 is the true one
     index_path = str(tmp_path / "pq.faiss")
     args = ["--gallery", gdir, "--query", qdir, "--topk", "10", "--index-type", "ivf-pq",
@@ -261,8 +266,8 @@ def test_search_1m_gallery_bounded_memory(tmp_path):
     """1,000,000 x 256 gallery (100 float16 shards; 977 MiB as float32), 100 queries, exact
     top-10. Measured (2 shared CPU cores, FASTREID_PLUGINS_THREADS=1): peak RSS 817 MiB, of which
     782 MiB is the process after its imports (torch, FastReID, faiss): the search adds ~35 MiB
-    (one shard and its faiss copy), it never holds the gallery; 9 s. Each query is a gallery row
-    plus noise and must find that row first."""
+    (one shard and its faiss copy), it never holds the gallery; search 4-9 s, test ~20 s. Each
+    query is a gallery row plus noise and must find that row first."""
     n, d, shard = 1_000_000, 256, 10_000
     planted = np.arange(100) * 9_973 + 17  # spread over the shards
     queries = []
