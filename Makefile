@@ -47,6 +47,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/eval_speed.py
 	$(PY) bench/rerank.py
+	$(PY) bench/extract_speed.py
 
 clean:
 	rm -rf $(VENV) logs

@@ -89,3 +89,7 @@ def datasets_root(monkeypatch):
         monkeypatch.setenv("FASTREID_DATASETS", path)
         return path
     return _set
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: a long test (deselect with -m 'not slow')")

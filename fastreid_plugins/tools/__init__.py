@@ -10,6 +10,13 @@
 Each tool runs through :func:`fastreid_plugins.cli.run_cli`: a user error (bad path, unknown
 config key, ...) prints one ``Error: ...`` block and exits 2; ``--debug`` shows the traceback.
 
+Your own images (top-level modules, built on :func:`build_tool_cfg` / :func:`load_tool_model`):
+
+* ``python -m fastreid_plugins.extract``: features of a folder / list of images, in resumable
+  shards (:class:`fastreid_plugins.extract.FeatureExtractor` in Python).
+* ``python -m fastreid_plugins.search``: faiss search of a gallery of extracted features (exact,
+  IVF, re-ranking), CSV / JSON and rank-list pictures.
+
 Importing this package is cheap (no torch / FastReID import); the helpers below import lazily so
 that ``python -m fastreid_plugins.tools.demo`` can set ``FASTREID_DATASETS`` first.
 """
