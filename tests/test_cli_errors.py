@@ -108,7 +108,7 @@ def test_batch_too_large_for_the_identities(veri_root, tmp_path):
     res = run(train_net("MFGNet", "--config-file", MFGNET, "SOLVER.IMS_PER_BATCH", "32",
                         "OUTPUT_DIR", str(tmp_path)), datasets=veri_root)
     assert_short_error(res, "SOLVER.IMS_PER_BATCH", "32 / 4 = 8", "has 4",
-                       error_type="DatasetError")
+                       error_type="ConfigError")
 
 
 def test_pretrained_weights_not_available_offline(veri_root, tmp_path):

@@ -116,7 +116,9 @@ def test_features_equal_evaluator(name, models, veri_root, datasets_root, tmp_pa
     feats = ext.extract(paths)
     assert feats.dtype == np.float32 and feats.shape == (len(paths), ref.shape[1])
     want = np.stack([ref_by_path[p] for p in paths])
-    assert np.abs(feats - want).max() <= 1e-5
+    # 1e-5 relative to the features' scale: with 2 torch threads (CI) the CPU kernels round
+    # differently from 1 thread (measured 1.4e-5 on values up to ~10)
+    assert np.abs(feats - want).max() <= 1e-5 * max(1.0, np.abs(want).max())
     assert np.abs(feats[0] - feats[1]).max() > 1e-3  # distinct images, distinct features
     # another batch size: oneDNN picks other kernels for other batch shapes, so equal up to
     # float32 rounding of the features' scale (MFG-Net's reach |f| ~ 50: ~3e-5 absolute)
@@ -144,7 +146,7 @@ def test_features_equal_evaluator(name, models, veri_root, datasets_root, tmp_pa
     assert got_paths == paths and man["complete"] and man["dim"] == ref.shape[1]
     assert man["metric"] == cfg.TEST.METRIC and man["weights"] == os.path.abspath(weights)
     assert man["flip"] == cfg.TEST.FLIP.ENABLED
-    assert np.abs(got - want).max() <= 1e-5
+    assert np.abs(got - want).max() <= 1e-5 * max(1.0, np.abs(want).max())
 
     # 3 shards of 10 (batches of <= 10), float16 for MFG-Net: equal to the API's batches of 10
     dtype = "float16" if name == "mfgnet" else "float32"
@@ -161,10 +163,11 @@ def test_features_equal_evaluator(name, models, veri_root, datasets_root, tmp_pa
     api = np.concatenate([ext.extract(got_paths[s:s + 10]) for s in (0, 10, 20)])
     ref_g = np.stack([ref_by_path[p] for p in got_paths])
     if dtype == "float32":
-        assert np.abs(got - api).max() <= 1e-6
+        assert np.abs(got - api).max() <= 1e-6 * max(1.0, np.abs(api).max())
         assert np.abs(got - ref_g).max() <= 1e-5 * max(1.0, np.abs(ref_g).max())
     else:
-        np.testing.assert_array_equal(got, api.astype(np.float16).astype(np.float32))
+        # float16 storage: one float16 rounding step of the float32 features (2^-10 relative)
+        np.testing.assert_allclose(got, api, rtol=2 ** -10, atol=1e-5 * max(1.0, np.abs(api).max()))
 
 
 def test_onnx_backend_equals_evaluator(models, veri_root, datasets_root, tmp_path):
@@ -222,7 +225,7 @@ def test_truncated_image_raise_and_skip(models, images_with_truncated, workers, 
     assert kept.tolist() == [0, 1, 3] and feats.shape[0] == 3
     assert [s[1] for s in ext.skipped] == [bad]
     good = ext.extract([paths[0], paths[1], paths[3]])
-    assert np.abs(feats - good).max() <= 1e-5
+    assert np.abs(feats - good).max() <= 1e-5 * max(1.0, np.abs(good).max())
     # a missing file named in a list file
     lst = tmp_path / "list.txt"
     lst.write_text(f"{paths[0]}\n# a comment\n\n{tmp_path / 'gone.jpg'}\n")
@@ -244,7 +247,7 @@ def test_truncated_image_raise_and_skip(models, images_with_truncated, workers, 
     assert got_paths == [paths[0], paths[1], paths[3]] and man["num_skipped"] == 1
     with open(os.path.join(out, "shard_00000.json")) as f:
         assert [s["image"] for s in json.load(f)["skipped"]] == [bad]
-    assert np.abs(got - good).max() <= 1e-5
+    assert np.abs(got - good).max() <= 1e-5 * max(1.0, np.abs(good).max())
 
 
 # ----------------------------------------------------------------------------- kill / resume
