@@ -121,8 +121,8 @@ def _worker(args):
 
 def _run_worker(mode, args, save=None):
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", mode]
-    for key in ("num_query", "num_gallery", "dim", "ids", "noise", "cams", "seed", "k1", "k2", "lam",
-                "threads", "memory_gb", "nprobe", "nlist", "ef_search"):
+    for key in ("num_query", "num_gallery", "dim", "ids", "noise", "cams", "seed", "k1", "k2",
+                "lam", "threads", "memory_gb", "nprobe", "nlist", "ef_search"):
         cmd += ["--" + key.replace("_", "-"), str(getattr(args, key))]
     return run_worker(cmd, save, args.progress)
 
@@ -222,7 +222,8 @@ def main(argv=None):
     if "full-rerank" in results:
         f = results["full-rerank"]
         print(f"  chunked re-ranking / full-matrix re-ranking (same run): time "
-              f"{x['seconds'] / f['seconds']:.3f}x, CPU {x['cpu_seconds'] / f['cpu_seconds']:.3f}x; "
+              f"{x['seconds'] / f['seconds']:.3f}x, "
+              f"CPU {x['cpu_seconds'] / f['cpu_seconds']:.3f}x; "
               f"|d mAP| {abs(x['mAP'] - f['mAP']):.2e}, |d mINP| {abs(x['mINP'] - f['mINP']):.2e} "
               f"(points)", flush=True)
     return results

@@ -19,8 +19,9 @@ Usage:
     python bench/rerank.py                      # VeRi-776 size, sparse vs FastReID
     python bench/rerank.py --large [--dim 2048]  # VERI-Wild Large size, sparse only
 Time: wall clock and CPU time (user + system, all threads) of the call; on a shared machine the
-CPU time is the steadier figure. Peak memory: ``VmHWM`` of ``/proc/self/status``, reset right before the call through
-``/proc/self/clear_refs`` (Linux); ``ru_maxrss`` where that is unavailable.
+CPU time is the steadier figure. Peak memory: ``VmHWM`` of ``/proc/self/status``, reset right
+before the call through ``/proc/self/clear_refs`` (Linux); ``ru_maxrss`` where that is
+unavailable.
 """
 
 import argparse

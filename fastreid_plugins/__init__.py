@@ -12,9 +12,9 @@ Importing this package
    registries.
 
 Layers (``tests/test_layers.py`` keeps them): :mod:`~fastreid_plugins.errors`,
-:mod:`~fastreid_plugins.patches.base` (leaves) < core (config, checkpoint, seeding, distributed, data,
-evaluation, modeling, layers, losses, engine) < :mod:`~fastreid_plugins.patches` < the methods
-(mfgnet, mbfn, svrn, clip_senet) < tools.
+:mod:`~fastreid_plugins.patches.base` (leaves) < core (config, checkpoint, seeding, distributed,
+data, evaluation, modeling, layers, losses, engine) < :mod:`~fastreid_plugins.patches` < the
+methods (mfgnet, mbfn, svrn, clip_senet) < tools.
 
 In the process of ``python -m fastreid_plugins.reproduce`` (:func:`_reproduce_command`)
 nothing of this is done: that command needs none of it.

@@ -26,7 +26,7 @@ Added by :func:`add_plugins_config`:
   training (see :mod:`fastreid_plugins.distributed`).
 """
 
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Optional, Sequence
 import difflib
 import os
 import re
@@ -37,7 +37,8 @@ from fastreid.config import get_cfg as _fastreid_get_cfg
 from .errors import ConfigError, ConfigFileNotFoundError
 
 __all__ = ["PLUGIN_DEFAULTS", "add_plugins_config", "require_plugins_config", "get_cfg",
-           "config_keys", "suggest_keys", "merge_config_file", "merge_overrides"]
+           "config_keys", "suggest_keys", "merge_config_file", "merge_overrides",
+           "check_bool", "check_int", "check_number", "check_choice"]
 
 #: Every shared plugin key and its default: the one place these defaults live. Code reads the
 #: keys directly (``cfg.TEST.RERANK.KNN``); only a patched FastReID path that must also accept
@@ -108,6 +109,38 @@ def get_cfg(*add_fns: Callable[[CN], Any]) -> CN:
     for fn in add_fns:
         fn(cfg)
     return cfg
+
+
+# --------------------------------------------------------------------------------------------
+# value checks for the methods' validate_<method>_config: one message format for every key
+# --------------------------------------------------------------------------------------------
+def check_bool(value: Any, key: str) -> None:
+    """Raise :class:`ConfigError` naming ``key`` unless ``value`` is ``True`` or ``False``."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}={value!r} must be True or False")
+
+
+def check_int(value: Any, key: str, lo: int, hi: Optional[int] = None) -> None:
+    """Raise :class:`ConfigError` naming ``key`` unless ``value`` is an int (not a bool) in
+    ``lo..hi`` (``hi=None``: no upper bound)."""
+    if (not isinstance(value, int) or isinstance(value, bool) or value < lo
+            or (hi is not None and value > hi)):
+        rng = f"in {lo}..{hi}" if hi is not None else f">= {lo}"
+        raise ConfigError(f"{key}={value!r} must be an int {rng}")
+
+
+def check_number(value: Any, key: str, lo: float = 0) -> None:
+    """Raise :class:`ConfigError` naming ``key`` unless ``value`` is an int or float (not a
+    bool) ``>= lo``."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value < lo:
+        raise ConfigError(f"{key}={value!r} must be a number >= {lo}")
+
+
+def check_choice(value: Any, key: str, choices: Sequence[Any]) -> None:
+    """Raise :class:`ConfigError` naming ``key`` and the accepted values unless ``value`` is one
+    of ``choices``."""
+    if value not in choices:
+        raise ConfigError(f"{key}={value!r} must be one of {tuple(choices)}")
 
 
 # --------------------------------------------------------------------------------------------

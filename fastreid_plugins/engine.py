@@ -106,7 +106,8 @@ def load_model_weights(model, path):
         raise WeightsMismatchError(
             f"Checkpoint {path!r} does not match the model built from this config "
             f"({type(model).__name__}); refusing to evaluate a partly random model." + report
-            + "\nCheck that --config-file (and its MODEL.* overrides) is the one used for training.")
+            + "\nCheck that --config-file (and its MODEL.* overrides) is the one used for "
+              "training.")
     model.load_state_dict(state, strict=True)
     logger.info(f"Loaded model weights from {path}")
 
@@ -120,7 +121,8 @@ def _adopt_auto_sized(model, state, own):
         if (0 in tuple(v.shape) and k in state and k in params and hasattr(state[k], "shape")
                 and state[k].dim() == v.dim()):
             params[k].data = torch.empty_like(state[k], dtype=v.dtype, device=v.device)
-            logger.info(f"{k}: auto-sized {tuple(v.shape)} -> {tuple(state[k].shape)} from the checkpoint")
+            logger.info(f"{k}: auto-sized {tuple(v.shape)} -> {tuple(state[k].shape)} "
+                        "from the checkpoint")
 
 
 class EvalAwareTensorboardWriter(TensorboardXWriter):

@@ -23,8 +23,9 @@ os.environ["FASTREID_PLUGINS_OFFLINE"] = "1"
 os.environ["TORCH_HOME"] = tempfile.mkdtemp(prefix="fastreid_plugins_torch_home_")
 atexit.register(shutil.rmtree, os.environ["TORCH_HOME"], True)
 
-import fastreid_plugins  # noqa: F401  (applies the patches before any fastreid import)
-import torch
+# after the environment above: the package reads it at import
+import fastreid_plugins  # noqa: E402,F401  (applies the patches before any fastreid import)
+import torch  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS_DIR = os.path.join(ROOT, "tests")
@@ -56,10 +57,6 @@ torch.set_num_threads(int(os.environ.get("FASTREID_PLUGINS_THREADS",
                                          max(1, min(2, os.cpu_count() or 1)))))
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: a long end-to-end test (deselect with -m 'not slow')")
-
-
 def shared_datasets_dir():
     cand = os.environ.get("FASTREID_DATASETS") or os.path.join(ROOT, "..", "shared", "datasets")
     return os.path.abspath(cand)
@@ -89,7 +86,3 @@ def datasets_root(monkeypatch):
         monkeypatch.setenv("FASTREID_DATASETS", path)
         return path
     return _set
-
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: a long test (deselect with -m 'not slow')")

@@ -184,8 +184,9 @@ def job_loss_functions(seed=0, **_):
         out[name] = {
             "loss_ref": l_ref.item(), "loss_ddp": all_ranks(l_ddp.item()),
             "loss_local_mean": sum(all_ranks(l_local)) / w,
-            "grad_max_diff": max(all_ranks(max((a.grad - b.grad).abs().max().item()
-                                               for a, b in zip(lin.parameters(), ref.parameters())))),
+            "grad_max_diff": max(all_ranks(max(
+                (a.grad - b.grad).abs().max().item()
+                for a, b in zip(lin.parameters(), ref.parameters())))),
             "grad_max": max(p.grad.abs().max().item() for p in ref.parameters()),
         }
     return out
@@ -311,7 +312,8 @@ def job_ablations(name, config_file, opts, rows, hw, n_ids=4, k=2, steps=2, **_)
                     trainer.iter = it
                     trainer.run_step()
                     storage.step()
-            change = max((p.detach() - init[n]).abs().max().item() for n, p in model.named_parameters())
+            change = max((p.detach() - init[n]).abs().max().item()
+                         for n, p in model.named_parameters())
             out[row] = {"ok": True, "param_gap": max_param_diff_to_rank0(model),
                         "param_change": change}
         except Exception:

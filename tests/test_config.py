@@ -51,3 +51,40 @@ def test_fastreid_baseline_still_builds_from_fastreid_config():
     cfg.MODEL.DEVICE = "cpu"
     model = build_model(cfg)
     assert type(model.backbone.layer4[0].bn1).__name__ != "IBN"  # IBN-Net's layout by default
+
+
+@pytest.mark.parametrize("check, args, bad", [
+    ("check_bool", (), [1, 0, "True", None]),
+    ("check_int", (1, 4), [0, 5, 2.0, True, "3"]),
+    ("check_int", (0,), [-1, 1.5, False]),
+    ("check_number", (), [-0.1, True, "0.3", None]),
+    ("check_choice", (("sum", "mean"),), ["Sum", "", None]),
+])
+def test_value_checks_refuse_bad_values_naming_the_key(check, args, bad):
+    import fastreid_plugins.config as C
+    for value in bad:
+        with pytest.raises(ConfigError, match=r"^MODEL\.X\.KEY=" + repr(value).replace(".", r"\.")):
+            getattr(C, check)(value, "MODEL.X.KEY", *args)
+
+
+@pytest.mark.parametrize("check, args, good", [
+    ("check_bool", (), [True, False]),
+    ("check_int", (1, 4), [1, 4]),
+    ("check_int", (0,), [0, 10 ** 9]),
+    ("check_number", (), [0, 0.0, 3, 1e-9]),
+    ("check_choice", (("sum", "mean"),), ["sum", "mean"]),
+])
+def test_value_checks_accept_the_boundaries(check, args, good):
+    import fastreid_plugins.config as C
+    for value in good:
+        assert getattr(C, check)(value, "MODEL.X.KEY", *args) is None
+
+
+def test_check_messages_say_what_was_expected():
+    from fastreid_plugins.config import check_choice, check_int
+    with pytest.raises(ConfigError, match=r"must be an int in 1\.\.4$"):
+        check_int(5, "K", 1, 4)
+    with pytest.raises(ConfigError, match=r"must be an int >= 0$"):
+        check_int(-1, "K", 0)
+    with pytest.raises(ConfigError, match=r"must be one of \('sum', 'mean'\)$"):
+        check_choice("x", "K", ["sum", "mean"])

@@ -35,8 +35,8 @@ CLI_TIMEOUT = 300
 # 57 training images, 4 identities: a 24-image global batch of 4 identities x 6 images gives 2
 # iterations per epoch (12 images = 2 identities per rank)
 DATA = ["DATALOADER.NUM_INSTANCE", "6", "SOLVER.IMS_PER_BATCH", "24", "SOLVER.MAX_EPOCH", "1",
-        "DATALOADER.NUM_WORKERS", "0", "TEST.IMS_PER_BATCH", "32", "SOLVER.CHECKPOINT_PERIOD", "100",
-        "TEST.EVAL_PERIOD", "100"]
+        "DATALOADER.NUM_WORKERS", "0", "TEST.IMS_PER_BATCH", "32",
+        "SOLVER.CHECKPOINT_PERIOD", "100", "TEST.EVAL_PERIOD", "100"]
 
 
 def _tiny(method):
@@ -53,7 +53,8 @@ def _tiny(method):
         cfg, opts, hw = DEMO, ["MODEL.HEADS.NUM_CLASSES", "4", *SMALL], (64, 64)
     elif method == "CLIPSENet":
         cfg, opts, hw = ("configs/demo/clip_senet.yml",
-                         ["MODEL.HEADS.NUM_CLASSES", "4", "MODEL.BACKBONE.LAST_STRIDE", "2"], (32, 32))
+                         ["MODEL.HEADS.NUM_CLASSES", "4", "MODEL.BACKBONE.LAST_STRIDE", "2"],
+                         (32, 32))
     else:
         raise KeyError(method)
     size = f"[{hw[0]}, {hw[1]}]"
@@ -79,7 +80,8 @@ def ablation_rows(method):
     table = cfg_mod.ABLATIONS
     assert table, f"fastreid_plugins.{CONFIG_MODULES[method]}.config.ABLATIONS is empty"
     rows = {}
-    for k, v in table.items():   # {row: overrides}, {row: Ablation(overrides=...)} or {table: {row: overrides}}
+    # {row: overrides}, {row: Ablation(overrides=...)} or {table: {row: overrides}}
+    for k, v in table.items():
         for r, ov in (v.items() if isinstance(v, dict) else [(None, v)]):
             rows[k if r is None else f"{k}/{r}"] = list(getattr(ov, "overrides", ov))
     return rows
@@ -118,7 +120,8 @@ def _jobs(outdir):
                          "opts": opts + DATA + ["OUTPUT_DIR", os.path.join(outdir, m)]})
         # the optimizer is in no ablation: SGD's step is the cheapest over R18's 11M parameters
         jobs.append({"kind": "ablations", "key": f"ablations/{m}", "name": m, "config_file": cfg,
-                     "opts": opts + ["SOLVER.OPT", "SGD"], "rows": _distinct_rows(m, ablation_rows(m)),
+                     "opts": opts + ["SOLVER.OPT", "SGD"],
+                     "rows": _distinct_rows(m, ablation_rows(m)),
                      "hw": hw, "n_ids": 2, "k": 2})
     return jobs
 
@@ -219,7 +222,8 @@ def test_ddp_printed_metrics_equal_eval_only(grouped, method, veri_root, dataset
     datasets_root(veri_root)
     cfg, opts, _ = _tiny(method)
     weights = os.path.join(r0["output_dir"], "model_final.pth")
-    evald = _eval_only(method, cfg, opts + DATA + ["MODEL.WEIGHTS", weights, "OUTPUT_DIR", str(tmp_path)])
+    evald = _eval_only(method, cfg,
+                       opts + DATA + ["MODEL.WEIGHTS", weights, "OUTPUT_DIR", str(tmp_path)])
     assert set(r0["results"]) <= set(evald)
     for k, v in r0["results"].items():
         assert v == pytest.approx(evald[k], abs=1e-3), (k, r0["results"], evald)
@@ -259,8 +263,9 @@ def test_every_ablation_trains_under_ddp(grouped, method):
 # --------------------------------------------------------------------------------------------
 def _run(cmds, env, timeout):
     """Start every command (own process group), wait for all; kill them all on timeout."""
-    procs = [subprocess.Popen(c, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True, start_new_session=True) for c in cmds]
+    procs = [subprocess.Popen(c, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, start_new_session=True)
+             for c in cmds]
     outs = []
     try:
         for p in procs:
@@ -288,7 +293,8 @@ def test_train_net_num_gpus_2(veri_root, datasets_root, tmp_path):
     cfg, opts, _ = _tiny("MFGNet")
     out = tmp_path / "run"
     cmd = [sys.executable, "projects/MFGNet/train_net.py", "--config-file", cfg, "--num-gpus", "2",
-           "--dist-url", f"tcp://127.0.0.1:{ddp_jobs.free_port()}", *opts, *DATA, "OUTPUT_DIR", str(out)]
+           "--dist-url", f"tcp://127.0.0.1:{ddp_jobs.free_port()}", *opts, *DATA,
+           "OUTPUT_DIR", str(out)]
     (rc, log), = _run([cmd], _env(veri_root), CLI_TIMEOUT)
     assert rc == 0, log[-4000:]
     assert sorted(p.name for p in out.glob("*.pth")) == ["model_final.pth"]
@@ -334,7 +340,8 @@ def test_two_local_machines(veri_root, datasets_root, tmp_path):
 # --------------------------------------------------------------------------------------------
 # in-process units
 # --------------------------------------------------------------------------------------------
-ITEMS = [(f"img{i}.jpg", f"veri_{pid}", 0) for pid, n in enumerate([3, 5, 8, 2, 6, 4]) for i in range(n)]
+ITEMS = [(f"img{i}.jpg", f"veri_{pid}", 0)
+         for pid, n in enumerate([3, 5, 8, 2, 6, 4]) for i in range(n)]
 
 
 def test_global_sampler_splits_one_global_batch_across_ranks():
@@ -356,14 +363,16 @@ def test_global_sampler_splits_one_global_batch_across_ranks():
             parts = [[next(i) for _ in range(8 // w)] for i in its]
             assert sum(parts, []) == b
             assert not set(pid[i] for i in parts[0]) & set(pid[i] for i in parts[-1])
-    resumed = iter(distributed.GlobalIdentitySampler(ITEMS, 8, 2, seed=3, start_iter=3, rank=0, world_size=1))
+    resumed = iter(distributed.GlobalIdentitySampler(ITEMS, 8, 2, seed=3, start_iter=3, rank=0,
+                                                     world_size=1))
     assert [next(resumed) for _ in range(16)] == glob[3] + glob[4]
     other = iter(distributed.GlobalIdentitySampler(ITEMS, 8, 2, seed=4, rank=0, world_size=1))
     assert [next(other) for _ in range(40)] != sum(glob, [])
 
 
 def test_global_sampler_bad_sizes_are_clear_errors():
-    with pytest.raises(ValueError, match=r"IMS_PER_BATCH=12 must be a multiple of .*NUM_INSTANCE=4 x world size 2"):
+    with pytest.raises(ValueError, match=r"IMS_PER_BATCH=12 must be a multiple of "
+                                         r".*NUM_INSTANCE=4 x world size 2"):
         distributed.GlobalIdentitySampler(ITEMS, 12, 4, seed=0, rank=0, world_size=2)
     with pytest.raises(ValueError, match="8 identities per batch, but the training set has only 6"):
         distributed.GlobalIdentitySampler(ITEMS, 16, 2, seed=0, rank=0, world_size=1)
@@ -433,7 +442,8 @@ def test_sampler_by_name_in_one_process(veri_root, datasets_root):
     wrapper.load_state_dict(wrapper.state_dict(position=20))
     assert [next(iter(loader.batch_sampler)) for _ in range(1)][0] == sum(first, [])[20:36]
     cfg = make_cfg("configs/demo/mfgnet.yml", [], [add_mfgnet_config])
-    assert isinstance(ddp_jobs._inner_sampler(PluginTrainer.build_train_loader(cfg)), NaiveIdentitySampler)
+    sampler = ddp_jobs._inner_sampler(PluginTrainer.build_train_loader(cfg))
+    assert isinstance(sampler, NaiveIdentitySampler)
 
 
 def test_global_sampler_load_state_dict_positions():

@@ -79,13 +79,15 @@ def test_missing_config_file_and_cpu_device(tmp_path):
 
 
 def test_eval_only_turns_pretrain_off(tmp_path):
-    cfg = setup(_args("OUTPUT_DIR", str(tmp_path), "MODEL.BACKBONE.PRETRAIN", "True", eval_only=True))
+    cfg = setup(_args("OUTPUT_DIR", str(tmp_path), "MODEL.BACKBONE.PRETRAIN", "True",
+                      eval_only=True))
     assert cfg.MODEL.BACKBONE.PRETRAIN is False
 
 
 def test_batch_larger_than_dataset_is_refused(veri_root, datasets_root, tmp_path):
     datasets_root(veri_root)
-    cfg = make_cfg(CFG, ["SOLVER.IMS_PER_BATCH", "64", "DATALOADER.SAMPLER_TRAIN", "TrainingSampler",
+    cfg = make_cfg(CFG, ["SOLVER.IMS_PER_BATCH", "64",
+                         "DATALOADER.SAMPLER_TRAIN", "TrainingSampler",
                          "OUTPUT_DIR", str(tmp_path)])
     with pytest.raises(ValueError, match="IMS_PER_BATCH"):
         PluginTrainer(cfg)

@@ -57,7 +57,8 @@ def test_queries_without_match_are_skipped_and_all_missing_is_an_error():
     with pytest.raises(ValueError, match="No query has a true match"):
         evaluate_rank(dist, np.array([7, 9]), np.array([1, 2]), np.array([0, 0]), np.array([1, 1]))
     with pytest.raises(ValueError, match="gallery columns"):
-        evaluate_rank(dist, np.array([1, 9]), np.array([1, 2, 3]), np.array([0, 0]), np.array([1, 1]))
+        evaluate_rank(dist, np.array([1, 9]), np.array([1, 2, 3]), np.array([0, 0]),
+                      np.array([1, 1]))
 
 
 def test_evaluator_equals_fastreid_reid_evaluator(tmp_path):
@@ -89,4 +90,4 @@ def test_evaluator_rejects_non_feature_outputs():
 def test_metrics_are_percentages():
     dist = np.array([[0.1, 0.9], [0.9, 0.1]])
     res = metrics_from_distmat(dist, np.array([1, 2]), np.array([1, 2]), np.zeros(2), np.ones(2))
-    assert res["Rank-1"] == 100 and res["mAP"] == 100 and res["mINP"] == 100 and res["metric"] == 100
+    assert (res["Rank-1"], res["mAP"], res["mINP"], res["metric"]) == (100, 100, 100, 100)

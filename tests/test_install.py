@@ -1,4 +1,5 @@
-"""Packaging: FastReID from a git checkout on PYTHONPATH; projects copied into a FastReID checkout."""
+"""Packaging: FastReID from a git checkout on PYTHONPATH; projects copied into a FastReID
+checkout."""
 
 import os
 import shutil
@@ -30,7 +31,8 @@ def test_fastreid_git_checkout_on_pythonpath(tmp_path):
     env = {**os.environ, "PYTHONPATH": f"{co}{os.pathsep}{ROOT}"}
     code = ("import fastreid, fastreid_plugins, fastreid.data, fastreid.engine\n"
             "print(fastreid.__file__)\nprint(len(fastreid_plugins.patches.APPLIED))")
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=str(tmp_path))
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         cwd=str(tmp_path))
     assert res.returncode == 0, res.stderr
     path, n = res.stdout.split()
     assert path.startswith(str(co)) and int(n) >= 9
@@ -39,10 +41,12 @@ def test_fastreid_git_checkout_on_pythonpath(tmp_path):
 @pytest.mark.parametrize("project", PROJECTS)
 def test_project_runs_when_copied_into_a_fastreid_checkout(tmp_path, project):
     src = os.path.join(ROOT, "projects", project)
-    assert os.path.isfile(os.path.join(src, "train_net.py")), f"projects/{project}/train_net.py missing"
+    assert os.path.isfile(os.path.join(src, "train_net.py")), \
+        f"projects/{project}/train_net.py missing"
     co = _fake_checkout(tmp_path)
     shutil.copytree(src, co / "projects" / project)
-    res = subprocess.run([sys.executable, str(co / "projects" / project / "train_net.py"), "--help"],
+    script = co / "projects" / project / "train_net.py"
+    res = subprocess.run([sys.executable, str(script), "--help"],
                          capture_output=True, text=True, cwd=str(co))
     assert res.returncode == 0, res.stderr
     for flag in ("--config-file", "--eval-only", "--resume", "--num-gpus", "opts"):

@@ -42,6 +42,7 @@ Keys (defaults = the paper's full model on a ResNet-50):
 
 from fastreid.config import CfgNode as CN
 
+from ..config import check_bool, check_choice, check_int, check_number
 from ..errors import ConfigError, MissingConfigError
 from ..method import check_fixed_losses
 
@@ -66,7 +67,8 @@ WEIGHT_NORMS = ("none", "rms")
 #: * ``"table2/..."`` and ``"table3/..."``: the tables themselves were lost in the text we have; the
 #:   text says only that horizontal beats vertical, that 2 (Local Branch 1) / 3 (Local Branch 2)
 #:   parts are best, and that alpha = 0.3 / beta = 0.4 are best. These rows are our grid around
-#:   those settings (Table 3 rows keep alpha < beta and 2 alpha + beta = 1 as the paper's pair does).
+#:   those settings (Table 3 rows keep alpha < beta and 2 alpha + beta = 1 as the paper's pair
+#:   does).
 #:
 #: Derived from the ablation registry (:mod:`fastreid_plugins.reproduce.papers.mbfn`, where the
 #: reconstructed tables are ``table2-ours`` / ``table3-ours``).
@@ -114,71 +116,52 @@ def add_mbfn_config(cfg):
     return cfg
 
 
-def _int_in(value, key, lo, hi=None):
-    if not isinstance(value, int) or isinstance(value, bool) or value < lo or (hi is not None and value > hi):
-        rng = f"{lo}..{hi}" if hi is not None else f">= {lo}"
-        raise ConfigError(f"{key}={value!r} must be an int in {rng}")
-
-
-def _number_ge0(value, key):
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-        raise ConfigError(f"{key}={value!r} must be a number >= 0")
-
-
 def validate_mbfn_config(cfg):
     """Check every ``MODEL.MBFN`` value.
 
     Raises:
-        MissingConfigError (a ``KeyError``): ``MODEL.MBFN`` is missing (``add_mbfn_config`` was not applied).
-        ConfigError (a ``ValueError``): a value out of range; the message names the key and the accepted values.
+        MissingConfigError (a ``KeyError``): ``MODEL.MBFN`` is missing (``add_mbfn_config``
+            was not applied).
+        ConfigError (a ``ValueError``): a value out of range; the message names the key and the
+            accepted values.
     """
     if "MBFN" not in cfg.MODEL:
         raise MissingConfigError("MODEL.MBFN is missing: build the config with add_mbfn_config "
                        "(fastreid_plugins.config.get_cfg(add_mbfn_config))")
     m = cfg.MODEL.MBFN
     for key in ("USE_GLOBAL", "USE_LOCAL1", "USE_LOCAL2", "USE_CAM"):
-        if not isinstance(m[key], bool):
-            raise ConfigError(f"MODEL.MBFN.{key}={m[key]!r} must be True or False")
-    for key in ("WEIGHTS.ENABLED", "BRANCH_GLOBAL.ENABLED"):
-        node, leaf = key.split(".")
-        if not isinstance(m[node][leaf], bool):
-            raise ConfigError(f"MODEL.MBFN.{key}={m[node][leaf]!r} must be True or False")
+        check_bool(m[key], f"MODEL.MBFN.{key}")
+    check_bool(m.WEIGHTS.ENABLED, "MODEL.MBFN.WEIGHTS.ENABLED")
+    check_bool(m.BRANCH_GLOBAL.ENABLED, "MODEL.MBFN.BRANCH_GLOBAL.ENABLED")
+    check_bool(m.LOSS.TRIPLET_ON_PARTS, "MODEL.MBFN.LOSS.TRIPLET_ON_PARTS")
     if not (m.USE_GLOBAL or m.USE_LOCAL1 or m.USE_LOCAL2):
         raise ConfigError("MODEL.MBFN.USE_GLOBAL, USE_LOCAL1 and USE_LOCAL2 are all False: "
                          "at least one branch is needed")
-    if m.SPLIT_AT not in SPLIT_POINTS:
-        raise ConfigError(f"MODEL.MBFN.SPLIT_AT={m.SPLIT_AT!r} must be one of {SPLIT_POINTS}")
+    check_choice(m.SPLIT_AT, "MODEL.MBFN.SPLIT_AT", SPLIT_POINTS)
     for k in ("LOCAL1", "LOCAL2"):
-        if m[k].DIRECTION not in DIRECTIONS:
-            raise ConfigError(f"MODEL.MBFN.{k}.DIRECTION={m[k].DIRECTION!r} must be one of {DIRECTIONS}")
-    _int_in(m.LOCAL1.NUM_PARTS, "MODEL.MBFN.LOCAL1.NUM_PARTS", 1, MAX_PARTS)
-    _int_in(m.LOCAL2.NUM_PARTS, "MODEL.MBFN.LOCAL2.NUM_PARTS", 1, MAX_PARTS)
-    _int_in(m.CAM_REDUCTION, "MODEL.MBFN.CAM_REDUCTION", 1)
-    _int_in(m.GLOBAL.EMBED_DIM, "MODEL.MBFN.GLOBAL.EMBED_DIM", 0)
-    _int_in(m.BRANCH_GLOBAL.REDUCE_DIM, "MODEL.MBFN.BRANCH_GLOBAL.REDUCE_DIM", 1)
-    _int_in(m.BRANCH_GLOBAL.EMBED_DIM, "MODEL.MBFN.BRANCH_GLOBAL.EMBED_DIM", 1)
-    _int_in(m.PART_DIM, "MODEL.MBFN.PART_DIM", 0)
-    _number_ge0(m.WEIGHTS.ALPHA, "MODEL.MBFN.WEIGHTS.ALPHA")
-    _number_ge0(m.WEIGHTS.BETA, "MODEL.MBFN.WEIGHTS.BETA")
+        check_choice(m[k].DIRECTION, f"MODEL.MBFN.{k}.DIRECTION", DIRECTIONS)
+    check_int(m.LOCAL1.NUM_PARTS, "MODEL.MBFN.LOCAL1.NUM_PARTS", 1, MAX_PARTS)
+    check_int(m.LOCAL2.NUM_PARTS, "MODEL.MBFN.LOCAL2.NUM_PARTS", 1, MAX_PARTS)
+    check_int(m.CAM_REDUCTION, "MODEL.MBFN.CAM_REDUCTION", 1)
+    check_int(m.GLOBAL.EMBED_DIM, "MODEL.MBFN.GLOBAL.EMBED_DIM", 0)
+    check_int(m.BRANCH_GLOBAL.REDUCE_DIM, "MODEL.MBFN.BRANCH_GLOBAL.REDUCE_DIM", 1)
+    check_int(m.BRANCH_GLOBAL.EMBED_DIM, "MODEL.MBFN.BRANCH_GLOBAL.EMBED_DIM", 1)
+    check_int(m.PART_DIM, "MODEL.MBFN.PART_DIM", 0)
+    check_number(m.WEIGHTS.ALPHA, "MODEL.MBFN.WEIGHTS.ALPHA")
+    check_number(m.WEIGHTS.BETA, "MODEL.MBFN.WEIGHTS.BETA")
     vals = list(m.WEIGHTS.VALUES)
     if vals:
         if len(vals) != m.LOCAL2.NUM_PARTS:
             raise ConfigError(f"MODEL.MBFN.WEIGHTS.VALUES has {len(vals)} weights but "
-                             f"MODEL.MBFN.LOCAL2.NUM_PARTS={m.LOCAL2.NUM_PARTS}: give one per part, or []")
+                              f"MODEL.MBFN.LOCAL2.NUM_PARTS={m.LOCAL2.NUM_PARTS}: give one per "
+                              "part, or []")
         for i, v in enumerate(vals):
-            _number_ge0(v, f"MODEL.MBFN.WEIGHTS.VALUES[{i}]")
-    if m.WEIGHTS.APPLY_AT not in ("both", "train", "test"):
-        raise ConfigError(f"MODEL.MBFN.WEIGHTS.APPLY_AT={m.WEIGHTS.APPLY_AT!r} must be 'both', "
-                         "'train' or 'test'")
-    if m.WEIGHTS.NORMALIZE not in WEIGHT_NORMS:
-        raise ConfigError(f"MODEL.MBFN.WEIGHTS.NORMALIZE={m.WEIGHTS.NORMALIZE!r} must be one of {WEIGHT_NORMS}")
-    if m.WEIGHTS.FUSION not in ("concat", "sum"):
-        raise ConfigError(f"MODEL.MBFN.WEIGHTS.FUSION={m.WEIGHTS.FUSION!r} must be 'concat' or 'sum'")
-    _number_ge0(m.LOSS.LAMBDA, "MODEL.MBFN.LOSS.LAMBDA")
-    if m.LOSS.CE_REDUCTION not in ("sum", "mean"):
-        raise ConfigError(f"MODEL.MBFN.LOSS.CE_REDUCTION={m.LOSS.CE_REDUCTION!r} must be 'sum' or 'mean'")
-    if not isinstance(m.LOSS.TRIPLET_ON_PARTS, bool):
-        raise ConfigError(f"MODEL.MBFN.LOSS.TRIPLET_ON_PARTS={m.LOSS.TRIPLET_ON_PARTS!r} must be True or False")
+            check_number(v, f"MODEL.MBFN.WEIGHTS.VALUES[{i}]")
+    check_choice(m.WEIGHTS.APPLY_AT, "MODEL.MBFN.WEIGHTS.APPLY_AT", ("both", "train", "test"))
+    check_choice(m.WEIGHTS.NORMALIZE, "MODEL.MBFN.WEIGHTS.NORMALIZE", WEIGHT_NORMS)
+    check_choice(m.WEIGHTS.FUSION, "MODEL.MBFN.WEIGHTS.FUSION", ("concat", "sum"))
+    check_number(m.LOSS.LAMBDA, "MODEL.MBFN.LOSS.LAMBDA")
+    check_choice(m.LOSS.CE_REDUCTION, "MODEL.MBFN.LOSS.CE_REDUCTION", ("sum", "mean"))
     if cfg.MODEL.BACKBONE.WITH_NL:
         raise ConfigError("MODEL.BACKBONE.WITH_NL=True is not supported by MBFN's branch split "
                          "(the non-local blocks would be dropped); set it to False")

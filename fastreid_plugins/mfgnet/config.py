@@ -29,11 +29,13 @@ Keys (defaults = the paper's full model on a ResNet-50):
   ``MODEL.LOSSES.NAME`` and ``*.SCALE`` do not apply (ALPHA/BETA/USE_TRIPLET replace them):
   a value other than FastReID's default is a ``ConfigError``.
 
-:data:`ABLATIONS` maps every row of the paper's Tables 3 and 4 to the config overrides that build it.
+:data:`ABLATIONS` maps every row of the paper's Tables 3 and 4 to the config overrides that build
+it.
 """
 
 from fastreid.config import CfgNode as CN
 
+from ..config import check_bool, check_choice, check_int, check_number
 from ..errors import ConfigError, MissingConfigError
 from ..method import check_fixed_losses
 
@@ -81,45 +83,35 @@ def add_mfgnet_config(cfg):
     return cfg
 
 
-def _positive_int(value, key, lo=1, hi=None):
-    if not isinstance(value, int) or isinstance(value, bool) or value < lo or (hi is not None and value > hi):
-        rng = f"{lo}..{hi}" if hi is not None else f">= {lo}"
-        raise ConfigError(f"{key}={value!r} must be an int in {rng}")
-
-
 def validate_mfgnet_config(cfg):
     """Check every ``MODEL.MFGNET`` value.
 
     Raises:
-        MissingConfigError (a ``KeyError``): ``MODEL.MFGNET`` is missing (``add_mfgnet_config`` was not applied).
-        ConfigError (a ``ValueError``): a value out of range; the message names the key and the accepted values.
+        MissingConfigError (a ``KeyError``): ``MODEL.MFGNET`` is missing (``add_mfgnet_config``
+            was not applied).
+        ConfigError (a ``ValueError``): a value out of range; the message names the key and the
+            accepted values.
     """
     if "MFGNET" not in cfg.MODEL:
         raise MissingConfigError("MODEL.MFGNET is missing: build the config with add_mfgnet_config "
                        "(fastreid_plugins.config.get_cfg(add_mfgnet_config))")
     m = cfg.MODEL.MFGNET
-    if m.SPLIT_AT not in SPLIT_POINTS:
-        raise ConfigError(f"MODEL.MFGNET.SPLIT_AT={m.SPLIT_AT!r} must be one of {SPLIT_POINTS}")
-    if m.STRIPE_DIRECTION not in DIRECTIONS:
-        raise ConfigError(f"MODEL.MFGNET.STRIPE_DIRECTION={m.STRIPE_DIRECTION!r} must be one of "
-                         f"{DIRECTIONS}")
-    _positive_int(m.NUM_STRIPES, "MODEL.MFGNET.NUM_STRIPES", 1, MAX_STRIPES)
-    _positive_int(m.CAM_REDUCTION, "MODEL.MFGNET.CAM_REDUCTION")
-    _positive_int(m.GLOBAL.REDUCE_DIM, "MODEL.MFGNET.GLOBAL.REDUCE_DIM", 0)
-    _positive_int(m.GLOBAL.EMBED_DIM, "MODEL.MFGNET.GLOBAL.EMBED_DIM", 0)
-    _positive_int(m.LOCAL.EMBED_DIM, "MODEL.MFGNET.LOCAL.EMBED_DIM", 0)
+    check_choice(m.SPLIT_AT, "MODEL.MFGNET.SPLIT_AT", SPLIT_POINTS)
+    check_choice(m.STRIPE_DIRECTION, "MODEL.MFGNET.STRIPE_DIRECTION", DIRECTIONS)
+    check_int(m.NUM_STRIPES, "MODEL.MFGNET.NUM_STRIPES", 1, MAX_STRIPES)
+    check_int(m.CAM_REDUCTION, "MODEL.MFGNET.CAM_REDUCTION", 1)
+    check_int(m.GLOBAL.REDUCE_DIM, "MODEL.MFGNET.GLOBAL.REDUCE_DIM", 0)
+    check_int(m.GLOBAL.EMBED_DIM, "MODEL.MFGNET.GLOBAL.EMBED_DIM", 0)
+    check_int(m.LOCAL.EMBED_DIM, "MODEL.MFGNET.LOCAL.EMBED_DIM", 0)
     for key in ("ALPHA", "BETA"):
-        v = m.LOSS[key]
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0:
-            raise ConfigError(f"MODEL.MFGNET.LOSS.{key}={v!r} must be a number >= 0")
+        check_number(m.LOSS[key], f"MODEL.MFGNET.LOSS.{key}")
     if m.LOSS.ALPHA == 0 and (m.LOSS.BETA == 0 or not m.LOSS.USE_TRIPLET):
         raise ConfigError("MODEL.MFGNET.LOSS.ALPHA=0 with no triplet term leaves nothing to train")
-    if m.LOSS.CE_REDUCTION not in ("sum", "mean"):
-        raise ConfigError(f"MODEL.MFGNET.LOSS.CE_REDUCTION={m.LOSS.CE_REDUCTION!r} must be 'sum' or 'mean'")
-    for key in ("USE_CAM", "USE_LOCAL", "GLOBAL.USE_CONV", "LOSS.USE_TRIPLET"):
-        node, leaf = (m, key) if "." not in key else (m[key.split(".")[0]], key.split(".")[1])
-        if not isinstance(node[leaf], bool):
-            raise ConfigError(f"MODEL.MFGNET.{key}={node[leaf]!r} must be True or False")
+    check_choice(m.LOSS.CE_REDUCTION, "MODEL.MFGNET.LOSS.CE_REDUCTION", ("sum", "mean"))
+    check_bool(m.USE_CAM, "MODEL.MFGNET.USE_CAM")
+    check_bool(m.USE_LOCAL, "MODEL.MFGNET.USE_LOCAL")
+    check_bool(m.GLOBAL.USE_CONV, "MODEL.MFGNET.GLOBAL.USE_CONV")
+    check_bool(m.LOSS.USE_TRIPLET, "MODEL.MFGNET.LOSS.USE_TRIPLET")
     if cfg.MODEL.BACKBONE.WITH_NL:
         raise ConfigError("MODEL.BACKBONE.WITH_NL=True is not supported by MFG-Net's branch split "
                          "(the non-local blocks would be dropped); set it to False")

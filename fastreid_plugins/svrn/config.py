@@ -125,9 +125,9 @@ def validate_svrn_config(cfg):
     Raises:
         MissingConfigError: ``MODEL.SVRN`` is missing.
         ConfigError (a ``ValueError``): naming the offending key, its value and what was
-            expected, e.g. an alpha outside [0, 1), start blocks not strictly increasing in [1, 4], a number of alphas
-            or start blocks that is not NUM_STAGES - 1, an unknown SIM / critic / mask mode, or
-            ICC / DCC enabled with a single stage.
+            expected, e.g. an alpha outside [0, 1), start blocks not strictly increasing in
+            [1, 4], a number of alphas or start blocks that is not NUM_STAGES - 1, an unknown
+            SIM / critic / mask mode, or ICC / DCC enabled with a single stage.
     """
     if "SVRN" not in cfg.MODEL:
         raise MissingConfigError("MODEL.SVRN is missing: build the config with add_svrn_config "

@@ -155,7 +155,8 @@ def _adaptive_avg_pool2d_symbolic(g, input, output_size):
     def dim(i):
         return g.op("Gather", shape, _const(g, [i]), axis_i=0)
 
-    new_shape = g.op("Concat", dim(0), dim(1), _const(g, [gh]), g.op("Div", dim(2), _const(g, [gh])),
+    new_shape = g.op("Concat", dim(0), dim(1),
+                     _const(g, [gh]), g.op("Div", dim(2), _const(g, [gh])),
                      _const(g, [gw]), g.op("Div", dim(3), _const(g, [gw])), axis_i=0)
     x = g.op("Reshape", input, new_shape)
     if g.opset >= 18:
