@@ -339,6 +339,10 @@ def seeded_train_loader(loader, seed, total_batch_size, num_workers):
     :class:`SeededDataset` and ``SeededLoaderX`` (:func:`seeded_loader_class`; same dataset,
     sampler, batch size, workers and collate function).
 
+    FastReID's ``build_reid_train_loader`` decides the per-process batch sampler, collate
+    function and pinning; a ``SeededLoaderX`` is then constructed (its own ``__init__``) from
+    those pieces, so no object changes class after construction.
+
     Returns:
         SeededLoaderX: its ``sampler_state`` attribute is the :class:`SeededSampler`.
     """
@@ -347,11 +351,13 @@ def seeded_train_loader(loader, seed, total_batch_size, num_workers):
 
     inner = loader.batch_sampler.sampler
     sampler = SeededSampler(inner, seed, rank=comm.get_rank())
-    new = build_reid_train_loader(SeededDataset(loader.dataset), sampler=sampler,
-                                  total_batch_size=total_batch_size, num_workers=num_workers)
-    new.__class__ = seeded_loader_class()
-    # DataLoader draws its workers' base seed at each iter(): from a private generator, so
-    # creating the iterator never shifts the model's torch stream
-    new.generator = torch.Generator().manual_seed(derive_seed(seed, 3))
+    built = build_reid_train_loader(SeededDataset(loader.dataset), sampler=sampler,
+                                    total_batch_size=total_batch_size, num_workers=num_workers)
+    new = seeded_loader_class()(
+        built.local_rank, dataset=built.dataset, batch_sampler=built.batch_sampler,
+        num_workers=built.num_workers, collate_fn=built.collate_fn, pin_memory=built.pin_memory,
+        # DataLoader draws its workers' base seed at each iter(): from a private generator, so
+        # creating the iterator never shifts the model's torch stream
+        generator=torch.Generator().manual_seed(derive_seed(seed, 3)))
     new.sampler_state = sampler
     return new

@@ -11,6 +11,7 @@ from yacs.config import CfgNode
 import fastreid_plugins  # noqa: F401
 from fastreid_plugins.evaluation import knn
 from fastreid_plugins.evaluation.chunked import options_from_cfg
+from fastreid_plugins.errors import ConfigError
 
 from test_rerank import assert_same_neighbours, hard_knn_set
 
@@ -45,12 +46,14 @@ def test_onednn_op_missing_falls_back_to_torch_mm_with_a_warning(monkeypatch, ca
 
 
 def rerank_node(**keys):
-    rr = {"ENABLED": True, "K1": 20, "K2": 6, "LAMBDA": 0.3, **keys}
-    return CfgNode({"TEST": {"METRIC": "cosine", "AQE": {"ENABLED": False}, "RERANK": rr}})
+    from fastreid_plugins.config import get_cfg
+    cfg = get_cfg()
+    cfg.TEST.RERANK.merge_from_other_cfg(CfgNode({"ENABLED": True, **keys}))
+    return cfg
 
 
 @pytest.mark.parametrize("keys, backend, params", [
-    ({}, "auto", None),  # a config without the plugin keys: the exact search
+    ({}, "auto", None),  # the defaults: the exact search
     ({"KNN": "exact", "KNN_NLIST": 7}, "auto", None),
     ({"KNN": "IVF", "KNN_NLIST": 0, "KNN_NPROBE": 5},
      "ivf", {"nlist": None, "nprobe": 5, "ef_search": 128}),
@@ -67,5 +70,14 @@ def test_knn_from_cfg_is_the_mapping_the_evaluator_uses(keys, backend, params):
 
 
 def test_knn_from_cfg_rejects_unknown_types():
-    with pytest.raises(ValueError, match=r"TEST.RERANK.KNN must be one of .*'lsh'"):
+    with pytest.raises(ConfigError, match=r"TEST.RERANK.KNN must be one of .*'lsh'"):
         knn.knn_from_cfg(rerank_node(KNN="lsh"))
+
+
+def test_a_config_without_the_plugin_keys_is_refused_by_name():
+    from fastreid.config import get_cfg as fastreid_get_cfg
+    cfg = fastreid_get_cfg()  # FastReID's own TEST.RERANK: no KNN keys
+    cfg.TEST.RERANK.ENABLED = True
+    for fn in (knn.knn_from_cfg, options_from_cfg):
+        with pytest.raises(ConfigError, match=r"TEST\.RERANK\.KNN.*add_plugins_config"):
+            fn(cfg)

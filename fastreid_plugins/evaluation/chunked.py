@@ -34,13 +34,14 @@ import math
 import numpy as np
 import torch
 
+from ..config import PLUGIN_DEFAULTS, require_plugins_config
 from .rank import check_labels, curves_from_ranks, rank_block
 from .knn import _progress, knn_from_cfg, row_norms, row_sq_norms
 
 __all__ = ["evaluate_chunked", "chunk_rows", "chunked_aqe", "DEFAULT_MEMORY_GB",
            "BYTES_PER_ENTRY"]
 
-DEFAULT_MEMORY_GB = 1.0
+DEFAULT_MEMORY_GB = PLUGIN_DEFAULTS["TEST.EVAL_MEMORY_GB"]
 # bytes per (query, gallery) entry of a block: float32 distances (4) and re-ranked distances (4),
 # rank_block's temporaries (sorted negatives 4 + masked copy 4 + masked positives 4 + masks 3),
 # the top-k masked copy (4) and headroom for the re-ranker's float64 sub-blocks
@@ -244,14 +245,15 @@ def options_from_cfg(cfg):
     Uses ``TEST.METRIC``, ``TEST.AQE.{ENABLED,QE_TIME,QE_K,ALPHA}``,
     ``TEST.RERANK.{ENABLED,K1,K2,LAMBDA}``, and the keys :func:`fastreid_plugins.config.
     add_plugins_config` adds: ``TEST.EVAL_MEMORY_GB`` and the k-NN keys ``TEST.RERANK.KNN*``
-    (read by :func:`fastreid_plugins.evaluation.knn.knn_from_cfg`); absent keys take their
-    defaults.
+    (read by :func:`fastreid_plugins.evaluation.knn.knn_from_cfg`).
 
     Raises:
-        ValueError: ``TEST.RERANK.KNN`` is not one of ``exact``, ``ivf``, ``hnsw``.
+        ConfigError (a ``ValueError``): ``TEST.RERANK.KNN`` is not one of ``exact``, ``ivf``,
+            ``hnsw``; or the config was built without ``add_plugins_config``.
     """
+    require_plugins_config(cfg, "the query-chunked evaluation")
     t = cfg.TEST
-    opts = {"metric": t.METRIC, "memory_gb": t.get("EVAL_MEMORY_GB", DEFAULT_MEMORY_GB),
+    opts = {"metric": t.METRIC, "memory_gb": t.EVAL_MEMORY_GB,
             "aqe": None, "rerank": None}
     if t.AQE.ENABLED:
         opts["aqe"] = {"qe_times": t.AQE.QE_TIME, "qe_k": t.AQE.QE_K, "alpha": t.AQE.ALPHA}

@@ -21,13 +21,15 @@ from fastreid.evaluation.query_expansion import aqe
 from fastreid.utils import comm
 from fastreid.utils.compute_dist import build_dist
 
+from ..config import require_plugins_config
 from .chunked import evaluate_chunked, options_from_cfg
 from .rank import evaluate_rank
 from .rerank import rerank_distance, rerank_type
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["VehicleReidEvaluator", "metrics_from_distmat", "vehicleid_split"]
+__all__ = ["VehicleReidEvaluator", "metrics_from_distmat", "metrics_from_curves",
+           "vehicleid_split"]
 
 
 def metrics_from_distmat(dist, q_pids, g_pids, q_camids, g_camids):
@@ -40,10 +42,26 @@ def metrics_from_distmat(dist, q_pids, g_pids, q_camids, g_camids):
     Returns:
         OrderedDict: ``Rank-1``, ``Rank-5``, ``Rank-10``, ``mAP``, ``mINP``, ``metric``.
     """
-    return _metrics(*evaluate_rank(dist, q_pids, g_pids, q_camids, g_camids))
+    return metrics_from_curves(*evaluate_rank(dist, q_pids, g_pids, q_camids, g_camids))
 
 
-def _metrics(cmc, all_ap, all_inp):
+def metrics_from_curves(cmc, all_ap, all_inp):
+    """The reported metrics (all in %) from the ranking curves of
+    :func:`~fastreid_plugins.evaluation.rank.evaluate_rank` /
+    :func:`~fastreid_plugins.evaluation.chunked.evaluate_chunked`.
+
+    Rank-k = CMC at k (the last CMC value where the gallery is shorter than k); mAP = mean AP;
+    mINP = mean INP (Ye et al. TPAMI 2021; MFG-Net Eq. 5); ``metric`` = (mAP + Rank-1) / 2,
+    FastReID's model-selection score.
+
+    Args:
+        cmc (np.ndarray): (M,) cumulative match curve in [0, 1], averaged over valid queries.
+        all_ap (np.ndarray): (Q',) average precision of each valid query, in [0, 1].
+        all_inp (np.ndarray): (Q',) inverse negative penalty of each valid query, in [0, 1].
+
+    Returns:
+        OrderedDict: ``Rank-1``, ``Rank-5``, ``Rank-10``, ``mAP``, ``mINP``, ``metric``.
+    """
     res = OrderedDict()
     for r in (1, 5, 10):
         res[f"Rank-{r}"] = float(cmc[min(r, len(cmc)) - 1]) * 100
@@ -102,9 +120,14 @@ class VehicleReidEvaluator(DatasetEvaluator):
         output_dir (str): where ``<dataset>_results.json`` is written ("" = do not write).
         dataset_name (str): name used in the JSON file name and in the results.
         protocol (str): ``"standard"`` or ``"vehicleid"``.
+
+    Raises:
+        ConfigError: ``cfg`` was built without ``add_plugins_config`` (names the missing keys).
+        ValueError: an unknown ``protocol``.
     """
 
     def __init__(self, cfg, num_query, output_dir=None, dataset_name="", protocol="standard"):
+        require_plugins_config(cfg, "VehicleReidEvaluator")
         if protocol not in ("standard", "vehicleid"):
             raise ValueError(f"protocol must be 'standard' or 'vehicleid', got {protocol!r}")
         self.cfg = cfg
@@ -160,7 +183,7 @@ class VehicleReidEvaluator(DatasetEvaluator):
             qf, gf = aqe(qf, gf, cfg.TEST.AQE.QE_TIME, cfg.TEST.AQE.QE_K, cfg.TEST.AQE.ALPHA)
         return rerank_distance(cfg, qf, gf, build_dist(qf, gf, cfg.TEST.METRIC))
 
-    def _metrics(self, qf, gf, q_pids, g_pids, q_camids, g_camids):
+    def _split_metrics(self, qf, gf, q_pids, g_pids, q_camids, g_camids):
         """Metrics of one query/gallery split: query-chunked (never a (Q, G) array), except for
         ``TEST.RERANK.TYPE fastreid`` (dense N x N by construction: the full-matrix path)."""
         if self.cfg.TEST.RERANK.ENABLED and rerank_type(self.cfg) == "fastreid":
@@ -168,7 +191,7 @@ class VehicleReidEvaluator(DatasetEvaluator):
             return metrics_from_distmat(dist, q_pids, g_pids, q_camids, g_camids)
         res = evaluate_chunked(qf, gf, q_pids, g_pids, q_camids, g_camids,
                                progress=comm.is_main_process(), **options_from_cfg(self.cfg))
-        return _metrics(res["cmc"], res["all_ap"], res["all_inp"])
+        return metrics_from_curves(res["cmc"], res["all_ap"], res["all_inp"])
 
     def evaluate(self):
         gathered = self._gather()
@@ -177,8 +200,8 @@ class VehicleReidEvaluator(DatasetEvaluator):
         feats, pids, camids = gathered
         if self._protocol == "standard":
             nq = self._num_query
-            results = self._metrics(feats[:nq], feats[nq:], pids[:nq], pids[nq:], camids[:nq],
-                                    camids[nq:])
+            results = self._split_metrics(feats[:nq], feats[nq:], pids[:nq], pids[nq:],
+                                          camids[:nq], camids[nq:])
         else:
             results = self._evaluate_vehicleid(feats, pids)
         one_match = self._protocol == "vehicleid" or \
@@ -198,8 +221,8 @@ class VehicleReidEvaluator(DatasetEvaluator):
         for t in range(n_trials):
             q, g = vehicleid_split(pids, np.random.default_rng(seed + t))
             # every image is its own "camera" in VehicleID: no junk removal
-            per_trial.append(self._metrics(feats[q], feats[g], pids[q], pids[g],
-                                           np.zeros(len(q)), np.ones(len(g))))
+            per_trial.append(self._split_metrics(feats[q], feats[g], pids[q], pids[g],
+                                                 np.zeros(len(q)), np.ones(len(g))))
         results = OrderedDict()
         for k in per_trial[0]:
             results[k] = float(np.mean([r[k] for r in per_trial]))

@@ -30,6 +30,9 @@ import warnings
 import numpy as np
 import torch
 
+from ..config import require_plugins_config
+from ..errors import ConfigError
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["knn_search", "knn_from_cfg", "KNN_BACKENDS", "KNN_TYPES", "row_sq_norms",
@@ -146,7 +149,7 @@ def knn_from_cfg(cfg):
     ``"exact"`` -> backend ``"auto"`` (faiss or the symmetric torch search, whichever is exact
     and faster on this machine: see :func:`knn_search`), ``"ivf"`` -> ``"ivf"`` with
     ``KNN_NLIST`` (0 = ``4 sqrt(N)``) and ``KNN_NPROBE``, ``"hnsw"`` -> ``"hnsw"`` with
-    ``KNN_EF_SEARCH``; absent keys take their defaults (``exact``, 0, 64, 128).
+    ``KNN_EF_SEARCH`` (defaults: :data:`fastreid_plugins.config.PLUGIN_DEFAULTS`).
 
     Args:
         cfg (CfgNode): a config with ``TEST.RERANK``.
@@ -156,15 +159,18 @@ def knn_from_cfg(cfg):
         :func:`knn_search` for it (``None`` for the exact search).
 
     Raises:
-        ValueError: ``TEST.RERANK.KNN`` is not one of ``exact``, ``ivf``, ``hnsw``.
+        ConfigError (a ``ValueError``): ``TEST.RERANK.KNN`` is not one of ``exact``, ``ivf``,
+            ``hnsw``; or the config was built without ``add_plugins_config``.
     """
+    require_plugins_config(cfg, "TEST.RERANK.KNN")
     rr = cfg.TEST.RERANK
-    knn = str(rr.get("KNN", "exact")).lower()
+    knn = str(rr.KNN).lower()
     if knn not in KNN_TYPES:
-        raise ValueError(f"TEST.RERANK.KNN must be one of {tuple(KNN_TYPES)}, got "
-                         f"{rr.get('KNN')!r}")
-    params = {"nlist": rr.get("KNN_NLIST", 0) or None, "nprobe": rr.get("KNN_NPROBE", 64),
-              "ef_search": rr.get("KNN_EF_SEARCH", 128)} if knn != "exact" else None
+        raise ConfigError(f"TEST.RERANK.KNN must be one of {tuple(KNN_TYPES)}, got {rr.KNN!r}")
+    if knn == "exact":
+        return KNN_TYPES[knn], None
+    params = {"nlist": rr.KNN_NLIST or None, "nprobe": rr.KNN_NPROBE,
+              "ef_search": rr.KNN_EF_SEARCH}
     return KNN_TYPES[knn], params
 
 

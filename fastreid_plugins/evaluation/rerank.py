@@ -21,6 +21,9 @@ import numpy as np
 import torch.nn.functional as F
 from fastreid.utils.compute_dist import build_dist
 
+from ..config import require_plugins_config
+from ..errors import ConfigError
+
 __all__ = ["rerank_distance", "rerank_type", "RERANK_TYPES"]
 
 logger = logging.getLogger(__name__)
@@ -29,7 +32,7 @@ RERANK_TYPES = ("sparse", "fastreid")
 
 
 def rerank_type(cfg):
-    """``TEST.RERANK.TYPE``, lower-cased and checked (``"sparse"`` if the key is absent).
+    """``TEST.RERANK.TYPE``, lower-cased and checked.
 
     Args:
         cfg (CfgNode): a config with ``TEST.RERANK``.
@@ -38,12 +41,14 @@ def rerank_type(cfg):
         str: one of :data:`RERANK_TYPES`.
 
     Raises:
-        ValueError: ``TEST.RERANK.TYPE`` is not one of :data:`RERANK_TYPES`.
+        ConfigError (a ``ValueError``): ``TEST.RERANK.TYPE`` is not one of
+            :data:`RERANK_TYPES`; or the config was built without ``add_plugins_config``.
     """
-    rr = cfg.TEST.RERANK
-    kind = str(rr.get("TYPE", "sparse")).lower()
+    require_plugins_config(cfg, "TEST.RERANK.TYPE")
+    kind = str(cfg.TEST.RERANK.TYPE).lower()
     if kind not in RERANK_TYPES:
-        raise ValueError(f"TEST.RERANK.TYPE must be one of {RERANK_TYPES}, got {rr.get('TYPE')!r}")
+        raise ConfigError(f"TEST.RERANK.TYPE must be one of {RERANK_TYPES}, "
+                          f"got {cfg.TEST.RERANK.TYPE!r}")
     return kind
 
 

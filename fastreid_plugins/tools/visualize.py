@@ -276,7 +276,7 @@ def main(argv=None):
 
     from fastreid_plugins.engine import is_vehicleid
     from fastreid_plugins.evaluation.chunked import evaluate_chunked, options_from_cfg
-    from fastreid_plugins.evaluation.evaluator import _metrics
+    from fastreid_plugins.evaluation.evaluator import metrics_from_curves
     from fastreid_plugins.tools import build_tool_cfg, load_tool_model, trainer_class_for
 
     cfg = build_tool_cfg(args.config_file, args.opts)
@@ -295,7 +295,7 @@ def main(argv=None):
     # the evaluator's query-chunked path (TEST.EVAL_MEMORY_GB): top-k per query, no (Q, G) array
     res = evaluate_chunked(qf, gf, q_pids, g_pids, q_cam, g_cam, topk=args.topk, progress=True,
                            **options_from_cfg(cfg))
-    metrics = _metrics(res["cmc"], res["all_ap"], res["all_inp"])
+    metrics = metrics_from_curves(res["cmc"], res["all_ap"], res["all_inp"])
     cmc, all_ap, valid_idx = res["cmc"], res["all_ap"], np.flatnonzero(res["valid"])
 
     height, width = args.size or tuple(cfg.INPUT.SIZE_TEST)
