@@ -26,7 +26,7 @@ Added by :func:`add_plugins_config`:
   training (see :mod:`fastreid_plugins.distributed`).
 """
 
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 import difflib
 import os
 import re
@@ -193,7 +193,7 @@ def _unknown_key_error(cfg, key, source):
                        "with projects/MBFN/train_net.py).")
 
 
-def merge_config_file(cfg: CN, path: str) -> CN:
+def merge_config_file(cfg: CN, path: Union[str, os.PathLike]) -> CN:
     """``cfg.merge_from_file(path)`` with :class:`~fastreid_plugins.errors.ConfigError` for a
     missing file, a YAML syntax error, an unknown key (with suggestions) or a mistyped value.
 

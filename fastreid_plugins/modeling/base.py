@@ -130,7 +130,7 @@ class PluginMetaArch(nn.Module):
         images = images.to(self.device, torch.float32)
         return (images - self.pixel_mean) / self.pixel_std
 
-    def targets(self, batched_inputs: Dict[str, Any]) -> torch.Tensor:
+    def targets(self, batched_inputs: Union[Dict[str, Any], torch.Tensor]) -> torch.Tensor:
         """The (B,) int64 identity labels of a training batch.
 
         Raises:

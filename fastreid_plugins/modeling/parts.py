@@ -434,7 +434,7 @@ class PartBranch(nn.Module):
             d += pd[0] if self.part_fusion == "sum" else sum(pd)
         return d
 
-    def fuse_parts(self, feats: Sequence[torch.Tensor], weighted: bool) -> torch.Tensor:
+    def fuse_parts(self, feats: List[torch.Tensor], weighted: bool) -> torch.Tensor:
         """Weight (if ``weighted`` and weights exist) and fuse a list of (B, D_i) part features."""
         if weighted and self.part_weights is not None:
             feats = [f * w for f, w in zip(feats, self.part_weights)]

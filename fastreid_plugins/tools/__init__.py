@@ -23,9 +23,11 @@ that ``python -m fastreid_plugins.tools.demo`` can set ``FASTREID_DATASETS`` fir
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, List, Sequence, Type
+from typing import TYPE_CHECKING, Any, Callable, List, Sequence, Type, Union
 
 if TYPE_CHECKING:
+    import os
+
     from fastreid.config import CfgNode
     from fastreid.engine import DefaultTrainer
     from torch import nn
@@ -44,7 +46,8 @@ def plugin_config_fns() -> List[Callable[[CfgNode], Any]]:
     return [m.add_config for m in fastreid_plugins.METHODS.values()]
 
 
-def build_tool_cfg(config_file: str, opts: Sequence[str] = ()) -> CfgNode:
+def build_tool_cfg(config_file: Union[str, os.PathLike],
+                   opts: Sequence[str] = ()) -> CfgNode:
     """Frozen config for a tool: FastReID defaults + every plugin's keys + file + ``opts``.
 
     ``MODEL.DEVICE`` falls back to ``cpu`` when CUDA is not available and no pretrained weights
