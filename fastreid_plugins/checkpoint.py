@@ -22,6 +22,9 @@ checkpoint at all (text, a zip without ``data.pkl``, a plain Python pickle) rais
 :class:`~fastreid_plugins.errors.CorruptCheckpointError` naming it and what was found.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 import collections
 import logging
 import os
@@ -30,12 +33,16 @@ import weakref
 import zipfile
 
 import torch
+from fastreid.config import CfgNode
 from fastreid.utils import comm
 from fastreid.utils.checkpoint import Checkpointer
 
 from .errors import (CheckpointUnpicklingError, CorruptCheckpointError,
                      NonFiniteCheckpointError, TrainingFinishedError)
 from .seeding import derive_seed, get_rng_state, resolve_seed, seed_all, set_rng_state
+
+if TYPE_CHECKING:
+    from fastreid.engine.train_loop import HookBase
 
 __all__ = ["ResumableTrainerMixin", "PluginCheckpointer", "TrainerState",
            "NonFiniteCheckpointError",
@@ -97,7 +104,7 @@ def _sniff(path, head):
     raise _not_a_checkpoint(path, f"unknown content (first bytes {head[:8].hex(' ')})")
 
 
-def load_checkpoint_file(path):
+def load_checkpoint_file(path: str) -> Any:
     """Load a checkpoint with ``weights_only=True``, allowing the types FastReID itself writes.
 
     Args:
@@ -143,7 +150,7 @@ def load_checkpoint_file(path):
         raise _corrupt(path, f"{type(e).__name__}: {first}") from e
 
 
-def non_finite_tensors(state, prefix=""):
+def non_finite_tensors(state: Any, prefix: str = "") -> List[Tuple[str, int]]:
     """``[(name, count)]`` of the floating-point tensors in the nested dict / list ``state`` that
     hold inf or NaN (``count`` non-finite elements)."""
     bad = []
@@ -166,7 +173,7 @@ def _listing(bad, limit=8):
     return shown + (f", ... ({len(bad)} tensors in all)" if len(bad) > limit else "")
 
 
-def check_finite_state(state, what):
+def check_finite_state(state: Any, what: str) -> None:
     """Raise :class:`NonFiniteCheckpointError` if ``state`` holds inf/NaN; ``what`` names it."""
     bad = non_finite_tensors(state)
     if bad:
@@ -185,7 +192,7 @@ def _fsync_replace(tmp, path):
         pass
 
 
-def atomic_torch_save(obj, path):
+def atomic_torch_save(obj: Any, path: str) -> None:
     """``torch.save(obj, path)`` through ``path + ".partial"`` and a rename: ``path`` is either
     its old content or the complete new one, never partial. On an error the partial file is
     removed and the error re-raised."""
@@ -202,7 +209,7 @@ def atomic_torch_save(obj, path):
         raise
 
 
-def atomic_write_text(text, path):
+def atomic_write_text(text: str, path: str) -> None:
     """Write ``text`` to ``path`` through a temporary file and a rename."""
     tmp = path + ".partial"
     with open(tmp, "w") as f:
@@ -222,11 +229,11 @@ class TrainerState:
 
     VERSION = 1
 
-    def __init__(self, trainer):
+    def __init__(self, trainer: Any) -> None:
         self._trainer = weakref.ref(trainer)
         self.loaded = None
 
-    def state_dict(self):
+    def state_dict(self) -> Dict[str, Any]:
         tr = self._trainer()
         loader = tr.data_loader
         sampler = getattr(loader, "sampler_state", None)
@@ -237,7 +244,7 @@ class TrainerState:
             state["sampler"] = sampler.state_dict(tr.iter * mini_batch)
         return state
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state: Optional[Dict[str, Any]]) -> None:
         self.loaded = state
 
 
@@ -250,13 +257,13 @@ class PluginCheckpointer(Checkpointer):
     """
 
     @classmethod
-    def from_checkpointer(cls, ck, **extra):
+    def from_checkpointer(cls, ck: Checkpointer, **extra: Any) -> PluginCheckpointer:
         """A :class:`PluginCheckpointer` with ``ck``'s model, folder, rank role and
         checkpointables, plus ``extra`` checkpointables."""
         return cls(ck.model, ck.save_dir, save_to_disk=ck.save_to_disk,
                    **ck.checkpointables, **extra)
 
-    def save(self, name, **kwargs):
+    def save(self, name: str, **kwargs: Any) -> None:
         """Write ``<save_dir>/<name>.pth`` atomically and tag it in ``last_checkpoint``.
 
         Raises:
@@ -284,10 +291,10 @@ class PluginCheckpointer(Checkpointer):
         atomic_torch_save(data, save_file)
         self.tag_last_checkpoint(basename)
 
-    def tag_last_checkpoint(self, last_filename_basename):
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         atomic_write_text(last_filename_basename, os.path.join(self.save_dir, "last_checkpoint"))
 
-    def load(self, path, checkpointables=None):
+    def load(self, path: str, checkpointables: Optional[List[str]] = None) -> Dict[str, Any]:
         """FastReID's ``load``; a checkpoint naming a missing file or holding non-finite weights is
         an error (:class:`FileNotFoundError` / :class:`NonFiniteCheckpointError`)."""
         if path and not os.path.isfile(path):
@@ -321,7 +328,7 @@ class ResumableTrainerMixin:
     (``PluginTrainer.build_train_loader`` does it) for the sampler position to be restored.
     """
 
-    def __init__(self, cfg):
+    def __init__(self, cfg: CfgNode) -> None:
         self.seed = resolve_seed(cfg)
         if cfg.SEED != self.seed:  # -1 (drawn) or an alias: every builder below sees the seed
             cfg = cfg.clone()
@@ -332,7 +339,7 @@ class ResumableTrainerMixin:
         self._rng_to_restore = None
         super().__init__(cfg)
 
-    def build_hooks(self):
+    def build_hooks(self) -> List[HookBase]:
         """FastReID's hooks; the checkpointer becomes a
         :class:`~fastreid_plugins.checkpoint.PluginCheckpointer` that also saves
         ``trainer_state`` (set here, before FastReID's ``PeriodicCheckpointer`` takes it)."""
@@ -340,7 +347,7 @@ class ResumableTrainerMixin:
             self.checkpointer, trainer_state=TrainerState(self))
         return super().build_hooks()
 
-    def resume_or_load(self, resume=True):
+    def resume_or_load(self, resume: bool = True) -> None:
         """FastReID's ``resume_or_load``, resuming exactly: the training sampler continues at the
         checkpoint's position and the generator states are restored when training starts.
 
@@ -391,7 +398,7 @@ class ResumableTrainerMixin:
             sampler.load_state_dict({"seed": seed, "position": position})
             self._trainer._data_loader_iter = iter(loader)
 
-    def train(self):
+    def train(self) -> Optional[Dict[str, Any]]:
         """FastReID's ``train``, after restoring the generator states of a resumed checkpoint."""
         if self._rng_to_restore is not None:
             set_rng_state(self._rng_to_restore)

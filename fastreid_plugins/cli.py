@@ -16,6 +16,7 @@ Used by :func:`fastreid_plugins.engine.launch_main` (so every ``projects/*/train
 every ``python -m fastreid_plugins.tools.*``.
 """
 
+from typing import Callable, List, Optional, Sequence, Tuple, Type, TypeVar
 import logging
 import os
 import sys
@@ -31,8 +32,10 @@ USER_ERRORS = (UserError, FileNotFoundError)
 
 EXIT_USER_ERROR = 2
 
+_T = TypeVar("_T")
 
-def debug_requested(argv):
+
+def debug_requested(argv: Sequence[str]) -> Tuple[bool, List[str]]:
     """``(debug, argv without --debug)``: ``--debug`` anywhere in ``argv``, or
     ``FASTREID_PLUGINS_DEBUG=1``."""
     argv = list(argv)
@@ -40,7 +43,7 @@ def debug_requested(argv):
     return debug, [a for a in argv if a != "--debug"]
 
 
-def error_message(exc):
+def error_message(exc: BaseException) -> str:
     """The text of ``exc`` for the ``Error:`` line."""
     if isinstance(exc, OSError) and exc.filename and exc.strerror:
         # OSError(errno, strerror, filename), e.g. open(): "No such file or directory: 'x'"
@@ -49,7 +52,7 @@ def error_message(exc):
     return msg.strip() or type(exc).__name__
 
 
-def format_error(exc, log_files=()):
+def format_error(exc: BaseException, log_files: Sequence[str] = ()) -> str:
     """The block :func:`run_cli` prints for ``exc`` (a string ending in a newline)."""
     where = (f"traceback in {', '.join(log_files)}, or rerun with --debug" if log_files
              else "rerun with --debug for the traceback")
@@ -71,7 +74,7 @@ def _file_handlers():
     return out
 
 
-def log_traceback_to_files(exc):
+def log_traceback_to_files(exc: BaseException) -> List[str]:
     """Append ``exc``'s traceback to every open log file of the run; returns their paths."""
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     paths = []
@@ -85,7 +88,8 @@ def log_traceback_to_files(exc):
     return paths
 
 
-def run_cli(main_fn, argv=None, errors=USER_ERRORS):
+def run_cli(main_fn: Callable[[List[str]], _T], argv: Optional[Sequence[str]] = None,
+            errors: Tuple[Type[BaseException], ...] = USER_ERRORS) -> _T:
     """Run ``main_fn(argv)``; a user error prints one short block to stderr and exits 2.
 
     Args:

@@ -26,7 +26,7 @@ Added by :func:`add_plugins_config`:
   training (see :mod:`fastreid_plugins.distributed`).
 """
 
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 import difflib
 import os
 import re
@@ -149,7 +149,7 @@ def check_choice(value: Any, key: str, choices: Sequence[Any]) -> None:
 _UNKNOWN_KEY = re.compile(r"Non-existent (?:config )?key: (\S+)")
 
 
-def config_keys(cfg, prefix=""):
+def config_keys(cfg: Mapping[str, Any], prefix: str = "") -> List[str]:
     """Every dotted key of ``cfg`` (nodes and leaves), e.g. ``MODEL.MBFN.LOCAL1.NUM_PARTS``."""
     keys = []
     for k, v in cfg.items():
@@ -160,7 +160,7 @@ def config_keys(cfg, prefix=""):
     return keys
 
 
-def suggest_keys(cfg, key, n=5):
+def suggest_keys(cfg: Mapping[str, Any], key: str, n: int = 5) -> List[str]:
     """Existing keys close to the unknown dotted ``key``, best first.
 
     ``difflib.get_close_matches`` over every dotted key, plus the keys that end with the unknown
@@ -193,7 +193,7 @@ def _unknown_key_error(cfg, key, source):
                        "with projects/MBFN/train_net.py).")
 
 
-def merge_config_file(cfg, path):
+def merge_config_file(cfg: CN, path: Union[str, os.PathLike]) -> CN:
     """``cfg.merge_from_file(path)`` with :class:`~fastreid_plugins.errors.ConfigError` for a
     missing file, a YAML syntax error, an unknown key (with suggestions) or a mistyped value.
 
@@ -217,7 +217,7 @@ def merge_config_file(cfg, path):
     return cfg
 
 
-def merge_overrides(cfg, opts):
+def merge_overrides(cfg: CN, opts: Optional[Sequence[Any]]) -> CN:
     """``cfg.merge_from_list(opts)`` (the ``KEY VALUE`` pairs after the options) with
     :class:`~fastreid_plugins.errors.ConfigError` for an odd list, an option placed after the
     overrides, an unknown key (with suggestions) or a value of the wrong type.

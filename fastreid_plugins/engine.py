@@ -16,12 +16,15 @@ samplers and checkpoints, with three differences:
   identity-sampler batch checks, and ``--resume`` of a finished run says so.
 """
 
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type
+import argparse
 import json
 import logging
 import os
 import tempfile
 
 import torch
+from fastreid.config import CfgNode
 from fastreid.data import build_reid_test_loader, build_reid_train_loader
 from fastreid.data.common import CommDataset
 from fastreid.data.datasets import DATASET_REGISTRY
@@ -31,8 +34,10 @@ from fastreid.engine import DefaultTrainer, default_setup, launch
 from fastreid.engine import default_argument_parser as _fastreid_argument_parser
 from fastreid.utils import comm
 from fastreid.utils.logger import setup_logger
-from fastreid.utils.events import (CommonMetricPrinter, JSONWriter, TensorboardXWriter,
-                                   get_event_storage)
+from fastreid.utils.events import (CommonMetricPrinter, EventWriter, JSONWriter,
+                                   TensorboardXWriter, get_event_storage)
+from torch import nn
+from torch.utils.data import DataLoader
 
 from . import distributed
 from .checkpoint import (ResumableTrainerMixin, TrainingFinishedError, check_finite_state,
@@ -55,7 +60,7 @@ logger = logging.getLogger(__name__)
 _root = os.getenv("FASTREID_DATASETS", "datasets")
 
 
-def set_datasets_root(path):
+def set_datasets_root(path: str) -> None:
     """Point FastReID's dataset loaders (and ours) at ``path`` (what ``FASTREID_DATASETS`` sets at
     import time)."""
     global _root
@@ -65,7 +70,7 @@ def set_datasets_root(path):
     os.environ["FASTREID_DATASETS"] = path
 
 
-def load_model_weights(model, path):
+def load_model_weights(model: nn.Module, path: str) -> None:
     """Load ``path`` (a FastReID checkpoint or a bare state dict) into ``model``, strictly.
 
     Parameters the model built with a zero size (classifiers of a config with
@@ -153,7 +158,7 @@ class EvalAwareTensorboardWriter(TensorboardXWriter):
         super().close()
 
 
-def is_vehicleid(dataset_name):
+def is_vehicleid(dataset_name: str) -> bool:
     """True if ``dataset_name`` is FastReID's VehicleID family (Small/Medium/Large VehicleID)."""
     cls = DATASET_REGISTRY.get(dataset_name)
     return isinstance(cls, type) and issubclass(cls, VehicleID)
@@ -172,20 +177,20 @@ class PluginTrainer(ResumableTrainerMixin, DefaultTrainer):
 
     dataset_cls = None
 
-    def __init__(self, cfg):
+    def __init__(self, cfg: CfgNode) -> None:
         require_plugins_config(cfg, type(self).__name__)
         if cfg.OUTPUT_DIR and comm.is_main_process():
             os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
         super().__init__(cfg)
 
-    def build_writers(self):
+    def build_writers(self) -> List[EventWriter]:
         """FastReID's writers, with :class:`EvalAwareTensorboardWriter` for tensorboard."""
         return [CommonMetricPrinter(self.max_iter),
                 JSONWriter(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json")),
                 EvalAwareTensorboardWriter(self.cfg.OUTPUT_DIR)]
 
     @classmethod
-    def build_train_loader(cls, cfg):
+    def build_train_loader(cls, cfg: CfgNode) -> DataLoader:
         if cls.dataset_cls is None:
             loader = super().build_train_loader(cfg)
         else:  # FastReID's build_reid_train_loader, over cls.dataset_cls
@@ -212,7 +217,8 @@ class PluginTrainer(ResumableTrainerMixin, DefaultTrainer):
                                    cfg.DATALOADER.NUM_WORKERS)
 
     @classmethod
-    def build_optimizer(cls, cfg, model):
+    def build_optimizer(cls, cfg: CfgNode,
+                        model: nn.Module) -> Tuple[torch.optim.Optimizer, Any]:
         """FastReID's optimizer; ``SOLVER.OPT "AMSGrad"`` = Adam with ``amsgrad=True``."""
         from fastreid.solver import build_optimizer
 
@@ -232,7 +238,7 @@ class PluginTrainer(ResumableTrainerMixin, DefaultTrainer):
         return optimizer, params
 
     @classmethod
-    def build_test_loader(cls, cfg, dataset_name):
+    def build_test_loader(cls, cfg: CfgNode, dataset_name: str) -> Tuple[DataLoader, int]:
         vehicleid = is_vehicleid(dataset_name)
         if not vehicleid and cls.dataset_cls is None:
             loader, num_query = build_reid_test_loader(cfg, dataset_name=dataset_name)
@@ -258,14 +264,15 @@ class PluginTrainer(ResumableTrainerMixin, DefaultTrainer):
         return loader, num_query
 
     @classmethod
-    def test(cls, cfg, model):
+    def test(cls, cfg: CfgNode, model: nn.Module) -> Dict[str, Any]:
         """FastReID's ``test``, after giving every rank rank 0's buffers (BN running statistics):
         under DDP the metrics are then those of the checkpoint rank 0 saves."""
         distributed.broadcast_buffers(model)
         return super().test(cfg, model)
 
     @classmethod
-    def build_evaluator(cls, cfg, dataset_name, output_dir=None):
+    def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_dir: Optional[str] = None
+                        ) -> Tuple[DataLoader, VehicleReidEvaluator]:
         data_loader, num_query = cls.build_test_loader(cfg, dataset_name)
         protocol = "vehicleid" if is_vehicleid(dataset_name) else "standard"
         evaluator = VehicleReidEvaluator(cfg, num_query, output_dir or cfg.OUTPUT_DIR,
@@ -273,7 +280,7 @@ class PluginTrainer(ResumableTrainerMixin, DefaultTrainer):
         return data_loader, evaluator
 
 
-def default_argument_parser():
+def default_argument_parser() -> argparse.ArgumentParser:
     """FastReID's command line (``--config-file``, ``--eval-only``, ``--resume``, ``--num-gpus``,
     ``opts``) plus ``--debug``: tracebacks of user errors and the full log on the console."""
     parser = _fastreid_argument_parser()
@@ -309,7 +316,7 @@ def _quiet_console(*loggers):
                 h.addFilter(_LogFileOnly())
 
 
-def fastreid_versions():
+def fastreid_versions() -> Tuple[Optional[str], str]:
     """``(installed distribution version, fastreid.__version__)``; FastReID 1.4.0's package
     reports itself as "1.3". The first is ``None`` for a git checkout on ``PYTHONPATH``."""
     import importlib.metadata
@@ -353,7 +360,7 @@ def _log_header(cfg, args):
                 f"in {os.path.join(cfg.OUTPUT_DIR, 'log.txt')})")
 
 
-def setup(args, *add_fns):
+def setup(args: argparse.Namespace, *add_fns: Callable[[CfgNode], Any]) -> CfgNode:
     """Build the frozen config from ``args`` and run FastReID's ``default_setup``.
 
     The console shows a short header (versions, method, config file, datasets, device and process
@@ -391,7 +398,7 @@ def setup(args, *add_fns):
     return cfg
 
 
-def prepare_for_host(cfg, eval_only=False):
+def prepare_for_host(cfg: CfgNode, eval_only: bool = False) -> CfgNode:
     """Adapt an unfrozen config to this host, in place: ``MODEL.DEVICE`` falls back to ``cpu``
     without CUDA; for evaluation (``eval_only``, also the tools) every pretrained-weight load is
     turned off, since ``MODEL.WEIGHTS`` holds the whole model."""
@@ -412,7 +419,8 @@ def _no_pretrain(node):
             _no_pretrain(v)
 
 
-def main(args, *add_fns, trainer_cls=PluginTrainer):
+def main(args: argparse.Namespace, *add_fns: Callable[[CfgNode], Any],
+         trainer_cls: Type[DefaultTrainer] = PluginTrainer) -> Optional[Dict[str, Any]]:
     """Train (or, with ``--eval-only``, evaluate ``MODEL.WEIGHTS``) and return the metrics."""
     cfg = setup(args, *add_fns)
     if args.eval_only:
@@ -424,7 +432,9 @@ def main(args, *add_fns, trainer_cls=PluginTrainer):
     return trainer.train()
 
 
-def launch_main(*add_fns, trainer_cls=PluginTrainer, argv=None):
+def launch_main(*add_fns: Callable[[CfgNode], Any],
+                trainer_cls: Type[DefaultTrainer] = PluginTrainer,
+                argv: Optional[Sequence[str]] = None) -> None:
     """Parse FastReID's command line and run :func:`main` through FastReID's ``launch``.
 
     A user error (:class:`~fastreid_plugins.errors.UserError`, ``FileNotFoundError``) ends in one

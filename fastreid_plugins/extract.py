@@ -42,6 +42,10 @@ hash to the recorded value, else the list changed and the run stops with an erro
 rest; the result equals an uninterrupted run.
 """
 
+from __future__ import annotations
+
+from typing import (TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, Optional, Sequence,
+                    Tuple, Union)
 import argparse
 import hashlib
 import json
@@ -55,6 +59,9 @@ import numpy as np
 
 from fastreid_plugins.errors import (ConfigError, DatasetError, DatasetNotFoundError,
                                      ImageReadError, UserError)
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["FeatureExtractor", "iter_image_paths", "count_images", "extract_to_dir",
            "save_feature_shards", "read_manifest", "IMAGE_EXTENSIONS", "MANIFEST", "main"]
@@ -76,7 +83,7 @@ def _is_image_name(name):
     return name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
 
 
-def iter_image_paths(source):
+def iter_image_paths(source: Union[str, os.PathLike]) -> Iterator[str]:
     """Stream the image paths of ``source`` (O(1) memory in the number of images, except one
     folder's entry names at a time).
 
@@ -111,7 +118,7 @@ def iter_image_paths(source):
                                    "nor a text file listing image paths.")
 
 
-def count_images(source):
+def count_images(source: Union[str, os.PathLike]) -> int:
     """Number of paths :func:`iter_image_paths` yields (one streaming pass).
 
     Raises:
@@ -235,8 +242,11 @@ class FeatureExtractor:
         WeightsMismatchError: the checkpoint does not fit the model.
     """
 
-    def __init__(self, config_file, weights=None, opts=(), batch_size=None, num_workers=0,
-                 amp=False, backend="torch", onnx_model=None):
+    def __init__(self, config_file: Union[str, os.PathLike],
+                 weights: Optional[Union[str, os.PathLike]] = None,
+                 opts: Optional[Sequence[str]] = (), batch_size: Optional[int] = None,
+                 num_workers: int = 0, amp: bool = False, backend: str = "torch",
+                 onnx_model: Optional[Union[str, os.PathLike]] = None) -> None:
         from fastreid.data.transforms import build_transforms
 
         from fastreid_plugins.tools import build_tool_cfg, load_tool_model
@@ -303,7 +313,7 @@ class FeatureExtractor:
             out = self.model({"images": images})
         return out
 
-    def forward(self, images):
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Features of a batch as the evaluator computes them.
 
         Args:
@@ -324,7 +334,7 @@ class FeatureExtractor:
                             f"{type(out).__name__} {tuple(getattr(out, 'shape', ()))}")
         return out.to("cpu", torch.float32)
 
-    def loader(self, items):
+    def loader(self, items: Sequence[Any]) -> torch.utils.data.DataLoader:
         """A torch DataLoader over ``items`` yielding ``(indices, images or None, errors)``."""
         import torch
 
@@ -339,7 +349,8 @@ class FeatureExtractor:
             num_workers=workers, collate_fn=_collate, pin_memory=self.device.type == "cuda",
             timeout=WORKER_TIMEOUT if workers else 0)
 
-    def iter_batches(self, items, on_error="raise"):
+    def iter_batches(self, items: Sequence[Any], on_error: str = "raise"
+                     ) -> Iterator[Tuple[List[int], np.ndarray]]:
         """Yield ``(indices, (b, D) float32 features)`` per batch of ``items``, in order.
 
         Failed images are raised (``on_error="raise"``) or left out and recorded in
@@ -362,7 +373,8 @@ class FeatureExtractor:
             self.dim = feats.shape[1]
             yield idx, feats
 
-    def extract(self, images, on_error="raise", return_index=False):
+    def extract(self, images: Iterable[Any], on_error: str = "raise", return_index: bool = False
+                ) -> Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]:
         """Features of ``images``, batched.
 
         Args:
@@ -393,7 +405,7 @@ class FeatureExtractor:
 
     __call__ = extract
 
-    def describe(self):
+    def describe(self) -> Dict[str, Any]:
         """What the manifest records about the model (JSON-serialisable dict)."""
         return {"config_file": os.path.abspath(self.config_file), "config": self.cfg.dump(),
                 "meta_architecture": self.cfg.MODEL.META_ARCHITECTURE,
@@ -438,7 +450,7 @@ def _paths_hash(paths):
     return h.hexdigest()
 
 
-def read_manifest(out_dir):
+def read_manifest(out_dir: str) -> Dict[str, Any]:
     """The manifest of an extraction folder.
 
     Raises:
@@ -477,8 +489,9 @@ def _chunks(iterable, size):
         yield chunk
 
 
-def extract_to_dir(extractor, images, out_dir, shard_size=10000, dtype="float32",
-                   on_error="raise", progress=True):
+def extract_to_dir(extractor: FeatureExtractor, images: str, out_dir: str, shard_size: int = 10000,
+                   dtype: str = "float32", on_error: str = "raise",
+                   progress: bool = True) -> Dict[str, Any]:
     """Extract every image of ``images`` into feature shards in ``out_dir`` (resumable).
 
     Args:
@@ -583,7 +596,9 @@ def extract_to_dir(extractor, images, out_dir, shard_size=10000, dtype="float32"
     return manifest
 
 
-def save_feature_shards(out_dir, shards, metric="cosine", dtype="float32", **info):
+def save_feature_shards(out_dir: str, shards: Iterable[Tuple[np.ndarray, Sequence[Any]]],
+                        metric: str = "cosine", dtype: str = "float32",
+                        **info: Any) -> Dict[str, Any]:
     """Write features computed elsewhere as an extraction folder that the search reads.
 
     Args:
@@ -703,7 +718,7 @@ def run_cli(main_fn, argv):
         sys.exit(2)
 
 
-def main(argv=None):
+def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """Run the extraction CLI; returns the manifest (dict).
 
     Raises:

@@ -38,6 +38,10 @@ are in ascending distance, ties by gallery index (the evaluator's stable order).
   border is grey and the captions show file names.
 """
 
+from __future__ import annotations
+
+from typing import (TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, Tuple,
+                    Union)
 import argparse
 import csv
 import json
@@ -50,6 +54,9 @@ import numpy as np
 
 from fastreid_plugins.errors import ConfigError, DatasetError, DatasetNotFoundError
 from fastreid_plugins.extract import MANIFEST, read_manifest, run_cli
+
+if TYPE_CHECKING:
+    import faiss
 
 __all__ = ["FeatureStore", "exact_search", "build_index", "load_or_build_index", "index_search",
            "recall_at_k", "rerank_topk", "search", "main", "UNLABELLED_COLOR"]
@@ -75,7 +82,7 @@ class FeatureStore:
         DatasetError: an unfinished extraction, or an unreadable manifest.
     """
 
-    def __init__(self, path):
+    def __init__(self, path: Union[str, os.PathLike]) -> None:
         self.path = os.fspath(path)
         self.manifest = man = read_manifest(self.path)
         if not man.get("complete"):
@@ -101,10 +108,10 @@ class FeatureStore:
     def manifest_path(self):
         return os.path.join(self.path, MANIFEST)
 
-    def __len__(self):
+    def __len__(self) -> int:
         return self.num_images
 
-    def shard(self, k):
+    def shard(self, k: int) -> np.ndarray:
         """(count, D) float32 features of shard ``k``.
 
         Raises:
@@ -117,18 +124,18 @@ class FeatureStore:
                                f"({self.shards[k]['count']}, {self.dim}).")
         return np.ascontiguousarray(x, dtype=np.float32)
 
-    def iter_shards(self):
+    def iter_shards(self) -> Iterator[Tuple[int, np.ndarray]]:
         """Yield ``(offset, (count, D) float32 features)`` shard by shard (one in memory)."""
         for k, off in enumerate(self.offsets):
             if self.shards[k]["count"]:
                 yield int(off), self.shard(k)
 
-    def features(self):
+    def features(self) -> np.ndarray:
         """All (N, D) float32 features (for query sets; a gallery is searched shard-wise)."""
         parts = [x for _, x in self.iter_shards()]
         return np.concatenate(parts) if parts else np.zeros((0, self.dim), np.float32)
 
-    def paths(self, indices=None):
+    def paths(self, indices: Optional[Union[np.ndarray, Sequence[int]]] = None) -> List[str]:
         """Image paths of global ``indices`` (all when None), reading only the shards needed."""
         if indices is None:
             out = []
@@ -179,7 +186,8 @@ def _merge(best_d, best_i, d, i, k):
     return np.take_along_axis(d, order, 1), np.take_along_axis(i, order, 1)
 
 
-def exact_search(gallery, queries, k, metric=None, progress=False):
+def exact_search(gallery: FeatureStore, queries: np.ndarray, k: int, metric: Optional[str] = None,
+                 progress: bool = False) -> Tuple[np.ndarray, np.ndarray]:
     """Exact top-``k`` gallery neighbours of every query, one gallery shard at a time.
 
     Args:
@@ -235,7 +243,9 @@ def factory_string(index_type, dim, num_gallery, nlist=None, pq_m=None):
     return index_type
 
 
-def build_index(gallery, factory, metric=None, train_size=None, seed=0, progress=False):
+def build_index(gallery: FeatureStore, factory: str, metric: Optional[str] = None,
+                train_size: Optional[int] = None, seed: int = 0,
+                progress: bool = False) -> faiss.Index:
     """A trained and filled faiss index of ``gallery`` (filled shard by shard).
 
     Args:
@@ -280,7 +290,8 @@ def _index_meta(gallery, factory):
             "shards": [[s["features"], s["count"]] for s in gallery.shards]}
 
 
-def load_or_build_index(gallery, factory, path=None, progress=False, seed=0):
+def load_or_build_index(gallery: FeatureStore, factory: str, path: Optional[str] = None,
+                        progress: bool = False, seed: int = 0) -> faiss.Index:
     """Load the index at ``path`` if it exists (it must index ``gallery``), else build it (and
     save it to ``path`` with ``path.json``).
 
@@ -317,7 +328,8 @@ def load_or_build_index(gallery, factory, path=None, progress=False, seed=0):
     return index
 
 
-def index_search(index, queries, k, metric, nprobe=None):
+def index_search(index: faiss.Index, queries: np.ndarray, k: int, metric: str,
+                 nprobe: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
     """``(dist, index)`` of ``index.search`` as the evaluator's distance, ties by index."""
     import faiss
 
@@ -331,7 +343,7 @@ def index_search(index, queries, k, metric, nprobe=None):
     return _merge(d[:, :0], i[:, :0], d, i.astype(np.int64), k)
 
 
-def recall_at_k(approx_index, exact_index):
+def recall_at_k(approx_index: np.ndarray, exact_index: np.ndarray) -> float:
     """Mean over queries of |approximate top-K n exact top-K| / K (recall@K)."""
     k = exact_index.shape[1]
     hits = [len(set(a[a >= 0].tolist()) & set(e.tolist())) for a, e in zip(approx_index,
@@ -339,8 +351,9 @@ def recall_at_k(approx_index, exact_index):
     return float(np.mean(hits) / k) if len(hits) else float("nan")
 
 
-def rerank_topk(gallery, queries, dist, index, k, k1=20, k2=6, lambda_value=0.3, metric=None,
-                block=64):
+def rerank_topk(gallery: FeatureStore, queries: np.ndarray, dist: np.ndarray, index: np.ndarray,
+                k: int, k1: int = 20, k2: int = 6, lambda_value: float = 0.3,
+                metric: Optional[str] = None, block: int = 64) -> Tuple[np.ndarray, np.ndarray]:
     """k-reciprocal re-ranking of each query's candidates (the package's sparse re-ranker).
 
     For each block of ``block`` queries, the Jaccard distances are computed on those queries and
@@ -529,9 +542,11 @@ def _short(path, n=14):
 
 
 # ----------------------------------------------------------------------------- main
-def search(gallery, queries, topk, index_type="exact", index_path=None, nlist=None, nprobe=32,
-           pq_m=None, recall_sample=1000, rerank=False, rerank_candidates=100, rerank_block=64,
-           seed=0, progress=False):
+def search(gallery: FeatureStore, queries: np.ndarray, topk: int, index_type: str = "exact",
+           index_path: Optional[str] = None, nlist: Optional[int] = None, nprobe: int = 32,
+           pq_m: Optional[int] = None, recall_sample: int = 1000, rerank: bool = False,
+           rerank_candidates: int = 100, rerank_block: int = 64, seed: int = 0,
+           progress: bool = False) -> Tuple[np.ndarray, np.ndarray, Dict[str, Any]]:
     """Top-``topk`` gallery neighbours of ``queries`` (see the module docstring).
 
     Args:
@@ -624,7 +639,7 @@ def build_parser():
     return p
 
 
-def main(argv=None):
+def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """Run the search CLI; returns ``{"dist", "index", "query_paths", "gallery_paths", "info",
     "vis"}``.
 

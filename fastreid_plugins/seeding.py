@@ -41,6 +41,9 @@ an index for ``NaiveIdentitySampler`` at VeRi-776's size, 37,778 images of 576 i
 loaded 2-core machine: half of a 120-epoch run, 2.3 M indices, in 11-21 s).
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Dict, Iterator
 import itertools
 import logging
 import random
@@ -51,6 +54,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from . import upstream
+
+if TYPE_CHECKING:
+    from fastreid.config import CfgNode
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +77,7 @@ def _get_key(cfg, dotted):
     return node
 
 
-def resolve_seed(cfg, draw=True):
+def resolve_seed(cfg: CfgNode, draw: bool = True) -> int:
     """The run's seed: ``cfg.SEED`` if >= 0, else an alias of :data:`SEED_ALIASES` if >= 0, else a
     seed drawn from NumPy's global generator (logged) when ``draw``, else -1.
 
@@ -96,7 +102,7 @@ def resolve_seed(cfg, draw=True):
     return seed
 
 
-def seed_all(seed):
+def seed_all(seed: int) -> None:
     """Seed Python's ``random``, NumPy's global generator and torch (CPU and every CUDA device)."""
     _seed_cpu(seed)
     torch.manual_seed(seed)
@@ -109,14 +115,14 @@ def _seed_cpu(seed):
     torch.default_generator.manual_seed(seed)
 
 
-def derive_seed(seed, *keys):
+def derive_seed(seed: int, *keys: int) -> int:
     """A 32-bit seed that is a deterministic function of ``seed`` and the integer ``keys``
     (NumPy's ``SeedSequence``: well mixed, so ``(s, 0, 1)`` and ``(s, 1, 0)`` are unrelated)."""
     return int(np.random.SeedSequence([int(seed) % 2 ** 63, *[int(k) for k in keys]])
                .generate_state(1)[0])
 
 
-def get_rng_state():
+def get_rng_state() -> Dict[str, Any]:
     """The process-wide generator states (Python, NumPy, torch CPU and CUDA if available), as
     plain Python values and tensors (loadable with ``torch.load(weights_only=True)``)."""
     version, internal, gauss = random.getstate()
@@ -134,7 +140,7 @@ def get_rng_state():
     return state
 
 
-def set_rng_state(state):
+def set_rng_state(state: Dict[str, Any]) -> None:
     """Restore what :func:`get_rng_state` returned (CUDA states only if this host has as many
     devices)."""
     py = state["python"]
@@ -156,7 +162,7 @@ class RngStates:
     exit, so code inside draws from (and advances) only its private stream.
     """
 
-    def __init__(self, seed):
+    def __init__(self, seed: int) -> None:
         outer = self._get()
         _seed_cpu(seed)
         self._state = self._get()
@@ -198,7 +204,7 @@ class Draw(int):
     """A dataset index (an ``int``) that also carries ``seed``, the seed of this draw's random
     augmentation (see :class:`SeededDataset`). Pickles to ``DataLoader`` workers."""
 
-    def __new__(cls, index, seed):
+    def __new__(cls, index: int, seed: int) -> Draw:
         obj = super().__new__(cls, index)
         obj.seed = seed
         return obj
@@ -224,17 +230,17 @@ class SeededSampler(Sampler):
     #: indices drawn from a wrapped FastReID sampler per swap of the generator states
     CHUNK = 1024
 
-    def __init__(self, sampler, seed, rank=0):
+    def __init__(self, sampler: Sampler, seed: int, rank: int = 0) -> None:
         self.sampler = sampler
         self.seed = int(seed)
         self.rank = int(rank)
         self.start = 0
 
-    def state_dict(self, position):
+    def state_dict(self, position: int) -> Dict[str, int]:
         """The state to checkpoint once the trainer has consumed ``position`` indices."""
         return {"seed": self.seed, "position": int(position)}
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state: Dict[str, int]) -> None:
         """Make the next ``iter()`` start at ``state["position"]`` of seed ``state["seed"]``."""
         self.seed = int(state["seed"])
         self.start = int(state["position"])
@@ -259,7 +265,7 @@ class SeededSampler(Sampler):
             if len(chunk) < self.CHUNK:
                 return
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Draw]:
         for pos, index in enumerate(self._inner_stream(), start=self.start):
             yield Draw(int(index), derive_seed(self.seed, 2, self.rank, pos))
 
@@ -273,7 +279,7 @@ class SeededDataset(Dataset):
     class, as ``unittest.mock`` does), so code checking a trainer's ``dataset_cls`` still works.
     """
 
-    def __init__(self, dataset):
+    def __init__(self, dataset: Dataset) -> None:
         self.dataset = dataset
 
     @property
@@ -283,10 +289,10 @@ class SeededDataset(Dataset):
     def __reduce__(self):  # pickle (spawned workers) by the real type, not __class__
         return SeededDataset, (self.dataset,)
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index):
+    def __getitem__(self, index: int) -> Any:
         seed = getattr(index, "seed", None)
         if seed is None:
             return self.dataset[index]
@@ -305,7 +311,7 @@ class SeededDataset(Dataset):
 _LOADER_CLASS = []
 
 
-def seeded_loader_class():
+def seeded_loader_class() -> type:
     """:class:`SeededLoaderX`, built at first use (it subclasses FastReID's ``DataLoaderX``)."""
     if _LOADER_CLASS:
         return _LOADER_CLASS[0]
@@ -334,7 +340,8 @@ def seeded_loader_class():
     return SeededLoaderX
 
 
-def seeded_train_loader(loader, seed, total_batch_size, num_workers):
+def seeded_train_loader(loader: DataLoader, seed: int, total_batch_size: int,
+                        num_workers: int) -> DataLoader:
     """Rebuild FastReID's training loader ``loader`` with :class:`SeededSampler`,
     :class:`SeededDataset` and ``SeededLoaderX`` (:func:`seeded_loader_class`; same dataset,
     sampler, batch size, workers and collate function).

@@ -33,6 +33,8 @@ Losses use FastReID's ``MODEL.LOSSES``: ``NAME`` ("CrossEntropyLoss", "SupConLos
 :func:`fastreid_plugins.losses.supcon.add_supcon_config`.
 """
 
+from typing import List, Sequence
+
 from fastreid.config import CfgNode as CN
 from fastreid.layers import pooling
 
@@ -51,7 +53,7 @@ SUPPORTED_LOSSES = ("CrossEntropyLoss", "SupConLoss", "TripletLoss")
 CV_POSITIONS = ("sem_tokens", "feature")
 
 
-def add_clip_senet_config(cfg):
+def add_clip_senet_config(cfg: CN) -> CN:
     """Add ``MODEL.CLIPSENET`` (and the shared ``MODEL.LOSSES.SUPCON``) to ``cfg`` in place.
 
     Idempotent; returns ``cfg``.
@@ -105,7 +107,7 @@ def add_clip_senet_config(cfg):
     return cfg
 
 
-def check_loss_names(names):
+def check_loss_names(names: Sequence[str]) -> None:
     """Raises ConfigError unless ``MODEL.LOSSES.NAME`` is a non-empty subset of
     :data:`SUPPORTED_LOSSES`."""
     unknown = [n for n in names if n not in SUPPORTED_LOSSES]
@@ -114,7 +116,7 @@ def check_loss_names(names):
                           f"{SUPPORTED_LOSSES}, got unknown {unknown}")
 
 
-def validate_clip_senet_config(cfg):
+def validate_clip_senet_config(cfg: CN) -> None:
     """Check the keys CLIP-SENet reads before any module is built.
 
     Raises:
@@ -174,7 +176,7 @@ FIG_3 = _legacy_table("fig_3")
 #: Every ablation of the paper: ``{table: {row: overrides}}``.
 ABLATIONS = {"table_iv": TABLE_IV, "table_v": TABLE_V, "table_vi": TABLE_VI, "fig_3": FIG_3}
 
-def ablation_overrides(table, row):
+def ablation_overrides(table: str, row: str) -> List[str]:
     """The config overrides (a flat ``[key, value, ...]`` list) of one ablation row.
 
     Args:

@@ -5,17 +5,19 @@ Reference:
     Re-identification", arXiv:2502.16815 (2025), Sec. III, Fig. 2, Eq. 1-8.
 """
 
+from typing import Any, Dict, Optional, Sequence, Union
 import contextlib
 import logging
 
 import torch
 
-from fastreid.config import configurable
+from fastreid.config import CfgNode, configurable
 from fastreid.layers import pooling
 from fastreid.modeling.heads import EmbeddingHead
 from fastreid.modeling.losses import cross_entropy_loss, log_accuracy
 from ..losses.triplet import triplet_loss  # FastReID's, over every DDP rank's embeddings
 from fastreid.modeling.meta_arch import META_ARCH_REGISTRY
+from torch import nn
 
 from .. import upstream
 from ..losses.supcon import supcon_kwargs_from_cfg, supcon_loss
@@ -32,7 +34,7 @@ logger = logging.getLogger(__name__)
 
 
 
-def build_cnn_backbone(cfg):
+def build_cnn_backbone(cfg: CfgNode) -> nn.Module:
     """The CNN backbone (Eq. 1): FastReID's backbone by ``MODEL.BACKBONE``.
 
     The paper's ResNeXt101-IBN is built with IBN-Net's layout (IBN in layer1-3, plain BN in
@@ -47,7 +49,7 @@ def build_cnn_backbone(cfg):
     return build_backbone(cfg)
 
 
-def build_sem(cfg):
+def build_sem(cfg: CfgNode) -> SemanticExtractionModule:
     """The SEM from ``MODEL.CLIPSENET.SEM`` (random weights, or ``WEIGHTS`` when ``PRETRAIN``).
 
     The activation is ``SEM.HIDDEN_ACT``, else that of the weights' ``config.json`` (when
@@ -111,8 +113,11 @@ class CLIPSENet(PluginMetaArch):
     """
 
     @configurable
-    def __init__(self, *, backbone, pool, sem, fusion, afem, cv, cv_position, heads, pixel_mean,
-                 pixel_std, gather_losses=True, loss_kwargs):
+    def __init__(self, *, backbone: nn.Module, pool: nn.Module,
+                 sem: Optional[SemanticExtractionModule], fusion: Optional[FeatureFusion],
+                 afem: Optional[AFEM], cv: Optional[CameraViewEmbedding], cv_position: str,
+                 heads: nn.Module, pixel_mean: Sequence[float], pixel_std: Sequence[float],
+                 gather_losses: bool = True, loss_kwargs: Dict[str, Any]) -> None:
         super().__init__(pixel_mean, pixel_std, gather_losses)
         self.backbone = backbone
         self.pool = pool
@@ -126,7 +131,7 @@ class CLIPSENet(PluginMetaArch):
         check_loss_names(loss_kwargs["loss_names"])
 
     @classmethod
-    def from_config(cls, cfg):
+    def from_config(cls, cfg: CfgNode) -> Dict[str, Any]:
         validate_clip_senet_config(cfg)
         c = cfg.MODEL.CLIPSENET
         backbone = build_cnn_backbone(cfg)
@@ -175,7 +180,8 @@ class CLIPSENet(PluginMetaArch):
             images = batched_inputs.get("images")
         return images.to(self.device, torch.float32) if isinstance(images, torch.Tensor) else images
 
-    def side_information(self, batched_inputs, batch_size):
+    def side_information(self, batched_inputs: Union[Dict[str, Any], torch.Tensor],
+                         batch_size: int) -> Optional[torch.Tensor]:
         """The (B, D) CV embedding of a batch, or None when CV is off."""
         if self.cv is None:
             return None
@@ -197,7 +203,7 @@ class CLIPSENet(PluginMetaArch):
                                "VeRiViewpoint) with CLIPSENetTrainer, or set CV.VIEWPOINT False.")
         return self.cv(batch_size, camids=camids, viewids=viewids)
 
-    def features(self, batched_inputs):
+    def features(self, batched_inputs: Union[Dict[str, Any], torch.Tensor]) -> torch.Tensor:
         """The final feature f (Eq. 5) before the BNNeck: (B, D)."""
         images = self.preprocess_image(batched_inputs)
         raw = self._raw_images(batched_inputs)
@@ -213,7 +219,8 @@ class CLIPSENet(PluginMetaArch):
             f = f + sie
         return f
 
-    def forward(self, batched_inputs):
+    def forward(self, batched_inputs: Union[Dict[str, Any], torch.Tensor]
+                ) -> Union[Dict[str, torch.Tensor], torch.Tensor]:
         f = self.features(batched_inputs)[..., None, None]
         if not self.training:
             return self.heads(f)
@@ -223,7 +230,8 @@ class CLIPSENet(PluginMetaArch):
         outputs = self.heads(f, targets)
         return self.losses(outputs, targets)
 
-    def losses(self, outputs, targets):
+    def losses(self, outputs: Dict[str, torch.Tensor],
+               targets: torch.Tensor) -> Dict[str, torch.Tensor]:
         """CE with label smoothing + SupCon (Eq. 6-8), or + batch-hard triplet (Fig. 3)."""
         if upstream.event_storage_active():
             log_accuracy(outputs["pred_class_logits"].detach(), targets)

@@ -1,5 +1,7 @@
 """CLIP-SENet building blocks: AFEM (Eq. 4), feature fusion (Eq. 3, Eq. 5), CV embeddings (SIE)."""
 
+from typing import Optional, Sequence, Union
+
 import torch
 from torch import nn
 
@@ -56,7 +58,8 @@ class AFEM(nn.Module):
         ValueError: ``groups`` < 1 or does not divide ``out_dim``; unknown ``weight_shape``.
     """
 
-    def __init__(self, in_dim, out_dim, groups=32, weight_shape="group"):
+    def __init__(self, in_dim: int, out_dim: int, groups: int = 32,
+                 weight_shape: str = "group") -> None:
         super().__init__()
         if groups < 1 or out_dim % groups != 0:
             raise ValueError(f"AFEM groups G={groups} must be >= 1 and divide the feature "
@@ -72,7 +75,7 @@ class AFEM(nn.Module):
         shape = (groups,) if weight_shape == "group" else (groups, out_dim // groups)
         self.group_weight = nn.Parameter(torch.randn(shape))
 
-    def enhance(self, h):
+    def enhance(self, h: torch.Tensor) -> torch.Tensor:
         """``h + w_g * h_g`` per group (scalar or per-channel ``w_g``): (B, D) -> (B, D)."""
         if self.weight_shape == "group":
             w = self.group_weight.repeat_interleave(h.shape[1] // self.groups)
@@ -80,10 +83,10 @@ class AFEM(nn.Module):
             w = self.group_weight.reshape(-1)
         return h + h * w
 
-    def forward(self, f_clip):
+    def forward(self, f_clip: torch.Tensor) -> torch.Tensor:
         return self.enhance(self.relu(self.bn(self.fc(f_clip))))
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return f"groups={self.groups}, weight_shape={self.weight_shape}"
 
 
@@ -107,7 +110,7 @@ class FeatureFusion(nn.Module):
         ValueError: unknown ``combine``.
     """
 
-    def __init__(self, cnn_dim, clip_dim, out_dim, combine="sum"):
+    def __init__(self, cnn_dim: int, clip_dim: int, out_dim: int, combine: str = "sum") -> None:
         super().__init__()
         if combine not in COMBINE_MODES:
             raise ValueError(f"MODEL.CLIPSENET.COMBINE={combine!r} must be one of {COMBINE_MODES}")
@@ -115,14 +118,15 @@ class FeatureFusion(nn.Module):
         self.combine = combine
         self.out_dim = out_dim
 
-    def fuse(self, f_cnn, f_clip):
+    def fuse(self, f_cnn: torch.Tensor, f_clip: torch.Tensor) -> torch.Tensor:
         """Eq. 3: (B, cnn_dim), (B, clip_dim) -> (B, out_dim)."""
         return self.fc(torch.cat([f_cnn, f_clip], dim=1))
 
-    def combined_dim(self, with_afem=True):
+    def combined_dim(self, with_afem: bool = True) -> int:
         return 2 * self.out_dim if (with_afem and self.combine == "concat") else self.out_dim
 
-    def forward(self, f_cnn, f_clip, f_afem=None):
+    def forward(self, f_cnn: torch.Tensor, f_clip: torch.Tensor,
+                f_afem: Optional[torch.Tensor] = None) -> torch.Tensor:
         f_fuse = self.fuse(f_cnn, f_clip)
         if f_afem is None:
             return f_fuse
@@ -163,8 +167,9 @@ class CameraViewEmbedding(nn.Module):
             ``[-1, num_viewpoints)``, or (in forward) an index outside ``[-1, num)``.
     """
 
-    def __init__(self, dim, num_cameras, num_viewpoints, camera=True, viewpoint=True, coe=3.0,
-                 view_map=None):
+    def __init__(self, dim: int, num_cameras: int, num_viewpoints: int, camera: bool = True,
+                 viewpoint: bool = True, coe: float = 3.0,
+                 view_map: Optional[Sequence[int]] = None) -> None:
         super().__init__()
         if not (camera or viewpoint):
             raise ValueError("CameraViewEmbedding needs camera and/or viewpoint enabled")
@@ -204,7 +209,9 @@ class CameraViewEmbedding(nn.Module):
                              f"unknown); raise MODEL.CLIPSENET.CV.NUM_{what.upper()}S")
         return torch.where(ids < 0, torch.full_like(ids, n), ids)
 
-    def forward(self, batch_size, camids=None, viewids=None):
+    def forward(self, batch_size: int,
+                camids: Optional[Union[torch.Tensor, Sequence[int]]] = None,
+                viewids: Optional[Union[torch.Tensor, Sequence[int]]] = None) -> torch.Tensor:
         device = (self.camera_embed if self.camera_embed is not None else self.view_embed).device
         out = 0
         if self.camera_embed is not None:
@@ -221,7 +228,7 @@ class CameraViewEmbedding(nn.Module):
                                                     batch_size, device)]
         return self.coe * out
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         cams = self.num_cameras if self.camera_embed is not None else "off"
         views = self.num_viewpoints if self.view_embed is not None else "off"
         grouped = "" if self.view_map is None else f" (grouped from {len(self.view_map)})"

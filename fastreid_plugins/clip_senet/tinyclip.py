@@ -30,6 +30,9 @@ Reference:
       Re-identification", arXiv:2502.16815 (2025), Sec. III (SEM).
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple, Union
 import contextlib
 import json
 import logging
@@ -45,6 +48,9 @@ from ..checkpoint import load_checkpoint_file
 from ..errors import SEMWeightsError
 from ..modeling.base import state_dict_mismatch
 from ..modeling.pretrained import is_offline
+
+if TYPE_CHECKING:
+    from transformers import CLIPConfig, CLIPVisionConfig
 
 __all__ = ["TINYCLIP_VARIANTS", "CLIP_MEAN", "CLIP_STD", "SemanticExtractionModule",
            "SEMWeightsError", "tinyclip_vision_config", "tinyclip_full_config", "load_sem_weights",
@@ -94,7 +100,8 @@ def _variant(name):
     return TINYCLIP_VARIANTS[name]
 
 
-def tinyclip_vision_config(variant="TinyCLIP-ViT-61M-32", **overrides):
+def tinyclip_vision_config(variant: str = "TinyCLIP-ViT-61M-32",
+                           **overrides: Any) -> CLIPVisionConfig:
     """The ``transformers.CLIPVisionConfig`` of a TinyCLIP variant's image encoder.
 
     Args:
@@ -125,7 +132,7 @@ def tinyclip_vision_config(variant="TinyCLIP-ViT-61M-32", **overrides):
     return CLIPVisionConfig(**fields)
 
 
-def tinyclip_full_config(variant="TinyCLIP-ViT-61M-32"):
+def tinyclip_full_config(variant: str = "TinyCLIP-ViT-61M-32") -> CLIPConfig:
     """The ``transformers.CLIPConfig`` of the whole TinyCLIP (image + text towers).
 
     Only used to *count* what dropping the text tower saves (:func:`tinyclip_parameter_counts`);
@@ -140,12 +147,13 @@ def tinyclip_full_config(variant="TinyCLIP-ViT-61M-32"):
                       projection_dim=v["projection_dim"])
 
 
-def count_parameters(module):
+def count_parameters(module: nn.Module) -> int:
     """Number of parameters (``numel``) of ``module``."""
     return sum(p.numel() for p in module.parameters())
 
 
-def tinyclip_parameter_counts(variant="TinyCLIP-ViT-61M-32"):
+def tinyclip_parameter_counts(variant: str = "TinyCLIP-ViT-61M-32"
+                              ) -> Dict[str, Union[int, float]]:
     """Parameters of the SEM (image encoder + projection) vs the full TinyCLIP (+ text tower).
 
     Both models are built on the ``meta`` device (no memory, no weights).
@@ -213,7 +221,8 @@ class SemanticExtractionModule(nn.Module):
         - output: (B, out_dim)
     """
 
-    def __init__(self, config, use_projection=True, freeze=False):
+    def __init__(self, config: CLIPVisionConfig, use_projection: bool = True,
+                 freeze: bool = False) -> None:
         super().__init__()
         self.config = config
         self.image_size = int(config.image_size)
@@ -237,7 +246,7 @@ class SemanticExtractionModule(nn.Module):
         """The MLP activation's name (a key of :data:`ACTIVATIONS`)."""
         return self.config.hidden_act
 
-    def set_activation(self, name):
+    def set_activation(self, name: str) -> SemanticExtractionModule:
         """Use activation ``name`` in every MLP of the encoder (in place).
 
         Raises:
@@ -269,14 +278,14 @@ class SemanticExtractionModule(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
 
-    def freeze(self):
+    def freeze(self) -> SemanticExtractionModule:
         """Fix the encoder's parameters (they then get no gradient and no optimizer entry)."""
         for p in self.parameters():
             p.requires_grad_(False)
         self.frozen = True
         return self
 
-    def to_clip_input(self, images):
+    def to_clip_input(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) [0, 255] re-id images -> (B, 3, S, S) CLIP-normalised encoder input."""
         x = images.float()
         if x.shape[-2:] != (self.image_size, self.image_size):
@@ -284,7 +293,8 @@ class SemanticExtractionModule(nn.Module):
                               align_corners=False)
         return (x - self.clip_mean) / self.clip_std
 
-    def forward(self, images, token_bias=None):
+    def forward(self, images: torch.Tensor,
+                token_bias: Optional[torch.Tensor] = None) -> torch.Tensor:
         pixels = self.to_clip_input(images).to(self.vit.embeddings.patch_embedding.weight.dtype)
         tokens = self.vit.embeddings(pixels)  # (B, 1 + N, D): CLS + patches, + positions
         if token_bias is not None:
@@ -305,7 +315,7 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _POS_KEY = "vit.embeddings.position_embedding.weight"
 
 
-def read_state_dict(path):
+def read_state_dict(path: str) -> Dict[str, Any]:
     """Read a ``.safetensors`` or a torch (``.bin``/``.pt``/``.pth``) state-dict file.
 
     A dict with a ``"state_dict"`` or ``"model"`` entry is unwrapped.
@@ -386,7 +396,7 @@ def _hub_snapshot(repo_id):
                             f"({'; '.join(errors)}). " + _predownload_hint(repo_id))
 
 
-def resolve_weights(path):
+def resolve_weights(path: str) -> Tuple[str, Optional[Dict[str, Any]]]:
     """``(weights_file, config_json_or_None)`` for a file, a ``transformers`` directory, or a
     Hugging Face hub id (``"org/name"`` that is no local path; see :func:`_hub_snapshot`).
 
@@ -420,7 +430,7 @@ def resolve_weights(path):
     return path, None
 
 
-def resolve_weights_activation(path):
+def resolve_weights_activation(path: str) -> Tuple[str, Optional[str]]:
     """Resolve ``path`` once (a hub id is fetched here) and read its activation.
 
     Returns:
@@ -437,7 +447,8 @@ def resolve_weights_activation(path):
     return weights_file, act
 
 
-def resize_position_embedding(pos, num_positions, mode="bilinear"):
+def resize_position_embedding(pos: torch.Tensor, num_positions: int,
+                              mode: str = "bilinear") -> torch.Tensor:
     """Resize a ViT position embedding (class token + square grid) to another grid.
 
     The class-token row is kept; the ``g x g`` grid rows are interpolated to ``g' x g'``
@@ -497,7 +508,8 @@ def is_open_clip_state_dict(state):
     return any((_open_clip_visual_key(k) or "") == "conv1.weight" for k in state)
 
 
-def convert_open_clip_state_dict(state, source="checkpoint"):
+def convert_open_clip_state_dict(state: Dict[str, torch.Tensor], source: str = "checkpoint"
+                                 ) -> Tuple[Dict[str, torch.Tensor], int]:
     """Convert an open_clip-format CLIP ViT state dict to the SEM's keys.
 
     open_clip (and OpenAI CLIP, and TinyCLIP's model zoo, whose keys may carry ``module.`` /
@@ -577,7 +589,8 @@ def _map_key(key):
     return key
 
 
-def load_sem_weights(sem, path, pos_embed_interp=""):
+def load_sem_weights(sem: SemanticExtractionModule, path: str,
+                     pos_embed_interp: str = "") -> Dict[str, Any]:
     """Load TinyCLIP image-encoder weights into ``sem``, strictly.
 
     Accepted sources (the text tower's entries are ignored; it is never built):

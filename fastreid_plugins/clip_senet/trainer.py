@@ -10,6 +10,13 @@ configs; ``MODEL.CLIPSENET.SEED`` is an alias), applied by :func:`fastreid_plugi
 before the trainer builds the model and the loaders (:mod:`fastreid_plugins.seeding`).
 """
 
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+from fastreid.config import CfgNode
+from torch import nn
+from torch.utils.data import DataLoader
+
 from ..data.veri_viewpoint import UNKNOWN_VIEWPOINT, SideInfoDataset
 from ..engine import PluginTrainer
 from ..patches.trainer import param_group_overrides
@@ -21,7 +28,8 @@ def _unwrap(model):
     return getattr(model, "module", model)
 
 
-def sem_param_overrides(cfg, model):
+def sem_param_overrides(cfg: CfgNode,
+                        model: nn.Module) -> Dict[int, Dict[str, Optional[float]]]:
     """``{id(param): {"lr": factor, "weight_decay": wd or None}}`` for the SEM's trainable
     parameters, or ``{}`` when ``SEM.LR_FACTOR`` is 1 and ``SEM.WEIGHT_DECAY`` < 0 (FastReID's
     groups unchanged).
@@ -54,7 +62,8 @@ class CLIPSENetTrainer(PluginTrainer):
     dataset_cls = SideInfoDataset
 
     @classmethod
-    def build_optimizer(cls, cfg, model):
+    def build_optimizer(cls, cfg: CfgNode,
+                        model: nn.Module) -> Tuple[torch.optim.Optimizer, Any]:
         """The plugins' optimizer; the SEM's parameters get ``lr x SEM.LR_FACTOR`` (every
         FastReID factor, e.g. the bias one, still applies) and, when ``SEM.WEIGHT_DECAY >= 0``,
         that weight decay (LayerNorms included). Schedulers scale every group alike, so the ratio
@@ -71,13 +80,13 @@ class CLIPSENetTrainer(PluginTrainer):
             return super().build_optimizer(cfg, model)
 
     @classmethod
-    def build_train_loader(cls, cfg):
+    def build_train_loader(cls, cfg: CfgNode) -> DataLoader:
         loader = super().build_train_loader(cfg)
         _check_viewpoints(cfg, loader.dataset, "train", cfg.DATASETS.NAMES)
         return loader
 
     @classmethod
-    def build_test_loader(cls, cfg, dataset_name):
+    def build_test_loader(cls, cfg: CfgNode, dataset_name: str) -> Tuple[DataLoader, int]:
         loader, num_query = super().build_test_loader(cfg, dataset_name)
         _check_viewpoints(cfg, loader.dataset, "test", (dataset_name,))
         return loader, num_query

@@ -37,6 +37,7 @@ ICCV 2017); the keypoints themselves are written as ``-1`` (not annotated).
 The output is a deterministic function of the arguments (same seed, same pixels).
 """
 
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 import argparse
 import json
 import math
@@ -363,8 +364,10 @@ def _check_args(train_ids, test_ids, cams, images_per_cam, size):
         raise ValueError(f"size must be at least 16x16, got {size[0]}x{size[1]}")
 
 
-def generate(out_dir, train_ids=24, test_ids=12, cams=4, images_per_cam=3, seed=0,
-             size=(128, 128), overwrite=False, verbose=False):
+def generate(out_dir: str, train_ids: int = 24, test_ids: int = 12, cams: int = 4,
+             images_per_cam: int = 3, seed: int = 0,
+             size: Union[Tuple[int, int], str] = (128, 128), overwrite: bool = False,
+             verbose: bool = False) -> Dict[str, Any]:
     """Write the toy dataset under ``out_dir/veri`` (VeRi-776 layout); see the module docstring.
 
     Args:
@@ -470,7 +473,7 @@ def _print_summary(res, size, seed):
           f"FASTREID_DATASETS={os.path.dirname(res['dataset_dir'])} DATASETS.NAMES '(\"VeRi\",)'")
 
 
-def main(argv=None):
+def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """Command line: ``python -m fastreid_plugins.data.toy --out DIR [...]``; returns the counts.
 
     Exits with status 2 and a one-line message on a bad argument or an existing dataset.

@@ -52,6 +52,7 @@ The patches that run these checks inside FastReID's dataset classes are
 :mod:`fastreid_plugins.patches.datasets`.
 """
 
+from typing import Any, Dict, Iterable, Optional, Sequence
 import os
 import re
 
@@ -116,13 +117,13 @@ def _root():
     return os.getenv("FASTREID_DATASETS", "datasets")
 
 
-def listing(paths, limit=10):
+def listing(paths: Iterable[Any], limit: int = 10) -> str:
     paths = list(paths)
     more = f"\n  ... and {len(paths) - limit} more" if len(paths) > limit else ""
     return "\n  " + "\n  ".join(str(p) for p in paths[:limit]) + more
 
 
-def expected_layout(dataset, root=None):
+def expected_layout(dataset: Any, root: Optional[str] = None) -> Optional[str]:
     """The expected layout text for a dataset class or instance, or ``None`` if unknown.
 
     Args:
@@ -137,7 +138,7 @@ def expected_layout(dataset, root=None):
     return None
 
 
-def dataset_root(ds):
+def dataset_root(ds: Any) -> str:
     """The datasets root a FastReID dataset instance was built with (from its ``dataset_dir``)."""
     ddir = getattr(ds, "dataset_dir", None)
     if isinstance(ddir, str) and ddir:
@@ -150,7 +151,7 @@ def dataset_root(ds):
 # --------------------------------------------------------------------------------------------
 # checks
 # --------------------------------------------------------------------------------------------
-def check_veri_dir(dir_path):
+def check_veri_dir(dir_path: str) -> None:
     """Refuse a VeRi-style image folder that FastReID would read only partly or mislabel.
 
     FastReID's ``VeRi.process_dir`` globs ``*.jpg`` (other files are silently skipped) and parses
@@ -209,7 +210,7 @@ def check_veri_dir(dir_path):
                          f"files named {_VERI_EXPECTED}.")
 
 
-def check_vehicleid_list(list_file, image_dir):
+def check_vehicleid_list(list_file: str, image_dir: str) -> None:
     """Refuse a VehicleID list file that FastReID would crash on late or read wrongly.
 
     FastReID's ``VehicleID.process_dir`` reads ``<image id> <vehicle id>`` per line (split on a
@@ -271,7 +272,7 @@ _VERIWILD_LIST = re.compile(r"([0-9]+)/([^/.\s]+)(?:\.jpg)?")
 _VERIWILD_LIST_EXPECTED = "'<vehicle id>/<image id>' (integer vehicle id), e.g. '00001/000001'"
 
 
-def check_veriwild_vehicle_info(info_file):
+def check_veriwild_vehicle_info(info_file: str) -> Dict[str, str]:
     """Refuse a VERI-Wild ``vehicle_info.txt`` that FastReID would crash on or read wrongly.
 
     FastReID's ``VeRiWild.process_vehicle`` skips the first line (the header), then reads
@@ -319,7 +320,8 @@ def check_veriwild_vehicle_info(info_file):
     return imgid2vid
 
 
-def check_veriwild_list(list_file, image_dir, imgid2vid, vehicle_info="vehicle_info.txt"):
+def check_veriwild_list(list_file: str, image_dir: str, imgid2vid: Dict[str, str],
+                        vehicle_info: str = "vehicle_info.txt") -> None:
     """Refuse a VERI-Wild list file that FastReID would crash on late or read wrongly.
 
     FastReID's ``VeRiWild.process_dir`` reads ``<vehicle id>/<image id>`` per line (``int()`` of the
@@ -363,7 +365,8 @@ def check_veriwild_list(list_file, image_dir, imgid2vid, vehicle_info="vehicle_i
 # --------------------------------------------------------------------------------------------
 # dataset items and identity batches (checked by the trainer)
 # --------------------------------------------------------------------------------------------
-def check_dataset_items(items, split, dataset_names):
+def check_dataset_items(items: Sequence[tuple], split: str,
+                        dataset_names: Sequence[str]) -> None:
     """Refuse an empty split or image paths that do not exist, naming the first offenders.
 
     Args:
@@ -388,7 +391,8 @@ def check_dataset_items(items, split, dataset_names):
                                    f"do not exist, e.g.:\n  {listed}")
 
 
-def check_identity_batches(items, ims_per_batch, num_instance, world_size=1, sampler="the sampler"):
+def check_identity_batches(items: Sequence[tuple], ims_per_batch: int, num_instance: int,
+                           world_size: int = 1, sampler: str = "the sampler") -> None:
     """Refuse batch settings an identity (PK) sampler can never fill: FastReID's
     ``NaiveIdentitySampler`` / ``BalancedIdentitySampler`` then loop forever without yielding a
     batch, and training hangs at its first iteration with no message.

@@ -16,12 +16,18 @@
 ``fast_batch_collator`` (FastReID's) stacks the two extra int keys like ``camids``.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import logging
 import os
 
 from fastreid.data.common import CommDataset
 from fastreid.data.datasets import DATASET_REGISTRY
 from fastreid.data.datasets.veri import VeRi
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = ["VeRiViewpoint", "SideInfoDataset", "read_orientation_file", "raw_camera_index",
            "orientation_files", "NUM_VERI_VIEWPOINTS", "UNKNOWN_VIEWPOINT", "UNKNOWN_CAMERA"]
@@ -42,12 +48,12 @@ ORIENT_FILES = {
 }
 
 
-def orientation_files(split):
+def orientation_files(split: str) -> Tuple[str, ...]:
     """The accepted file names of a split's orientation labels ("train" or "test")."""
     return ORIENT_FILES[split]
 
 
-def read_orientation_file(path, num_viewpoints=NUM_VERI_VIEWPOINTS):
+def read_orientation_file(path: str, num_viewpoints: int = NUM_VERI_VIEWPOINTS) -> Dict[str, int]:
     """Read a VeRi ``keypoint_orient_*.txt`` file into ``{image file name: orientation}``.
 
     Each line is ``<image name or path> <40 keypoint coordinates> <orientation>``; only the first
@@ -96,7 +102,7 @@ def read_orientation_file(path, num_viewpoints=NUM_VERI_VIEWPOINTS):
     return labels
 
 
-def raw_camera_index(camid):
+def raw_camera_index(camid: Union[int, str, np.integer]) -> int:
     """The dataset's integer camera index of a FastReID item.
 
     FastReID datasets store test cameras as ints and training cameras as ``"<dataset>_<int>"``
@@ -153,7 +159,7 @@ class VeRiViewpoint(VeRi):
     dataset_name = "veri"
     num_viewpoints = NUM_VERI_VIEWPOINTS
 
-    def __init__(self, root="datasets", **kwargs):
+    def __init__(self, root: str = "datasets", **kwargs: Any) -> None:
         dataset_dir = os.path.join(root, "veri")
         self.viewpoint_labels = {split: self._labels(dataset_dir, split) for split in ORIENT_FILES}
         super().__init__(root=root, **kwargs)
@@ -176,7 +182,9 @@ class VeRiViewpoint(VeRi):
         logger.info(f"VeRi viewpoints ({split}): {len(labels)} labels from {found}")
         return labels
 
-    def process_dir(self, dir_path, is_train=True):
+    def process_dir(self, dir_path: str,
+                    is_train: bool = True
+                    ) -> List[Tuple[str, Union[int, str], Union[int, str], int]]:
         items = super().process_dir(dir_path, is_train=is_train)
         labels = self.viewpoint_labels["train" if is_train else "test"]
         out, unknown = [], 0
@@ -190,7 +198,7 @@ class VeRiViewpoint(VeRi):
                            f"label: viewpoint index {UNKNOWN_VIEWPOINT} (unknown).")
         return out
 
-    def combine_all(self):
+    def combine_all(self) -> None:
         """FastReID's ``combine_all`` (train + query + gallery as training data) for 4-tuples."""
         combined = list(self.train)
         for img_path, pid, camid, view in self.query + self.gallery:
@@ -220,12 +228,13 @@ class SideInfoDataset(CommDataset):
         ValueError: an item's camera id cannot be read as an integer index.
     """
 
-    def __init__(self, img_items, transform=None, relabel=True):
+    def __init__(self, img_items: Sequence[tuple], transform: Optional[Callable[[Any], Any]] = None,
+                 relabel: bool = True) -> None:
         super().__init__(img_items, transform, relabel)
         self.sie_camids = [raw_camera_index(it[2]) for it in img_items]
         self.viewids = [int(it[3]) if len(it) > 3 else UNKNOWN_VIEWPOINT for it in img_items]
 
-    def __getitem__(self, index):
+    def __getitem__(self, index: int) -> Dict[str, Any]:
         sample = super().__getitem__(index)
         sample["viewids"] = self.viewids[index]
         sample["sie_camids"] = self.sie_camids[index]

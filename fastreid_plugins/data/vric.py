@@ -1,5 +1,6 @@
 """VRIC: Vehicle Re-Identification in Context, registered in FastReID's ``DATASET_REGISTRY``."""
 
+from typing import Any, List, Tuple
 import os.path as osp
 
 from fastreid.data.datasets import DATASET_REGISTRY
@@ -12,7 +13,7 @@ def _strip_eol(line):
     return line.rstrip("\r\n")
 
 
-def read_vric_list(list_file, image_dir):
+def read_vric_list(list_file: str, image_dir: str) -> List[Tuple[str, int, int]]:
     """Parse one VRIC list file (``<image name> <id> <camera>`` per line).
 
     Args:
@@ -97,7 +98,7 @@ class VRIC(ImageDataset):
     dataset_dir = "VRIC"
     dataset_name = "vric"
 
-    def __init__(self, root="datasets", **kwargs):
+    def __init__(self, root: str = "datasets", **kwargs: Any) -> None:
         self.dataset_dir = osp.join(root, self.dataset_dir)
         self.train_dir = osp.join(self.dataset_dir, "train_images")
         self.query_dir = osp.join(self.dataset_dir, "probe_images")

@@ -14,6 +14,7 @@ The environment variable ``FASTREID_PLUGINS_DIST_TIMEOUT`` (seconds, default 180
 gloo collective waits for a rank that died, so the others fail instead of hanging.
 """
 
+from typing import Any, Callable, Optional, Sequence, Tuple, TypeVar, Union
 import datetime
 import logging
 import os
@@ -21,6 +22,7 @@ import os
 import torch
 import torch.distributed as dist
 from fastreid.utils import comm
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel as _TorchDDP
 
 from .. import upstream
@@ -32,8 +34,10 @@ __all__ = ["distributed_worker", "DistributedDataParallel", "broadcast_buffers",
 
 logger = logging.getLogger(__name__)
 
+_T = TypeVar("_T")
 
-def broadcast_buffers(model, src=0):
+
+def broadcast_buffers(model: nn.Module, src: int = 0) -> None:
     """Copy rank ``src``'s buffers (BatchNorm running statistics, ...) to every rank, in place.
 
     FastReID wraps the model with ``broadcast_buffers=False``, so each rank's BN statistics follow
@@ -59,15 +63,19 @@ class DistributedDataParallel(_TorchDDP):
     asks.
     """
 
-    def __init__(self, module, device_ids=None, output_device=None, *args, **kwargs):
+    def __init__(self, module: nn.Module,
+                 device_ids: Optional[Sequence[Union[int, torch.device]]] = None,
+                 output_device: Optional[Union[int, torch.device]] = None, *args: Any,
+                 **kwargs: Any) -> None:
         on_cuda = any(p.is_cuda for p in module.parameters())
         if not on_cuda:
             device_ids, output_device = None, None
         super().__init__(module, device_ids, output_device, *args, **kwargs)
 
 
-def distributed_worker(local_rank, main_func, world_size, num_gpus_per_machine, machine_rank,
-                       dist_url, args):
+def distributed_worker(local_rank: int, main_func: Callable[..., Any], world_size: int,
+                       num_gpus_per_machine: int, machine_rank: int, dist_url: str,
+                       args: Tuple[Any, ...]) -> None:
     """FastReID's ``_distributed_worker`` (``fastreid.engine.launch``), with a gloo path.
 
     The launch patch (:mod:`fastreid_plugins.patches.launch`) installs it in FastReID's place
@@ -104,7 +112,7 @@ def distributed_worker(local_rank, main_func, world_size, num_gpus_per_machine, 
     main_func(*args)
 
 
-def same_on_all_ranks(value):
+def same_on_all_ranks(value: _T) -> _T:
     """Rank 0's ``value`` on every rank (e.g. a seed one rank drew); ``value`` itself without a
     process group. Every rank must call it."""
     if comm.get_world_size() == 1:

@@ -6,7 +6,10 @@ global batch can repeat an identity across ranks. Under DDP the train-loader pat
 (``DIST.GLOBAL_SAMPLER``, :func:`use_global_sampler`).
 """
 
+from typing import Any, Dict, Iterator, Optional, Sequence
+
 import numpy as np
+from fastreid.config import CfgNode
 from fastreid.utils import comm
 from torch.utils.data import Sampler
 
@@ -53,8 +56,9 @@ class GlobalIdentitySampler(Sampler):
             training set has fewer than P identities.
     """
 
-    def __init__(self, data_source, batch_size, num_instances, seed, start_iter=0,
-                 rank=None, world_size=None):
+    def __init__(self, data_source: Sequence[tuple], batch_size: int, num_instances: int,
+                 seed: int, start_iter: int = 0, rank: Optional[int] = None,
+                 world_size: Optional[int] = None) -> None:
         self.rank = comm.get_rank() if rank is None else int(rank)
         self.world_size = comm.get_world_size() if world_size is None else int(world_size)
         self.batch_size, self.num_instances = int(batch_size), int(num_instances)
@@ -77,7 +81,7 @@ class GlobalIdentitySampler(Sampler):
                 f"{len(self.pids)}: lower SOLVER.IMS_PER_BATCH or raise DATALOADER.NUM_INSTANCE.")
         self.seed, self.start_iter = int(seed), int(start_iter)
 
-    def global_batch(self, step):
+    def global_batch(self, step: int) -> np.ndarray:
         """(batch_size,) dataset indices of global step ``step``: P identities x K images."""
         rng = np.random.default_rng([self.seed, int(step)])
         chosen = rng.choice(len(self.pids), size=self.num_pids, replace=False)
@@ -88,12 +92,12 @@ class GlobalIdentitySampler(Sampler):
                                   replace=len(idx) < self.num_instances))
         return np.concatenate(out)
 
-    def rank_batch(self, step):
+    def rank_batch(self, step: int) -> np.ndarray:
         """This rank's slice of :meth:`global_batch` (``batch_size / world_size`` indices)."""
         n = self.batch_size // self.world_size
         return self.global_batch(step)[self.rank * n:(self.rank + 1) * n]
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
         """:mod:`fastreid_plugins.seeding`'s sampler protocol: the next ``iter()`` yields this
         rank's stream of seed ``state["seed"]`` from its ``state["position"]``-th index on (counted
         on this rank, 0-based). No other state exists: a step's draw depends on (seed, step)
@@ -102,14 +106,14 @@ class GlobalIdentitySampler(Sampler):
         self.start_iter, self._skip = divmod(int(state["position"]),
                                              self.batch_size // self.world_size)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[int]:
         step, skip = self.start_iter, getattr(self, "_skip", 0)
         while True:
             yield from self.rank_batch(step).tolist()[skip:]
             step, skip = step + 1, 0
 
 
-def sampler_seed(cfg):
+def sampler_seed(cfg: CfgNode) -> int:
     """``cfg.SEED`` when it is >= 0, else a random seed shared by all ranks. (Under
     :class:`fastreid_plugins.seeding.SeededSampler` the seed is then set from ``SEED`` again.)"""
     seed = cfg.SEED
@@ -118,7 +122,7 @@ def sampler_seed(cfg):
     return int(seed)
 
 
-def use_global_sampler(cfg):
+def use_global_sampler(cfg: CfgNode) -> bool:
     """Whether ``cfg``'s training loader uses :class:`GlobalIdentitySampler`: asked for by name
     (``DATALOADER.SAMPLER_TRAIN: GlobalIdentitySampler``), or ``NaiveIdentitySampler`` under DDP
     with ``DIST.GLOBAL_SAMPLER``."""

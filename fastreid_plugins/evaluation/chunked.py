@@ -29,6 +29,9 @@ before the blocks) and its sparse structures (O(k n)); with AQE, the expanded fe
 copy of the features).
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple, Union
 import math
 
 import numpy as np
@@ -37,6 +40,10 @@ import torch
 from ..config import PLUGIN_DEFAULTS, require_plugins_config
 from .rank import check_labels, curves_from_ranks, rank_block
 from .knn import _progress, knn_from_cfg, row_norms, row_sq_norms
+
+if TYPE_CHECKING:
+    from fastreid.config import CfgNode
+    from numpy.typing import ArrayLike
 
 __all__ = ["evaluate_chunked", "chunk_rows", "chunked_aqe", "DEFAULT_MEMORY_GB",
            "BYTES_PER_ENTRY"]
@@ -49,7 +56,8 @@ BYTES_PER_ENTRY = 40
 _RANK_ROWS = 64  # rows ranked together inside a block
 
 
-def chunk_rows(num_gallery, memory_gb=DEFAULT_MEMORY_GB, bytes_per_entry=BYTES_PER_ENTRY):
+def chunk_rows(num_gallery: int, memory_gb: float = DEFAULT_MEMORY_GB,
+               bytes_per_entry: int = BYTES_PER_ENTRY) -> int:
     """Queries per block so that the block working set stays within ``memory_gb`` GiB.
 
     Args:
@@ -73,8 +81,9 @@ def chunk_rows(num_gallery, memory_gb=DEFAULT_MEMORY_GB, bytes_per_entry=BYTES_P
 
 
 @torch.no_grad()
-def chunked_aqe(query_feat, gallery_feat, qe_times=1, qe_k=10, alpha=3.0, memory_gb=None,
-                progress=False):
+def chunked_aqe(query_feat: torch.Tensor, gallery_feat: torch.Tensor, qe_times: int = 1,
+                qe_k: int = 10, alpha: float = 3.0, memory_gb: Optional[float] = None,
+                progress: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
     """FastReID's average query expansion, computed in row blocks (no (N, N) similarity matrix).
 
     Reference:
@@ -139,9 +148,13 @@ def _topk_rows(d, q_pids, g_pids, q_camids, g_camids, k):
 
 
 @torch.no_grad()
-def evaluate_chunked(query_feat, gallery_feat, q_pids, g_pids, q_camids, g_camids,
-                     metric="cosine", aqe=None, rerank=None, memory_gb=DEFAULT_MEMORY_GB,
-                     max_rank=50, topk=0, progress=False):
+def evaluate_chunked(query_feat: Union[torch.Tensor, np.ndarray],
+                     gallery_feat: Union[torch.Tensor, np.ndarray], q_pids: ArrayLike,
+                     g_pids: ArrayLike, q_camids: ArrayLike, g_camids: ArrayLike,
+                     metric: str = "cosine", aqe: Optional[Dict[str, Any]] = None,
+                     rerank: Optional[Dict[str, Any]] = None,
+                     memory_gb: float = DEFAULT_MEMORY_GB, max_rank: int = 50, topk: int = 0,
+                     progress: bool = False) -> Dict[str, Any]:
     """CMC, per-query AP / INP (and top-k lists) from features, one block of queries at a time.
 
     Same metrics as ``evaluate_rank(build_dist(qf, gf, metric), ...)`` after FastReID's AQE and
@@ -239,7 +252,7 @@ def evaluate_chunked(query_feat, gallery_feat, q_pids, g_pids, q_camids, g_camid
     return out
 
 
-def options_from_cfg(cfg):
+def options_from_cfg(cfg: CfgNode) -> Dict[str, Any]:
     """Keyword arguments of :func:`evaluate_chunked` from FastReID's ``TEST`` keys.
 
     Uses ``TEST.METRIC``, ``TEST.AQE.{ENABLED,QE_TIME,QE_K,ALPHA}``,

@@ -8,6 +8,9 @@ Reference:
       into the gallery and the rest are queries; results are averaged over repeated draws.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Dict, Optional, Sequence, Tuple, Union
 import copy
 import json
 import logging
@@ -26,13 +29,19 @@ from .chunked import evaluate_chunked, options_from_cfg
 from .rank import evaluate_rank
 from .rerank import rerank_distance, rerank_type
 
+if TYPE_CHECKING:
+    from fastreid.config import CfgNode
+    from numpy.typing import ArrayLike
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["VehicleReidEvaluator", "metrics_from_distmat", "metrics_from_curves",
            "vehicleid_split"]
 
 
-def metrics_from_distmat(dist, q_pids, g_pids, q_camids, g_camids):
+def metrics_from_distmat(dist: Union[np.ndarray, torch.Tensor], q_pids: ArrayLike,
+                         g_pids: ArrayLike, q_camids: ArrayLike,
+                         g_camids: ArrayLike) -> Dict[str, float]:
     """Rank-1/5/10, mAP, mINP (all in %) and FastReID's ``metric`` = (mAP + Rank-1) / 2.
 
     Args:
@@ -45,7 +54,8 @@ def metrics_from_distmat(dist, q_pids, g_pids, q_camids, g_camids):
     return metrics_from_curves(*evaluate_rank(dist, q_pids, g_pids, q_camids, g_camids))
 
 
-def metrics_from_curves(cmc, all_ap, all_inp):
+def metrics_from_curves(cmc: np.ndarray, all_ap: Union[np.ndarray, Sequence[float]],
+                        all_inp: Union[np.ndarray, Sequence[float]]) -> Dict[str, float]:
     """The reported metrics (all in %) from the ranking curves of
     :func:`~fastreid_plugins.evaluation.rank.evaluate_rank` /
     :func:`~fastreid_plugins.evaluation.chunked.evaluate_chunked`.
@@ -71,7 +81,8 @@ def metrics_from_curves(cmc, all_ap, all_inp):
     return res
 
 
-def vehicleid_split(pids, rng):
+def vehicleid_split(pids: ArrayLike,
+                    rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
     """One VehicleID trial: one random image per identity into the gallery, the rest queries.
 
     Args:
@@ -126,7 +137,8 @@ class VehicleReidEvaluator(DatasetEvaluator):
         ValueError: an unknown ``protocol``.
     """
 
-    def __init__(self, cfg, num_query, output_dir=None, dataset_name="", protocol="standard"):
+    def __init__(self, cfg: CfgNode, num_query: int, output_dir: Optional[str] = None,
+                 dataset_name: str = "", protocol: str = "standard") -> None:
         require_plugins_config(cfg, "VehicleReidEvaluator")
         if protocol not in ("standard", "vehicleid"):
             raise ValueError(f"protocol must be 'standard' or 'vehicleid', got {protocol!r}")
@@ -137,10 +149,10 @@ class VehicleReidEvaluator(DatasetEvaluator):
         self._protocol = protocol
         self._predictions = []
 
-    def reset(self):
+    def reset(self) -> None:
         self._predictions = []
 
-    def process(self, inputs, outputs):
+    def process(self, inputs: Dict[str, Any], outputs: torch.Tensor) -> None:
         """Store one batch. ``outputs`` is the model's (B, D) feature tensor.
 
         Raises:
@@ -193,7 +205,7 @@ class VehicleReidEvaluator(DatasetEvaluator):
                                progress=comm.is_main_process(), **options_from_cfg(self.cfg))
         return metrics_from_curves(res["cmc"], res["all_ap"], res["all_inp"])
 
-    def evaluate(self):
+    def evaluate(self) -> Dict[str, float]:
         gathered = self._gather()
         if gathered is None:
             return {}

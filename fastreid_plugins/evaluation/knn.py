@@ -23,6 +23,9 @@ Configuration: ``TEST.RERANK.KNN`` (``exact`` / ``ivf`` / ``hnsw``) with ``KNN_N
 :func:`knn_from_cfg`.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple, Union
 import logging
 import re
 import warnings
@@ -32,6 +35,9 @@ import torch
 
 from ..config import require_plugins_config
 from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    from fastreid.config import CfgNode
 
 logger = logging.getLogger(__name__)
 
@@ -54,14 +60,14 @@ def _progress(iterable, enabled, desc):
     return tqdm(iterable, desc=desc, leave=False, dynamic_ncols=True)
 
 
-def row_sq_norms(x, step=8192):
+def row_sq_norms(x: torch.Tensor, step: int = 8192) -> torch.Tensor:
     """(N,) ``(x * x).sum(1)`` computed over row blocks: no (N, D) temporary (1 GB at VERI-Wild
     Large size); the same values, row by row."""
     return torch.cat([(x[s:s + step] * x[s:s + step]).sum(1) for s in range(0, len(x), step)]) \
         if len(x) else x.new_zeros(0)
 
 
-def row_norms(x, step=8192):
+def row_norms(x: torch.Tensor, step: int = 8192) -> torch.Tensor:
     """(N, 1) ``x.norm(p=2, dim=1, keepdim=True)`` (F.normalize's norm) over row blocks."""
     return torch.cat([x[s:s + step].norm(p=2, dim=1, keepdim=True)
                       for s in range(0, len(x), step)]) if len(x) else x.new_zeros(0, 1)
@@ -78,8 +84,10 @@ def _faiss_gpu_count():
 KNN_BACKENDS = ("auto", "faiss", "torch", "ivf", "hnsw")
 
 
-def knn_search(features, k, backend="auto", device=None, progress=False, nlist=None, nprobe=64,
-               hnsw_m=32, ef_search=128, refine=2):
+def knn_search(features: torch.Tensor, k: int, backend: str = "auto",
+               device: Optional[Union[str, torch.device]] = None, progress: bool = False,
+               nlist: Optional[int] = None, nprobe: int = 64, hnsw_m: int = 32,
+               ef_search: int = 128, refine: int = 2) -> np.ndarray:
     """k nearest neighbours of every row of ``features`` among all rows (itself included).
 
     Exact by default; ``"ivf"`` / ``"hnsw"`` are faiss's approximate indexes, for the largest
@@ -142,7 +150,7 @@ def knn_search(features, k, backend="auto", device=None, progress=False, nlist=N
 KNN_TYPES = {"exact": "auto", "ivf": "ivf", "hnsw": "hnsw"}
 
 
-def knn_from_cfg(cfg):
+def knn_from_cfg(cfg: CfgNode) -> Tuple[str, Optional[Dict[str, Any]]]:
     """The k-NN backend and its options for ``TEST.RERANK``: the one place that reads the keys.
 
     ``TEST.RERANK.KNN`` (keys added by :func:`fastreid_plugins.config.add_plugins_config`):
@@ -305,7 +313,7 @@ def _torch_version():
     return tuple(int(v) for v in re.findall(r"\d+", torch.__version__.split("+")[0])[:2])
 
 
-def onednn_linear_op():
+def onednn_linear_op() -> Optional[Callable[..., torch.Tensor]]:
     """The private op ``torch.ops.mkldnn._linear_pointwise`` if this torch has it, else None.
 
     The only place of the package that reaches it. Called as ``op(a, b, None, "none", [], "")``

@@ -25,13 +25,22 @@ A negative tied with a true match is counted before it (a conservative choice: a
 a metric); on tie-free inputs the result equals FastReID's ``evaluate_rank``.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, List, Tuple, Union
+
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
 
 __all__ = ["evaluate_rank", "rank_block", "curves_from_ranks", "check_labels"]
 
 
-def evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50, chunk=64):
+def evaluate_rank(distmat: Union[np.ndarray, torch.Tensor], q_pids: ArrayLike, g_pids: ArrayLike,
+                  q_camids: ArrayLike, g_camids: ArrayLike, max_rank: int = 50,
+                  chunk: int = 64) -> Tuple[np.ndarray, List[float], List[float]]:
     """Compute CMC, per-query AP and per-query INP.
 
     Args:
@@ -69,7 +78,9 @@ def evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50, chun
     return curves_from_ranks(first, ap, inp, max_rank)
 
 
-def check_labels(num_q, num_g, q_pids, g_pids, q_camids, g_camids, q_what, g_what):
+def check_labels(num_q: int, num_g: int, q_pids: ArrayLike, g_pids: ArrayLike,
+                 q_camids: ArrayLike, g_camids: ArrayLike, q_what: str, g_what: str
+                 ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The four label arrays as numpy, or ValueError unless they are (Q,) and (G,).
 
     ``q_what`` / ``g_what`` say where Q and G come from (``"{}"`` is replaced by the count).
@@ -84,7 +95,8 @@ def check_labels(num_q, num_g, q_pids, g_pids, q_camids, g_camids, q_what, g_wha
     return q_pids, g_pids, q_camids, g_camids
 
 
-def rank_block(rows, q_pids, g_pids, q_camids, g_camids):
+def rank_block(rows: np.ndarray, q_pids: np.ndarray, g_pids: np.ndarray, q_camids: np.ndarray,
+               g_camids: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-query first-match rank, AP and INP of a block of query rows (see the module docstring).
 
     Args:
@@ -126,7 +138,8 @@ def rank_block(rows, q_pids, g_pids, q_camids, g_camids):
     return first, ap, inp
 
 
-def curves_from_ranks(first, ap, inp, max_rank):
+def curves_from_ranks(first: np.ndarray, ap: np.ndarray, inp: np.ndarray,
+                      max_rank: int) -> Tuple[np.ndarray, List[float], List[float]]:
     """CMC over the valid queries and their AP / INP lists (the layout of :func:`evaluate_rank`).
 
     Args:

@@ -15,6 +15,9 @@ semantics.
   matrices; on the CPU through ``fastreid_plugins.patches.evaluation``): :func:`rerank_distance`.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
 import logging
 
 import numpy as np
@@ -24,6 +27,10 @@ from fastreid.utils.compute_dist import build_dist
 from ..config import require_plugins_config
 from ..errors import ConfigError
 
+if TYPE_CHECKING:
+    import torch
+    from fastreid.config import CfgNode
+
 __all__ = ["rerank_distance", "rerank_type", "RERANK_TYPES"]
 
 logger = logging.getLogger(__name__)
@@ -31,7 +38,7 @@ logger = logging.getLogger(__name__)
 RERANK_TYPES = ("sparse", "fastreid")
 
 
-def rerank_type(cfg):
+def rerank_type(cfg: CfgNode) -> str:
     """``TEST.RERANK.TYPE``, lower-cased and checked.
 
     Args:
@@ -52,7 +59,8 @@ def rerank_type(cfg):
     return kind
 
 
-def rerank_distance(cfg, qf, gf, dist):
+def rerank_distance(cfg: CfgNode, qf: torch.Tensor, gf: torch.Tensor,
+                    dist: np.ndarray) -> np.ndarray:
     """FastReID's dense re-ranking (``TEST.RERANK.TYPE fastreid``): Jaccard blended with ``dist``.
 
     Reference:

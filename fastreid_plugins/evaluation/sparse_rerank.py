@@ -39,6 +39,7 @@ the backends and the ``TEST.RERANK.KNN`` keys are described there). The encoding
 ``device`` (CUDA when available), the sparse algebra in numpy/scipy on the CPU.
 """
 
+from typing import Any, Dict, Optional, Union
 import warnings
 
 import numpy as np
@@ -73,7 +74,8 @@ def _as_features(x, name):
     return x.detach().float()
 
 
-def k_reciprocal_neighbours(initial_rank, k, chunk_rows=None):
+def k_reciprocal_neighbours(initial_rank: np.ndarray, k: int,
+                            chunk_rows: Optional[int] = None) -> np.ndarray:
     """k-reciprocal neighbours of every point, FastReID's ``k_reciprocal_neigh`` for all rows.
 
     Reference: Zhong et al. CVPR 2017, Eq. 4: ``R(p, k) = {g in N(p, k) : p in N(g, k)}``, with
@@ -211,8 +213,11 @@ def _jaccard_rows(vq, vg_csc, progress, budget=1 << 21):
 
 
 @torch.no_grad()
-def sparse_jaccard_distance(query_features, gallery_features, k1=20, k2=6, knn="auto",
-                            device=None, progress=False, normalize=False):
+def sparse_jaccard_distance(query_features: Union[torch.Tensor, np.ndarray],
+                            gallery_features: Union[torch.Tensor, np.ndarray], k1: int = 20,
+                            k2: int = 6, knn: str = "auto",
+                            device: Optional[Union[str, torch.device]] = None,
+                            progress: bool = False, normalize: bool = False) -> np.ndarray:
     """Jaccard distance of k-reciprocal encodings between query and gallery, without N x N memory.
 
     Equals ``fastreid.utils.compute_dist.build_dist(qf, gf, metric="jaccard", k1=k1, k2=k2)``
@@ -278,8 +283,9 @@ class JaccardIndex:
             :func:`~fastreid_plugins.evaluation.knn.knn_search`).
     """
 
-    def __init__(self, feats, num_query, k1=20, k2=6, knn="auto", device=None, progress=False,
-                 knn_params=None):
+    def __init__(self, feats: torch.Tensor, num_query: int, k1: int = 20, k2: int = 6,
+                 knn: str = "auto", device: Optional[Union[str, torch.device]] = None,
+                 progress: bool = False, knn_params: Optional[Dict[str, Any]] = None) -> None:
         n = feats.shape[0]
         _check_args(n, k1, k2)
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -303,13 +309,17 @@ class JaccardIndex:
         self.vq = V[:num_query]
         self.vg_csc = V[num_query:].tocsc()
 
-    def rows(self, start, stop, progress=False):
+    def rows(self, start: int, stop: int, progress: bool = False) -> np.ndarray:
         """(stop - start, G) float32 Jaccard distances of queries ``start:stop``."""
         return _jaccard_rows(self.vq[start:stop], self.vg_csc, progress)
 
 
-def sparse_rerank(query_features, gallery_features, dist, k1=20, k2=6, lambda_value=0.3,
-                  knn="auto", device=None, progress=False, normalize=False):
+def sparse_rerank(query_features: Union[torch.Tensor, np.ndarray],
+                  gallery_features: Union[torch.Tensor, np.ndarray],
+                  dist: Union[np.ndarray, torch.Tensor], k1: int = 20, k2: int = 6,
+                  lambda_value: float = 0.3, knn: str = "auto",
+                  device: Optional[Union[str, torch.device]] = None, progress: bool = False,
+                  normalize: bool = False) -> np.ndarray:
     """k-reciprocal re-ranking: ``(1 - lambda) * d_J + lambda * dist`` with the sparse Jaccard.
 
     Reference:

@@ -31,7 +31,7 @@ class ChannelAttention(nn.Module):
         ValueError: ``reduction`` < 1 or does not divide ``channels``.
     """
 
-    def __init__(self, channels, reduction=4):
+    def __init__(self, channels: int, reduction: int = 4) -> None:
         super().__init__()
         if reduction < 1 or channels % reduction != 0:
             raise ValueError(f"CAM reduction r={reduction} must be >= 1 and divide the number of "
@@ -41,9 +41,9 @@ class ChannelAttention(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.fc2 = nn.Conv2d(channels // reduction, channels, 1)
 
-    def weights(self, x):
+    def weights(self, x: torch.Tensor) -> torch.Tensor:
         """The (B, C, 1, 1) channel weights in (0, 1)."""
         return torch.sigmoid(self.fc2(self.relu(self.fc1(self.pool(x)))))
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.weights(x) + x

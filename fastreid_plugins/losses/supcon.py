@@ -12,6 +12,8 @@ Typical use inside a meta-architecture's ``losses``::
         loss_dict["loss_supcon"] = supcon_loss(features, targets, temperature) * scale
 """
 
+from typing import Dict
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -23,7 +25,7 @@ from ..distributed.gather import gather_for_loss
 __all__ = ["supcon_loss", "SupConLoss", "add_supcon_config", "supcon_kwargs_from_cfg"]
 
 
-def add_supcon_config(cfg):
+def add_supcon_config(cfg: CN) -> CN:
     """Add ``MODEL.LOSSES.SUPCON.{TEMPERATURE, SCALE}`` to ``cfg`` in place (idempotent).
 
     Defaults: ``TEMPERATURE`` 0.07 (the default of Khosla et al.'s reference code), ``SCALE`` 1.0.
@@ -37,7 +39,7 @@ def add_supcon_config(cfg):
     return cfg
 
 
-def supcon_kwargs_from_cfg(cfg):
+def supcon_kwargs_from_cfg(cfg: CN) -> Dict[str, float]:
     """``{"temperature": ..., "scale": ...}`` from ``MODEL.LOSSES.SUPCON``.
 
     Raises:
@@ -53,7 +55,8 @@ def supcon_kwargs_from_cfg(cfg):
     return {"temperature": float(node.TEMPERATURE), "scale": float(node.SCALE)}
 
 
-def supcon_loss(features, targets, temperature=0.07, normalize=True, gather=True):
+def supcon_loss(features: torch.Tensor, targets: torch.Tensor, temperature: float = 0.07,
+                normalize: bool = True, gather: bool = True) -> torch.Tensor:
     r"""Supervised contrastive loss :math:`\mathcal{L}^{sup}_{out}` over one batch.
 
     For every anchor :math:`i` with at least one positive,
@@ -135,7 +138,7 @@ class SupConLoss(nn.Module):
         ValueError: ``temperature`` <= 0.
     """
 
-    def __init__(self, temperature=0.07, scale=1.0):
+    def __init__(self, temperature: float = 0.07, scale: float = 1.0) -> None:
         super().__init__()
         if not temperature > 0:
             raise ValueError(f"SupConLoss temperature must be > 0, got {temperature}")
@@ -143,11 +146,11 @@ class SupConLoss(nn.Module):
         self.scale = float(scale)
 
     @classmethod
-    def from_config(cls, cfg):
+    def from_config(cls, cfg: CN) -> "SupConLoss":
         return cls(**supcon_kwargs_from_cfg(cfg))
 
-    def forward(self, features, targets):
+    def forward(self, features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return supcon_loss(features, targets, self.temperature) * self.scale
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return f"temperature={self.temperature}, scale={self.scale}"

@@ -9,6 +9,7 @@ of the whole batch, exactly what one process with the whole batch computes. Sing
 training and ``gather=False`` (``DIST.GATHER_LOSSES False``) call FastReID's function unchanged.
 """
 
+import torch
 from fastreid.modeling.losses import triplet_loss as _fastreid_triplet_loss
 
 from ..distributed.gather import gather_for_loss
@@ -16,7 +17,8 @@ from ..distributed.gather import gather_for_loss
 __all__ = ["triplet_loss"]
 
 
-def triplet_loss(embedding, targets, margin, norm_feat, hard_mining, gather=True):
+def triplet_loss(embedding: torch.Tensor, targets: torch.Tensor, margin: float, norm_feat: bool,
+                 hard_mining: bool, gather: bool = True) -> torch.Tensor:
     """Batch-hard (or weighted) triplet loss over the embeddings of every rank.
 
     Reference:

@@ -74,7 +74,7 @@ WEIGHT_NORMS = ("none", "rms")
 #: reconstructed tables are ``table2-ours`` / ``table3-ours``).
 ABLATIONS = {k: list(r.overrides) for k, r in _legacy_rows("mbfn")}
 
-def add_mbfn_config(cfg):
+def add_mbfn_config(cfg: CN) -> CN:
     """Add the ``MODEL.MBFN`` keys to ``cfg`` in place (idempotent) and return it."""
     if cfg.is_frozen():
         cfg.defrost()
@@ -116,7 +116,7 @@ def add_mbfn_config(cfg):
     return cfg
 
 
-def validate_mbfn_config(cfg):
+def validate_mbfn_config(cfg: CN) -> None:
     """Check every ``MODEL.MBFN`` value.
 
     Raises:

@@ -1,10 +1,13 @@
 """MBFN: the improved multi-branch feature fusion network for vehicle re-identification."""
 
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
 import torch
-from fastreid.config import configurable
+from fastreid.config import CfgNode, configurable
 from fastreid.modeling.losses import cross_entropy_loss, log_accuracy
 from ..losses.triplet import triplet_loss  # FastReID's, over every DDP rank's embeddings
 from fastreid.modeling.meta_arch import META_ARCH_REGISTRY
+from torch import nn
 
 from ..layers import ChannelAttention
 from ..modeling.base import PluginMetaArch, build_backbone
@@ -17,7 +20,7 @@ __all__ = ["MBFN", "mbfn_part_weights"]
 BRANCHES = ("global", "local1", "local2")
 
 
-def mbfn_part_weights(cfg):
+def mbfn_part_weights(cfg: CfgNode) -> Optional[List[float]]:
     """Local Branch 2's part weights from ``MODEL.MBFN.WEIGHTS`` (None when disabled).
 
     ``WEIGHTS.VALUES`` if given, else alpha for the first and last part and beta for the parts in
@@ -89,9 +92,12 @@ class MBFN(PluginMetaArch):
     """
 
     @configurable
-    def __init__(self, *, trunk, global_branch, local1, local2, pixel_mean, pixel_std,
-                 gather_losses=True, lam=0.1, ce_reduction="sum", triplet_on_parts=True,
-                 ce_kwargs=None, tri_kwargs=None):
+    def __init__(self, *, trunk: nn.Module, global_branch: Optional[PartBranch],
+                 local1: Optional[PartBranch], local2: Optional[PartBranch],
+                 pixel_mean: Sequence[float], pixel_std: Sequence[float],
+                 gather_losses: bool = True, lam: float = 0.1, ce_reduction: str = "sum",
+                 triplet_on_parts: bool = True, ce_kwargs: Optional[Dict[str, float]] = None,
+                 tri_kwargs: Optional[Dict[str, Any]] = None) -> None:
         super().__init__(pixel_mean, pixel_std, gather_losses)
         if global_branch is None and local1 is None and local2 is None:
             raise ValueError("MBFN needs at least one branch")
@@ -107,7 +113,7 @@ class MBFN(PluginMetaArch):
                                or {"margin": 1.2, "norm_feat": False, "hard_mining": True})
 
     @classmethod
-    def from_config(cls, cfg):
+    def from_config(cls, cfg: CfgNode) -> Dict[str, Any]:
         validate_mbfn_config(cfg)
         m = cfg.MODEL.MBFN
         # branch copies are deep copies of the built backbone: they carry its loaded weights
@@ -145,7 +151,7 @@ class MBFN(PluginMetaArch):
                            "hard_mining": L.TRI.HARD_MINING},
         }
 
-    def branches(self):
+    def branches(self) -> List[Tuple[str, PartBranch]]:
         """``[(name, PartBranch)]`` of the branches that are switched on, in descriptor order."""
         out = [(n, getattr(self, a))
                for n, a in zip(BRANCHES, ("global_branch", "local1", "local2"))]
@@ -156,12 +162,14 @@ class MBFN(PluginMetaArch):
         """D of the test descriptor (all branches)."""
         return sum(b.out_dim for _, b in self.branches())
 
-    def branch_outputs(self, images, targets=None):
+    def branch_outputs(self, images: torch.Tensor, targets: Optional[torch.Tensor] = None
+                       ) -> Dict[str, Dict[str, Any]]:
         """Training-mode outputs ``{name: PartBranch output}`` for normalised ``images``."""
         x = self.trunk(images)
         return {n: b(x, targets) for n, b in self.branches()}
 
-    def forward(self, batched_inputs):
+    def forward(self, batched_inputs: Union[Dict[str, Any], torch.Tensor]
+                ) -> Union[Dict[str, torch.Tensor], torch.Tensor]:
         images = self.preprocess_image(batched_inputs)
         if self.training:
             targets = self.targets(batched_inputs)
@@ -169,7 +177,8 @@ class MBFN(PluginMetaArch):
         x = self.trunk(images)
         return torch.cat([b(x) for _, b in self.branches()], 1)
 
-    def losses(self, outputs, targets):
+    def losses(self, outputs: Dict[str, Dict[str, Any]],
+               targets: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Eq. 3: ``L_softmax + lambda * L_triplet``, as separate logged terms.
 
         Returns:

@@ -55,7 +55,7 @@ MAX_STRIPES = 8
 #: also holds the paper's numbers of every row.
 ABLATIONS = {k: list(r.overrides) for k, r in _legacy_rows("mfgnet")}
 
-def add_mfgnet_config(cfg):
+def add_mfgnet_config(cfg: CN) -> CN:
     """Add the ``MODEL.MFGNET`` keys to ``cfg`` in place (idempotent) and return it."""
     if cfg.is_frozen():
         cfg.defrost()
@@ -83,7 +83,7 @@ def add_mfgnet_config(cfg):
     return cfg
 
 
-def validate_mfgnet_config(cfg):
+def validate_mfgnet_config(cfg: CN) -> None:
     """Check every ``MODEL.MFGNET`` value.
 
     Raises:

@@ -1,10 +1,13 @@
 """MFG-Net: multiple fine-grained feature network for vehicle re-identification."""
 
+from typing import Any, Dict, Optional, Sequence, Union
+
 import torch
-from fastreid.config import configurable
+from fastreid.config import CfgNode, configurable
 from fastreid.modeling.losses import cross_entropy_loss, log_accuracy
 from ..losses.triplet import triplet_loss  # FastReID's, over every DDP rank's embeddings
 from fastreid.modeling.meta_arch import META_ARCH_REGISTRY
+from torch import nn
 
 from ..layers import ChannelAttention
 from ..modeling.base import PluginMetaArch, build_backbone
@@ -60,9 +63,12 @@ class MFGNet(PluginMetaArch):
     """
 
     @configurable
-    def __init__(self, *, trunk, global_branch, local_branch, pixel_mean, pixel_std,
-                 gather_losses=True, alpha=1.0, beta=0.1, use_triplet=True, ce_reduction="sum",
-                 ce_kwargs=None, tri_kwargs=None):
+    def __init__(self, *, trunk: nn.Module, global_branch: PartBranch,
+                 local_branch: Optional[PartBranch], pixel_mean: Sequence[float],
+                 pixel_std: Sequence[float], gather_losses: bool = True, alpha: float = 1.0,
+                 beta: float = 0.1, use_triplet: bool = True, ce_reduction: str = "sum",
+                 ce_kwargs: Optional[Dict[str, float]] = None,
+                 tri_kwargs: Optional[Dict[str, Any]] = None) -> None:
         super().__init__(pixel_mean, pixel_std, gather_losses)
         self.trunk = trunk
         self.global_branch = global_branch
@@ -76,7 +82,7 @@ class MFGNet(PluginMetaArch):
                                or {"margin": 0.3, "norm_feat": False, "hard_mining": True})
 
     @classmethod
-    def from_config(cls, cfg):
+    def from_config(cls, cfg: CfgNode) -> Dict[str, Any]:
         validate_mfgnet_config(cfg)
         m = cfg.MODEL.MFGNET
         # branch copies are deep copies of the built backbone: they carry its loaded weights
@@ -119,7 +125,8 @@ class MFGNet(PluginMetaArch):
         d = self.global_branch.out_dim
         return d + (self.local_branch.out_dim if self.local_branch is not None else 0)
 
-    def branch_outputs(self, images, targets=None):
+    def branch_outputs(self, images: torch.Tensor, targets: Optional[torch.Tensor] = None
+                       ) -> Dict[str, Optional[Dict[str, Any]]]:
         """Training-mode head outputs of every branch for normalised ``images``.
 
         Returns:
@@ -129,7 +136,8 @@ class MFGNet(PluginMetaArch):
         return {"global": self.global_branch(x, targets),
                 "local": self.local_branch(x, targets) if self.local_branch is not None else None}
 
-    def forward(self, batched_inputs):
+    def forward(self, batched_inputs: Union[Dict[str, Any], torch.Tensor]
+                ) -> Union[Dict[str, torch.Tensor], torch.Tensor]:
         images = self.preprocess_image(batched_inputs)
         if self.training:
             targets = self.targets(batched_inputs)
@@ -140,7 +148,8 @@ class MFGNet(PluginMetaArch):
             feats.append(self.local_branch(x))
         return torch.cat(feats, 1)
 
-    def losses(self, outputs, targets):
+    def losses(self, outputs: Dict[str, Optional[Dict[str, Any]]],
+               targets: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Eq. 3: ``alpha * L_softmax + beta * L_triplet`` as separate logged terms.
 
         Args:

@@ -1,6 +1,9 @@
 """Common base of the plugins' meta-architectures."""
 
+from typing import Any, Dict, Sequence, Union
+
 import torch
+from fastreid.config import CfgNode
 from torch import nn
 from fastreid.modeling.backbones import build_backbone as _fastreid_build_backbone
 
@@ -9,7 +12,8 @@ from ..config import require_plugins_config
 __all__ = ["PluginMetaArch", "build_backbone", "loss_kwargs_from_cfg", "state_dict_mismatch"]
 
 
-def state_dict_mismatch(own, state, what="model", limit=30):
+def state_dict_mismatch(own: Dict[str, Any], state: Dict[str, Any], what: str = "model",
+                        limit: int = 30) -> str:
     """Describe how a checkpoint's state dict differs from a module's, for an error message.
 
     Args:
@@ -36,7 +40,7 @@ def state_dict_mismatch(own, state, what="model", limit=30):
             + fmt("shape mismatch", shapes))
 
 
-def build_backbone(cfg):
+def build_backbone(cfg: CfgNode) -> nn.Module:
     """FastReID's ``build_backbone``; ResNet / ResNeXt weights come from
     :mod:`fastreid_plugins.modeling.pretrained` (``PRETRAIN_PATH`` -> torch.hub cache -> download,
     strict loading), which :mod:`fastreid_plugins.patches.backbones` registers under FastReID's
@@ -50,7 +54,7 @@ def build_backbone(cfg):
     return _fastreid_build_backbone(cfg)
 
 
-def loss_kwargs_from_cfg(cfg):
+def loss_kwargs_from_cfg(cfg: CfgNode) -> Dict[str, Any]:
     """FastReID's CE / triplet loss settings as a dict (``MODEL.LOSSES``)."""
     L = cfg.MODEL.LOSSES
     return {
@@ -76,7 +80,8 @@ class PluginMetaArch(nn.Module):
     :mod:`fastreid_plugins.distributed.gather`). No effect without a multi-rank process group.
     """
 
-    def __init__(self, pixel_mean, pixel_std, gather_losses=True):
+    def __init__(self, pixel_mean: Sequence[float], pixel_std: Sequence[float],
+                 gather_losses: bool = True) -> None:
         super().__init__()
         self.gather_losses = bool(gather_losses)
         self.register_buffer("pixel_mean",
@@ -85,7 +90,7 @@ class PluginMetaArch(nn.Module):
                              torch.tensor(pixel_std, dtype=torch.float32).view(1, -1, 1, 1), False)
 
     @classmethod
-    def base_kwargs(cls, cfg):
+    def base_kwargs(cls, cfg: CfgNode) -> Dict[str, Any]:
         """The base's ``__init__`` arguments from ``cfg`` (for a subclass's ``from_config``):
         ``MODEL.PIXEL_MEAN`` / ``PIXEL_STD`` and ``DIST.GATHER_LOSSES``.
 
@@ -101,7 +106,8 @@ class PluginMetaArch(nn.Module):
     def device(self):
         return self.pixel_mean.device
 
-    def preprocess_image(self, batched_inputs):
+    def preprocess_image(self, batched_inputs: Union[Dict[str, Any], torch.Tensor]
+                         ) -> torch.Tensor:
         """(B, 3, H, W) images in [0, 255] -> normalised float tensor on the model's device.
 
         Raises:
@@ -124,7 +130,7 @@ class PluginMetaArch(nn.Module):
         images = images.to(self.device, torch.float32)
         return (images - self.pixel_mean) / self.pixel_std
 
-    def targets(self, batched_inputs):
+    def targets(self, batched_inputs: Union[Dict[str, Any], torch.Tensor]) -> torch.Tensor:
         """The (B,) int64 identity labels of a training batch.
 
         Raises:

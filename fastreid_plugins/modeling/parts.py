@@ -16,11 +16,13 @@
   optional parts (optionally weighted).
 """
 
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import copy
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from fastreid.config import CfgNode
 from fastreid.layers import any_softmax, get_norm, pooling
 from fastreid.layers.weight_init import weights_init_kaiming
 
@@ -43,7 +45,7 @@ DIRECTIONS = ("horizontal", "vertical")
 _RESNET_PARTS = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
 
 
-def part_bounds(size, num_parts):
+def part_bounds(size: int, num_parts: int) -> List[Tuple[int, int]]:
     """Row (or column) ranges of ``num_parts`` parts of a length-``size`` axis.
 
     Same semantics as ``torch.tensor_split(x, num_parts, dim)``: when ``size`` is not divisible, the
@@ -75,7 +77,8 @@ def part_bounds(size, num_parts):
     return bounds
 
 
-def split_parts(x, num_parts, direction="horizontal"):
+def split_parts(x: torch.Tensor, num_parts: int,
+                direction: str = "horizontal") -> List[torch.Tensor]:
     """Split a feature map into horizontal stripes or vertical columns.
 
     Horizontal: part ``i`` is ``x[:, :, a_i:b_i, :]`` (an (h_i x W) stripe, top to bottom, as in
@@ -121,7 +124,8 @@ def _check_resnet(backbone, cfg_hint="MODEL.BACKBONE.NAME"):
             "(use build_resnet_backbone, build_resnext_backbone or another ResNet variant)")
 
 
-def split_backbone(backbone, split_at="layer3.1"):
+def split_backbone(backbone: nn.Module,
+                   split_at: str = "layer3.1") -> Tuple[nn.Sequential, nn.Sequential]:
     """Split a FastReID ResNet into a shared trunk and a per-branch stage template.
 
     Reference:
@@ -162,7 +166,7 @@ def split_backbone(backbone, split_at="layer3.1"):
     return trunk, stage
 
 
-def copy_stage(stage, stride_one=False):
+def copy_stage(stage: nn.Sequential, stride_one: bool = False) -> nn.Sequential:
     """An independent deep copy of a branch stage (weights copied, never shared).
 
     Args:
@@ -185,7 +189,7 @@ def copy_stage(stage, stride_one=False):
 
 
 @torch.no_grad()
-def stage_out_channels(trunk, stage, in_channels=3):
+def stage_out_channels(trunk: nn.Module, stage: nn.Module, in_channels: int = 3) -> int:
     """Number of output channels of ``stage(trunk(x))`` (a tiny eval-mode forward; no state
     changes)."""
     modes = [(m, m.training) for m in (trunk, stage)]
@@ -200,7 +204,7 @@ def stage_out_channels(trunk, stage, in_channels=3):
     return int(y.shape[1])
 
 
-def has_event_storage():
+def has_event_storage() -> bool:
     """True inside FastReID's ``EventStorage`` context (the trainer), where ``log_accuracy``
     works."""
     return upstream.event_storage_active()
@@ -227,7 +231,7 @@ class ReduceConv(nn.Sequential):
         (B, C, H, W) -> (B, C_r, H, W)
     """
 
-    def __init__(self, in_channels, out_channels, norm="BN"):
+    def __init__(self, in_channels: int, out_channels: int, norm: str = "BN") -> None:
         super().__init__(nn.Conv2d(in_channels, out_channels, 1, bias=False),
                          get_norm(norm, out_channels), nn.ReLU(inplace=True))
         for m in self:  # not self.apply: FastReID's init matches "Conv" in this class's own name
@@ -273,9 +277,10 @@ class PartHead(nn.Module):
             in).
     """
 
-    def __init__(self, in_channels, num_classes, embed_dim=0, pool_type="GlobalAvgPool",
-                 cls_type="Linear", scale=1.0, margin=0.0, norm="BN", with_bnneck=True,
-                 neck_feat="before"):
+    def __init__(self, in_channels: int, num_classes: int, embed_dim: int = 0,
+                 pool_type: str = "GlobalAvgPool", cls_type: str = "Linear", scale: float = 1.0,
+                 margin: float = 0.0, norm: str = "BN", with_bnneck: bool = True,
+                 neck_feat: str = "before") -> None:
         super().__init__()
         if not hasattr(pooling, pool_type):
             raise ValueError(f"MODEL.HEADS.POOL_LAYER={pool_type!r} is not a FastReID pooling "
@@ -303,14 +308,15 @@ class PartHead(nn.Module):
             nn.init.normal_(self.weight, std=0.01)
 
     @classmethod
-    def from_cfg(cls, cfg, in_channels, embed_dim=0):
+    def from_cfg(cls, cfg: CfgNode, in_channels: int, embed_dim: int = 0) -> "PartHead":
         """Build with the classifier/BNNeck settings of ``cfg.MODEL.HEADS``."""
         h = cfg.MODEL.HEADS
         return cls(in_channels, h.NUM_CLASSES, embed_dim, pool_type=h.POOL_LAYER,
                    cls_type=h.CLS_LAYER, scale=h.SCALE, margin=h.MARGIN, norm=h.NORM,
                    with_bnneck=h.WITH_BNNECK, neck_feat=h.NECK_FEAT)
 
-    def forward(self, x, targets=None):
+    def forward(self, x: torch.Tensor, targets: Optional[torch.Tensor] = None
+                ) -> Union[torch.Tensor, Dict[str, torch.Tensor]]:
         f = self.embed(self.pool(x))
         n = self.bnneck(f)[..., 0, 0]
         if not self.training:
@@ -331,7 +337,7 @@ class PartHead(nn.Module):
         }
 
 
-def edge_middle_weights(num_parts, alpha, beta):
+def edge_middle_weights(num_parts: int, alpha: float, beta: float) -> List[float]:
     """Part weights: ``alpha`` for the first and last part, ``beta`` for every part in between.
 
     MBFN's Local Branch 2 weights its top and bottom parts by alpha = 0.3 and its middle part by
@@ -384,8 +390,11 @@ class PartBranch(nn.Module):
             unknown ``weight_at`` / ``part_fusion``.
     """
 
-    def __init__(self, stage, cam=None, reduce=None, global_head=None, part_heads=(),
-                 direction="horizontal", part_weights=None, weight_at="both", part_fusion="concat"):
+    def __init__(self, stage: nn.Module, cam: Optional[nn.Module] = None,
+                 reduce: Optional[nn.Module] = None, global_head: Optional[PartHead] = None,
+                 part_heads: Sequence[PartHead] = (), direction: str = "horizontal",
+                 part_weights: Optional[Sequence[float]] = None, weight_at: str = "both",
+                 part_fusion: str = "concat") -> None:
         super().__init__()
         if global_head is None and len(part_heads) == 0:
             raise ValueError("a branch needs a global head or at least one part")
@@ -425,7 +434,7 @@ class PartBranch(nn.Module):
             d += pd[0] if self.part_fusion == "sum" else sum(pd)
         return d
 
-    def fuse_parts(self, feats, weighted):
+    def fuse_parts(self, feats: List[torch.Tensor], weighted: bool) -> torch.Tensor:
         """Weight (if ``weighted`` and weights exist) and fuse a list of (B, D_i) part features."""
         if weighted and self.part_weights is not None:
             feats = [f * w for f, w in zip(feats, self.part_weights)]
@@ -433,11 +442,12 @@ class PartBranch(nn.Module):
             return torch.stack(feats, 0).sum(0)
         return torch.cat(feats, 1)
 
-    def feature_map(self, x):
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C_in, H, W) trunk features -> (B, C, h, w) branch map (after the CAM if any)."""
         return self.cam(self.stage(x))
 
-    def forward(self, x, targets=None):
+    def forward(self, x: torch.Tensor, targets: Optional[torch.Tensor] = None
+                ) -> Union[torch.Tensor, Dict[str, Any]]:
         y = self.feature_map(x)
         parts = split_parts(y, self.num_parts, self.direction) if self.num_parts else []
         if self.training:

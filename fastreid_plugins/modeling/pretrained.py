@@ -42,6 +42,9 @@ backbone (FastReID's ``Baseline``, and the plugins' MFG-Net / MBFN / SVRN / CLIP
 branch copies are deep copies of the loaded backbone) gets its weights here.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Dict, Mapping, Optional, Sequence, Union
 import importlib
 import logging
 import os
@@ -54,6 +57,10 @@ from ..checkpoint import load_checkpoint_file
 from ..config import PLUGIN_DEFAULTS
 from ..errors import WeightsMismatchError, WeightsNotAvailableError
 from ..patches.base import ORIGINALS
+
+if TYPE_CHECKING:
+    from fastreid.config import CfgNode
+    from torch import nn
 
 __all__ = ["OFFLINE_ENV_VARS", "IBN_LAYOUTS", "WeightsNotAvailableError", "WeightsMismatchError",
            "is_offline", "hub_cache_dir", "fastreid_cache_dir", "url_filename", "hash_prefix",
@@ -107,7 +114,7 @@ NEW_LAYER_PREFIXES = ("NL_1.", "NL_2.", "NL_3.", "NL_4.")
 # --------------------------------------------------------------------------------------------
 # Where the file comes from
 # --------------------------------------------------------------------------------------------
-def is_offline():
+def is_offline() -> bool:
     """True when ``FASTREID_PLUGINS_OFFLINE`` or ``HF_HUB_OFFLINE`` is "1"/"true"/"yes"/"on".
 
     Offline, nothing is downloaded (no socket is opened): weights come from local files and caches
@@ -121,12 +128,12 @@ def _offline_reason():
     return " and ".join(f"{v}={os.environ[v]}" for v in on)
 
 
-def hub_cache_dir():
+def hub_cache_dir() -> str:
     """torch.hub's checkpoint folder, ``$TORCH_HOME/hub/checkpoints`` (where downloads go)."""
     return os.path.join(torch.hub.get_dir(), "checkpoints")
 
 
-def fastreid_cache_dir():
+def fastreid_cache_dir() -> str:
     """FastReID 1.4.0's own download folder, ``$TORCH_HOME/checkpoints`` (read, never written)."""
     home = os.getenv("TORCH_HOME",
                      os.path.join(os.getenv("XDG_CACHE_HOME", os.path.join("~", ".cache")),
@@ -134,12 +141,12 @@ def fastreid_cache_dir():
     return os.path.join(os.path.expanduser(home), "checkpoints")
 
 
-def url_filename(url):
+def url_filename(url: str) -> str:
     """File name of a URL (``.../resnet50-19c8e357.pth`` -> ``resnet50-19c8e357.pth``)."""
     return os.path.basename(urlparse(url).path)
 
 
-def hash_prefix(filename):
+def hash_prefix(filename: str) -> Optional[str]:
     """The SHA-256 prefix torch.hub reads from a file name (``name-<hex>.ext``), or None."""
     m = torch.hub.HASH_REGEX.search(filename)
     return m.group(1) if m and m.group(1) else None
@@ -152,8 +159,8 @@ def _how_to_get(url, config_key, cache):
             f"{config_key.rsplit('.', 1)[0]}.PRETRAIN False to start from random weights.")
 
 
-def resolve_weights_file(url, path="", *, config_key=CONFIG_KEY, what="ImageNet weights",
-                         progress=True):
+def resolve_weights_file(url: Optional[str], path: str = "", *, config_key: str = CONFIG_KEY,
+                         what: str = "ImageNet weights", progress: bool = True) -> str:
     """Path of the pretrained weights: ``path``, else a cached copy of ``url``, else a download.
 
     Args:
@@ -220,8 +227,8 @@ def _find_cached(name):
     return None
 
 
-def download_weights(url, cache=None, *, progress=True, config_key=CONFIG_KEY,
-                     what="ImageNet weights"):
+def download_weights(url: str, cache: Optional[str] = None, *, progress: bool = True,
+                     config_key: str = CONFIG_KEY, what: str = "ImageNet weights") -> str:
     """Download ``url`` into ``cache`` (default :func:`hub_cache_dir`) with torch.hub's downloader.
 
     The SHA-256 of the download must start with the hash prefix in the file name (when the name
@@ -281,7 +288,7 @@ def download_weights(url, cache=None, *, progress=True, config_key=CONFIG_KEY,
 # --------------------------------------------------------------------------------------------
 # How it loads
 # --------------------------------------------------------------------------------------------
-def read_weights(path):
+def read_weights(path: str) -> Dict[str, torch.Tensor]:
     """The state dict of a weights file (containers unwrapped, wrapper prefixes stripped).
 
     Reads with ``torch.load(weights_only=True)``
@@ -323,7 +330,7 @@ _DEPTHS = {((2, 2, 2, 2), False): 18, ((3, 4, 6, 3), False): 34, ((3, 4, 6, 3), 
            ((3, 4, 23, 3), True): 101, ((3, 8, 36, 3), True): 152}
 
 
-def describe_resnet(shapes):
+def describe_resnet(shapes: Mapping[str, Union[torch.Tensor, Sequence[int]]]) -> str:
     """Name the ResNet-family architecture a state dict holds, from its keys and shapes.
 
     Args:
@@ -379,7 +386,8 @@ def _layout_hint(missing, unexpected):
     return ""
 
 
-def load_backbone_weights(model, path, *, config_key=CONFIG_KEY, drop=CLASSIFIER_PREFIXES):
+def load_backbone_weights(model: nn.Module, path: str, *, config_key: str = CONFIG_KEY,
+                          drop: Sequence[str] = CLASSIFIER_PREFIXES) -> int:
     """Load a pretrained backbone file into ``model`` strictly (every backbone tensor from the
     file).
 
@@ -460,7 +468,7 @@ def _arch_key(cfg):
     return ("se_" if bb.WITH_SE else "") + key, resnet
 
 
-def published_url(cfg):
+def published_url(cfg: CfgNode) -> str:
     """The URL FastReID names for the ImageNet weights of ``cfg.MODEL.BACKBONE`` ("" if none)."""
     key, mod = _arch_key(cfg)
     return getattr(mod, "model_urls", {}).get(key, "")
@@ -472,7 +480,7 @@ def _what(cfg):
             + (f", WITH_SE {bb.WITH_SE}" if bb.NAME == "build_resnet_backbone" else "") + ")")
 
 
-def apply_ibn_layout(model, cfg):
+def apply_ibn_layout(model: nn.Module, cfg: CfgNode) -> nn.Module:
     """Give a FastReID ResNeXt-IBN IBN-Net's layout: plain BN as ``bn1`` in every ``layer4`` block.
 
     Reference:
@@ -527,7 +535,7 @@ def _upstream_builder(module_name, name):
     return getattr(importlib.import_module(module_name), name)
 
 
-def build_resnet_backbone(cfg):
+def build_resnet_backbone(cfg: CfgNode) -> nn.Module:
     """FastReID's ``build_resnet_backbone`` with weights from :func:`resolve_weights_file`, loaded
     strictly by :func:`load_backbone_weights`.
 
@@ -541,7 +549,7 @@ def build_resnet_backbone(cfg):
                   cfg, resnext=False)
 
 
-def build_resnext_backbone(cfg):
+def build_resnext_backbone(cfg: CfgNode) -> nn.Module:
     """FastReID's ``build_resnext_backbone`` with IBN-Net's IBN layout (:func:`apply_ibn_layout`)
     and weights from :func:`resolve_weights_file`, loaded strictly by :func:`load_backbone_weights`.
 

@@ -12,6 +12,7 @@ command): each row runs as a subprocess of ``projects/<Name>/train_net.py``.
 
 from __future__ import annotations
 
+from typing import Any, Callable, Optional, Sequence
 import argparse
 import os
 import shlex
@@ -32,7 +33,7 @@ def _numbers(row):
     return "; ".join(parts) if parts else "none"
 
 
-def cmd_list(args, out=print):
+def cmd_list(args: argparse.Namespace, out: Callable[[str], Any] = print) -> int:
     if args.method is None:
         for m in METHODS:
             out(f"{m}  ({PROJECTS[m][1]}, projects/{PROJECTS[m][0]})")
@@ -72,7 +73,7 @@ def cmd_list(args, out=print):
     return 0
 
 
-def cmd_run(args, out=print):
+def cmd_run(args: argparse.Namespace, out: Callable[[str], Any] = print) -> int:
     from .runner import plan, read_row_state, run_rows, slots, build_command
 
     gpus = [g for g in (args.gpus or "").split(",") if g.strip()]
@@ -107,7 +108,7 @@ def cmd_run(args, out=print):
     return 1 if failed else 0
 
 
-def cmd_report(args, out=print):
+def cmd_report(args: argparse.Namespace, out: Callable[[str], Any] = print) -> int:
     from .report import write_report
     from .runner import repo_root
 
@@ -120,7 +121,7 @@ def cmd_report(args, out=print):
     return 0
 
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m fastreid_plugins.reproduce",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("--debug", action="store_true", help="full tracebacks for user errors")
@@ -158,7 +159,7 @@ def _sigterm(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def main(argv=None):
+def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if args.command == "run":

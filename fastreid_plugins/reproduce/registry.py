@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field, replace
-from typing import Dict, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
 from ..errors import ConfigError
 
@@ -94,7 +94,7 @@ class Row:
         """True when the row (or its whole table) is our reconstruction, not the paper's."""
         return self.row.endswith("-ours") or self.table.endswith("-ours")
 
-    def numbers(self):
+    def numbers(self) -> List[Tuple[str, str, float]]:
         """``[(dataset, metric, value)]`` of every number stored for the row (not None)."""
         return [(d, m, v) for d, ms in self.paper.items() for m, v in ms.items() if v is not None]
 
@@ -139,7 +139,7 @@ class Table:
     def base_config(self):
         return next(iter(self.configs.values()))
 
-    def row(self, row_id):
+    def row(self, row_id: str) -> Row:
         for r in self.rows:
             if r.row == row_id:
                 return r
@@ -147,7 +147,7 @@ class Table:
             f"unknown row {row_id!r} of {self.key}; known: {[r.row for r in self.rows]}")
 
 
-def with_text(table, row_id, sentence, *deltas, note=""):
+def with_text(table: Table, row_id: str, sentence: str, *deltas: Delta, note: str = "") -> Table:
     """``table`` with one more sentence of the paper's text about row ``row_id``: the sentence
     joins the row's evidence and ``deltas`` (``Delta(other, dataset, metric, value)``: ``row -
     other = value`` as the sentence prints it) its deltas; ``note`` is appended to its note."""
@@ -170,7 +170,7 @@ def _check_method(method):
         raise UnknownAblationError(f"unknown method {method!r}; known: {list(METHODS)}")
 
 
-def tables(method):
+def tables(method: str) -> Tuple[Table, ...]:
     """Every :class:`Table` of ``method`` (``mfgnet``, ``mbfn``, ``svrn``, ``clip_senet``)."""
     _check_method(method)
     if method not in _CACHE:
@@ -189,7 +189,7 @@ def tables(method):
     return _CACHE[method]
 
 
-def get_table(method, table):
+def get_table(method: str, table: str) -> Table:
     """The :class:`Table` ``table`` of ``method``.
 
     Raises:
@@ -202,7 +202,7 @@ def get_table(method, table):
                                f"{[t.table for t in tables(method)]}")
 
 
-def get_row(key):
+def get_row(key: str) -> Row:
     """The :class:`Row` of ``"<method>/<table>/<row>"``."""
     parts = key.split("/", 2)
     if len(parts) != 3:
@@ -211,7 +211,7 @@ def get_row(key):
     return get_table(parts[0], parts[1]).row(parts[2])
 
 
-def rows(method, table, selected=None):
+def rows(method: str, table: str, selected: Optional[Iterable[str]] = None) -> List[Row]:
     """The rows of one table, all or those named in ``selected`` (in the table's order)."""
     t = get_table(method, table)
     if not selected:
@@ -221,7 +221,7 @@ def rows(method, table, selected=None):
     return [r for r in t.rows if r.row in set(selected)]
 
 
-def all_rows(method=None):
+def all_rows(method: Optional[str] = None) -> List[Row]:
     """Every row of every table (of ``method``, or of all four methods)."""
     out = []
     for m in ([method] if method else METHODS):
@@ -230,7 +230,7 @@ def all_rows(method=None):
     return out
 
 
-def legacy_rows(method):
+def legacy_rows(method: str) -> List[Tuple[str, Row]]:
     """``[(legacy key, Row)]`` of ``method``'s rows that have a ``config.ABLATIONS`` key, in the
     registry's order."""
     return [(r.legacy, r) for r in all_rows(method) if r.legacy]

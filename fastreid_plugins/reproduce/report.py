@@ -3,6 +3,7 @@ numbers (ours, the paper's, ours - paper, per metric); rows not run or failed ar
 
 from __future__ import annotations
 
+from typing import Any, Dict, List, Optional, Tuple
 import csv
 import os
 
@@ -21,7 +22,8 @@ def _fmt(v, sign=False):
     return f"{v:+.1f}" if sign else f"{v:.1f}"
 
 
-def gather(method, table, output_root, dataset=None):
+def gather(method: str, table: str, output_root: str,
+           dataset: Optional[str] = None) -> Tuple[str, List[str], List[Dict[str, Any]]]:
     """``(dataset, metrics, entries)``: one entry per row of the table with its state (``done``,
     ``failed: <error>``, ``not run``, ``running``, ``interrupted``), our metrics on ``dataset``
     and the paper's.
@@ -58,7 +60,7 @@ def gather(method, table, output_root, dataset=None):
     return dataset, metrics, entries
 
 
-def markdown(method, table, output_root, dataset=None):
+def markdown(method: str, table: str, output_root: str, dataset: Optional[str] = None) -> str:
     dataset, metrics, entries = gather(method, table, output_root, dataset)
     t = get_table(method, table)
     head = ["row", "paper's label", "state"]
@@ -85,7 +87,8 @@ def markdown(method, table, output_root, dataset=None):
     return "\n".join(lines) + "\n"
 
 
-def write_csv(path, method, table, output_root, dataset=None):
+def write_csv(path: str, method: str, table: str, output_root: str,
+              dataset: Optional[str] = None) -> str:
     dataset, metrics, entries = gather(method, table, output_root, dataset)
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
@@ -101,7 +104,8 @@ def write_csv(path, method, table, output_root, dataset=None):
     return path
 
 
-def write_chart(path, method, table, output_root, dataset=None):
+def write_chart(path: str, method: str, table: str, output_root: str,
+                dataset: Optional[str] = None) -> str:
     """One bar group per row and metric: ours (filled) beside the paper's (hatched)."""
     import matplotlib
     matplotlib.use("Agg")
@@ -134,7 +138,8 @@ def write_chart(path, method, table, output_root, dataset=None):
     return path
 
 
-def write_report(method, table, output_root, dataset=None, chart=True):
+def write_report(method: str, table: str, output_root: str, dataset: Optional[str] = None,
+                 chart: bool = True) -> Tuple[str, List[str]]:
     """Write ``report.md``, ``report.csv`` (and ``report.png``) into the table's folder;
     returns ``(markdown text, [paths])``."""
     folder = os.path.join(output_root, method, table)

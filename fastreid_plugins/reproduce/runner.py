@@ -34,10 +34,10 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from ..errors import ConfigError
-from .registry import METRICS, PROJECTS, get_table, rows as table_rows
+from .registry import METRICS, PROJECTS, Row, get_table, rows as table_rows
 
 __all__ = ["RowJob", "plan", "run_rows", "slots", "subprocess_launcher", "repo_root",
            "row_dir", "read_row_state", "LOG_TAIL_LINES"]
@@ -46,7 +46,7 @@ LOG_TAIL_LINES = 40
 _ERROR_LINE = re.compile(r"^(Error: .*|[A-Za-z_.]*(Error|Exception|Interrupt)\b.*)$")
 
 
-def repo_root():
+def repo_root() -> str:
     """The source checkout holding ``projects/`` and ``configs/`` (this package's parent folder,
     else the current directory)."""
     here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -57,7 +57,7 @@ def repo_root():
                       "a source checkout of fastreid-plugins or pass --repo DIR")
 
 
-def row_dir(output_root, row):
+def row_dir(output_root: str, row: Row) -> str:
     return os.path.join(output_root, row.method, row.table, row.row)
 
 
@@ -77,7 +77,8 @@ class RowJob:
     status: str = "pending"
 
 
-def slots(gpus=None, gpus_per_row=1):
+def slots(gpus: Optional[Sequence[Union[str, int]]] = None,
+          gpus_per_row: int = 1) -> List[Optional[Tuple[str, ...]]]:
     """The GPU groups rows run on: ``[None]`` (one CPU slot: rows one after another) without
     ``gpus``, else ``gpus`` cut into groups of ``gpus_per_row``.
 
@@ -117,7 +118,9 @@ def _split_output_dir(opts):
     return kept, out
 
 
-def plan(method, table, selected=None, config_file=None, opts=(), output_root=None, repo=None):
+def plan(method: str, table: str, selected: Optional[Iterable[str]] = None,
+         config_file: Optional[str] = None, opts: Sequence[str] = (),
+         output_root: Optional[str] = None, repo: Optional[str] = None) -> List[RowJob]:
     """The :class:`RowJob` of every selected row of ``method``/``table``, in the table's order.
 
     The row's command is ``train_net.py --config-file BASE [--resume] <row overrides> <opts>
@@ -180,7 +183,7 @@ def _read_json(path):
         return None
 
 
-def read_row_state(out_dir):
+def read_row_state(out_dir: str) -> Tuple[Optional[Dict[str, Any]], Optional[Dict[str, Any]]]:
     """``(result or None, status or None)`` of a row folder."""
     return (_read_json(os.path.join(out_dir, "result.json")),
             _read_json(os.path.join(out_dir, "status.json")))
@@ -287,7 +290,9 @@ CHILDREN = _Children()
 STOP = threading.Event()
 
 
-def subprocess_launcher(cmd, env, log_path, timeout=None, cwd=None):
+def subprocess_launcher(cmd: Sequence[str], env: Dict[str, str], log_path: str,
+                        timeout: Optional[float] = None,
+                        cwd: Optional[str] = None) -> Union[int, str]:
     """Run ``cmd`` in its own session (process group), output appended to ``log_path``; returns
     its exit code (``"timeout"`` after ``timeout`` seconds, the whole group then killed)."""
     full_env = dict(os.environ, **env)
@@ -381,8 +386,12 @@ def run_one(job, slot, launcher=subprocess_launcher, timeout=None, python=None, 
     return job.status
 
 
-def run_rows(jobs, gpus=None, gpus_per_row=1, launcher=subprocess_launcher, timeout=None,
-             progress=True, python=None, repo=None, echo: Optional[Callable] = None):
+def run_rows(jobs: Sequence[RowJob], gpus: Optional[Sequence[Union[str, int]]] = None,
+             gpus_per_row: int = 1,
+             launcher: Callable[..., Union[int, str]] = subprocess_launcher,
+             timeout: Optional[float] = None, progress: bool = True,
+             python: Optional[str] = None, repo: Optional[str] = None,
+             echo: Optional[Callable[[str], Any]] = None) -> Dict[str, str]:
     """Run ``jobs`` on the slots of :func:`slots` (one after another without GPUs); a failing
     row is recorded and the others go on. Returns ``{row key: state}``."""
     STOP.clear()

@@ -26,6 +26,7 @@ from fastreid.config import CfgNode as CN
 from ..errors import ConfigError, MissingConfigError
 
 from collections import namedtuple
+from typing import List
 
 from ..reproduce.registry import legacy_rows as _legacy_rows
 
@@ -42,7 +43,7 @@ ROUNDINGS = ("floor", "round")
 EVAL_FEATS = ("gap", "gap_l2", "unified", "bn")
 
 
-def add_svrn_config(cfg):
+def add_svrn_config(cfg: CN) -> CN:
     """Add the SVRN keys under ``MODEL.SVRN`` (idempotent; nothing else is touched).
 
     Defaults follow the paper where it is explicit (T = 3, alpha = (0.2, 0.1) = Table IV
@@ -98,7 +99,7 @@ def add_svrn_config(cfg):
     return cfg
 
 
-def num_suppressed(alpha, cells, rounding="floor"):
+def num_suppressed(alpha: float, cells: int, rounding: str = "floor") -> int:
     """Number of cells Algorithm 1 suppresses: ``n = floor(alpha * cells)`` (or nearest, half up).
 
     Args:
@@ -119,7 +120,7 @@ def _err(key, value, expected):
     return ConfigError(f"MODEL.SVRN.{key}={value!r} is invalid: expected {expected}.")
 
 
-def validate_svrn_config(cfg):
+def validate_svrn_config(cfg: CN) -> None:
     """Validate ``MODEL.SVRN`` (and the backbone keys SVRN depends on).
 
     Raises:
@@ -235,7 +236,7 @@ def _legacy_ablation(row):
 #: also holds Table III's VehicleID / VERI-Wild columns and the ambiguous Table IV CMC@1s.
 ABLATIONS = {k: _legacy_ablation(r) for k, r in _legacy_rows("svrn")}
 
-def ablation_overrides(name):
+def ablation_overrides(name: str) -> List[str]:
     """The ``merge_from_list`` overrides of ablation ``name`` (a key of :data:`ABLATIONS`).
 
     Raises:

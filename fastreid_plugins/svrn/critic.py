@@ -24,15 +24,17 @@ Both normalise with the statistics of the unmasked forward (``stats``): the batc
 in training, the running ones in eval mode; no running statistic is updated.
 """
 
+from typing import Optional, Tuple, Union
+
 import torch
 import torch.nn.functional as F
 
-from .layers import check_grid
+from .layers import BlockStats, ClassificationBlock, check_grid
 
 __all__ = ["grid_critic", "minmax_normalise", "cell_masks"]
 
 
-def minmax_normalise(c, eps=1e-12):
+def minmax_normalise(c: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     """Per-image min-max normalisation of (B, ...) scores to [0, 1] (Eq. 3).
 
     An image whose scores are all equal gets all zeros.
@@ -43,7 +45,8 @@ def minmax_normalise(c, eps=1e-12):
     return ((flat - lo) / (hi - lo).clamp_min(eps)).view_as(c)
 
 
-def cell_masks(grid, h, w, device=None, dtype=torch.float32):
+def cell_masks(grid: int, h: int, w: int, device: Optional[Union[str, torch.device]] = None,
+               dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """The G^2 single-cell masks: (G*G, 1, H, W), mask k is 0 on cell k (row-major), 1 elsewhere."""
     ch, cw = h // grid, w // grid
     eye = torch.eye(grid * grid, device=device, dtype=dtype).view(grid * grid, 1, grid, grid)
@@ -52,7 +55,9 @@ def cell_masks(grid, h, w, device=None, dtype=torch.float32):
 
 
 @torch.no_grad()
-def grid_critic(block, x, targets, grid=8, stats=None, reduced=None, mode="decomposed"):
+def grid_critic(block: ClassificationBlock, x: torch.Tensor, targets: torch.Tensor, grid: int = 8,
+                stats: Optional[BlockStats] = None, reduced: Optional[torch.Tensor] = None,
+                mode: str = "decomposed") -> Tuple[torch.Tensor, torch.Tensor]:
     """Masked-grid cross-entropies C_s and the reward target R_score (Eq. 2-3).
 
     Args:

@@ -7,6 +7,7 @@ Reference:
 """
 
 from collections import namedtuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -50,7 +51,7 @@ class SpatialInformationMining(nn.Module):
         (B, C, H, W) -> (B, C, H, W).
     """
 
-    def __init__(self, name="spatial", hidden=16, kernel=7):
+    def __init__(self, name: str = "spatial", hidden: int = 16, kernel: int = 7) -> None:
         super().__init__()
         self.name = name
         if name == "none":
@@ -65,12 +66,12 @@ class SpatialInformationMining(nn.Module):
         )
         self.body.apply(weights_init_kaiming)
 
-    def attention(self, x):
+    def attention(self, x: torch.Tensor) -> torch.Tensor:
         """The (B, 1, H, W) spatial map in (0, 1)."""
         pooled = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
         return torch.sigmoid(self.body(pooled))
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.body is None:
             return x
         a = self.attention(x)
@@ -103,7 +104,7 @@ class ClassificationBlock(nn.Module):
         actually used, detached).
     """
 
-    def __init__(self, in_channels, dim, num_classes):
+    def __init__(self, in_channels: int, dim: int, num_classes: int) -> None:
         super().__init__()
         self.reduce_conv = nn.Conv2d(in_channels, dim, 1, bias=False)
         self.reduce_bn = nn.BatchNorm2d(dim)
@@ -127,7 +128,8 @@ class ClassificationBlock(nn.Module):
             return bn(x), mean, var
         return bn(x), bn.running_mean, bn.running_var
 
-    def reduce(self, x, stats=None):
+    def reduce(self, x: torch.Tensor, stats: Optional[BlockStats] = None
+               ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Reduction layer only: (B, C, H, W) -> (B, D, H, W), plus the BN mean/var used."""
         y = self.reduce_conv(x)
         y, m, v = self._bn(self.reduce_bn, y, (0, 2, 3),
@@ -135,7 +137,8 @@ class ClassificationBlock(nn.Module):
                            None if stats is None else stats.red_var)
         return F.relu(y), m, v
 
-    def head(self, feat, stats=None):
+    def head(self, feat: torch.Tensor, stats: Optional[BlockStats] = None
+             ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """BNNeck + FC on a (N, D) GAP feature: returns (bn_feat, logits, mean, var)."""
         bn_feat, m, v = self._bn(self.neck, feat, (0,),
                                  None if stats is None else stats.neck_mean,
@@ -143,7 +146,7 @@ class ClassificationBlock(nn.Module):
         return bn_feat, self.classifier(bn_feat), m, v
 
     @torch.no_grad()
-    def current_stats(self, x):
+    def current_stats(self, x: torch.Tensor) -> BlockStats:
         """The :class:`BlockStats` a plain forward of ``x`` would normalise with (batch
         statistics in training, running ones in eval), without updating any running statistic."""
         if not self.training:
@@ -156,7 +159,7 @@ class ClassificationBlock(nn.Module):
         nv, nm = torch.var_mean(reduced.mean(dim=(2, 3)), dim=0, unbiased=False)
         return BlockStats(rm, rv, nm, nv)
 
-    def forward(self, x, stats=None):
+    def forward(self, x: torch.Tensor, stats: Optional[BlockStats] = None) -> Dict[str, Any]:
         reduced, rm, rv = self.reduce(x, stats)
         feat = reduced.mean(dim=(2, 3))
         bn_feat, logits, nm, nv = self.head(feat, stats)
@@ -178,14 +181,14 @@ class SalienceRanking(nn.Module):
         (B, C, H, W) with H, W divisible by G -> S_t (B, G, G).
     """
 
-    def __init__(self, in_channels, grid=8):
+    def __init__(self, in_channels: int, grid: int = 8) -> None:
         super().__init__()
         self.grid = grid
         self.conv = nn.Conv2d(in_channels, 1, 1)
         nn.init.normal_(self.conv.weight, 0, 0.01)
         nn.init.constant_(self.conv.bias, 0.0)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_grid(x, self.grid)
         pooled = F.adaptive_avg_pool2d(x, self.grid)
         return self.conv(pooled)[:, 0]
@@ -201,7 +204,7 @@ class UnifiedLayer(nn.Module):
         (N, D) -> (N, L).
     """
 
-    def __init__(self, in_dim, out_dim):
+    def __init__(self, in_dim: int, out_dim: int) -> None:
         super().__init__()
         self.body = nn.Sequential(nn.Linear(in_dim, out_dim, bias=False), nn.BatchNorm1d(out_dim),
                                   nn.ReLU(inplace=True), nn.Linear(out_dim, out_dim))
@@ -210,11 +213,11 @@ class UnifiedLayer(nn.Module):
             if isinstance(m, nn.Linear):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out")
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)
 
 
-def check_grid(x, grid):
+def check_grid(x: torch.Tensor, grid: int) -> None:
     """Raise ValueError unless the (B, C, H, W) map ``x`` splits into ``grid`` x ``grid`` cells."""
     h, w = x.shape[-2:]
     if h % grid or w % grid:

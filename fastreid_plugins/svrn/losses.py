@@ -25,14 +25,14 @@ from ..distributed.gather import gather_for_loss
 __all__ = ["reward_loss", "vcc_loss", "icc_loss", "dcc_loss", "pairwise_euclidean"]
 
 
-def pairwise_euclidean(x, y):
+def pairwise_euclidean(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """(N, L) x (M, L) -> (N, M) Euclidean distances (clamped at 1e-12 before the sqrt)."""
     x, y = x.float(), y.float()
     d2 = (x * x).sum(1, keepdim=True) + (y * y).sum(1)[None] - 2.0 * x @ y.t()
     return d2.clamp_min(1e-12).sqrt()
 
 
-def reward_loss(scores, r_score):
+def reward_loss(scores: torch.Tensor, r_score: torch.Tensor) -> torch.Tensor:
     """L_reward = |R_score - S_t|^2, averaged over the G x G cells and the batch (Eq. 4).
 
     Args:
@@ -65,7 +65,8 @@ def _flatten(feats):
     return feats.reshape(t * b, -1), t, b
 
 
-def vcc_loss(feats, targets, margin=0.3, gather=True):
+def vcc_loss(feats: torch.Tensor, targets: torch.Tensor, margin: float = 0.3,
+             gather: bool = True) -> torch.Tensor:
     """Vehicle-level cross-space constraint L_vcc (Eq. 7-8).
 
     Batch-hard triplet over the pooled set of all T*B unified features: for each anchor
@@ -90,7 +91,7 @@ def vcc_loss(feats, targets, margin=0.3, gather=True):
     return _hard_triplet(dist, same & ~eye, ~same, margin)
 
 
-def icc_loss(feats, margin=0.15, gather=True):
+def icc_loss(feats: torch.Tensor, margin: float = 0.15, gather: bool = True) -> torch.Tensor:
     """Instance-level cross-space constraint L_icc (Eq. 9-10).
 
     For each anchor G_t^i the positive is the *farthest* feature of the same image at another
@@ -114,7 +115,7 @@ def icc_loss(feats, margin=0.15, gather=True):
     return _hard_triplet(dist, same_img & ~eye, ~same_img, margin)
 
 
-def dcc_loss(feats, normalize=True):
+def dcc_loss(feats: torch.Tensor, normalize: bool = True) -> torch.Tensor:
     """Diversity cross-space constraint L_dcc per image (Eq. 11).
 
     ``L_dcc^i = || Ĝ^i Ĝ^i^T - I_T ||_F`` where Ĝ^i in R^{T x L} stacks image i's T unified

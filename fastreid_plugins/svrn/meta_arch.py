@@ -6,12 +6,13 @@ Reference:
     IEEE T-ITS 2022, Sec. III (Fig. 2-3, Algorithm 1, Eq. 1-13).
 """
 
+from typing import Any, Dict, List, Optional, Sequence, Union
 import copy
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from fastreid.config import configurable
+from fastreid.config import CfgNode, configurable
 from fastreid.modeling.losses import cross_entropy_loss, log_accuracy
 from ..losses.triplet import triplet_loss  # FastReID's, over every DDP rank's embeddings
 from fastreid.modeling.meta_arch import META_ARCH_REGISTRY
@@ -104,10 +105,13 @@ class SVRN(PluginMetaArch):
     """
 
     @configurable
-    def __init__(self, *, backbone, num_classes, num_stages, start_blocks, alphas, grid,
-                 n_rounding, mask_mode, sim, reduction_dim, eval_feat, critic_mode, reward,
-                 cross, loss_kwargs, pixel_mean, pixel_std, gather_losses=True,
-                 accumulate_masks=True):
+    def __init__(self, *, backbone: nn.Module, num_classes: int, num_stages: int,
+                 start_blocks: Sequence[int], alphas: Sequence[float], grid: int,
+                 n_rounding: str, mask_mode: str, sim: Dict[str, Any], reduction_dim: int,
+                 eval_feat: str, critic_mode: str, reward: Dict[str, Any],
+                 cross: Dict[str, Any], loss_kwargs: Dict[str, Any],
+                 pixel_mean: Sequence[float], pixel_std: Sequence[float],
+                 gather_losses: bool = True, accumulate_masks: bool = True) -> None:
         super().__init__(pixel_mean, pixel_std, gather_losses)
         self.backbone = backbone
         self.num_stages = num_stages
@@ -152,7 +156,7 @@ class SVRN(PluginMetaArch):
                              "only when a cross-space term (MODEL.SVRN.CROSS.*.ENABLED) is on")
 
     @classmethod
-    def from_config(cls, cfg):
+    def from_config(cls, cfg: CfgNode) -> Dict[str, Any]:
         validate_svrn_config(cfg)
         C = cfg.MODEL.SVRN
         X = C.CROSS
@@ -209,7 +213,8 @@ class SVRN(PluginMetaArch):
             return random_suppression_mask(b, g, n, like.device, like.dtype, available=available)
         return suppression_mask(scores, n, available=available)
 
-    def stages(self, images, targets=None):
+    def stages(self, images: torch.Tensor,
+               targets: Optional[torch.Tensor] = None) -> List[Dict[str, Any]]:
         """Run the T stages on normalised images.
 
         Returns:
@@ -253,7 +258,8 @@ class SVRN(PluginMetaArch):
             outs.append(out)
         return outs
 
-    def forward(self, batched_inputs):
+    def forward(self, batched_inputs: Union[Dict[str, Any], torch.Tensor]
+                ) -> Union[Dict[str, torch.Tensor], torch.Tensor]:
         images = self.preprocess_image(batched_inputs)
         if not self.training:
             return self.descriptor(self.stages(images))
@@ -263,7 +269,7 @@ class SVRN(PluginMetaArch):
         outs = self.stages(images, targets)
         return self.losses(outs, targets)
 
-    def descriptor(self, outs):
+    def descriptor(self, outs: Sequence[Dict[str, Any]]) -> torch.Tensor:
         """Test descriptor (Sec. III-C, "just adding them"): (B, D) sum over the stages of
         ``eval_feat``: F_t (``gap``), F_t / ||F_t||_2 (``gap_l2``), G_t = g(F_t) (``unified``,
         Eq. 6, D = UNIFIED_DIM) or the BNNeck feature (``bn``)."""
@@ -277,7 +283,8 @@ class SVRN(PluginMetaArch):
             feats = [o["bn_feat"] for o in outs]
         return torch.stack(feats).sum(dim=0)
 
-    def losses(self, outs, targets):
+    def losses(self, outs: Sequence[Dict[str, Any]],
+               targets: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Eq. 13: per-stage CE + triplet, cross-space constraint and reward loss."""
         if upstream.event_storage_active():
             log_accuracy(outs[0]["logits"].detach(), targets)

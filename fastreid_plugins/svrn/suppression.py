@@ -5,13 +5,16 @@ Reference:
     IEEE T-ITS 2022, Sec. III-A, Algorithm 1 and Eq. 5.
 """
 
+from typing import Optional, Sequence, Union
+
 import torch
 import torch.nn.functional as F
 
 __all__ = ["suppression_mask", "random_suppression_mask", "upsample_mask"]
 
 
-def suppression_mask(scores, n, available=None):
+def suppression_mask(scores: torch.Tensor, n: int,
+                     available: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Binary mask with the ``n`` highest-scoring cells of each image set to 0 (Algorithm 1).
 
     Exactly ``n`` cells are suppressed per image even when scores tie: cells are ranked by a
@@ -56,8 +59,11 @@ def suppression_mask(scores, n, available=None):
     return mask.view_as(scores)
 
 
-def random_suppression_mask(batch, grid, n, device=None, dtype=torch.float32, generator=None,
-                            available=None):
+def random_suppression_mask(batch: int, grid: int, n: int,
+                            device: Optional[Union[str, torch.device]] = None,
+                            dtype: torch.dtype = torch.float32,
+                            generator: Optional[torch.Generator] = None,
+                            available: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Ablation: suppress ``n`` uniformly random cells per image (no salience navigation),
     among the ``available`` ones (see :func:`suppression_mask`).
 
@@ -68,7 +74,7 @@ def random_suppression_mask(batch, grid, n, device=None, dtype=torch.float32, ge
     return suppression_mask(scores, n, available=available).to(dtype)
 
 
-def upsample_mask(mask, size):
+def upsample_mask(mask: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     """Nearest-neighbour up-sampling Up(M_t) of a (B, G, G) mask to ``size`` = (H, W) (Eq. 5).
 
     Returns:

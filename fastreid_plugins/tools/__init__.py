@@ -21,10 +21,21 @@ Importing this package is cheap (no torch / FastReID import); the helpers below 
 that ``python -m fastreid_plugins.tools.demo`` can set ``FASTREID_DATASETS`` first.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable, List, Sequence, Type, Union
+
+if TYPE_CHECKING:
+    import os
+
+    from fastreid.config import CfgNode
+    from fastreid.engine import DefaultTrainer
+    from torch import nn
+
 __all__ = ["plugin_config_fns", "build_tool_cfg", "trainer_class_for", "load_tool_model"]
 
 
-def plugin_config_fns():
+def plugin_config_fns() -> List[Callable[[CfgNode], Any]]:
     """Every method's ``add_config`` (``fastreid_plugins.METHODS``, in a fixed order).
 
     Returns:
@@ -35,7 +46,8 @@ def plugin_config_fns():
     return [m.add_config for m in fastreid_plugins.METHODS.values()]
 
 
-def build_tool_cfg(config_file, opts=()):
+def build_tool_cfg(config_file: Union[str, os.PathLike],
+                   opts: Sequence[str] = ()) -> CfgNode:
     """Frozen config for a tool: FastReID defaults + every plugin's keys + file + ``opts``.
 
     ``MODEL.DEVICE`` falls back to ``cpu`` when CUDA is not available and no pretrained weights
@@ -62,7 +74,7 @@ def build_tool_cfg(config_file, opts=()):
     return cfg
 
 
-def trainer_class_for(cfg):
+def trainer_class_for(cfg: CfgNode) -> Type[DefaultTrainer]:
     """The trainer that builds the loaders ``cfg``'s meta-architecture expects: the method's
     ``METHOD.trainer`` (e.g. CLIP-SENet's, whose batches carry viewpoint indices), else
     :class:`~fastreid_plugins.engine.PluginTrainer` (FastReID's own meta-architectures).
@@ -84,7 +96,7 @@ def trainer_class_for(cfg):
     return method.trainer if method is not None else PluginTrainer
 
 
-def load_tool_model(cfg, purpose):
+def load_tool_model(cfg: CfgNode, purpose: str) -> nn.Module:
     """The eval-mode model of ``cfg`` with ``MODEL.WEIGHTS`` loaded (strictly), for a tool.
 
     Built by :func:`trainer_class_for`'s ``build_model`` (FastReID's ``build_model`` + its log).

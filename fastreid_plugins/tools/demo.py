@@ -17,6 +17,7 @@ a fitting check, not generalisation; the demo then also runs one short held-out-
 with cameras never seen in training), which is the generalisation figure.
 """
 
+from typing import Any, Dict, Optional, Sequence
 import argparse
 import importlib.util
 import logging
@@ -25,6 +26,8 @@ import sys
 import tempfile
 import time
 import warnings
+
+__all__ = ["main", "interpreter"]
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HELDOUT_SCRIPT = os.path.join(REPO, "projects", "MFGNet", "heldout_cams.py")
@@ -48,7 +51,7 @@ def _train_is_test(root):
                                      | _jpgs(os.path.join(veri, "image_test")))
 
 
-def interpreter():
+def interpreter() -> str:
     """The Python running this, as a command to print (``.venv/bin/python`` inside the repo)."""
     exe = sys.executable or "python"
     rel = os.path.relpath(exe)
@@ -82,7 +85,7 @@ def _heldout(root, config_file, opts, epochs, seed=0):
             h.setLevel(level)
 
 
-def main(argv=None):
+def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config-file", default=os.path.join(REPO, "configs", "demo", "mfgnet.yml"))

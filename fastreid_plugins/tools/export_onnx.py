@@ -32,6 +32,7 @@ batch size than the export batch and the output must match PyTorch's eval output
 (float32; the observed differences are ~1e-6).
 """
 
+from typing import Any, Dict, Optional, Sequence
 import argparse
 import logging
 import os
@@ -58,11 +59,11 @@ class BareTensorModel(nn.Module):
         TypeError: the wrapped model's eval forward does not return one (B, D) tensor.
     """
 
-    def __init__(self, model):
+    def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, images):
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
         out = self.model(images)
         if not isinstance(out, torch.Tensor) or out.dim() != 2:
             raise TypeError(
@@ -169,7 +170,8 @@ _CUSTOM_SYMBOLICS = {"aten::sort": _sort_symbolic,
                      "aten::adaptive_avg_pool2d": _adaptive_avg_pool2d_symbolic}
 
 
-def export_onnx(model, path, height, width, batch_size=2, opset=17):
+def export_onnx(model: nn.Module, path: str, height: int, width: int, batch_size: int = 2,
+                opset: int = 17) -> BareTensorModel:
     """Trace ``model``'s eval forward on a bare (B, 3, H, W) tensor into an ONNX file.
 
     Args:
@@ -209,8 +211,9 @@ def export_onnx(model, path, height, width, batch_size=2, opset=17):
     return wrapper
 
 
-def check_onnx(wrapper, path, height, width, batch_size=3, atol=DEFAULT_ATOL, rtol=DEFAULT_RTOL,
-               seed=0):
+def check_onnx(wrapper: nn.Module, path: str, height: int, width: int, batch_size: int = 3,
+               atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL,
+               seed: int = 0) -> Dict[str, Any]:
     """Compare onnxruntime's output of ``path`` with PyTorch's on one random batch.
 
     Args:
@@ -264,7 +267,7 @@ def build_parser():
     return p
 
 
-def main(argv=None):
+def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """Run the tool; returns ``{"output", "meta_arch", "input_shape", "check"}``.
 
     Raises:

@@ -15,6 +15,7 @@ with ``--eval-only MODEL.WEIGHTS OUT`` (:func:`fastreid_plugins.engine.load_mode
 with ``MODEL.WEIGHTS OUT`` in every tool. It cannot be used with ``--resume`` (no optimizer).
 """
 
+from typing import Any, Dict, Optional, Sequence
 import argparse
 import os
 import sys
@@ -25,7 +26,7 @@ __all__ = ["strip_checkpoint", "main"]
 TRAINING_KEYS = ("optimizer", "scheduler", "iteration", "trainer_state", "grad_scaler")
 
 
-def strip_checkpoint(src, dst, config_file=None):
+def strip_checkpoint(src: str, dst: str, config_file: Optional[str] = None) -> Dict[str, Any]:
     """Write ``dst``: ``src``'s model weights (and the run's config text), nothing else.
 
     Args:
@@ -106,7 +107,7 @@ def _mb(n):
     return f"{n / 1e6:.1f} MB"
 
 
-def main(argv=None):
+def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     args = build_parser().parse_args(argv)
     info = strip_checkpoint(args.input, args.output, args.config_file)
     print(f"{args.output}: {info['tensors']} model tensors, {_mb(info['out_bytes'])} "

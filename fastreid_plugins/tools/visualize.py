@@ -33,6 +33,9 @@ matrix, so the tool runs on the largest test sets (``TEST.RERANK.TYPE fastreid``
 the sparse re-ranker gives the same distances).
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import argparse
 import json
 import logging
@@ -41,6 +44,9 @@ import re
 import sys
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 __all__ = ["main", "draw_ranklist", "draw_cmc", "select_queries", "canvas_size", "camera_label",
            "cmc_title",
@@ -60,7 +66,7 @@ PAD = 6          # canvas margin
 TEXT_H = 30      # caption band under the cells (two lines)
 
 
-def canvas_size(topk, height, width):
+def canvas_size(topk: int, height: int, width: int) -> Tuple[int, int]:
     """(width, height) in pixels of a rank-list picture with ``topk`` gallery images.
 
     Each cell is an ``height x width`` image inside a ``BORDER``-px border; the query cell is
@@ -75,7 +81,7 @@ def canvas_size(topk, height, width):
 _CAMERA_IN_NAME = re.compile(r"(?:^|_)c(\d{3})(?=[_.])")
 
 
-def camera_label(path, camid):
+def camera_label(path: str, camid: int) -> Tuple[str, str]:
     """The camera as a caption: as in the file name when it names one, else ``camid + 1``.
 
     FastReID's VeRi-776 loader parses ``<pid>_c<cam>_<frame>_<n>.jpg`` and stores
@@ -93,7 +99,7 @@ def camera_label(path, camid):
     return f"cam #{int(camid) + 1}", "camid + 1"
 
 
-def cmc_title(dataset, metrics):
+def cmc_title(dataset: str, metrics: Mapping[str, float]) -> str:
     """Title of ``cmc.png``: ``"CMC on VeRi: Rank-1: 66.7%  mAP: 60.0%  mINP: 50.0%"``."""
     return (f"CMC on {dataset}:  Rank-1: {metrics['Rank-1']:.1f}%   mAP: {metrics['mAP']:.1f}%   "
             f"mINP: {metrics['mINP']:.1f}%")
@@ -106,7 +112,8 @@ def _load_image(path, height, width):
         return im.convert("RGB").resize((width, height), Image.BILINEAR)
 
 
-def draw_ranklist(query, gallery, height, width):
+def draw_ranklist(query: Dict[str, Any], gallery: Sequence[Mapping[str, Any]], height: int,
+                  width: int) -> Tuple[Image.Image, List[int], List[List[int]]]:
     """Draw one rank list.
 
     Args:
@@ -146,7 +153,8 @@ def draw_ranklist(query, gallery, height, width):
     return canvas, qbox, boxes
 
 
-def draw_cmc(cmc, title, size=(640, 480)):
+def draw_cmc(cmc: Union[np.ndarray, Sequence[float]], title: str,
+             size: Tuple[int, int] = (640, 480)) -> Image.Image:
     """Draw a CMC curve (PIL only).
 
     Args:
@@ -191,7 +199,8 @@ def draw_cmc(cmc, title, size=(640, 480)):
     return img
 
 
-def select_queries(ap, valid_idx, num, mode, seed=0):
+def select_queries(ap: Union[np.ndarray, Sequence[float]], valid_idx: np.ndarray, num: int,
+                   mode: str, seed: int = 0) -> List[Tuple[int, float]]:
     """Indices of the queries to draw.
 
     Args:
@@ -257,7 +266,7 @@ def build_parser():
     return p
 
 
-def main(argv=None):
+def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """Run the tool; returns the ``ranklists.json`` content as a dict.
 
     Raises:
