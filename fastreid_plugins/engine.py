@@ -10,7 +10,7 @@ samplers and checkpoints, with three differences:
 * ``SOLVER.OPT: AMSGrad`` builds Adam with ``amsgrad=True``;
 * ``--eval-only`` refuses a missing checkpoint or one whose keys do not match the model, listing
   the mismatched keys (FastReID only logs them and evaluates a half-random model);
-* reliability (README "Reliability"): the shared ``SEED`` key and a seeded, resumable training
+* reliability (docs/reliability.md): the shared ``SEED`` key and a seeded, resumable training
   stream (:mod:`fastreid_plugins.seeding`), checkpoints written atomically, never non-finite, and
   carrying generator states and the sampler position (:mod:`fastreid_plugins.checkpoint`),
   identity-sampler batch checks, and ``--resume`` of a finished run says so.
