@@ -24,6 +24,7 @@ checkpoint at all (text, a zip without ``data.pkl``, a plain Python pickle) rais
 
 from __future__ import annotations
 
+import fastreid_plugins.patches.compat  # noqa: F401  (FastReID importable on torch 2)
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 import collections
 import logging

@@ -26,15 +26,17 @@ Added by :func:`add_plugins_config`:
   training (see :mod:`fastreid_plugins.distributed`).
 """
 
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 import difflib
 import os
 import re
 
-from fastreid.config import CfgNode as CN
-from fastreid.config import get_cfg as _fastreid_get_cfg
-
 from .errors import ConfigError, ConfigFileNotFoundError
+
+if TYPE_CHECKING:  # FastReID's config node; imported where used (this module needs no FastReID)
+    from fastreid.config import CfgNode as CN
 
 __all__ = ["PLUGIN_DEFAULTS", "add_plugins_config", "require_plugins_config", "get_cfg",
            "config_keys", "suggest_keys", "merge_config_file", "merge_overrides",
@@ -79,7 +81,7 @@ def add_plugins_config(cfg: CN) -> CN:
         node = cfg
         for part in parents:
             if part not in node:
-                node[part] = CN()
+                node[part] = type(cfg)()
             node = node[part]
         if leaf not in node:
             node[leaf] = value
@@ -104,6 +106,8 @@ def require_plugins_config(cfg: CN, who: str = "fastreid_plugins") -> None:
 
 def get_cfg(*add_fns: Callable[[CN], Any]) -> CN:
     """FastReID's default config + the shared plugin keys + each ``add_<method>_config`` given."""
+    from fastreid.config import get_cfg as _fastreid_get_cfg
+
     cfg = _fastreid_get_cfg()
     add_plugins_config(cfg)
     for fn in add_fns:

@@ -16,6 +16,7 @@ samplers and checkpoints, with three differences:
   identity-sampler batch checks, and ``--resume`` of a finished run says so.
 """
 
+import fastreid_plugins.patches.compat  # noqa: F401  (FastReID importable on torch 2)
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type
 import argparse
 import json
@@ -49,8 +50,11 @@ from .data.validation import check_dataset_items, check_identity_batches
 from .evaluation import VehicleReidEvaluator
 from .modeling.base import state_dict_mismatch
 from .errors import CorruptCheckpointError, DatasetError, WeightsMismatchError
+from .patches import active as active_patches
+from .patches import apply as apply_patches
 from .patches.base import set_module_global
 from .seeding import resolve_seed, seed_all, seeded_train_loader
+from .version import __version__
 
 __all__ = ["PluginTrainer", "setup", "main", "launch_main", "load_model_weights",
            "default_argument_parser", "is_vehicleid", "set_datasets_root", "prepare_for_host",
@@ -295,6 +299,7 @@ def default_argument_parser() -> argparse.ArgumentParser:
 _LOG_FILE_ONLY = ("Rank of current process", "Environment info:", "Command line arguments:",
                   "Contents of args.config_file=", "Running with full config:",
                   "Full config saved to", "Model:\n", "Using a generated random seed",
+                  "Active patches:",
                   # FastReID's train loop logs the exception it re-raises: the CLI prints it once
                   "Exception during training")
 
@@ -332,8 +337,6 @@ def fastreid_versions() -> Tuple[Optional[str], str]:
 def _log_header(cfg, args):
     """The console's start-of-run summary (the full environment, config and model are in
     ``OUTPUT_DIR/log.txt``)."""
-    from . import __version__
-
     dist, own = fastreid_versions()
     fr = (f"FastReID {dist} (the package reports itself as {own})" if dist and dist != own
           else f"FastReID {dist or own}" + ("" if dist else " (from PYTHONPATH)"))
@@ -356,6 +359,10 @@ def _log_header(cfg, args):
     if requested > 1 and requested > gpus:
         logger.warning(f"--num-gpus {requested} but {gpus} CUDA GPU(s) available: running "
                        f"{requested} processes on the CPU with gloo instead of NCCL")
+    patches = active_patches()
+    logger.info(f"FastReID patched by this package: {len(patches)} patches active "
+                "(`python -m fastreid_plugins.patches` says what each does)")
+    logger.info("Active patches: " + ", ".join(patches))  # log.txt only (_LOG_FILE_ONLY)
     logger.info(f"Output: {os.path.abspath(cfg.OUTPUT_DIR)} (full config, model and environment "
                 f"in {os.path.join(cfg.OUTPUT_DIR, 'log.txt')})")
 
@@ -421,7 +428,11 @@ def _no_pretrain(node):
 
 def main(args: argparse.Namespace, *add_fns: Callable[[CfgNode], Any],
          trainer_cls: Type[DefaultTrainer] = PluginTrainer) -> Optional[Dict[str, Any]]:
-    """Train (or, with ``--eval-only``, evaluate ``MODEL.WEIGHTS``) and return the metrics."""
+    """Train (or, with ``--eval-only``, evaluate ``MODEL.WEIGHTS``) and return the metrics.
+
+    Applies the patches first (:func:`fastreid_plugins.patches.apply`; idempotent), also in each
+    ``--num-gpus N`` worker process."""
+    apply_patches()
     cfg = setup(args, *add_fns)
     if args.eval_only:
         model = trainer_cls.build_model(cfg)
@@ -442,6 +453,7 @@ def launch_main(*add_fns: Callable[[CfgNode], Any],
     the traceback is in ``OUTPUT_DIR/log.txt``, and on the console with ``--debug``), also when
     it happens in a ``--num-gpus N`` worker process: the worker hands it to this process.
     """
+    apply_patches()
     return run_cli(lambda a: _launch(a, trainer_cls, add_fns), argv)
 
 

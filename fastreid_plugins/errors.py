@@ -32,6 +32,7 @@ class                          raised when
 from __future__ import annotations
 
 __all__ = [
+    "missing_dependency",
     "UserError",
     "ConfigError",
     "MissingConfigError",
@@ -122,3 +123,29 @@ class UpstreamChangedError(RuntimeError):
     """A private FastReID / torch internal the package relies on is gone (a bug here, not a user
     mistake): the message names the internal and the versions the shim was written for
     (:mod:`fastreid_plugins.upstream`)."""
+
+
+def missing_dependency(what: str, exc: BaseException) -> ImportError:
+    """The ImportError for a missing torch or FastReID: which interpreter runs, and how to fix it.
+
+    Args:
+        what: ``"torch"`` or ``"fastreid"``.
+        exc: the original import error (quoted at the end of the message).
+    """
+    import sys
+
+    venv = "(`make test` / `make demo` build .venv; then `source .venv/bin/activate`, or run "
+    venv += "`.venv/bin/python ...`.)"
+    if what == "torch":
+        body = ("fastreid_plugins needs PyTorch, which is not importable by this interpreter:\n"
+                f"    {sys.executable}\n"
+                "Use the interpreter of the environment you installed into, e.g. "
+                "`source .venv/bin/activate`,\nor install it: pip install torch torchvision\n")
+    else:
+        body = ("fastreid_plugins needs FastReID, which is not importable by this interpreter:\n"
+                f"    {sys.executable}\n"
+                "Install it without its (torch 1.13-pinned) dependencies:\n"
+                "    pip install --no-deps fastreid==1.4.0\n"
+                "or point Python at a FastReID git checkout:\n"
+                "    export PYTHONPATH=/path/to/fast-reid:$PYTHONPATH\n")
+    return ImportError(body + venv + f"\n(import error: {exc})")

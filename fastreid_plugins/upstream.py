@@ -23,7 +23,8 @@ from .errors import UpstreamChangedError
 
 __all__ = ["UpstreamChangedError", "INTERNALS", "check_all", "event_storage_active",
            "set_local_process_group", "local_process_group", "train_loader_from_config",
-           "registry_names", "registry_replace", "set_sampler_seed"]
+           "registry_names", "registry_replace", "set_sampler_seed", "replace_launch_worker",
+           "replace_private_method"]
 
 WRITTEN_FOR = "FastReID 1.4.0 / torch 2.14"
 
@@ -40,6 +41,10 @@ INTERNALS: Dict[str, Tuple[str, str]] = {
                                    "NaiveIdentitySampler.__init__"),
     "TensorboardXWriter._writer": ("fastreid.utils.events", "TensorboardXWriter.__init__"),
     "CommonMetricPrinter._last_write": ("fastreid.utils.events", "CommonMetricPrinter.write"),
+    "launch._distributed_worker": ("fastreid.engine.launch", "_distributed_worker"),
+    "ReidEvaluator._compile_dependencies": ("fastreid.evaluation.reid_evaluation",
+                                            "ReidEvaluator._compile_dependencies"),
+    "Checkpointer._load_file": ("fastreid.utils.checkpoint", "Checkpointer._load_file"),
 }
 
 #: instance attributes set by an upstream method (checked in its code object): internal name ->
@@ -143,3 +148,30 @@ def set_sampler_seed(sampler: Any, seed: int) -> None:
             f"{type(sampler).__name__} has no _seed attribute to seed; fastreid_plugins.seeding "
             f"was written for FastReID's samplers of {WRITTEN_FOR}.")
     sampler._seed = int(seed)
+
+
+def replace_launch_worker(patch: Callable[[Any, str], Any]) -> Any:
+    """Call ``patch(module, "_distributed_worker")`` on FastReID's launch module (the package
+    attribute ``fastreid.engine.launch`` is the function, ``from .launch import *``, so the module
+    comes from ``importlib``); returns what ``patch`` returns.
+
+    Raises:
+        UpstreamChangedError: FastReID has no ``fastreid.engine.launch._distributed_worker``.
+    """
+    _lookup("launch._distributed_worker")
+    return patch(importlib.import_module("fastreid.engine.launch"), "_distributed_worker")
+
+
+def replace_private_method(name: str, patch: Callable[[Any, str], Any]) -> Any:
+    """Call ``patch(owner_class, method)`` for the private method ``name`` of :data:`INTERNALS`
+    (``"ReidEvaluator._compile_dependencies"``, ``"Checkpointer._load_file"``); returns what
+    ``patch`` returns.
+
+    Raises:
+        UpstreamChangedError: the method is gone from the installed FastReID.
+    """
+    _lookup(name)
+    module, attr = INTERNALS[name]
+    owner_name, method = attr.rsplit(".", 1)
+    return patch(getattr(importlib.import_module(module), owner_name), method)
+

@@ -23,9 +23,13 @@ os.environ["FASTREID_PLUGINS_OFFLINE"] = "1"
 os.environ["TORCH_HOME"] = tempfile.mkdtemp(prefix="fastreid_plugins_torch_home_")
 atexit.register(shutil.rmtree, os.environ["TORCH_HOME"], True)
 
-# after the environment above: the package reads it at import
-import fastreid_plugins  # noqa: E402,F401  (applies the patches before any fastreid import)
+# after the environment above: the package reads it when activated
+import fastreid_plugins  # noqa: E402
 import torch  # noqa: E402
+
+# the tests use FastReID as train_net.py and the tools do: patched, every method registered
+# (tests of what importing alone does run in subprocesses: tests/test_front_door.py)
+fastreid_plugins.activate()
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS_DIR = os.path.join(ROOT, "tests")

@@ -42,8 +42,10 @@ def spawn(main_func, nprocs, args=(), timeout=120):
         torch.multiprocessing.ProcessRaisedException: a rank raised (its traceback in the message).
         TimeoutError: the ranks did not finish within ``timeout`` seconds (they are killed).
     """
-    import fastreid_plugins  # noqa: F401  (patches the launch worker)
     import sys
+
+    import fastreid_plugins
+    fastreid_plugins.activate()  # patches the launch worker
     launch = sys.modules["fastreid.engine.launch"]
     import torch.multiprocessing as mp
 
@@ -329,6 +331,9 @@ def run_jobs(outdir, jobs, raise_sentinel=False):
     """The ranks' main function: run ``jobs`` (dicts with ``kind``, ``key`` and the job's
     arguments) in order, writing ``<outdir>/rank<r>.json`` ({key: result or {"error": tb}})."""
     import logging
+
+    import fastreid_plugins
+    fastreid_plugins.activate()  # a spawned rank starts unpatched, as train_net.py's workers do
     torch.set_num_threads(1)
     logging.getLogger("fastreid").setLevel(logging.WARNING)
     r = rank()

@@ -3,10 +3,12 @@
 import logging
 import os
 
-import fastreid_plugins  # noqa: F401  (patches + registration)
+import fastreid_plugins
 from fastreid_plugins.config import get_cfg
 from fastreid_plugins.engine import PluginTrainer
 from fastreid_plugins.seeding import seed_all
+
+fastreid_plugins.activate()  # patches + registration (conftest does too: helpers run alone)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

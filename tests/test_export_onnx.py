@@ -15,6 +15,7 @@ from fastreid.modeling import build_model
 
 from fastreid_plugins.engine import load_model_weights
 from fastreid_plugins.tools import build_tool_cfg, plugin_config_fns, trainer_class_for
+from fastreid_plugins.deploy import onnx as engine
 from fastreid_plugins.tools import export_onnx as tool
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -99,7 +100,7 @@ def test_export_matches_pytorch(name, tmp_path, veri_root, datasets_root):
     sess = ort.InferenceSession(out, providers=["CPUExecutionProvider"])
     got = sess.run(None, {"images": images.numpy()})[0]
     assert got.shape == ref.shape and got.shape[0] == 5
-    np.testing.assert_allclose(got, ref, atol=tool.DEFAULT_ATOL, rtol=tool.DEFAULT_RTOL)
+    np.testing.assert_allclose(got, ref, atol=engine.DEFAULT_ATOL, rtol=engine.DEFAULT_RTOL)
     # the features are not degenerate (distinct images -> distinct features)
     assert np.abs(got[0] - got[1]).max() > 1e-3
 
@@ -131,10 +132,10 @@ def test_check_detects_a_different_model(tmp_path):
     torch.manual_seed(1)
     b = build_model(cfg).eval()
     path = str(tmp_path / "a.onnx")
-    tool.export_onnx(a, path, 64, 64, batch_size=2)
-    assert tool.check_onnx(tool.BareTensorModel(a), path, 64, 64)["max_abs_diff"] < 1e-4
+    engine.export_onnx(a, path, 64, 64, batch_size=2)
+    assert engine.check_onnx(engine.BareTensorModel(a), path, 64, 64)["max_abs_diff"] < 1e-4
     with pytest.raises(AssertionError, match="differs"):
-        tool.check_onnx(tool.BareTensorModel(b), path, 64, 64)
+        engine.check_onnx(engine.BareTensorModel(b), path, 64, 64)
 
 
 def test_stable_sort_exports_with_torch_tie_order(tmp_path):
@@ -153,7 +154,7 @@ def test_stable_sort_exports_with_torch_tie_order(tmp_path):
     x = torch.tensor([[[[1., 3.], [3., 2.]], [[1., 1.], [0., 3.]], [[2., 2.], [2., 2.]]]])
     x = torch.cat([x, x.flip(-1)])
     path = str(tmp_path / "sort.onnx")
-    tool.export_onnx(SortModel(), path, 2, 2, batch_size=2)
+    engine.export_onnx(SortModel(), path, 2, 2, batch_size=2)
     got = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(
         None, {"images": x.numpy()})[0]
     # by hand, first image flattened: [1,3,3,2, 1,1,0,3, 2,2,2,2]; descending, ties by index

@@ -391,15 +391,12 @@ def test_reduced_to_the_baseline_it_computes_fastreids_baseline():
 @pytest.mark.parametrize("fold,n_train,n_query", [("forward", 27, 30), ("reverse", 30, 27)])
 def test_heldout_cams_folds_keep_query_cameras_out_of_training(fold, n_train, n_query, veri_root,
                                                                tmp_path):
-    """``projects/MFGNet/heldout_cams.py``: in both folds the gallery is the training images and no
-    query camera occurs in training (FastReID's VeRi loader reads the split)."""
-    import importlib.util
+    """``fastreid_plugins.tools.heldout_cams`` (``projects/MFGNet/heldout_cams.py``): in both
+    folds the gallery is the training images and no query camera occurs in training (FastReID's
+    VeRi loader reads the split)."""
     from fastreid.data.datasets import VeRi
-    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "projects", "MFGNet",
-                        "heldout_cams.py")
-    spec = importlib.util.spec_from_file_location("heldout_cams", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+
+    from fastreid_plugins.tools import heldout_cams as mod
     ds = VeRi(root=mod.make_split(veri_root, str(tmp_path / "data"), fold))
     def cams(items):  # from the file names (the loader prefixes the training camids)
         return {os.path.basename(p).split("_")[1] for p, _, _ in items}

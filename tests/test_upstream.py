@@ -41,7 +41,7 @@ def test_shims_do_what_fastreid_does():
 
 
 def test_onnx_exporter_internals_exist_and_a_missing_one_is_named(monkeypatch):
-    from fastreid_plugins.tools import export_onnx
+    from fastreid_plugins.deploy import onnx as export_onnx
     sh = export_onnx._symbolic_helper()
     for name in export_onnx.ONNX_INTERNALS:
         assert callable(getattr(sh, name)), name

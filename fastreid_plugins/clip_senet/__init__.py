@@ -4,8 +4,9 @@ Importing this package registers the ``CLIPSENet`` meta-architecture and the ``V
 dataset. ``transformers`` is imported only when a SEM is built.
 """
 
+from .. import data  # noqa: F401  (registers the plugins' datasets)
 from ..method import Method
-from ..data import veri_viewpoint  # noqa: F401  (registers VeRiViewpoint)
+from ..patches import apply as _apply_patches
 from .config import add_clip_senet_config, validate_clip_senet_config
 from .meta_arch import CLIPSENet, build_cnn_backbone, build_sem
 from .modules import AFEM, CameraViewEmbedding, FeatureFusion
@@ -23,3 +24,7 @@ __all__ = ["METHOD", "add_clip_senet_config", "validate_clip_senet_config", "CLI
 METHOD = Method(name="CLIP-SENet", meta_arch="CLIPSENet", add_config=add_clip_senet_config,
                 validate_config=validate_clip_senet_config, trainer=CLIPSENetTrainer,
                 project="projects/CLIPSENet")
+
+# FastReID's project idiom: importing the method package registers it (above) and patches
+# FastReID as the method needs (every patch; idempotent, see fastreid_plugins.patches)
+_apply_patches()

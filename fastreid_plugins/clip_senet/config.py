@@ -33,6 +33,7 @@ Losses use FastReID's ``MODEL.LOSSES``: ``NAME`` ("CrossEntropyLoss", "SupConLos
 :func:`fastreid_plugins.losses.supcon.add_supcon_config`.
 """
 
+import fastreid_plugins.patches.compat  # noqa: F401  (FastReID importable on torch 2)
 from typing import List, Sequence
 
 from fastreid.config import CfgNode as CN

@@ -5,6 +5,7 @@ Reference:
     Re-identification", arXiv:2502.16815 (2025), Sec. III, Fig. 2, Eq. 1-8.
 """
 
+import fastreid_plugins.patches.compat  # noqa: F401  (FastReID importable on torch 2)
 from typing import Any, Dict, Optional, Sequence, Union
 import contextlib
 import logging

@@ -10,6 +10,7 @@ configs; ``MODEL.CLIPSENET.SEED`` is an alias), applied by :func:`fastreid_plugi
 before the trainer builds the model and the loaders (:mod:`fastreid_plugins.seeding`).
 """
 
+import fastreid_plugins.patches.compat  # noqa: F401  (FastReID importable on torch 2)
 from typing import Any, Dict, Optional, Tuple
 
 import torch

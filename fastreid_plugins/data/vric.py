@@ -1,5 +1,6 @@
 """VRIC: Vehicle Re-Identification in Context, registered in FastReID's ``DATASET_REGISTRY``."""
 
+import fastreid_plugins.patches.compat  # noqa: F401  (FastReID importable on torch 2)
 from typing import Any, List, Tuple
 import os.path as osp
 

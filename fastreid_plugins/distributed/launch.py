@@ -14,6 +14,7 @@ The environment variable ``FASTREID_PLUGINS_DIST_TIMEOUT`` (seconds, default 180
 gloo collective waits for a rank that died, so the others fail instead of hanging.
 """
 
+import fastreid_plugins.patches.compat  # noqa: F401  (FastReID importable on torch 2)
 from typing import Any, Callable, Optional, Sequence, Tuple, TypeVar, Union
 import datetime
 import logging
@@ -26,7 +27,6 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as _TorchDDP
 
 from .. import upstream
-from ..patches.base import ORIGINALS
 from .gather import is_multi_rank
 
 __all__ = ["distributed_worker", "DistributedDataParallel", "broadcast_buffers",
@@ -76,20 +76,23 @@ class DistributedDataParallel(_TorchDDP):
 def distributed_worker(local_rank: int, main_func: Callable[..., Any], world_size: int,
                        num_gpus_per_machine: int, machine_rank: int, dist_url: str,
                        args: Tuple[Any, ...]) -> None:
-    """FastReID's ``_distributed_worker`` (``fastreid.engine.launch``), with a gloo path.
+    """FastReID's ``_distributed_worker`` (``fastreid.engine.launch``) for hosts without CUDA.
 
-    The launch patch (:mod:`fastreid_plugins.patches.launch`) installs it in FastReID's place
-    (``mp.spawn`` pickles it by name, so it is a module-level function). With CUDA this calls
-    FastReID's own worker (NCCL, one GPU per process). Without CUDA it starts
+    The launch patch (:mod:`fastreid_plugins.patches.launch`) installs it in FastReID's place on
+    hosts without CUDA only (``mp.spawn`` pickles it by name, so it is a module-level function);
+    with CUDA FastReID's own worker (NCCL, one GPU per process) stays. It starts
     the gloo process group, the per-machine local groups FastReID's ``comm`` expects, limits each
     process to ``cpu_count / processes_per_machine`` threads unless ``OMP_NUM_THREADS`` is set, and
     runs ``main_func(*args)``. The collective timeout is ``FASTREID_PLUGINS_DIST_TIMEOUT`` seconds
     (default 1800), so a rank that dies mid-collective makes the others fail instead of hang.
+
+    Raises:
+        RuntimeError: CUDA is available (FastReID's own worker is the one to use there).
     """
     if torch.cuda.is_available():
-        fastreid_worker = ORIGINALS["launch._distributed_worker"]
-        return fastreid_worker(local_rank, main_func, world_size, num_gpus_per_machine,
-                               machine_rank, dist_url, args)
+        raise RuntimeError("distributed_worker is the gloo (CPU) launch worker; with CUDA, "
+                           "FastReID's own fastreid.engine.launch._distributed_worker runs (the "
+                           "launch patch is not applied on a CUDA host).")
     global_rank = machine_rank * num_gpus_per_machine + local_rank
     timeout = datetime.timedelta(
         seconds=float(os.environ.get("FASTREID_PLUGINS_DIST_TIMEOUT", 1800)))

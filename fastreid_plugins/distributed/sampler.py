@@ -6,6 +6,7 @@ global batch can repeat an identity across ranks. Under DDP the train-loader pat
 (``DIST.GLOBAL_SAMPLER``, :func:`use_global_sampler`).
 """
 
+import fastreid_plugins.patches.compat  # noqa: F401  (FastReID importable on torch 2)
 from typing import Any, Dict, Iterator, Optional, Sequence
 
 import numpy as np

@@ -12,6 +12,7 @@ Typical use inside a meta-architecture's ``losses``::
         loss_dict["loss_supcon"] = supcon_loss(features, targets, temperature) * scale
 """
 
+import fastreid_plugins.patches.compat  # noqa: F401  (FastReID importable on torch 2)
 from typing import Dict
 
 import torch

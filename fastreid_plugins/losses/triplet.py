@@ -9,6 +9,7 @@ of the whole batch, exactly what one process with the whole batch computes. Sing
 training and ``gather=False`` (``DIST.GATHER_LOSSES False``) call FastReID's function unchanged.
 """
 
+import fastreid_plugins.patches.compat  # noqa: F401  (FastReID importable on torch 2)
 import torch
 from fastreid.modeling.losses import triplet_loss as _fastreid_triplet_loss
 

@@ -40,6 +40,7 @@ Keys (defaults = the paper's full model on a ResNet-50):
 :data:`ABLATIONS` maps every ablation row (Tables 2-4) to the config overrides that build it.
 """
 
+import fastreid_plugins.patches.compat  # noqa: F401  (FastReID importable on torch 2)
 from fastreid.config import CfgNode as CN
 
 from ..config import check_bool, check_choice, check_int, check_number

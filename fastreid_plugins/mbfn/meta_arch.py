@@ -1,5 +1,6 @@
 """MBFN: the improved multi-branch feature fusion network for vehicle re-identification."""
 
+import fastreid_plugins.patches.compat  # noqa: F401  (FastReID importable on torch 2)
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch

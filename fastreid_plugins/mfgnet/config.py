@@ -33,6 +33,7 @@ Keys (defaults = the paper's full model on a ResNet-50):
 it.
 """
 
+import fastreid_plugins.patches.compat  # noqa: F401  (FastReID importable on torch 2)
 from fastreid.config import CfgNode as CN
 
 from ..config import check_bool, check_choice, check_int, check_number

@@ -1,5 +1,6 @@
 """MFG-Net: multiple fine-grained feature network for vehicle re-identification."""
 
+import fastreid_plugins.patches.compat  # noqa: F401  (FastReID importable on torch 2)
 from typing import Any, Dict, Optional, Sequence, Union
 
 import torch

@@ -1,5 +1,6 @@
 """Common base of the plugins' meta-architectures."""
 
+import fastreid_plugins.patches.compat  # noqa: F401  (FastReID importable on torch 2)
 from typing import Any, Dict, Sequence, Union
 
 import torch

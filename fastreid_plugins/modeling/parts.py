@@ -16,6 +16,7 @@
   optional parts (optionally weighted).
 """
 
+import fastreid_plugins.patches.compat  # noqa: F401  (FastReID importable on torch 2)
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import copy
 

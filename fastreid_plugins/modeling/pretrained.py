@@ -44,8 +44,7 @@ branch copies are deep copies of the loaded backbone) gets its weights here.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Dict, Mapping, Optional, Sequence, Union
-import importlib
+from typing import Callable, TYPE_CHECKING, Dict, Mapping, Optional, Sequence, Union
 import logging
 import os
 import re
@@ -56,7 +55,6 @@ import torch
 from ..checkpoint import load_checkpoint_file
 from ..config import PLUGIN_DEFAULTS
 from ..errors import WeightsMismatchError, WeightsNotAvailableError
-from ..patches.base import ORIGINALS
 
 if TYPE_CHECKING:
     from fastreid.config import CfgNode
@@ -65,8 +63,7 @@ if TYPE_CHECKING:
 __all__ = ["OFFLINE_ENV_VARS", "IBN_LAYOUTS", "WeightsNotAvailableError", "WeightsMismatchError",
            "is_offline", "hub_cache_dir", "fastreid_cache_dir", "url_filename", "hash_prefix",
            "resolve_weights_file", "download_weights", "read_weights", "describe_resnet",
-           "load_backbone_weights", "published_url", "apply_ibn_layout", "build_resnet_backbone",
-           "build_resnext_backbone"]
+           "load_backbone_weights", "published_url", "apply_ibn_layout", "strict_builder"]
 
 logger = logging.getLogger(__name__)
 
@@ -526,36 +523,28 @@ def _build(original, cfg, resnext):
     return model
 
 
-def _upstream_builder(module_name, name):
-    """FastReID's own builder ``module_name.name`` (kept by the backbone patch in
-    :data:`fastreid_plugins.patches.base.ORIGINALS` once ours replaced it)."""
-    key = f"{module_name}.{name}"
-    if key in ORIGINALS:
-        return ORIGINALS[key]
-    return getattr(importlib.import_module(module_name), name)
+def strict_builder(original: Callable[[CfgNode], nn.Module],
+                   resnext: bool) -> Callable[[CfgNode], nn.Module]:
+    """FastReID's backbone builder ``original`` (``build_resnet_backbone`` /
+    ``build_resnext_backbone``) with weights from :func:`resolve_weights_file`, loaded strictly by
+    :func:`load_backbone_weights`, and for ResNeXt IBN-Net's IBN layout (:func:`apply_ibn_layout`).
+    The backbone patch (:mod:`fastreid_plugins.patches.backbones`) registers what this returns in
+    FastReID's place, under the same name.
 
-
-def build_resnet_backbone(cfg: CfgNode) -> nn.Module:
-    """FastReID's ``build_resnet_backbone`` with weights from :func:`resolve_weights_file`, loaded
-    strictly by :func:`load_backbone_weights`.
+    Args:
+        original: FastReID's builder, ``cfg -> nn.Module``.
+        resnext: whether it builds a ResNeXt (the IBN layout applies).
 
     Returns:
-        nn.Module: FastReID's ``ResNet``, (B, 3, H, W) -> (B, C, H/16 or H/32, W/...).
-
-    Raises:
-        WeightsNotAvailableError, WeightsMismatchError: see the module docstring.
+        callable: ``cfg -> nn.Module``, FastReID's ``ResNet`` / ``ResNeXt``, (B, 3, H, W) ->
+        (B, C, H/16 or H/32, W/...). It raises WeightsNotAvailableError / WeightsMismatchError
+        (see the module docstring) and, for ResNeXt, ValueError on an unknown
+        ``MODEL.BACKBONE.IBN_LAYOUT``.
     """
-    return _build(_upstream_builder("fastreid.modeling.backbones.resnet", "build_resnet_backbone"),
-                  cfg, resnext=False)
+    def build(cfg: CfgNode) -> nn.Module:
+        return _build(original, cfg, resnext=resnext)
 
-
-def build_resnext_backbone(cfg: CfgNode) -> nn.Module:
-    """FastReID's ``build_resnext_backbone`` with IBN-Net's IBN layout (:func:`apply_ibn_layout`)
-    and weights from :func:`resolve_weights_file`, loaded strictly by :func:`load_backbone_weights`.
-
-    Raises:
-        WeightsNotAvailableError, WeightsMismatchError: see the module docstring.
-        ValueError: unknown ``MODEL.BACKBONE.IBN_LAYOUT``.
-    """
-    return _build(_upstream_builder("fastreid.modeling.backbones.resnext",
-                                    "build_resnext_backbone"), cfg, resnext=True)
+    build.__name__ = build.__qualname__ = original.__name__
+    build.__module__ = __name__
+    build.__doc__ = strict_builder.__doc__
+    return build

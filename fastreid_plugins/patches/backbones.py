@@ -39,12 +39,12 @@ describe("preprocess_image.out_of_place", concern="backbones", changes_models=Tr
 def _patch_builders() -> None:
     from fastreid.modeling.backbones import BACKBONE_REGISTRY, resnet, resnext
 
-    for mod, ours in ((resnet, pretrained.build_resnet_backbone),
-                      (resnext, pretrained.build_resnext_backbone)):
-        if patch_attr(mod, ours.__name__, f"{mod.__name__}.{ours.__name__}",
-                      lambda original, _ours=ours: _ours,
+    for mod, name, is_resnext in ((resnet, "build_resnet_backbone", False),
+                                  (resnext, "build_resnext_backbone", True)):
+        if patch_attr(mod, name, f"{mod.__name__}.{name}",
+                      functools.partial(pretrained.strict_builder, resnext=is_resnext),
                       modules=["fastreid.modeling.backbones"], tag="pretrain.strict_resolve"):
-            upstream.registry_replace(BACKBONE_REGISTRY, ours.__name__, ours)
+            upstream.registry_replace(BACKBONE_REGISTRY, name, getattr(mod, name))
 
 
 def _patch_osnet() -> None:

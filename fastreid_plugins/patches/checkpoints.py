@@ -6,6 +6,7 @@ Target ``fastreid.utils.checkpoint.Checkpointer._load_file``; the loader itself 
 
 from __future__ import annotations
 
+from .. import upstream
 from ..checkpoint import load_checkpoint_file
 from .base import describe, patch_attr
 
@@ -20,10 +21,11 @@ describe("Checkpointer.weights_only", concern="checkpoints", changes_models=Fals
 
 def apply() -> None:
     """Apply this module's patch (idempotent)."""
-    from fastreid.utils import checkpoint as ck
-
     def _load_file(self, f):
         return load_checkpoint_file(f)
 
-    patch_attr(ck.Checkpointer, "_load_file", "Checkpointer._load_file",
-               lambda original: _load_file, tag="Checkpointer.weights_only")
+    upstream.replace_private_method(
+        "Checkpointer._load_file",
+        lambda owner, name: patch_attr(owner, name, "Checkpointer._load_file",
+                                       lambda original: _load_file,
+                                       tag="Checkpointer.weights_only"))

@@ -1,8 +1,17 @@
 """Torch 2 / Python 3.11: names FastReID 1.4.0 imports that no longer exist.
 
-These must be in place *before* ``fastreid.data`` is imported (``fastreid/data/build.py`` and
-``fastreid/evaluation/testing.py`` import them at module level): :mod:`fastreid_plugins.patches`
-calls :func:`apply_import_shims` when it is imported, ahead of every other patch module.
+These must be in place *before* ``fastreid.data``, ``fastreid.engine`` or ``fastreid.evaluation``
+is imported (``fastreid/data/build.py`` and ``fastreid/evaluation/testing.py`` import them at module
+level). Importing this module applies them, so every module of the package that imports FastReID
+imports it first::
+
+    import fastreid_plugins.patches.compat  # noqa: F401  (FastReID importable on torch 2)
+    # isort: split
+    from fastreid.data import ...
+
+(``tests/test_layers.py`` checks that each does; ruff's isort keeps the line above the rest). They
+only add names FastReID expects and that are gone (nothing existing is replaced), so they are not
+counted as changes to FastReID's behaviour.
 """
 
 from __future__ import annotations
@@ -13,9 +22,14 @@ import importlib
 import sys
 import types
 
-import torch
-
+from ..errors import missing_dependency
 from .base import APPLIED, PATCHES, describe
+
+# torch first: without it FastReID fails too, and "install FastReID" would be wrong
+try:
+    import torch
+except ImportError as e:  # pragma: no cover - exercised in a subprocess test
+    raise missing_dependency("torch", e) from None
 
 __all__ = ["apply_import_shims"]
 
@@ -55,3 +69,12 @@ def apply_import_shims() -> None:
         if not hasattr(collections, name):
             setattr(collections, name, getattr(collections.abc, name))
             _record("collections.Mapping", f"collections.{name}")
+
+
+apply_import_shims()
+try:
+    import fastreid  # noqa: F401
+except ImportError as e:  # pragma: no cover - exercised in a subprocess test
+    if getattr(e, "name", None) == "torch" or str(e).startswith("No module named 'torch"):
+        raise missing_dependency("torch", e) from None
+    raise missing_dependency("fastreid", e) from None

@@ -9,6 +9,7 @@ first (policy "never silently train on part of a dataset"): targets
 
 from __future__ import annotations
 
+import fastreid_plugins.patches.compat  # noqa: F401  (FastReID importable on torch 2)
 import functools
 import inspect
 import os

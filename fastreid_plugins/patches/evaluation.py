@@ -6,11 +6,13 @@ Targets ``fastreid.evaluation.reid_evaluation.ReidEvaluator`` and
 
 from __future__ import annotations
 
+import fastreid_plugins.patches.compat  # noqa: F401  (FastReID importable on torch 2)
 import functools
 import logging
 
 import torch
 
+from .. import upstream
 from .base import describe, patch_attr
 
 __all__ = ["apply"]
@@ -27,8 +29,6 @@ describe("rerank.cpu", concern="evaluation", changes_models=False,
 
 
 def _patch_evaluator_compile() -> None:
-    from fastreid.evaluation import reid_evaluation as re_
-
     def _compile_dependencies(self):
         try:
             from fastreid.evaluation.rank_cylib.rank_cy import evaluate_cy  # noqa: F401
@@ -36,8 +36,11 @@ def _patch_evaluator_compile() -> None:
             logger.info("FastReID's Cython ranker is not built; not compiling it at run time "
                         "(fastreid_plugins' vectorised ranker is used by VehicleReidEvaluator).")
 
-    patch_attr(re_.ReidEvaluator, "_compile_dependencies", "ReidEvaluator._compile_dependencies",
-               lambda original: _compile_dependencies, tag="ReidEvaluator.no_compile")
+    upstream.replace_private_method(
+        "ReidEvaluator._compile_dependencies",
+        lambda owner, name: patch_attr(owner, name, "ReidEvaluator._compile_dependencies",
+                                       lambda original: _compile_dependencies,
+                                       tag="ReidEvaluator.no_compile"))
 
 
 def _patch_rerank() -> None:

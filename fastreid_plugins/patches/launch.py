@@ -8,8 +8,8 @@ install is :mod:`fastreid_plugins.distributed`'s.
 
 from __future__ import annotations
 
+import fastreid_plugins.patches.compat  # noqa: F401  (FastReID importable on torch 2)
 import functools
-import importlib
 import logging
 
 from .. import upstream
@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 
 describe("launch.gloo", concern="launch", changes_models=False,
          why="FastReID's launch worker asserts CUDA and hard-codes NCCL: without CUDA the "
-             "workers use gloo (FastReID's NCCL path unchanged with CUDA), with a collective "
+             "workers use gloo (applied only on hosts without CUDA), with a collective "
              "timeout (FASTREID_PLUGINS_DIST_TIMEOUT) so a dead rank fails the others.")
 describe("DDP.cpu", concern="launch", changes_models=False,
          why="DefaultTrainer wraps the model in DistributedDataParallel(device_ids=[rank]), "
@@ -69,11 +69,13 @@ def apply() -> None:
     """Apply this module's patches (idempotent)."""
     import fastreid.engine.defaults as defaults
 
-    # the package attribute ``fastreid.engine.launch`` is the function (``from .launch import *``)
-    launch_mod = importlib.import_module("fastreid.engine.launch")
-    patch_attr(launch_mod, "_distributed_worker", "launch._distributed_worker",
-               lambda original: distributed_worker,
-               tag="launch.gloo")
+    import torch
+
+    if not torch.cuda.is_available():  # with CUDA, FastReID's own NCCL worker stays
+        upstream.replace_launch_worker(
+            lambda module, name: patch_attr(module, name, "launch._distributed_worker",
+                                            lambda original: distributed_worker,
+                                            tag="launch.gloo"))
     patch_attr(defaults, "DistributedDataParallel", "DistributedDataParallel",
                lambda original: DistributedDataParallel, tag="DDP.cpu")
     _patch_train_loader()

@@ -5,7 +5,9 @@ Importing this package registers the ``SVRN`` meta-architecture in FastReID's
 See ``projects/SVRN/README.md``.
 """
 
+from .. import data  # noqa: F401  (registers the plugins' datasets)
 from ..method import Method
+from ..patches import apply as _apply_patches
 from ..engine import PluginTrainer
 from .config import (ABLATIONS, Ablation, ablation_overrides, add_svrn_config, validate_svrn_config,
                      num_suppressed)
@@ -25,3 +27,7 @@ __all__ = ["METHOD", "SVRN", "ABLATIONS", "Ablation", "ablation_overrides",
 METHOD = Method(name="SVRN", meta_arch="SVRN", add_config=add_svrn_config,
                 validate_config=validate_svrn_config, trainer=PluginTrainer,
                 project="projects/SVRN")
+
+# FastReID's project idiom: importing the method package registers it (above) and patches
+# FastReID as the method needs (every patch; idempotent, see fastreid_plugins.patches)
+_apply_patches()

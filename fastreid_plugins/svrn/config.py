@@ -21,6 +21,7 @@ requires. ``(2, 3)`` is the conv{b}_x reading (2.68x the Baseline's MACs instead
 :data:`ABLATIONS` holds every row of the paper's Tables II-VI as config overrides.
 """
 
+import fastreid_plugins.patches.compat  # noqa: F401  (FastReID importable on torch 2)
 from fastreid.config import CfgNode as CN
 
 from ..errors import ConfigError, MissingConfigError

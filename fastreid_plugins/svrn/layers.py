@@ -6,6 +6,7 @@ Reference:
     IEEE T-ITS 2022, Sec. III-A (Fig. 2-3) and Sec. III-B (Eq. 6).
 """
 
+import fastreid_plugins.patches.compat  # noqa: F401  (FastReID importable on torch 2)
 from collections import namedtuple
 from typing import Any, Dict, Optional, Tuple
 

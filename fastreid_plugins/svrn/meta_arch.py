@@ -6,6 +6,7 @@ Reference:
     IEEE T-ITS 2022, Sec. III (Fig. 2-3, Algorithm 1, Eq. 1-13).
 """
 
+import fastreid_plugins.patches.compat  # noqa: F401  (FastReID importable on torch 2)
 from typing import Any, Dict, List, Optional, Sequence, Union
 import copy
 

@@ -6,6 +6,7 @@
 * ``export_onnx``: export any meta-architecture's eval forward to ONNX and check it with
   onnxruntime.
 * ``strip_checkpoint``: a weights-only copy of a checkpoint (no optimizer / scheduler state).
+* ``heldout_cams``: the held-out-camera check on the real VeRi-776 sample (MFG-Net / MBFN).
 
 Each tool runs through :func:`fastreid_plugins.cli.run_cli`: a user error (bad path, unknown
 config key, ...) prints one ``Error: ...`` block and exits 2; ``--debug`` shows the traceback.
@@ -17,8 +18,9 @@ Your own images (top-level modules, built on :func:`build_tool_cfg` / :func:`loa
 * ``python -m fastreid_plugins.search``: faiss search of a gallery of extracted features (exact,
   IVF, re-ranking), CSV / JSON and rank-list pictures.
 
-Importing this package is cheap (no torch / FastReID import); the helpers below import lazily so
-that ``python -m fastreid_plugins.tools.demo`` can set ``FASTREID_DATASETS`` first.
+Importing this package or a tool's module imports neither torch nor FastReID (``--help`` answers
+at once); the helpers below import lazily, and :func:`build_tool_cfg` activates the package
+(:func:`fastreid_plugins.activate`) when a tool runs.
 """
 
 from __future__ import annotations
@@ -63,9 +65,11 @@ def build_tool_cfg(config_file: Union[str, os.PathLike],
             ``FileNotFoundError``).
         fastreid_plugins.errors.ConfigError: unknown key (closest keys named) or mistyped value.
     """
+    from fastreid_plugins.activation import activate
     from fastreid_plugins.config import get_cfg, merge_config_file, merge_overrides
     from fastreid_plugins.engine import prepare_for_host
 
+    activate()  # a tool uses FastReID as train_net.py does: patched, every method registered
     cfg = get_cfg(*plugin_config_fns())
     merge_config_file(cfg, config_file)
     merge_overrides(cfg, opts)

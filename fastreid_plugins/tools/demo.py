@@ -19,7 +19,6 @@ with cameras never seen in training), which is the generalisation figure.
 
 from typing import Any, Dict, Optional, Sequence
 import argparse
-import importlib.util
 import logging
 import os
 import sys
@@ -30,7 +29,6 @@ import warnings
 __all__ = ["main", "interpreter"]
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-HELDOUT_SCRIPT = os.path.join(REPO, "projects", "MFGNet", "heldout_cams.py")
 
 
 def _has_veri(root):
@@ -60,10 +58,8 @@ def interpreter() -> str:
 
 def _heldout(root, config_file, opts, epochs, seed=0):
     """One run of the held-out-camera protocol (forward fold); returns (untrained, trained)."""
-    spec = importlib.util.spec_from_file_location("fastreid_plugins_heldout_cams", HELDOUT_SCRIPT)
-    hc = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(hc)
     from fastreid_plugins import engine
+    from fastreid_plugins.tools import heldout_cams as hc
 
     # handlers, not loggers, to WARNING for this run (its training log would interleave with the
     # demo's console and log.txt): FastReID's DefaultTrainer adds a console handler when the
@@ -104,7 +100,6 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         generated = True
     os.environ["FASTREID_DATASETS"] = root  # before FastReID reads it
 
-    import fastreid_plugins  # noqa: F401
     from fastreid_plugins import engine
     from fastreid_plugins.mfgnet import add_mfgnet_config
 

@@ -1,258 +1,31 @@
-"""Export a re-id model's eval forward to ONNX and check it against PyTorch with onnxruntime.
+"""``python -m fastreid_plugins.tools.export_onnx``: export a trained model to ONNX and check it
+with onnxruntime (the command line of :mod:`fastreid_plugins.deploy.onnx`, which says what the
+graph holds).
 
 Usage::
 
     python -m fastreid_plugins.tools.export_onnx --config-file configs/demo/mfgnet.yml \\
-        [--output model.onnx] [--batch-size 2] [--opset 17] [--no-check] \\
-        MODEL.WEIGHTS logs/demo/mfgnet/model_final.pth
+        --output mfgnet.onnx MODEL.WEIGHTS logs/demo/mfgnet/model_final.pth
 
-Works for every meta-architecture in FastReID's registry (FastReID's ``Baseline``/``MGN`` and the
-plugins' ``MFGNet``, ``MBFN``, ``SVRN``, ``CLIPSENet``): the model is built from the config (with
-every plugin's ``add_*_config``), its weights are loaded strictly, it is put in eval mode and its
-bare-tensor forward ``model(images) -> features`` is traced.
-
-The ONNX graph has one input ``images``: float32 (B, 3, H, W) RGB in [0, 255] (what FastReID's
-test loader yields; pixel normalisation is inside the graph), ``H, W = INPUT.SIZE_TEST``; and one
-output ``features``: float32 (B, D), the feature the evaluator ranks with. The batch axis is
-dynamic; H and W are those of the export (shape checks in the models are evaluated at trace
-time).
-
-The export uses PyTorch's TorchScript-based exporter (``dynamo=False``: the dynamo exporter needs
-``onnxscript``), with two symbolics added for the duration of the export: ``torch.sort(...,
-stable=True)`` -> ONNX ``TopK`` (stable by the ONNX spec), and ``adaptive_avg_pool2d`` on maps
-whose spatial size is not static at trace time -> reshape + mean (both used by SVRN).
-
-Models whose eval forward uses side information (CLIP-SENet's camera / viewpoint embeddings)
-are exported with what their bare-tensor forward does without it (CLIP-SENet: the learned
-"unknown" camera and viewpoint entries); the check compares with that same PyTorch forward.
-
-Check (on by default): onnxruntime (CPU) runs the exported graph on a random batch of a different
-batch size than the export batch and the output must match PyTorch's eval output within
-``|onnx - torch| <= atol + rtol * |torch|`` elementwise, ``atol = 1e-4``, ``rtol = 1e-3``
-(float32; the observed differences are ~1e-6).
+Nothing heavy is imported before the arguments are parsed (``--help`` answers at once).
 """
 
-from typing import Any, Dict, Optional, Sequence
+from __future__ import annotations
+
 import argparse
 import logging
-import os
 import sys
+from typing import Any, Dict, Optional, Sequence
 
-import numpy as np
-import torch
-from torch import nn
+from fastreid_plugins.deploy import DEFAULT_ATOL, DEFAULT_RTOL
 
-from fastreid_plugins.errors import UpstreamChangedError
-
-__all__ = ["main", "export_onnx", "check_onnx", "BareTensorModel", "DEFAULT_ATOL", "DEFAULT_RTOL"]
+__all__ = ["main", "build_parser"]
 
 logger = logging.getLogger("fastreid_plugins.export_onnx")
 
-DEFAULT_ATOL = 1e-4
-DEFAULT_RTOL = 1e-3
 
 
-class BareTensorModel(nn.Module):
-    """Eval-mode wrapper: (B, 3, H, W) images in [0, 255] -> (B, D) features.
-
-    Raises (at trace time):
-        TypeError: the wrapped model's eval forward does not return one (B, D) tensor.
-    """
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        out = self.model(images)
-        if not isinstance(out, torch.Tensor) or out.dim() != 2:
-            raise TypeError(
-                f"{type(self.model).__name__}'s eval forward must return a (B, D) feature "
-                f"tensor for a bare image tensor, got {type(out).__name__} "
-                f"{tuple(getattr(out, 'shape', ()))}")
-        return out
-
-
-#: the TorchScript exporter's private helpers the two symbolics below use
-ONNX_INTERNALS = ("_parse_arg", "_get_tensor_sizes")
-
-
-def _symbolic_helper():
-    """torch's TorchScript-exporter ``symbolic_helper`` module, checked for
-    :data:`ONNX_INTERNALS` (private; the one place they are looked up).
-
-    Raises:
-        UpstreamChangedError: the installed torch lacks the module or one of the helpers.
-    """
-    try:  # torch >= 2.9
-        from torch.onnx._internal.torchscript_exporter import symbolic_helper
-    except ImportError:  # pragma: no cover - older torch
-        try:
-            from torch.onnx import symbolic_helper
-        except ImportError as e:
-            raise UpstreamChangedError(
-                "torch.onnx's symbolic_helper (TorchScript exporter) is gone in torch "
-                f"{torch.__version__}; export_onnx was written against torch 2.14") from e
-    missing = [n for n in ONNX_INTERNALS if not hasattr(symbolic_helper, n)]
-    if missing:
-        raise UpstreamChangedError(
-            f"torch {torch.__version__}'s ONNX symbolic_helper lacks {missing} (private helpers "
-            "fastreid_plugins.tools.export_onnx uses); it was written against torch 2.14")
-    return symbolic_helper
-
-
-def _sort_symbolic(g, self, *args):
-    """``aten::sort`` including the ``stable=True`` overload -> ONNX ``TopK`` (k = dim size).
-
-    The TorchScript exporter has no symbolic for ``aten::sort.stable`` (its ``sort`` symbolic
-    reads the extra ``stable`` argument as an ``out=`` tensor and refuses). FastReID-style
-    models use stable sorts for deterministic ranking (e.g. SVRN's salience suppression); ONNX
-    ``TopK`` (opset >= 11) orders equal values by lower index first, i.e. stably, so the export
-    keeps the semantics.
-    """
-    sh = _symbolic_helper()
-    if len(args) == 3:  # aten::sort.stable(self, stable, dim, descending)
-        _, dim, descending = args
-    else:  # aten::sort(self, dim, descending)
-        dim, descending = args[:2]
-    dim = sh._parse_arg(dim, "i")
-    descending = sh._parse_arg(descending, "i")
-    size = g.op("Gather", g.op("Shape", self),
-                g.op("Constant", value_t=torch.tensor([dim], dtype=torch.int64)), axis_i=0)
-    return g.op("TopK", self, size, axis_i=dim, largest_i=int(bool(descending)), sorted_i=1,
-                outputs=2)
-
-
-def _const(g, values):
-    return g.op("Constant", value_t=torch.tensor(values, dtype=torch.int64))
-
-
-def _adaptive_avg_pool2d_symbolic(g, input, output_size):
-    """``adaptive_avg_pool2d`` also when the traced input's H, W are not static.
-
-    The TorchScript exporter exports adaptive average pooling to ``AveragePool`` only when the
-    input's spatial size is known at export time; a map whose size comes out of shape arithmetic
-    (e.g. SVRN's suppression-mask up-sampling) has unknown H, W and the export fails. For output
-    sizes that divide the input size (the only case ``AveragePool`` can express anyway), pooling
-    is a reshape to (B, C, Gh, H/Gh, Gw, W/Gw) and a mean over the two cell axes, which needs no
-    static size; a non-divisible size makes the ``Reshape`` fail at run time, never a silently
-    different result. Static sizes keep PyTorch's own symbolic.
-    """
-    sh = _symbolic_helper()
-    out = sh._parse_arg(output_size, "is")
-    out = list(out) * 2 if len(out) == 1 else list(out)
-    if out == [1, 1]:
-        return g.op("GlobalAveragePool", input)
-    sizes = sh._get_tensor_sizes(input)
-    if sizes is not None and len(sizes) == 4 and all(v is not None for v in sizes[2:]):
-        try:
-            from torch.onnx._internal.torchscript_exporter import symbolic_opset9 as o9
-        except ImportError:  # pragma: no cover - older torch
-            from torch.onnx import symbolic_opset9 as o9
-        return o9.adaptive_avg_pool2d(g, input, output_size)
-    gh, gw = out
-    shape = g.op("Shape", input)
-
-    def dim(i):
-        return g.op("Gather", shape, _const(g, [i]), axis_i=0)
-
-    new_shape = g.op("Concat", dim(0), dim(1),
-                     _const(g, [gh]), g.op("Div", dim(2), _const(g, [gh])),
-                     _const(g, [gw]), g.op("Div", dim(3), _const(g, [gw])), axis_i=0)
-    x = g.op("Reshape", input, new_shape)
-    if g.opset >= 18:
-        return g.op("ReduceMean", x, _const(g, [3, 5]), keepdims_i=0)
-    return g.op("ReduceMean", x, axes_i=[3, 5], keepdims_i=0)
-
-
-# symbolics registered for the duration of an export (see their docstrings)
-_CUSTOM_SYMBOLICS = {"aten::sort": _sort_symbolic,
-                     "aten::adaptive_avg_pool2d": _adaptive_avg_pool2d_symbolic}
-
-
-def export_onnx(model: nn.Module, path: str, height: int, width: int, batch_size: int = 2,
-                opset: int = 17) -> BareTensorModel:
-    """Trace ``model``'s eval forward on a bare (B, 3, H, W) tensor into an ONNX file.
-
-    Args:
-        model (nn.Module): a FastReID-style meta-architecture (eval forward -> (B, D) tensor).
-        path (str): output ``.onnx`` file.
-        height, width (int): input size (``INPUT.SIZE_TEST``).
-        batch_size (int): batch size of the example input (the batch axis stays dynamic).
-        opset (int): ONNX opset version (>= 11).
-
-    Returns:
-        nn.Module: the eval-mode wrapper that was exported.
-
-    Raises:
-        ValueError: ``opset < 11``.
-        RuntimeError: the model cannot be traced (the message names the model and the cause).
-    """
-    wrapper = BareTensorModel(model).eval()
-    device = next(iter(model.parameters()), torch.zeros(())).device
-    dummy = torch.rand(batch_size, 3, height, width, device=device) * 255
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    if opset < 11:
-        raise ValueError(f"--opset must be >= 11 (ONNX TopK with tie order), got {opset}")
-    for name, fn in _CUSTOM_SYMBOLICS.items():
-        torch.onnx.register_custom_op_symbolic(name, fn, opset)
-    try:
-        with torch.no_grad():
-            torch.onnx.export(
-                wrapper, (dummy,), path, input_names=["images"], output_names=["features"],
-                dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}},
-                opset_version=opset, do_constant_folding=True, dynamo=False)
-    except Exception as e:
-        raise RuntimeError(f"ONNX export of {type(model).__name__} failed: "
-                           f"{type(e).__name__}: {e}") from e
-    finally:
-        for name in _CUSTOM_SYMBOLICS:
-            torch.onnx.unregister_custom_op_symbolic(name, opset)
-    return wrapper
-
-
-def check_onnx(wrapper: nn.Module, path: str, height: int, width: int, batch_size: int = 3,
-               atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL,
-               seed: int = 0) -> Dict[str, Any]:
-    """Compare onnxruntime's output of ``path`` with PyTorch's on one random batch.
-
-    Args:
-        wrapper (nn.Module): the exported eval-mode model (images -> features).
-        path (str): the ``.onnx`` file.
-        height, width (int): input size; batch_size (int): batch of the check input.
-        atol, rtol (float): elementwise tolerance ``|onnx - torch| <= atol + rtol * |torch|``.
-        seed (int): seed of the random input.
-
-    Returns:
-        dict: ``max_abs_diff``, ``max_rel_diff``, ``shape``, ``atol``, ``rtol``.
-
-    Raises:
-        AssertionError: the outputs differ beyond the tolerance or in shape.
-    """
-    import onnx
-    import onnxruntime as ort
-
-    onnx.checker.check_model(onnx.load(path))
-    g = torch.Generator().manual_seed(seed)
-    x = torch.rand(batch_size, 3, height, width, generator=g) * 255
-    device = next(iter(wrapper.parameters()), torch.zeros(())).device
-    with torch.no_grad():
-        ref = wrapper(x.to(device)).float().cpu().numpy()
-    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-    got = sess.run(["features"], {"images": x.numpy()})[0]
-    if got.shape != ref.shape:
-        raise AssertionError(f"ONNX output shape {got.shape} != PyTorch {ref.shape}")
-    diff = np.abs(got - ref)
-    report = {"max_abs_diff": float(diff.max()),
-              "max_rel_diff": float((diff / np.maximum(np.abs(ref), 1e-12)).max()),
-              "shape": list(got.shape), "atol": atol, "rtol": rtol}
-    if not np.all(diff <= atol + rtol * np.abs(ref)):
-        raise AssertionError(f"ONNX output differs from PyTorch beyond atol={atol}, rtol={rtol}: "
-                             f"max |diff| {report['max_abs_diff']:.3g}")
-    return report
-
-
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m fastreid_plugins.tools.export_onnx",
                                 description="Export a re-id model to ONNX and check it.")
     p.add_argument("--config-file", required=True, metavar="FILE")
@@ -279,6 +52,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
+    from fastreid_plugins.deploy.onnx import check_onnx, export_onnx
     from fastreid_plugins.tools import build_tool_cfg, load_tool_model
 
     cfg = build_tool_cfg(args.config_file, args.opts)
