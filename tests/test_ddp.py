@@ -393,13 +393,30 @@ def test_patches_and_single_process_noops():
 
 
 def test_worker_keeps_fastreid_nccl_path_with_cuda(monkeypatch):
-    """With CUDA, the worker is FastReID's own (NCCL, one GPU per process), untouched."""
-    from fastreid_plugins import patches
-    seen = []
-    monkeypatch.setitem(patches.ORIGINALS, "launch._distributed_worker", lambda *a: seen.append(a))
+    """With CUDA, FastReID's own worker (NCCL, one GPU per process) stays: the launch patch
+    installs the gloo worker only on hosts without CUDA, and the gloo worker refuses to run
+    where CUDA is."""
+    import copy
+    import types
+
+    from fastreid_plugins import upstream
+    from fastreid_plugins.patches import base
+    from fastreid_plugins.patches import launch as launch_patch
+
+    fastreid_worker = object()
+    fake = types.SimpleNamespace(_distributed_worker=fastreid_worker)
+    monkeypatch.setattr(upstream, "replace_launch_worker",
+                        lambda patch: patch(fake, "_distributed_worker"))
+    monkeypatch.setattr(base, "ORIGINALS", dict(base.ORIGINALS))  # the real records stay
+    monkeypatch.setitem(base.PATCHES, "launch.gloo", copy.deepcopy(base.PATCHES["launch.gloo"]))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    distributed.distributed_worker(0, print, 2, 2, 0, "tcp://127.0.0.1:1", ())
-    assert seen == [(0, print, 2, 2, 0, "tcp://127.0.0.1:1", ())]
+    launch_patch.apply()
+    assert fake._distributed_worker is fastreid_worker
+    with pytest.raises(RuntimeError, match="FastReID's own"):
+        distributed.distributed_worker(0, print, 2, 2, 0, "tcp://127.0.0.1:1", ())
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    launch_patch.apply()  # the same call on a host without CUDA installs the gloo worker
+    assert fake._distributed_worker is distributed.distributed_worker
 
 
 def test_metric_printer_survives_two_writes_at_one_iteration():

@@ -1,24 +1,30 @@
 """The package's layers, read from the source (every import, module-level or inside a function):
 
-    leaves (errors, patches.base, upstream)  <  core  <  patches  <  methods  <  tools
+    leaves (errors, version, upstream, patches.base, patches.compat)  <  core  <  patches
+    <  engine  <  methods  <  tools, reproduce, activation  <  the package root and the
+    ``__main__`` programs
 
-* no import cycle between the package's modules, function-local imports included (a local import
-  cannot hide one);
-* the leaves import nothing of the package (``upstream`` only the errors);
-* core modules import no patch module (except :mod:`fastreid_plugins.patches.base`), no method
-  and no tool; patch modules no method and no tool; a method no other method and no tool.
+* no import cycle between the package's modules (the root included), function-local imports
+  included (a local import cannot hide one);
+* no module imports one of a higher layer, nor a method another method; nothing imports the
+  package root (it only re-exports);
+* the leaves import only leaves;
+* every module that imports FastReID imports ``fastreid_plugins.patches.compat`` first (the torch 2
+  / Python 3.11 import shims, without which ``fastreid.data`` does not import).
 """
 
 import ast
 import os
+import re
 
 from helpers import ROOT
 
 PKG = "fastreid_plugins"
 PKG_DIR = os.path.join(ROOT, PKG)
 METHODS = ("mfgnet", "mbfn", "svrn", "clip_senet")
-TOOLS = ("tools", "extract", "search", "reproduce")
-LEAVES = (f"{PKG}.errors", f"{PKG}.patches.base")
+TOOLS = ("tools", "reproduce", "activation")
+LEAVES = (f"{PKG}.errors", f"{PKG}.version", f"{PKG}.upstream", f"{PKG}.patches.base",
+          f"{PKG}.patches.compat")
 
 
 def _modules():
@@ -64,16 +70,16 @@ def _graph():
 
 def _layer(name):
     parts = name.split(".")
-    if name in LEAVES or name == f"{PKG}.upstream":
+    if name in LEAVES:
         return 0
-    if len(parts) == 1:
-        return 5  # the package __init__ imports everything, by design
+    if len(parts) == 1 or parts[-1] == "__main__":
+        return 6  # the package root (activate() imports the methods) and the programs
     top = parts[1]
-    if top == "reproduce" and len(parts) > 2 and parts[2] in ("registry", "papers"):
-        return 1  # the ablation registry is data (the methods' ABLATIONS derive from it)
     if top in TOOLS:
-        return 4
+        return 5
     if top in METHODS:
+        return 4
+    if top == "engine":
         return 3
     if top == "patches":
         return 2
@@ -82,7 +88,6 @@ def _layer(name):
 
 def test_no_import_cycle_local_imports_included():
     graph = _graph()
-    graph[PKG] = set()  # the root __init__ (everything imports it implicitly) is not a node
     state, stack, cycles = {}, [], []
 
     def visit(n):
@@ -108,8 +113,8 @@ def test_layers():
     wrong = []
     for n, deps in graph.items():
         for m in deps:
-            if m == PKG or (n.startswith(m + ".")):
-                continue  # a module's own package
+            if n.startswith(m + ".") and m != PKG:
+                continue  # a module's own package (its __init__)
             ln, lm = _layer(n), _layer(m)
             same_method = (ln == lm == 3 and n.split(".")[1] == m.split(".")[1])
             if lm > ln or (ln == lm == 3 and not same_method):
@@ -117,11 +122,66 @@ def test_layers():
     assert not wrong, "layer violations:\n" + "\n".join(sorted(wrong))
 
 
-def test_leaves_import_nothing_of_the_package():
+def test_leaves_import_only_leaves():
     graph = _graph()
     for leaf in LEAVES:
-        assert graph[leaf] == set(), (leaf, graph[leaf])
-    assert graph[f"{PKG}.upstream"] <= {f"{PKG}.errors"}
+        assert graph[leaf] <= set(LEAVES), (leaf, graph[leaf])
+    assert graph[f"{PKG}.errors"] == set() and graph[f"{PKG}.patches.base"] == set()
+
+
+def _compat_rule_violations(name, path):
+    """Why module ``name`` breaks the compat rule ("" if it keeps it): a module-level FastReID
+    import, or a FastReID data / engine / evaluation import anywhere (outside ``if
+    TYPE_CHECKING:``), needs ``import fastreid_plugins.patches.compat`` at module level, before
+    its first FastReID import."""
+    tree = ast.parse(open(path).read(), path)
+    checking = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
+                and getattr(node.test, "id", "") == "TYPE_CHECKING" for n in ast.walk(node)}
+
+    def fastreid(node, needs_shims=False):
+        mods = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level
+                else [])
+        pat = r"fastreid\.(data|engine|evaluation)\b" if needs_shims else r"fastreid(\.|$)"
+        return any(re.match(pat, m) for m in mods)
+
+    compat_line = next((n.lineno for n in tree.body if isinstance(n, ast.Import)
+                        and any(a.name == f"{PKG}.patches.compat" for a in n.names)), None)
+    top = [n.lineno for n in tree.body if fastreid(n)]
+    anywhere = [n.lineno for n in ast.walk(tree)
+                if id(n) not in checking and fastreid(n, needs_shims=True)]
+    if not (top or anywhere):
+        return ""
+    if compat_line is None:
+        return f"{name} imports FastReID (line {min(top + anywhere)}) without the compat line"
+    if top and compat_line > min(top):
+        return f"{name}: the compat line comes after the FastReID import of line {min(top)}"
+    return ""
+
+
+def test_fastreid_imports_come_after_the_import_shims():
+    wrong = [w for n, p in _modules().items()
+             if n not in (f"{PKG}.patches.compat",) for w in [_compat_rule_violations(n, p)] if w]
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_compat_checker_can_fail(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("import os\nfrom fastreid.data import build_reid_test_loader\n")
+    late = tmp_path / "late.py"
+    late.write_text("from fastreid.config import CfgNode\nimport fastreid_plugins.patches.compat\n")
+    local = tmp_path / "local.py"
+    local.write_text("def f():\n    from fastreid.engine import DefaultTrainer\n")
+    typing_only = tmp_path / "typing_only.py"
+    typing_only.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+                           "    from fastreid.engine import DefaultTrainer\n")
+    good = tmp_path / "good.py"
+    good.write_text("import fastreid_plugins.patches.compat\nfrom fastreid.data import x\n")
+    assert "without the compat line" in _compat_rule_violations("bad", str(bad))
+    assert "comes after" in _compat_rule_violations("late", str(late))
+    assert "without the compat line" in _compat_rule_violations("local", str(local))
+    assert _compat_rule_violations("typing_only", str(typing_only)) == ""
+    assert _compat_rule_violations("good", str(good)) == ""
 
 
 def test_the_checker_sees_a_function_local_import(tmp_path):

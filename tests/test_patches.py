@@ -82,7 +82,8 @@ def test_patch_attr_once_everywhere_the_original_is_bound(monkeypatch):
 def test_fastreid_import_fails_without_shims_and_works_with_them():
     bare = _run("import fastreid.data")
     assert bare.returncode != 0 and ("torch._six" in bare.stderr or "Mapping" in bare.stderr)
-    ok = _run("import fastreid_plugins, fastreid.data, fastreid.evaluation.testing; print('ok')")
+    ok = _run("import fastreid_plugins.patches.compat, fastreid.data, fastreid.evaluation.testing;"
+              " print('ok')")
     assert ok.returncode == 0, ok.stderr
     import collections
     from torch._six import string_classes
@@ -314,7 +315,7 @@ def test_every_applied_patch_is_described_with_its_targets():
 
 def test_patches_cli_lists_every_patch():
     from fastreid_plugins.patches import APPLIED
-    out = subprocess.run([sys.executable, "-m", "fastreid_plugins.patches"], cwd=ROOT,
+    out = subprocess.run([sys.executable, "-m", "fastreid_plugins.patches", "--activate"], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     for tag in APPLIED:

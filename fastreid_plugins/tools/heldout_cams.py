@@ -24,12 +24,19 @@ Euclidean distance, each branch's slice), the mean +- s.e. per fold and, with ``
 mean of the fold means.
 """
 
+from __future__ import annotations
+
 import argparse
 import logging
 import os
 import tempfile
+from typing import TYPE_CHECKING, Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from fastreid.config import CfgNode
+    from torch import nn
 
 __all__ = ["FOLDS", "make_split", "sub_descriptor_maps", "run", "mean_se", "main"]
 
@@ -41,7 +48,7 @@ FOLDS = {
 }
 
 
-def make_split(src, dst, fold="forward"):
+def make_split(src: str, dst: str, fold: str = "forward") -> str:
     """``dst/veri`` for one fold: image_train = image_test = the training cameras' images (the
     gallery), image_query = the other cameras' images (never seen in training).
 
@@ -59,7 +66,7 @@ def make_split(src, dst, fold="forward"):
     return dst
 
 
-def sub_descriptor_maps(cfg, model):
+def sub_descriptor_maps(cfg: CfgNode, model: nn.Module) -> Dict[str, float]:
     """mAP of the whole descriptor under both metrics, and of each branch's slice of it (global
     branch, local branch, ...) under ``TEST.METRIC``; the same trained model, one forward pass."""
     import torch
@@ -110,7 +117,8 @@ def _sub_descriptor_maps(cfg, model):
     return out
 
 
-def run(config_file, opts, seed, epochs, out):
+def run(config_file: str, opts: Sequence[str], seed: int, epochs: int,
+        out: str) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     """Train ``config_file`` (+ ``opts``) for ``epochs`` epochs on the split the datasets root
     points at (:func:`make_split`); returns (untrained metrics, trained metrics with the
     per-branch mAPs of :func:`sub_descriptor_maps` under ``"branches"``)."""
@@ -141,13 +149,13 @@ def run(config_file, opts, seed, epochs, out):
     return untrained, res
 
 
-def mean_se(values):
+def mean_se(values: Sequence[float]) -> Tuple[float, float]:
     """Mean and standard error (sample s.d. / sqrt(n); 0 for a single value) of a list."""
     v = np.asarray(values, dtype=float)
     return v.mean(), (v.std(ddof=1) / np.sqrt(len(v)) if len(v) > 1 else 0.0)
 
 
-def main(argv=None):
+def main(argv: Optional[Sequence[str]] = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--config-file", required=True)
     p.add_argument("--seeds", default="0,1", help="comma-separated seeds, or a range like 0-5")
