@@ -96,9 +96,8 @@ class MBFN(PluginMetaArch):
     def __init__(self, *, trunk: nn.Module, global_branch: Optional[PartBranch],
                  local1: Optional[PartBranch], local2: Optional[PartBranch],
                  pixel_mean: Sequence[float], pixel_std: Sequence[float],
-                 gather_losses: bool = True, lam: float = 0.1, ce_reduction: str = "sum",
-                 triplet_on_parts: bool = True, ce_kwargs: Optional[Dict[str, float]] = None,
-                 tri_kwargs: Optional[Dict[str, Any]] = None) -> None:
+                 gather_losses: bool, lam: float, ce_reduction: str, triplet_on_parts: bool,
+                 ce_kwargs: Dict[str, float], tri_kwargs: Dict[str, Any]) -> None:
         super().__init__(pixel_mean, pixel_std, gather_losses)
         if global_branch is None and local1 is None and local2 is None:
             raise ValueError("MBFN needs at least one branch")
@@ -109,9 +108,8 @@ class MBFN(PluginMetaArch):
         self.lam = float(lam)
         self.ce_reduction = ce_reduction
         self.triplet_on_parts = bool(triplet_on_parts)
-        self.ce_kwargs = dict(ce_kwargs or {"eps": 0.0, "alpha": 0.2})
-        self.tri_kwargs = dict(tri_kwargs
-                               or {"margin": 1.2, "norm_feat": False, "hard_mining": True})
+        self.ce_kwargs = dict(ce_kwargs)
+        self.tri_kwargs = dict(tri_kwargs)
 
     @classmethod
     def from_config(cls, cfg: CfgNode) -> Dict[str, Any]:

@@ -66,10 +66,9 @@ class MFGNet(PluginMetaArch):
     @configurable
     def __init__(self, *, trunk: nn.Module, global_branch: PartBranch,
                  local_branch: Optional[PartBranch], pixel_mean: Sequence[float],
-                 pixel_std: Sequence[float], gather_losses: bool = True, alpha: float = 1.0,
-                 beta: float = 0.1, use_triplet: bool = True, ce_reduction: str = "sum",
-                 ce_kwargs: Optional[Dict[str, float]] = None,
-                 tri_kwargs: Optional[Dict[str, Any]] = None) -> None:
+                 pixel_std: Sequence[float], gather_losses: bool, alpha: float, beta: float,
+                 use_triplet: bool, ce_reduction: str, ce_kwargs: Dict[str, float],
+                 tri_kwargs: Dict[str, Any]) -> None:
         super().__init__(pixel_mean, pixel_std, gather_losses)
         self.trunk = trunk
         self.global_branch = global_branch
@@ -78,9 +77,8 @@ class MFGNet(PluginMetaArch):
         self.beta = float(beta)
         self.use_triplet = bool(use_triplet)
         self.ce_reduction = ce_reduction
-        self.ce_kwargs = dict(ce_kwargs or {"eps": 0.0, "alpha": 0.2})
-        self.tri_kwargs = dict(tri_kwargs
-                               or {"margin": 0.3, "norm_feat": False, "hard_mining": True})
+        self.ce_kwargs = dict(ce_kwargs)
+        self.tri_kwargs = dict(tri_kwargs)
 
     @classmethod
     def from_config(cls, cfg: CfgNode) -> Dict[str, Any]:

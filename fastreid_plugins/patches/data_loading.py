@@ -34,51 +34,55 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
+def _wrap_init(original):
+    def __init__(self, local_rank, **kwargs):
+        if _cuda():
+            return original(self, local_rank, **kwargs)
+        kwargs["pin_memory"] = False
+        torch.utils.data.DataLoader.__init__(self, **kwargs)
+        self.stream = None
+        self.local_rank = local_rank
+    return __init__
+
+
+def _wrap_preload(original):
+    def preload(self):
+        if self.stream is not None:
+            return original(self)
+        self.batch = next(self.iter, None)
+    return preload
+
+
+def _wrap_next(original):
+    def __next__(self):
+        if self.stream is not None:
+            return original(self)
+        batch = self.batch
+        if batch is None:
+            raise StopIteration
+        self.preload()
+        return batch
+    return __next__
+
+
+def _wrap_run(original):
+    def run(self):
+        if _cuda():
+            return original(self)
+        for item in self.generator:
+            if self.exit_event.is_set():
+                break
+            self.queue.put(item)
+        self.queue.put(None)
+    return run
+
+
 def _patch_dataloader() -> None:
     import fastreid.data.data_utils as du
 
-    def wrap_init(original):
-        def __init__(self, local_rank, **kwargs):
-            if _cuda():
-                return original(self, local_rank, **kwargs)
-            kwargs["pin_memory"] = False
-            torch.utils.data.DataLoader.__init__(self, **kwargs)
-            self.stream = None
-            self.local_rank = local_rank
-        return __init__
-
-    def wrap_preload(original):
-        def preload(self):
-            if self.stream is not None:
-                return original(self)
-            self.batch = next(self.iter, None)
-        return preload
-
-    def wrap_next(original):
-        def __next__(self):
-            if self.stream is not None:
-                return original(self)
-            batch = self.batch
-            if batch is None:
-                raise StopIteration
-            self.preload()
-            return batch
-        return __next__
-
-    def wrap_run(original):
-        def run(self):
-            if _cuda():
-                return original(self)
-            for item in self.generator:
-                if self.exit_event.is_set():
-                    break
-                self.queue.put(item)
-            self.queue.put(None)
-        return run
-
     Loader, Gen = du.DataLoaderX, du.BackgroundGenerator
-    for owner, name, wrap in ((Loader, "__init__", wrap_init), (Loader, "preload", wrap_preload),
-                              (Loader, "__next__", wrap_next), (Gen, "run", wrap_run)):
+    for owner, name, wrap in ((Loader, "__init__", _wrap_init), (Loader, "preload", _wrap_preload),
+                              (Loader, "__next__", _wrap_next), (Gen, "run", _wrap_run)):
         patch_attr(owner, name, f"{owner.__name__}.{name}", wrap, tag="DataLoaderX.cpu")
 
 

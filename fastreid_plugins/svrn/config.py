@@ -135,6 +135,21 @@ def validate_svrn_config(cfg: CN) -> None:
         raise MissingConfigError("MODEL.SVRN is missing: build the config with add_svrn_config "
                                  "(fastreid_plugins.config.get_cfg(add_svrn_config))")
     C = cfg.MODEL.SVRN
+    alphas = _check_stages(C)
+    _check_suppression(C, alphas)
+    _check_modules(C)
+    _check_cross_losses(C)
+    if cfg.MODEL.BACKBONE.NAME != "build_resnet_backbone":
+        raise ConfigError(f"MODEL.BACKBONE.NAME={cfg.MODEL.BACKBONE.NAME!r}: SVRN duplicates "
+                         "ResNet blocks and needs 'build_resnet_backbone'.")
+    if cfg.MODEL.BACKBONE.WITH_NL:
+        raise ConfigError("MODEL.BACKBONE.WITH_NL=True is not supported by SVRN (its stages run "
+                         "the ResNet layers block by block); set it False.")
+
+
+def _check_stages(C: CN) -> list:
+    """NUM_STAGES, START_BLOCKS and ALPHAS (one start block and one ratio per stage t >= 2);
+    returns the alphas."""
     T = C.NUM_STAGES
     if not isinstance(T, int) or T < 1:
         raise _err("NUM_STAGES", T, "an integer >= 1")
@@ -155,6 +170,12 @@ def validate_svrn_config(cfg: CN) -> None:
     for a in alphas:
         if not isinstance(a, (int, float)) or not 0.0 <= float(a) < 1.0:
             raise _err("ALPHAS", alphas, "every suppression ratio alpha in [0, 1)")
+    return alphas
+
+
+def _check_suppression(C: CN, alphas: list) -> None:
+    """GRID, N_ROUNDING, MASK_MODE, ACCUMULATE_MASKS, and that the masks leave a cell (and have
+    a reward loss to train the salience ranking)."""
     if not isinstance(C.GRID, int) or C.GRID < 1:
         raise _err("GRID", C.GRID, "a positive integer (8 in the paper)")
     if C.N_ROUNDING not in ROUNDINGS:
@@ -177,6 +198,10 @@ def validate_svrn_config(cfg: CN) -> None:
                    "gradient). For suppression without salience navigation use MODEL.SVRN."
                    "MASK_MODE random (no ranking layer, no critic); for no suppression, ALPHAS "
                    "of 0")
+
+
+def _check_modules(C: CN) -> None:
+    """SIM, REDUCTION_DIM and EVAL_FEAT."""
     if C.SIM.NAME not in SIM_NAMES:
         raise _err("SIM.NAME", C.SIM.NAME, f"one of {SIM_NAMES}")
     if C.SIM.KERNEL < 1 or C.SIM.KERNEL % 2 == 0:
@@ -191,6 +216,11 @@ def validate_svrn_config(cfg: CN) -> None:
         raise _err("EVAL_FEAT", "unified", "'gap', 'gap_l2' or 'bn' when every cross-space term "
                    "(MODEL.SVRN.CROSS.{VCC,ICC,DCC}.ENABLED) is off: the unified layer g is "
                    "only built (and trained) for them")
+
+
+def _check_cross_losses(C: CN) -> None:
+    """The critic and the cross-space losses (VCC / ICC / DCC)."""
+    T = C.NUM_STAGES
     if C.CRITIC.MODE not in CRITIC_MODES:
         raise _err("CRITIC.MODE", C.CRITIC.MODE, f"one of {CRITIC_MODES}")
     if C.CROSS.UNIFIED_DIM < 1:
@@ -203,12 +233,6 @@ def validate_svrn_config(cfg: CN) -> None:
             if C.CROSS[k].ENABLED:
                 raise _err(f"CROSS.{k}.ENABLED", True, f"False when NUM_STAGES=1 ({k} compares "
                            "the stages of one image)")
-    if cfg.MODEL.BACKBONE.NAME != "build_resnet_backbone":
-        raise ConfigError(f"MODEL.BACKBONE.NAME={cfg.MODEL.BACKBONE.NAME!r}: SVRN duplicates "
-                         "ResNet blocks and needs 'build_resnet_backbone'.")
-    if cfg.MODEL.BACKBONE.WITH_NL:
-        raise ConfigError("MODEL.BACKBONE.WITH_NL=True is not supported by SVRN (its stages run "
-                         "the ResNet layers block by block); set it False.")
 
 
 # ----------------------------------------------------------------------------------------------
