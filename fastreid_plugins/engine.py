@@ -45,29 +45,18 @@ from .checkpoint import (ResumableTrainerMixin, TrainingFinishedError, check_fin
 from . import errors
 from .cli import USER_ERRORS, debug_requested, error_message, log_traceback_to_files, run_cli
 from .config import get_cfg, merge_config_file, merge_overrides, require_plugins_config
+from .data.root import datasets_root
 from .data.validation import check_dataset_items, check_identity_batches
 from .evaluation import VehicleReidEvaluator
 from .modeling.base import state_dict_mismatch
 from .errors import CorruptCheckpointError, DatasetError, WeightsMismatchError
-from .patches.base import set_module_global
 from .seeding import resolve_seed, seed_all, seeded_train_loader
 
 __all__ = ["PluginTrainer", "setup", "main", "launch_main", "load_model_weights",
-           "default_argument_parser", "is_vehicleid", "set_datasets_root", "prepare_for_host",
+           "default_argument_parser", "is_vehicleid", "prepare_for_host",
            "TrainingFinishedError", "fastreid_versions"]
 
 logger = logging.getLogger(__name__)
-_root = os.getenv("FASTREID_DATASETS", "datasets")
-
-
-def set_datasets_root(path: str) -> None:
-    """Point FastReID's dataset loaders (and ours) at ``path`` (what ``FASTREID_DATASETS`` sets at
-    import time)."""
-    global _root
-    import fastreid.data.build as db
-    set_module_global(db, "_root", path, tag="datasets_root")
-    _root = path
-    os.environ["FASTREID_DATASETS"] = path
 
 
 def load_model_weights(model: nn.Module, path: str) -> None:
@@ -196,7 +185,8 @@ class PluginTrainer(ResumableTrainerMixin, DefaultTrainer):
         else:  # FastReID's build_reid_train_loader, over cls.dataset_cls
             items = []
             for name in cfg.DATASETS.NAMES:
-                data = DATASET_REGISTRY.get(name)(root=_root, combineall=cfg.DATASETS.COMBINEALL)
+                data = DATASET_REGISTRY.get(name)(root=datasets_root(),
+                                                  combineall=cfg.DATASETS.COMBINEALL)
                 if comm.is_main_process():
                     data.show_train()
                 items.extend(data.train)
@@ -239,13 +229,15 @@ class PluginTrainer(ResumableTrainerMixin, DefaultTrainer):
 
     @classmethod
     def build_test_loader(cls, cfg: CfgNode, dataset_name: str) -> Tuple[DataLoader, int]:
+        """FastReID's ``build_reid_test_loader`` over the items of ``dataset_name`` (read under
+        :func:`~fastreid_plugins.data.datasets_root`, checked once) and ``cls.dataset_cls``.
+
+        Returns:
+            (loader, num_query): the first ``num_query`` samples are the queries (0 for the
+            VehicleID family, whose evaluator draws the query/gallery splits).
+        """
         vehicleid = is_vehicleid(dataset_name)
-        if not vehicleid and cls.dataset_cls is None:
-            loader, num_query = build_reid_test_loader(cfg, dataset_name=dataset_name)
-            check_dataset_items(loader.dataset.img_items, "test", [dataset_name])
-            return loader, num_query
-        # FastReID's build_reid_test_loader, over our own item list and dataset class
-        data = DATASET_REGISTRY.get(dataset_name)(root=_root)
+        data = DATASET_REGISTRY.get(dataset_name)(root=datasets_root())
         if comm.is_main_process():
             data.show_test()
         if vehicleid:
@@ -255,7 +247,7 @@ class PluginTrainer(ResumableTrainerMixin, DefaultTrainer):
             dataset_cls, num_query = CommDataset, 0
         else:
             items = data.query + data.gallery
-            dataset_cls, num_query = cls.dataset_cls, len(data.query)
+            dataset_cls, num_query = cls.dataset_cls or CommDataset, len(data.query)
         check_dataset_items(items, "test", [dataset_name])
         test_set = dataset_cls(items, build_transforms(cfg, is_train=False), relabel=False)
         loader, _ = build_reid_test_loader(test_set=test_set, num_query=num_query,
@@ -342,7 +334,7 @@ def _log_header(cfg, args):
                 + (", --eval-only MODEL.WEIGHTS " + cfg.MODEL.WEIGHTS
                    if getattr(args, "eval_only", False) else ""))
     logger.info(f"Datasets: train {', '.join(cfg.DATASETS.NAMES)}, test "
-                f"{', '.join(cfg.DATASETS.TESTS)}, under {os.path.abspath(_root)} "
+                f"{', '.join(cfg.DATASETS.TESTS)}, under {os.path.abspath(datasets_root())} "
                 "(FASTREID_DATASETS)")
     world = comm.get_world_size()
     if world > 1:

@@ -107,11 +107,10 @@ def one_torch_thread():
 def seeded_run(veri_root, tmp_path_factory):
     """The uninterrupted seeded run (in-process): its output folder."""
     import fastreid.data.build as db
-    import fastreid_plugins.engine as eng
     out = tmp_path_factory.mktemp("seeded") / "a"
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(db, "_root", veri_root)
-        mp.setattr(eng, "_root", veri_root)
+        mp.setenv("FASTREID_DATASETS", veri_root)
         trainer = PluginTrainer(_cfg(out))
         trainer.resume_or_load(resume=False)
         trainer.train()

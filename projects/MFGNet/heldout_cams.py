@@ -37,7 +37,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from fastreid_plugins.config import get_cfg  # noqa: E402
-from fastreid_plugins.engine import PluginTrainer, set_datasets_root  # noqa: E402
+from fastreid_plugins.data import set_datasets_root  # noqa: E402
+from fastreid_plugins.engine import PluginTrainer  # noqa: E402
 from fastreid_plugins.mbfn import add_mbfn_config  # noqa: E402
 from fastreid_plugins.mfgnet import add_mfgnet_config  # noqa: E402
 from fastreid_plugins.seeding import seed_all  # noqa: E402
