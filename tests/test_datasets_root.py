@@ -9,6 +9,7 @@ import pytest
 
 import fastreid_plugins  # noqa: F401
 from fastreid_plugins import data, engine
+from fastreid_plugins.data import train_loader
 from fastreid_plugins.data.validation import expected_layout
 from fastreid_plugins.errors import DatasetNotFoundError
 
@@ -16,7 +17,7 @@ from helpers import make_cfg
 
 BOT = "configs/demo/bagtricks_r18.yml"
 
-# ----------------------------------------------------------------------------------------------
+
 def test_datasets_root_reads_the_environment_with_fastreids_default(monkeypatch):
     monkeypatch.delenv("FASTREID_DATASETS", raising=False)
     assert data.datasets_root() == "datasets"
@@ -42,7 +43,7 @@ def test_set_datasets_root_points_ours_and_fastreids(monkeypatch, tmp_path):
 
 
 def test_every_loader_reads_the_one_root(veri_root, tmp_path, monkeypatch):
-    """The engine's test loaders and the package's datasets read
+    """The engine's train and test loaders and the package's datasets read
     ``datasets_root()``, never a copy: with FastReID's ``_root`` at the real sample and
     ``$FASTREID_DATASETS`` at an empty folder, they look in the empty folder."""
     import fastreid.data.build as db
@@ -51,7 +52,8 @@ def test_every_loader_reads_the_one_root(veri_root, tmp_path, monkeypatch):
     monkeypatch.setattr(db, "_root", veri_root)
     monkeypatch.setenv("FASTREID_DATASETS", str(tmp_path))
     cfg = make_cfg(BOT)
-    for build in (lambda: engine.PluginTrainer.build_test_loader(cfg, "VeRi"),
+    for build in (lambda: engine.PluginTrainer.build_train_loader(cfg),
+                  lambda: engine.PluginTrainer.build_test_loader(cfg, "VeRi"),
                   VeRiViewpoint):
         with pytest.raises(DatasetNotFoundError, match=str(tmp_path)):
             build()
@@ -60,3 +62,4 @@ def test_every_loader_reads_the_one_root(veri_root, tmp_path, monkeypatch):
     assert engine.PluginTrainer.build_test_loader(cfg, "VeRi")[1] > 0
     # the copies issue 26 removed stay removed
     assert not hasattr(engine, "_root") and not hasattr(engine, "set_datasets_root")
+    assert train_loader.datasets_root is data.datasets_root

@@ -1,10 +1,12 @@
-"""Datasets, the datasets root and dataset input checks.
+"""Datasets, the datasets root, the training data path and dataset input checks.
 
 Importing this package registers :class:`~fastreid_plugins.data.vric.VRIC` and
 :class:`~fastreid_plugins.data.veri_viewpoint.VeRiViewpoint` in FastReID's ``DATASET_REGISTRY``.
 
 * :func:`datasets_root` / :func:`set_datasets_root` (:mod:`~fastreid_plugins.data.root`): the one
   accessor and the one setter of the datasets root (``$FASTREID_DATASETS``).
+* :mod:`~fastreid_plugins.data.train_loader`: the one training data path (dataset -> identity
+  sampler -> seeded sampler -> loader, checked once), used by every trainer of the package.
 * :mod:`~fastreid_plugins.data.validation`: the input checks (clear errors for missing dataset
   folders, unreadable images, image names that do not parse, malformed list files, empty splits,
   batch settings an identity sampler cannot fill); :mod:`fastreid_plugins.patches.datasets` runs
