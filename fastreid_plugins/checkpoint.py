@@ -325,8 +325,9 @@ class ResumableTrainerMixin:
     DefaultTrainer)``): seeds the run with ``SEED``, checkpoints through
     :class:`PluginCheckpointer` with :class:`TrainerState`, and resumes exactly.
 
-    The training loader must come from :func:`fastreid_plugins.seeding.seeded_train_loader`
-    (``PluginTrainer.build_train_loader`` does it) for the sampler position to be restored.
+    The training loader must come from :func:`fastreid_plugins.data.train_loader.seeded_loader`
+    (``PluginTrainer.build_train_loader`` builds it there) for the sampler position to be
+    restored.
     """
 
     def __init__(self, cfg: CfgNode) -> None:

@@ -26,7 +26,7 @@ import tempfile
 
 import torch
 from fastreid.config import CfgNode
-from fastreid.data import build_reid_test_loader, build_reid_train_loader
+from fastreid.data import build_reid_test_loader
 from fastreid.data.common import CommDataset
 from fastreid.data.datasets import DATASET_REGISTRY
 from fastreid.data.datasets.vehicleid import VehicleID
@@ -46,32 +46,22 @@ from .checkpoint import (ResumableTrainerMixin, TrainingFinishedError, check_fin
 from . import errors
 from .cli import USER_ERRORS, debug_requested, error_message, log_traceback_to_files, run_cli
 from .config import get_cfg, merge_config_file, merge_overrides, require_plugins_config
-from .data.validation import check_dataset_items, check_identity_batches
+from .data import train_loader
+from .data.root import datasets_root
+from .data.validation import check_dataset_items
 from .evaluation import VehicleReidEvaluator
 from .modeling.base import state_dict_mismatch
-from .errors import CorruptCheckpointError, DatasetError, WeightsMismatchError
+from .errors import CorruptCheckpointError, WeightsMismatchError
 from .patches import active as active_patches
 from .patches import apply as apply_patches
-from .patches.base import set_module_global
-from .seeding import resolve_seed, seed_all, seeded_train_loader
+from .seeding import resolve_seed, seed_all
 from .version import __version__
 
 __all__ = ["PluginTrainer", "setup", "main", "launch_main", "load_model_weights",
-           "default_argument_parser", "is_vehicleid", "set_datasets_root", "prepare_for_host",
+           "default_argument_parser", "is_vehicleid", "prepare_for_host",
            "TrainingFinishedError", "fastreid_versions"]
 
 logger = logging.getLogger(__name__)
-_root = os.getenv("FASTREID_DATASETS", "datasets")
-
-
-def set_datasets_root(path: str) -> None:
-    """Point FastReID's dataset loaders (and ours) at ``path`` (what ``FASTREID_DATASETS`` sets at
-    import time)."""
-    global _root
-    import fastreid.data.build as db
-    set_module_global(db, "_root", path, tag="datasets_root")
-    _root = path
-    os.environ["FASTREID_DATASETS"] = path
 
 
 def load_model_weights(model: nn.Module, path: str) -> None:
@@ -172,11 +162,12 @@ class PluginTrainer(ResumableTrainerMixin, DefaultTrainer):
     """FastReID's :class:`DefaultTrainer` with the plugins' evaluator, loaders and optimizer.
 
     ``dataset_cls``: the dataset class of the train and (non-VehicleID) test loaders. ``None``
-    keeps FastReID's loader builders (:class:`~fastreid.data.common.CommDataset`). A subclass
-    whose batches need more than ``images/targets/camids/img_paths`` sets it to a class built
-    like ``CommDataset(img_items, transform, relabel)`` (e.g. CLIP-SENet's ``SideInfoDataset``);
+    uses FastReID's :class:`~fastreid.data.common.CommDataset`. A subclass whose batches need
+    more than ``images/targets/camids/img_paths`` sets it to a class built like
+    ``CommDataset(img_items, transform, relabel)`` (e.g. CLIP-SENet's ``SideInfoDataset``);
     samplers, transforms, batch sizes and workers stay FastReID's. VehicleID test sets always use
-    ``CommDataset`` (the evaluator draws the query/gallery splits).
+    ``CommDataset`` (the evaluator draws the query/gallery splits). Both loaders read the datasets
+    under :func:`~fastreid_plugins.data.datasets_root`.
     """
 
     dataset_cls = None
@@ -195,30 +186,10 @@ class PluginTrainer(ResumableTrainerMixin, DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg: CfgNode) -> DataLoader:
-        if cls.dataset_cls is None:
-            loader = super().build_train_loader(cfg)
-        else:  # FastReID's build_reid_train_loader, over cls.dataset_cls
-            items = []
-            for name in cfg.DATASETS.NAMES:
-                data = DATASET_REGISTRY.get(name)(root=_root, combineall=cfg.DATASETS.COMBINEALL)
-                if comm.is_main_process():
-                    data.show_train()
-                items.extend(data.train)
-            check_dataset_items(items, "train", cfg.DATASETS.NAMES)
-            train_set = cls.dataset_cls(items, build_transforms(cfg, is_train=True), relabel=True)
-            loader = build_reid_train_loader(cfg, train_set=train_set)
-        check_dataset_items(loader.dataset.img_items, "train", cfg.DATASETS.NAMES)
-        if len(loader.dataset) < cfg.SOLVER.IMS_PER_BATCH:
-            raise DatasetError(
-                f"The training set has {len(loader.dataset)} images, fewer than "
-                f"SOLVER.IMS_PER_BATCH={cfg.SOLVER.IMS_PER_BATCH}: an epoch would have no "
-                "iteration. Lower SOLVER.IMS_PER_BATCH.")
-        if hasattr(loader.batch_sampler.sampler, "num_instances"):  # an identity (PK) sampler
-            check_identity_batches(loader.dataset.img_items, cfg.SOLVER.IMS_PER_BATCH,
-                                   cfg.DATALOADER.NUM_INSTANCE, comm.get_world_size(),
-                                   cfg.DATALOADER.SAMPLER_TRAIN)
-        return seeded_train_loader(loader, resolve_seed(cfg), cfg.SOLVER.IMS_PER_BATCH,
-                                   cfg.DATALOADER.NUM_WORKERS)
+        """The seeded, resumable training loader over ``cls.dataset_cls``, built and checked once
+        by :func:`fastreid_plugins.data.train_loader.build_train_loader` (FastReID's sampler by
+        ``DATALOADER.SAMPLER_TRAIN``, or the global PK sampler under DDP)."""
+        return train_loader.build_train_loader(cfg, cls.dataset_cls)
 
     @classmethod
     def build_optimizer(cls, cfg: CfgNode,
@@ -243,13 +214,15 @@ class PluginTrainer(ResumableTrainerMixin, DefaultTrainer):
 
     @classmethod
     def build_test_loader(cls, cfg: CfgNode, dataset_name: str) -> Tuple[DataLoader, int]:
+        """FastReID's ``build_reid_test_loader`` over the items of ``dataset_name`` (read under
+        :func:`~fastreid_plugins.data.datasets_root`, checked once) and ``cls.dataset_cls``.
+
+        Returns:
+            (loader, num_query): the first ``num_query`` samples are the queries (0 for the
+            VehicleID family, whose evaluator draws the query/gallery splits).
+        """
         vehicleid = is_vehicleid(dataset_name)
-        if not vehicleid and cls.dataset_cls is None:
-            loader, num_query = build_reid_test_loader(cfg, dataset_name=dataset_name)
-            check_dataset_items(loader.dataset.img_items, "test", [dataset_name])
-            return loader, num_query
-        # FastReID's build_reid_test_loader, over our own item list and dataset class
-        data = DATASET_REGISTRY.get(dataset_name)(root=_root)
+        data = DATASET_REGISTRY.get(dataset_name)(root=datasets_root())
         if comm.is_main_process():
             data.show_test()
         if vehicleid:
@@ -259,7 +232,7 @@ class PluginTrainer(ResumableTrainerMixin, DefaultTrainer):
             dataset_cls, num_query = CommDataset, 0
         else:
             items = data.query + data.gallery
-            dataset_cls, num_query = cls.dataset_cls, len(data.query)
+            dataset_cls, num_query = cls.dataset_cls or CommDataset, len(data.query)
         check_dataset_items(items, "test", [dataset_name])
         test_set = dataset_cls(items, build_transforms(cfg, is_train=False), relabel=False)
         loader, _ = build_reid_test_loader(test_set=test_set, num_query=num_query,
@@ -345,7 +318,7 @@ def _log_header(cfg, args):
                 + (", --eval-only MODEL.WEIGHTS " + cfg.MODEL.WEIGHTS
                    if getattr(args, "eval_only", False) else ""))
     logger.info(f"Datasets: train {', '.join(cfg.DATASETS.NAMES)}, test "
-                f"{', '.join(cfg.DATASETS.TESTS)}, under {os.path.abspath(_root)} "
+                f"{', '.join(cfg.DATASETS.TESTS)}, under {os.path.abspath(datasets_root())} "
                 "(FASTREID_DATASETS)")
     world = comm.get_world_size()
     if world > 1:

@@ -30,6 +30,9 @@ This module makes the training stream a function of ``(SEED, position)`` only:
   in a form ``torch.load(weights_only=True)`` accepts (checkpoints carry them, see
   :mod:`fastreid_plugins.checkpoint`).
 
+The training loader that puts these pieces together (dataset -> sampler -> :class:`SeededSampler`
+-> ``SeededLoaderX``) is built in one place, :mod:`fastreid_plugins.data.train_loader`.
+
 Sampler protocol (for samplers written for this project, e.g. a DDP-aware identity sampler): a
 sampler that defines ``load_state_dict(state)`` is fast-forwarded by calling it with
 ``{"seed": int, "position": int}``, meaning "the next ``iter()`` yields this rank's stream of the
@@ -63,7 +66,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["SEED_ALIASES", "resolve_seed", "seed_all", "derive_seed", "get_rng_state",
            "set_rng_state", "RngStates", "Draw", "SeededSampler", "SeededDataset",
-           "seeded_loader_class", "seeded_train_loader"]
+           "seeded_loader_class"]
 
 #: Method-specific seed keys that fold into the shared ``SEED`` (used when ``SEED`` is -1).
 SEED_ALIASES = ("MODEL.CLIPSENET.SEED", "MODEL.SVRN.SEED")
@@ -340,32 +343,3 @@ def seeded_loader_class() -> type:
     _LOADER_CLASS.append(SeededLoaderX)
     return SeededLoaderX
 
-
-def seeded_train_loader(loader: DataLoader, seed: int, total_batch_size: int,
-                        num_workers: int) -> DataLoader:
-    """Rebuild FastReID's training loader ``loader`` with :class:`SeededSampler`,
-    :class:`SeededDataset` and ``SeededLoaderX`` (:func:`seeded_loader_class`; same dataset,
-    sampler, batch size, workers and collate function).
-
-    FastReID's ``build_reid_train_loader`` decides the per-process batch sampler, collate
-    function and pinning; a ``SeededLoaderX`` is then constructed (its own ``__init__``) from
-    those pieces, so no object changes class after construction.
-
-    Returns:
-        SeededLoaderX: its ``sampler_state`` attribute is the :class:`SeededSampler`.
-    """
-    from fastreid.data.build import build_reid_train_loader
-    from fastreid.utils import comm
-
-    inner = loader.batch_sampler.sampler
-    sampler = SeededSampler(inner, seed, rank=comm.get_rank())
-    built = build_reid_train_loader(SeededDataset(loader.dataset), sampler=sampler,
-                                    total_batch_size=total_batch_size, num_workers=num_workers)
-    new = seeded_loader_class()(
-        built.local_rank, dataset=built.dataset, batch_sampler=built.batch_sampler,
-        num_workers=built.num_workers, collate_fn=built.collate_fn, pin_memory=built.pin_memory,
-        # DataLoader draws its workers' base seed at each iter(): from a private generator, so
-        # creating the iterator never shifts the model's torch stream
-        generator=torch.Generator().manual_seed(derive_seed(seed, 3)))
-    new.sampler_state = sampler
-    return new

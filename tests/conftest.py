@@ -80,13 +80,14 @@ def veri_root():
 
 @pytest.fixture
 def datasets_root(monkeypatch):
-    """Point FastReID's loaders at a root: ``datasets_root(path)`` (patches the module globals)."""
+    """Point the loaders at a root for one test: ``datasets_root(path)`` sets what
+    ``fastreid_plugins.data.set_datasets_root`` sets (``$FASTREID_DATASETS``, read by
+    ``fastreid_plugins.data.datasets_root()``, and FastReID's ``fastreid.data.build._root``),
+    undone after the test."""
     import fastreid.data.build as db
-    import fastreid_plugins.engine as eng
 
     def _set(path):
         monkeypatch.setattr(db, "_root", path)
-        monkeypatch.setattr(eng, "_root", path)
         monkeypatch.setenv("FASTREID_DATASETS", path)
         return path
     return _set

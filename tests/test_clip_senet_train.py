@@ -19,9 +19,8 @@ def trained(veri_root, tmp_path_factory):
     """Train the demo config once (module scope); returns what the tests need."""
     mp = pytest.MonkeyPatch()
     import fastreid.data.build as db
-    import fastreid_plugins.engine as eng
     mp.setattr(db, "_root", veri_root)
-    mp.setattr(eng, "_root", veri_root)
+    mp.setenv("FASTREID_DATASETS", veri_root)
     out = str(tmp_path_factory.mktemp("clip_senet_demo"))
     logging.getLogger("fastreid").setLevel(logging.WARNING)
     seed_everything(0)  # whatever came before: setup seeds every generator with SEED (3407)

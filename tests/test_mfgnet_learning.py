@@ -55,13 +55,10 @@ def _run(config, add_fns, out):
 @pytest.fixture(scope="module")
 def baseline(toy_data, tmp_path_factory):
     import fastreid.data.build as db
-    import fastreid_plugins.engine as eng
-    old = db._root, eng._root
-    db._root = eng._root = toy_data
-    try:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(db, "_root", toy_data)
+        mp.setenv("FASTREID_DATASETS", toy_data)
         return _run("configs/demo/bagtricks_r18.yml", (), str(tmp_path_factory.mktemp("bot")))
-    finally:
-        db._root, eng._root = old
 
 
 @pytest.mark.parametrize("config,add_fn", [("configs/demo/mfgnet.yml", add_mfgnet_config),

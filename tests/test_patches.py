@@ -310,7 +310,7 @@ def test_every_applied_patch_is_described_with_its_targets():
     # the patches that do change FastReID's models are the ones that change what they compute
     changing = {t for t, p in PATCHES.items() if p.changes_models}
     assert changing == {"optimizer.zero_grad", "pretrain.strict_resolve",
-                        "preprocess_image.out_of_place", "train_loader.global_sampler"}
+                        "preprocess_image.out_of_place"}
 
 
 def test_patches_cli_lists_every_patch():

@@ -107,11 +107,10 @@ def one_torch_thread():
 def seeded_run(veri_root, tmp_path_factory):
     """The uninterrupted seeded run (in-process): its output folder."""
     import fastreid.data.build as db
-    import fastreid_plugins.engine as eng
     out = tmp_path_factory.mktemp("seeded") / "a"
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(db, "_root", veri_root)
-        mp.setattr(eng, "_root", veri_root)
+        mp.setenv("FASTREID_DATASETS", veri_root)
         trainer = PluginTrainer(_cfg(out))
         trainer.resume_or_load(resume=False)
         trainer.train()
@@ -582,13 +581,13 @@ class _NoisyItems(torch.utils.data.Dataset):
 
 
 def test_seeded_batches_do_not_depend_on_num_workers_or_a_restart():
-    from fastreid.data.build import build_reid_train_loader
     from fastreid.data.samplers import NaiveIdentitySampler
 
+    from fastreid_plugins.data.train_loader import seeded_loader
+
     def batches(num_workers, start=0, n=4):
-        base = build_reid_train_loader(_NoisyItems(_items()), total_batch_size=8,
-                                       sampler=NaiveIdentitySampler(_items(), 8, 2))
-        loader = seeding.seeded_train_loader(base, 3, 8, num_workers)
+        loader = seeded_loader(_NoisyItems(_items()), NaiveIdentitySampler(_items(), 8, 2), 3, 8,
+                               num_workers)
         loader.sampler_state.load_state_dict({"seed": 3, "position": start * 8})
         it = iter(loader)
         return [next(it)["images"] for _ in range(n)]

@@ -27,11 +27,10 @@ pytestmark = pytest.mark.slow
 def trained(veri_root, tmp_path_factory):
     """Train the demo config once for this module: (cfg, untrained metrics, metrics, losses)."""
     import fastreid.data.build as db
-    import fastreid_plugins.engine as eng
 
     mp = pytest.MonkeyPatch()
     mp.setattr(db, "_root", veri_root)
-    mp.setattr(eng, "_root", veri_root)
+    mp.setenv("FASTREID_DATASETS", veri_root)
     out = str(tmp_path_factory.mktemp("svrn_demo"))
     seed_everything(0)
     untrained = evaluate(make_cfg(DEMO, ["OUTPUT_DIR", out], [add_svrn_config]),

@@ -174,13 +174,12 @@ def tb_run(veri_root, tmp_path_factory):
     import fastreid.data.build as db
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    import fastreid_plugins.engine as eng
     from tests.helpers import make_cfg, seed_everything, train
 
     out = str(tmp_path_factory.mktemp("tb"))
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(db, "_root", veri_root)
-        mp.setattr(eng, "_root", veri_root)
+        mp.setenv("FASTREID_DATASETS", veri_root)
         seed_everything(0)
         cfg = make_cfg("configs/demo/bagtricks_r18.yml",
                        ["SOLVER.MAX_EPOCH", "2", "TEST.EVAL_PERIOD", "1", "OUTPUT_DIR", out,

@@ -2,12 +2,14 @@
 an optimizer whose SEM group has its own learning rate and weight decay.
 
 FastReID's loaders build a :class:`~fastreid.data.common.CommDataset`, whose samples hold only
-``images/targets/camids/img_paths``. :class:`CLIPSENetTrainer` builds the same loaders (same
-transforms, samplers, batch sizes, workers) over
-:class:`~fastreid_plugins.data.veri_viewpoint.SideInfoDataset`, which adds ``viewids`` and
-``sie_camids``. Seeding is the engine's: the shared ``SEED`` key (the paper's 3407 in the
-configs; ``MODEL.CLIPSENET.SEED`` is an alias), applied by :func:`fastreid_plugins.engine.setup`
-before the trainer builds the model and the loaders (:mod:`fastreid_plugins.seeding`).
+``images/targets/camids/img_paths``. :class:`CLIPSENetTrainer` sets the engine's ``dataset_cls``
+to :class:`~fastreid_plugins.data.veri_viewpoint.SideInfoDataset`, which adds ``viewids`` and
+``sie_camids``: its training loader is the one training data path of every trainer
+(:mod:`fastreid_plugins.data.train_loader`: same transforms, samplers, batch sizes, workers,
+checked once), its test loaders the engine's; it only adds the viewpoint check. Seeding is the
+engine's: the shared ``SEED`` key (the paper's 3407 in the configs; ``MODEL.CLIPSENET.SEED`` is an
+alias), applied by :func:`fastreid_plugins.engine.setup` before the trainer builds the model and
+the loaders (:mod:`fastreid_plugins.seeding`).
 """
 
 import fastreid_plugins.patches.compat  # noqa: F401  (FastReID importable on torch 2)
@@ -82,6 +84,12 @@ class CLIPSENetTrainer(PluginTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg: CfgNode) -> DataLoader:
+        """The engine's training loader over :class:`SideInfoDataset` (built and checked once,
+        :mod:`fastreid_plugins.data.train_loader`), then the viewpoint check.
+
+        Raises:
+            ValueError: ``CV.VIEWPOINT`` is on and no training image has a viewpoint label.
+        """
         loader = super().build_train_loader(cfg)
         _check_viewpoints(cfg, loader.dataset, "train", cfg.DATASETS.NAMES)
         return loader

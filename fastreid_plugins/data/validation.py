@@ -57,6 +57,7 @@ import os
 import re
 
 from ..errors import ConfigError, DatasetError, DatasetNotFoundError, ImageReadError
+from .root import datasets_root
 
 __all__ = ["LAYOUTS", "DatasetNotFoundError", "ImageReadError", "dataset_root", "listing",
            "check_dataset_items", "check_identity_batches",
@@ -113,10 +114,6 @@ def _strip_eol(line):
     return line.rstrip("\r\n")
 
 
-def _root():
-    return os.getenv("FASTREID_DATASETS", "datasets")
-
-
 def listing(paths: Iterable[Any], limit: int = 10) -> str:
     paths = list(paths)
     more = f"\n  ... and {len(paths) - limit} more" if len(paths) > limit else ""
@@ -134,7 +131,7 @@ def expected_layout(dataset: Any, root: Optional[str] = None) -> Optional[str]:
     cls = dataset if isinstance(dataset, type) else type(dataset)
     for base in cls.__mro__:
         if base.__name__ in LAYOUTS:
-            return LAYOUTS[base.__name__].format(root=root if root is not None else _root())
+            return LAYOUTS[base.__name__].format(root=root if root is not None else datasets_root())
     return None
 
 
@@ -145,7 +142,7 @@ def dataset_root(ds: Any) -> str:
         parent = os.path.dirname(os.path.normpath(ddir))
         if parent:
             return parent
-    return _root()
+    return datasets_root()
 
 
 # --------------------------------------------------------------------------------------------
@@ -382,7 +379,7 @@ def check_dataset_items(items: Sequence[tuple], split: str,
     names = ", ".join(dataset_names)
     if len(items) == 0:
         raise DatasetError(f"The {split} split of dataset(s) {names} is empty: no image was found. "
-                         f"Check FASTREID_DATASETS={os.getenv('FASTREID_DATASETS', 'datasets')!r} "
+                         f"Check FASTREID_DATASETS={datasets_root()!r} "
                          "and the dataset's folder layout.")
     missing = [it[0] for it in items if not os.path.isfile(it[0])]
     if missing:

@@ -27,6 +27,8 @@ from fastreid.data.common import CommDataset
 from fastreid.data.datasets import DATASET_REGISTRY
 from fastreid.data.datasets.veri import VeRi
 
+from .root import datasets_root
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -149,7 +151,8 @@ class VeRiViewpoint(VeRi):
         - Wang et al., ICCV 2017 (orientation labels).
 
     Args:
-        root (str): directory holding ``veri/``.
+        root (str): directory holding ``veri/`` (default:
+            :func:`~fastreid_plugins.data.root.datasets_root`, i.e. ``$FASTREID_DATASETS``).
 
     Raises:
         RuntimeError: FastReID's check that the ``veri`` folders exist.
@@ -160,7 +163,8 @@ class VeRiViewpoint(VeRi):
     dataset_name = "veri"
     num_viewpoints = NUM_VERI_VIEWPOINTS
 
-    def __init__(self, root: str = "datasets", **kwargs: Any) -> None:
+    def __init__(self, root: Optional[str] = None, **kwargs: Any) -> None:
+        root = datasets_root() if root is None else root
         dataset_dir = os.path.join(root, "veri")
         self.viewpoint_labels = {split: self._labels(dataset_dir, split) for split in ORIENT_FILES}
         super().__init__(root=root, **kwargs)

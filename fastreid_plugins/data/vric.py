@@ -1,11 +1,13 @@
 """VRIC: Vehicle Re-Identification in Context, registered in FastReID's ``DATASET_REGISTRY``."""
 
 import fastreid_plugins.patches.compat  # noqa: F401  (FastReID importable on torch 2)
-from typing import Any, List, Tuple
+from typing import Any, List, Optional, Tuple
 import os.path as osp
 
 from fastreid.data.datasets import DATASET_REGISTRY
 from fastreid.data.datasets.bases import ImageDataset
+
+from .root import datasets_root
 
 __all__ = ["VRIC", "read_vric_list"]
 
@@ -89,7 +91,8 @@ class VRIC(ImageDataset):
         - test: 2,811 identities, 2,811 probe (query) + 2,811 gallery images.
 
     Args:
-        root (str): the datasets root (``FASTREID_DATASETS``), holding ``VRIC/``.
+        root (str): the datasets root holding ``VRIC/`` (default:
+            :func:`~fastreid_plugins.data.root.datasets_root`, i.e. ``$FASTREID_DATASETS``).
 
     Raises:
         DatasetNotFoundError: a folder or list file is missing (the message shows the layout).
@@ -99,7 +102,8 @@ class VRIC(ImageDataset):
     dataset_dir = "VRIC"
     dataset_name = "vric"
 
-    def __init__(self, root: str = "datasets", **kwargs: Any) -> None:
+    def __init__(self, root: Optional[str] = None, **kwargs: Any) -> None:
+        root = datasets_root() if root is None else root
         self.dataset_dir = osp.join(root, self.dataset_dir)
         self.train_dir = osp.join(self.dataset_dir, "train_images")
         self.query_dir = osp.join(self.dataset_dir, "probe_images")

@@ -1,8 +1,8 @@
 """One global P x K identity batch per step, split across DDP ranks.
 
 FastReID's ``NaiveIdentitySampler`` draws each rank's P/W identities separately, so one step's
-global batch can repeat an identity across ranks. Under DDP the train-loader patch
-(:mod:`fastreid_plugins.patches.launch`) uses :class:`GlobalIdentitySampler` instead
+global batch can repeat an identity across ranks. Under DDP the plugins' training loader
+(:mod:`fastreid_plugins.data.train_loader`) uses :class:`GlobalIdentitySampler` instead
 (``DIST.GLOBAL_SAMPLER``, :func:`use_global_sampler`).
 """
 
@@ -14,7 +14,7 @@ from fastreid.config import CfgNode
 from fastreid.utils import comm
 from torch.utils.data import Sampler
 
-__all__ = ["GlobalIdentitySampler", "sampler_seed", "use_global_sampler"]
+__all__ = ["GlobalIdentitySampler", "use_global_sampler"]
 
 
 class GlobalIdentitySampler(Sampler):
@@ -112,15 +112,6 @@ class GlobalIdentitySampler(Sampler):
         while True:
             yield from self.rank_batch(step).tolist()[skip:]
             step, skip = step + 1, 0
-
-
-def sampler_seed(cfg: CfgNode) -> int:
-    """``cfg.SEED`` when it is >= 0, else a random seed shared by all ranks. (Under
-    :class:`fastreid_plugins.seeding.SeededSampler` the seed is then set from ``SEED`` again.)"""
-    seed = cfg.SEED
-    if seed is None or int(seed) < 0:
-        seed = comm.shared_random_seed()
-    return int(seed)
 
 
 def use_global_sampler(cfg: CfgNode) -> bool:

@@ -23,7 +23,7 @@ module              concern
 :mod:`.checkpoints`  ``weights_only`` checkpoint loading with clear errors
 :mod:`.backbones`   strict ImageNet weights, IBN-Net layout, offline mode, out-of-place
                     normalisation
-:mod:`.launch`      gloo launch worker, DDP for CPU modules, global identity sampler
+:mod:`.launch`      gloo launch worker, DDP for CPU modules
 :mod:`.datasets`    dataset validation (missing folders, unreadable images, bad lists)
 ==================  =====================================================================
 """

@@ -25,9 +25,10 @@ describe("loader_thread.errors", concern="data_loading", changes_models=False,
 describe("test_loader.num_workers", concern="data_loading", changes_models=False,
          why="build_reid_test_loader(cfg, ...) ignores DATALOADER.NUM_WORKERS (always 4).")
 describe("datasets_root", concern="data_loading", changes_models=False,
-         why="fastreid.data.build reads FASTREID_DATASETS once, at import; "
-             "fastreid_plugins.engine.set_datasets_root points its _root at another folder "
-             "later (a setting, not a wrapper: patches.base.set_module_global).")
+         why="fastreid.data.build reads FASTREID_DATASETS once, at import, into _root: "
+             "fastreid_plugins.data.set_datasets_root (the one setter; the package's loaders "
+             "read fastreid_plugins.data.datasets_root()) points it at the new folder too (a "
+             "setting, not a wrapper: patches.base.set_module_global).")
 
 
 def _cuda() -> bool:

@@ -58,7 +58,7 @@ def interpreter() -> str:
 
 def _heldout(root, config_file, opts, epochs, seed=0):
     """One run of the held-out-camera protocol (forward fold); returns (untrained, trained)."""
-    from fastreid_plugins import engine
+    from fastreid_plugins.data import set_datasets_root
     from fastreid_plugins.tools import heldout_cams as hc
 
     # handlers, not loggers, to WARNING for this run (its training log would interleave with the
@@ -73,10 +73,10 @@ def _heldout(root, config_file, opts, epochs, seed=0):
                 warnings.catch_warnings():
             # FastReID's compute_dist calls the deprecated addmm_(beta, alpha, ...) signature
             warnings.filterwarnings("ignore", message=".*addmm_.*", category=UserWarning)
-            engine.set_datasets_root(hc.make_split(root, os.path.join(tmp, "data"), "forward"))
+            set_datasets_root(hc.make_split(root, os.path.join(tmp, "data"), "forward"))
             return hc.run(config_file, opts, seed, epochs, os.path.join(tmp, "out"))
     finally:
-        engine.set_datasets_root(root)
+        set_datasets_root(root)
         for h, level in zip(handlers, levels):
             h.setLevel(level)
 
@@ -101,6 +101,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     os.environ["FASTREID_DATASETS"] = root  # before FastReID reads it
 
     from fastreid_plugins import engine
+    from fastreid_plugins.data import set_datasets_root
     from fastreid_plugins.mfgnet import add_mfgnet_config
 
     if generated and not _has_veri(root):
@@ -108,7 +109,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
               f"synthetic one in {root}")
         from fastreid_plugins.data.toy import generate
         generate(root)
-    engine.set_datasets_root(root)
+    set_datasets_root(root)
     fitting = not generated and _train_is_test(root)
     print(f"Dataset: {os.path.join(root, 'veri')}" + (" (synthetic)" if generated else ""))
 

@@ -173,7 +173,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     folds = ["forward", "reverse"] if a.fold == "both" else [a.fold]
     import torch
 
-    from fastreid_plugins.engine import set_datasets_root
+    from fastreid_plugins.data import set_datasets_root
 
     torch.set_num_threads(int(os.environ.get("FASTREID_PLUGINS_THREADS", "1")))
     logging.getLogger("fastreid").setLevel(logging.WARNING)

@@ -25,7 +25,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import torch  # noqa: E402
 
 from fastreid_plugins.config import get_cfg  # noqa: E402
-from fastreid_plugins.engine import PluginTrainer, set_datasets_root  # noqa: E402
+from fastreid_plugins.data import set_datasets_root  # noqa: E402
+from fastreid_plugins.engine import PluginTrainer  # noqa: E402
 from fastreid_plugins.mbfn import add_mbfn_config  # noqa: E402
 from fastreid_plugins.modeling.parts import split_parts  # noqa: E402
 
