@@ -76,7 +76,7 @@ if not _reproduce_command():
     patches.apply()
 
     from . import config, data, evaluation, layers, losses, modeling  # noqa: E402,F401
-    from . import clip_senet, mbfn, mfgnet, svrn  # noqa: E402  (register the methods)
+    from . import clip_senet, mbfn, mfgnet, svrn  # noqa: E402,F401  (register the methods)
 
-    #: every method's :class:`~fastreid_plugins.method.Method`, by meta-architecture name
-    METHODS = {m.METHOD.meta_arch: m.METHOD for m in (mfgnet, mbfn, svrn, clip_senet)}
+#: every method's record (:class:`~fastreid_plugins.method.Method`), by key
+from .method import METHODS  # noqa: E402,F401

@@ -6,17 +6,20 @@
   cannot hide one);
 * the leaves import nothing of the package (``upstream`` only the errors);
 * core modules import no patch module (except :mod:`fastreid_plugins.patches.base`), no method
-  and no tool; patch modules no method and no tool; a method no other method and no tool.
+  and no tool; patch modules no method and no tool; a method no other method and no tool;
+* no special cases: the paper tables (:mod:`fastreid_plugins.papers`) and the method records
+  (:mod:`fastreid_plugins.method`) are core because they import nothing above it.
 """
 
 import ast
 import os
 
+from fastreid_plugins.method import METHODS as _RECORDS
 from helpers import ROOT
 
 PKG = "fastreid_plugins"
 PKG_DIR = os.path.join(ROOT, PKG)
-METHODS = ("mfgnet", "mbfn", "svrn", "clip_senet")
+METHODS = tuple(_RECORDS)   # the method packages: one per record
 TOOLS = ("tools", "extract", "search", "reproduce")
 LEAVES = (f"{PKG}.errors", f"{PKG}.patches.base")
 
@@ -69,8 +72,6 @@ def _layer(name):
     if len(parts) == 1:
         return 5  # the package __init__ imports everything, by design
     top = parts[1]
-    if top == "reproduce" and len(parts) > 2 and parts[2] in ("registry", "papers"):
-        return 1  # the ablation registry is data (the methods' ABLATIONS derive from it)
     if top in TOOLS:
         return 4
     if top in METHODS:
@@ -122,6 +123,20 @@ def test_leaves_import_nothing_of_the_package():
     for leaf in LEAVES:
         assert graph[leaf] == set(), (leaf, graph[leaf])
     assert graph[f"{PKG}.upstream"] <= {f"{PKG}.errors"}
+
+
+def test_paper_data_and_method_records_are_core_on_their_own_merits():
+    """The tables (``papers``) import only the errors and each other, the records (``method``)
+    only the errors and the tables (their method packages are imported by name, on first use of
+    the runtime), and no method config reads the reproduction tool any more."""
+    graph = _graph()
+    papers = {n for n in graph if n == f"{PKG}.papers" or n.startswith(f"{PKG}.papers.")}
+    assert {f"{PKG}.papers.{k}" for k in METHODS} <= papers
+    for n in papers:
+        assert graph[n] <= papers | {f"{PKG}.errors"}, (n, graph[n])
+    assert graph[f"{PKG}.method"] <= {f"{PKG}.errors", f"{PKG}.papers"}, graph[f"{PKG}.method"]
+    for k in METHODS:
+        assert not {m for m in graph[f"{PKG}.{k}.config"] if ".reproduce" in m}, k
 
 
 def test_the_checker_sees_a_function_local_import(tmp_path):

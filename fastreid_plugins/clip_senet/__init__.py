@@ -4,7 +4,6 @@ Importing this package registers the ``CLIPSENet`` meta-architecture and the ``V
 dataset. ``transformers`` is imported only when a SEM is built.
 """
 
-from ..method import Method
 from ..data import veri_viewpoint  # noqa: F401  (registers VeRiViewpoint)
 from .config import add_clip_senet_config, validate_clip_senet_config
 from .meta_arch import CLIPSENet, build_cnn_backbone, build_sem
@@ -13,13 +12,12 @@ from .tinyclip import (TINYCLIP_VARIANTS, SemanticExtractionModule, SEMWeightsEr
                        load_sem_weights, tinyclip_parameter_counts, tinyclip_vision_config)
 from .trainer import CLIPSENetTrainer
 
-__all__ = ["METHOD", "add_clip_senet_config", "validate_clip_senet_config", "CLIPSENet",
-           "CLIPSENetTrainer", "AFEM", "FeatureFusion",
+__all__ = ["add_config", "validate_config", "Trainer", "add_clip_senet_config",
+           "validate_clip_senet_config", "CLIPSENet", "CLIPSENetTrainer", "AFEM", "FeatureFusion",
            "CameraViewEmbedding", "SemanticExtractionModule", "SEMWeightsError",
            "TINYCLIP_VARIANTS", "tinyclip_vision_config", "tinyclip_parameter_counts",
            "load_sem_weights", "build_cnn_backbone", "build_sem"]
 
-#: the method's surface (:class:`fastreid_plugins.method.Method`)
-METHOD = Method(name="CLIP-SENet", meta_arch="CLIPSENet", add_config=add_clip_senet_config,
-                validate_config=validate_clip_senet_config, trainer=CLIPSENetTrainer,
-                project="projects/CLIPSENet")
+#: what ``fastreid_plugins.method.METHODS["clip_senet"]`` resolves (its record is there)
+add_config, validate_config = add_clip_senet_config, validate_clip_senet_config
+Trainer = CLIPSENetTrainer

@@ -1,14 +1,12 @@
 """MFG-Net (Xu et al., "Joint Multiple Fine-grained feature for Vehicle Re-Identification",
 Array 2022) as a FastReID project: ``META_ARCHITECTURE: MFGNet`` + :func:`add_mfgnet_config`."""
 
-from ..method import Method
 from ..engine import PluginTrainer
 from .config import add_mfgnet_config, validate_mfgnet_config
 from .meta_arch import MFGNet
 
-__all__ = ["METHOD", "add_mfgnet_config", "validate_mfgnet_config", "MFGNet"]
+__all__ = ["add_mfgnet_config", "validate_mfgnet_config", "MFGNet", "add_config",
+           "validate_config", "Trainer"]
 
-#: the method's surface (:class:`fastreid_plugins.method.Method`)
-METHOD = Method(name="MFG-Net", meta_arch="MFGNet", add_config=add_mfgnet_config,
-                validate_config=validate_mfgnet_config, trainer=PluginTrainer,
-                project="projects/MFGNet")
+#: what ``fastreid_plugins.method.METHODS["mfgnet"]`` resolves (its record is there)
+add_config, validate_config, Trainer = add_mfgnet_config, validate_mfgnet_config, PluginTrainer

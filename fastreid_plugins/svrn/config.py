@@ -18,20 +18,18 @@ stage t's output of block ``b`` (``O_t``), multiplies it by the up-sampled suppr
 its blocks read as ResNet layers, as Eq. 5's "map M_1 with X_1^3" (X_t^n = input of layer n)
 requires. ``(2, 3)`` is the conv{b}_x reading (2.68x the Baseline's MACs instead of 2.28x).
 
-:data:`ABLATIONS` holds every row of the paper's Tables II-VI as config overrides.
+Every row of the paper's Tables II-VI (and our own extra ablations), as config overrides of
+``configs/veri/svrn.yml`` with the paper's numbers, is data in :mod:`fastreid_plugins.papers.svrn`
+(registry keys ``svrn/<table>/<row>``: ``python -m fastreid_plugins.reproduce list svrn``). The
+default config is Table II scheme b = Table III 3 stages = Table IV scheme e = Table V SVRN+CSC =
+Table VI beta_V 0.30 / beta_I 0.15.
 """
 
 from fastreid.config import CfgNode as CN
 
 from ..errors import ConfigError, MissingConfigError
 
-from collections import namedtuple
-from typing import List
-
-from ..reproduce.registry import legacy_rows as _legacy_rows
-
-__all__ = ["add_svrn_config", "validate_svrn_config", "num_suppressed", "ABLATIONS", "Ablation",
-           "ablation_overrides"]
+__all__ = ["add_svrn_config", "validate_svrn_config", "num_suppressed"]
 
 SIM_NAMES = ("spatial", "residual", "none")
 CRITIC_MODES = ("decomposed", "batched")
@@ -208,40 +206,3 @@ def validate_svrn_config(cfg: CN) -> None:
     if cfg.MODEL.BACKBONE.WITH_NL:
         raise ConfigError("MODEL.BACKBONE.WITH_NL=True is not supported by SVRN (its stages run "
                          "the ResNet layers block by block); set it False.")
-
-
-# ----------------------------------------------------------------------------------------------
-# The paper's ablations (Tables II-VI, Sec. IV-D) as config overrides
-# ----------------------------------------------------------------------------------------------
-#: One ablation row: ``table`` (e.g. "II"), ``row`` (the paper's row label), ``overrides`` (a
-#: ``merge_from_list`` list applied after the training config, e.g. ``configs/veri/svrn.yml``),
-#: ``paper`` (the row's VeRi-776 (mAP, CMC@1) as printed; None where the table lost a value in
-#: conversion or the row is not in the paper) and ``note``. All of it is derived from
-#: :mod:`fastreid_plugins.reproduce.registry`.
-Ablation = namedtuple("Ablation", ["table", "row", "overrides", "paper", "note"])
-
-
-
-def _legacy_ablation(row):
-    veri = row.paper.get("VeRi")
-    return Ablation(row.table.replace("-ours", ""), row.label.replace("(ours) ", ""),
-                    list(row.overrides),
-                    (veri.get("mAP"), veri.get("Rank-1")) if veri else None, row.note)
-
-
-#: name -> :class:`Ablation`. Every row of Tables II-VI, plus this project's own extra ablations
-#: (table "extra": not in the paper). The default config is Table II scheme b = Table III 3
-#: stages = Table IV scheme e = Table V SVRN+CSC = Table VI beta_V 0.30 / beta_I 0.15.
-#: Derived from the ablation registry (:mod:`fastreid_plugins.reproduce.papers.svrn`), which
-#: also holds Table III's VehicleID / VERI-Wild columns and the ambiguous Table IV CMC@1s.
-ABLATIONS = {k: _legacy_ablation(r) for k, r in _legacy_rows("svrn")}
-
-def ablation_overrides(name: str) -> List[str]:
-    """The ``merge_from_list`` overrides of ablation ``name`` (a key of :data:`ABLATIONS`).
-
-    Raises:
-        KeyError: unknown name (the message lists the known ones).
-    """
-    if name not in ABLATIONS:
-        raise MissingConfigError(f"unknown SVRN ablation {name!r}; known: {sorted(ABLATIONS)}")
-    return list(ABLATIONS[name].overrides)
