@@ -17,12 +17,14 @@ patched and the methods registered only when asked:
 Layers (``tests/test_layers.py`` keeps them, this module included): leaves (errors, version,
 upstream, patches.base, patches.compat) < core (config, method, checkpoint, seeding, distributed,
 data, evaluation, modeling, layers, losses, the paper tables) < patches < engine < methods (mfgnet,
-mbfn, svrn, clip_senet) < tools, reproduce < this package's :func:`activate`.
+mbfn, svrn, clip_senet) < tools, reproduce, activation < this package (and the ``__main__``
+programs).
 """
 
+from .method import METHODS  # every method's record (torch-free), by key: "svrn", ...
 from .version import __version__
 
-__all__ = ["__version__", "activate"]
+__all__ = ["__version__", "METHODS", "activate"]
 
 
 def activate() -> None:
@@ -36,12 +38,3 @@ def activate() -> None:
     from .activation import activate as _activate
 
     _activate()
-
-
-def __getattr__(name: str):
-    # interim (until the torch-free method records land): METHODS by meta-architecture name
-    if name == "METHODS":
-        activate()
-        from . import clip_senet, mbfn, mfgnet, svrn
-        return {m.METHOD.meta_arch: m.METHOD for m in (mfgnet, mbfn, svrn, clip_senet)}
-    raise AttributeError(f"module 'fastreid_plugins' has no attribute {name!r}")

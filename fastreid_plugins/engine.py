@@ -17,7 +17,7 @@ samplers and checkpoints, with three differences:
 """
 
 import fastreid_plugins.patches.compat  # noqa: F401  (FastReID importable on torch 2)
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type, Union
 import argparse
 import json
 import logging
@@ -50,6 +50,7 @@ from .data import train_loader
 from .data.root import datasets_root
 from .data.validation import check_dataset_items
 from .evaluation import VehicleReidEvaluator
+from .method import METHODS
 from .modeling.base import state_dict_mismatch
 from .errors import CorruptCheckpointError, WeightsMismatchError
 from .patches import active as active_patches
@@ -416,18 +417,53 @@ def main(args: argparse.Namespace, *add_fns: Callable[[CfgNode], Any],
     return trainer.train()
 
 
-def launch_main(*add_fns: Callable[[CfgNode], Any],
-                trainer_cls: Type[DefaultTrainer] = PluginTrainer,
+def launch_main(*methods: Union[str, Callable[[CfgNode], Any]],
+                trainer_cls: Optional[Type[DefaultTrainer]] = None,
                 argv: Optional[Sequence[str]] = None) -> None:
     """Parse FastReID's command line and run :func:`main` through FastReID's ``launch``.
+
+    ``launch_main("svrn")`` (a ``projects/<Name>/train_net.py``) runs the method's record
+    (:data:`fastreid_plugins.method.METHODS`): its ``add_config`` and its trainer.
 
     A user error (:class:`~fastreid_plugins.errors.UserError`, ``FileNotFoundError``) ends in one
     short ``Error: ...`` block on stderr and exit status 2 (:func:`fastreid_plugins.cli.run_cli`;
     the traceback is in ``OUTPUT_DIR/log.txt``, and on the console with ``--debug``), also when
     it happens in a ``--num-gpus N`` worker process: the worker hands it to this process.
+
+    Args:
+        methods: method keys (``"svrn"``; each adds its record's ``add_config``) and / or
+            ``add_<x>_config(cfg)`` functions, applied in this order.
+        trainer_cls: the trainer; default: the record's trainer when ``methods`` holds one key,
+            else :class:`PluginTrainer`.
+        argv: the command line without the program (default ``sys.argv[1:]``).
+
+    Raises:
+        KeyError: an unknown method key (the known ones are listed).
+        ValueError: several method keys whose trainers differ, and no ``trainer_cls``.
     """
     apply_patches()
+    add_fns, trainer_cls = _resolve_methods(methods, trainer_cls)
     return run_cli(lambda a: _launch(a, trainer_cls, add_fns), argv)
+
+
+def _resolve_methods(methods, trainer_cls=None):
+    """``(add_fns, trainer_cls)`` of :func:`launch_main`'s arguments (method keys resolved through
+    their records; importing a method's package registers it in FastReID)."""
+    add_fns, trainers = [], []
+    for m in methods:
+        if isinstance(m, str):
+            if m not in METHODS:
+                raise KeyError(f"launch_main: unknown method {m!r}; known: {list(METHODS)}")
+            add_fns.append(METHODS[m].add_config)
+            trainers.append(METHODS[m].trainer)
+        else:
+            add_fns.append(m)
+    if trainer_cls is None:
+        if len(set(trainers)) > 1:
+            raise ValueError(f"launch_main{tuple(methods)}: the methods' trainers differ "
+                             f"({[t.__name__ for t in trainers]}); pass trainer_cls")
+        trainer_cls = trainers[0] if trainers else PluginTrainer
+    return tuple(add_fns), trainer_cls
 
 
 _ERROR_DIR = "FASTREID_PLUGINS_WORKER_ERRORS"

@@ -112,7 +112,8 @@ def rank_slice(batch, r, w):
 @functools.lru_cache(maxsize=None)
 def project(name):
     """(add_fn, trainer_cls) of a project, read from ``projects/<name>/train_net.py`` itself (run
-    with ``launch_main`` replaced by a recorder), so the tests train what the script trains."""
+    with ``launch_main`` replaced by a recorder that resolves its arguments as ``launch_main``
+    does: a method key through its record), so the tests train what the script trains."""
     import runpy
 
     from fastreid_plugins import engine
@@ -121,8 +122,8 @@ def project(name):
                         "projects", name, "train_net.py")
     seen = {}
 
-    def record(*add_fns, trainer_cls=engine.PluginTrainer, argv=None):
-        seen["add_fns"], seen["trainer_cls"] = add_fns, trainer_cls
+    def record(*methods, trainer_cls=None, argv=None):
+        seen["add_fns"], seen["trainer_cls"] = engine._resolve_methods(methods, trainer_cls)
 
     real, engine.launch_main = engine.launch_main, record
     try:

@@ -7,23 +7,22 @@ import torch
 import fastreid_plugins  # noqa: F401
 from fastreid.modeling import build_model
 from fastreid_plugins.clip_senet import CLIPSENetTrainer, add_clip_senet_config
-from fastreid_plugins.clip_senet.config import ABLATIONS, TABLE_IV, ablation_overrides
 from fastreid_plugins.clip_senet.modules import AFEM, VIEWPOINT_GROUPS, CameraViewEmbedding
+from fastreid_plugins.method import METHODS
+from fastreid_plugins.reproduce import get_row, get_table
 from tests.helpers import make_cfg
 
 DEMO = "configs/demo/clip_senet.yml"
 PAPER = "configs/veri/clip_senet.yml"
 
 def _distinct_rows():
-    """Every (table, row), each distinct override list once (e.g. Table IV's last row, Table V's
+    """Every row key, each distinct override list once (e.g. Table IV's last row, Table V's
     G = 32 and Fig. 3's CLIP-SENet + SupCon are all the paper config)."""
     seen, rows = set(), []
-    for t, table in ABLATIONS.items():
-        for r, overrides in table.items():
-            key = tuple(map(str, overrides))
-            if key not in seen:
-                seen.add(key)
-                rows.append((t, r))
+    for r in METHODS["clip_senet"].rows:
+        if r.overrides not in seen:
+            seen.add(r.overrides)
+            rows.append(r.key)
     return rows
 
 
@@ -43,10 +42,10 @@ def batch(n=8, size=32):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("table, row", ROWS, ids=[f"{t}-{r}" for t, r in ROWS])
-def test_every_ablation_row_builds_and_trains_a_step(table, row):
+@pytest.mark.parametrize("row", ROWS)
+def test_every_ablation_row_builds_and_trains_a_step(row):
     torch.manual_seed(0)
-    cfg = tiny(*ablation_overrides(table, row))
+    cfg = tiny(*get_row(row).overrides)
     model = build_model(cfg)
     optimizer, _ = CLIPSENetTrainer.build_optimizer(cfg, model)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -71,18 +70,19 @@ def test_every_ablation_row_builds_and_trains_a_step(table, row):
 def test_table_iv_rows_are_the_papers_checkmarks_with_one_cv_position():
     marks = {"baseline": (0, 0, 0), "sem": (1, 0, 0), "sem_afem": (1, 1, 0), "cv": (0, 0, 1),
              "sem_cv": (1, 0, 1), "sem_afem_cv": (1, 1, 1)}  # Table IV: SEM / AFEM / CV
-    assert list(TABLE_IV) == list(marks)
+    assert [r.row for r in get_table("clip_senet", "table_iv").rows] == list(marks)
     positions = set()
     for row, (sem, afem, cv) in marks.items():
-        cfg = make_cfg(PAPER, ablation_overrides("table_iv", row), [add_clip_senet_config])
+        cfg = make_cfg(PAPER, get_row(f"clip_senet/table_iv/{row}").overrides,
+                       [add_clip_senet_config])
         c = cfg.MODEL.CLIPSENET
         assert (c.SEM.ENABLED, c.AFEM.ENABLED, c.CV.CAMERA and c.CV.VIEWPOINT) == (
             bool(sem), bool(afem), bool(cv))
         positions.add(c.CV.POSITION)
     assert positions == {"feature"}  # rows 4-6 put CV at the same place
-    assert ablation_overrides("table_iv", "sem_afem_cv") == []  # row 6 = the paper config
+    assert get_row("clip_senet/table_iv/sem_afem_cv").overrides == ()  # row 6 = the paper config
     with pytest.raises(KeyError, match="table_iv"):
-        ablation_overrides("table_iv", "sem_only")
+        get_row("clip_senet/table_iv/sem_only")
 
 
 def test_readme_lists_the_table_iv_and_v_rows_as_in_the_data():
@@ -91,12 +91,14 @@ def test_readme_lists_the_table_iv_and_v_rows_as_in_the_data():
     from tests.helpers import ROOT
     text = open(os.path.join(ROOT, "projects", "CLIPSENet", "README.md")).read()
     lines = {ln.split("|")[1].strip(): ln for ln in text.splitlines() if ln.startswith("| IV `")}
-    for row, overrides in TABLE_IV.items():
+    for r in get_table("clip_senet", "table_iv").rows:
+        row, overrides = r.row, r.overrides
         line = next(v for k, v in lines.items() if k.startswith(f"IV `{row}`"))
         written = " ".join(map(str, overrides)).replace("MODEL.CLIPSENET.", "$K.")
         assert (f"`{written}`" if overrides else "(none)") in line, row
     assert "`$K.AFEM.GROUPS 4` (8, 16, 32, 64, 128)" in text
-    assert sorted(int(r.split("_")[1]) for r in ABLATIONS["table_v"]) == [4, 8, 16, 32, 64, 128]
+    assert [int(r.row.split("_")[1]) for r in get_table("clip_senet", "table_v").rows] == [
+        4, 8, 16, 32, 64, 128]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -77,6 +77,6 @@ def test_eval_only_round_trip(trained, tmp_path):
 
 
 def test_train_net_script_exists():
-    script = os.path.join(ROOT, "projects", "CLIPSENet", "train_net.py")
-    text = open(script).read()
-    assert "launch_main(add_clip_senet_config, trainer_cls=CLIPSENetTrainer)" in text
+    from tests.ddp_jobs import project
+    # what the script runs: launch_main("clip_senet"), i.e. the record's add_config and trainer
+    assert project("CLIPSENet") == (add_clip_senet_config, CLIPSENetTrainer)

@@ -14,7 +14,6 @@ Every multi-process run is under a timeout (the ranks are killed when it expires
 collective waits at most ``FASTREID_PLUGINS_DIST_TIMEOUT`` seconds for a dead rank.
 """
 
-import importlib
 import json
 import os
 import signal
@@ -26,6 +25,7 @@ import torch
 
 import ddp_jobs
 from fastreid_plugins import distributed
+from fastreid_plugins.method import method_for_meta_arch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DIST_TIMEOUT = "120"      # a collective waiting on a dead rank fails after this many seconds
@@ -65,25 +65,13 @@ METHODS = ["MFGNet", "MBFN", "SVRN", "CLIPSENet"]
 #: trained from the command line by the tests below (the grouped run trains the others)
 CLI_TRAINED = {"MFGNet": "test_train_net_num_gpus_2", "SVRN": "test_two_local_machines"}
 GRID_METHODS = [m for m in METHODS if m not in CLI_TRAINED]
-CONFIG_MODULES = {"MFGNet": "mfgnet", "MBFN": "mbfn", "SVRN": "svrn", "CLIPSENet": "clip_senet"}
-
-
-def ablation_rows(method):
-    """``{row: overrides}``: every documented ablation of ``method`` (SVRN's include the rows
-    whose ranking layers get no gradient, which DDP refuses at the 2nd iteration unless the model
-    leaves those layers out).
-
-    Each method's ``fastreid_plugins.<method>.config.ABLATIONS`` (its ablation rows as data:
-    ``{name: overrides}`` or ``{name: Ablation(..., overrides, ...)}``).
-    """
-    cfg_mod = importlib.import_module(f"fastreid_plugins.{CONFIG_MODULES[method]}.config")
-    table = cfg_mod.ABLATIONS
-    assert table, f"fastreid_plugins.{CONFIG_MODULES[method]}.config.ABLATIONS is empty"
-    rows = {}
-    # {row: overrides}, {row: Ablation(overrides=...)} or {table: {row: overrides}}
-    for k, v in table.items():
-        for r, ov in (v.items() if isinstance(v, dict) else [(None, v)]):
-            rows[k if r is None else f"{k}/{r}"] = list(getattr(ov, "overrides", ov))
+def ablation_rows(meta_arch):
+    """``{row key: overrides}``: every ablation row of the method whose meta-architecture is
+    ``meta_arch`` (its record's rows, :attr:`fastreid_plugins.method.Method.rows`; SVRN's include
+    the rows whose ranking layers get no gradient, which DDP refuses at the 2nd iteration unless
+    the model leaves those layers out)."""
+    rows = {r.key: list(r.overrides) for r in method_for_meta_arch(meta_arch).rows}
+    assert rows, f"the {meta_arch} record has no ablation rows"
     return rows
 
 

@@ -11,17 +11,20 @@
 * the leaves import only leaves;
 * every module that imports FastReID imports ``fastreid_plugins.patches.compat`` first (the torch 2
   / Python 3.11 import shims, without which ``fastreid.data`` does not import).
+* no special cases: the paper tables (:mod:`fastreid_plugins.papers`) and the method records
+  (:mod:`fastreid_plugins.method`) are core because they import nothing above it.
 """
 
 import ast
 import os
 import re
 
+from fastreid_plugins.method import METHODS as _RECORDS
 from helpers import ROOT
 
 PKG = "fastreid_plugins"
 PKG_DIR = os.path.join(ROOT, PKG)
-METHODS = ("mfgnet", "mbfn", "svrn", "clip_senet")
+METHODS = tuple(_RECORDS)   # the method packages: one per record
 TOOLS = ("tools", "reproduce", "activation")
 LEAVES = (f"{PKG}.errors", f"{PKG}.version", f"{PKG}.upstream", f"{PKG}.patches.base",
           f"{PKG}.patches.compat")
@@ -182,6 +185,20 @@ def test_the_compat_checker_can_fail(tmp_path):
     assert "without the compat line" in _compat_rule_violations("local", str(local))
     assert _compat_rule_violations("typing_only", str(typing_only)) == ""
     assert _compat_rule_violations("good", str(good)) == ""
+
+
+def test_paper_data_and_method_records_are_core_on_their_own_merits():
+    """The tables (``papers``) import only the errors and each other, the records (``method``)
+    only the errors and the tables (their method packages are imported by name, on first use of
+    the runtime), and no method config reads the reproduction tool any more."""
+    graph = _graph()
+    papers = {n for n in graph if n == f"{PKG}.papers" or n.startswith(f"{PKG}.papers.")}
+    assert {f"{PKG}.papers.{k}" for k in METHODS} <= papers
+    for n in papers:
+        assert graph[n] <= papers | {f"{PKG}.errors"}, (n, graph[n])
+    assert graph[f"{PKG}.method"] <= {f"{PKG}.errors", f"{PKG}.papers"}, graph[f"{PKG}.method"]
+    for k in METHODS:
+        assert not {m for m in graph[f"{PKG}.{k}.config"] if ".reproduce" in m}, k
 
 
 def test_the_checker_sees_a_function_local_import(tmp_path):

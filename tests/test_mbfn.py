@@ -1,8 +1,8 @@
 """MBFN (Rong et al., Sci. Rep. 11, 20210, 2021): contracts, the paper's split, part weighting
 (literal and "rms"-normalised) on hand examples, per-branch split direction, the branch-global
-("red dotted area") switch, loss terms vs FastReID's losses, every Table 2 / 3 / 4 row
-(``mbfn.config.ABLATIONS``), config validation, and overfitting the real VeRi-776 sample with an
-``--eval-only`` round trip."""
+("red dotted area") switch, loss terms vs FastReID's losses, every Table 2 / 3 / 4 row (the
+registry's ``mbfn/<table>/<row>``), config validation, and overfitting the real VeRi-776 sample
+with an ``--eval-only`` round trip."""
 
 import os
 
@@ -16,7 +16,7 @@ import fastreid_plugins  # noqa: F401
 from fastreid_plugins import engine
 from fastreid_plugins.engine import PluginTrainer
 from fastreid_plugins.mbfn import MBFN, add_mbfn_config, mbfn_part_weights
-from fastreid_plugins.mbfn.config import ABLATIONS
+from fastreid_plugins.reproduce import get_row, get_table
 from tests.helpers import evaluate, make_cfg, seed_everything, train
 
 DEMO = "configs/demo/mbfn.yml"
@@ -29,9 +29,9 @@ TINY = ["MODEL.HEADS.NUM_CLASSES", "4", "INPUT.SIZE_TRAIN", "[80, 64]",
 HW = (80, 64)
 
 OFF_W = ["MODEL.MBFN.WEIGHTS.ENABLED", "False"]
-TABLE2 = [k for k in ABLATIONS if k.startswith("table2/")]
-TABLE3 = [k for k in ABLATIONS if k.startswith("table3/")]
-TABLE4 = [k for k in ABLATIONS if k.startswith("table4/")]
+TABLE2 = [r.key for r in get_table("mbfn", "table2-ours").rows]
+TABLE3 = [r.key for r in get_table("mbfn", "table3-ours").rows]
+TABLE4 = [r.key for r in get_table("mbfn", "table4").rows]
 
 
 def tiny_model(*opts):
@@ -163,29 +163,31 @@ def test_loss_terms_equal_fastreid_losses_computed_independently():
 # weighting, CAM)
 TABLE4_CONTENT = {
     "baseline": (True, False, False, None, None, None),
-    "(a)": (True, True, False, False, None, True),
-    "(b)": (True, False, True, False, False, True),
-    "(c)": (False, True, True, False, False, False),
-    "(d)": (False, True, True, False, True, False),
-    "(e)": (False, True, True, False, True, True),
-    "(f)": (True, True, True, False, True, True),
-    "(g)": (True, True, True, True, True, True),
+    "a": (True, True, False, False, None, True),
+    "b": (True, False, True, False, False, True),
+    "c": (False, True, True, False, False, False),
+    "d": (False, True, True, False, True, False),
+    "e": (False, True, True, False, True, True),
+    "f": (True, True, True, False, True, True),
+    "g": (True, True, True, True, True, True),
 }
 
 
 def test_table4_has_the_papers_eight_rows():
-    assert [r.split("/", 1)[1].split()[0] for r in TABLE4] == list(TABLE4_CONTENT)
-    # full model
-    assert ABLATIONS["table4/(g) Baseline+Local Branch1+Local Branch2+Green+CAM"] == []
+    assert [r.rsplit("/", 1)[1] for r in TABLE4] == list(TABLE4_CONTENT)
+    # each row id is the letter of the paper's label, "(a) Baseline+Local Branch1(...)+CAM"
+    for key in TABLE4[1:]:
+        assert get_row(key).label.startswith(f"({key[-1]}) "), key
+    assert get_row("mbfn/table4/g").overrides == ()   # full model
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("row", TABLE4)
 def test_table4_rows_build_and_train_one_step(row):
-    model, _ = tiny_model(*ABLATIONS[row])
+    model, _ = tiny_model(*get_row(row).overrides)
     losses, change = one_step(model, batch())
     assert all(torch.isfinite(v) for v in losses.values()) and change > 0
-    glob, l1, l2, red, green, cam = TABLE4_CONTENT[row.split("/", 1)[1].split()[0]]
+    glob, l1, l2, red, green, cam = TABLE4_CONTENT[row.rsplit("/", 1)[1]]
     assert (model.global_branch is not None, model.local1 is not None,
             model.local2 is not None) == (glob, l1, l2)
     for b in (model.local1, model.local2):
@@ -206,7 +208,7 @@ def test_table4_rows_build_and_train_one_step(row):
 @pytest.mark.slow
 @pytest.mark.parametrize("row", TABLE2)
 def test_table2_rows_build_and_train_one_step(row):
-    model, cfg = tiny_model(*ABLATIONS[row])
+    model, cfg = tiny_model(*get_row(row).overrides)
     m = cfg.MODEL.MBFN
     assert (model.local1.num_parts, model.local2.num_parts) == \
         (m.LOCAL1.NUM_PARTS, m.LOCAL2.NUM_PARTS)
@@ -220,7 +222,7 @@ def test_table2_rows_build_and_train_one_step(row):
 def test_each_local_branch_chooses_its_direction_and_part_count():
     """Local Branch 1: 2 horizontal stripes; Local Branch 2: 3 vertical columns (hand slices of the
     5x4 map: rows 0-2 / 3-4, columns 0-1 / 2 / 3)."""
-    model, _ = tiny_model(*ABLATIONS["table2/horizontal 2+vertical 3"], *OFF_W)
+    model, _ = tiny_model(*get_row("mbfn/table2-ours/h2-v3").overrides, *OFF_W)
     model.eval()
     with torch.no_grad():
         x = model.trunk(model.preprocess_image(batch()))
@@ -236,7 +238,7 @@ def test_each_local_branch_chooses_its_direction_and_part_count():
 @pytest.mark.slow
 @pytest.mark.parametrize("row", TABLE3)
 def test_table3_rows_build_and_train_one_step(row):
-    model, cfg = tiny_model(*ABLATIONS[row])
+    model, cfg = tiny_model(*get_row(row).overrides)
     a, b = cfg.MODEL.MBFN.WEIGHTS.ALPHA, cfg.MODEL.MBFN.WEIGHTS.BETA
     assert a < b                                   # the paper: alpha < beta
     assert torch.allclose(model.local2.part_weights, torch.tensor([a, b, a]))

@@ -1,7 +1,8 @@
 """MFG-Net (Xu et al., Array 2022): contracts, the paper's split and global-branch convs, loss terms
-vs FastReID's losses, every Table 3 / Table 4 ablation row (``mfgnet.config.ABLATIONS``), config
-validation, equivalence to FastReID's Baseline when reduced to it, a weights-change check, and
-overfitting the real VeRi-776 sample with an ``--eval-only`` round trip."""
+vs FastReID's losses, every Table 3 / Table 4 ablation row (the registry's
+``mfgnet/table{3,4}/<row>``), config validation, equivalence to FastReID's Baseline when reduced
+to it, a weights-change check, and overfitting the real VeRi-776 sample with an ``--eval-only``
+round trip."""
 
 import os
 
@@ -15,8 +16,8 @@ import fastreid_plugins  # noqa: F401
 from fastreid_plugins import engine
 from fastreid_plugins.engine import PluginTrainer
 from fastreid_plugins.mfgnet import MFGNet, add_mfgnet_config
-from fastreid_plugins.mfgnet.config import ABLATIONS
 from fastreid_plugins.modeling.parts import PartBranch
+from fastreid_plugins.reproduce import get_row, get_table
 from tests.helpers import evaluate, make_cfg, seed_everything, train
 
 DEMO = "configs/demo/mfgnet.yml"
@@ -25,8 +26,8 @@ TINY = ["MODEL.HEADS.NUM_CLASSES", "4", "INPUT.SIZE_TRAIN", "[96, 64]",
         "INPUT.SIZE_TEST", "[96, 64]",
         "MODEL.MFGNET.LOCAL.EMBED_DIM", "16"]
 C = 512   # R18 conv5 channels; the global branch keeps them (paper: 1x1 convs keep the scale)
-TABLE3 = sorted(k for k in ABLATIONS if k.startswith("table3/"))
-TABLE4 = [k for k in ABLATIONS if k.startswith("table4/")]
+TABLE3 = [r.key for r in get_table("mfgnet", "table3").rows]   # mfgnet/table3/<k>_divisions
+TABLE4 = [r.key for r in get_table("mfgnet", "table4").rows]
 
 
 def tiny_model(*opts):
@@ -168,8 +169,8 @@ def test_paper_split_and_global_convs_keep_the_scale():
 def test_table3_rows_build_and_train_one_step(row):
     """Table 3 counts horizontal division *times* k: k divisions give k + 1 stripes (Sec. 4.3:
     "quartered (the number of horizontal divisions is equal to 3)")."""
-    k = int(row.split("/")[1].split()[0])
-    model, cfg = tiny_model(*ABLATIONS[row])
+    k = int(row.rsplit("/", 1)[1].split("_")[0])
+    model, cfg = tiny_model(*get_row(row).overrides)
     assert model.local_branch.num_parts == cfg.MODEL.MFGNET.NUM_STRIPES == k + 1
     losses, change = one_step(model, batch())
     assert sorted(k for k in losses if "stripe" in k) == \
@@ -182,19 +183,18 @@ def test_table3_rows_build_and_train_one_step(row):
 
 def test_table3_best_row_is_the_default_four_stripes():
     _, cfg = tiny_model()
-    assert ABLATIONS["table3/3 divisions"] == ["MODEL.MFGNET.NUM_STRIPES", "4"]
+    assert get_row("mfgnet/table3/3_divisions").overrides == ("MODEL.MFGNET.NUM_STRIPES", "4")
     assert cfg.MODEL.MFGNET.NUM_STRIPES == 4
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("row", TABLE4)
 def test_table4_rows_build_and_train_one_step(row):
-    model, _ = tiny_model(*ABLATIONS[row])
+    model, _ = tiny_model(*get_row(row).overrides)
     losses, change = one_step(model, batch())
     assert all(torch.isfinite(v) for v in losses.values()) and change > 0
-    name = row.split("/", 1)[1]
-    order = ["baseline", "+global branch (w/o triplet)", "+global branch (w/ triplet)",
-             "+local branch", "+CAM"]
+    name = row.rsplit("/", 1)[1]
+    order = ["baseline", "global_no_triplet", "global_triplet", "local", "cam"]
     level = order.index(name)                     # each row adds one component to the previous
     gb = model.global_branch
     assert (not isinstance(gb.reduce, torch.nn.Identity)) == (level >= 1)

@@ -320,8 +320,9 @@ def test_svrn_seed_is_an_alias_of_the_shared_key():
         seeding.resolve_seed(cfg)
     import fastreid_plugins.svrn as svrn
     assert not hasattr(svrn, "SVRNTrainer")  # its own seeding before building is gone
-    text = open(os.path.join(ROOT, "projects", "SVRN", "train_net.py")).read()
-    assert "launch_main(add_svrn_config)" in text  # the plain PluginTrainer, seeded by setup
+    from tests.ddp_jobs import project
+    # train_net.py runs the plain PluginTrainer, seeded by setup
+    assert project("SVRN") == (add_svrn_config, PluginTrainer)
 
 
 def _train_net(out, log):

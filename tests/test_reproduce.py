@@ -16,8 +16,10 @@ import time
 import pytest
 
 from fastreid_plugins.errors import ConfigError, UserError
+from fastreid_plugins.method import METHODS
 from fastreid_plugins.reproduce import registry
-from fastreid_plugins.reproduce.registry import Row, all_rows, get_row, get_table, tables
+from fastreid_plugins.reproduce.registry import (Row, all_rows, get_row, get_table, table_configs,
+                                                 tables)
 from fastreid_plugins.reproduce import runner
 from tests.helpers import ROOT
 
@@ -82,7 +84,7 @@ def row_problems(table, row, text):
 # --------------------------------------------------------------------------------------------
 # the registry against the papers
 # --------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("method", registry.METHODS)
+@pytest.mark.parametrize("method", list(METHODS))
 def test_every_stored_number_is_printed_by_the_paper_where_the_row_cites_it(method, papers):
     bad = {}
     for t in tables(method):
@@ -131,7 +133,7 @@ def test_the_checker_can_fail(papers):
 def test_line_tables_store_every_printed_number_and_their_labels(papers):
     """In a table whose rows are lines of the paper, each line's metric numbers are all stored
     (none left out) and the line is the row's (its label or marks are on it)."""
-    for m in registry.METHODS:
+    for m in METHODS:
         for t in tables(m):
             if not t.columns:
                 continue
@@ -169,9 +171,10 @@ def test_svrn_table_iii_keeps_the_vehicleid_and_veri_wild_columns():
         assert (r.paper["SmallVehicleID"]["Rank-1"], r.paper["SmallVeRiWild"]["mAP"]) == \
             want[r.row]
         assert r.ambiguous   # the columns do not name the test size
-    assert set(t.configs) == {"VeRi", "SmallVehicleID", "SmallVeRiWild"}
-    for path in t.configs.values():
-        assert os.path.isfile(os.path.join(ROOT, path)), path
+    assert t.datasets == ("VeRi", "SmallVehicleID", "SmallVeRiWild")
+    assert table_configs(t) == {"VeRi": "configs/veri/svrn.yml",
+                                "SmallVehicleID": "configs/vehicleid/svrn_small.yml",
+                                "SmallVeRiWild": "configs/veriwild/svrn_small.yml"}
 
 
 def test_rows_without_numbers_say_why():
@@ -207,32 +210,54 @@ def test_unknown_method_table_row_are_user_errors_listing_the_known_ones():
         registry.rows("mbfn", "table4", ["g", "h"])
 
 
-def test_config_ablations_are_derived_from_the_registry():
-    from fastreid_plugins.clip_senet import config as clip
-    from fastreid_plugins.mbfn import config as mbfn
-    from fastreid_plugins.mfgnet import config as mfg
-    from fastreid_plugins.svrn import config as svrn
-    for mod, method in ((mfg, "mfgnet"), (mbfn, "mbfn")):
-        assert mod.ABLATIONS == {k: list(r.overrides) for k, r in registry.legacy_rows(method)}
-    assert mfg.ABLATIONS["table3/3 divisions"] == ["MODEL.MFGNET.NUM_STRIPES", "4"]
-    assert svrn.ablation_overrides("III/4_stages") == list(
-        get_row("svrn/III/4_stages-ours").overrides)
-    assert svrn.ABLATIONS["IV/scheme_a"].paper == (82.5, 96.2)
-    assert clip.ablation_overrides("table_v", "groups_4") == ["MODEL.CLIPSENET.AFEM.GROUPS", "4"]
-    n = sum(len(t) for t in clip.ABLATIONS.values()) + len(svrn.ABLATIONS) + len(
-        mbfn.ABLATIONS) + len(mfg.ABLATIONS)
-    assert n == len(all_rows())
+def test_the_registry_is_derived_from_the_method_records():
+    """Methods, tables, rows and paper configs come from ``METHODS`` (nothing is stored twice):
+    every row is one of its record's, every table's configs are its record's, and the old
+    per-method views (``ABLATIONS``, ``Ablation``, ``ablation_overrides``) are gone."""
+    import importlib
+
+    import fastreid_plugins.reproduce as reproduce
+    assert getattr(registry, "METHODS", METHODS) is METHODS   # the records', not a copy
+    assert not hasattr(registry, "PROJECTS") and not hasattr(reproduce, "METHODS")
+    assert not hasattr(reproduce, "legacy_rows") and "legacy" not in Row.__dataclass_fields__
+    for key, m in METHODS.items():
+        assert tables(key) is m.tables and [r.key for r in all_rows(key)] == [r.key for r in m.rows]
+        for t in m.tables:
+            assert table_configs(t) == {d: m.configs[d] for d in t.datasets}
+            assert list(table_configs(t))[0] == t.datasets[0]   # run's default config
+        for mod in (f"fastreid_plugins.{key}", f"fastreid_plugins.{key}.config"):
+            names = set(dir(importlib.import_module(mod)))
+            assert not names & {"ABLATIONS", "Ablation", "ablation_overrides", "TABLE_IV"}, mod
+    assert [r.key for r in all_rows()] == [r.key for m in METHODS.values() for r in m.rows]
+    assert get_row("mfgnet/table3/3_divisions").overrides == ("MODEL.MFGNET.NUM_STRIPES", "4")
 
 
-@pytest.mark.parametrize("method", registry.METHODS)
+def test_a_table_on_a_dataset_without_a_paper_config_is_refused():
+    """The records' load check can fail: a table naming a dataset the record has no config for,
+    a ``None`` without a reason, a row under another table."""
+    from dataclasses import replace
+
+    from fastreid_plugins.papers import check_tables
+    t = get_table("svrn", "III")
+    check_tables("svrn", (t,), METHODS["svrn"].configs)
+    with pytest.raises(ValueError, match=r"svrn/III: datasets .*'VRIC'.*needs a paper config"):
+        check_tables("svrn", (replace(t, datasets=("VeRi", "VRIC")),), METHODS["svrn"].configs)
+    bad = replace(t.rows[0], paper={"VeRi": {"mAP": None}}, lost={})
+    with pytest.raises(ValueError, match="no reason given"):
+        check_tables("svrn", (replace(t, rows=(bad,)),), METHODS["svrn"].configs)
+    with pytest.raises(ValueError, match="listed under"):
+        check_tables("svrn", (replace(t, rows=(replace(t.rows[0], table="II"),)),),
+                     METHODS["svrn"].configs)
+
+
+@pytest.mark.parametrize("method", list(METHODS))
 def test_every_row_merges_into_its_tables_paper_configs(method):
     """Every override key exists and every value parses, on every paper config of the table."""
     from fastreid_plugins.config import get_cfg
     from tests.ddp_jobs import project
-    add = project({"mfgnet": "MFGNet", "mbfn": "MBFN", "svrn": "SVRN",
-                   "clip_senet": "CLIPSENet"}[method])[0]
+    add = project(os.path.basename(METHODS[method].project))[0]   # what train_net.py adds
     for t in tables(method):
-        for path in t.configs.values():
+        for path in table_configs(t).values():
             for r in t.rows:
                 cfg = get_cfg(add)
                 cfg.merge_from_file(os.path.join(ROOT, path))
@@ -252,7 +277,7 @@ def test_list_answers_in_under_3_seconds_without_torch():
     t0 = time.time()
     p = _cli("list")
     assert time.time() - t0 < 3.0 and p.returncode == 0, p.stderr
-    for m in registry.METHODS:
+    for m in METHODS:
         assert m in p.stdout
     p = _cli("list", "svrn", "III")
     assert p.returncode == 0
@@ -264,7 +289,9 @@ def test_list_answers_in_under_3_seconds_without_torch():
                        env=dict(os.environ, PYTHONPATH=ROOT))
     imported = {ln.split("|")[-1].strip() for ln in p.stderr.splitlines() if "|" in ln}
     assert p.returncode == 0 and "fastreid_plugins.reproduce.registry" in imported
+    assert {"fastreid_plugins.method", "fastreid_plugins.papers"} <= imported
     assert "torch" not in imported and "fastreid" not in imported, sorted(imported)[:20]
+    assert not imported & {f"fastreid_plugins.{k}" for k in METHODS}   # no method package
 
 
 def test_bad_input_is_one_clear_error():

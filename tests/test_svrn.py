@@ -11,10 +11,11 @@ import fastreid_plugins  # noqa: F401
 import torch.nn.functional as F
 from fastreid.modeling import build_model
 from torch import nn
-from fastreid_plugins.svrn import (ABLATIONS, ClassificationBlock, ablation_overrides,
-                                   add_svrn_config, dcc_loss, grid_critic, icc_loss,
-                                   num_suppressed, reward_loss, suppression_mask, upsample_mask,
-                                   vcc_loss)
+from fastreid_plugins.method import METHODS
+from fastreid_plugins.reproduce import get_row
+from fastreid_plugins.svrn import (ClassificationBlock, add_svrn_config, dcc_loss, grid_critic,
+                                   icc_loss, num_suppressed, reward_loss, suppression_mask,
+                                   upsample_mask, vcc_loss)
 from fastreid_plugins.svrn.layers import SpatialInformationMining
 
 from helpers import make_cfg
@@ -610,27 +611,28 @@ def test_dcc_literal_eq11_hand_computed():
 # --------------------------------------------------------------------------------------------
 def test_ablation_table_covers_every_row_of_tables_ii_to_vi():
     rows = {}
-    for ab in ABLATIONS.values():
-        rows.setdefault(ab.table, []).append(ab.row)
+    for r in METHODS["svrn"].rows:
+        rows.setdefault(r.table, []).append(r.row)
     assert len(rows["II"]) == 3 and len(rows["III"]) == 4 and len(rows["IV"]) == 6
     assert len(rows["V"]) == 6 and len(rows["VI"]) == 6
     # the paper's default row of each table is the paper config itself
     paper = make_cfg("configs/veri/svrn.yml", [], [add_svrn_config])
-    for name in ("II/scheme_b", "III/3_stages", "IV/scheme_e", "V/csc", "VI/csc_0.15"):
-        assert make_cfg("configs/veri/svrn.yml", ablation_overrides(name),
-                        [add_svrn_config]) == paper, name
-    assert make_cfg("configs/veri/svrn.yml", ablation_overrides("V/no_csc"),
+    for key in ("II/scheme_b", "III/3_stages", "IV/scheme_e", "V/csc", "VI/csc_0.15"):
+        assert make_cfg("configs/veri/svrn.yml", get_row(f"svrn/{key}").overrides,
+                        [add_svrn_config]) == paper, key
+    assert make_cfg("configs/veri/svrn.yml", get_row("svrn/V/no_csc").overrides,
                     [add_svrn_config]) != paper
     # Table IV's schemes: (stage 1, stage 2) suppression percentages
-    cfg = make_cfg("configs/veri/svrn.yml", ablation_overrides("IV/scheme_a"), [add_svrn_config])
+    cfg = make_cfg("configs/veri/svrn.yml", get_row("svrn/IV/scheme_a").overrides,
+                   [add_svrn_config])
     assert list(cfg.MODEL.SVRN.ALPHAS) == [0.3, 0.3]
     with pytest.raises(KeyError, match="known"):
-        ablation_overrides("II/scheme_z")
+        get_row("svrn/II/scheme_z")
 
 
 _UNIQUE_ROWS = {}
-for _name, _ab in ABLATIONS.items():
-    _UNIQUE_ROWS.setdefault(tuple(_ab.overrides), _name)
+for _row in METHODS["svrn"].rows:
+    _UNIQUE_ROWS.setdefault(_row.overrides, _row.key)
 
 
 @pytest.mark.slow
@@ -640,7 +642,7 @@ def test_every_ablation_row_trains_a_step_with_a_gradient_for_every_parameter(na
     config, builds, and one training step gives finite losses and a gradient to every trainable
     parameter; the weights change after an optimizer step."""
     torch.manual_seed(0)
-    model = build_model(svrn_cfg(*ablation_overrides(name))).train()
+    model = build_model(svrn_cfg(*get_row(name).overrides)).train()
     losses = model(batch(size=128))
     assert all(torch.isfinite(v) for v in losses.values()), losses
     sum(losses.values()).backward()

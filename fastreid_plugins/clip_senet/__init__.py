@@ -5,7 +5,6 @@ dataset. ``transformers`` is imported only when a SEM is built.
 """
 
 from .. import data  # noqa: F401  (registers the plugins' datasets)
-from ..method import Method
 from ..patches import apply as _apply_patches
 from .config import add_clip_senet_config, validate_clip_senet_config
 from .meta_arch import CLIPSENet, build_cnn_backbone, build_sem
@@ -14,16 +13,15 @@ from .tinyclip import (TINYCLIP_VARIANTS, SemanticExtractionModule, SEMWeightsEr
                        load_sem_weights, tinyclip_parameter_counts, tinyclip_vision_config)
 from .trainer import CLIPSENetTrainer
 
-__all__ = ["METHOD", "add_clip_senet_config", "validate_clip_senet_config", "CLIPSENet",
-           "CLIPSENetTrainer", "AFEM", "FeatureFusion",
+__all__ = ["add_config", "validate_config", "Trainer", "add_clip_senet_config",
+           "validate_clip_senet_config", "CLIPSENet", "CLIPSENetTrainer", "AFEM", "FeatureFusion",
            "CameraViewEmbedding", "SemanticExtractionModule", "SEMWeightsError",
            "TINYCLIP_VARIANTS", "tinyclip_vision_config", "tinyclip_parameter_counts",
            "load_sem_weights", "build_cnn_backbone", "build_sem"]
 
-#: the method's surface (:class:`fastreid_plugins.method.Method`)
-METHOD = Method(name="CLIP-SENet", meta_arch="CLIPSENet", add_config=add_clip_senet_config,
-                validate_config=validate_clip_senet_config, trainer=CLIPSENetTrainer,
-                project="projects/CLIPSENet")
+#: what ``fastreid_plugins.method.METHODS["clip_senet"]`` resolves (its record is there)
+add_config, validate_config = add_clip_senet_config, validate_clip_senet_config
+Trainer = CLIPSENetTrainer
 
 # FastReID's project idiom: importing the method package registers it (above) and patches
 # FastReID as the method needs (every patch; idempotent, see fastreid_plugins.patches)

@@ -31,10 +31,15 @@
 Losses use FastReID's ``MODEL.LOSSES``: ``NAME`` ("CrossEntropyLoss", "SupConLoss") by default,
 "TripletLoss" instead of "SupConLoss" for Fig. 3; ``MODEL.LOSSES.SUPCON`` comes from
 :func:`fastreid_plugins.losses.supcon.add_supcon_config`.
+
+Every ablation row of the paper (Tables IV-VI, Fig. 3), as config overrides of
+``configs/veri/clip_senet.yml`` with the paper's numbers, is data in
+:mod:`fastreid_plugins.papers.clip_senet` (registry keys ``clip_senet/<table>/<row>``:
+``python -m fastreid_plugins.reproduce list clip_senet``).
 """
 
 import fastreid_plugins.patches.compat  # noqa: F401  (FastReID importable on torch 2)
-from typing import List, Sequence
+from typing import Sequence
 
 from fastreid.config import CfgNode as CN
 from fastreid.layers import pooling
@@ -43,10 +48,9 @@ from ..errors import ConfigError, MissingConfigError
 from ..losses.supcon import add_supcon_config
 from .modules import VIEWPOINT_GROUPS
 from .tinyclip import TINYCLIP_VARIANTS
-from ..reproduce.registry import get_table as _get_table
 
 __all__ = ["add_clip_senet_config", "validate_clip_senet_config", "check_loss_names",
-           "SUPPORTED_LOSSES", "CV_POSITIONS", "ABLATIONS", "ablation_overrides"]
+           "SUPPORTED_LOSSES", "CV_POSITIONS"]
 
 #: ``MODEL.LOSSES.NAME`` entries CLIP-SENet computes
 SUPPORTED_LOSSES = ("CrossEntropyLoss", "SupConLoss", "TripletLoss")
@@ -150,45 +154,3 @@ def validate_clip_senet_config(cfg: CN) -> None:
                               "must be '' (VeRi's 8 orientations) or one of "
                               f"{sorted(VIEWPOINT_GROUPS)}")
     check_loss_names(tuple(cfg.MODEL.LOSSES.NAME))
-
-
-# ------------------------------------------------------------------------------------------------
-# Ablations of the paper (Sec. IV-D): each row is a list of config overrides of the paper config
-# (configs/veri/clip_senet.yml), for ``cfg.merge_from_list`` or the command line.
-# ------------------------------------------------------------------------------------------------
-# Derived from the ablation registry (:mod:`fastreid_plugins.reproduce.papers.clip_senet`), which
-# also holds the paper's numbers of every row; overrides are command-line strings ("False", "4").
-
-
-def _legacy_table(table):
-    return {r.row: list(r.overrides) for r in _get_table("clip_senet", table).rows}
-
-
-#: Table IV (SEM / AFEM / CV). Every row with CV uses the paper config's ``CV.POSITION``
-#: ("feature"), the one position that exists with and without the SEM, so rows 4-6 differ only
-#: in the components the table varies.
-TABLE_IV = _legacy_table("table_iv")
-#: Table V (AFEM groups G).
-TABLE_V = _legacy_table("table_v")
-#: Table VI (CNN backbone, all with IBN-a; ImageNet files in projects/CLIPSENet/README.md).
-TABLE_VI = _legacy_table("table_vi")
-#: Fig. 3 (SupCon vs triplet loss, on the baseline and on CLIP-SENet).
-FIG_3 = _legacy_table("fig_3")
-#: Every ablation of the paper: ``{table: {row: overrides}}``.
-ABLATIONS = {"table_iv": TABLE_IV, "table_v": TABLE_V, "table_vi": TABLE_VI, "fig_3": FIG_3}
-
-def ablation_overrides(table: str, row: str) -> List[str]:
-    """The config overrides (a flat ``[key, value, ...]`` list) of one ablation row.
-
-    Args:
-        table (str): a key of :data:`ABLATIONS` ("table_iv", "table_v", "table_vi", "fig_3").
-        row (str): a row of that table, e.g. ``"sem_afem"``.
-
-    Raises:
-        KeyError: unknown table or row (the message lists the known ones).
-    """
-    if table not in ABLATIONS:
-        raise KeyError(f"unknown CLIP-SENet ablation table {table!r}; known: {sorted(ABLATIONS)}")
-    if row not in ABLATIONS[table]:
-        raise KeyError(f"unknown row {row!r} of {table}; known: {list(ABLATIONS[table])}")
-    return list(ABLATIONS[table][row])

@@ -37,7 +37,9 @@ Keys (defaults = the paper's full model on a ResNet-50):
   ``MODEL.LOSSES.TRI.*`` / ``MODEL.LOSSES.CE.*``; ``MODEL.LOSSES.NAME`` and ``*.SCALE`` do not
   apply: a value other than FastReID's default is a ``ConfigError``.
 
-:data:`ABLATIONS` maps every ablation row (Tables 2-4) to the config overrides that build it.
+Every ablation row (Tables 2-4), as config overrides of ``configs/veri/mbfn.yml``, is data in
+:mod:`fastreid_plugins.papers.mbfn` (registry keys ``mbfn/<table>/<row>``: ``python -m
+fastreid_plugins.reproduce list mbfn``).
 """
 
 import fastreid_plugins.patches.compat  # noqa: F401  (FastReID importable on torch 2)
@@ -46,34 +48,15 @@ from fastreid.config import CfgNode as CN
 from ..config import check_bool, check_choice, check_int, check_number
 from ..errors import ConfigError, MissingConfigError
 from ..method import check_fixed_losses
-
 from ..modeling.parts import DIRECTIONS, SPLIT_POINTS
-from ..reproduce.registry import legacy_rows as _legacy_rows
 
-__all__ = ["add_mbfn_config", "validate_mbfn_config", "MAX_PARTS", "ABLATIONS", "WEIGHT_NORMS"]
+__all__ = ["add_mbfn_config", "validate_mbfn_config", "MAX_PARTS", "WEIGHT_NORMS"]
 
 #: Largest number of parts accepted for ``MODEL.MBFN.LOCAL{1,2}.NUM_PARTS``.
 MAX_PARTS = 8
 #: ``MODEL.MBFN.WEIGHTS.NORMALIZE`` values.
 WEIGHT_NORMS = ("none", "rms")
 
-#: Every ablation row, as ``merge_from_list`` overrides on top of a full-model config
-#: (``configs/veri/mbfn.yml``).
-#:
-#: * ``"table4/<row>"``: the paper's Table 4, rows written in its text ("Multi-branch network
-#:   architecture": the Baseline, "ResNet-50 with the global feature branch", and variants (a)-(g)).
-#:   Red dotted area = each local branch's own global feature; green dotted area = the weighted
-#:   local feature ("Compared with network c, network d performs weighting processing on local
-#:   features"). Where a row names neither, it has neither (e.g. (b) has no weighting).
-#: * ``"table2/..."`` and ``"table3/..."``: the tables themselves were lost in the text we have; the
-#:   text says only that horizontal beats vertical, that 2 (Local Branch 1) / 3 (Local Branch 2)
-#:   parts are best, and that alpha = 0.3 / beta = 0.4 are best. These rows are our grid around
-#:   those settings (Table 3 rows keep alpha < beta and 2 alpha + beta = 1 as the paper's pair
-#:   does).
-#:
-#: Derived from the ablation registry (:mod:`fastreid_plugins.reproduce.papers.mbfn`, where the
-#: reconstructed tables are ``table2-ours`` / ``table3-ours``).
-ABLATIONS = {k: list(r.overrides) for k, r in _legacy_rows("mbfn")}
 
 def add_mbfn_config(cfg: CN) -> CN:
     """Add the ``MODEL.MBFN`` keys to ``cfg`` in place (idempotent) and return it."""

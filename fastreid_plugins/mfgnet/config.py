@@ -18,9 +18,9 @@ Keys (defaults = the paper's full model on a ResNet-50):
   dim after the conv after GAP. Other values (e.g. MBFN's 2048 -> 512 -> 2048) are a deviation.
 * ``USE_LOCAL`` (True): the local (stripe) branch. ``NUM_STRIPES`` (4, 1..8). Table 3 counts
   *horizontal division times* k, which give k + 1 stripes (Sec. 4.3: "quartered (the number of
-  horizontal divisions is equal to 3)"): Table 3 row k is ``NUM_STRIPES k+1``, see
-  :data:`ABLATIONS`. ``STRIPE_DIRECTION`` ("horizontal"), ``LOCAL.EMBED_DIM`` (256; per-stripe 1x1
-  conv after GAP, 0 = none).
+  horizontal divisions is equal to 3)"): Table 3 row k is ``NUM_STRIPES k+1`` (registry row
+  ``mfgnet/table3/<k>_divisions``). ``STRIPE_DIRECTION`` ("horizontal"), ``LOCAL.EMBED_DIM``
+  (256; per-stripe 1x1 conv after GAP, 0 = none).
 * ``LOSS.ALPHA`` (1.0), ``LOSS.BETA`` (0.1): ``L = ALPHA * L_softmax + BETA * L_triplet`` (Eq. 3).
   ``LOSS.USE_TRIPLET`` (True): the batch-hard triplet on the global feature (Table 4).
   ``LOSS.CE_REDUCTION`` ("sum"): L_softmax = sum (or mean) of the CE of every classifier.
@@ -29,8 +29,9 @@ Keys (defaults = the paper's full model on a ResNet-50):
   ``MODEL.LOSSES.NAME`` and ``*.SCALE`` do not apply (ALPHA/BETA/USE_TRIPLET replace them):
   a value other than FastReID's default is a ``ConfigError``.
 
-:data:`ABLATIONS` maps every row of the paper's Tables 3 and 4 to the config overrides that build
-it.
+Every row of the paper's Tables 3 and 4, as config overrides of ``configs/veri/mfgnet.yml`` with
+the paper's numbers, is data in :mod:`fastreid_plugins.papers.mfgnet` (registry keys
+``mfgnet/<table>/<row>``: ``python -m fastreid_plugins.reproduce list mfgnet``).
 """
 
 import fastreid_plugins.patches.compat  # noqa: F401  (FastReID importable on torch 2)
@@ -39,22 +40,13 @@ from fastreid.config import CfgNode as CN
 from ..config import check_bool, check_choice, check_int, check_number
 from ..errors import ConfigError, MissingConfigError
 from ..method import check_fixed_losses
-
 from ..modeling.parts import DIRECTIONS, SPLIT_POINTS
-from ..reproduce.registry import legacy_rows as _legacy_rows
 
-__all__ = ["add_mfgnet_config", "validate_mfgnet_config", "MAX_STRIPES", "ABLATIONS"]
+__all__ = ["add_mfgnet_config", "validate_mfgnet_config", "MAX_STRIPES"]
 
 #: Largest stripe count accepted for ``MODEL.MFGNET.NUM_STRIPES`` (the paper's Table 3 uses 1-5).
 MAX_STRIPES = 8
 
-#: Every ablation row of the paper, as ``merge_from_list`` overrides on top of a full-model config
-#: (``configs/veri/mfgnet.yml``). Keys: ``"table3/<k> divisions"`` (Table 3, "horizontal division
-#: times" k = 1..5, i.e. k + 1 stripes; row 3 is the full model) and ``"table4/<row>"`` (Table 4,
-#: Sec. 4.3 items 1-4 on top of the "ResNet50 with softmax cross-entropy loss" baseline).
-#: Derived from the ablation registry (:mod:`fastreid_plugins.reproduce.papers.mfgnet`), which
-#: also holds the paper's numbers of every row.
-ABLATIONS = {k: list(r.overrides) for k, r in _legacy_rows("mfgnet")}
 
 def add_mfgnet_config(cfg: CN) -> CN:
     """Add the ``MODEL.MFGNET`` keys to ``cfg`` in place (idempotent) and return it."""

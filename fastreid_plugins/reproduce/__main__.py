@@ -7,7 +7,8 @@ row, beside the paper's numbers.
     report METHOD TABLE [--output-dir DIR] [--dataset NAME] [--no-chart]
 
 This process never imports torch or FastReID (``fastreid_plugins/__init__`` skips them for this
-command): each row runs as a subprocess of ``projects/<Name>/train_net.py``.
+command): each row runs as a subprocess of its method's ``train_net.py``
+(:attr:`fastreid_plugins.method.Method.train_script`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import signal
 import sys
 
 from ..errors import UserError
-from .registry import METHODS, PROJECTS, get_table, tables
+from ..method import METHODS
+from .registry import get_table, table_configs, tables
 
 DEFAULT_OUTPUT = os.path.join("logs", "reproduce")
 
@@ -35,9 +37,9 @@ def _numbers(row):
 
 def cmd_list(args: argparse.Namespace, out: Callable[[str], Any] = print) -> int:
     if args.method is None:
-        for m in METHODS:
-            out(f"{m}  ({PROJECTS[m][1]}, projects/{PROJECTS[m][0]})")
-            for t in tables(m):
+        for m in METHODS.values():
+            out(f"{m.key}  ({m.name}, {m.project})")
+            for t in m.tables:
                 out(f"  {t.table:<12} {len(t.rows):>2} rows  {t.title[:90]}")
         out("\n`list METHOD` for the rows, `list METHOD TABLE` for overrides and paper numbers; "
             "tables and rows whose id ends in -ours are our reconstruction, not the paper's.")
@@ -45,18 +47,19 @@ def cmd_list(args: argparse.Namespace, out: Callable[[str], Any] = print) -> int
     if args.table is None:
         for t in tables(args.method):
             out(f"{t.key}  {t.title}")
-            out(f"  configs: {', '.join(f'{d}: {c}' for d, c in t.configs.items())}")
+            out(f"  configs: {', '.join(f'{d}: {c}' for d, c in table_configs(t).items())}")
             for r in t.rows:
                 out(f"  {r.row:<20} \"{r.label}\"  paper: {_numbers(r)}")
         return 0
     t = get_table(args.method, args.table)
+    configs = table_configs(t)
     out(f"{t.key}  {t.title}")
     out(f"  source: {t.source}; paper configs: "
-        + ", ".join(f"{d}: {c}" for d, c in t.configs.items()))
+        + ", ".join(f"{d}: {c}" for d, c in configs.items()))
     out(f"  one row on the paper's hardware: {t.cost}")
     out(f"  run: python -m fastreid_plugins.reproduce run {t.method} {t.table}"
-        + ("" if len(t.configs) == 1 else "  (other datasets: --config-file "
-           + " | ".join(list(t.configs.values())[1:]) + ")"))
+        + ("" if len(configs) == 1 else "  (other datasets: --config-file "
+           + " | ".join(list(configs.values())[1:]) + ")"))
     for r in t.rows:
         out(f"\n  {r.key}{'  [our reconstruction]' if r.ours else ''}")
         out(f"    paper's label: \"{r.label}\" ({r.source})")
@@ -127,11 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="full tracebacks for user errors")
     sub = p.add_subparsers(dest="command", required=True)
     ls = sub.add_parser("list", help="methods, tables, rows, overrides, the paper's numbers")
-    ls.add_argument("method", nargs="?", choices=METHODS)
+    ls.add_argument("method", nargs="?", choices=list(METHODS))
     ls.add_argument("table", nargs="?")
     for name in ("run", "report"):
         sp = sub.add_parser(name)
-        sp.add_argument("method", choices=METHODS)
+        sp.add_argument("method", choices=list(METHODS))
         sp.add_argument("table")
         sp.add_argument("--output-dir", default=None,
                         help=f"root of the row folders (default {DEFAULT_OUTPUT}, in the repo)")

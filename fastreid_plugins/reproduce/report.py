@@ -47,7 +47,7 @@ def gather(method: str, table: str, output_root: str,
         entries.append({"row": r, "result": result, "status": status, "state": state})
     if dataset is None:
         done = [e["result"] for e in entries if e["result"]]
-        dataset = done[0]["dataset"] if done else next(iter(t.configs))
+        dataset = done[0]["dataset"] if done else t.datasets[0]
     paper_metrics = {m for r in t.rows for m in r.paper.get(dataset, {})}
     metrics = [m for m in ORDER if m in paper_metrics] or ["mAP", "Rank-1"]
     for e in entries:

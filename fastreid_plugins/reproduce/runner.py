@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from ..errors import ConfigError
-from .registry import METRICS, PROJECTS, Row, get_table, rows as table_rows
+from .registry import METRICS, Row, get_method, get_table, rows as table_rows, table_configs
 
 __all__ = ["RowJob", "plan", "run_rows", "slots", "subprocess_launcher", "repo_root",
            "row_dir", "read_row_state", "LOG_TAIL_LINES"]
@@ -133,7 +133,7 @@ def plan(method: str, table: str, selected: Optional[Iterable[str]] = None,
     opts, out = _split_output_dir(opts)
     root = output_root or out or os.path.join("logs", "reproduce")
     root = root if os.path.isabs(root) else os.path.join(repo, root)
-    base = config_file or t.base_config
+    base = config_file or next(iter(table_configs(t).values()))
     if not os.path.isfile(base if os.path.isabs(base) else os.path.join(repo, base)):
         raise ConfigError(f"--config-file {base!r} not found (relative paths are taken from "
                           f"{repo})")
@@ -148,7 +148,7 @@ def plan(method: str, table: str, selected: Optional[Iterable[str]] = None,
 def build_command(job, slot, python=None, repo=None):
     """The argv and environment of ``job`` on ``slot`` (None = CPU / the current devices)."""
     repo = repo or repo_root()
-    script = os.path.join(repo, "projects", PROJECTS[job.row.method][0], "train_net.py")
+    script = os.path.join(repo, get_method(job.row.method).train_script)
     cmd = [python or sys.executable, script, "--config-file", job.config_file]
     if job.eval_only:
         cmd.append("--eval-only")

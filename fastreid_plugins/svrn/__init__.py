@@ -6,27 +6,23 @@ See ``projects/SVRN/README.md``.
 """
 
 from .. import data  # noqa: F401  (registers the plugins' datasets)
-from ..method import Method
 from ..patches import apply as _apply_patches
 from ..engine import PluginTrainer
-from .config import (ABLATIONS, Ablation, ablation_overrides, add_svrn_config, validate_svrn_config,
-                     num_suppressed)
+from .config import add_svrn_config, num_suppressed, validate_svrn_config
 from .critic import grid_critic, minmax_normalise
 from .layers import ClassificationBlock, SalienceRanking, SpatialInformationMining, UnifiedLayer
 from .losses import dcc_loss, icc_loss, reward_loss, vcc_loss
 from .meta_arch import SVRN
 from .suppression import random_suppression_mask, suppression_mask, upsample_mask
 
-__all__ = ["METHOD", "SVRN", "ABLATIONS", "Ablation", "ablation_overrides",
+__all__ = ["SVRN", "add_config", "validate_config", "Trainer",
            "add_svrn_config", "validate_svrn_config", "num_suppressed", "grid_critic",
            "minmax_normalise", "ClassificationBlock", "SalienceRanking",
            "SpatialInformationMining", "UnifiedLayer", "reward_loss", "vcc_loss", "icc_loss",
            "dcc_loss", "suppression_mask", "random_suppression_mask", "upsample_mask"]
 
-#: the method's surface (:class:`fastreid_plugins.method.Method`)
-METHOD = Method(name="SVRN", meta_arch="SVRN", add_config=add_svrn_config,
-                validate_config=validate_svrn_config, trainer=PluginTrainer,
-                project="projects/SVRN")
+#: what ``fastreid_plugins.method.METHODS["svrn"]`` resolves (its record is there)
+add_config, validate_config, Trainer = add_svrn_config, validate_svrn_config, PluginTrainer
 
 # FastReID's project idiom: importing the method package registers it (above) and patches
 # FastReID as the method needs (every patch; idempotent, see fastreid_plugins.patches)

@@ -18,7 +18,11 @@ stage t's output of block ``b`` (``O_t``), multiplies it by the up-sampled suppr
 its blocks read as ResNet layers, as Eq. 5's "map M_1 with X_1^3" (X_t^n = input of layer n)
 requires. ``(2, 3)`` is the conv{b}_x reading (2.68x the Baseline's MACs instead of 2.28x).
 
-:data:`ABLATIONS` holds every row of the paper's Tables II-VI as config overrides.
+Every row of the paper's Tables II-VI (and our own extra ablations), as config overrides of
+``configs/veri/svrn.yml`` with the paper's numbers, is data in :mod:`fastreid_plugins.papers.svrn`
+(registry keys ``svrn/<table>/<row>``: ``python -m fastreid_plugins.reproduce list svrn``). The
+default config is Table II scheme b = Table III 3 stages = Table IV scheme e = Table V SVRN+CSC =
+Table VI beta_V 0.30 / beta_I 0.15.
 """
 
 import fastreid_plugins.patches.compat  # noqa: F401  (FastReID importable on torch 2)
@@ -26,13 +30,7 @@ from fastreid.config import CfgNode as CN
 
 from ..errors import ConfigError, MissingConfigError
 
-from collections import namedtuple
-from typing import List
-
-from ..reproduce.registry import legacy_rows as _legacy_rows
-
-__all__ = ["add_svrn_config", "validate_svrn_config", "num_suppressed", "ABLATIONS", "Ablation",
-           "ablation_overrides"]
+__all__ = ["add_svrn_config", "validate_svrn_config", "num_suppressed"]
 
 SIM_NAMES = ("spatial", "residual", "none")
 CRITIC_MODES = ("decomposed", "batched")
@@ -233,40 +231,3 @@ def _check_cross_losses(C: CN) -> None:
             if C.CROSS[k].ENABLED:
                 raise _err(f"CROSS.{k}.ENABLED", True, f"False when NUM_STAGES=1 ({k} compares "
                            "the stages of one image)")
-
-
-# ----------------------------------------------------------------------------------------------
-# The paper's ablations (Tables II-VI, Sec. IV-D) as config overrides
-# ----------------------------------------------------------------------------------------------
-#: One ablation row: ``table`` (e.g. "II"), ``row`` (the paper's row label), ``overrides`` (a
-#: ``merge_from_list`` list applied after the training config, e.g. ``configs/veri/svrn.yml``),
-#: ``paper`` (the row's VeRi-776 (mAP, CMC@1) as printed; None where the table lost a value in
-#: conversion or the row is not in the paper) and ``note``. All of it is derived from
-#: :mod:`fastreid_plugins.reproduce.registry`.
-Ablation = namedtuple("Ablation", ["table", "row", "overrides", "paper", "note"])
-
-
-
-def _legacy_ablation(row):
-    veri = row.paper.get("VeRi")
-    return Ablation(row.table.replace("-ours", ""), row.label.replace("(ours) ", ""),
-                    list(row.overrides),
-                    (veri.get("mAP"), veri.get("Rank-1")) if veri else None, row.note)
-
-
-#: name -> :class:`Ablation`. Every row of Tables II-VI, plus this project's own extra ablations
-#: (table "extra": not in the paper). The default config is Table II scheme b = Table III 3
-#: stages = Table IV scheme e = Table V SVRN+CSC = Table VI beta_V 0.30 / beta_I 0.15.
-#: Derived from the ablation registry (:mod:`fastreid_plugins.reproduce.papers.svrn`), which
-#: also holds Table III's VehicleID / VERI-Wild columns and the ambiguous Table IV CMC@1s.
-ABLATIONS = {k: _legacy_ablation(r) for k, r in _legacy_rows("svrn")}
-
-def ablation_overrides(name: str) -> List[str]:
-    """The ``merge_from_list`` overrides of ablation ``name`` (a key of :data:`ABLATIONS`).
-
-    Raises:
-        KeyError: unknown name (the message lists the known ones).
-    """
-    if name not in ABLATIONS:
-        raise MissingConfigError(f"unknown SVRN ablation {name!r}; known: {sorted(ABLATIONS)}")
-    return list(ABLATIONS[name].overrides)

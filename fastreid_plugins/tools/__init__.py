@@ -38,14 +38,15 @@ __all__ = ["plugin_config_fns", "build_tool_cfg", "trainer_class_for", "load_too
 
 
 def plugin_config_fns() -> List[Callable[[CfgNode], Any]]:
-    """Every method's ``add_config`` (``fastreid_plugins.METHODS``, in a fixed order).
+    """Every method's ``add_config`` (the records of :data:`fastreid_plugins.method.METHODS`, in
+    their order; importing each method's package registers it in FastReID).
 
     Returns:
         list[callable]: each takes a config and adds its keys in place.
     """
-    import fastreid_plugins
+    from fastreid_plugins.method import METHODS
 
-    return [m.add_config for m in fastreid_plugins.METHODS.values()]
+    return [m.add_config for m in METHODS.values()]
 
 
 def build_tool_cfg(config_file: Union[str, os.PathLike],
@@ -79,25 +80,29 @@ def build_tool_cfg(config_file: Union[str, os.PathLike],
 
 
 def trainer_class_for(cfg: CfgNode) -> Type[DefaultTrainer]:
-    """The trainer that builds the loaders ``cfg``'s meta-architecture expects: the method's
-    ``METHOD.trainer`` (e.g. CLIP-SENet's, whose batches carry viewpoint indices), else
+    """The trainer that builds the loaders ``cfg``'s meta-architecture expects: the trainer of the
+    method whose record has this ``meta_arch`` (e.g. CLIP-SENet's, whose batches carry viewpoint
+    indices; :func:`fastreid_plugins.method.method_for_meta_arch`), else
     :class:`~fastreid_plugins.engine.PluginTrainer` (FastReID's own meta-architectures).
 
     Raises:
-        ConfigError: ``MODEL.META_ARCHITECTURE`` is not registered.
+        ConfigError: ``MODEL.META_ARCHITECTURE`` is neither a method's nor registered in FastReID.
     """
-    import fastreid_plugins
     from fastreid.modeling.meta_arch import META_ARCH_REGISTRY
     from fastreid_plugins import upstream
     from fastreid_plugins.engine import PluginTrainer
     from fastreid_plugins.errors import ConfigError
+    from fastreid_plugins.method import METHODS, method_for_meta_arch
 
     name = cfg.MODEL.META_ARCHITECTURE
-    known = upstream.registry_names(META_ARCH_REGISTRY)
+    method = method_for_meta_arch(name)
+    if method is not None:
+        return method.trainer   # importing its package registers the meta-architecture
+    known = sorted(set(upstream.registry_names(META_ARCH_REGISTRY))
+                   | {m.meta_arch for m in METHODS.values()})
     if name not in known:
         raise ConfigError(f"MODEL.META_ARCHITECTURE={name!r} is not registered; known: {known}")
-    method = fastreid_plugins.METHODS.get(name)
-    return method.trainer if method is not None else PluginTrainer
+    return PluginTrainer
 
 
 def load_tool_model(cfg: CfgNode, purpose: str) -> nn.Module:

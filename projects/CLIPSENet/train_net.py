@@ -14,7 +14,6 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 
 from fastreid_plugins.engine import launch_main  # noqa: E402
-from fastreid_plugins.clip_senet import CLIPSENetTrainer, add_clip_senet_config  # noqa: E402
 
 if __name__ == "__main__":
-    launch_main(add_clip_senet_config, trainer_cls=CLIPSENetTrainer)
+    launch_main("clip_senet")  # fastreid_plugins.method.METHODS["clip_senet"]: add_config, trainer

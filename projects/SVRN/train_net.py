@@ -13,7 +13,6 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 
 from fastreid_plugins.engine import launch_main  # noqa: E402
-from fastreid_plugins.svrn import add_svrn_config  # noqa: E402
 
 if __name__ == "__main__":
-    launch_main(add_svrn_config)
+    launch_main("svrn")  # fastreid_plugins.method.METHODS["svrn"]: add_config, trainer

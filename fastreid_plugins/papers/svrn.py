@@ -2,11 +2,11 @@
 ablations (``extra-ours``). Tables II, IV, V, VI are on VeRi-776; Table III also has a VehicleID
 CMC@1 and a VERI-Wild mAP column."""
 
-from ..registry import Delta, Row, Table, with_text
+from . import Delta, Row, Table, with_text
 
 _S = "MODEL.SVRN."
 _PAPER = "svrn-tits-2022.md"
-_VERI = {"VeRi": "configs/veri/svrn.yml"}
+_VERI = ("VeRi",)
 _COST = ("not stated per run. Sec. IV-B: \"All experiments are conducted in PyTorch with 8 NVIDIA "
          "Titan Xp GPU\"; the LR drops \"after the 40th and 70th epoch\" (the number of epochs is "
          "not given); Table VII / Sec. IV-E2: \"The baseline costs 40ms/step during training\", "
@@ -35,8 +35,7 @@ def _veri(mAP, r1):
 
 def _row(table, rid, label, ov, paper, line, note="", **kw):
     return Row("svrn", table, rid, label, tuple(ov), paper, evidence=(line,),
-               source=f"Table {table}", note=note, legacy=f"{table}/{rid.replace('-ours', '')}",
-               **kw)
+               source=f"Table {table}", note=note, **kw)
 
 
 TABLE_II = Table(
@@ -66,8 +65,7 @@ def _t3(mAP, r1, vid, wild):
 TABLE_III = Table(
     "svrn", "III", "Table III: \"EXPERIMENT RESULTS OF DIFFERENT STAGES OF SVRN ON THREE POPULAR "
     "BENCHMARKS.\"",
-    {"VeRi": "configs/veri/svrn.yml", "SmallVehicleID": "configs/vehicleid/svrn_small.yml",
-     "SmallVeRiWild": "configs/veriwild/svrn_small.yml"},
+    ("VeRi", "SmallVehicleID", "SmallVeRiWild"),
     "Table III, Sec. IV-D", _COST, (
         _row("III", "baseline", "Baseline", _BASELINE, _t3(80.7, 95.6, 82.9, 84.0),
              "Baseline\t80.7\t95.6\t82.9\t84.0", **_T3_PAPER),
@@ -151,7 +149,7 @@ _NOT_IN_PAPER = {"*": "not in the paper: this project's own ablation"}
 
 def _extra(rid, label, ov, note=""):
     return Row("svrn", "extra-ours", rid, f"(ours) {label}", tuple(ov), lost=_NOT_IN_PAPER,
-               source="not in the paper", note=note, legacy=f"extra/{rid}")
+               source="not in the paper", note=note)
 
 
 TABLE_EXTRA = Table(

@@ -1,10 +1,10 @@
 """MFG-Net (Xu et al., Array 14, 100152, 2022): Tables 3 and 4 (Sec. 4.3), VeRi-776."""
 
-from ..registry import Delta, Row, Table, with_text
+from . import Delta, Row, Table, with_text
 
 _M = "MODEL.MFGNET."
 _PAPER = "mfgnet-array-2022.md"
-_CFG = {"VeRi": "configs/veri/mfgnet.yml"}
+_CFG = ("VeRi",)
 _COST = ("not stated (Sec. 4.1: \"a workstation equipped with AMD Ryzen 5 3600X CPU 32G, NVIDIA "
          "GeForce RTX 3080\"; Sec. 4.4: 30 epochs on VeRi-776, batch 48; no time is given)")
 _COLS = (("VeRi", "mAP"), ("VeRi", "mINP"), ("VeRi", "Rank-1"))
@@ -30,29 +30,27 @@ TABLE3 = Table(
     tuple(Row("mfgnet", "table3", f"{k}_divisions", label, (_M + "NUM_STRIPES", str(k + 1)),
               _veri(*nums), evidence=(line,), source="Table 3",
               note=f"{k} horizontal divisions = {k + 1} stripes" + (" (the paper config)"
-                                                                    if k == 3 else ""),
-              legacy=f"table3/{k} divisions")
+                                                                    if k == 3 else ""))
           for k, label, nums, line in _T3),
     _PAPER, anchor="**Table 3**", columns=_COLS)
 
 _T4 = (
-    ("baseline", "Baseline", "baseline",
+    ("baseline", "Baseline",
      (_M + "GLOBAL.USE_CONV", "False", _M + "LOSS.USE_TRIPLET", "False", _M + "USE_LOCAL", "False",
       _M + "USE_CAM", "False"), (62.43, 22.71, 89.70), "Baseline\t62.43\t22.71\t89.70",
      "\"ResNet50 with softmax cross-entropy loss\" (Sec. 4.3): no global convs, no triplet, no "
      "local branch, no CAM"),
     ("global_no_triplet", "+ global branch (w/o $L_{hard}$ mining triplet)",
-     "+global branch (w/o triplet)",
      (_M + "LOSS.USE_TRIPLET", "False", _M + "USE_LOCAL", "False", _M + "USE_CAM", "False"),
      (68.55, 27.62, 91.17), "+ global branch (w/o $L_{hard}$ mining triplet)\t68.55\t27.62\t91.17",
      ""),
     ("global_triplet", "+ global branch (w/ $L_{hard}$ mining triplet)",
-     "+global branch (w/ triplet)", (_M + "USE_LOCAL", "False", _M + "USE_CAM", "False"),
+     (_M + "USE_LOCAL", "False", _M + "USE_CAM", "False"),
      (70.68, 33.00, 93.78), "+ global branch (w/ $L_{hard}$ mining triplet)\t70.68\t33.00\t93.78",
      ""),
-    ("local", "+ local branch", "+local branch", (_M + "USE_CAM", "False"),
+    ("local", "+ local branch", (_M + "USE_CAM", "False"),
      (75.10, 35.54, 94.88), "+ local branch\t75.10\t35.54\t94.88", ""),
-    ("cam", "+CAM", "+CAM", (), (77.15, 36.82, 96.72),
+    ("cam", "+CAM", (), (77.15, 36.82, 96.72),
      "+CAM\t<b>77.15</b>\t<b>36.82</b>\t<b>96.72</b>", "the paper config"),
 )
 
@@ -61,8 +59,8 @@ TABLE4 = Table(
     "Table 4: \"The ablation studies result of the MFG-Net on VeRi-776 dataset.\"",
     _CFG, "Table 4, Sec. 4.3", _COST,
     tuple(Row("mfgnet", "table4", rid, label, ov, _veri(*nums), evidence=(line,),
-              source="Table 4", note=note, legacy=f"table4/{legacy}")
-          for rid, label, legacy, ov, nums, line, note in _T4),
+              source="Table 4", note=note)
+          for rid, label, ov, nums, line, note in _T4),
     _PAPER, anchor="**Table 4**", columns=_COLS)
 
 # Sec. 4.3 prints the differences between consecutive rows of Table 4

@@ -1,10 +1,10 @@
 """CLIP-SENet (Lu et al., arXiv:2502.16815, 2025): Tables IV-VI and Fig. 3 (Sec. IV-D), VeRi-776."""
 
-from ..registry import Delta, Row, Table, with_text
+from . import Delta, Row, Table, with_text
 
 _C = "MODEL.CLIPSENET."
 _PAPER = "clip-senet-2025.md"
-_CFG = {"VeRi": "configs/veri/clip_senet.yml"}
+_CFG = ("VeRi",)
 _COST = ("not stated (Sec. IV-B1: \"Our entire experimental process was conducted on an NVIDIA "
          "A40 GPU\"; \"The number of epochs was configured to 24\" on VeRi-776; no time is given)")
 _COLS = (("VeRi", "mAP"), ("VeRi", "Rank-1"), ("VeRi", "Rank-5"))
@@ -44,7 +44,7 @@ TABLE_IV = Table(
     "Table IV, Sec. IV-D2", _COST,
     tuple(Row("clip_senet", "table_iv", rid, f"SEM {m[0]} | AFEM {m[1]} | CV {m[2]}", ov,
               _veri(*nums), evidence=(_line(*m, *map(str, nums)),) + text,
-              source="Table IV", note=note, legacy=f"table_iv/{rid}")
+              source="Table IV", note=note)
           for rid, m, ov, nums, text, note in _T4),
     _PAPER, anchor="SEM | AFEM | CV | mAP (%) | Rank-1 (%) | Rank-5 (%) |", columns=_COLS)
 
@@ -56,7 +56,7 @@ TABLE_V = Table(
     "Table V, Sec. IV-D4", _COST,
     tuple(Row("clip_senet", "table_v", f"groups_{g}", str(g), (_C + "AFEM.GROUPS", str(g)),
               _veri(*nums), evidence=(_line(str(g), *map(str, nums)),), source="Table V",
-              note="the paper config" if g == 32 else "", legacy=f"table_v/groups_{g}")
+              note="the paper config" if g == 32 else "")
           for g, nums in _T5),
     _PAPER, anchor="groups | mAP (%) | Rank-1 (%) | Rank-5 (%) |", columns=_COLS)
 
@@ -82,8 +82,7 @@ TABLE_VI = Table(
     tuple(Row("clip_senet", "table_vi", rid, label, ov, _veri(*nums),
               evidence=(_line(label, *map(str, nums)),), source="Table VI",
               note="IBN-a, as the text says (the table prints the names without -IBN)"
-              + ("; the paper config" if rid == "resnext101_ibn" else ""),
-              legacy=f"table_vi/{rid}")
+              + ("; the paper config" if rid == "resnext101_ibn" else ""))
           for rid, label, ov, nums in _T6),
     _PAPER, anchor="Backbone | mAP (%) | Rank-1 (%) | Rank-5 (%) |", columns=_COLS)
 
@@ -95,8 +94,7 @@ FIG_3 = Table(
     "clip_senet", "fig_3", "Fig. 3 (SupCon vs triplet loss), Sec. IV-D3: \"we conducted "
     "experiments on both the baseline and CLIP-SENet, comparing the results with the commonly "
     "used triplet loss\"", _CFG, "Fig. 3, Sec. IV-D3", _COST,
-    tuple(Row("clip_senet", "fig_3", rid, label, ov, lost=_LOST_FIG3, source="Fig. 3",
-              legacy=f"fig_3/{rid}")
+    tuple(Row("clip_senet", "fig_3", rid, label, ov, lost=_LOST_FIG3, source="Fig. 3")
           for rid, label, ov in (("baseline_supcon", "baseline, SupCon Loss", _BASE_OV),
                                  ("baseline_triplet", "baseline, triplet loss",
                                   _BASE_OV + _TRIPLET),

@@ -1,11 +1,22 @@
 """MBFN (Rong et al., Sci. Rep. 11, 20210, 2021): Tables 2, 3 and 4 ("Ablation experiments"),
-VeRi-776. Tables 2-4 themselves were lost in the text we have (captions only)."""
+VeRi-776. Tables 2-4 themselves were lost in the text we have (captions only).
 
-from ..registry import Delta, Row, Table
+* ``table4``: the rows its text writes ("Multi-branch network architecture": the Baseline,
+  "ResNet-50 with the global feature branch", and variants (a)-(g)). Red dotted area = each local
+  branch's own global feature; green dotted area = the weighted local feature ("Compared with
+  network c, network d performs weighting processing on local features"). Where a row names
+  neither, it has neither (e.g. (b) has no weighting).
+* ``table2-ours`` / ``table3-ours``: the text says only that horizontal beats vertical, that 2
+  (Local Branch 1) / 3 (Local Branch 2) parts are best, and that alpha = 0.3 / beta = 0.4 are
+  best; these rows are our grid around those settings (Table 3 rows keep alpha < beta and
+  2 alpha + beta = 1 as the paper's pair does).
+"""
+
+from . import Delta, Row, Table
 
 _M = "MODEL.MBFN."
 _PAPER = "mbfn-scirep-2021.md"
-_CFG = {"VeRi": "configs/veri/mbfn.yml"}
+_CFG = ("VeRi",)
 _COST = ("not stated in the text we have: Table 9 (\"Training and inference computation times of "
          "our model for the three vehicle datasets\") and Table 8 (training epochs) were lost in "
          "conversion; hardware: \"NVIDIA GeForce RTX 3080\"")
@@ -30,48 +41,43 @@ def _seg(d1, p1, d2, p2):
             _M + "LOCAL2.DIRECTION", d2, _M + "LOCAL2.NUM_PARTS", str(p2))
 
 
-def _r4(rid, label, legacy, ov, **kw):
+def _r4(rid, label, ov, **kw):
     return Row("mbfn", "table4", rid, label, ov, source="Table 4 (lost), \"Multi-branch network "
-               "architecture\" text", legacy=f"table4/{legacy}", **kw)
+               "architecture\" text", **kw)
 
 
 TABLE4 = Table(
     "mbfn", "table4",
     "Table 4: \"The ablation studies on VeRi-776 dataset (in %).\" (rows (a)-(g) from the text)",
     _CFG, "Table 4, \"Multi-branch network architecture\"", _COST, (
-        _r4("baseline", "ResNet-50 with the global feature branch", "baseline",
+        _r4("baseline", "ResNet-50 with the global feature branch",
             (_M + "USE_LOCAL1", "False", _M + "USE_LOCAL2", "False"),
             paper={"VeRi": {"mAP": None, "Rank-1": None}}, lost=_LOST4, evidence=(_EVID_BASE,),
             deltas=(Delta("g", "VeRi", "mAP", -7.94), Delta("g", "VeRi", "Rank-1", -3.09)),
             note="g - baseline = 7.94 mAP, 3.09 Rank-1 (text)"),
         _r4("a", "(a) Baseline+Local Branch1(no red dotted area)+CAM",
-            "(a) Baseline+Local Branch1(no red)+CAM", (_M + "USE_LOCAL2", "False") + _NO_RED,
-            lost=_LOST4),
+            (_M + "USE_LOCAL2", "False") + _NO_RED, lost=_LOST4),
         _r4("b", "(b) Baseline+Local Branch2(no red dotted area)+CAM",
-            "(b) Baseline+Local Branch2(no red)+CAM",
             (_M + "USE_LOCAL1", "False") + _NO_RED + _NO_GREEN, lost=_LOST4,
             note="the label names no green dotted area, so none (our reading)"),
         _r4("c", "(c) Local Branch1(no red dotted area)+Local Branch2(no red dotted area and "
                  "green dotted area)",
-            "(c) Local Branch1(no red)+Local Branch2(no red, no green)",
             _NO_GLOBAL + _NO_RED + _NO_GREEN + _NO_CAM, lost=_LOST4),
         _r4("d", "(d) Local Branch1(no red dotted area)+Local Branch2(no red dotted area)+Green "
                  "dotted area",
-            "(d) Local Branch1(no red)+Local Branch2(no red)+Green", _NO_GLOBAL + _NO_RED + _NO_CAM,
+            _NO_GLOBAL + _NO_RED + _NO_CAM,
             paper={"VeRi": {"mAP": None}}, lost=_LOST4, evidence=(_EVID_CD,),
             deltas=(Delta("c", "VeRi", "mAP", 5.67),), note="d - c = 5.67 mAP (text)"),
         _r4("e", "(e) Local Branch1(no red dotted area)+Local Branch2(no red dotted area)+Green "
                  "dotted area+CAM",
-            "(e) Local Branch1(no red)+Local Branch2(no red)+Green+CAM", _NO_GLOBAL + _NO_RED,
+            _NO_GLOBAL + _NO_RED,
             paper={"VeRi": {"mAP": None, "Rank-1": None}}, lost=_LOST4, evidence=(_EVID_DE,),
             deltas=(Delta("d", "VeRi", "mAP", 1.60), Delta("d", "VeRi", "Rank-1", 2.20)),
             note="e - d = 1.60 mAP, 2.20 Rank-1 (text)"),
         _r4("f", "(f) Baseline + Local Branch1(no red dotted area) + Local Branch2(no red dotted "
                  "area) + Green dotted area+CAM",
-            "(f) Baseline+Local Branch1(no red)+Local Branch2(no red)+Green+CAM", _NO_RED,
-            lost=_LOST4),
-        _r4("g", "(g) Baseline+Local Branch1+Local Branch2+Green dotted area+CAM",
-            "(g) Baseline+Local Branch1+Local Branch2+Green+CAM", (),
+            _NO_RED, lost=_LOST4),
+        _r4("g", "(g) Baseline+Local Branch1+Local Branch2+Green dotted area+CAM", (),
             paper={"VeRi": {"mAP": 77.12, "Rank-1": 96.30, "Rank-5": 98.11}},
             evidence=(_EVID_G, _EVID_BASE),
             deltas=(Delta("baseline", "VeRi", "mAP", 7.94),
@@ -97,7 +103,7 @@ TABLE2 = Table(
     "Table 2: \"The results of different feature map segmentation setup.\" (rows lost; our grid)",
     _CFG, "Table 2 (lost), \"Feature map segmentation setup\"", _COST,
     tuple(Row("mbfn", "table2-ours", rid, f"(ours) Local Branch 1 / 2: {label}", _seg(*seg),
-              lost=_LOST2, source="Table 2 (lost)", legacy=f"table2/{label}",
+              lost=_LOST2, source="Table 2 (lost)",
               note="our grid around the text's best setting (horizontal, 2 + 3 parts)")
           for rid, label, seg in _T2),
     _PAPER, anchor="Ablation experiments. Feature map segmentation setup.")
@@ -110,7 +116,7 @@ TABLE3 = Table(
     _CFG, "Table 3 (lost), \"Weight coefficient setup\"", _COST,
     tuple(Row("mbfn", "table3-ours", f"alpha{a}-beta{b}", f"(ours) alpha {a}, beta {b}",
               (_M + "WEIGHTS.ALPHA", str(a), _M + "WEIGHTS.BETA", str(b)), lost=_LOST3,
-              source="Table 3 (lost)", legacy=f"table3/alpha {a} beta {b}",
+              source="Table 3 (lost)",
               note="our grid: alpha < beta and 2 alpha + beta = 1, as the paper's pair (0.3, 0.4)")
           for a, b in ((0.1, 0.8), (0.2, 0.6), (0.25, 0.5), (0.3, 0.4))),
     _PAPER, anchor="*Weight coefficient setup.*")
