@@ -75,10 +75,8 @@ def measure(run):
     c0, t0 = cpu_seconds(), time.perf_counter()
     out = run()
     elapsed, cpu = time.perf_counter() - t0, cpu_seconds() - c0
-    if exact_peak:
-        peak = _status_kb("VmHWM")
-    else:  # pragma: no cover - non-Linux
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # VmHWM on Linux; ru_maxrss (also kB) elsewhere
+    peak = _status_kb("VmHWM") if exact_peak else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return out, elapsed, cpu, peak, rss_before, exact_peak
 
 

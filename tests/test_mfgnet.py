@@ -367,7 +367,7 @@ def test_reduced_to_the_baseline_it_computes_fastreids_baseline():
     sum(lb.values()).backward()
     sum(lo.values()).backward()
     for (n, pb), po in zip(base.named_parameters(), ours.parameters()):
-        torch.testing.assert_close(po.grad, pb.grad, msg=lambda m: f"{n}: {m}")
+        torch.testing.assert_close(po.grad, pb.grad, msg=lambda m, n=n: f"{n}: {m}")
 
     def groups(cfg, model):  # FastReID's per-parameter lr / weight decay (name-dependent rules)
         from fastreid.solver.build import get_default_optimizer_params

@@ -32,7 +32,7 @@ def random_open_clip(vision, seed=0, embed_dim=512):
     torch.manual_seed(seed)
     model = open_clip.CLIP(embed_dim=embed_dim, vision_cfg=dict(vision), text_cfg=dict(SMALL_TEXT))
     with torch.no_grad():
-        for name, p in model.visual.named_parameters():
+        for p in model.visual.parameters():
             p.add_(torch.randn_like(p) * 0.05)
     return model.eval()
 

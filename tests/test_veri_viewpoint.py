@@ -35,7 +35,7 @@ def test_labels_equal_txt_last_column(veri_root):
     test_txt = last_column(os.path.join(veri, "keypoint_orient_test.txt"))
     assert len(data.train) == 57 and len(data.query) == 30 and len(data.gallery) == 27
     for items, txt in ((data.train, train_txt), (data.query, test_txt), (data.gallery, test_txt)):
-        for img_path, pid, camid, view in items:
+        for img_path, _pid, _camid, view in items:
             assert view == txt[os.path.basename(img_path)]
     views = {it[3] for it in data.train}
     assert views <= set(range(8)) and len(views) > 1  # real labels, not a constant

@@ -386,6 +386,65 @@ def run_one(job, slot, launcher=subprocess_launcher, timeout=None, python=None, 
     return job.status
 
 
+def _progress_bar(n_rows: int) -> Any:
+    """The rows' tqdm bar on stderr."""
+    from tqdm import tqdm
+
+    return tqdm(total=n_rows, unit="row", file=sys.stderr, dynamic_ncols=True,
+                bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} rows "
+                           "[{elapsed}<{remaining}{postfix}]")
+
+
+def _state_line(job: RowJob, state: str) -> str:
+    """The line echoed when a row ends: its key and state, with the error of a failed row and
+    what to do about a conflicting one."""
+    msg = f"{job.row.key}: {state}"
+    if state == "failed":
+        _, st = read_row_state(job.out_dir)
+        msg += f" ({(st or {}).get('error', '')})"
+    elif state == "conflict":
+        msg += (f" ({job.out_dir} holds a finished run with another config file or "
+                "other overrides: delete it or use another --output-dir)")
+    return msg
+
+
+def _run_in_threads(jobs: Sequence[RowJob], n_slots: int, work: Callable[[RowJob], str],
+                    errors: List[BaseException], finished: List[threading.Event]) -> None:
+    """Run ``work(job)`` for every job on ``n_slots`` worker threads (each takes the next job
+    until none is left or :data:`STOP` is set); an exception in ``work`` (a bug) is appended to
+    ``errors`` and stops the others. Each thread sets its Event in ``finished`` when it returns
+    (waited on with a timeout, not ``Thread.join``: a join interrupted by a signal marks a
+    running thread as stopped on Python 3.11)."""
+    pending = queue.Queue()
+    for job in jobs:
+        pending.put(job)
+
+    def work_loop():
+        while not STOP.is_set():
+            try:
+                job = pending.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                work(job)
+            except BaseException as e:  # noqa: B902  (a bug: stop, re-raised by run_rows)
+                errors.append(e)
+                STOP.set()
+
+    def worker(done):
+        try:
+            work_loop()
+        finally:
+            done.set()
+
+    for _ in range(n_slots):
+        finished.append(threading.Event())
+        threading.Thread(target=worker, args=(finished[-1],), daemon=True).start()
+    for ev in finished:
+        while not ev.wait(0.5):
+            pass
+
+
 def run_rows(jobs: Sequence[RowJob], gpus: Optional[Sequence[Union[str, int]]] = None,
              gpus_per_row: int = 1,
              launcher: Callable[..., Union[int, str]] = subprocess_launcher,
@@ -400,12 +459,7 @@ def run_rows(jobs: Sequence[RowJob], gpus: Optional[Sequence[Union[str, int]]] =
         free.put(s)
     n_slots = free.qsize()
     states, lock = {}, threading.Lock()
-    bar = None
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=len(jobs), unit="row", file=sys.stderr, dynamic_ncols=True,
-                   bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} rows "
-                              "[{elapsed}<{remaining}{postfix}]")
+    bar = _progress_bar(len(jobs)) if progress else None
     errors = []
 
     def work(job):
@@ -423,14 +477,7 @@ def run_rows(jobs: Sequence[RowJob], gpus: Optional[Sequence[Union[str, int]]] =
             if bar is not None:
                 bar.update(1)
             if echo is not None:
-                msg = f"{job.row.key}: {state}"
-                if state == "failed":
-                    _, st = read_row_state(job.out_dir)
-                    msg += f" ({(st or {}).get('error', '')})"
-                elif state == "conflict":
-                    msg += (f" ({job.out_dir} holds a finished run with another config file or "
-                            "other overrides: delete it or use another --output-dir)")
-                (bar.write if bar is not None else echo)(msg)
+                (bar.write if bar is not None else echo)(_state_line(job, state))
         return state
 
     finished = []   # one Event per worker thread, set when it has returned
@@ -441,34 +488,7 @@ def run_rows(jobs: Sequence[RowJob], gpus: Optional[Sequence[Union[str, int]]] =
                     break
                 work(job)
         else:
-            pending = queue.Queue()
-            for job in jobs:
-                pending.put(job)
-
-            def worker(done):
-                try:
-                    _work_loop()
-                finally:
-                    done.set()
-
-            def _work_loop():
-                while not STOP.is_set():
-                    try:
-                        job = pending.get_nowait()
-                    except queue.Empty:
-                        return
-                    try:
-                        work(job)
-                    except BaseException as e:  # noqa: B902  (a bug: stop, re-raised below)
-                        errors.append(e)
-                        STOP.set()
-
-            for _ in range(n_slots):
-                finished.append(threading.Event())
-                threading.Thread(target=worker, args=(finished[-1],), daemon=True).start()
-            for ev in finished:
-                while not ev.wait(0.5):
-                    pass
+            _run_in_threads(jobs, n_slots, work, errors, finished)
     except BaseException:
         STOP.set()             # no new row; the running ones end as "interrupted"
         CHILDREN.kill_all()
