@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Extraction speed of ``fastreid_plugins.extract`` vs FastReID's ``DefaultPredictor``, and search
+"""Extraction speed of ``fastreid_plugins.tools.extract`` vs FastReID's ``DefaultPredictor``, and search
 latency at a 1,000,000-image gallery (exact and approximate).
 
 Usage: python bench/extract_speed.py [--config-file configs/demo/mfgnet.yml] [--images N]
@@ -44,7 +44,7 @@ def bench_extract(args):
     from fastreid.engine.defaults import DefaultPredictor
     from fastreid.modeling import build_model
 
-    from fastreid_plugins.extract import FeatureExtractor, iter_image_paths
+    from fastreid_plugins.tools.extract import FeatureExtractor, iter_image_paths
     from fastreid_plugins.tools import build_tool_cfg
 
     root = os.path.join(os.environ.get("FASTREID_DATASETS", "../shared/datasets"), "veri")
@@ -104,8 +104,8 @@ def bench_extract(args):
 
 
 def bench_search(args):
-    from fastreid_plugins import search
-    from fastreid_plugins.extract import save_feature_shards
+    from fastreid_plugins.tools import search
+    from fastreid_plugins.tools.extract import save_feature_shards
 
     n, d, shard = args.gallery, args.dim, 10_000
     rng = np.random.default_rng(0)

@@ -17,7 +17,7 @@ from helpers import ROOT
 PKG = "fastreid_plugins"
 PKG_DIR = os.path.join(ROOT, PKG)
 METHODS = ("mfgnet", "mbfn", "svrn", "clip_senet")
-TOOLS = ("tools", "extract", "search", "reproduce")
+TOOLS = ("tools", "reproduce")
 LEAVES = (f"{PKG}.errors", f"{PKG}.patches.base")
 
 

@@ -1,4 +1,4 @@
-"""Gallery search (``fastreid_plugins.search``): the evaluator's ranking on the real VeRi sample,
+"""Gallery search (``fastreid_plugins.tools.search``): the evaluator's ranking on the real VeRi sample,
 approximate indexes against brute force, re-ranking, a 1,000,000-image gallery in bounded memory,
 and bad input.
 
@@ -19,7 +19,7 @@ import fastreid_plugins  # noqa: F401
 from fastreid.modeling import build_model
 from fastreid.utils.compute_dist import build_dist
 
-from fastreid_plugins import extract, search
+from fastreid_plugins.tools import extract, search
 from fastreid_plugins.engine import PluginTrainer, load_model_weights
 from fastreid_plugins.errors import ConfigError, DatasetError, DatasetNotFoundError
 from fastreid_plugins.evaluation import metrics_from_distmat
@@ -248,7 +248,7 @@ def test_approximate_index_recall_save_and_reload(tmp_path, capsys):
 
 _RSS_SCRIPT = """
 import json, resource, sys
-from fastreid_plugins import search
+from fastreid_plugins.tools import search
 
 def status(key):
     with open("/proc/self/status") as f:
@@ -377,7 +377,7 @@ def test_bad_input_errors(tmp_path):
     with pytest.raises(DatasetError, match="manifest"):
         search.main(["--gallery", str(bad), "--query", g8])
     # the CLI: one line, exit status 2, no traceback
-    res = subprocess.run([sys.executable, "-m", "fastreid_plugins.search", "--gallery", g8,
+    res = subprocess.run([sys.executable, "-m", "fastreid_plugins.tools.search", "--gallery", g8,
                           "--query", g16], cwd=ROOT, env=env(), capture_output=True, text=True,
                          timeout=TIMEOUT)
     assert res.returncode == 2 and "dimension" in res.stderr and "Traceback" not in res.stderr

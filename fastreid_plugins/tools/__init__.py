@@ -6,16 +6,15 @@
 * ``export_onnx``: export any meta-architecture's eval forward to ONNX and check it with
   onnxruntime.
 * ``strip_checkpoint``: a weights-only copy of a checkpoint (no optimizer / scheduler state).
+* ``extract``: features of your own images (a folder or a list file) with a trained model, in
+  resumable shards (:class:`fastreid_plugins.tools.extract.FeatureExtractor` in Python).
+* ``search``: search a gallery of extracted features (exact, or a faiss index built by
+  :func:`fastreid_plugins.evaluation.knn.build_index`; k-reciprocal re-ranking), CSV / JSON and
+  rank-list pictures.
 
 Each tool runs through :func:`fastreid_plugins.cli.run_cli`: a user error (bad path, unknown
 config key, ...) prints one ``Error: ...`` block and exits 2; ``--debug`` shows the traceback.
-
-Your own images (top-level modules, built on :func:`build_tool_cfg` / :func:`load_tool_model`):
-
-* ``python -m fastreid_plugins.extract``: features of a folder / list of images, in resumable
-  shards (:class:`fastreid_plugins.extract.FeatureExtractor` in Python).
-* ``python -m fastreid_plugins.search``: faiss search of a gallery of extracted features (exact,
-  IVF, re-ranking), CSV / JSON and rank-list pictures.
+The tools build their models on :func:`build_tool_cfg` / :func:`load_tool_model` (below).
 
 Importing this package is cheap (no torch / FastReID import); the helpers below import lazily so
 that ``python -m fastreid_plugins.tools.demo`` can set ``FASTREID_DATASETS`` first.

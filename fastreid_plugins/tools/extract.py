@@ -2,13 +2,13 @@
 
 Python::
 
-    from fastreid_plugins.extract import FeatureExtractor
+    from fastreid_plugins.tools.extract import FeatureExtractor
     ext = FeatureExtractor("configs/demo/mfgnet.yml", weights="logs/demo/mfgnet/model_final.pth")
     feats = ext.extract(["a.jpg", "b.jpg"])          # (2, D) float32 numpy array
 
 Command line (``MODEL.WEIGHTS`` is an override, as for the other tools)::
 
-    python -m fastreid_plugins.extract --config-file configs/demo/mfgnet.yml \\
+    python -m fastreid_plugins.tools.extract --config-file configs/demo/mfgnet.yml \\
         --images DIR|LIST.txt --out feats/ [--batch-size 64] [--num-workers 4] \\
         [--shard-size 10000] [--dtype float32|float16] [--amp] [--on-error raise|skip] \\
         [--backend torch | --backend onnx MODEL.onnx] MODEL.WEIGHTS model_final.pth
@@ -66,7 +66,7 @@ if TYPE_CHECKING:
 __all__ = ["FeatureExtractor", "iter_image_paths", "count_images", "extract_to_dir",
            "save_feature_shards", "read_manifest", "IMAGE_EXTENSIONS", "MANIFEST", "main"]
 
-logger = logging.getLogger("fastreid_plugins.extract")
+logger = logging.getLogger("fastreid_plugins.tools.extract")
 
 #: file name endings (lower case) taken from a folder given as ``--images``
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
@@ -462,7 +462,7 @@ def read_manifest(out_dir: str) -> Dict[str, Any]:
         raise DatasetNotFoundError(f"Feature folder not found: {out_dir!r}")
     if not os.path.isfile(path):
         raise DatasetNotFoundError(f"{path!r} not found: {out_dir!r} is not the --out folder of "
-                                   "`python -m fastreid_plugins.extract`.")
+                                   "`python -m fastreid_plugins.tools.extract`.")
     try:
         with open(path, encoding="utf-8") as f:
             man = json.load(f)
@@ -667,7 +667,7 @@ def _finished_shard(base, digest, out_dir):
 # ----------------------------------------------------------------------------- command line
 def build_parser():
     p = argparse.ArgumentParser(
-        prog="python -m fastreid_plugins.extract",
+        prog="python -m fastreid_plugins.tools.extract",
         description="Re-id features of your own images, written as resumable shards.")
     p.add_argument("--config-file", required=True, metavar="FILE")
     p.add_argument("--images", required=True, metavar="DIR|LIST",

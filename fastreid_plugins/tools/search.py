@@ -2,16 +2,16 @@
 
 Usage::
 
-    python -m fastreid_plugins.search --gallery GALLERY_DIR --query QUERY_DIR --topk 10 \\
+    python -m fastreid_plugins.tools.search --gallery GALLERY_DIR --query QUERY_DIR --topk 10 \\
         [--output results.csv|results.json] [--index-type exact|ivf-flat|ivf-pq|FACTORY] \\
         [--nlist N] [--nprobe 32] [--index gallery.faiss] [--recall-sample 1000] \\
         [--rerank] [--vis N | --vis-queries IMG ...] [--vis-dir vis/]
     # query images instead of features (extracted with the same model first):
-    python -m fastreid_plugins.search --gallery GALLERY_DIR --query IMAGES_DIR_OR_LIST \\
+    python -m fastreid_plugins.tools.search --gallery GALLERY_DIR --query IMAGES_DIR_OR_LIST \\
         --config-file C.yml --topk 10 MODEL.WEIGHTS model_final.pth
 
 ``GALLERY_DIR`` (and a feature ``--query``) is an output folder of
-:mod:`fastreid_plugins.extract`. Query and gallery must have the same feature dimension and
+:mod:`fastreid_plugins.tools.extract`. Query and gallery must have the same feature dimension and
 metric (else a :class:`~fastreid_plugins.errors.DatasetError` naming both manifests).
 
 Distance: the evaluator's, from the ``TEST.METRIC`` recorded in the gallery's manifest:
@@ -53,7 +53,7 @@ import time
 import numpy as np
 
 from fastreid_plugins.errors import ConfigError, DatasetError, DatasetNotFoundError
-from fastreid_plugins.extract import MANIFEST, read_manifest, run_cli
+from fastreid_plugins.tools.extract import MANIFEST, read_manifest, run_cli
 
 if TYPE_CHECKING:
     import faiss
@@ -61,7 +61,7 @@ if TYPE_CHECKING:
 __all__ = ["FeatureStore", "exact_search", "build_index", "load_or_build_index", "index_search",
            "recall_at_k", "rerank_topk", "search", "main", "UNLABELLED_COLOR"]
 
-logger = logging.getLogger("fastreid_plugins.search")
+logger = logging.getLogger("fastreid_plugins.tools.search")
 
 #: border colour of the rank-list pictures (no identity labels: neither match nor non-match)
 UNLABELLED_COLOR = (128, 128, 128)
@@ -71,7 +71,7 @@ class FeatureStore:
     """An extraction output folder: shards of features and their image paths.
 
     Args:
-        path (str): the ``--out`` folder of :mod:`fastreid_plugins.extract`.
+        path (str): the ``--out`` folder of :mod:`fastreid_plugins.tools.extract`.
 
     Attributes:
         manifest (dict), dim (int), metric (str), num_images (int),
@@ -440,7 +440,7 @@ def load_queries(query, gallery, config_file=None, opts=(), batch_size=None, num
         store = FeatureStore(query)
         qs = _QuerySet(store.features(), store.paths(), store.manifest_path, store.manifest)
     else:
-        from fastreid_plugins.extract import (IMAGE_EXTENSIONS, FeatureExtractor, count_images,
+        from fastreid_plugins.tools.extract import (IMAGE_EXTENSIONS, FeatureExtractor, count_images,
                                               iter_image_paths)
 
         if os.path.isfile(query) and query.lower().endswith(IMAGE_EXTENSIONS):
@@ -602,7 +602,7 @@ def search(gallery: FeatureStore, queries: np.ndarray, topk: int, index_type: st
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="python -m fastreid_plugins.search",
+    p = argparse.ArgumentParser(prog="python -m fastreid_plugins.tools.search",
                                 description="Search a gallery of extracted re-id features.")
     p.add_argument("--gallery", required=True, metavar="DIR", help="extraction --out folder")
     p.add_argument("--query", required=True, metavar="FEATURES|IMAGES",
