@@ -1,4 +1,5 @@
-"""Feature extraction of your own images (``fastreid_plugins.tools.extract``) on the real VeRi sample.
+"""Feature extraction of your own images (``fastreid_plugins.tools.extract``) on the real VeRi
+sample.
 
 The reference features are computed here the way the project's evaluator gets them: the
 config's test loader (``build_test_loader``) through FastReID's ``inference_on_dataset`` (with
@@ -324,10 +325,16 @@ def test_bad_input_errors(models, tmp_path):
         FeatureExtractor(cfg_path, weights=str(tmp_path / "gone.pth"), opts=opts)
     with pytest.raises(ConfigError, match="--backend"):
         extract.main(["--images", str(empty_dir), "--backend", "tensorrt", *base])
-    # the CLI prints a user error in one line and exits 2, no traceback
+    # the CLI (cli.run_cli) prints a user error as one Error block and exits 2, no traceback;
+    # with --debug (anywhere on the line) the traceback
     res = run_module("fastreid_plugins.tools.extract", ["--images", missing, *base], check=False)
-    assert res.returncode == 2 and "no_such_dir" in res.stderr
-    assert "Traceback" not in res.stderr
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.stderr.startswith("Error: --images not found:") and "no_such_dir" in res.stderr
+    assert "(DatasetNotFoundError; rerun with --debug for the traceback)" in res.stderr
+    res = run_module("fastreid_plugins.tools.extract", ["--images", missing, *base, "--debug"],
+                     check=False)
+    assert res.returncode == 1 and "Traceback" in res.stderr
+    assert "DatasetNotFoundError" in res.stderr
     assert issubclass(DatasetNotFoundError, UserError) and issubclass(DatasetError, UserError)
 
 
