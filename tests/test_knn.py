@@ -224,5 +224,7 @@ def test_build_index_errors_name_the_value():
         knn.build_index(x, "ivf-flat", nlist=500)
     with pytest.raises(ConfigError, match="metric"):
         knn.build_index(x, "exact", "manhattan")
+    with pytest.raises(ValueError, match=r"\(N, D\) vectors, got shape \(100,\)"):
+        knn.build_index(x[:, 0], "exact")
     with pytest.raises(ConfigError, match="dimension 16"):
         knn.index_factory_string("ivf-pq", 16, 100, pq_m=5)

@@ -378,12 +378,18 @@ def build_index(vectors: Union[np.ndarray, VectorSource], kind: str = "exact",
     Raises:
         ConfigError: an unknown metric; a kind that is neither in :data:`INDEX_KINDS` nor a faiss
             factory string; more IVF lists than vectors; a bad ``pq_m``.
+        ValueError: an array that is not 2-D.
     """
     import faiss
 
     if metric not in METRICS:
         raise ConfigError(f"metric must be one of {METRICS}, got {metric!r}")
-    src = vectors if hasattr(vectors, "batches") else _ArraySource(np.asarray(vectors))
+    if not hasattr(vectors, "batches"):
+        vectors = np.asarray(vectors)
+        if vectors.ndim != 2:
+            raise ValueError(f"build_index takes (N, D) vectors, got shape {vectors.shape}")
+        vectors = _ArraySource(vectors)
+    src = vectors
     n, dim = len(src), int(src.dim)
     factory = index_factory_string(kind, dim, n, nlist, pq_m, hnsw_m)
     fm = faiss.METRIC_INNER_PRODUCT if metric == "cosine" else faiss.METRIC_L2
