@@ -1,6 +1,6 @@
 #!/usr/bin/env python
-"""Extraction speed of ``fastreid_plugins.extract`` vs FastReID's ``DefaultPredictor``, and search
-latency at a 1,000,000-image gallery (exact and approximate).
+"""Extraction speed of ``fastreid_plugins.tools.extract`` vs FastReID's ``DefaultPredictor``, and
+search latency at a 1,000,000-image gallery (exact and approximate).
 
 Usage: python bench/extract_speed.py [--config-file configs/demo/mfgnet.yml] [--images N]
        [--batch-size 32] [--threads 2] [--num-workers 2] [--gallery 1000000] [--dim 256]
@@ -19,8 +19,10 @@ theirs in images per second, measured in this run.
 Search: a clustered synthetic gallery (``--gallery`` x ``--dim``, float16 shards of 10,000) and
 ``--queries`` queries; latency = wall time of one search call / number of queries, for the whole
 query batch and for a single query; exact (shard-wise faiss flat) and IVF1024,Flat /
-IVF1024,PQ<dim/8> with nprobe 16, whose recall@10 against exact search is printed. Index build
-times (training on a 51,200-vector sample + adding the gallery) are printed separately.
+IVF1024,PQ<dim/8> with nprobe 16, whose recall@10 against exact search is printed. The indexes
+are the search's (``build_gallery_index``, i.e. ``fastreid_plugins.evaluation.knn.build_index``:
+10 k-means iterations). Index build times (training on a 51,200-vector sample + adding the
+gallery) are printed separately.
 """
 
 import argparse
@@ -44,7 +46,7 @@ def bench_extract(args):
     from fastreid.engine.defaults import DefaultPredictor
     from fastreid.modeling import build_model
 
-    from fastreid_plugins.extract import FeatureExtractor, iter_image_paths
+    from fastreid_plugins.tools.extract import FeatureExtractor, iter_image_paths
     from fastreid_plugins.tools import build_tool_cfg
 
     root = os.path.join(os.environ.get("FASTREID_DATASETS", "../shared/datasets"), "veri")
@@ -104,8 +106,8 @@ def bench_extract(args):
 
 
 def bench_search(args):
-    from fastreid_plugins import search
-    from fastreid_plugins.extract import save_feature_shards
+    from fastreid_plugins.tools import search
+    from fastreid_plugins.tools.extract import save_feature_shards
 
     n, d, shard = args.gallery, args.dim, 10_000
     rng = np.random.default_rng(0)
@@ -139,7 +141,7 @@ def bench_search(args):
           f"{len(q)}, {1000 * t_one:8.1f} ms for 1 query")
     for factory in ("IVF1024,Flat", f"IVF1024,PQ{d // 8}"):
         t = time.perf_counter()
-        index = search.build_index(g, factory, train_size=51_200)
+        index = search.build_gallery_index(g, factory, train_size=51_200)
         t_build = time.perf_counter() - t
         t = time.perf_counter()
         _, approx = search.index_search(index, q, 10, g.metric, nprobe=16)

@@ -1,4 +1,5 @@
-"""Feature extraction of your own images (``fastreid_plugins.extract``) on the real VeRi sample.
+"""Feature extraction of your own images (``fastreid_plugins.tools.extract``) on the real VeRi
+sample.
 
 The reference features are computed here the way the project's evaluator gets them: the
 config's test loader (``build_test_loader``) through FastReID's ``inference_on_dataset`` (with
@@ -23,7 +24,7 @@ from fastreid.modeling import build_model
 from fastreid_plugins.engine import load_model_weights
 from fastreid_plugins.errors import (ConfigError, DatasetError, DatasetNotFoundError,
                                      ImageReadError, UserError)
-from fastreid_plugins.extract import FeatureExtractor, extract_to_dir, iter_image_paths
+from fastreid_plugins.tools.extract import FeatureExtractor, extract_to_dir, iter_image_paths
 from fastreid_plugins.tools import build_tool_cfg, trainer_class_for
 from tests.test_export_onnx import demo_config, random_weights
 
@@ -139,7 +140,7 @@ def test_features_equal_evaluator(name, models, veri_root, datasets_root, tmp_pa
 
     # CLI with 2 DataLoader workers (the evaluator's batch size): the same features
     out = str(tmp_path / "query")
-    run_module("fastreid_plugins.extract", [
+    run_module("fastreid_plugins.tools.extract", [
         "--config-file", cfg_path, "--images", os.path.join(veri, "image_query"), "--out", out,
         "--num-workers", "2", "--threads", "1", "MODEL.WEIGHTS", weights, *opts])
     got, got_paths, man = load_dir(out)
@@ -151,7 +152,7 @@ def test_features_equal_evaluator(name, models, veri_root, datasets_root, tmp_pa
     # 3 shards of 10 (batches of <= 10), float16 for MFG-Net: equal to the API's batches of 10
     dtype = "float16" if name == "mfgnet" else "float32"
     out = str(tmp_path / "gallery")
-    run_module("fastreid_plugins.extract", [
+    run_module("fastreid_plugins.tools.extract", [
         "--config-file", cfg_path, "--images", os.path.join(veri, "image_test"), "--out", out,
         "--shard-size", "10", "--num-workers", "2", "--threads", "1", "--dtype", dtype,
         "MODEL.WEIGHTS", weights, *opts])
@@ -180,7 +181,7 @@ def test_onnx_backend_equals_evaluator(models, veri_root, datasets_root, tmp_pat
     export_onnx.main(["--config-file", cfg_path, "--output", onnx_path, "--no-check",
                       "MODEL.WEIGHTS", weights, *opts])
     out = str(tmp_path / "onnx_feats")
-    run_module("fastreid_plugins.extract", [
+    run_module("fastreid_plugins.tools.extract", [
         "--config-file", cfg_path, "--images", os.path.join(veri_root, "veri", "image_query"),
         "--out", out, "--backend", "onnx", onnx_path, "--batch-size", "5", *opts])
     got, paths, man = load_dir(out)
@@ -234,13 +235,13 @@ def test_truncated_image_raise_and_skip(models, images_with_truncated, workers, 
 
     # the CLI: raise mode exits 2 naming the file; skip mode lists it in the shard record
     folder = os.path.dirname(bad)
-    res = run_module("fastreid_plugins.extract", [
+    res = run_module("fastreid_plugins.tools.extract", [
         "--config-file", cfg_path, "--images", folder, "--out", str(tmp_path / "r"),
         "--num-workers", str(workers), "--batch-size", "2", "MODEL.WEIGHTS", weights, *opts],
         check=False)
     assert res.returncode == 2 and bad in res.stderr and "Traceback" not in res.stderr
     out = str(tmp_path / "s")
-    run_module("fastreid_plugins.extract", [
+    run_module("fastreid_plugins.tools.extract", [
         "--config-file", cfg_path, "--images", folder, "--out", out, "--on-error", "skip",
         "--num-workers", str(workers), "--batch-size", "2", "MODEL.WEIGHTS", weights, *opts])
     got, got_paths, man = load_dir(out)
@@ -261,7 +262,7 @@ def test_kill_and_resume(models, veri_root, tmp_path):
                 "--batch-size", "4", "--num-workers", "0", "MODEL.WEIGHTS", weights, *opts]
 
     out = str(tmp_path / "resumed")
-    res = run_module("fastreid_plugins.extract", args(out),
+    res = run_module("fastreid_plugins.tools.extract", args(out),
                      {"FASTREID_PLUGINS_EXTRACT_KILL_AFTER_SHARDS": "1"}, check=False)
     assert res.returncode == -9, res.stderr[-2000:]
     assert os.path.isfile(os.path.join(out, "shard_00000.json"))
@@ -275,17 +276,17 @@ def test_kill_and_resume(models, veri_root, tmp_path):
     with open(os.path.join(out, "shard_00001.npy"), "wb") as f:
         f.write(b"garbage")
     first = os.stat(os.path.join(out, "shard_00000.npy")).st_mtime_ns
-    from fastreid_plugins.search import FeatureStore
+    from fastreid_plugins.tools.search import FeatureStore
 
     with pytest.raises(DatasetError, match="not complete"):
         FeatureStore(out)
 
-    res = run_module("fastreid_plugins.extract", args(out))
+    res = run_module("fastreid_plugins.tools.extract", args(out))
     assert "3 shards written" in res.stderr
     assert os.stat(os.path.join(out, "shard_00000.npy")).st_mtime_ns == first  # skipped
 
     ref = str(tmp_path / "uninterrupted")
-    run_module("fastreid_plugins.extract", args(ref))
+    run_module("fastreid_plugins.tools.extract", args(ref))
     got, got_paths, man = load_dir(out)
     want, want_paths, man_ref = load_dir(ref)
     assert man["complete"] and len(man["shards"]) == 4 and got_paths == want_paths
@@ -305,7 +306,7 @@ def test_bad_input_errors(models, tmp_path):
     missing = str(tmp_path / "no_such_dir")
     base = ["--config-file", cfg_path, "--out", str(tmp_path / "o"), "MODEL.WEIGHTS", weights,
             *opts]
-    from fastreid_plugins import extract
+    from fastreid_plugins.tools import extract
 
     with pytest.raises(DatasetNotFoundError, match="no_such_dir"):
         extract.main(["--images", missing, *base])
@@ -324,10 +325,16 @@ def test_bad_input_errors(models, tmp_path):
         FeatureExtractor(cfg_path, weights=str(tmp_path / "gone.pth"), opts=opts)
     with pytest.raises(ConfigError, match="--backend"):
         extract.main(["--images", str(empty_dir), "--backend", "tensorrt", *base])
-    # the CLI prints a user error in one line and exits 2, no traceback
-    res = run_module("fastreid_plugins.extract", ["--images", missing, *base], check=False)
-    assert res.returncode == 2 and "no_such_dir" in res.stderr
-    assert "Traceback" not in res.stderr
+    # the CLI (cli.run_cli) prints a user error as one Error block and exits 2, no traceback;
+    # with --debug (anywhere on the line) the traceback
+    res = run_module("fastreid_plugins.tools.extract", ["--images", missing, *base], check=False)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.stderr.startswith("Error: --images not found:") and "no_such_dir" in res.stderr
+    assert "(DatasetNotFoundError; rerun with --debug for the traceback)" in res.stderr
+    res = run_module("fastreid_plugins.tools.extract", ["--images", missing, *base, "--debug"],
+                     check=False)
+    assert res.returncode == 1 and "Traceback" in res.stderr
+    assert "DatasetNotFoundError" in res.stderr
     assert issubclass(DatasetNotFoundError, UserError) and issubclass(DatasetError, UserError)
 
 

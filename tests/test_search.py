@@ -1,11 +1,14 @@
-"""Gallery search (``fastreid_plugins.search``): the evaluator's ranking on the real VeRi sample,
-approximate indexes against brute force, re-ranking, a 1,000,000-image gallery in bounded memory,
-and bad input.
+"""Gallery search (``fastreid_plugins.tools.search``): the evaluator's ranking on the real VeRi
+sample, approximate indexes against brute force (every index built by
+``evaluation.knn.build_index``, the defaults ``PLUGIN_DEFAULTS``'), re-ranking, a 1,000,000-image
+gallery in bounded memory, bad input (one ``Error:`` block of ``cli.run_cli``), and a module
+import that loads no torch / faiss / numpy.
 
 References are computed independently of the search code: FastReID's ``build_dist`` (what the
 evaluator ranks with), the project's ``PluginTrainer.test`` metrics, and numpy brute force.
 """
 
+import ast
 import json
 import os
 import subprocess
@@ -19,8 +22,10 @@ import fastreid_plugins  # noqa: F401
 from fastreid.modeling import build_model
 from fastreid.utils.compute_dist import build_dist
 
-from fastreid_plugins import extract, search
+from fastreid_plugins.tools import extract, search
+from fastreid_plugins.config import PLUGIN_DEFAULTS, get_cfg
 from fastreid_plugins.engine import PluginTrainer, load_model_weights
+from fastreid_plugins.evaluation import knn
 from fastreid_plugins.errors import ConfigError, DatasetError, DatasetNotFoundError
 from fastreid_plugins.evaluation import metrics_from_distmat
 from fastreid_plugins.tools import build_tool_cfg
@@ -248,7 +253,9 @@ def test_approximate_index_recall_save_and_reload(tmp_path, capsys):
 
 _RSS_SCRIPT = """
 import json, resource, sys
-from fastreid_plugins import search
+import faiss, torch
+import fastreid_plugins.evaluation.knn, fastreid_plugins.evaluation.sparse_rerank
+from fastreid_plugins.tools import search
 
 def status(key):
     with open("/proc/self/status") as f:
@@ -376,8 +383,133 @@ def test_bad_input_errors(tmp_path):
     (bad / "manifest.json").write_text("{not json")
     with pytest.raises(DatasetError, match="manifest"):
         search.main(["--gallery", str(bad), "--query", g8])
-    # the CLI: one line, exit status 2, no traceback
-    res = subprocess.run([sys.executable, "-m", "fastreid_plugins.search", "--gallery", g8,
-                          "--query", g16], cwd=ROOT, env=env(), capture_output=True, text=True,
+    with pytest.raises(ConfigError, match="500 IVF lists"):
+        search.main(["--gallery", g8, "--query", g8, "--index-type", "ivf-flat", "--nlist", "500",
+                     "--no-progress"])
+    # the CLI (cli.run_cli): one Error block, exit status 2, no traceback; --debug: the traceback
+    cmd = [sys.executable, "-m", "fastreid_plugins.tools.search", "--gallery", g8, "--query", g16]
+    res = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True,
                          timeout=TIMEOUT)
-    assert res.returncode == 2 and "dimension" in res.stderr and "Traceback" not in res.stderr
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.stderr.startswith("Error: Feature dimension mismatch")
+    assert "(DatasetError; rerun with --debug for the traceback)" in res.stderr
+    res = subprocess.run(cmd + ["--debug"], cwd=ROOT, env=env(), capture_output=True, text=True,
+                         timeout=TIMEOUT)
+    assert res.returncode == 1 and "Traceback" in res.stderr and "DatasetError" in res.stderr
+
+
+# ----------------------------------------------------------------------------- one k-NN stack
+def test_cli_defaults_are_the_plugin_defaults(monkeypatch):
+    """--index-type / --nlist / --nprobe / --ef-search default to the re-ranker's
+    TEST.RERANK.KNN* defaults, read from PLUGIN_DEFAULTS (not repeated)."""
+    base = ["--gallery", "g", "--query", "q"]
+    args = search.build_parser().parse_args(base)
+    assert (args.index_type, args.nlist, args.nprobe, args.ef_search) == (
+        PLUGIN_DEFAULTS["TEST.RERANK.KNN"], PLUGIN_DEFAULTS["TEST.RERANK.KNN_NLIST"],
+        PLUGIN_DEFAULTS["TEST.RERANK.KNN_NPROBE"], PLUGIN_DEFAULTS["TEST.RERANK.KNN_EF_SEARCH"])
+    for key, value in (("KNN", "hnsw"), ("KNN_NLIST", 5), ("KNN_NPROBE", 3),
+                       ("KNN_EF_SEARCH", 99)):
+        monkeypatch.setitem(PLUGIN_DEFAULTS, f"TEST.RERANK.{key}", value)
+    args = search.build_parser().parse_args(base)
+    assert (args.index_type, args.nlist, args.nprobe, args.ef_search) == ("hnsw", 5, 3, 99)
+
+
+def test_every_index_is_built_by_knn_build_index(monkeypatch, tmp_path, capsys):
+    g = clustered(6000, 16, 60, seed=7)
+    q = clustered(80, 16, 60, seed=8)
+    gdir, qdir = str(tmp_path / "g"), str(tmp_path / "q")
+    extract.save_feature_shards(gdir, [(g[s:s + 2000], [f"g{i}" for i in range(s, s + 2000)])
+                                       for s in range(0, 6000, 2000)])
+    extract.save_feature_shards(qdir, [(q, [f"q{i}" for i in range(80)])])
+    calls = []
+    real = knn.build_index
+
+    def spy(vectors, kind="exact", *args, **kwargs):
+        calls.append((kind, len(vectors)))
+        return real(vectors, kind, *args, **kwargs)
+
+    monkeypatch.setattr(knn, "build_index", spy)
+    base = ["--gallery", gdir, "--query", qdir, "--topk", "5", "--no-progress", "--output",
+            str(tmp_path / "r.json")]
+    _, want = brute_force(q, g, 5, "cosine")
+    res = search.main(base)  # exact: one flat index per shard
+    assert calls == [("exact", 2000)] * 3 and (res["index"] == want).mean() > 0.99
+    nlist = knn.default_nlist(6000)
+    for kind, factory, param in (("ivf", f"IVF{nlist},SQ8", "nprobe"),
+                                 ("hnsw", "HNSW32,SQ8", "ef search")):
+        calls.clear()
+        capsys.readouterr()
+        res = search.main([*base, "--index-type", kind])
+        # the index, then the exact search of the recall check (one flat index per shard)
+        assert calls == [(factory, 6000)] + [("exact", 2000)] * 3
+        assert res["info"]["factory"] == factory
+        value = res["info"].get("nprobe", res["info"].get("ef_search"))
+        # the defaults (nprobe capped at nlist): PLUGIN_DEFAULTS', as the re-ranker's k-NN
+        assert value == (min(PLUGIN_DEFAULTS["TEST.RERANK.KNN_NPROBE"], nlist) if kind == "ivf"
+                         else PLUGIN_DEFAULTS["TEST.RERANK.KNN_EF_SEARCH"])
+        true_recall = np.mean([len(set(a) & set(b)) / 5 for a, b in zip(res["index"], want)])
+        assert res["info"]["recall_at_k"] == pytest.approx(true_recall, abs=1e-9)
+        assert (f"recall@5 of {factory} ({param} {value}) vs exact search on 80 queries: "
+                f"{true_recall:.4f}") in capsys.readouterr().err
+
+
+def test_rerank_defaults_are_the_configs(monkeypatch, tmp_path):
+    """A gallery manifest without ``rerank`` (save_feature_shards) is re-ranked with the default
+    config's TEST.RERANK.K1/K2/LAMBDA (the keys the evaluator reads)."""
+    g = clustered(300, 8, 10, seed=9)
+    gdir = str(tmp_path / "g")
+    extract.save_feature_shards(gdir, [(g, [f"g{i}" for i in range(300)])])
+    store = search.FeatureStore(gdir)
+    q = g[:12] + 0.01
+    rr = get_cfg().TEST.RERANK
+    dist, index, info = search.search(store, q, 5, rerank=True, rerank_candidates=40)
+    assert info["rerank"] == {"k1": rr.K1, "k2": rr.K2, "lambda": rr.LAMBDA, "candidates": 40,
+                              "block": search.RERANK_BLOCK}
+    d, i = search.exact_search(store, q, 40)
+    want = search.rerank_topk(store, q, d, i, 5, rr.K1, rr.K2, rr.LAMBDA)
+    np.testing.assert_array_equal(index, want[1])
+    other = search.rerank_topk(store, q, d, i, 5, 3, 1, 0.9)
+    assert not np.array_equal(other[0], want[0])  # the values matter: a real default was used
+
+
+def _top_level_imports(path):
+    """Modules imported at module level, outside ``if TYPE_CHECKING:`` and the ``__main__``
+    block."""
+    out = []
+    with open(path, encoding="utf-8") as f:
+        tree = ast.parse(f.read(), path)
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            out += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            out.append(node.module if not node.level else "." * node.level + (node.module or ""))
+        elif isinstance(node, (ast.If, ast.Try, ast.With)):
+            assert not any(isinstance(n, (ast.Import, ast.ImportFrom)) for n in ast.walk(node)
+                           ) or isinstance(node, ast.If) and ast.unparse(node.test) in (
+                "TYPE_CHECKING", "__name__ == '__main__'"), ast.unparse(node)[:80]
+    return out
+
+
+#: what the two command modules may import at module level besides the standard library
+LIGHT = {"__future__", "fastreid_plugins.errors", "fastreid_plugins.tools.extract"}
+
+
+@pytest.mark.parametrize("name", ["extract", "search"])
+def test_command_modules_import_nothing_heavy(name):
+    path = os.path.join(ROOT, "fastreid_plugins", "tools", f"{name}.py")
+    mods = _top_level_imports(path)
+    assert "argparse" in mods  # the walk saw the imports
+    heavy = [m for m in mods
+             if m.split(".")[0] not in sys.stdlib_module_names and m not in LIGHT]
+    assert not heavy, f"{path} imports {heavy} at module level: import them where used"
+    # and what importing it (and building its parser) loads beyond the package root
+    code = ("import sys, fastreid_plugins, fastreid_plugins.tools; before = set(sys.modules); "
+            f"import fastreid_plugins.tools.{name} as m; m.build_parser(); "
+            "print(' '.join(sorted(set(sys.modules) - before)))")
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env(), capture_output=True,
+                         text=True, timeout=TIMEOUT)
+    assert res.returncode == 0, res.stderr[-2000:]
+    new = res.stdout.split()
+    assert f"fastreid_plugins.tools.{name}" in new
+    assert not [m for m in new if m.split(".")[0] in ("torch", "faiss", "numpy", "PIL", "cv2")
+                or m.startswith(("fastreid.modeling", "fastreid.data", "fastreid.engine"))], new

@@ -20,12 +20,19 @@ Large. FastReID 1.4.0 gets the table from faiss (``compute_jaccard_distance``); 
 
 Configuration: ``TEST.RERANK.KNN`` (``exact`` / ``ivf`` / ``hnsw``) with ``KNN_NLIST``,
 ``KNN_NPROBE``, ``KNN_EF_SEARCH`` is turned into a backend and its options in one place,
-:func:`knn_from_cfg`.
+:func:`knn_from_cfg`; their defaults are :data:`fastreid_plugins.config.PLUGIN_DEFAULTS`.
+
+Every faiss index of the package is made by :func:`build_index` (kinds :data:`INDEX_KINDS` or a
+faiss ``index_factory`` string; trained on a seeded sample, filled block by block from an array
+or a :class:`VectorSource`) and tuned by :func:`set_search_params`: the approximate backends
+above and the gallery search of :mod:`fastreid_plugins.tools.search` (whose ``--index-type``,
+``--nlist``, ``--nprobe``, ``--ef-search`` defaults are the same ``PLUGIN_DEFAULTS`` keys).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple, Union
+from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterator, Optional, Protocol, Tuple,
+                    Union)
 import logging
 import re
 import warnings
@@ -33,22 +40,41 @@ import warnings
 import numpy as np
 import torch
 
-from ..config import require_plugins_config
+from ..config import PLUGIN_DEFAULTS, require_plugins_config
 from ..errors import ConfigError
 
 if TYPE_CHECKING:
+    import faiss
     from fastreid.config import CfgNode
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["knn_search", "knn_from_cfg", "KNN_BACKENDS", "KNN_TYPES", "row_sq_norms",
-           "row_norms", "onednn_linear_op", "ONEDNN_LINEAR_OP"]
+           "row_norms", "onednn_linear_op", "ONEDNN_LINEAR_OP", "build_index",
+           "set_search_params", "index_factory_string", "default_nlist", "prepare_vectors",
+           "VectorSource", "INDEX_KINDS", "METRICS", "HNSW_M"]
 
 # faiss' exhaustive search processes queries in blocks of this many rows; searching in chunks
 # that are multiples of it reproduces a single search call exactly
 _FAISS_QUERY_BLOCK = 4096
 # rows per block of the symmetric exact CPU search (a (4096, 4096) float32 block is 64 MB)
 _SYMMETRIC_BLOCK = 4096
+
+#: index kinds of :func:`build_index` (anything else is read as a faiss ``index_factory`` string)
+INDEX_KINDS = ("exact", "ivf", "hnsw", "ivf-flat", "ivf-pq")
+#: distances: ``euclidean`` = squared L2 (faiss L2); ``cosine`` = faiss inner product of
+#: L2-normalised rows (the evaluator's ``TEST.METRIC`` names)
+METRICS = ("euclidean", "cosine")
+#: HNSW graph degree (links per vector) of the ``hnsw`` kind
+HNSW_M = 32
+#: k-means iterations of an IVF coarse quantizer: 10 on >= 40 points per list takes seconds, not
+#: minutes, at VERI-Wild Large size (faiss's default is 25)
+KMEANS_ITERS = 10
+#: IVF training sample: ``max(TRAIN_PER_LIST * nlist, TRAIN_MIN)`` vectors (faiss warns below 39
+#: per list; a PQ sub-quantizer's 256 centroids want ~10,000); without IVF: ``TRAIN_OTHER``
+TRAIN_PER_LIST, TRAIN_MIN, TRAIN_OTHER = 40, 10000, 65536
+#: rows added to an index per call
+ADD_BLOCK = 16384
 
 
 def _progress(iterable, enabled, desc):
@@ -86,8 +112,8 @@ KNN_BACKENDS = ("auto", "faiss", "torch", "ivf", "hnsw")
 
 def knn_search(features: torch.Tensor, k: int, backend: str = "auto",
                device: Optional[Union[str, torch.device]] = None, progress: bool = False,
-               nlist: Optional[int] = None, nprobe: int = 64, hnsw_m: int = 32,
-               ef_search: int = 128, refine: int = 2) -> np.ndarray:
+               nlist: Optional[int] = None, nprobe: Optional[int] = None, hnsw_m: int = HNSW_M,
+               ef_search: Optional[int] = None, refine: int = 2) -> np.ndarray:
     """k nearest neighbours of every row of ``features`` among all rows (itself included).
 
     Exact by default; ``"ivf"`` / ``"hnsw"`` are faiss's approximate indexes, for the largest
@@ -116,15 +142,18 @@ def knn_search(features: torch.Tensor, k: int, backend: str = "auto",
             ``"hnsw"`` (faiss ``IndexHNSWSQ``: ``hnsw_m`` links, ``ef_search``).
         device (str or torch.device): device of the torch backend (default: CUDA if available).
         progress (bool): show a tqdm bar.
-        nlist (int): IVF cells (default ``4 sqrt(N)``); nprobe (int): cells searched per query.
-        hnsw_m (int), ef_search (int): HNSW graph degree and search beam width.
+        nlist (int): IVF cells (None or 0: :func:`default_nlist`); nprobe (int): cells searched
+            per query (None: ``PLUGIN_DEFAULTS["TEST.RERANK.KNN_NPROBE"]``).
+        hnsw_m (int), ef_search (int): HNSW graph degree and search beam width (None:
+            ``PLUGIN_DEFAULTS["TEST.RERANK.KNN_EF_SEARCH"]``; at least ``refine * k``).
         refine (int): candidates per neighbour re-scored exactly by the approximate backends.
 
     Returns:
         np.ndarray: (N, k) int64 neighbour indices, nearest first (squared L2).
 
     Raises:
-        ValueError: unknown backend, or ``k > N``.
+        ValueError: unknown backend, or ``k > N``; ConfigError (a ``ValueError``): ``nlist``
+            larger than N.
     """
     if backend not in KNN_BACKENDS:
         raise ValueError(f"knn backend must be one of {KNN_BACKENDS}, got {backend!r}")
@@ -183,28 +212,13 @@ def knn_from_cfg(cfg: CfgNode) -> Tuple[str, Optional[Dict[str, Any]]]:
 
 
 def _knn_approximate(features, k, backend, progress, nlist, nprobe, hnsw_m, ef_search, refine):
-    import faiss
-
     x = np.ascontiguousarray(features.detach().cpu().numpy(), dtype=np.float32)
-    n, d = x.shape
-    qt = faiss.ScalarQuantizer.QT_8bit
-    if backend == "ivf":
-        nlist = int(nlist or max(1, min(n // 39, round(4 * np.sqrt(n)))))
-        quantizer = faiss.IndexFlatL2(d)
-        index = faiss.IndexIVFScalarQuantizer(quantizer, d, nlist, qt, faiss.METRIC_L2)
-        rng = np.random.default_rng(0)
-        sample = x[np.sort(rng.choice(n, size=min(n, 40 * nlist), replace=False))]
-        index.cp.niter = 10  # k-means on 40 points per cell, 10 iterations: seconds, not minutes
-        index.train(sample)
-        del sample  # 40 nlist x D floats: 0.5 GB at VERI-Wild Large size
-        index.nprobe = int(min(nprobe, nlist))
-    else:
-        index = faiss.IndexHNSWSQ(d, qt, int(hnsw_m))
-        index.train(x[np.sort(np.random.default_rng(0).choice(n, min(n, 65536), replace=False))])
-        index.hnsw.efSearch = int(max(ef_search, refine * k))
-    step = 16384
-    for s in _progress(range(0, n, step), progress, f"re-ranking: k-NN index ({backend})"):
-        index.add(x[s:s + step])
+    n = x.shape[0]
+    index = build_index(x, backend, "euclidean", nlist=nlist, nprobe=nprobe, hnsw_m=hnsw_m,
+                        progress=progress, desc=f"re-ranking: k-NN index ({backend})")
+    if backend == "hnsw":
+        ef = ef_search if ef_search is not None else _knn_default("KNN_EF_SEARCH")
+        set_search_params(index, ef_search=max(int(ef), refine * k))
     kc = int(min(n, max(k, refine * k)))
     xt = torch.from_numpy(x)
     sq = row_sq_norms(xt)
@@ -220,6 +234,213 @@ def _knn_approximate(features, k, backend, progress, nlist, nprobe, hnsw_m, ef_s
         dist[~cand_ok] = float("inf")
         best = dist.topk(k, dim=1, largest=False, sorted=True).indices
         out[s:e] = torch.gather(c, 1, best).numpy()
+    return out
+
+
+# ---------------------------------------------------------------- faiss indexes: one builder
+def _knn_default(key):
+    """``PLUGIN_DEFAULTS["TEST.RERANK.<key>"]``: the one place of the k-NN defaults."""
+    return PLUGIN_DEFAULTS[f"TEST.RERANK.{key}"]
+
+
+class VectorSource(Protocol):
+    """N vectors read in pieces (e.g. the shards of a search gallery), for :func:`build_index`.
+
+    Attributes:
+        dim (int): the dimension D.
+    """
+
+    dim: int
+
+    def __len__(self) -> int:
+        """N."""
+
+    def rows(self, indices: np.ndarray) -> np.ndarray:
+        """(len(indices), D) float rows of the ascending global row ``indices`` (int64)."""
+
+    def batches(self) -> Iterator[np.ndarray]:
+        """Every row once, in order, as (b, D) float blocks."""
+
+
+class _ArraySource:
+    """An (N, D) array as a :class:`VectorSource` (blocks of :data:`ADD_BLOCK` rows)."""
+
+    def __init__(self, x):
+        self.x, self.dim = x, x.shape[1]
+
+    def __len__(self):
+        return self.x.shape[0]
+
+    def rows(self, indices):
+        return self.x[indices]
+
+    def batches(self):
+        for s in range(0, len(self), ADD_BLOCK):
+            yield self.x[s:s + ADD_BLOCK]
+
+
+def prepare_vectors(x: np.ndarray, metric: str) -> np.ndarray:
+    """The (N, D) rows faiss indexes / searches for ``metric``: float32, C-contiguous; for
+    ``cosine`` a copy with rows L2-normalised (``F.normalize``'s eps 1e-12), so that faiss's inner
+    product is ``cos`` (``x`` itself is left alone); for ``euclidean`` ``x`` unchanged (no copy
+    when it is float32 C-contiguous already).
+
+    Raises:
+        ConfigError: ``metric`` is not one of :data:`METRICS`.
+    """
+    if metric not in METRICS:
+        raise ConfigError(f"metric must be one of {METRICS}, got {metric!r}")
+    if metric == "euclidean":
+        return np.ascontiguousarray(x, dtype=np.float32)
+    x = np.array(x, dtype=np.float32, order="C", copy=True)
+    x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    return x
+
+
+def default_nlist(n: int) -> int:
+    """IVF lists for ``n`` vectors when none is given (``TEST.RERANK.KNN_NLIST 0``, search
+    ``--nlist 0``): ``round(4 sqrt(n))``, at most ``n // 39`` (faiss's minimum of 39 training
+    points per list), at least 1."""
+    return int(max(1, min(n // 39, round(4 * np.sqrt(n)))))
+
+
+def index_factory_string(kind: str, dim: int, num_vectors: int, nlist: Optional[int] = None,
+                         pq_m: Optional[int] = None, hnsw_m: int = HNSW_M) -> str:
+    """The faiss ``index_factory`` string of an index kind.
+
+    ``exact`` -> ``Flat``; ``ivf`` -> ``IVF<nlist>,SQ8`` and ``hnsw`` -> ``HNSW<hnsw_m>,SQ8``
+    (8-bit scalar-quantised vectors: the re-ranker's approximate k-NN); ``ivf-flat`` ->
+    ``IVF<nlist>,Flat``; ``ivf-pq`` -> ``IVF<nlist>,PQ<pq_m>``; anything else is returned as is
+    (a factory string for faiss to parse).
+
+    Args:
+        kind (str): one of :data:`INDEX_KINDS`, or a factory string.
+        dim (int): D. num_vectors (int): N (for the default ``nlist``).
+        nlist (int or None): IVF lists (None or 0: :func:`default_nlist`).
+        pq_m (int or None): PQ sub-vectors (default: the first of D/8, D/4, D/2, D dividing D).
+        hnsw_m (int): HNSW links per vector.
+
+    Raises:
+        ConfigError: ``ivf-pq`` with a ``pq_m`` that does not divide ``dim``.
+    """
+    nlist = int(nlist or default_nlist(num_vectors))
+    if kind == "exact":
+        return "Flat"
+    if kind == "ivf":
+        return f"IVF{nlist},SQ8"
+    if kind == "hnsw":
+        return f"HNSW{int(hnsw_m)},SQ8"
+    if kind == "ivf-flat":
+        return f"IVF{nlist},Flat"
+    if kind == "ivf-pq":
+        m = pq_m or next(m for m in (dim // 8, dim // 4, dim // 2, dim) if m and dim % m == 0)
+        if m < 1 or dim % m:
+            raise ConfigError(f"PQ sub-vectors (pq_m / --pq-m) {m} must divide the feature "
+                              f"dimension {dim}")
+        return f"IVF{nlist},PQ{m}"
+    return kind
+
+
+def build_index(vectors: Union[np.ndarray, VectorSource], kind: str = "exact",
+                metric: str = "euclidean", nlist: Optional[int] = None,
+                nprobe: Optional[int] = None, pq_m: Optional[int] = None, hnsw_m: int = HNSW_M,
+                ef_search: Optional[int] = None, train_size: Optional[int] = None,
+                kmeans_iters: int = KMEANS_ITERS, seed: int = 0, progress: bool = False,
+                desc: Optional[str] = None) -> faiss.Index:
+    """A trained and filled faiss index of ``vectors``: the one builder of the package.
+
+    An index that needs training (IVF, PQ, SQ) is trained on a seeded sample of ``train_size``
+    rows (default ``max(40 nlist, 10000)`` with IVF, else 65,536; capped at N), read through
+    ``vectors.rows``; then every row is added block by block (``vectors.batches``), so a
+    :class:`VectorSource` is never held whole. Rows are prepared for ``metric`` by
+    :func:`prepare_vectors` (queries must be too).
+
+    Args:
+        vectors (np.ndarray or VectorSource): (N, D) float vectors.
+        kind (str): one of :data:`INDEX_KINDS` or a faiss ``index_factory`` string
+            (:func:`index_factory_string`).
+        metric (str): ``euclidean`` (faiss L2: squared distances) or ``cosine`` (faiss inner
+            product of normalised rows: scores ``cos``).
+        nlist (int or None): IVF lists (None or 0: :func:`default_nlist` of N).
+        nprobe (int or None): IVF lists searched per query (None:
+            ``PLUGIN_DEFAULTS["TEST.RERANK.KNN_NPROBE"]``; capped at nlist).
+        pq_m (int or None): PQ sub-vectors of ``ivf-pq``. hnsw_m (int): HNSW links per vector.
+        ef_search (int or None): HNSW search beam (None:
+            ``PLUGIN_DEFAULTS["TEST.RERANK.KNN_EF_SEARCH"]``).
+        train_size (int or None): training sample size. kmeans_iters (int): IVF k-means
+            iterations. seed (int): sampling seed.
+        progress (bool): tqdm bar over the added blocks, labelled ``desc``.
+
+    Returns:
+        faiss.Index: searchable (``index.search(prepare_vectors(q, metric), k)``); faiss returns
+        squared L2 distances (``euclidean``) or inner products (``cosine``).
+
+    Raises:
+        ConfigError: an unknown metric; a kind that is neither in :data:`INDEX_KINDS` nor a faiss
+            factory string; more IVF lists than vectors; a bad ``pq_m``.
+        ValueError: an array that is not 2-D.
+    """
+    import faiss
+
+    if metric not in METRICS:
+        raise ConfigError(f"metric must be one of {METRICS}, got {metric!r}")
+    if not hasattr(vectors, "batches"):
+        vectors = np.asarray(vectors)
+        if vectors.ndim != 2:
+            raise ValueError(f"build_index takes (N, D) vectors, got shape {vectors.shape}")
+        vectors = _ArraySource(vectors)
+    src = vectors
+    n, dim = len(src), int(src.dim)
+    factory = index_factory_string(kind, dim, n, nlist, pq_m, hnsw_m)
+    fm = faiss.METRIC_INNER_PRODUCT if metric == "cosine" else faiss.METRIC_L2
+    try:
+        index = faiss.index_factory(dim, factory, fm)
+    except RuntimeError as e:
+        raise ConfigError(f"index type {kind!r} is neither one of {INDEX_KINDS} nor a faiss "
+                          f"index_factory string: {str(e).splitlines()[0]}") from e
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None and ivf.nlist > n:
+        raise ConfigError(f"{factory}: {ivf.nlist} IVF lists (nlist / --nlist) need at least as "
+                          f"many vectors, got {n}: lower nlist (0 = {default_nlist(n)} here)")
+    if not index.is_trained:
+        if ivf is not None:
+            ivf.cp.niter = int(kmeans_iters)
+            want = max(TRAIN_PER_LIST * ivf.nlist, TRAIN_MIN)
+        else:
+            want = TRAIN_OTHER
+        want = min(n, int(train_size or want))
+        rows = np.sort(np.random.default_rng(seed).choice(n, want, replace=False))
+        sample = prepare_vectors(src.rows(rows), metric)
+        index.train(sample)
+        logger.debug("trained %s on %d of %d vectors", factory, len(sample), n)
+        del sample  # 40 nlist x D floats: 0.5 GB at VERI-Wild Large size
+    for block in _progress(src.batches(), progress, desc or f"faiss index {factory}"):
+        index.add(prepare_vectors(block, metric))
+    set_search_params(index, nprobe, ef_search)
+    return index
+
+
+def set_search_params(index: faiss.Index, nprobe: Optional[int] = None,
+                      ef_search: Optional[int] = None) -> Dict[str, int]:
+    """Set the search-time parameters of an index from :func:`build_index` (or read back with
+    ``faiss.read_index``): an IVF index's ``nprobe`` (capped at its ``nlist``), an HNSW index's
+    ``efSearch``; the defaults are ``PLUGIN_DEFAULTS["TEST.RERANK.KNN_NPROBE" / "KNN_EF_SEARCH"]``.
+    Other indexes have none (exact ones).
+
+    Returns:
+        dict: the values set, ``{"nprobe": ...}`` / ``{"ef_search": ...}`` (empty for others).
+    """
+    import faiss
+
+    out = {}
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        want = nprobe if nprobe is not None else _knn_default("KNN_NPROBE")
+        ivf.nprobe = out["nprobe"] = int(max(1, min(int(want), ivf.nlist)))
+    hnsw = getattr(faiss.downcast_index(index), "hnsw", None)
+    if hnsw is not None:
+        want = ef_search if ef_search is not None else _knn_default("KNN_EF_SEARCH")
+        hnsw.efSearch = out["ef_search"] = int(max(1, want))
     return out
 
 

@@ -7,16 +7,15 @@
   onnxruntime.
 * ``strip_checkpoint``: a weights-only copy of a checkpoint (no optimizer / scheduler state).
 * ``heldout_cams``: the held-out-camera check on the real VeRi-776 sample (MFG-Net / MBFN).
+* ``extract``: features of your own images (a folder or a list file) with a trained model, in
+  resumable shards (:class:`fastreid_plugins.tools.extract.FeatureExtractor` in Python).
+* ``search``: search a gallery of extracted features (exact, or a faiss index built by
+  :func:`fastreid_plugins.evaluation.knn.build_index`; k-reciprocal re-ranking), CSV / JSON and
+  rank-list pictures.
 
 Each tool runs through :func:`fastreid_plugins.cli.run_cli`: a user error (bad path, unknown
 config key, ...) prints one ``Error: ...`` block and exits 2; ``--debug`` shows the traceback.
-
-Your own images (top-level modules, built on :func:`build_tool_cfg` / :func:`load_tool_model`):
-
-* ``python -m fastreid_plugins.extract``: features of a folder / list of images, in resumable
-  shards (:class:`fastreid_plugins.extract.FeatureExtractor` in Python).
-* ``python -m fastreid_plugins.search``: faiss search of a gallery of extracted features (exact,
-  IVF, re-ranking), CSV / JSON and rank-list pictures.
+The tools build their models on :func:`build_tool_cfg` / :func:`load_tool_model` (below).
 
 Importing this package or a tool's module imports neither torch nor FastReID (``--help`` answers
 at once); the helpers below import lazily, and :func:`build_tool_cfg` activates the package

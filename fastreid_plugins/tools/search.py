@@ -2,76 +2,114 @@
 
 Usage::
 
-    python -m fastreid_plugins.search --gallery GALLERY_DIR --query QUERY_DIR --topk 10 \\
-        [--output results.csv|results.json] [--index-type exact|ivf-flat|ivf-pq|FACTORY] \\
-        [--nlist N] [--nprobe 32] [--index gallery.faiss] [--recall-sample 1000] \\
-        [--rerank] [--vis N | --vis-queries IMG ...] [--vis-dir vis/]
+    python -m fastreid_plugins.tools.search --gallery GALLERY_DIR --query QUERY_DIR --topk 10 \\
+        [--output results.csv|results.json] \\
+        [--index-type exact|ivf|hnsw|ivf-flat|ivf-pq|FACTORY] [--nlist N] [--nprobe 64] \\
+        [--ef-search 128] [--pq-m M] [--index gallery.faiss] [--recall-sample 1000] \\
+        [--rerank] [--vis N | --vis-queries IMG ...] [--vis-dir vis/] [--debug]
     # query images instead of features (extracted with the same model first):
-    python -m fastreid_plugins.search --gallery GALLERY_DIR --query IMAGES_DIR_OR_LIST \\
+    python -m fastreid_plugins.tools.search --gallery GALLERY_DIR --query IMAGES_DIR_OR_LIST \\
         --config-file C.yml --topk 10 MODEL.WEIGHTS model_final.pth
 
 ``GALLERY_DIR`` (and a feature ``--query``) is an output folder of
-:mod:`fastreid_plugins.extract`. Query and gallery must have the same feature dimension and
-metric (else a :class:`~fastreid_plugins.errors.DatasetError` naming both manifests).
+:mod:`fastreid_plugins.tools.extract`. Query and gallery must have the same feature dimension and
+metric (else a :class:`~fastreid_plugins.errors.DatasetError` naming both manifests). A user
+error ends in one ``Error:`` block and exit status 2 (:func:`fastreid_plugins.cli.run_cli`;
+``--debug`` for the traceback).
 
 Distance: the evaluator's, from the ``TEST.METRIC`` recorded in the gallery's manifest:
 ``cosine`` (FastReID's default) = ``1 - cos``, computed as faiss inner product of L2-normalised
 features; ``euclidean`` = squared L2 (FastReID's ``compute_euclidean_distance``), faiss L2. Results
 are in ascending distance, ties by gallery index (the evaluator's stable order).
 
-* ``exact`` (default): the gallery shards are searched one at a time (a faiss ``IndexFlat`` per
+Every faiss index is built by :func:`fastreid_plugins.evaluation.knn.build_index`, the builder of
+the re-ranker's approximate k-NN too, and the defaults of ``--index-type``, ``--nlist``,
+``--nprobe`` and ``--ef-search`` are the re-ranker's, ``fastreid_plugins.config.PLUGIN_DEFAULTS``
+(``TEST.RERANK.KNN``, ``KNN_NLIST``, ``KNN_NPROBE``, ``KNN_EF_SEARCH``).
+
+* ``exact`` (default): the gallery shards are searched one at a time (a faiss flat index per
   shard) and the running top-K are merged, so memory is one shard plus (Q, K) results, whatever
   the gallery size: a 1,000,000 x 256 gallery is searched in about 0.6 GB peak RSS (test
   ``test_search_1m_gallery_bounded_memory``), less than the gallery itself (1 GB as float32).
-* approximate: a faiss ``index_factory`` index (``ivf-flat`` = ``IVF<nlist>,Flat``, ``ivf-pq`` =
-  ``IVF<nlist>,PQ<D/8>``, or any factory string), trained on a seeded sample of the gallery, filled
-  shard by shard; ``--index PATH`` saves it (with ``PATH.json`` naming the gallery it indexes) and
+* approximate: ``ivf`` (``IVF<nlist>,SQ8``) and ``hnsw`` (``HNSW32,SQ8``), the re-ranker's
+  ``TEST.RERANK.KNN`` kinds; ``ivf-flat`` (``IVF<nlist>,Flat``), ``ivf-pq`` (``IVF<nlist>,PQ<M>``)
+  or any faiss ``index_factory`` string: trained on a seeded sample of the gallery, filled shard
+  by shard; ``--index PATH`` saves it (with ``PATH.json`` naming the gallery it indexes) and
   later runs reload it. Its recall@K against the exact search is measured on ``--recall-sample``
   queries and printed (and stored in the JSON output).
 * ``--rerank``: k-reciprocal re-ranking (Zhong et al., CVPR 2017; the package's sparse re-ranker,
-  FastReID's ``TEST.RERANK`` semantics, ``K1`` / ``K2`` / ``LAMBDA`` from the gallery's config)
-  of the top ``--rerank-candidates`` of each block of ``--rerank-block`` queries: the neighbour sets
-  are computed on those queries plus the union of their candidates (on a gallery that the
-  candidates cover entirely and one block, the evaluator's re-ranked distances).
+  FastReID's ``TEST.RERANK`` semantics, ``K1`` / ``K2`` / ``LAMBDA`` from the gallery's config,
+  else the default config's) of the top ``--rerank-candidates`` of each block of
+  ``--rerank-block`` queries: the neighbour sets are computed on those queries plus the union of
+  their candidates (on a gallery that the candidates cover entirely and one block, the
+  evaluator's re-ranked distances).
 * ``--vis N`` / ``--vis-queries``: rank-list pictures drawn by
   :func:`fastreid_plugins.tools.visualize.draw_ranklist`; there are no identity labels, so every
   border is grey and the captions show file names.
+
+Importing this module imports no torch, faiss, numpy or FastReID model code (they are imported
+where they are used), so ``--help`` and argument errors are fast.
 """
 
 from __future__ import annotations
 
-from typing import (TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, Tuple,
+from typing import (TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, TextIO, Tuple,
                     Union)
 import argparse
 import csv
+import itertools
 import json
 import logging
 import os
 import sys
 import time
 
-import numpy as np
-
 from fastreid_plugins.errors import ConfigError, DatasetError, DatasetNotFoundError
-from fastreid_plugins.extract import MANIFEST, read_manifest, run_cli
+from fastreid_plugins.tools.extract import (IMAGE_EXTENSIONS, MANIFEST, count_images,
+                                            iter_image_paths, read_manifest)
 
 if TYPE_CHECKING:
     import faiss
+    import numpy as np
 
-__all__ = ["FeatureStore", "exact_search", "build_index", "load_or_build_index", "index_search",
-           "recall_at_k", "rerank_topk", "search", "main", "UNLABELLED_COLOR"]
+__all__ = ["FeatureStore", "exact_search", "build_gallery_index", "load_or_build_index",
+           "index_search", "recall_at_k", "rerank_topk", "search", "main", "build_parser",
+           "UNLABELLED_COLOR", "RECALL_SAMPLE", "RERANK_CANDIDATES", "RERANK_BLOCK", "TOPK"]
 
-logger = logging.getLogger("fastreid_plugins.search")
+logger = logging.getLogger("fastreid_plugins.tools.search")
 
 #: border colour of the rank-list pictures (no identity labels: neither match nor non-match)
 UNLABELLED_COLOR = (128, 128, 128)
+#: results per query (``--topk``)
+TOPK = 10
+#: queries whose approximate results are compared with the exact search (``--recall-sample``)
+RECALL_SAMPLE = 1000
+#: re-ranked candidates per query and queries per re-ranking block (``--rerank-candidates`` /
+#: ``--rerank-block``)
+RERANK_CANDIDATES, RERANK_BLOCK = 100, 64
+
+
+def _knn_default(key: str) -> Any:
+    """``PLUGIN_DEFAULTS["TEST.RERANK.<key>"]``, the k-NN defaults the evaluator reads."""
+    from fastreid_plugins.config import PLUGIN_DEFAULTS
+
+    return PLUGIN_DEFAULTS[f"TEST.RERANK.{key}"]
+
+
+def _rerank_defaults() -> Dict[str, Any]:
+    """``TEST.RERANK.K1 / K2 / LAMBDA`` of the default config (for a gallery whose manifest
+    records none: features written by ``save_feature_shards`` without ``rerank=``)."""
+    from fastreid_plugins.config import get_cfg
+
+    rr = get_cfg().TEST.RERANK
+    return {"k1": int(rr.K1), "k2": int(rr.K2), "lambda": float(rr.LAMBDA)}
 
 
 class FeatureStore:
     """An extraction output folder: shards of features and their image paths.
 
     Args:
-        path (str): the ``--out`` folder of :mod:`fastreid_plugins.extract`.
+        path (str): the ``--out`` folder of :mod:`fastreid_plugins.tools.extract`.
 
     Attributes:
         manifest (dict), dim (int), metric (str), num_images (int),
@@ -95,8 +133,9 @@ class FeatureStore:
             raise DatasetError(f"{self.manifest_path}: metric {man['metric']!r} is not supported "
                                "(cosine or euclidean).")
         self.shards = man["shards"]
-        self.offsets = list(np.cumsum([0] + [s["count"] for s in self.shards])[:-1])
-        self.num_images = int(sum(s["count"] for s in self.shards))
+        counts = [int(s["count"]) for s in self.shards]
+        self.offsets = list(itertools.accumulate([0] + counts[:-1])) if counts else []
+        self.num_images = sum(counts)
         for s in self.shards:
             for key in ("features", "paths"):
                 f = os.path.join(self.path, s[key])
@@ -105,7 +144,7 @@ class FeatureStore:
                                                "missing.")
 
     @property
-    def manifest_path(self):
+    def manifest_path(self) -> str:
         return os.path.join(self.path, MANIFEST)
 
     def __len__(self) -> int:
@@ -117,6 +156,8 @@ class FeatureStore:
         Raises:
             DatasetError: the file's shape does not match the manifest.
         """
+        import numpy as np
+
         f = os.path.join(self.path, self.shards[k]["features"])
         x = np.load(f)
         if x.ndim != 2 or x.shape != (self.shards[k]["count"], self.dim):
@@ -132,11 +173,16 @@ class FeatureStore:
 
     def features(self) -> np.ndarray:
         """All (N, D) float32 features (for query sets; a gallery is searched shard-wise)."""
+        import numpy as np
+
         parts = [x for _, x in self.iter_shards()]
         return np.concatenate(parts) if parts else np.zeros((0, self.dim), np.float32)
 
     def paths(self, indices: Optional[Union[np.ndarray, Sequence[int]]] = None) -> List[str]:
-        """Image paths of global ``indices`` (all when None), reading only the shards needed."""
+        """Image paths of global ``indices`` (all when None; None at an index < 0), reading only
+        the shards needed."""
+        import numpy as np
+
         if indices is None:
             out = []
             for s in self.shards:
@@ -157,28 +203,37 @@ class FeatureStore:
             return f.read().splitlines()
 
 
+class _GallerySource:
+    """A :class:`FeatureStore` as a :class:`~fastreid_plugins.evaluation.knn.VectorSource`:
+    rows gathered shard by shard, blocks = shards (raw features; ``build_index`` prepares them
+    for the metric)."""
+
+    def __init__(self, gallery):
+        self.gallery, self.dim = gallery, gallery.dim
+
+    def __len__(self):
+        return len(self.gallery)
+
+    def rows(self, indices):
+        return _gather(self.gallery, indices)
+
+    def batches(self):
+        for _, x in self.gallery.iter_shards():
+            yield x
+
+
 # ----------------------------------------------------------------------------- distances
-def _prepare(x, metric):
-    """float32 C-contiguous copy; L2-normalised rows for cosine (F.normalize's eps)."""
-    x = np.array(x, dtype=np.float32, order="C", copy=True)
-    if metric == "cosine":
-        x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-    return x
-
-
-def _flat_index(dim, metric):
-    import faiss
-
-    return faiss.IndexFlatIP(dim) if metric == "cosine" else faiss.IndexFlatL2(dim)
-
-
 def _to_distance(scores, metric):
     """faiss scores -> the evaluator's distance (cosine: 1 - ip; euclidean: squared L2)."""
+    import numpy as np
+
     return (1.0 - scores).astype(np.float32) if metric == "cosine" else scores.astype(np.float32)
 
 
 def _merge(best_d, best_i, d, i, k):
     """Top-k of two (Q, *) candidate lists, ascending distance, ties by lower index."""
+    import numpy as np
+
     d = np.concatenate([best_d, d], axis=1)
     i = np.concatenate([best_i, i], axis=1)
     d = np.where(i < 0, np.inf, d)
@@ -189,6 +244,9 @@ def _merge(best_d, best_i, d, i, k):
 def exact_search(gallery: FeatureStore, queries: np.ndarray, k: int, metric: Optional[str] = None,
                  progress: bool = False) -> Tuple[np.ndarray, np.ndarray]:
     """Exact top-``k`` gallery neighbours of every query, one gallery shard at a time.
+
+    Each shard is indexed by ``build_index(shard, "exact", metric)`` (a faiss flat index) and
+    searched; the running (Q, k) lists are merged.
 
     Args:
         gallery (FeatureStore): the gallery.
@@ -201,8 +259,12 @@ def exact_search(gallery: FeatureStore, queries: np.ndarray, k: int, metric: Opt
         tuple: ``(dist, index)``: (Q, k) float32 distances (the evaluator's) ascending, and
         (Q, k) int64 global gallery indices.
     """
+    import numpy as np
+
+    from fastreid_plugins.evaluation.knn import build_index, prepare_vectors
+
     metric = metric or gallery.metric
-    q = _prepare(queries, metric)
+    q = prepare_vectors(queries, metric)
     k = min(int(k), len(gallery))
     best_d = np.full((len(q), 0), np.inf, np.float32)
     best_i = np.full((len(q), 0), -1, np.int64)
@@ -213,8 +275,7 @@ def exact_search(gallery: FeatureStore, queries: np.ndarray, k: int, metric: Opt
         shards = tqdm(shards, total=len(gallery.shards), desc="exact search (gallery shards)",
                       unit="shard", dynamic_ncols=True)
     for off, g in shards:
-        index = _flat_index(gallery.dim, metric)
-        index.add(_prepare(g, metric))
+        index = build_index(g, "exact", metric)
         del g
         s, i = index.search(q, min(k, index.ntotal))
         del index
@@ -222,64 +283,33 @@ def exact_search(gallery: FeatureStore, queries: np.ndarray, k: int, metric: Opt
     return best_d, best_i
 
 
-def _nlist(n):
-    return int(max(1, min(4 * np.sqrt(n), n // 39 or 1)))
-
-
-def factory_string(index_type, dim, num_gallery, nlist=None, pq_m=None):
-    """faiss ``index_factory`` string of ``--index-type`` (``ivf-flat``, ``ivf-pq``, or raw).
-
-    Raises:
-        ConfigError: ``ivf-pq`` with a dimension that ``pq_m`` does not divide.
-    """
-    nlist = nlist or _nlist(num_gallery)
-    if index_type == "ivf-flat":
-        return f"IVF{nlist},Flat"
-    if index_type == "ivf-pq":
-        m = pq_m or next(m for m in (dim // 8, dim // 4, dim // 2, dim) if m and dim % m == 0)
-        if dim % m:
-            raise ConfigError(f"--pq-m {m} must divide the feature dimension {dim}")
-        return f"IVF{nlist},PQ{m}"
-    return index_type
-
-
-def build_index(gallery: FeatureStore, factory: str, metric: Optional[str] = None,
-                train_size: Optional[int] = None, seed: int = 0,
-                progress: bool = False) -> faiss.Index:
-    """A trained and filled faiss index of ``gallery`` (filled shard by shard).
+def build_gallery_index(gallery: FeatureStore, index_type: str, metric: Optional[str] = None,
+                        nlist: Optional[int] = None, pq_m: Optional[int] = None,
+                        train_size: Optional[int] = None, seed: int = 0,
+                        progress: bool = False) -> faiss.Index:
+    """A trained and filled faiss index of ``gallery``, read shard by shard, made by
+    :func:`fastreid_plugins.evaluation.knn.build_index`.
 
     Args:
         gallery (FeatureStore): the gallery.
-        factory (str): faiss ``index_factory`` string, e.g. ``IVF1024,Flat`` / ``IVF1024,PQ32``.
+        index_type (str): a kind of :data:`fastreid_plugins.evaluation.knn.INDEX_KINDS` or a
+            faiss ``index_factory`` string, e.g. ``IVF1024,Flat`` / ``IVF1024,PQ32``.
         metric (str or None): default the gallery's.
-        train_size (int or None): training sample (default ``max(50 nlist, 10000)``, capped at G).
-        seed (int): sampling seed.
+        nlist, pq_m (int or None): IVF lists (None or 0: ``4 sqrt(G)``), PQ sub-vectors.
+        train_size (int or None): training sample (default ``max(40 nlist, 10000)``, capped at
+            G). seed (int): sampling seed.
 
     Raises:
-        ConfigError: faiss refuses the factory string.
+        ConfigError: faiss refuses the factory string; more lists than gallery images.
     """
-    import faiss
+    from fastreid_plugins.evaluation.knn import build_index
 
     metric = metric or gallery.metric
-    fm = faiss.METRIC_INNER_PRODUCT if metric == "cosine" else faiss.METRIC_L2
-    try:
-        index = faiss.index_factory(gallery.dim, factory, fm)
-    except RuntimeError as e:
-        raise ConfigError(f"--index-type {factory!r} is not a faiss index_factory string: "
-                          f"{str(e).splitlines()[0]}") from e
-    n = len(gallery)
-    if not index.is_trained:
-        ivf = faiss.try_extract_index_ivf(index)
-        want = min(n, train_size or max(50 * (ivf.nlist if ivf is not None else 1), 10000))
-        rows = np.sort(np.random.default_rng(seed).choice(n, want, replace=False))
-        sample = _prepare(_gather(gallery, rows), metric)
-        t0 = time.time()
-        index.train(sample)
-        logger.info(f"trained {factory} on {len(sample)} gallery vectors in "
-                    f"{time.time() - t0:.1f} s")
-        del sample
-    for _, g in gallery.iter_shards():
-        index.add(_prepare(g, metric))
+    t0 = time.time()
+    index = build_index(_GallerySource(gallery), index_type, metric, nlist=nlist, pq_m=pq_m,
+                        train_size=train_size, seed=seed, progress=progress,
+                        desc=f"index {index_type} (gallery shards)")
+    logger.info(f"built {index_type} over {index.ntotal} vectors in {time.time() - t0:.1f} s")
     return index
 
 
@@ -292,8 +322,12 @@ def _index_meta(gallery, factory):
 
 def load_or_build_index(gallery: FeatureStore, factory: str, path: Optional[str] = None,
                         progress: bool = False, seed: int = 0) -> faiss.Index:
-    """Load the index at ``path`` if it exists (it must index ``gallery``), else build it (and
-    save it to ``path`` with ``path.json``).
+    """Load the index at ``path`` if it exists (it must index ``gallery``), else build it with
+    :func:`build_gallery_index` (and save it to ``path`` with ``path.json``).
+
+    Args:
+        factory (str): the faiss ``index_factory`` string
+            (:func:`fastreid_plugins.evaluation.knn.index_factory_string`).
 
     Raises:
         DatasetError: the saved index was built for another gallery / factory.
@@ -315,9 +349,7 @@ def load_or_build_index(gallery: FeatureStore, factory: str, path: Optional[str]
         index = faiss.read_index(path)
         logger.info(f"loaded index {path} ({index.ntotal} vectors, {factory})")
         return index
-    t0 = time.time()
-    index = build_index(gallery, factory, progress=progress, seed=seed)
-    logger.info(f"built {factory} over {index.ntotal} vectors in {time.time() - t0:.1f} s")
+    index = build_gallery_index(gallery, factory, progress=progress, seed=seed)
     if path:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         tmp = f"{path}.tmp{os.getpid()}"
@@ -329,22 +361,43 @@ def load_or_build_index(gallery: FeatureStore, factory: str, path: Optional[str]
 
 
 def index_search(index: faiss.Index, queries: np.ndarray, k: int, metric: str,
-                 nprobe: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
-    """``(dist, index)`` of ``index.search`` as the evaluator's distance, ties by index."""
-    import faiss
+                 nprobe: Optional[int] = None, ef_search: Optional[int] = None
+                 ) -> Tuple[np.ndarray, np.ndarray]:
+    """``(dist, index)`` of ``index.search`` as the evaluator's distance, ties by index.
 
-    if nprobe:
-        ivf = faiss.try_extract_index_ivf(index)
-        if ivf is not None:
-            ivf.nprobe = int(nprobe)
+    Args:
+        index (faiss.Index): from :func:`build_gallery_index` / :func:`load_or_build_index`.
+        queries (np.ndarray): (Q, D) raw query features. k (int): neighbours per query.
+        metric (str): the gallery's. nprobe, ef_search (int or None): IVF lists searched, HNSW
+            beam (at least ``k``); None: ``PLUGIN_DEFAULTS`` (see
+            :func:`fastreid_plugins.evaluation.knn.set_search_params`).
+
+    Returns:
+        tuple: (Q, k) float32 distances ascending and (Q, k) int64 gallery indices (-1: none).
+    """
+    from fastreid_plugins.evaluation.knn import set_search_params
+
+    ef = ef_search if ef_search is not None else _knn_default("KNN_EF_SEARCH")
+    set_search_params(index, nprobe, max(int(ef), min(int(k), index.ntotal)))
+    return _index_search(index, queries, k, metric)
+
+
+def _index_search(index, queries, k, metric):
+    """:func:`index_search` with the index's search parameters as they are."""
+    import numpy as np
+
+    from fastreid_plugins.evaluation.knn import prepare_vectors
+
     k = min(int(k), index.ntotal)
-    s, i = index.search(_prepare(queries, metric), k)
+    s, i = index.search(prepare_vectors(queries, metric), k)
     d = _to_distance(s, metric)
     return _merge(d[:, :0], i[:, :0], d, i.astype(np.int64), k)
 
 
 def recall_at_k(approx_index: np.ndarray, exact_index: np.ndarray) -> float:
     """Mean over queries of |approximate top-K n exact top-K| / K (recall@K)."""
+    import numpy as np
+
     k = exact_index.shape[1]
     hits = [len(set(a[a >= 0].tolist()) & set(e.tolist())) for a, e in zip(approx_index,
                                                                              exact_index)]
@@ -352,8 +405,9 @@ def recall_at_k(approx_index: np.ndarray, exact_index: np.ndarray) -> float:
 
 
 def rerank_topk(gallery: FeatureStore, queries: np.ndarray, dist: np.ndarray, index: np.ndarray,
-                k: int, k1: int = 20, k2: int = 6, lambda_value: float = 0.3,
-                metric: Optional[str] = None, block: int = 64) -> Tuple[np.ndarray, np.ndarray]:
+                k: int, k1: Optional[int] = None, k2: Optional[int] = None,
+                lambda_value: Optional[float] = None, metric: Optional[str] = None,
+                block: int = RERANK_BLOCK) -> Tuple[np.ndarray, np.ndarray]:
     """k-reciprocal re-ranking of each query's candidates (the package's sparse re-ranker).
 
     For each block of ``block`` queries, the Jaccard distances are computed on those queries and
@@ -363,7 +417,8 @@ def rerank_topk(gallery: FeatureStore, queries: np.ndarray, dist: np.ndarray, in
     Args:
         gallery (FeatureStore); queries (np.ndarray): (Q, D) raw query features.
         dist, index (np.ndarray): (Q, C) candidate distances / gallery indices (C >= k).
-        k (int): results kept per query. k1, k2, lambda_value: ``TEST.RERANK.K1/K2/LAMBDA``.
+        k (int): results kept per query. k1, k2, lambda_value: ``TEST.RERANK.K1/K2/LAMBDA``
+            (None: the default config's).
 
     Returns:
         tuple: ``(dist, index)``, (Q, k) re-ranked distances (ascending) and gallery indices.
@@ -371,8 +426,16 @@ def rerank_topk(gallery: FeatureStore, queries: np.ndarray, dist: np.ndarray, in
     Raises:
         ConfigError: ``k1`` larger than a block's queries + candidates.
     """
+    import numpy as np
+    import torch
+
+    from fastreid_plugins.evaluation.knn import prepare_vectors
     from fastreid_plugins.evaluation.sparse_rerank import sparse_rerank
 
+    defaults = _rerank_defaults() if None in (k1, k2, lambda_value) else {}
+    k1 = defaults["k1"] if k1 is None else k1
+    k2 = defaults["k2"] if k2 is None else k2
+    lambda_value = defaults["lambda"] if lambda_value is None else lambda_value
     metric = metric or gallery.metric
     k = min(int(k), index.shape[1])
     out_d = np.full((len(queries), k), np.inf, np.float32)
@@ -387,12 +450,10 @@ def rerank_topk(gallery: FeatureStore, queries: np.ndarray, dist: np.ndarray, in
         gf = _gather(gallery, cand)
         qf = np.asarray(queries[s:e], np.float32)
         if metric == "cosine":
-            qn, gn = _prepare(qf, metric), _prepare(gf, metric)
+            qn, gn = prepare_vectors(qf, metric), prepare_vectors(gf, metric)
             d = 1.0 - qn @ gn.T
         else:
             d = (qf * qf).sum(1)[:, None] + (gf * gf).sum(1)[None, :] - 2.0 * (qf @ gf.T)
-        import torch
-
         rr = sparse_rerank(torch.from_numpy(qf), torch.from_numpy(gf), d.astype(np.float32), k1,
                            k2, lambda_value, normalize=metric == "cosine")
         # only each query's own candidates are ranked (others are not in its candidate list)
@@ -410,6 +471,8 @@ def rerank_topk(gallery: FeatureStore, queries: np.ndarray, dist: np.ndarray, in
 
 def _gather(gallery, indices):
     """(len(indices), D) float32 features of sorted global ``indices``, shard by shard."""
+    import numpy as np
+
     out = np.empty((len(indices), gallery.dim), np.float32)
     offsets = np.asarray(gallery.offsets)
     shard_of = np.searchsorted(offsets, indices, side="right") - 1
@@ -427,9 +490,39 @@ class _QuerySet:
         self.features, self.paths, self.source, self.manifest = features, paths, source, manifest
 
 
-def load_queries(query, gallery, config_file=None, opts=(), batch_size=None, num_workers=0,
-                 on_error="raise"):
+def _extract_queries(query, gallery, config_file, opts, batch_size, num_workers, on_error):
+    """A :class:`_QuerySet` of the images ``query`` (a file, folder or list) extracted with
+    ``config_file``'s model."""
+    from fastreid_plugins.tools.extract import FeatureExtractor
+
+    if os.path.isfile(query) and query.lower().endswith(IMAGE_EXTENSIONS):
+        paths = [query]
+    else:
+        count_images(query)
+        paths = list(iter_image_paths(query))
+    if not config_file:
+        raise ConfigError(f"--query {query!r} holds images, not features: pass "
+                          "--config-file (and MODEL.WEIGHTS) to extract them.")
+    ext = FeatureExtractor(config_file, opts=opts, batch_size=batch_size, num_workers=num_workers)
+    feats, kept = ext.extract(paths, on_error=on_error, return_index=True)
+    desc = ext.describe()
+    if gallery.manifest.get("weights_sha256") != desc["weights_sha256"]:
+        logger.warning(f"the query model ({desc['weights']}) is not the one that extracted "
+                       f"the gallery ({gallery.manifest.get('weights')}): distances between "
+                       "features of different models are meaningless.")
+    return _QuerySet(feats, [paths[i] for i in kept], f"{query} (config {config_file})",
+                     {"dim": feats.shape[1], "metric": desc["metric"],
+                      "weights_sha256": desc["weights_sha256"]})
+
+
+def load_queries(query: str, gallery: FeatureStore, config_file: Optional[str] = None,
+                 opts: Sequence[str] = (), batch_size: Optional[int] = None,
+                 num_workers: int = 0, on_error: str = "raise") -> _QuerySet:
     """Query features from an extraction folder, or from images extracted with ``config_file``.
+
+    Returns:
+        an object with ``features`` ((Q, D) float32), ``paths`` (Q str), ``source`` (str) and
+        ``manifest`` (dict with ``dim``, ``metric``).
 
     Raises:
         DatasetNotFoundError: ``query`` does not exist.
@@ -440,28 +533,8 @@ def load_queries(query, gallery, config_file=None, opts=(), batch_size=None, num
         store = FeatureStore(query)
         qs = _QuerySet(store.features(), store.paths(), store.manifest_path, store.manifest)
     else:
-        from fastreid_plugins.extract import (IMAGE_EXTENSIONS, FeatureExtractor, count_images,
-                                              iter_image_paths)
-
-        if os.path.isfile(query) and query.lower().endswith(IMAGE_EXTENSIONS):
-            paths = [query]
-        else:
-            count_images(query)
-            paths = list(iter_image_paths(query))
-        if not config_file:
-            raise ConfigError(f"--query {query!r} holds images, not features: pass "
-                              "--config-file (and MODEL.WEIGHTS) to extract them.")
-        ext = FeatureExtractor(config_file, opts=opts, batch_size=batch_size,
-                               num_workers=num_workers)
-        feats, kept = ext.extract(paths, on_error=on_error, return_index=True)
-        desc = ext.describe()
-        qs = _QuerySet(feats, [paths[i] for i in kept], f"{query} (config {config_file})",
-                       {"dim": feats.shape[1], "metric": desc["metric"],
-                        "weights_sha256": desc["weights_sha256"]})
-        if gallery.manifest.get("weights_sha256") != desc["weights_sha256"]:
-            logger.warning(f"the query model ({desc['weights']}) is not the one that extracted "
-                           f"the gallery ({gallery.manifest.get('weights')}): distances between "
-                           "features of different models are meaningless.")
+        qs = _extract_queries(query, gallery, config_file, opts, batch_size, num_workers,
+                              on_error)
     if int(qs.manifest["dim"]) != gallery.dim:
         raise DatasetError(f"Feature dimension mismatch: query {qs.source} has D="
                            f"{qs.manifest['dim']}, gallery {gallery.manifest_path} has D="
@@ -476,7 +549,19 @@ def load_queries(query, gallery, config_file=None, opts=(), batch_size=None, num
 
 
 # ----------------------------------------------------------------------------- output
-def write_results(path, query_paths, gallery_paths, dist, index, extra=None):
+def _write_csv(f: TextIO, query_paths, gallery_paths, dist, index):
+    """``query,rank,gallery,distance`` rows of the rank lists (gallery index -1 = none)."""
+    w = csv.writer(f)
+    w.writerow(["query", "rank", "gallery", "distance"])
+    for qi, q in enumerate(query_paths):
+        for r, (d, g) in enumerate(zip(dist[qi], index[qi]), 1):
+            if g >= 0:
+                w.writerow([q, r, gallery_paths[qi][r - 1], f"{d:.6g}"])
+
+
+def write_results(path: str, query_paths: Sequence[str],
+                  gallery_paths: Sequence[Sequence[Optional[str]]], dist: np.ndarray,
+                  index: np.ndarray, extra: Optional[Dict[str, Any]] = None) -> None:
     """Write the rank lists as CSV (``query,rank,gallery,distance``) or JSON (by extension).
 
     Raises:
@@ -489,12 +574,7 @@ def write_results(path, query_paths, gallery_paths, dist, index, extra=None):
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w", encoding="utf-8", newline="") as f:
         if ext == ".csv":
-            w = csv.writer(f)
-            w.writerow(["query", "rank", "gallery", "distance"])
-            for qi, q in enumerate(query_paths):
-                for r, (d, g) in enumerate(zip(dist[qi], index[qi]), 1):
-                    if g >= 0:
-                        w.writerow([q, r, gallery_paths[qi][r - 1], f"{d:.6g}"])
+            _write_csv(f, query_paths, gallery_paths, dist, index)
         else:
             json.dump(dict(extra or {}, results=[
                 {"query": q, "ranking": [{"rank": r, "gallery": gp, "gallery_index": int(g),
@@ -506,7 +586,9 @@ def write_results(path, query_paths, gallery_paths, dist, index, extra=None):
     os.replace(tmp, path)
 
 
-def draw_results(out_dir, query_paths, gallery_paths, dist, chosen, size):
+def draw_results(out_dir: str, query_paths: Sequence[str],
+                 gallery_paths: Sequence[Sequence[Optional[str]]], dist: np.ndarray,
+                 chosen: Sequence[int], size: Tuple[int, int]) -> List[str]:
     """Rank-list pictures of the ``chosen`` query indices with visualize's ``draw_ranklist``.
 
     Returns:
@@ -542,87 +624,116 @@ def _short(path, n=14):
 
 
 # ----------------------------------------------------------------------------- main
-def search(gallery: FeatureStore, queries: np.ndarray, topk: int, index_type: str = "exact",
-           index_path: Optional[str] = None, nlist: Optional[int] = None, nprobe: int = 32,
-           pq_m: Optional[int] = None, recall_sample: int = 1000, rerank: bool = False,
-           rerank_candidates: int = 100, rerank_block: int = 64, seed: int = 0,
-           progress: bool = False) -> Tuple[np.ndarray, np.ndarray, Dict[str, Any]]:
+def _approximate(gallery, queries, want, topk, index_type, index_path, nlist, nprobe, ef_search,
+                 pq_m, recall_sample, seed, progress, info):
+    """Search through a faiss index (built or reloaded); its recall@``topk`` against the exact
+    search on ``recall_sample`` queries printed to stderr and stored in ``info``."""
+    import numpy as np
+
+    from fastreid_plugins.evaluation.knn import index_factory_string, set_search_params
+
+    t0 = time.time()
+    factory = index_factory_string(index_type, gallery.dim, len(gallery), nlist, pq_m)
+    info["factory"] = factory
+    idx = load_or_build_index(gallery, factory, index_path, progress=progress, seed=seed)
+    info["build_or_load_s"] = time.time() - t0
+    params = set_search_params(idx, nprobe, max(int(ef_search), want))
+    info.update(params)
+    dist, index = _index_search(idx, queries, want, gallery.metric)
+    if recall_sample:
+        rng = np.random.default_rng(seed)
+        sel = np.sort(rng.choice(len(queries), min(recall_sample, len(queries)), replace=False))
+        _, ex = exact_search(gallery, queries[sel], topk)
+        info["recall_at_k"] = recall_at_k(index[sel, :topk], ex)
+        info["recall_queries"] = len(sel)
+        said = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in params.items())
+        print(f"recall@{topk} of {factory}{f' ({said})' if said else ''} vs exact search on "
+              f"{len(sel)} queries: {info['recall_at_k']:.4f}", file=sys.stderr)
+    return dist, index
+
+
+def search(gallery: FeatureStore, queries: np.ndarray, topk: int = TOPK,
+           index_type: Optional[str] = None, index_path: Optional[str] = None,
+           nlist: Optional[int] = None, nprobe: Optional[int] = None,
+           pq_m: Optional[int] = None, recall_sample: int = RECALL_SAMPLE, rerank: bool = False,
+           rerank_candidates: int = RERANK_CANDIDATES, rerank_block: int = RERANK_BLOCK,
+           seed: int = 0, progress: bool = False,
+           ef_search: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray, Dict[str, Any]]:
     """Top-``topk`` gallery neighbours of ``queries`` (see the module docstring).
 
     Args:
         gallery (FeatureStore); queries (np.ndarray): (Q, D) raw features.
         topk (int): results per query.
-        index_type (str): ``exact``, ``ivf-flat``, ``ivf-pq`` or a faiss factory string.
+        index_type (str or None): ``exact`` or an index kind / faiss factory string of
+            :func:`fastreid_plugins.evaluation.knn.build_index`; None:
+            ``PLUGIN_DEFAULTS["TEST.RERANK.KNN"]``.
         index_path (str or None): save / reload the approximate index here.
-        nlist, nprobe, pq_m: IVF lists (default ``4 sqrt(G)``), lists searched, PQ sub-vectors.
+        nlist, nprobe, ef_search, pq_m: IVF lists (None or 0: ``4 sqrt(G)``), lists searched,
+            HNSW beam, PQ sub-vectors; None: ``PLUGIN_DEFAULTS["TEST.RERANK.KNN_*"]``.
         recall_sample (int): queries whose approximate results are compared with exact search.
         rerank (bool): re-rank the top ``rerank_candidates`` per query (blocks of
-            ``rerank_block`` queries) with the config's ``TEST.RERANK.K1/K2/LAMBDA``.
+            ``rerank_block`` queries) with the gallery config's ``TEST.RERANK.K1/K2/LAMBDA``.
 
     Returns:
         tuple: ``(dist, index, info)``: (Q, topk) float32 distances ascending, (Q, topk) int64
         gallery indices (-1 = none), and a dict with ``recall_at_k``, timings, the index type.
 
     Raises:
-        ConfigError: ``topk < 1``, bad factory string.
+        ConfigError: ``topk < 1``, a bad index type / factory string, ``nlist`` above G.
     """
     if topk < 1:
         raise ConfigError(f"--topk must be >= 1, got {topk}")
-    metric = gallery.metric
+    index_type = index_type or _knn_default("KNN")
+    nlist = nlist if nlist is not None else _knn_default("KNN_NLIST")
+    nprobe = nprobe if nprobe is not None else _knn_default("KNN_NPROBE")
+    ef_search = ef_search if ef_search is not None else _knn_default("KNN_EF_SEARCH")
     want = max(topk, rerank_candidates) if rerank else topk
-    info = {"metric": metric, "index_type": index_type, "num_gallery": len(gallery),
+    info = {"metric": gallery.metric, "index_type": index_type, "num_gallery": len(gallery),
             "num_queries": len(queries), "topk": topk}
     t0 = time.time()
     if index_type == "exact":
         dist, index = exact_search(gallery, queries, want, progress=progress)
     else:
-        factory = factory_string(index_type, gallery.dim, len(gallery), nlist, pq_m)
-        info["factory"] = factory
-        idx = load_or_build_index(gallery, factory, index_path, progress=progress, seed=seed)
-        info["build_or_load_s"] = time.time() - t0
-        t0 = time.time()
-        dist, index = index_search(idx, queries, want, metric, nprobe)
-        info["nprobe"] = nprobe
-        if recall_sample:
-            rng = np.random.default_rng(seed)
-            sel = np.sort(rng.choice(len(queries), min(recall_sample, len(queries)),
-                                     replace=False))
-            _, ex = exact_search(gallery, queries[sel], topk)
-            info["recall_at_k"] = recall_at_k(index[sel, :topk], ex)
-            info["recall_queries"] = len(sel)
-            print(f"recall@{topk} of {factory} (nprobe {nprobe}) vs exact search on "
-                  f"{len(sel)} queries: {info['recall_at_k']:.4f}", file=sys.stderr)
-    info["search_s"] = time.time() - t0
+        dist, index = _approximate(gallery, queries, want, topk, index_type, index_path, nlist,
+                                   nprobe, ef_search, pq_m, recall_sample, seed, progress, info)
+    info["search_s"] = time.time() - t0 - info.get("build_or_load_s", 0.0)
     if rerank:
-        rr = gallery.manifest.get("rerank") or {"k1": 20, "k2": 6, "lambda": 0.3}
+        rr = gallery.manifest.get("rerank") or _rerank_defaults()
         dist, index = rerank_topk(gallery, queries, dist, index, topk, rr["k1"], rr["k2"],
-                                  rr["lambda"], metric, rerank_block)
+                                  rr["lambda"], gallery.metric, rerank_block)
         info["rerank"] = dict(rr, candidates=want, block=rerank_block)
     return dist[:, :topk], index[:, :topk], info
 
 
-def build_parser():
-    p = argparse.ArgumentParser(prog="python -m fastreid_plugins.search",
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m fastreid_plugins.tools.search`` (the k-NN defaults read
+    from ``PLUGIN_DEFAULTS``)."""
+    p = argparse.ArgumentParser(prog="python -m fastreid_plugins.tools.search",
                                 description="Search a gallery of extracted re-id features.")
     p.add_argument("--gallery", required=True, metavar="DIR", help="extraction --out folder")
     p.add_argument("--query", required=True, metavar="FEATURES|IMAGES",
                    help="an extraction folder, or images (folder / list / file) to extract "
                         "with --config-file")
-    p.add_argument("--topk", type=int, default=10)
+    p.add_argument("--topk", type=int, default=TOPK)
     p.add_argument("--config-file", default=None, help="model config (query images only)")
     p.add_argument("--output", default=None, help="results .csv or .json (default: CSV on "
                                                   "stdout)")
-    p.add_argument("--index-type", default="exact",
-                   help="exact | ivf-flat | ivf-pq | a faiss index_factory string")
+    p.add_argument("--index-type", default=_knn_default("KNN"),
+                   help="exact | ivf | hnsw | ivf-flat | ivf-pq | a faiss index_factory string "
+                        "(default %(default)s: TEST.RERANK.KNN's default)")
     p.add_argument("--index", default=None, metavar="PATH", help="save / reload the index")
-    p.add_argument("--nlist", type=int, default=None, help="IVF lists (default 4 sqrt(G))")
-    p.add_argument("--nprobe", type=int, default=32, help="IVF lists searched per query")
+    p.add_argument("--nlist", type=int, default=_knn_default("KNN_NLIST"),
+                   help="IVF lists (default %(default)s = 4 sqrt(G))")
+    p.add_argument("--nprobe", type=int, default=_knn_default("KNN_NPROBE"),
+                   help="IVF lists searched per query (default %(default)s)")
+    p.add_argument("--ef-search", type=int, default=_knn_default("KNN_EF_SEARCH"),
+                   help="HNSW search beam (default %(default)s, at least the results asked)")
     p.add_argument("--pq-m", type=int, default=None, help="PQ sub-vectors (default D/8)")
-    p.add_argument("--recall-sample", type=int, default=1000,
+    p.add_argument("--recall-sample", type=int, default=RECALL_SAMPLE,
                    help="queries for the recall@K check of an approximate index (0 = off)")
     p.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking of the top-K")
-    p.add_argument("--rerank-candidates", type=int, default=100)
-    p.add_argument("--rerank-block", type=int, default=64)
+    p.add_argument("--rerank-candidates", type=int, default=RERANK_CANDIDATES)
+    p.add_argument("--rerank-block", type=int, default=RERANK_BLOCK)
     p.add_argument("--vis", type=int, default=0, metavar="N", help="pictures of the first N "
                                                                     "queries")
     p.add_argument("--vis-queries", nargs="+", default=None, metavar="IMG",
@@ -633,10 +744,27 @@ def build_parser():
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
+    p.add_argument("--debug", action="store_true",
+                   help="show the traceback of a user error (taken by cli.run_cli)")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides of "
                    "--config-file (MODEL.WEIGHTS path/to/model.pth)")
     return p
+
+
+def _chosen_queries(paths, vis, vis_queries, query):
+    """Query indices to draw: the first ``vis``, then those named by ``vis_queries``.
+
+    Raises:
+        DatasetError: a ``--vis-queries`` entry that is no query.
+    """
+    chosen = list(range(min(vis, len(paths))))
+    for v in vis_queries or ():
+        hits = [i for i, p in enumerate(paths)
+                if p == v or os.path.basename(p) == os.path.basename(v)]
+        if not hits:
+            raise DatasetError(f"--vis-queries: {v!r} is not among the queries of {query!r}")
+        chosen += [h for h in hits if h not in chosen]
+    return chosen
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
@@ -644,7 +772,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     "vis"}``.
 
     Raises:
-        UserError: bad arguments or input (missing folders, dimension / metric mismatch, ...).
+        UserError: bad arguments or input (missing folders, dimension / metric mismatch, ...);
+            :func:`fastreid_plugins.cli.run_cli` prints it as one ``Error:`` block.
     """
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -656,28 +785,15 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     dist, index, info = search(
         gallery, qs.features, args.topk, args.index_type, args.index, args.nlist, args.nprobe,
         args.pq_m, args.recall_sample, args.rerank, args.rerank_candidates, args.rerank_block,
-        args.seed, progress=not args.no_progress)
+        args.seed, progress=not args.no_progress, ef_search=args.ef_search)
     flat = gallery.paths(index.reshape(-1))
     gpaths = [flat[i * index.shape[1]:(i + 1) * index.shape[1]] for i in range(len(index))]
     if args.output:
         write_results(args.output, qs.paths, gpaths, dist, index, {"info": info})
         logger.info(f"top-{args.topk} of {len(qs.paths)} queries written to {args.output}")
     else:
-        w = csv.writer(sys.stdout)
-        w.writerow(["query", "rank", "gallery", "distance"])
-        for qi, q in enumerate(qs.paths):
-            for r, (d, g) in enumerate(zip(dist[qi], index[qi]), 1):
-                if g >= 0:
-                    w.writerow([q, r, gpaths[qi][r - 1], f"{d:.6g}"])
-    chosen = list(range(min(args.vis, len(qs.paths))))
-    if args.vis_queries:
-        for v in args.vis_queries:
-            hits = [i for i, p in enumerate(qs.paths)
-                    if p == v or os.path.basename(p) == os.path.basename(v)]
-            if not hits:
-                raise DatasetError(f"--vis-queries: {v!r} is not among the queries of "
-                                   f"{args.query!r}")
-            chosen += [h for h in hits if h not in chosen]
+        _write_csv(sys.stdout, qs.paths, gpaths, dist, index)
+    chosen = _chosen_queries(qs.paths, args.vis, args.vis_queries, args.query)
     vis = []
     if chosen:
         size = args.vis_size or _input_size(gallery.manifest)
@@ -693,4 +809,6 @@ def _input_size(manifest):
 
 
 if __name__ == "__main__":
+    from fastreid_plugins.cli import run_cli
+
     run_cli(main, sys.argv[1:])

@@ -2,13 +2,13 @@
 
 Python::
 
-    from fastreid_plugins.extract import FeatureExtractor
+    from fastreid_plugins.tools.extract import FeatureExtractor
     ext = FeatureExtractor("configs/demo/mfgnet.yml", weights="logs/demo/mfgnet/model_final.pth")
     feats = ext.extract(["a.jpg", "b.jpg"])          # (2, D) float32 numpy array
 
 Command line (``MODEL.WEIGHTS`` is an override, as for the other tools)::
 
-    python -m fastreid_plugins.extract --config-file configs/demo/mfgnet.yml \\
+    python -m fastreid_plugins.tools.extract --config-file configs/demo/mfgnet.yml \\
         --images DIR|LIST.txt --out feats/ [--batch-size 64] [--num-workers 4] \\
         [--shard-size 10000] [--dtype float32|float16] [--amp] [--on-error raise|skip] \\
         [--backend torch | --backend onnx MODEL.onnx] MODEL.WEIGHTS model_final.pth
@@ -40,6 +40,12 @@ place with ``os.replace``; a shard's ``.json`` is written last. A run that is ki
 again with the same arguments skips the shards whose ``.json`` exists (their source paths must
 hash to the recorded value, else the list changed and the run stops with an error) and writes the
 rest; the result equals an uninterrupted run.
+
+A user error (missing images, a config or weights that do not fit, an unreadable image with
+``--on-error raise``) ends in one ``Error:`` block and exit status 2
+(:func:`fastreid_plugins.cli.run_cli`; ``--debug`` for the traceback). Importing this module
+imports no torch, numpy or FastReID code (they are imported where they are used), so ``--help``
+and argument errors are fast.
 """
 
 from __future__ import annotations
@@ -55,23 +61,25 @@ import signal
 import sys
 import time
 
-import numpy as np
-
 from fastreid_plugins.errors import (ConfigError, DatasetError, DatasetNotFoundError,
                                      ImageReadError, UserError)
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
 __all__ = ["FeatureExtractor", "iter_image_paths", "count_images", "extract_to_dir",
-           "save_feature_shards", "read_manifest", "IMAGE_EXTENSIONS", "MANIFEST", "main"]
+           "save_feature_shards", "read_manifest", "IMAGE_EXTENSIONS", "MANIFEST", "SHARD_SIZE",
+           "main", "build_parser"]
 
-logger = logging.getLogger("fastreid_plugins.extract")
+logger = logging.getLogger("fastreid_plugins.tools.extract")
 
 #: file name endings (lower case) taken from a folder given as ``--images``
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
+#: source images per shard file (``--shard-size``)
+SHARD_SIZE = 10000
 #: seconds a DataLoader worker may take for one batch before the run fails (never hangs)
 WORKER_TIMEOUT = 600
 #: test hook: SIGKILL this process after this many shards were written (kill-and-resume tests)
@@ -135,6 +143,7 @@ def count_images(source: Union[str, os.PathLike]) -> int:
 
 def _read(item, what):
     """PIL RGB image of a path (FastReID's ``read_image``), PIL image or uint8 array / tensor."""
+    import numpy as np
     from PIL import Image
 
     if isinstance(item, (str, os.PathLike)):
@@ -302,6 +311,7 @@ class FeatureExtractor:
 
     # -- forward -----------------------------------------------------------------------------
     def _model_forward(self, images):
+        import numpy as np
         import torch
 
         if self.backend == "onnx":
@@ -394,6 +404,8 @@ class FeatureExtractor:
             DatasetNotFoundError: an image path does not exist.
             TypeError: an item is of another type.
         """
+        import numpy as np
+
         images = list(images)
         idx, feats = [], []
         for i, f in self.iter_batches(images, on_error):
@@ -440,7 +452,19 @@ def _atomic_write(path, write):
 
 
 def _write_json(path, obj):
-    _atomic_write(path, lambda f: f.write(json.dumps(obj, indent=1).encode("utf-8")))
+    data = json.dumps(obj, indent=1).encode("utf-8")
+    _atomic_write(path, lambda f: f.write(data))
+
+
+def _write_npy(path, array):
+    import numpy as np
+
+    _atomic_write(path, lambda f: np.save(f, array))
+
+
+def _write_lines(path, lines):
+    data = "".join(line + "\n" for line in lines).encode("utf-8")
+    _atomic_write(path, lambda f: f.write(data))
 
 
 def _paths_hash(paths):
@@ -462,7 +486,7 @@ def read_manifest(out_dir: str) -> Dict[str, Any]:
         raise DatasetNotFoundError(f"Feature folder not found: {out_dir!r}")
     if not os.path.isfile(path):
         raise DatasetNotFoundError(f"{path!r} not found: {out_dir!r} is not the --out folder of "
-                                   "`python -m fastreid_plugins.extract`.")
+                                   "`python -m fastreid_plugins.tools.extract`.")
     try:
         with open(path, encoding="utf-8") as f:
             man = json.load(f)
@@ -489,7 +513,35 @@ def _chunks(iterable, size):
         yield chunk
 
 
-def extract_to_dir(extractor: FeatureExtractor, images: str, out_dir: str, shard_size: int = 10000,
+def _extract_shard(extractor, paths, k, base, digest, shard_size, np_dtype, on_error, dim, bar):
+    """Extract one shard's images and write its ``.npy``, ``.txt`` and (last) ``.json``; returns
+    the shard's record."""
+    import numpy as np
+
+    rows, kept, counted = [], [], 0
+    for idx, feats in extractor.iter_batches(paths, on_error):
+        rows.append(feats.astype(np_dtype))
+        kept.extend(paths[i] for i in idx)
+        done = len(kept) + len(extractor.skipped)
+        bar.update(done - counted)
+        counted = done
+    bar.update(len(paths) - counted)
+    skipped = [{"image": p, "error": m} for _, p, m in extractor.skipped]
+    feats = np.concatenate(rows) if rows else np.zeros((0, extractor.dim or dim or 0), np_dtype)
+    del rows
+    name = os.path.basename(base)
+    _write_npy(base + ".npy", feats)
+    _write_lines(base + ".txt", kept)
+    record = {"shard": k, "features": name + ".npy", "paths": name + ".txt",
+              "count": len(kept), "dim": int(feats.shape[1]),
+              "source_start": k * shard_size, "source_count": len(paths),
+              "source_sha1": digest, "skipped": skipped}
+    _write_json(base + ".json", record)
+    return record
+
+
+def extract_to_dir(extractor: FeatureExtractor, images: str, out_dir: str,
+                   shard_size: int = SHARD_SIZE,
                    dtype: str = "float32", on_error: str = "raise",
                    progress: bool = True) -> Dict[str, Any]:
     """Extract every image of ``images`` into feature shards in ``out_dir`` (resumable).
@@ -512,6 +564,7 @@ def extract_to_dir(extractor: FeatureExtractor, images: str, out_dir: str, shard
             source, shard size, dtype) or whose image list has changed.
         ImageReadError: an unreadable image with ``on_error="raise"`` (names the file).
     """
+    import numpy as np
     from tqdm import tqdm
 
     if dtype not in ("float32", "float16"):
@@ -542,32 +595,13 @@ def extract_to_dir(extractor: FeatureExtractor, images: str, out_dir: str, shard
     t0 = time.time()
     np_dtype = np.dtype(dtype)
     for k, paths in enumerate(_chunks(iter_image_paths(images), shard_size)):
-        name = _shard_name(k)
-        base = os.path.join(out_dir, name)
+        base = os.path.join(out_dir, _shard_name(k))
         digest = _paths_hash(paths)
         record = _finished_shard(base, digest, out_dir)
         if record is None:
-            rows, kept, counted = [], [], 0
-            for idx, feats in extractor.iter_batches(paths, on_error):
-                rows.append(feats.astype(np_dtype))
-                kept.extend(paths[i] for i in idx)
-                done = len(kept) + len(extractor.skipped)
-                bar.update(done - counted)
-                counted = done
-            bar.update(len(paths) - counted)
-            skipped = [{"image": p, "error": m} for _, p, m in extractor.skipped]
-            dim = extractor.dim or manifest["dim"] or 0
-            feats = np.concatenate(rows) if rows else np.zeros((0, dim), np_dtype)
-            _atomic_write(base + ".npy", lambda f: np.save(f, feats))
-            _atomic_write(base + ".txt",
-                          lambda f: f.write("".join(p + "\n" for p in kept).encode("utf-8")))
-            record = {"shard": k, "features": name + ".npy", "paths": name + ".txt",
-                      "count": len(kept), "dim": int(feats.shape[1]),
-                      "source_start": k * shard_size, "source_count": len(paths),
-                      "source_sha1": digest, "skipped": skipped}
-            _write_json(base + ".json", record)
+            record = _extract_shard(extractor, paths, k, base, digest, shard_size, np_dtype,
+                                    on_error, manifest["dim"], bar)
             written += 1
-            del rows, feats
         else:
             bar.update(len(paths))
         if record["count"]:
@@ -615,6 +649,8 @@ def save_feature_shards(out_dir: str, shards: Iterable[Tuple[np.ndarray, Sequenc
         ConfigError: bad ``metric`` / ``dtype``; DatasetError: shards of different dimension,
             features and paths of different lengths.
     """
+    import numpy as np
+
     if metric not in ("cosine", "euclidean"):
         raise ConfigError(f"metric must be cosine or euclidean, got {metric!r}")
     if dtype not in ("float32", "float16"):
@@ -632,9 +668,8 @@ def save_feature_shards(out_dir: str, shards: Iterable[Tuple[np.ndarray, Sequenc
                                f"{man['dim']}")
         man["dim"] = int(feats.shape[1])
         base = os.path.join(out_dir, _shard_name(k))
-        _atomic_write(base + ".npy", lambda f: np.save(f, feats))
-        _atomic_write(base + ".txt",
-                      lambda f: f.write("".join(p + "\n" for p in paths).encode("utf-8")))
+        _write_npy(base + ".npy", feats)
+        _write_lines(base + ".txt", paths)
         name = _shard_name(k)
         man["shards"].append({"features": name + ".npy", "paths": name + ".txt",
                               "count": len(paths)})
@@ -665,9 +700,9 @@ def _finished_shard(base, digest, out_dir):
 
 
 # ----------------------------------------------------------------------------- command line
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m fastreid_plugins.extract",
+        prog="python -m fastreid_plugins.tools.extract",
         description="Re-id features of your own images, written as resumable shards.")
     p.add_argument("--config-file", required=True, metavar="FILE")
     p.add_argument("--images", required=True, metavar="DIR|LIST",
@@ -677,7 +712,8 @@ def build_parser():
                    help="images per forward (default TEST.IMS_PER_BATCH)")
     p.add_argument("--num-workers", type=int, default=None,
                    help="DataLoader workers reading images (default DATALOADER.NUM_WORKERS)")
-    p.add_argument("--shard-size", type=int, default=10000, help="images per shard file")
+    p.add_argument("--shard-size", type=int, default=SHARD_SIZE,
+                   help="images per shard file (default %(default)s)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16"])
     p.add_argument("--amp", action="store_true", help="autocast (float16 on CUDA, bf16 on CPU)")
     p.add_argument("--on-error", default="raise", choices=["raise", "skip"],
@@ -687,7 +723,8 @@ def build_parser():
     p.add_argument("--threads", type=int, default=None,
                    help="torch / onnxruntime CPU threads (default: torch's)")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
+    p.add_argument("--debug", action="store_true",
+                   help="show the traceback of a user error (taken by cli.run_cli)")
     p.add_argument("opts", nargs=argparse.REMAINDER,
                    help="KEY VALUE config overrides (MODEL.WEIGHTS path/to/model.pth)")
     return p
@@ -706,23 +743,12 @@ def parse_backend(values):
     raise ConfigError(f"--backend must be `torch` or `onnx MODEL.onnx`, got {' '.join(values)!r}")
 
 
-def run_cli(main_fn, argv):
-    """Run ``main_fn(argv)``; a :class:`UserError` is printed as ``Error: ...`` and exits 2."""
-    debug = "--debug" in (argv or [])
-    try:
-        main_fn(argv)
-    except UserError as e:
-        if debug:
-            raise
-        print(f"Error: {e}", file=sys.stderr)
-        sys.exit(2)
-
-
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """Run the extraction CLI; returns the manifest (dict).
 
     Raises:
-        UserError: bad arguments or input (see :func:`extract_to_dir`).
+        UserError: bad arguments or input (see :func:`extract_to_dir`);
+            :func:`fastreid_plugins.cli.run_cli` prints it as one ``Error:`` block.
     """
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -744,4 +770,6 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
 
 
 if __name__ == "__main__":
+    from fastreid_plugins.cli import run_cli
+
     run_cli(main, sys.argv[1:])
