@@ -24,9 +24,9 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import torch  # noqa: E402
+from fastreid.modeling import build_model  # noqa: E402
 
 import fastreid_plugins  # noqa: E402,F401
-from fastreid.modeling import build_model  # noqa: E402
 from fastreid_plugins.clip_senet import add_clip_senet_config  # noqa: E402
 from fastreid_plugins.clip_senet.tinyclip import count_parameters  # noqa: E402
 from fastreid_plugins.config import get_cfg  # noqa: E402

@@ -20,11 +20,11 @@ import sys
 import tempfile
 import time
 
+import fastreid
 import numpy as np
+from fastreid.evaluation.rank import evaluate_py
 
 import fastreid_plugins  # noqa: F401
-import fastreid
-from fastreid.evaluation.rank import evaluate_py
 from fastreid_plugins.evaluation.rank import evaluate_rank
 
 

@@ -46,8 +46,8 @@ def bench_extract(args):
     from fastreid.engine.defaults import DefaultPredictor
     from fastreid.modeling import build_model
 
-    from fastreid_plugins.tools.extract import FeatureExtractor, iter_image_paths
     from fastreid_plugins.tools import build_tool_cfg
+    from fastreid_plugins.tools.extract import FeatureExtractor, iter_image_paths
 
     root = os.path.join(os.environ.get("FASTREID_DATASETS", "../shared/datasets"), "veri")
     pool = sorted(iter_image_paths(root))

@@ -28,10 +28,10 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import fastreid_plugins  # noqa: E402,F401  (compat first)
 import torch  # noqa: E402
 from fastreid.modeling import build_model  # noqa: E402
 
+import fastreid_plugins  # noqa: E402,F401  (compat first)
 from fastreid_plugins.config import get_cfg  # noqa: E402
 from fastreid_plugins.mbfn import add_mbfn_config  # noqa: E402
 from fastreid_plugins.mfgnet import add_mfgnet_config  # noqa: E402

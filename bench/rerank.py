@@ -101,9 +101,9 @@ def _make_features(n, dim, ids, seed, noise=0.8):
 def _worker(args):
     import numpy as np
     import torch
+    from fastreid.utils.compute_dist import build_dist
 
     import fastreid_plugins  # noqa: F401  (compat: FastReID's re-ranking on the CPU)
-    from fastreid.utils.compute_dist import build_dist
 
     torch.set_num_threads(args.threads)
     x, _ = _make_features(args.num_query + args.num_gallery, args.dim, args.ids, args.seed)

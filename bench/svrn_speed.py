@@ -30,12 +30,12 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-import fastreid_plugins  # noqa: E402,F401  (compat + registration)
 import torch  # noqa: E402
 from fastreid.modeling import build_model  # noqa: E402
 from fastreid.utils.events import EventStorage  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
+import fastreid_plugins  # noqa: E402,F401  (compat + registration)
 from fastreid_plugins.config import get_cfg  # noqa: E402
 from fastreid_plugins.svrn import add_svrn_config  # noqa: E402
 

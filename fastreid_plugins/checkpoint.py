@@ -25,21 +25,26 @@ checkpoint at all (text, a zip without ``data.pkl``, a plain Python pickle) rais
 from __future__ import annotations
 
 import fastreid_plugins.patches.compat  # noqa: F401  (FastReID importable on torch 2)
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
+
 import collections
 import logging
 import os
 import pickle
 import weakref
 import zipfile
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 import torch
 from fastreid.config import CfgNode
 from fastreid.utils import comm
 from fastreid.utils.checkpoint import Checkpointer
 
-from .errors import (CheckpointUnpicklingError, CorruptCheckpointError,
-                     NonFiniteCheckpointError, TrainingFinishedError)
+from .errors import (
+    CheckpointUnpicklingError,
+    CorruptCheckpointError,
+    NonFiniteCheckpointError,
+    TrainingFinishedError,
+)
 from .seeding import derive_seed, get_rng_state, resolve_seed, seed_all, set_rng_state
 
 if TYPE_CHECKING:
@@ -332,7 +337,7 @@ class ResumableTrainerMixin:
 
     def __init__(self, cfg: CfgNode) -> None:
         self.seed = resolve_seed(cfg)
-        if cfg.SEED != self.seed:  # -1 (drawn) or an alias: every builder below sees the seed
+        if self.seed != cfg.SEED:  # -1 (drawn) or an alias: every builder below sees the seed
             cfg = cfg.clone()
             cfg.defrost()
             cfg.SEED = self.seed

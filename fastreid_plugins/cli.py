@@ -16,11 +16,11 @@ Used by :func:`fastreid_plugins.engine.launch_main` (so every ``projects/*/train
 every ``python -m fastreid_plugins.tools.*``.
 """
 
-from typing import Callable, List, Optional, Sequence, Tuple, Type, TypeVar
 import logging
 import os
 import sys
 import traceback
+from typing import Callable, List, Optional, Sequence, Tuple, Type, TypeVar
 
 from .errors import UserError
 

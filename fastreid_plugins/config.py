@@ -28,10 +28,10 @@ Added by :func:`add_plugins_config`:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 import difflib
 import os
 import re
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 from .errors import ConfigError, ConfigFileNotFoundError
 

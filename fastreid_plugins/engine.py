@@ -17,12 +17,13 @@ samplers and checkpoints, with three differences:
 """
 
 import fastreid_plugins.patches.compat  # noqa: F401  (FastReID importable on torch 2)
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type, Union
+
 import argparse
 import json
 import logging
 import os
 import tempfile
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type, Union
 
 import torch
 from fastreid.config import CfgNode
@@ -34,25 +35,33 @@ from fastreid.data.transforms import build_transforms
 from fastreid.engine import DefaultTrainer, default_setup, launch
 from fastreid.engine import default_argument_parser as _fastreid_argument_parser
 from fastreid.utils import comm
+from fastreid.utils.events import (
+    CommonMetricPrinter,
+    EventWriter,
+    JSONWriter,
+    TensorboardXWriter,
+    get_event_storage,
+)
 from fastreid.utils.logger import setup_logger
-from fastreid.utils.events import (CommonMetricPrinter, EventWriter, JSONWriter,
-                                   TensorboardXWriter, get_event_storage)
 from torch import nn
 from torch.utils.data import DataLoader
 
-from . import distributed
-from .checkpoint import (ResumableTrainerMixin, TrainingFinishedError, check_finite_state,
-                         load_checkpoint_file)
-from . import errors
+from . import distributed, errors
+from .checkpoint import (
+    ResumableTrainerMixin,
+    TrainingFinishedError,
+    check_finite_state,
+    load_checkpoint_file,
+)
 from .cli import USER_ERRORS, debug_requested, error_message, log_traceback_to_files, run_cli
 from .config import get_cfg, merge_config_file, merge_overrides, require_plugins_config
 from .data import train_loader
 from .data.root import datasets_root
 from .data.validation import check_dataset_items
+from .errors import CorruptCheckpointError, WeightsMismatchError
 from .evaluation import VehicleReidEvaluator
 from .method import METHODS
 from .modeling.base import state_dict_mismatch
-from .errors import CorruptCheckpointError, WeightsMismatchError
 from .patches import active as active_patches
 from .patches import apply as apply_patches
 from .seeding import resolve_seed, seed_all

@@ -47,11 +47,12 @@ loaded 2-core machine: half of a 120-epoch run, 2.3 M indices, in 11-21 s).
 from __future__ import annotations
 
 import fastreid_plugins.patches.compat  # noqa: F401  (FastReID importable on torch 2)
-from typing import TYPE_CHECKING, Any, Dict, Iterator
+
 import itertools
 import logging
 import random
 from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Dict, Iterator
 
 import numpy as np
 import torch

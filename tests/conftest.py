@@ -24,8 +24,9 @@ os.environ["TORCH_HOME"] = tempfile.mkdtemp(prefix="fastreid_plugins_torch_home_
 atexit.register(shutil.rmtree, os.environ["TORCH_HOME"], True)
 
 # after the environment above: the package reads it when activated
-import fastreid_plugins  # noqa: E402
 import torch  # noqa: E402
+
+import fastreid_plugins  # noqa: E402
 
 # the tests use FastReID as train_net.py and the tools do: patched, every method registered
 # (tests of what importing alone does run in subprocesses: tests/test_front_door.py)

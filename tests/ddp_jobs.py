@@ -294,8 +294,8 @@ def job_ablations(name, config_file, opts, rows, hw, n_ids=4, k=2, steps=2, **_)
     in DDP as FastReID's trainer does, and run ``steps`` of FastReID's ``SimpleTrainer`` on a
     P x K batch split over the ranks. Per row: finite losses, parameters identical across ranks
     and changed; a row's exception is recorded and the next row runs."""
-    from fastreid.engine.train_loop import SimpleTrainer
     from fastreid.engine import defaults
+    from fastreid.engine.train_loop import SimpleTrainer
     from fastreid.utils.events import EventStorage
 
     r, w = rank(), dist.get_world_size()

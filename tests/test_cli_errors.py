@@ -12,7 +12,6 @@ import sys
 
 import pytest
 import torch
-
 from helpers import ROOT
 
 DEMO = os.path.join(ROOT, "configs", "demo")

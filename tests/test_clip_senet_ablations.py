@@ -3,9 +3,9 @@ trains a step, the SEM's optimizer group, AFEM's weight shapes, the four-viewpoi
 
 import pytest
 import torch
+from fastreid.modeling import build_model
 
 import fastreid_plugins  # noqa: F401
-from fastreid.modeling import build_model
 from fastreid_plugins.clip_senet import CLIPSENetTrainer, add_clip_senet_config
 from fastreid_plugins.clip_senet.modules import AFEM, VIEWPOINT_GROUPS, CameraViewEmbedding
 from fastreid_plugins.method import METHODS

@@ -5,10 +5,17 @@ import torch
 import torch.nn.functional as F
 
 import fastreid_plugins  # noqa: F401
-from fastreid_plugins.clip_senet import (AFEM, TINYCLIP_VARIANTS, CameraViewEmbedding,
-                                         FeatureFusion, SemanticExtractionModule, SEMWeightsError,
-                                         load_sem_weights, tinyclip_parameter_counts,
-                                         tinyclip_vision_config)
+from fastreid_plugins.clip_senet import (
+    AFEM,
+    TINYCLIP_VARIANTS,
+    CameraViewEmbedding,
+    FeatureFusion,
+    SemanticExtractionModule,
+    SEMWeightsError,
+    load_sem_weights,
+    tinyclip_parameter_counts,
+    tinyclip_vision_config,
+)
 from fastreid_plugins.clip_senet.tinyclip import CLIP_MEAN, CLIP_STD, count_parameters
 
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,

@@ -6,9 +6,9 @@ import os
 
 import numpy as np
 import pytest
+from fastreid.data.datasets import DATASET_REGISTRY
 
 import fastreid_plugins  # noqa: F401
-from fastreid.data.datasets import DATASET_REGISTRY
 from fastreid_plugins.data import toy
 
 SMALL = dict(train_ids=6, test_ids=4, cams=3, images_per_cam=2, seed=3, size=(40, 48))

@@ -6,19 +6,19 @@ Each patch is shown twice: the patched FastReID function gives a clear error, an
 
 import os
 
-import pytest
-from PIL import Image
-
-import fastreid_plugins  # noqa: F401  (applies the patches, registers the datasets)
-from fastreid_plugins.patches import APPLIED, ORIGINALS, PATCHES
-from fastreid_plugins.patches import datasets as patches_datasets
 import fastreid.data.common as common
+import pytest
 from fastreid.data.common import CommDataset
 from fastreid.data.datasets import DATASET_REGISTRY
 from fastreid.data.datasets.bases import Dataset
 from fastreid.data.datasets.vehicleid import VehicleID
 from fastreid.data.datasets.veri import VeRi
+from PIL import Image
+
+import fastreid_plugins  # noqa: F401  (applies the patches, registers the datasets)
 from fastreid_plugins.data.validation import DatasetNotFoundError, ImageReadError
+from fastreid_plugins.patches import APPLIED, ORIGINALS, PATCHES
+from fastreid_plugins.patches import datasets as patches_datasets
 
 GOOD = ["0002_c002_00030600_0.jpg", "0002_c003_00030700_1.jpg", "0007_c004_00010000_0.jpg"]
 
@@ -438,7 +438,7 @@ def test_patches_are_idempotent():
     patches_datasets.apply()
     patches_datasets.apply()
     assert [getattr(owner, name) for owner, name, _ in patched] == before
-    assert APPLIED == applied and tags <= set(applied) and len(tags) == len(patched)
+    assert applied == APPLIED and tags <= set(applied) and len(tags) == len(patched)
     # each wrapper wraps FastReID's original directly (never a wrapper of a wrapper)
     for owner, name, key in patched:
         assert getattr(owner, name).__wrapped__ is ORIGINALS[key], key

@@ -11,10 +11,10 @@ import os
 import numpy as np
 import pytest
 import torch
+from fastreid.data.datasets import DATASET_REGISTRY
 from PIL import Image
 
 import fastreid_plugins  # noqa: F401
-from fastreid.data.datasets import DATASET_REGISTRY
 from fastreid_plugins.config import get_cfg
 from fastreid_plugins.evaluation.evaluator import VehicleReidEvaluator, vehicleid_split
 

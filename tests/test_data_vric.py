@@ -3,10 +3,10 @@
 import os
 
 import pytest
+from fastreid.data.datasets import DATASET_REGISTRY
 from PIL import Image
 
 import fastreid_plugins  # noqa: F401
-from fastreid.data.datasets import DATASET_REGISTRY
 from fastreid_plugins.data.validation import DatasetNotFoundError
 from fastreid_plugins.data.vric import VRIC
 
@@ -93,6 +93,7 @@ def test_vric_missing_folder_shows_layout(tmp_path):
 def test_vric_through_fastreid_test_loader(tmp_path, datasets_root):
     """FastReID's own test-loader builder finds VRIC by name: probe first, then gallery."""
     from fastreid.data import build_reid_test_loader
+
     from tests.helpers import make_cfg
 
     write_vric(str(tmp_path))

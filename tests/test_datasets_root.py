@@ -6,14 +6,13 @@ import os
 import sys
 
 import pytest
+from helpers import make_cfg
 
 import fastreid_plugins  # noqa: F401
 from fastreid_plugins import data, engine
 from fastreid_plugins.data import train_loader
 from fastreid_plugins.data.validation import expected_layout
 from fastreid_plugins.errors import DatasetNotFoundError
-
-from helpers import make_cfg
 
 BOT = "configs/demo/bagtricks_r18.yml"
 

@@ -20,10 +20,10 @@ import signal
 import subprocess
 import sys
 
+import ddp_jobs
 import pytest
 import torch
 
-import ddp_jobs
 from fastreid_plugins import distributed
 from fastreid_plugins.method import method_for_meta_arch
 
@@ -413,6 +413,7 @@ def test_metric_printer_survives_two_writes_at_one_iteration():
     """A 2-iteration run writes metrics after its last step and again after the epoch, before the
     iteration timer has any ``time`` history: FastReID divides by zero there, the patch not."""
     from fastreid.utils.events import CommonMetricPrinter, EventStorage
+
     from fastreid_plugins import patches
 
     def two_writes(write):
@@ -431,9 +432,10 @@ def test_sampler_by_name_in_one_process(veri_root, datasets_root):
     """``DATALOADER.SAMPLER_TRAIN GlobalIdentitySampler`` works in one process (its global batches
     are then the ones N processes split); ``NaiveIdentitySampler`` stays FastReID's there."""
     from fastreid.data.samplers import NaiveIdentitySampler
+    from helpers import make_cfg
+
     from fastreid_plugins.engine import PluginTrainer
     from fastreid_plugins.mfgnet import add_mfgnet_config
-    from helpers import make_cfg
 
     datasets_root(veri_root)
     cfg = make_cfg("configs/demo/mfgnet.yml", ["DATALOADER.SAMPLER_TRAIN", "GlobalIdentitySampler",

@@ -6,13 +6,17 @@ import os
 
 import pytest
 import torch
+from helpers import ROOT, make_cfg
 
 import fastreid_plugins  # noqa: F401
-from fastreid_plugins.engine import (PluginTrainer, WeightsMismatchError, load_model_weights, main,
-                                     setup)
+from fastreid_plugins.engine import (
+    PluginTrainer,
+    WeightsMismatchError,
+    load_model_weights,
+    main,
+    setup,
+)
 from fastreid_plugins.modeling import build_backbone
-
-from helpers import ROOT, make_cfg
 
 CFG = os.path.join(ROOT, "configs/demo/bagtricks_r18.yml")
 
@@ -102,8 +106,8 @@ def test_pretrain_path_that_does_not_exist(tmp_path):
 
 def test_eval_only_turns_off_every_pretrain_key():
     from fastreid_plugins.clip_senet import add_clip_senet_config
-    from fastreid_plugins.engine import _no_pretrain
     from fastreid_plugins.config import get_cfg
+    from fastreid_plugins.engine import _no_pretrain
     cfg = get_cfg(add_clip_senet_config)
     cfg.MODEL.BACKBONE.PRETRAIN = True
     assert cfg.MODEL.CLIPSENET.SEM.PRETRAIN is True

@@ -7,16 +7,19 @@ import pytest
 import torch
 from fastreid.evaluation.query_expansion import aqe as fastreid_aqe
 from fastreid.utils.compute_dist import build_dist
+from helpers import make_cfg
 
 import fastreid_plugins  # noqa: F401
 from fastreid_plugins.evaluation import VehicleReidEvaluator, evaluate_rank, vehicleid_split
 from fastreid_plugins.evaluation import chunked as chunked_mod
-from fastreid_plugins.evaluation.chunked import (BYTES_PER_ENTRY, chunk_rows, evaluate_chunked,
-                                                 options_from_cfg)
+from fastreid_plugins.evaluation.chunked import (
+    BYTES_PER_ENTRY,
+    chunk_rows,
+    evaluate_chunked,
+    options_from_cfg,
+)
 from fastreid_plugins.evaluation.knn import knn_search
 from fastreid_plugins.evaluation.sparse_rerank import sparse_rerank
-
-from helpers import make_cfg
 
 CFG = "configs/demo/bagtricks_r18.yml"
 NQ, NG = 23, 61

@@ -5,12 +5,11 @@ import json
 import numpy as np
 import pytest
 import torch
+from fastreid.evaluation.rank import evaluate_py
+from helpers import make_cfg
 
 import fastreid_plugins  # noqa: F401
-from fastreid.evaluation.rank import evaluate_py
 from fastreid_plugins.evaluation import VehicleReidEvaluator, evaluate_rank, metrics_from_distmat
-
-from helpers import make_cfg
 
 CFG = "configs/demo/bagtricks_r18.yml"
 

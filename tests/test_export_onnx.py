@@ -9,13 +9,12 @@ import os
 import numpy as np
 import pytest
 import torch
-
-import fastreid_plugins  # noqa: F401
 from fastreid.modeling import build_model
 
+import fastreid_plugins  # noqa: F401
+from fastreid_plugins.deploy import onnx as engine
 from fastreid_plugins.engine import load_model_weights
 from fastreid_plugins.tools import build_tool_cfg, plugin_config_fns, trainer_class_for
-from fastreid_plugins.deploy import onnx as engine
 from fastreid_plugins.tools import export_onnx as tool
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -16,16 +16,20 @@ import sys
 import numpy as np
 import pytest
 import torch
-
-import fastreid_plugins  # noqa: F401
 from fastreid.evaluation.evaluator import DatasetEvaluator, inference_on_dataset
 from fastreid.modeling import build_model
 
+import fastreid_plugins  # noqa: F401
 from fastreid_plugins.engine import load_model_weights
-from fastreid_plugins.errors import (ConfigError, DatasetError, DatasetNotFoundError,
-                                     ImageReadError, UserError)
-from fastreid_plugins.tools.extract import FeatureExtractor, extract_to_dir, iter_image_paths
+from fastreid_plugins.errors import (
+    ConfigError,
+    DatasetError,
+    DatasetNotFoundError,
+    ImageReadError,
+    UserError,
+)
 from fastreid_plugins.tools import build_tool_cfg, trainer_class_for
+from fastreid_plugins.tools.extract import FeatureExtractor, extract_to_dir, iter_image_paths
 from tests.test_export_onnx import demo_config, random_weights
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

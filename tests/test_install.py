@@ -6,10 +6,8 @@ import shutil
 import subprocess
 import sys
 
-import pytest
-
 import fastreid
-
+import pytest
 from helpers import ROOT
 
 # every test here runs FastReID tools in a subprocess (~20 s each)

@@ -10,15 +10,14 @@ import faiss
 import numpy as np
 import pytest
 import torch
+from test_rerank import assert_same_neighbours, hard_knn_set
 from yacs.config import CfgNode
 
 import fastreid_plugins  # noqa: F401
-from fastreid_plugins.evaluation import knn
-from fastreid_plugins.evaluation.chunked import options_from_cfg
 from fastreid_plugins.config import PLUGIN_DEFAULTS
 from fastreid_plugins.errors import ConfigError
-
-from test_rerank import assert_same_neighbours, hard_knn_set
+from fastreid_plugins.evaluation import knn
+from fastreid_plugins.evaluation.chunked import options_from_cfg
 
 
 def test_private_onednn_linear_op_exists_on_this_torch():

@@ -19,8 +19,9 @@ import ast
 import os
 import re
 
-from fastreid_plugins.method import METHODS as _RECORDS
 from helpers import ROOT
+
+from fastreid_plugins.method import METHODS as _RECORDS
 
 PKG = "fastreid_plugins"
 PKG_DIR = os.path.join(ROOT, PKG)
@@ -148,17 +149,28 @@ def _compat_rule_violations(name, path):
         pat = r"fastreid\.(data|engine|evaluation)\b" if needs_shims else r"fastreid(\.|$)"
         return any(re.match(pat, m) for m in mods)
 
-    compat_line = next((n.lineno for n in tree.body if isinstance(n, ast.Import)
-                        and any(a.name == f"{PKG}.patches.compat" for a in n.names)), None)
+    def compat(node):
+        return isinstance(node, ast.Import) and any(a.name == f"{PKG}.patches.compat"
+                                                     for a in node.names)
+
+    compat_line = next((n.lineno for n in tree.body if compat(n)), None)
     top = [n.lineno for n in tree.body if fastreid(n)]
-    anywhere = [n.lineno for n in ast.walk(tree)
-                if id(n) not in checking and fastreid(n, needs_shims=True)]
-    if not (top or anywhere):
+    if top and (compat_line is None or compat_line > min(top)):
+        return (f"{name} imports FastReID (line {min(top)}) without the compat line"
+                if compat_line is None else
+                f"{name}: the compat line comes after the FastReID import of line {min(top)}")
+    if compat_line is not None:
         return ""
-    if compat_line is None:
-        return f"{name} imports FastReID (line {min(top + anywhere)}) without the compat line"
-    if top and compat_line > min(top):
-        return f"{name}: the compat line comes after the FastReID import of line {min(top)}"
+    # no module-level compat line: each function-local FastReID data / engine / evaluation
+    # import needs one earlier in its own function
+    for fn in ast.walk(tree):
+        if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        local = [n.lineno for n in ast.walk(fn) if id(n) not in checking
+                 and fastreid(n, needs_shims=True)]
+        shim = [n.lineno for n in ast.walk(fn) if compat(n)]
+        if local and not (shim and min(shim) < min(local)):
+            return f"{name} imports FastReID (line {min(local)}) without the compat line"
     return ""
 
 
@@ -178,6 +190,10 @@ def test_the_compat_checker_can_fail(tmp_path):
     typing_only = tmp_path / "typing_only.py"
     typing_only.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
                            "    from fastreid.engine import DefaultTrainer\n")
+    in_function = tmp_path / "in_function.py"
+    in_function.write_text("def f():\n    import fastreid_plugins.patches.compat\n"
+                           "    from fastreid.data import x\n")
+    assert _compat_rule_violations("in_function", str(in_function)) == ""
     good = tmp_path / "good.py"
     good.write_text("import fastreid_plugins.patches.compat\nfrom fastreid.data import x\n")
     assert "without the compat line" in _compat_rule_violations("bad", str(bad))

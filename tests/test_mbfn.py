@@ -337,11 +337,12 @@ def test_overfit_real_sample_and_eval_only_round_trip(veri_root, datasets_root, 
 ])
 def test_paper_configs_carry_the_paper_settings(path, dataset):
     from fastreid.data.datasets import DATASET_REGISTRY
+
     from fastreid_plugins.mbfn import validate_mbfn_config
     cfg = make_cfg(path, (), [add_mbfn_config])
     validate_mbfn_config(cfg)
     assert cfg.MODEL.META_ARCHITECTURE == "MBFN" and cfg.MODEL.BACKBONE.DEPTH == "50x"
-    assert cfg.DATASETS.NAMES == (dataset,) and DATASET_REGISTRY.get(dataset) is not None
+    assert (dataset,) == cfg.DATASETS.NAMES and DATASET_REGISTRY.get(dataset) is not None
     assert (cfg.SOLVER.OPT, cfg.SOLVER.BASE_LR, list(cfg.SOLVER.STEPS),
             cfg.SOLVER.IMS_PER_BATCH) == ("AMSGrad", 3e-4, [20, 40], 32)
     assert list(cfg.INPUT.SIZE_TRAIN) == [384, 128] and cfg.INPUT.REA.ENABLED \

@@ -3,6 +3,7 @@ validates its keys with ConfigError, and configures its losses the same way (Fas
 MODEL.LOSSES honoured, or refused with the reason)."""
 
 import pytest
+from helpers import ROOT
 
 import fastreid_plugins
 from fastreid_plugins import clip_senet, mbfn, mfgnet, svrn
@@ -10,8 +11,6 @@ from fastreid_plugins.config import get_cfg
 from fastreid_plugins.engine import PluginTrainer
 from fastreid_plugins.errors import ConfigError, MissingConfigError
 from fastreid_plugins.method import METHODS, Method, method_for_meta_arch
-
-from helpers import ROOT
 
 PACKAGES = (mfgnet, mbfn, svrn, clip_senet)
 #: each package's own functions and trainer (what its record must resolve to)

@@ -307,19 +307,20 @@ def test_overfit_real_sample_and_eval_only_round_trip(veri_root, datasets_root, 
 ])
 def test_paper_configs_carry_the_paper_settings(path, dataset, epochs, steps, batch, test_batch):
     from fastreid.data.datasets import DATASET_REGISTRY
+
     from fastreid_plugins.mfgnet import validate_mfgnet_config
     cfg = make_cfg(path, (), [add_mfgnet_config])
     validate_mfgnet_config(cfg)
     assert cfg.MODEL.META_ARCHITECTURE == "MFGNet" and cfg.MODEL.BACKBONE.DEPTH == "50x"
-    assert cfg.DATASETS.NAMES == (dataset,) and DATASET_REGISTRY.get(dataset) is not None
+    assert (dataset,) == cfg.DATASETS.NAMES and DATASET_REGISTRY.get(dataset) is not None
     assert (cfg.SOLVER.OPT, cfg.SOLVER.BASE_LR, cfg.SOLVER.MAX_EPOCH, list(cfg.SOLVER.STEPS)) == \
         ("AMSGrad", 3e-4, epochs, steps)
-    assert cfg.SOLVER.IMS_PER_BATCH == batch and list(cfg.INPUT.SIZE_TRAIN) == [384, 128]
+    assert batch == cfg.SOLVER.IMS_PER_BATCH and list(cfg.INPUT.SIZE_TRAIN) == [384, 128]
     assert cfg.INPUT.REA.ENABLED and cfg.INPUT.FLIP.ENABLED
     m = cfg.MODEL.MFGNET
     assert (m.LOSS.ALPHA, m.LOSS.BETA, cfg.MODEL.LOSSES.TRI.MARGIN, m.NUM_STRIPES) == \
         (1.0, 0.1, 0.3, 4)
-    assert cfg.TEST.IMS_PER_BATCH == test_batch                      # Sec. 4.4-4.6
+    assert test_batch == cfg.TEST.IMS_PER_BATCH                      # Sec. 4.4-4.6
     assert cfg.TEST.METRIC == "euclidean"                            # Sec. 2.1
     assert m.SPLIT_AT == "after_layer4"                              # Sec. 2.2
     assert (m.GLOBAL.REDUCE_DIM, m.GLOBAL.EMBED_DIM) == (0, 0)       # C -> C, Sec. 2.2

@@ -14,13 +14,12 @@ of iterations: 2 epochs keep the three trainings under a minute (4 epochs took ~
 
 import numpy as np
 import pytest
+from helpers import evaluate, make_cfg, seed_everything, train
 
 from fastreid_plugins.data import toy
 from fastreid_plugins.engine import PluginTrainer
 from fastreid_plugins.mbfn import add_mbfn_config
 from fastreid_plugins.mfgnet import add_mfgnet_config
-
-from helpers import evaluate, make_cfg, seed_everything, train
 
 # three short trainings (~1-2.5 min)
 pytestmark = pytest.mark.slow

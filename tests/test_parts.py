@@ -11,9 +11,17 @@ import fastreid_plugins  # noqa: F401  (patches first)
 from fastreid_plugins.config import get_cfg
 from fastreid_plugins.layers import ChannelAttention
 from fastreid_plugins.modeling.base import build_backbone
-from fastreid_plugins.modeling.parts import (PartBranch, PartHead, ReduceConv, copy_stage,
-                                             edge_middle_weights, part_bounds, split_backbone,
-                                             split_parts, stage_out_channels)
+from fastreid_plugins.modeling.parts import (
+    PartBranch,
+    PartHead,
+    ReduceConv,
+    copy_stage,
+    edge_middle_weights,
+    part_bounds,
+    split_backbone,
+    split_parts,
+    stage_out_channels,
+)
 
 
 def _r18(last_stride=1):

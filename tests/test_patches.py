@@ -8,12 +8,11 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from helpers import ROOT, make_cfg, seed_everything
 
 import fastreid_plugins  # noqa: F401  (applies the patches under test)
 from fastreid_plugins import checkpoint, patches
 from fastreid_plugins.patches import base as compat  # patch_attr, APPLIED, ORIGINALS
-
-from helpers import ROOT, make_cfg, seed_everything
 
 CFG = "configs/demo/bagtricks_r18.yml"
 
@@ -27,7 +26,7 @@ def test_applied_once_and_idempotent():
     before = list(compat.APPLIED)
     patches.apply()
     patches.apply()
-    assert compat.APPLIED == before
+    assert before == compat.APPLIED
     for name in ["optimizer.zero_grad", "DataLoaderX.cpu", "AMPTrainer.cpu",
                  "ReidEvaluator.no_compile", "rerank.cpu", "test_loader.num_workers",
                  "Checkpointer.weights_only",
@@ -59,13 +58,13 @@ def test_patch_attr_once_everywhere_the_original_is_bound(monkeypatch):
                              tag="f.plus_one", applied=applied) is True
     assert owner.f(1) == 2 and reexport.f is owner.f
     assert unrelated.f is other, "a module holding another object under the name is left alone"
-    assert compat.ORIGINALS == {"f": original} and made == [original]
+    assert {"f": original} == compat.ORIGINALS and made == [original]
     assert applied == ["earlier", "f.plus_one"]
     patched = owner.f
     assert compat.patch_attr(owner, "f", "f", make, modules=["_pa_re"], tag="f.plus_one",
                              applied=applied) is False
     assert owner.f is patched and made == [original] and applied == ["earlier", "f.plus_one"]
-    assert compat.ORIGINALS == {"f": original}
+    assert {"f": original} == compat.ORIGINALS
     # a loop over several owners records its tag once; tag=None records nothing
     other_owner = types.ModuleType("_pa_owner2")
     other_owner.f = other
@@ -75,7 +74,7 @@ def test_patch_attr_once_everywhere_the_original_is_bound(monkeypatch):
     third.f = original
     before = list(compat.APPLIED)
     assert compat.patch_attr(third, "f", "f3", make)
-    assert compat.APPLIED == before and applied == ["earlier", "f.plus_one"]
+    assert before == compat.APPLIED and applied == ["earlier", "f.plus_one"]
 
 
 @pytest.mark.slow
@@ -86,6 +85,7 @@ def test_fastreid_import_fails_without_shims_and_works_with_them():
               " print('ok')")
     assert ok.returncode == 0, ok.stderr
     import collections
+
     from torch._six import string_classes
     assert string_classes == (str, bytes) or str in string_classes
     assert collections.Mapping is collections.abc.Mapping

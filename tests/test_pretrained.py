@@ -20,18 +20,22 @@ import threading
 import pytest
 import torch
 import torchvision
-from torch import nn
-
-import fastreid_plugins  # noqa: F401  (patches: our builders in FastReID's registry)
 from fastreid.modeling import build_model
 from fastreid.modeling.backbones import build_backbone, resnet, resnext
 from fastreid.modeling.backbones.resnet import BasicBlock, Bottleneck
 from fastreid.modeling.backbones.resnext import Bottleneck as XBottleneck
+from torch import nn
+
+import fastreid_plugins  # noqa: F401  (patches: our builders in FastReID's registry)
 from fastreid_plugins.mbfn import add_mbfn_config
 from fastreid_plugins.mfgnet import add_mfgnet_config
 from fastreid_plugins.modeling import pretrained
-from fastreid_plugins.modeling.pretrained import (WeightsMismatchError, WeightsNotAvailableError,
-                                                  is_offline, resolve_weights_file)
+from fastreid_plugins.modeling.pretrained import (
+    WeightsMismatchError,
+    WeightsNotAvailableError,
+    is_offline,
+    resolve_weights_file,
+)
 from fastreid_plugins.svrn import add_svrn_config
 from tests.helpers import make_cfg
 

@@ -30,7 +30,6 @@ import sys
 import typing
 
 import pytest
-
 from helpers import ROOT
 
 PKG = "fastreid_plugins"

@@ -20,19 +20,21 @@ import time
 import numpy as np
 import pytest
 import torch
+from helpers import ROOT, make_cfg
 from torch import nn
 
 import fastreid_plugins  # noqa: F401
 from fastreid_plugins import seeding
-from fastreid_plugins.checkpoint import (NonFiniteCheckpointError, PluginCheckpointer,
-                                         TrainingFinishedError)
-from fastreid_plugins.errors import CorruptCheckpointError
+from fastreid_plugins.checkpoint import (
+    NonFiniteCheckpointError,
+    PluginCheckpointer,
+    TrainingFinishedError,
+)
 from fastreid_plugins.config import get_cfg
 from fastreid_plugins.data.validation import ImageReadError
 from fastreid_plugins.engine import PluginTrainer, load_model_weights, main
+from fastreid_plugins.errors import CorruptCheckpointError
 from fastreid_plugins.mfgnet import add_mfgnet_config
-
-from helpers import ROOT, make_cfg
 
 MFG = "configs/demo/mfgnet.yml"
 SMALL = ["INPUT.SIZE_TRAIN", "[64,32]", "INPUT.SIZE_TEST", "[64,32]", "SOLVER.MAX_EPOCH", "2",

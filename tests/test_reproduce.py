@@ -17,10 +17,15 @@ import pytest
 
 from fastreid_plugins.errors import ConfigError, UserError
 from fastreid_plugins.method import METHODS
-from fastreid_plugins.reproduce import registry
-from fastreid_plugins.reproduce.registry import (Row, all_rows, get_row, get_table, table_configs,
-                                                 tables)
-from fastreid_plugins.reproduce import runner
+from fastreid_plugins.reproduce import registry, runner
+from fastreid_plugins.reproduce.registry import (
+    Row,
+    all_rows,
+    get_row,
+    get_table,
+    table_configs,
+    tables,
+)
 from tests.helpers import ROOT
 
 PY = sys.executable

@@ -5,16 +5,18 @@ import math
 import numpy as np
 import pytest
 import torch
-
-import fastreid_plugins  # noqa: F401  (patches: FastReID's jaccard path on the CPU)
 from fastreid.utils.compute_dist import build_dist
 
+import fastreid_plugins  # noqa: F401  (patches: FastReID's jaccard path on the CPU)
 from fastreid_plugins.config import get_cfg
 from fastreid_plugins.evaluation import VehicleReidEvaluator
-from fastreid_plugins.evaluation.rerank import rerank_distance
 from fastreid_plugins.evaluation.knn import knn_search
-from fastreid_plugins.evaluation.sparse_rerank import (k_reciprocal_neighbours,
-                                                       sparse_jaccard_distance, sparse_rerank)
+from fastreid_plugins.evaluation.rerank import rerank_distance
+from fastreid_plugins.evaluation.sparse_rerank import (
+    k_reciprocal_neighbours,
+    sparse_jaccard_distance,
+    sparse_rerank,
+)
 
 
 def clustered(n, dim, ids, seed, normalise=True, noise=0.7):

@@ -17,18 +17,15 @@ import sys
 import numpy as np
 import pytest
 import torch
-
-import fastreid_plugins  # noqa: F401
 from fastreid.modeling import build_model
 from fastreid.utils.compute_dist import build_dist
 
-from fastreid_plugins.tools import extract, search
+import fastreid_plugins  # noqa: F401
 from fastreid_plugins.config import PLUGIN_DEFAULTS, get_cfg
 from fastreid_plugins.engine import PluginTrainer, load_model_weights
-from fastreid_plugins.evaluation import knn
 from fastreid_plugins.errors import ConfigError, DatasetError, DatasetNotFoundError
-from fastreid_plugins.evaluation import metrics_from_distmat
-from fastreid_plugins.tools import build_tool_cfg
+from fastreid_plugins.evaluation import knn, metrics_from_distmat
+from fastreid_plugins.tools import build_tool_cfg, extract, search
 from fastreid_plugins.tools import visualize as vis
 from tests.test_extract import ROOT, TIMEOUT, env, evaluator_features, models  # noqa: F401
 

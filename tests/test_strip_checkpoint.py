@@ -4,13 +4,12 @@ import os
 
 import pytest
 import torch
+from helpers import ROOT
 
 import fastreid_plugins  # noqa: F401
 from fastreid_plugins.engine import PluginTrainer, load_model_weights
 from fastreid_plugins.tools import build_tool_cfg, load_tool_model
 from fastreid_plugins.tools.strip_checkpoint import TRAINING_KEYS, main, strip_checkpoint
-
-from helpers import ROOT
 
 CFG = os.path.join(ROOT, "configs", "demo", "bagtricks_r18.yml")
 OPTS = ["MODEL.HEADS.NUM_CLASSES", "4"]

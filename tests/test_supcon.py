@@ -7,8 +7,12 @@ import torch
 
 import fastreid_plugins  # noqa: F401
 from fastreid_plugins.config import get_cfg
-from fastreid_plugins.losses.supcon import (SupConLoss, add_supcon_config, supcon_kwargs_from_cfg,
-                                            supcon_loss)
+from fastreid_plugins.losses.supcon import (
+    SupConLoss,
+    add_supcon_config,
+    supcon_kwargs_from_cfg,
+    supcon_loss,
+)
 
 
 def loop_supcon(features, targets, temperature):

@@ -6,19 +6,27 @@ import math
 
 import pytest
 import torch
-
-import fastreid_plugins  # noqa: F401
 import torch.nn.functional as F
 from fastreid.modeling import build_model
+from helpers import make_cfg
 from torch import nn
+
+import fastreid_plugins  # noqa: F401
 from fastreid_plugins.method import METHODS
 from fastreid_plugins.reproduce import get_row
-from fastreid_plugins.svrn import (ClassificationBlock, add_svrn_config, dcc_loss, grid_critic,
-                                   icc_loss, num_suppressed, reward_loss, suppression_mask,
-                                   upsample_mask, vcc_loss)
+from fastreid_plugins.svrn import (
+    ClassificationBlock,
+    add_svrn_config,
+    dcc_loss,
+    grid_critic,
+    icc_loss,
+    num_suppressed,
+    reward_loss,
+    suppression_mask,
+    upsample_mask,
+    vcc_loss,
+)
 from fastreid_plugins.svrn.layers import SpatialInformationMining
-
-from helpers import make_cfg
 
 DEMO = "configs/demo/svrn.yml"
 
@@ -256,7 +264,7 @@ def test_sim_variants():
     assert torch.equal(SpatialInformationMining("none")(x), x)
     sim = SpatialInformationMining("spatial", 4, 3).eval()
     a = sim.attention(x)
-    assert a.shape == (2, 1, 4, 4) and 0 < a.min() and a.max() < 1
+    assert a.shape == (2, 1, 4, 4) and a.min() > 0 and a.max() < 1
     torch.testing.assert_close(sim(x), x * a)
     sim.name = "residual"
     torch.testing.assert_close(sim(x), x + x * a)
@@ -401,9 +409,8 @@ def test_ablation_switches_drop_loss_terms():
 
 def test_feature_map_not_divisible_by_grid_is_a_clear_error():
     model = build_model(svrn_cfg()).eval()
-    with pytest.raises(ValueError, match="MODEL.SVRN.GRID"):
-        with torch.no_grad():
-            model(torch.rand(2, 3, 48, 48) * 255)    # layer4 3x3
+    with pytest.raises(ValueError, match="MODEL.SVRN.GRID"), torch.no_grad():
+        model(torch.rand(2, 3, 48, 48) * 255)    # layer4 3x3
 
 
 # --------------------------------------------------------------------------------------------
@@ -426,7 +433,7 @@ def test_paper_config_values(path):
     1e-4, x0.1 after epochs 40 and 70, T = 3, alpha = (0.2, 0.1), beta_V/I/T = 0.3/0.15/0.3."""
     cfg = make_cfg(path, [], [add_svrn_config])
     train_set, test_set = PAPER_CONFIGS[path]
-    assert cfg.DATASETS.NAMES == (train_set,) and cfg.DATASETS.TESTS == (test_set,)
+    assert (train_set,) == cfg.DATASETS.NAMES and (test_set,) == cfg.DATASETS.TESTS
     assert cfg.MODEL.META_ARCHITECTURE == "SVRN"
     bb = cfg.MODEL.BACKBONE
     assert (bb.DEPTH, bb.LAST_STRIDE, bb.PRETRAIN) == ("50x", 1, True)

@@ -9,12 +9,11 @@ import logging
 import os
 
 import pytest
+from helpers import ROOT, evaluate, make_cfg, seed_everything
 
 import fastreid_plugins  # noqa: F401
 from fastreid_plugins.engine import PluginTrainer, WeightsMismatchError, main, setup
 from fastreid_plugins.svrn import add_svrn_config
-
-from helpers import ROOT, evaluate, make_cfg, seed_everything
 
 DEMO = "configs/demo/svrn.yml"
 

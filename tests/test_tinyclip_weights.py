@@ -6,16 +6,20 @@ import contextlib
 import json
 import socket
 
+import open_clip  # noqa: E402  (setup.py's dev extra: the independent reference, never skipped)
 import pytest
 import torch
 
 import fastreid_plugins  # noqa: F401
 from fastreid_plugins.clip_senet import SemanticExtractionModule, SEMWeightsError
-from fastreid_plugins.clip_senet.tinyclip import (CLIP_MEAN, CLIP_STD, load_sem_weights,
-                                                  resize_position_embedding, skip_random_init,
-                                                  tinyclip_vision_config)
-
-import open_clip  # noqa: E402  (setup.py's dev extra: the independent reference, never skipped)
+from fastreid_plugins.clip_senet.tinyclip import (
+    CLIP_MEAN,
+    CLIP_STD,
+    load_sem_weights,
+    resize_position_embedding,
+    skip_random_init,
+    tinyclip_vision_config,
+)
 
 # TinyCLIP-ViT-61M-32's image tower (microsoft/Cream TinyCLIP/src/open_clip/model_configs/
 # TinyCLIP-ViT-61M-32-Text-29M.json): width 640, 12 layers, patch 32, 224 px, head width 64
@@ -137,6 +141,7 @@ def test_sem_at_another_input_size_loads_a_resized_checkpoint(tmp_path):
 def test_sem_input_size_through_the_model_config(tmp_path):
     """SEM.INPUT_SIZE + SEM.POS_EMBED_INTERP from the config (the paper config uses 320)."""
     from fastreid.modeling import build_model
+
     from fastreid_plugins.clip_senet import add_clip_senet_config
     from tests.helpers import make_cfg
 
@@ -204,9 +209,9 @@ def test_hub_id_offline_not_cached_names_the_id_and_how_to_download(hub_cache, n
 
 def test_hub_id_from_the_cache_offline_with_its_activation(hub_cache, no_network, monkeypatch):
     """A cached hub id loads offline; its config.json's activation builds the SEM."""
+    from fastreid.modeling import build_model
     from transformers import CLIPVisionModel
 
-    from fastreid.modeling import build_model
     from fastreid_plugins.clip_senet import add_clip_senet_config
     from tests.helpers import make_cfg
 
@@ -325,12 +330,12 @@ def test_hub_id_online_is_downloaded_once_into_the_cache(hub_cache, tmp_path, mo
 def test_eval_only_model_equals_the_trained_one_with_a_config_json_activation(tmp_path):
     """Training built the SEM from a folder whose config.json says quick_gelu; --eval-only
     (every PRETRAIN off, MODEL.WEIGHTS loaded strictly) computes the same features."""
+    from fastreid.modeling import build_model
     from transformers import CLIPVisionModelWithProjection
 
-    from fastreid.modeling import build_model
     from fastreid_plugins.clip_senet import add_clip_senet_config
-    from fastreid_plugins.engine import load_model_weights, prepare_for_host
     from fastreid_plugins.config import get_cfg
+    from fastreid_plugins.engine import load_model_weights, prepare_for_host
     from tests.helpers import ROOT
 
     vision = tinyclip_vision_config("TinyCLIP-ViT-61M-32", **dict(

@@ -5,12 +5,11 @@ datasets root: ``tests/test_datasets_root.py``)."""
 import sys
 
 import pytest
+from helpers import make_cfg
 
 import fastreid_plugins  # noqa: F401
 from fastreid_plugins import distributed, engine
 from fastreid_plugins.seeding import SeededSampler, derive_seed
-
-from helpers import make_cfg
 
 BOT = "configs/demo/bagtricks_r18.yml"
 CLIP = "configs/demo/clip_senet.yml"

@@ -5,12 +5,17 @@ import os
 
 import pytest
 import torch
-
-import fastreid_plugins  # noqa: F401
 from fastreid.data.build import fast_batch_collator
 from fastreid.data.datasets import DATASET_REGISTRY
-from fastreid_plugins.data.veri_viewpoint import (UNKNOWN_VIEWPOINT, SideInfoDataset, VeRiViewpoint,
-                                                  raw_camera_index, read_orientation_file)
+
+import fastreid_plugins  # noqa: F401
+from fastreid_plugins.data.veri_viewpoint import (
+    UNKNOWN_VIEWPOINT,
+    SideInfoDataset,
+    VeRiViewpoint,
+    raw_camera_index,
+    read_orientation_file,
+)
 
 
 def last_column(path):

@@ -12,11 +12,10 @@ import sys
 import numpy as np
 import pytest
 import torch
+from fastreid.modeling import build_model
 from PIL import Image
 
 import fastreid_plugins  # noqa: F401
-from fastreid.modeling import build_model
-
 from fastreid_plugins.tools import build_tool_cfg
 from fastreid_plugins.tools import visualize as vis
 

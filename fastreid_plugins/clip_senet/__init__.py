@@ -9,8 +9,14 @@ from ..patches import apply as _apply_patches
 from .config import add_clip_senet_config, validate_clip_senet_config
 from .meta_arch import CLIPSENet, build_cnn_backbone, build_sem
 from .modules import AFEM, CameraViewEmbedding, FeatureFusion
-from .tinyclip import (TINYCLIP_VARIANTS, SemanticExtractionModule, SEMWeightsError,
-                       load_sem_weights, tinyclip_parameter_counts, tinyclip_vision_config)
+from .tinyclip import (
+                       TINYCLIP_VARIANTS,
+                       SemanticExtractionModule,
+                       SEMWeightsError,
+                       load_sem_weights,
+                       tinyclip_parameter_counts,
+                       tinyclip_vision_config,
+)
 from .trainer import CLIPSENetTrainer
 
 __all__ = ["add_config", "validate_config", "Trainer", "add_clip_senet_config",

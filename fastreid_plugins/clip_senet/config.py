@@ -39,6 +39,7 @@ Every ablation row of the paper (Tables IV-VI, Fig. 3), as config overrides of
 """
 
 import fastreid_plugins.patches.compat  # noqa: F401  (FastReID importable on torch 2)
+
 from typing import Sequence
 
 from fastreid.config import CfgNode as CN

@@ -6,28 +6,32 @@ Reference:
 """
 
 import fastreid_plugins.patches.compat  # noqa: F401  (FastReID importable on torch 2)
-from typing import Any, Dict, Optional, Sequence, Union
+
 import contextlib
 import logging
+from typing import Any, Dict, Optional, Sequence, Union
 
 import torch
-
 from fastreid.config import CfgNode, configurable
 from fastreid.layers import pooling
 from fastreid.modeling.heads import EmbeddingHead
 from fastreid.modeling.losses import cross_entropy_loss, log_accuracy
-from ..losses.triplet import triplet_loss  # FastReID's, over every DDP rank's embeddings
 from fastreid.modeling.meta_arch import META_ARCH_REGISTRY
 from torch import nn
 
 from .. import upstream
 from ..losses.supcon import supcon_kwargs_from_cfg, supcon_loss
+from ..losses.triplet import triplet_loss  # FastReID's, over every DDP rank's embeddings
 from ..modeling.base import PluginMetaArch, build_backbone, loss_kwargs_from_cfg
-from .config import (CV_POSITIONS, SUPPORTED_LOSSES, check_loss_names,  # noqa: F401
-                     validate_clip_senet_config)
-from .modules import VIEWPOINT_GROUPS, AFEM, CameraViewEmbedding, FeatureFusion
-from .tinyclip import (SemanticExtractionModule, load_sem_weights, resolve_weights_activation,
-                       skip_random_init, tinyclip_vision_config)
+from .config import CV_POSITIONS, SUPPORTED_LOSSES, check_loss_names, validate_clip_senet_config  # noqa: F401
+from .modules import AFEM, VIEWPOINT_GROUPS, CameraViewEmbedding, FeatureFusion
+from .tinyclip import (
+    SemanticExtractionModule,
+    load_sem_weights,
+    resolve_weights_activation,
+    skip_random_init,
+    tinyclip_vision_config,
+)
 
 __all__ = ["CLIPSENet", "build_cnn_backbone", "build_sem", "SUPPORTED_LOSSES", "CV_POSITIONS"]
 

@@ -32,13 +32,13 @@ Reference:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple, Union
 import contextlib
 import json
 import logging
 import math
 import os
 import re
+from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -365,8 +365,7 @@ def _hub_snapshot(repo_id):
     """The local folder holding ``repo_id``'s ``config.json`` and weights, from the Hugging Face
     cache, downloading them (``huggingface_hub``, the library ``transformers`` uses) unless
     offline."""
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub import constants
+    from huggingface_hub import constants, hf_hub_download
 
     offline = is_offline()
     cache = constants.HF_HUB_CACHE

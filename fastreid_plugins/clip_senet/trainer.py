@@ -13,6 +13,7 @@ the loaders (:mod:`fastreid_plugins.seeding`).
 """
 
 import fastreid_plugins.patches.compat  # noqa: F401  (FastReID importable on torch 2)
+
 from typing import Any, Dict, Optional, Tuple
 
 import torch

@@ -14,8 +14,10 @@ Importing this package registers :class:`~fastreid_plugins.data.vric.VRIC` and
 * :mod:`~fastreid_plugins.data.toy`: a small synthetic VeRi-776-layout dataset.
 """
 
-from . import validation  # noqa: F401
-from . import veri_viewpoint  # noqa: F401  (registers "VeRiViewpoint")
+from . import (
+    validation,  # noqa: F401
+    veri_viewpoint,  # noqa: F401  (registers "VeRiViewpoint")
+)
 from .root import datasets_root, set_datasets_root
 from .vric import VRIC  # noqa: F401  (registers "VRIC")
 

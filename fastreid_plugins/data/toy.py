@@ -37,7 +37,6 @@ ICCV 2017); the keypoints themselves are written as ``-1`` (not annotated).
 The output is a deterministic function of the arguments (same seed, same pixels).
 """
 
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
 import argparse
 import json
 import math
@@ -45,6 +44,7 @@ import os
 import shutil
 import sys
 import time
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter

@@ -33,6 +33,7 @@ class and transforms directly. FastReID's own ``DefaultTrainer`` keeps FastReID'
 from __future__ import annotations
 
 import fastreid_plugins.patches.compat  # noqa: F401  (FastReID importable on torch 2)
+
 import logging
 from typing import TYPE_CHECKING, Any, List, Optional, Type
 

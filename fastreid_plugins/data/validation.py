@@ -52,9 +52,9 @@ The patches that run these checks inside FastReID's dataset classes are
 :mod:`fastreid_plugins.patches.datasets`.
 """
 
-from typing import Any, Dict, Iterable, Optional, Sequence
 import os
 import re
+from typing import Any, Dict, Iterable, Optional, Sequence
 
 from ..errors import ConfigError, DatasetError, DatasetNotFoundError, ImageReadError
 from .root import datasets_root

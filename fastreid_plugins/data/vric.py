@@ -1,8 +1,9 @@
 """VRIC: Vehicle Re-Identification in Context, registered in FastReID's ``DATASET_REGISTRY``."""
 
 import fastreid_plugins.patches.compat  # noqa: F401  (FastReID importable on torch 2)
-from typing import Any, List, Optional, Tuple
+
 import os.path as osp
+from typing import Any, List, Optional, Tuple
 
 from fastreid.data.datasets import DATASET_REGISTRY
 from fastreid.data.datasets.bases import ImageDataset

@@ -29,9 +29,9 @@ batch size than the export batch and the output must match PyTorch's eval output
 (float32; the observed differences are ~1e-6).
 """
 
-from typing import Any, Dict
 import logging
 import os
+from typing import Any, Dict
 
 import numpy as np
 import torch

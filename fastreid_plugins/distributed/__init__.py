@@ -12,8 +12,12 @@ behaviour) and ``DIST.GLOBAL_SAMPLER`` (True: :class:`GlobalIdentitySampler` und
 """
 
 from .gather import all_gather_with_grad, gather_for_loss, is_multi_rank
-from .launch import (DistributedDataParallel, broadcast_buffers, distributed_worker,
-                     same_on_all_ranks)
+from .launch import (
+                     DistributedDataParallel,
+                     broadcast_buffers,
+                     distributed_worker,
+                     same_on_all_ranks,
+)
 from .sampler import GlobalIdentitySampler, use_global_sampler
 
 __all__ = ["all_gather_with_grad", "gather_for_loss", "is_multi_rank", "DistributedDataParallel",

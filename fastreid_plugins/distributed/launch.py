@@ -15,10 +15,11 @@ gloo collective waits for a rank that died, so the others fail instead of hangin
 """
 
 import fastreid_plugins.patches.compat  # noqa: F401  (FastReID importable on torch 2)
-from typing import Any, Callable, Optional, Sequence, Tuple, TypeVar, Union
+
 import datetime
 import logging
 import os
+from typing import Any, Callable, Optional, Sequence, Tuple, TypeVar, Union
 
 import torch
 import torch.distributed as dist

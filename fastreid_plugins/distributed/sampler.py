@@ -7,6 +7,7 @@ global batch can repeat an identity across ranks. Under DDP the plugins' trainin
 """
 
 import fastreid_plugins.patches.compat  # noqa: F401  (FastReID importable on torch 2)
+
 from typing import Any, Dict, Iterator, Optional, Sequence
 
 import numpy as np

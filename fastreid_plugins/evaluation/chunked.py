@@ -31,15 +31,15 @@ copy of the features).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple, Union
 import math
+from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple, Union
 
 import numpy as np
 import torch
 
 from ..config import PLUGIN_DEFAULTS, require_plugins_config
-from .rank import check_labels, curves_from_ranks, rank_block
 from .knn import _progress, knn_from_cfg, row_norms, row_sq_norms
+from .rank import check_labels, curves_from_ranks, rank_block
 
 if TYPE_CHECKING:
     from fastreid.config import CfgNode

@@ -11,12 +11,13 @@ Reference:
 from __future__ import annotations
 
 import fastreid_plugins.patches.compat  # noqa: F401  (FastReID importable on torch 2)
-from typing import TYPE_CHECKING, Any, Dict, Optional, Sequence, Tuple, Union
+
 import copy
 import json
 import logging
 import os
 from collections import OrderedDict
+from typing import TYPE_CHECKING, Any, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch

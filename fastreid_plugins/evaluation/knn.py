@@ -31,11 +31,10 @@ above and the gallery search of :mod:`fastreid_plugins.tools.search` (whose ``--
 
 from __future__ import annotations
 
-from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterator, Optional, Protocol, Tuple,
-                    Union)
 import logging
 import re
 import warnings
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, Optional, Protocol, Tuple, Union
 
 import numpy as np
 import torch

@@ -122,7 +122,7 @@ def rank_block(rows: np.ndarray, q_pids: np.ndarray, g_pids: np.ndarray, q_camid
         return first, ap, inp
     neg_sorted = np.sort(np.where(same, inf, rows), axis=1)  # negatives ascending, then +inf
     pos_d = np.where(pos, rows, inf)
-    if P < num_g:
+    if num_g > P:
         pos_d = np.partition(pos_d, P - 1, axis=1)[:, :P]
     pos_d = np.sort(pos_d, axis=1)  # (b, P) true-match distances ascending, +inf padded
     negs_le = torch.searchsorted(torch.from_numpy(neg_sorted),

@@ -18,8 +18,9 @@ semantics.
 from __future__ import annotations
 
 import fastreid_plugins.patches.compat  # noqa: F401  (FastReID importable on torch 2)
-from typing import TYPE_CHECKING
+
 import logging
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch.nn.functional as F

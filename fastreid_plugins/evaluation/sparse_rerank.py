@@ -39,8 +39,8 @@ the backends and the ``TEST.RERANK.KNN`` keys are described there). The encoding
 ``device`` (CUDA when available), the sparse algebra in numpy/scipy on the CPU.
 """
 
-from typing import Any, Dict, Optional, Union
 import warnings
+from typing import Any, Dict, Optional, Union
 
 import numpy as np
 import scipy.sparse as sp

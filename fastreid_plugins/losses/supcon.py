@@ -13,13 +13,13 @@ Typical use inside a meta-architecture's ``losses``::
 """
 
 import fastreid_plugins.patches.compat  # noqa: F401  (FastReID importable on torch 2)
+
 from typing import Dict
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from fastreid.config import CfgNode as CN
+from torch import nn
 
 from ..distributed.gather import gather_for_loss
 

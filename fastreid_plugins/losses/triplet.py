@@ -10,6 +10,7 @@ training and ``gather=False`` (``DIST.GATHER_LOSSES False``) call FastReID's fun
 """
 
 import fastreid_plugins.patches.compat  # noqa: F401  (FastReID importable on torch 2)
+
 import torch
 from fastreid.modeling.losses import triplet_loss as _fastreid_triplet_loss
 

@@ -3,8 +3,8 @@ feature fusion network", Sci. Rep. 11, 20210, 2021) as a FastReID project:
 ``META_ARCHITECTURE: MBFN`` + :func:`add_mbfn_config`."""
 
 from .. import data  # noqa: F401  (registers the plugins' datasets)
-from ..patches import apply as _apply_patches
 from ..engine import PluginTrainer
+from ..patches import apply as _apply_patches
 from .config import add_mbfn_config, validate_mbfn_config
 from .meta_arch import MBFN, mbfn_part_weights
 

@@ -43,6 +43,7 @@ fastreid_plugins.reproduce list mbfn``).
 """
 
 import fastreid_plugins.patches.compat  # noqa: F401  (FastReID importable on torch 2)
+
 from fastreid.config import CfgNode as CN
 
 from ..config import check_bool, check_choice, check_int, check_number

@@ -2,8 +2,8 @@
 Array 2022) as a FastReID project: ``META_ARCHITECTURE: MFGNet`` + :func:`add_mfgnet_config`."""
 
 from .. import data  # noqa: F401  (registers the plugins' datasets)
-from ..patches import apply as _apply_patches
 from ..engine import PluginTrainer
+from ..patches import apply as _apply_patches
 from .config import add_mfgnet_config, validate_mfgnet_config
 from .meta_arch import MFGNet
 

@@ -35,6 +35,7 @@ the paper's numbers, is data in :mod:`fastreid_plugins.papers.mfgnet` (registry 
 """
 
 import fastreid_plugins.patches.compat  # noqa: F401  (FastReID importable on torch 2)
+
 from fastreid.config import CfgNode as CN
 
 from ..config import check_bool, check_choice, check_int, check_number

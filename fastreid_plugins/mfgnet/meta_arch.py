@@ -1,19 +1,27 @@
 """MFG-Net: multiple fine-grained feature network for vehicle re-identification."""
 
 import fastreid_plugins.patches.compat  # noqa: F401  (FastReID importable on torch 2)
+
 from typing import Any, Dict, Optional, Sequence, Union
 
 import torch
 from fastreid.config import CfgNode, configurable
 from fastreid.modeling.losses import cross_entropy_loss, log_accuracy
-from ..losses.triplet import triplet_loss  # FastReID's, over every DDP rank's embeddings
 from fastreid.modeling.meta_arch import META_ARCH_REGISTRY
 from torch import nn
 
 from ..layers import ChannelAttention
+from ..losses.triplet import triplet_loss  # FastReID's, over every DDP rank's embeddings
 from ..modeling.base import PluginMetaArch, build_backbone
-from ..modeling.parts import (PartBranch, PartHead, ReduceConv, copy_stage, has_event_storage,
-                              split_backbone, stage_out_channels)
+from ..modeling.parts import (
+    PartBranch,
+    PartHead,
+    ReduceConv,
+    copy_stage,
+    has_event_storage,
+    split_backbone,
+    stage_out_channels,
+)
 from .config import validate_mfgnet_config
 
 __all__ = ["MFGNet"]

@@ -1,12 +1,13 @@
 """Common base of the plugins' meta-architectures."""
 
 import fastreid_plugins.patches.compat  # noqa: F401  (FastReID importable on torch 2)
+
 from typing import Any, Dict, Sequence, Union
 
 import torch
 from fastreid.config import CfgNode
-from torch import nn
 from fastreid.modeling.backbones import build_backbone as _fastreid_build_backbone
+from torch import nn
 
 from ..config import require_plugins_config
 

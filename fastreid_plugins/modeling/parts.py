@@ -17,15 +17,16 @@
 """
 
 import fastreid_plugins.patches.compat  # noqa: F401  (FastReID importable on torch 2)
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
 import copy
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from fastreid.config import CfgNode
 from fastreid.layers import any_softmax, get_norm, pooling
 from fastreid.layers.weight_init import weights_init_kaiming
+from torch import nn
 
 from .. import upstream
 

@@ -44,14 +44,15 @@ branch copies are deep copies of the loaded backbone) gets its weights here.
 
 from __future__ import annotations
 
-from typing import Callable, TYPE_CHECKING, Dict, Mapping, Optional, Sequence, Union
 import logging
 import os
 import re
 import socket
+from typing import TYPE_CHECKING, Callable, Dict, Mapping, Optional, Sequence, Union
 from urllib.parse import urlparse
 
 import torch
+
 from ..checkpoint import load_checkpoint_file
 from ..config import PLUGIN_DEFAULTS
 from ..errors import WeightsMismatchError, WeightsNotAvailableError

@@ -42,8 +42,16 @@ __all__ = ["APPLIED", "ORIGINALS", "PATCHES", "Patch", "patch_attr", "apply", "a
 def modules() -> Tuple[ModuleType, ...]:
     """The concern modules, in the order :func:`apply` applies them (importing them describes
     their patches, :data:`PATCHES`, and applies nothing)."""
-    from . import compat  # noqa: F401  (before anything below imports fastreid.data)
-    from . import backbones, checkpoints, data_loading, datasets, evaluation, launch, trainer
+    from . import (
+        backbones,
+        checkpoints,
+        compat,  # noqa: F401  (before anything below imports fastreid.data)
+        data_loading,
+        datasets,
+        evaluation,
+        launch,
+        trainer,
+    )
 
     return (trainer, data_loading, evaluation, checkpoints, backbones, launch, datasets)
 

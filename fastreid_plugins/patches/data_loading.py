@@ -7,6 +7,7 @@ Targets ``fastreid.data.data_utils`` (``DataLoaderX``, ``BackgroundGenerator``) 
 from __future__ import annotations
 
 import fastreid_plugins.patches.compat  # noqa: F401  (FastReID importable on torch 2)
+
 import torch
 
 from .. import upstream

@@ -10,13 +10,20 @@ first (policy "never silently train on part of a dataset"): targets
 from __future__ import annotations
 
 import fastreid_plugins.patches.compat  # noqa: F401  (FastReID importable on torch 2)
+
 import functools
 import inspect
 import os
 
-from ..data.validation import (check_vehicleid_list, check_veri_dir, check_veriwild_list,
-                               check_veriwild_vehicle_info, dataset_root, expected_layout,
-                               listing)
+from ..data.validation import (
+    check_vehicleid_list,
+    check_veri_dir,
+    check_veriwild_list,
+    check_veriwild_vehicle_info,
+    dataset_root,
+    expected_layout,
+    listing,
+)
 from ..errors import DatasetNotFoundError, ImageReadError
 from .base import describe, patch_attr
 

@@ -7,6 +7,7 @@ Targets ``fastreid.evaluation.reid_evaluation.ReidEvaluator`` and
 from __future__ import annotations
 
 import fastreid_plugins.patches.compat  # noqa: F401  (FastReID importable on torch 2)
+
 import functools
 import logging
 

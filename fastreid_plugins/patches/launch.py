@@ -28,7 +28,6 @@ describe("DDP.cpu", concern="launch", changes_models=False,
 def apply() -> None:
     """Apply this module's patches (idempotent)."""
     import fastreid.engine.defaults as defaults
-
     import torch
 
     if not torch.cuda.is_available():  # with CUDA, FastReID's own NCCL worker stays

@@ -7,6 +7,7 @@ Targets ``fastreid.solver.build`` (``build_optimizer``, ``get_default_optimizer_
 from __future__ import annotations
 
 import fastreid_plugins.patches.compat  # noqa: F401  (FastReID importable on torch 2)
+
 import contextlib
 import contextvars
 import functools

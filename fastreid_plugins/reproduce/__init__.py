@@ -5,8 +5,20 @@ a runner that trains and evaluates rows as subprocesses of the projects' ``train
 -m fastreid_plugins.reproduce {list,run,report}``. Nothing here imports torch or FastReID.
 """
 
-from .registry import (METRICS, Delta, Row, Table, UnknownAblationError, all_rows, get_method,
-                       get_row, get_table, rows, table_configs, tables)
+from .registry import (
+                       METRICS,
+                       Delta,
+                       Row,
+                       Table,
+                       UnknownAblationError,
+                       all_rows,
+                       get_method,
+                       get_row,
+                       get_table,
+                       rows,
+                       table_configs,
+                       tables,
+)
 
 __all__ = ["METRICS", "Delta", "Row", "Table", "UnknownAblationError", "all_rows", "get_method",
            "get_row", "get_table", "rows", "table_configs", "tables"]

@@ -13,12 +13,12 @@ command): each row runs as a subprocess of its method's ``train_net.py``
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Sequence
 import argparse
 import os
 import shlex
 import signal
 import sys
+from typing import Any, Callable, Optional, Sequence
 
 from ..errors import UserError
 from ..method import METHODS
@@ -77,7 +77,7 @@ def cmd_list(args: argparse.Namespace, out: Callable[[str], Any] = print) -> int
 
 
 def cmd_run(args: argparse.Namespace, out: Callable[[str], Any] = print) -> int:
-    from .runner import plan, read_row_state, run_rows, slots, build_command
+    from .runner import build_command, plan, read_row_state, run_rows, slots
 
     gpus = [g for g in (args.gpus or "").split(",") if g.strip()]
     slot_list = slots(gpus, args.gpus_per_row)

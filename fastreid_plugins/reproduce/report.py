@@ -3,9 +3,9 @@ numbers (ours, the paper's, ours - paper, per metric); rows not run or failed ar
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Tuple
 import csv
 import os
+from typing import Any, Dict, List, Optional, Tuple
 
 from .registry import get_table
 from .runner import read_row_state, row_dir

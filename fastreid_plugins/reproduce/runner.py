@@ -37,7 +37,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from ..errors import ConfigError
-from .registry import METRICS, Row, get_method, get_table, rows as table_rows, table_configs
+from .registry import METRICS, Row, get_method, get_table, table_configs
+from .registry import rows as table_rows
 
 __all__ = ["RowJob", "plan", "run_rows", "slots", "subprocess_launcher", "repo_root",
            "row_dir", "read_row_state", "LOG_TAIL_LINES"]

@@ -6,8 +6,8 @@ See ``projects/SVRN/README.md``.
 """
 
 from .. import data  # noqa: F401  (registers the plugins' datasets)
-from ..patches import apply as _apply_patches
 from ..engine import PluginTrainer
+from ..patches import apply as _apply_patches
 from .config import add_svrn_config, num_suppressed, validate_svrn_config
 from .critic import grid_critic, minmax_normalise
 from .layers import ClassificationBlock, SalienceRanking, SpatialInformationMining, UnifiedLayer

@@ -26,6 +26,7 @@ Table VI beta_V 0.30 / beta_I 0.15.
 """
 
 import fastreid_plugins.patches.compat  # noqa: F401  (FastReID importable on torch 2)
+
 from fastreid.config import CfgNode as CN
 
 from ..errors import ConfigError, MissingConfigError

@@ -7,13 +7,14 @@ Reference:
 """
 
 import fastreid_plugins.patches.compat  # noqa: F401  (FastReID importable on torch 2)
+
 from collections import namedtuple
 from typing import Any, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from fastreid.layers.weight_init import weights_init_classifier, weights_init_kaiming
+from torch import nn
 
 __all__ = ["SpatialInformationMining", "ClassificationBlock", "SalienceRanking", "UnifiedLayer",
            "BlockStats"]

@@ -7,20 +7,21 @@ Reference:
 """
 
 import fastreid_plugins.patches.compat  # noqa: F401  (FastReID importable on torch 2)
-from typing import Any, Dict, List, Optional, Sequence, Union
+
 import copy
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from fastreid.config import CfgNode, configurable
 from fastreid.modeling.losses import cross_entropy_loss, log_accuracy
-from ..losses.triplet import triplet_loss  # FastReID's, over every DDP rank's embeddings
 from fastreid.modeling.meta_arch import META_ARCH_REGISTRY
+from torch import nn
 
 from .. import upstream
+from ..losses.triplet import triplet_loss  # FastReID's, over every DDP rank's embeddings
 from ..modeling.base import PluginMetaArch, build_backbone, loss_kwargs_from_cfg
-from .config import validate_svrn_config, num_suppressed
+from .config import num_suppressed, validate_svrn_config
 from .critic import grid_critic
 from .layers import ClassificationBlock, SalienceRanking, SpatialInformationMining, UnifiedLayer
 from .losses import dcc_loss, icc_loss, reward_loss, vcc_loss

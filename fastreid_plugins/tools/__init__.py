@@ -88,6 +88,7 @@ def trainer_class_for(cfg: CfgNode) -> Type[DefaultTrainer]:
         ConfigError: ``MODEL.META_ARCHITECTURE`` is neither a method's nor registered in FastReID.
     """
     from fastreid.modeling.meta_arch import META_ARCH_REGISTRY
+
     from fastreid_plugins import upstream
     from fastreid_plugins.engine import PluginTrainer
     from fastreid_plugins.errors import ConfigError

@@ -17,7 +17,6 @@ a fitting check, not generalisation; the demo then also runs one short held-out-
 with cameras never seen in training), which is the generalisation figure.
 """
 
-from typing import Any, Dict, Optional, Sequence
 import argparse
 import logging
 import os
@@ -25,6 +24,7 @@ import sys
 import tempfile
 import time
 import warnings
+from typing import Any, Dict, Optional, Sequence
 
 __all__ = ["main", "interpreter"]
 

@@ -50,8 +50,6 @@ and argument errors are fast.
 
 from __future__ import annotations
 
-from typing import (TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, Optional, Sequence,
-                    Tuple, Union)
 import argparse
 import hashlib
 import json
@@ -60,9 +58,26 @@ import os
 import signal
 import sys
 import time
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Dict,
+    Iterable,
+    Iterator,
+    List,
+    Optional,
+    Sequence,
+    Tuple,
+    Union,
+)
 
-from fastreid_plugins.errors import (ConfigError, DatasetError, DatasetNotFoundError,
-                                     ImageReadError, UserError)
+from fastreid_plugins.errors import (
+    ConfigError,
+    DatasetError,
+    DatasetNotFoundError,
+    ImageReadError,
+    UserError,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -147,6 +162,8 @@ def _read(item, what):
     from PIL import Image
 
     if isinstance(item, (str, os.PathLike)):
+        import fastreid_plugins.patches.compat  # noqa: F401  (FastReID importable on torch 2)
+
         from fastreid.data.data_utils import read_image
 
         path = os.fspath(item)
@@ -256,6 +273,7 @@ class FeatureExtractor:
                  opts: Optional[Sequence[str]] = (), batch_size: Optional[int] = None,
                  num_workers: int = 0, amp: bool = False, backend: str = "torch",
                  onnx_model: Optional[Union[str, os.PathLike]] = None) -> None:
+        import fastreid_plugins.patches.compat  # noqa: F401  (FastReID importable on torch 2)
         from fastreid.data.transforms import build_transforms
 
         from fastreid_plugins.tools import build_tool_cfg, load_tool_model

@@ -53,8 +53,6 @@ where they are used), so ``--help`` and argument errors are fast.
 
 from __future__ import annotations
 
-from typing import (TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, TextIO, Tuple,
-                    Union)
 import argparse
 import csv
 import itertools
@@ -63,10 +61,27 @@ import logging
 import os
 import sys
 import time
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Dict,
+    Iterator,
+    List,
+    Optional,
+    Sequence,
+    TextIO,
+    Tuple,
+    Union,
+)
 
 from fastreid_plugins.errors import ConfigError, DatasetError, DatasetNotFoundError
-from fastreid_plugins.tools.extract import (IMAGE_EXTENSIONS, MANIFEST, count_images,
-                                            iter_image_paths, read_manifest)
+from fastreid_plugins.tools.extract import (
+    IMAGE_EXTENSIONS,
+    MANIFEST,
+    count_images,
+    iter_image_paths,
+    read_manifest,
+)
 
 if TYPE_CHECKING:
     import faiss

@@ -15,10 +15,10 @@ with ``--eval-only MODEL.WEIGHTS OUT`` (:func:`fastreid_plugins.engine.load_mode
 with ``MODEL.WEIGHTS OUT`` in every tool. It cannot be used with ``--resume`` (no optimizer).
 """
 
-from typing import Any, Dict, Optional, Sequence
 import argparse
 import os
 import sys
+from typing import Any, Dict, Optional, Sequence
 
 __all__ = ["strip_checkpoint", "main"]
 
@@ -50,8 +50,12 @@ def strip_checkpoint(src: str, dst: str, config_file: Optional[str] = None) -> D
     from fastreid_plugins import engine  # noqa: F401  (compat: FastReID's pickled types)
     from fastreid_plugins.checkpoint import atomic_torch_save
     from fastreid_plugins.engine import load_checkpoint_file
-    from fastreid_plugins.errors import (ConfigError, CorruptCheckpointError, UserError,
-                                         WeightsMismatchError)
+    from fastreid_plugins.errors import (
+        ConfigError,
+        CorruptCheckpointError,
+        UserError,
+        WeightsMismatchError,
+    )
 
     if not os.path.isfile(src):
         raise FileNotFoundError(f"Checkpoint to strip not found: {src!r}")

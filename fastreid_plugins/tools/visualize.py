@@ -35,13 +35,13 @@ the sparse re-ranker gives the same distances).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import argparse
 import json
 import logging
 import os
 import re
 import sys
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
