@@ -274,6 +274,7 @@ class FeatureExtractor:
                  num_workers: int = 0, amp: bool = False, backend: str = "torch",
                  onnx_model: Optional[Union[str, os.PathLike]] = None) -> None:
         import fastreid_plugins.patches.compat  # noqa: F401  (FastReID importable on torch 2)
+
         from fastreid.data.transforms import build_transforms
 
         from fastreid_plugins.tools import build_tool_cfg, load_tool_model
