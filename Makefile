@@ -29,7 +29,8 @@ $(STAMP): setup.py
 demo: $(STAMP)
 	FASTREID_DATASETS=$(FASTREID_DATASETS) $(PY) -m fastreid_plugins.tools.demo
 
-# ruff (ruff.toml: pyflakes + pycodestyle, lines <= 100) first, then every test and the 15 slowest
+# ruff (ruff.toml: pycodestyle, pyflakes, isort, bugbear, simplify, complexity <= 15, lines <= 100)
+# first, then every test and the 15 slowest
 test: lint
 	FASTREID_DATASETS=$(FASTREID_DATASETS) $(PY) -m pytest -q --durations=15 tests
 
