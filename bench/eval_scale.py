@@ -156,9 +156,12 @@ def main(argv=None):
     p.add_argument("--no-rerank", action="store_true", help="skip the re-ranking runs")
     p.add_argument("--approx", action="append", default=[], choices=["ivf", "hnsw"],
                    help="also run the re-ranking with this approximate k-NN (repeatable)")
-    p.add_argument("--nprobe", type=int, default=64)
-    p.add_argument("--nlist", type=int, default=0, help="IVF cells (0: 4 sqrt(N))")
-    p.add_argument("--ef-search", type=int, default=128)
+    from fastreid_plugins.config import PLUGIN_DEFAULTS as D  # the evaluator's defaults
+
+    p.add_argument("--nprobe", type=int, default=D["TEST.RERANK.KNN_NPROBE"])
+    p.add_argument("--nlist", type=int, default=D["TEST.RERANK.KNN_NLIST"],
+                   help="IVF cells (0: 4 sqrt(N))")
+    p.add_argument("--ef-search", type=int, default=D["TEST.RERANK.KNN_EF_SEARCH"])
     p.add_argument("--progress", action="store_true")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--save", help=argparse.SUPPRESS)
