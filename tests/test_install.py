@@ -27,8 +27,9 @@ def _fake_checkout(tmp_path):
 def test_fastreid_git_checkout_on_pythonpath(tmp_path):
     co = _fake_checkout(tmp_path)
     env = {**os.environ, "PYTHONPATH": f"{co}{os.pathsep}{ROOT}"}
-    code = ("import fastreid, fastreid_plugins, fastreid.data, fastreid.engine\n"
-            "print(fastreid.__file__)\nprint(len(fastreid_plugins.patches.APPLIED))")
+    code = ("import fastreid, fastreid_plugins\nfastreid_plugins.activate()\n"
+            "import fastreid.data, fastreid.engine\nfrom fastreid_plugins import patches\n"
+            "print(fastreid.__file__)\nprint(len(patches.active()))")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                          cwd=str(tmp_path))
     assert res.returncode == 0, res.stderr
