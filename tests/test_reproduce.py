@@ -4,10 +4,13 @@ end-to-end CPU run of a whole table (``slow``): interrupted in its second row, r
 without redoing the first row, with a failing row recorded while the others finish.
 """
 
+import glob
+import hashlib
 import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -322,37 +325,69 @@ def test_dry_run_prints_one_command_per_row(tmp_path):
     assert cmds[1].startswith("CUDA_VISIBLE_DEVICES=2,3 ")
     assert all("projects/MFGNet/train_net.py --config-file configs/veri/mfgnet.yml" in c
                for c in cmds)
-    assert cmds[0].endswith(f"SOLVER.MAX_EPOCH 3 OUTPUT_DIR {tmp_path}/mfgnet/table4/baseline")
+    assert re.search(f"SOLVER.MAX_EPOCH 3 OUTPUT_DIR {tmp_path}/mfgnet/table4/baseline/"
+                     r"veri-mfgnet-[0-9a-f]{10}$", cmds[0]), cmds[0]
     assert not list(tmp_path.iterdir())   # nothing run, nothing written
 
 
-class FakeLauncher:
-    """Records each launch (row folder, argv, env, start / end time) and writes the evaluator's
-    JSON as a finished run would; ``fail`` rows exit 1 with an error line in the log."""
+def _test_set(config_file):
+    """The test set a config names (``DATASETS.TESTS``, through its ``_BASE_`` chain)."""
+    path = config_file if os.path.isabs(config_file) else os.path.join(ROOT, config_file)
+    while True:
+        text = open(path).read()
+        m = re.search(r"TESTS:\s*\(\"(\w+)\"", text)
+        if m:
+            return m.group(1)
+        base = re.search(r"^_BASE_:\s*(\S+)", text, re.M)
+        path = os.path.join(os.path.dirname(path), base.group(1))
 
-    def __init__(self, fail=(), seconds=0.3):
-        self.calls, self.fail, self.seconds = [], set(fail), seconds
+
+class FakeLauncher:
+    """Records each launch (row, folder, argv, env, start / end time) and writes the evaluator's
+    JSON (on the config's test set; mAP 80 + SEED, Rank-1 90 - SEED), a ``config.yaml`` and a
+    ``last_checkpoint`` as a finished run would; ``fail`` rows exit 1 with an error line."""
+
+    def __init__(self, fail=(), seconds=0.3, epochs=None):
+        self.calls, self.fail, self.seconds, self.epochs = [], set(fail), seconds, epochs
         self.lock = threading.Lock()
 
     def __call__(self, cmd, env, log_path, timeout=None, cwd=None):
         out = cmd[cmd.index("OUTPUT_DIR") + 1]
+        row = os.path.basename(os.path.dirname(out))
         t0 = time.time()
         time.sleep(self.seconds)
         with self.lock:
-            self.calls.append({"row": os.path.basename(out), "cmd": cmd, "env": env,
+            self.calls.append({"row": row, "dir": out, "cmd": cmd, "env": env,
                                "t0": t0, "t1": time.time()})
         with open(log_path, "a") as f:
-            if os.path.basename(out) in self.fail:
+            if row in self.fail:
                 f.write("Traceback (most recent call last):\n  ...\n"
                         "fastreid_plugins.errors.ConfigError: MODEL.X=1 is invalid\n")
                 return 1
             f.write("training...\n")
-        with open(os.path.join(out, "VeRi_results.json"), "w") as f:
-            json.dump({"dataset": "VeRi", "protocol": "standard", "Rank-1": 90.0, "Rank-5": 95.0,
-                       "Rank-10": 97.0, "mAP": 80.0, "mINP": 50.0, "metric": 85.0}, f)
+        seed = int(cmd[cmd.index("SEED") + 1]) if "SEED" in cmd else 0
+        epochs = self.epochs or (int(cmd[cmd.index("SOLVER.MAX_EPOCH") + 1])
+                                 if "SOLVER.MAX_EPOCH" in cmd else 2)
+        test = _test_set(cmd[cmd.index("--config-file") + 1])
+        with open(os.path.join(out, f"{test}_results.json"), "w") as f:
+            json.dump({"dataset": test, "protocol": "standard", "Rank-1": 90.0 - seed,
+                       "Rank-5": 95.0, "Rank-10": 97.0, "mAP": 80.0 + seed, "mINP": 50.0,
+                       "metric": 85.0}, f)
+        with open(os.path.join(out, "config.yaml"), "w") as f:
+            f.write(f"SOLVER:\n  MAX_EPOCH: {epochs}\nINPUT:\n  SIZE_TRAIN: [64, 64]\n"
+                    f"MODEL:\n  DEVICE: cpu\nSEED: {seed}\n")
+        with open(os.path.join(out, "model_final.pth"), "wb") as f:
+            f.write(b"weights")
         with open(os.path.join(out, "last_checkpoint"), "w") as f:
             f.write("model_final.pth")
         return 0
+
+
+def _run_dir(root, key):
+    """The one run folder of row ``key`` under ``root``."""
+    found = runner.run_dirs(str(root), get_row(key))
+    assert len(found) == 1, found
+    return found[0]
 
 
 def _max_overlap(calls):
@@ -413,38 +448,46 @@ def test_failed_row_is_recorded_others_finish_finished_rows_are_skipped_and_resu
     states = runner.run_rows(_jobs(tmp_path), launcher=fake, progress=False)
     assert states["svrn/V/icc"] == "failed"
     assert sum(s == "done" for s in states.values()) == 5
-    result, status = runner.read_row_state(str(tmp_path / "svrn" / "V" / "icc"))
+    icc = _run_dir(tmp_path, "svrn/V/icc")
+    result, status = runner.read_row_state(icc)
     assert result is None and status["status"] == "failed" and status["returncode"] == 1
     assert status["error"] == "fastreid_plugins.errors.ConfigError: MODEL.X=1 is invalid"
     assert status["log_tail"][-1] == status["error"]
-    done = json.load(open(tmp_path / "svrn" / "V" / "vcc" / "result.json"))
+    done = json.load(open(os.path.join(_run_dir(tmp_path, "svrn/V/vcc"), "result.json")))
     assert done["results"]["VeRi"]["mAP"] == 80.0 and done["paper"]["VeRi"]["mAP"] == 83.8
     assert done["dataset"] == "VeRi" and done["key"] == "svrn/V/vcc"
     # again: only the failed row runs; a row interrupted after a checkpoint resumes
-    with open(tmp_path / "svrn" / "V" / "icc" / "last_checkpoint", "w") as f:
+    with open(os.path.join(icc, "last_checkpoint"), "w") as f:
         f.write("model_0000.pth")
     fake2 = FakeLauncher()
     states = runner.run_rows(_jobs(tmp_path), launcher=fake2, progress=False)
     assert [c["row"] for c in fake2.calls] == ["icc"]
     assert "--resume" in fake2.calls[0]["cmd"]
     assert states["svrn/V/icc"] == "done" and list(states.values()).count("skipped") == 5
+    # result.json keeps every command run in the folder: the failed one and the resumed one
+    cmds = json.load(open(os.path.join(icc, "result.json")))["commands"]
+    assert [c["action"] for c in cmds] == ["start", "resume"]
+    assert "--resume" in cmds[1]["command"] and "--resume" not in cmds[0]["command"]
     # trained to the end, killed before the final evaluation's results: evaluated only
-    d = tmp_path / "svrn" / "V" / "dcc"
-    os.remove(d / "result.json")
-    (d / "model_final.pth").write_bytes(b"")   # newer than an earlier evaluation's results
-    os.utime(d / "VeRi_results.json", (time.time() - 60, time.time() - 60))
+    d = _run_dir(tmp_path, "svrn/V/dcc")
+    os.remove(os.path.join(d, "result.json"))
+    with open(os.path.join(d, "model_final.pth"), "wb") as f:   # newer than the results
+        f.write(b"")
+    os.utime(os.path.join(d, "VeRi_results.json"), (time.time() - 60, time.time() - 60))
     fake4 = FakeLauncher()
     states = runner.run_rows(_jobs(tmp_path), launcher=fake4, progress=False)
     assert [c["row"] for c in fake4.calls] == ["dcc"] and states["svrn/V/dcc"] == "done"
     cmd = fake4.calls[0]["cmd"]
     assert "--eval-only" in cmd and "--resume" not in cmd
-    assert cmd[-2:] == ["MODEL.WEIGHTS", str(d / "model_final.pth")]
-    # other settings into the same folders: nothing runs, nothing is overwritten
+    assert cmd[-2:] == ["MODEL.WEIGHTS", os.path.join(d, "model_final.pth")]
+    # other settings: other folders (the finished ones are neither used nor overwritten)
     jobs = runner.plan("svrn", "V", None, "configs/demo/svrn.yml", ["SOLVER.MAX_EPOCH", "3"],
                        str(tmp_path))
+    assert not {j.out_dir for j in jobs} & {j.out_dir for j in _jobs(tmp_path)}
     fake3 = FakeLauncher()
     states = runner.run_rows(jobs, launcher=fake3, progress=False)
-    assert not fake3.calls and set(states.values()) == {"conflict"}
+    assert len(fake3.calls) == 6 and set(states.values()) == {"done"}
+    assert len(runner.run_dirs(str(tmp_path), get_row("svrn/V/vcc"))) == 2
 
 
 def test_report_holds_every_row_with_ours_the_papers_and_the_difference(tmp_path):
@@ -456,8 +499,18 @@ def test_report_holds_every_row_with_ours_the_papers_and_the_difference(tmp_path
     assert set(lines) == {f"`{r.row}`" for r in get_table("svrn", "V").rows}
     # mAP ours 80.0, paper 83.8, diff -3.8; Rank-1 ours 90.0, paper 96.8
     assert "| 80.0 | 83.8 | -3.8 | 90.0 | 96.8 | -6.8 |" in lines["`vcc`"]
+    assert "| VeRi | done; short run: not comparable |" in lines["`vcc`"]   # 2 of 90 epochs
     assert "failed: fastreid_plugins.errors.ConfigError" in lines["`icc`"]
     assert "| not run |" in lines["`dcc`"] and "| - | 83.5 | - |" in lines["`dcc`"]
+    # how it ran: config, epochs against the paper config's, the weights' SHA-256, versions
+    how = text[text.index("How each run ran:"):]
+    assert "`vcc` on VeRi: config `configs/demo/svrn.yml` (paper config `configs/veri/svrn.yml`)" \
+        in how
+    assert "2 epochs of the paper config's 90" in how
+    assert "sha256 " + hashlib.sha256(b"weights").hexdigest() in how
+    assert "torch 2." in how and "FastReID 1.4.0" in how and "device cpu" in how
+    assert "short run: not comparable** (2 of the paper config's 90 epochs; input [64, 64], " \
+        "the paper config's [256, 256])" in how
     csv_rows = open(paths[1]).read().splitlines()
     assert len(csv_rows) == 1 + 6 * 2   # header + rows x (mAP, Rank-1)
     if len(paths) > 2:
@@ -592,21 +645,31 @@ except KeyboardInterrupt:
 """
 
 
-def test_interrupting_side_by_side_rows_ends_their_processes_and_records_them(tmp_path):
-    """SIGTERM while two rows run on two GPU slots: both rows' processes are ended, both rows
-    are recorded as interrupted, no further row starts."""
+def _start_sleeper_runner(tmp_path):
+    """A runner (its own process) of svrn/V on two GPU slots whose rows sleep 120 s; returns
+    ``(process, output root, run.log paths of the first two rows)`` once both rows are up."""
     script = tmp_path / "run.py"
     script.write_text(_SLEEPER_SCRIPT)
     out = str(tmp_path / "out")
     p = subprocess.Popen([PY, str(script), out], cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    end = time.time() + 120
+    logs = []
+    while time.time() < end:
+        logs = [f for r in ("baseline", "no_csc")
+                for f in glob.glob(os.path.join(out, "svrn", "V", r, "*", "run.log"))]
+        if len(logs) == 2 and all("up" in open(f).read() for f in logs):
+            break
+        assert p.poll() is None, p.communicate()[0]
+        time.sleep(0.2)
+    return p, out, logs
+
+
+def test_interrupting_side_by_side_rows_ends_their_processes_and_records_them(tmp_path):
+    """SIGTERM while two rows run on two GPU slots: both rows' processes are ended, both rows
+    are recorded as interrupted, no further row starts."""
+    p, out, logs = _start_sleeper_runner(tmp_path)
     try:
-        logs = [os.path.join(out, "svrn", "V", r, "run.log") for r in ("baseline", "no_csc")]
-        end = time.time() + 120
-        while time.time() < end and not all(
-                os.path.exists(f) and "up" in open(f).read() for f in logs):
-            assert p.poll() is None, p.communicate()[0]
-            time.sleep(0.2)
         p.send_signal(signal.SIGTERM)
         assert p.wait(60) == 130, p.communicate()[0]
     finally:
@@ -615,7 +678,33 @@ def test_interrupting_side_by_side_rows_ends_their_processes_and_records_them(tm
             p.wait()
             _kill_mentioning(out)
     assert not _processes_mentioning(out)
-    for r in ("baseline", "no_csc"):
-        _, status = runner.read_row_state(os.path.join(out, "svrn", "V", r))
-        assert status["status"] == "interrupted", (r, status)
+    for log in logs:
+        _, status = runner.read_row_state(os.path.dirname(log))
+        assert status["status"] == "interrupted", (log, status)
+        assert not os.path.exists(os.path.join(os.path.dirname(log), runner.LOCK_FILE))
     assert not os.path.exists(os.path.join(out, "svrn", "V", "vcc"))
+
+
+def test_a_sigkilled_runner_takes_its_trainers_with_it_and_its_rows_read_interrupted(tmp_path):
+    """SIGKILL (no handler runs): the rows' processes, in sessions of their own, die with the
+    runner (PR_SET_PDEATHSIG); the rows' ``running`` status with the dead pid reads
+    ``interrupted``; their stale locks do not stop the next runner."""
+    p, out, logs = _start_sleeper_runner(tmp_path)
+    try:
+        assert len(_processes_mentioning(out)) >= 2   # the two sleeping rows
+        lock = json.load(open(os.path.join(os.path.dirname(logs[0]), runner.LOCK_FILE)))
+        assert lock["pid"] == p.pid and lock["host"] == socket.gethostname()
+        p.send_signal(signal.SIGKILL)
+        p.wait(30)
+        end = time.time() + 20
+        while _processes_mentioning(out) and time.time() < end:
+            time.sleep(0.2)
+        assert not _processes_mentioning(out)
+    finally:
+        _kill_mentioning(out)
+    for log in logs:
+        d = os.path.dirname(log)
+        assert runner.row_state(d) == f"interrupted (its runner, pid {p.pid}, is gone)"
+        job = next(j for j in runner.plan("svrn", "V", None, "configs/demo/svrn.yml", [], out)
+                   if j.out_dir == d)
+        assert runner.decide(job)[0] == "start"   # the stale lock is not a live runner's
