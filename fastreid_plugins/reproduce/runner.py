@@ -968,7 +968,7 @@ def run_rows(jobs: Sequence[RowJob], gpus: Optional[Sequence[Union[str, int]]] =
         # let the workers record their rows as interrupted (an Event, not Thread.join: a join
         # interrupted by the signal marks a running thread as stopped on Python 3.11)
         for ev in finished:
-            ev.wait(15)
+            ev.wait(30)
         raise
     finally:
         if bar is not None:
