@@ -4,11 +4,14 @@ end-to-end CPU run of a whole table (``slow``): interrupted in its second row, r
 without redoing the first row, with a failing row recorded while the others finish.
 """
 
+import csv
 import glob
 import hashlib
 import json
+import math
 import os
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -369,6 +372,8 @@ class FakeLauncher:
         epochs = self.epochs or (int(cmd[cmd.index("SOLVER.MAX_EPOCH") + 1])
                                  if "SOLVER.MAX_EPOCH" in cmd else 2)
         test = _test_set(cmd[cmd.index("--config-file") + 1])
+        with open(os.path.join(out, "model_final.pth"), "wb") as f:   # before the evaluation
+            f.write(b"weights")
         with open(os.path.join(out, f"{test}_results.json"), "w") as f:
             json.dump({"dataset": test, "protocol": "standard", "Rank-1": 90.0 - seed,
                        "Rank-5": 95.0, "Rank-10": 97.0, "mAP": 80.0 + seed, "mINP": 50.0,
@@ -376,8 +381,6 @@ class FakeLauncher:
         with open(os.path.join(out, "config.yaml"), "w") as f:
             f.write(f"SOLVER:\n  MAX_EPOCH: {epochs}\nINPUT:\n  SIZE_TRAIN: [64, 64]\n"
                     f"MODEL:\n  DEVICE: cpu\nSEED: {seed}\n")
-        with open(os.path.join(out, "model_final.pth"), "wb") as f:
-            f.write(b"weights")
         with open(os.path.join(out, "last_checkpoint"), "w") as f:
             f.write("model_final.pth")
         return 0
@@ -671,7 +674,8 @@ def test_interrupting_side_by_side_rows_ends_their_processes_and_records_them(tm
     p, out, logs = _start_sleeper_runner(tmp_path)
     try:
         p.send_signal(signal.SIGTERM)
-        assert p.wait(60) == 130, p.communicate()[0]
+        output = p.communicate(timeout=60)[0]
+        assert p.returncode == 130, output
     finally:
         if p.poll() is None:
             p.kill()
@@ -680,7 +684,7 @@ def test_interrupting_side_by_side_rows_ends_their_processes_and_records_them(tm
     assert not _processes_mentioning(out)
     for log in logs:
         _, status = runner.read_row_state(os.path.dirname(log))
-        assert status["status"] == "interrupted", (log, status)
+        assert status["status"] == "interrupted", (log, status, output)
         assert not os.path.exists(os.path.join(os.path.dirname(log), runner.LOCK_FILE))
     assert not os.path.exists(os.path.join(out, "svrn", "V", "vcc"))
 
@@ -708,3 +712,308 @@ def test_a_sigkilled_runner_takes_its_trainers_with_it_and_its_rows_read_interru
         job = next(j for j in runner.plan("svrn", "V", None, "configs/demo/svrn.yml", [], out)
                    if j.out_dir == d)
         assert runner.decide(job)[0] == "start"   # the stale lock is not a live runner's
+
+
+# --------------------------------------------------------------------------------------------
+# issue 28: columns, folders, main tables, seeds, provenance, locks, command line, labels
+# --------------------------------------------------------------------------------------------
+def test_main_tables_hold_each_methods_own_rows_at_the_papers_precision(papers):
+    """Every method's own row of its main comparison tables, on every dataset it has a paper
+    config for, with the numbers typed here from the papers (an independent copy)."""
+    want = {
+        "mfgnet/main/mfgnet": {
+            "VeRi": (77.15, 36.82, 96.72), "SmallVehicleID": (88.37, 68.32, 82.02),
+            "MediumVehicleID": (84.70, 64.38, 78.69), "LargeVehicleID": (81.01, 60.03, 75.16),
+            "VRIC": (84.86, 55.81, 79.56)},   # (mAP, mINP, Rank-1)
+        "svrn/main/svrn": {"VeRi": (84.5, 97.2), "SmallVehicleID": (87.5,),
+                           "MediumVehicleID": (84.6,), "LargeVehicleID": (None,),
+                           "SmallVeRiWild": (85.5,), "MediumVeRiWild": (None,),
+                           "LargeVeRiWild": (None,)},
+        "svrn/main/baseline": {"VeRi": (80.8, 96.7), "SmallVehicleID": (82.9,),
+                               "MediumVehicleID": (80.1,), "LargeVehicleID": (78.3,),
+                               "SmallVeRiWild": (83.5,), "MediumVeRiWild": (79.0,),
+                               "LargeVeRiWild": (74.6,)},
+        "clip_senet/main/clip_senet": {
+            "VeRi": (92.9, 98.7, 99.1), "SmallVeRiWild": (89.1, 97.9),
+            "MediumVeRiWild": (85.2, 97.0), "LargeVeRiWild": (79.5, 95.4),
+            "SmallVehicleID": (90.4, 98.7), "MediumVehicleID": (85.5, 96.5),
+            "LargeVehicleID": (82.7, 94.8)},
+        "clip_senet/main/baseline": {
+            "VeRi": (86.7, 96.8, 97.9), "SmallVeRiWild": (84.9, 95.9),
+            "MediumVeRiWild": (80.2, 94.8), "LargeVeRiWild": (72.9, 92.4),
+            "SmallVehicleID": (83.9, 97.1), "MediumVehicleID": (79.8, 94.5),
+            "LargeVehicleID": (77.6, 91.8)},
+        "mbfn/main/mbfn": {"VeRi": (77.12, 96.30, 98.11), "SmallVehicleID": (None,) * 3,
+                           "MediumVehicleID": (None,) * 3, "LargeVehicleID": (None,) * 3,
+                           "VRIC": (None, None)},
+    }
+    for key, per in want.items():
+        r = get_row(key)
+        assert list(r.paper) == list(per), key
+        for d, vals in per.items():
+            assert tuple(r.paper[d].values()) == vals, (key, d)
+    for m, rec in METHODS.items():
+        t = get_table(m, "main")
+        assert t.per_dataset and set(t.datasets) == set(rec.configs), m
+        assert t.decimals == (2 if m in ("mfgnet", "mbfn") else 1)
+    assert get_row("svrn/main/svrn").lost["LargeVehicleID/Rank-1"]
+    assert "Table 7" in get_row("mbfn/main/mbfn").lost["SmallVehicleID/mAP"]
+
+
+def test_columns_name_the_test_sets_that_fill_them():
+    t = get_table("clip_senet", "main")
+    assert t.column_of("VeRiViewpoint") == "VeRi" and t.column_of("VeRi") == "VeRi"
+    assert t.column_of("SmallVehicleID") == "SmallVehicleID" and t.column_of("VRIC") is None
+    assert get_table("mfgnet", "main").column_of("VRIC") == "VRIC"
+
+
+def test_a_run_folder_is_keyed_by_config_overrides_opts_and_seed(tmp_path):
+    root = str(tmp_path)
+    a = runner.plan("svrn", "III", ["baseline"], "configs/demo/svrn.yml", [], root)[0]
+    b = runner.plan("svrn", "III", ["baseline"], "./configs/../configs/demo/svrn.yml", [],
+                    root)[0]
+    c = runner.plan("svrn", "III", ["baseline"], os.path.join(ROOT, "configs/demo/svrn.yml"),
+                    [], root)[0]
+    assert a.out_dir == b.out_dir == c.out_dir and a.config_file == "configs/demo/svrn.yml"
+    assert re.fullmatch(r"demo-svrn-[0-9a-f]{10}", os.path.basename(a.out_dir))
+    assert os.path.dirname(a.out_dir) == os.path.join(root, "svrn", "III", "baseline")
+    other_cfg = runner.plan("svrn", "III", ["baseline"], "configs/vehicleid/svrn_small.yml",
+                            [], root)[0]
+    by_dataset = runner.plan("svrn", "III", ["baseline"], None, [], root,
+                             dataset="SmallVehicleID")[0]
+    assert other_cfg.out_dir == by_dataset.out_dir
+    assert os.path.basename(other_cfg.out_dir).startswith("vehicleid-svrn_small-")
+    other_opts = runner.plan("svrn", "III", ["baseline"], "configs/demo/svrn.yml",
+                             ["SOLVER.MAX_EPOCH", "2"], root)[0]
+    seeds = runner.plan("svrn", "III", ["baseline"], "configs/demo/svrn.yml", [], root,
+                        seeds=[0, 1])
+    dirs = [a.out_dir, other_cfg.out_dir, other_opts.out_dir] + [j.out_dir for j in seeds]
+    assert len(set(dirs)) == 5
+    assert [os.path.basename(j.out_dir)[:16] for j in seeds] == ["demo-svrn-seed0-",
+                                                                 "demo-svrn-seed1-"]
+    assert seeds[1].run_opts == ["SEED", "1"] and seeds[0].name.endswith("[demo-svrn-seed0]")
+    # a main table runs every dataset's paper config; an ablation table its first
+    main = runner.plan("svrn", "main", ["svrn"], None, [], root)
+    assert [j.config_file for j in main] == list(METHODS["svrn"].configs.values())
+    assert len(runner.plan("svrn", "III", None, None, [], root)) == 4
+    with pytest.raises(ConfigError, match=r"--dataset 'VRIC': svrn/III reports \['VeRi'"):
+        runner.plan("svrn", "III", None, None, [], root, dataset="VRIC")
+    with pytest.raises(ConfigError, match="SEED is among"):
+        runner.plan("svrn", "III", None, None, ["SEED", "3"], root, seeds=[1])
+
+
+def test_an_unfinished_run_of_another_command_is_not_resumed_but_named(tmp_path):
+    job = _jobs(tmp_path, rows=["vcc"])[0]
+    os.makedirs(job.out_dir)
+    with open(os.path.join(job.out_dir, "last_checkpoint"), "w") as f:
+        f.write("model_0001.pth")
+    other = dict(job.settings, opts=["SOLVER.MAX_EPOCH", "5"])
+    with open(os.path.join(job.out_dir, "row.json"), "w") as f:
+        json.dump({"settings": other, "commands": []}, f)
+    action, detail = runner.decide(job)
+    assert action == "mismatch"
+    assert "opts: ['SOLVER.MAX_EPOCH', '2'] now, ['SOLVER.MAX_EPOCH', '5'] in the folder" in detail
+    assert "--restart" in detail
+    fake = FakeLauncher()
+    states = runner.run_rows([job], launcher=fake, progress=False)
+    assert states == {"svrn/V/vcc": "mismatch"} and not fake.calls
+    states = runner.run_rows(_jobs(tmp_path, rows=["vcc"]), launcher=fake, progress=False,
+                             restart=True)
+    assert states == {"svrn/V/vcc": "done"} and "--resume" not in fake.calls[0]["cmd"]
+    info = json.load(open(os.path.join(job.out_dir, "row.json")))
+    assert info["settings"] == job.settings and [c["action"] for c in info["commands"]] == \
+        ["restart"]
+
+
+def _prepare_states(tmp_path):
+    """Folders of svrn/V in every state decide() knows; returns the jobs."""
+    jobs = {j.row.row: j for j in _jobs(tmp_path)}
+    runner.run_rows([jobs["baseline"], jobs["no_csc"], jobs["icc"]], launcher=FakeLauncher(),
+                    progress=False)                                     # finished
+    d = jobs["no_csc"].out_dir                                          # only results missing
+    os.remove(os.path.join(d, "result.json"))
+    d = jobs["icc"].out_dir                                             # evaluation missing
+    os.remove(os.path.join(d, "result.json"))
+    os.utime(os.path.join(d, "VeRi_results.json"), (time.time() - 60, time.time() - 60))
+    os.makedirs(jobs["vcc"].out_dir)                                    # interrupted
+    with open(os.path.join(jobs["vcc"].out_dir, "last_checkpoint"), "w") as f:
+        f.write("model_0000.pth")
+    os.makedirs(jobs["dcc"].out_dir)                                    # locked
+    sleeper = subprocess.Popen([PY, "-c", "import time; time.sleep(60)"])
+    with open(os.path.join(jobs["dcc"].out_dir, runner.LOCK_FILE), "w") as f:
+        json.dump({"pid": sleeper.pid, "host": socket.gethostname(), "started_at": "now"}, f)
+    return list(jobs.values()), sleeper                                 # csc: not run
+
+
+def test_dry_run_prints_what_run_does_state_by_state(tmp_path):
+    jobs, sleeper = _prepare_states(tmp_path)
+    try:
+        lines = runner.describe(jobs, [None])
+        said = {ln.split(": ")[0][2:]: ln.split(": ")[1].split(" ")[0] for ln in lines
+                if ln.startswith("# ")}
+        assert said == {"svrn/V/baseline": "skip", "svrn/V/no_csc": "collect",
+                        "svrn/V/vcc": "resume", "svrn/V/icc": "eval-only",
+                        "svrn/V/dcc": "locked", "svrn/V/csc": "start"}
+        assert f"pid {sleeper.pid} on {socket.gethostname()}" in next(
+            ln for ln in lines if ln.startswith("# svrn/V/dcc"))
+        printed = [ln for ln in lines if not ln.startswith("# ")]
+        fake = FakeLauncher(seconds=0)
+        states = runner.run_rows(_jobs(tmp_path), launcher=fake, progress=False)
+        assert states == {"svrn/V/baseline": "skipped", "svrn/V/no_csc": "done",
+                          "svrn/V/vcc": "done", "svrn/V/icc": "done", "svrn/V/dcc": "locked",
+                          "svrn/V/csc": "done"}
+        # the commands run are the commands printed, in order
+        assert [" ".join(shlex.quote(c) for c in call["cmd"]) for call in fake.calls] == printed
+        assert "--eval-only" in printed[1] and "--resume" in printed[0]
+        # the CLI's --dry-run prints the same lines
+        p = _cli("run", "svrn", "V", "--dry-run", "--output-dir", str(tmp_path),
+                 "--config-file", "configs/demo/svrn.yml", "SOLVER.MAX_EPOCH", "2")
+        assert p.returncode == 0 and "# svrn/V/baseline: skip (finished" in p.stdout
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_a_second_runner_is_refused_naming_the_pid_and_a_dead_ones_lock_is_taken(tmp_path):
+    job = _jobs(tmp_path, rows=["vcc"])[0]
+    os.makedirs(job.out_dir)
+    sleeper = subprocess.Popen([PY, "-c", "import time; time.sleep(60)"])
+    lock = os.path.join(job.out_dir, runner.LOCK_FILE)
+    try:
+        with open(lock, "w") as f:
+            json.dump({"pid": sleeper.pid, "host": socket.gethostname(),
+                       "started_at": "2026-01-01T00:00:00"}, f)
+        lines = []
+        states = runner.run_rows([job], launcher=FakeLauncher(), progress=False,
+                                 echo=lines.append)
+        assert states == {"svrn/V/vcc": "locked"}
+        assert f"another runner holds it: pid {sleeper.pid} on {socket.gethostname()}, since " \
+               "2026-01-01T00:00:00" in lines[0]
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    # its runner is gone: the lock is stale
+    states = runner.run_rows([job], launcher=FakeLauncher(), progress=False)
+    assert states == {"svrn/V/vcc": "done"} and not os.path.exists(lock)
+    # a status 'running' whose runner pid is dead reads 'interrupted'
+    with open(os.path.join(job.out_dir, "status.json"), "w") as f:
+        json.dump({"status": "running", "pid": sleeper.pid, "host": socket.gethostname()}, f)
+    os.remove(os.path.join(job.out_dir, "result.json"))
+    assert runner.row_state(job.out_dir) == f"interrupted (its runner, pid {sleeper.pid}, is " \
+                                            "gone)"
+
+
+def test_report_fills_the_veri_column_from_veriviewpoint_whatever_finished_first(tmp_path):
+    """CLIP-SENet's configs test on VeRiViewpoint; the paper's column is VeRi-776."""
+    from fastreid_plugins.reproduce.report import markdown
+    jobs = runner.plan("clip_senet", "table_v", ["groups_4", "groups_32"],
+                       "configs/demo/clip_senet.yml", ["SOLVER.MAX_EPOCH", "1"], str(tmp_path))
+    runner.run_rows(jobs, launcher=FakeLauncher(seconds=0), progress=False)
+    text = markdown("clip_senet", "table_v", str(tmp_path))
+    line = next(ln for ln in text.splitlines() if ln.startswith("| `groups_32`"))
+    # mAP 80.0 vs 92.9, Rank-1 90.0 vs 98.7, Rank-5 95.0 vs 99.1
+    assert "| VeRi | done; short run: not comparable | 80.0 | 92.9 | -12.9 | 90.0 | 98.7 | -8.7 " \
+           "| 95.0 | 99.1 | -4.1 |" in line
+    assert "| not run |" in next(ln for ln in text.splitlines() if ln.startswith("| `groups_8`"))
+
+
+def test_report_of_a_main_table_is_one_line_per_dataset_at_the_papers_precision(tmp_path):
+    from fastreid_plugins.reproduce.report import markdown, write_csv
+    jobs = runner.plan("mfgnet", "main", None, None, [], str(tmp_path))
+    assert len(jobs) == 5
+    runner.run_rows(jobs, launcher=FakeLauncher(seconds=0, epochs=30), progress=False)
+    text = markdown("mfgnet", "main", str(tmp_path))
+    lines = [ln for ln in text.splitlines() if ln.startswith("| `mfgnet`")]
+    assert [ln.split(" | ")[2] for ln in lines] == list(METHODS["mfgnet"].configs)
+    # metrics in the report's order: mAP, Rank-1, mINP; ours 80 / 90 / 50; paper's precision
+    assert lines[1].endswith("| 80.00 | 88.37 | -8.37 | 90.00 | 82.02 | +7.98 | 50.00 | 68.32 "
+                             "| -18.32 |"), lines[1]
+    assert "| 84.70 |" in lines[2]   # 84.70 stays 84.70
+    # 30 epochs, as the VeRi paper config: the VeRi line is not labelled short by epochs (its
+    # input, 64x64 in the fake, is smaller than the paper's 384x128)
+    assert "input [64, 64], the paper config's [384, 128]" in text
+    assert "of the paper config's 30 epochs" not in text
+    assert "of the paper config's 40 epochs" in text   # VehicleID / VRIC: 40 epochs
+    csv_path = write_csv(str(tmp_path / "r.csv"), "mfgnet", "main", str(tmp_path))
+    rows = list(csv.DictReader(open(csv_path)))
+    assert len(rows) == 5 * 3 and rows[0]["comparable"].startswith("short run: not comparable")
+    assert rows[3]["paper"] == "88.37" and rows[3]["dataset"] == "SmallVehicleID"
+
+
+def test_seeds_give_each_value_the_mean_the_sample_sd_and_whether_the_paper_is_within(tmp_path):
+    from fastreid_plugins.reproduce.report import gather, markdown, spread
+    jobs = runner.plan("mfgnet", "table3", ["2_divisions"], "configs/demo/mfgnet.yml",
+                       ["SOLVER.MAX_EPOCH", "1"], str(tmp_path), seeds=[0, 1, 5])
+    states = runner.run_rows(jobs, launcher=FakeLauncher(seconds=0), progress=False)
+    assert len(states) == 3 and set(states.values()) == {"done"}
+    assert spread([1.0, 2.0, 6.0]) == (3.0, pytest.approx(math.sqrt(7.0)))
+    _, metrics, lines = gather("mfgnet", "table3", str(tmp_path))
+    line = next(ln for ln in lines if ln["row"].row == "2_divisions")
+    v = line["values"]["mAP"]   # 80, 81, 85: mean 82, s.d. sqrt(7) = 2.6458
+    assert v["seeds"] == [(0, 80.0), (1, 81.0), (5, 85.0)]
+    assert v["mean"] == 82.0 and v["sd"] == pytest.approx(2.6457513)
+    # paper 72.05: outside 82 +- 5.29; Rank-1 89, 85, 88 -> paper 92.60 outside too
+    assert v["within"] is False and v["paper"] == 72.05
+    text = markdown("mfgnet", "table3", str(tmp_path))
+    assert "| 82.00 ± 2.65 (n=3) | 72.05 | +9.95 (paper outside) |" in text
+    assert "seed 0: 80.00, seed 1: 81.00, seed 5: 85.00; mean 82.00, s.d. 2.65" in text
+    assert "mean ± 2 sample s.d." in text
+
+
+def test_report_errors_name_what_is_there(tmp_path):
+    p = _cli("report", "svrn", "II", "--output-dir", str(tmp_path), "--no-chart")
+    assert p.returncode == 2 and "no run of svrn/II under" in p.stderr \
+        and "it holds no runs at all" in p.stderr
+    runner.run_rows(_jobs(tmp_path, rows=["vcc"]), launcher=FakeLauncher(seconds=0),
+                    progress=False)
+    p = _cli("report", "svrn", "II", "--output-dir", str(tmp_path), "--no-chart")
+    assert p.returncode == 2 and "it holds runs of svrn/V" in p.stderr
+    p = _cli("report", "svrn", "V", "--output-dir", str(tmp_path), "--dataset", "Foo",
+             "--no-chart")
+    assert p.returncode == 2 and "--dataset 'Foo': svrn/V reports ['VeRi']" in p.stderr
+
+
+def test_command_line_overrides_are_never_row_names_and_bad_options_are_errors(tmp_path):
+    p = _cli("run", "svrn", "II", "--dry-run", "--output-dir", str(tmp_path), "--rows",
+             "baseline", "SOLVER.MAX_EPOCH", "2")
+    assert p.returncode == 0, p.stderr
+    cmds = [ln for ln in p.stdout.splitlines() if not ln.startswith("#")]
+    assert len(cmds) == 1 and "SOLVER.MAX_EPOCH 2 OUTPUT_DIR" in cmds[0]
+    p = _cli("run", "svrn", "II", "--dry-run", "--output-dir", str(tmp_path), "--rows",
+             "baseline,scheme_a", "--", "MODEL.SVRN.GRID", "-4")
+    cmds = [ln for ln in p.stdout.splitlines() if not ln.startswith("#")]
+    assert p.returncode == 0 and len(cmds) == 2 and "MODEL.SVRN.GRID -4 OUTPUT_DIR" in cmds[1]
+    for bad, msg in ((["-x", "1"], "unrecognized arguments: -x"),
+                     (["--timeout", "-5"], "'-5': must be a positive number of seconds"),
+                     (["--timeout", "0"], "'0': must be a positive number of seconds"),
+                     (["--seeds", "0,a"], "give integer seeds")):
+        p = _cli("run", "svrn", "II", "--dry-run", *bad)
+        assert p.returncode == 2 and msg in p.stderr, (bad, p.stderr)
+    with pytest.raises(ConfigError, match="positive"):
+        runner.run_rows([], timeout=-5, progress=False)
+    for cmd in ("run", "report", "list"):
+        p = _cli(cmd, "--help")
+        assert p.returncode == 0 and "examples:" in p.stdout, cmd
+    assert "[--] [KEY VALUE ...]" in _cli("run", "--help").stdout
+    top = _cli("--help").stdout
+    assert "train + evaluate a table's rows" in top and "beside the paper's" in top
+
+
+def test_guessed_configs_are_labelled_in_list_and_report_unless_the_numbers_are_ours(tmp_path):
+    guessed = {r.key for r in all_rows() if r.guessed}
+    assert {"svrn/III/2_stages", "svrn/III/4_stages-ours", "mbfn/table4/b"} <= guessed
+    p = _cli("list", "svrn", "III")
+    assert "svrn/III/2_stages  [guessed config]" in p.stdout
+    assert "svrn/III/4_stages-ours  [paper's numbers, our config]  [guessed config]" in p.stdout
+    assert "[guessed config]" not in _cli("list", "mbfn", "table4").stdout   # no paper numbers
+    p = _cli("list")
+    assert "a row -ours of a paper table (svrn/III/4_stages-ours) has the paper's numbers" \
+        in p.stdout
+    from fastreid_plugins.reproduce.report import markdown
+    jobs = runner.plan("svrn", "III", ["2_stages", "3_stages"], "configs/demo/svrn.yml", [],
+                       str(tmp_path))
+    runner.run_rows(jobs, launcher=FakeLauncher(seconds=0), progress=False)
+    text = markdown("svrn", "III", str(tmp_path))
+    assert "| `2_stages` | SVRN+2 stages [guessed config] |" in text
+    assert "| `3_stages` | SVRN+3 stages |" in text
+    assert "- `2_stages`: guessed config: START_BLOCKS [3]" in text
