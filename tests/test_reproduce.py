@@ -568,7 +568,8 @@ def test_e2e_a_table_interrupted_in_its_second_row_resumes_and_reports(veri_root
     args = [PY, "-m", "fastreid_plugins.reproduce", "run", "svrn", "II", "--output-dir", out,
             "--config-file", "configs/demo/svrn.yml", "--timeout", "300", "--no-progress",
             *E2E_OPTS]
-    row = {r: os.path.join(out, "svrn", "II", r) for r in ("baseline", "scheme_a", "scheme_b")}
+    row = {j.row.row: j.out_dir for j in runner.plan("svrn", "II", None, "configs/demo/svrn.yml",
+                                                      E2E_OPTS, out)}
     p = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                          stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
@@ -594,8 +595,8 @@ def test_e2e_a_table_interrupted_in_its_second_row_resumes_and_reports(veri_root
     jobs = runner.plan("svrn", "II", None, "configs/demo/svrn.yml", E2E_OPTS, out)
     bad = Row("svrn", "II", "bad-override", "a row with a bad override",
               ("MODEL.SVRN.NO_SUCH_KEY", "1"))
-    jobs.insert(2, runner.RowJob(bad, os.path.join(out, "svrn", "II", "bad-override"),
-                                 "configs/demo/svrn.yml", list(E2E_OPTS)))
+    bad_dir = os.path.join(out, "svrn", "II", "bad-override", "x")
+    jobs.insert(2, runner.RowJob(bad, bad_dir, "configs/demo/svrn.yml", list(E2E_OPTS)))
     os.environ["FASTREID_DATASETS"] = veri_root
     states = runner.run_rows(jobs, progress=False, timeout=300)
     assert states == {"svrn/II/baseline": "skipped", "svrn/II/scheme_a": "done",
@@ -604,7 +605,7 @@ def test_e2e_a_table_interrupted_in_its_second_row_resumes_and_reports(veri_root
     with open(os.path.join(row["scheme_a"], "run.log")) as f:
         runs = [ln for ln in f if ln.startswith("$ ")]
     assert len(runs) == 2 and "--resume" not in runs[0] and "--resume" in runs[1]
-    _, status = runner.read_row_state(os.path.join(out, "svrn", "II", "bad-override"))
+    _, status = runner.read_row_state(bad_dir)
     assert "NO_SUCH_KEY" in status["error"] and status["log_tail"]
     for r in row.values():
         res = json.load(open(os.path.join(r, "result.json")))
@@ -615,7 +616,7 @@ def test_e2e_a_table_interrupted_in_its_second_row_resumes_and_reports(veri_root
     assert p.returncode == 0, p.stderr
     for r in get_table("svrn", "II").rows:
         line = next(ln for ln in p.stdout.splitlines() if ln.startswith(f"| `{r.row}`"))
-        assert "| done |" in line
+        assert "| done; short run: not comparable |" in line
         assert f"| {r.paper['VeRi']['mAP']:.1f} |" in line
         assert f"| {r.paper['VeRi']['Rank-1']:.1f} |" in line
     for ext in ("md", "csv", "png"):
@@ -1017,3 +1018,34 @@ def test_guessed_configs_are_labelled_in_list_and_report_unless_the_numbers_are_
     assert "| `2_stages` | SVRN+2 stages [guessed config] |" in text
     assert "| `3_stages` | SVRN+3 stages |" in text
     assert "- `2_stages`: guessed config: START_BLOCKS [3]" in text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", list(METHODS))
+def test_e2e_each_methods_main_row_on_the_sample_is_reported_beside_the_papers(
+        method, veri_root, tmp_path):
+    """``run <method> main --rows <method>`` with the method's demo config for one epoch on the
+    57-image sample, then ``report``: the VeRi-776 line holds our number (from the run's
+    ``result.json``, whichever VeRi test set the config names) beside the paper's, labelled a
+    short run. About 20-25 s per method on the loaded 2-core machine."""
+    out = str(tmp_path)
+    env = dict(os.environ, PYTHONPATH=ROOT, FASTREID_DATASETS=veri_root, OMP_NUM_THREADS="1")
+    run = subprocess.run(
+        [PY, "-m", "fastreid_plugins.reproduce", "run", method, "main", "--rows", method,
+         "--config-file", METHODS[method].demo_config, "--output-dir", out, "--timeout", "240",
+         "--no-progress", "SOLVER.MAX_EPOCH", "1"], cwd=ROOT, env=env, capture_output=True,
+        text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    [d] = runner.run_dirs(out, get_row(f"{method}/main/{method}"))
+    result = json.load(open(os.path.join(d, "result.json")))
+    assert result["column"] == "VeRi" and result["dataset"] in ("VeRi", "VeRiViewpoint")
+    assert result["provenance"]["epochs"] == 1 and result["provenance"]["weights_sha256"]
+    p = _cli("report", method, "main", "--output-dir", out, "--no-chart", timeout=120)
+    assert p.returncode == 0, p.stderr
+    line = next(ln for ln in p.stdout.splitlines() if ln.startswith(f"| `{method}` |")
+                and "| VeRi |" in ln)
+    dec = get_table(method, "main").decimals
+    ours = result["results"][result["dataset"]]["mAP"]
+    paper = get_row(f"{method}/main/{method}").paper["VeRi"]["mAP"]
+    assert "| done; short run: not comparable |" in line
+    assert f"| {ours:.{dec}f} | {paper:.{dec}f} | {ours - paper:+.{dec}f} |" in line, line
