@@ -870,6 +870,10 @@ def test_dry_run_prints_what_run_does_state_by_state(tmp_path):
         p = _cli("run", "svrn", "V", "--dry-run", "--output-dir", str(tmp_path),
                  "--config-file", "configs/demo/svrn.yml", "SOLVER.MAX_EPOCH", "2")
         assert p.returncode == 0 and "# svrn/V/baseline: skip (finished" in p.stdout
+        # --restart: every folder with something in it starts over (a locked one stays locked)
+        said = [ln.split(": ")[1].split(" ")[0] for ln in runner.describe(jobs, [None], True)
+                if ln.startswith("# ")]
+        assert said == ["restart"] * 4 + ["locked", "restart"]
     finally:
         sleeper.kill()
         sleeper.wait()
@@ -959,6 +963,13 @@ def test_seeds_give_each_value_the_mean_the_sample_sd_and_whether_the_paper_is_w
     assert "| 82.00 ± 2.65 (n=3) | 72.05 | +9.95 (paper outside) |" in text
     assert "seed 0: 80.00, seed 1: 81.00, seed 5: 85.00; mean 82.00, s.d. 2.65" in text
     assert "mean ± 2 sample s.d." in text
+
+
+def test_the_charts_axis_spans_the_numbers_not_0_to_100():
+    from fastreid_plugins.reproduce.report import _ylim
+    # 68.2 .. 84.5: pad max(1, 0.15 * 16.3 = 2.445)
+    assert _ylim([68.2, 84.5, 70.0]) == (pytest.approx(65.755), pytest.approx(86.945))
+    assert _ylim([97.0, 97.4]) == (pytest.approx(96.0), pytest.approx(98.4))   # pad 1
 
 
 def test_report_errors_name_what_is_there(tmp_path):

@@ -197,8 +197,8 @@ TABLE_V = with_text(TABLE_V, "icc", "SVRN+ICC results in a 0.9% decline in mAP",
 
 _VID = ("SmallVehicleID", "MediumVehicleID", "LargeVehicleID")
 _WILD = ("SmallVeRiWild", "MediumVeRiWild", "LargeVeRiWild")
-_SCATTERED = ("Table I's SVRN row was broken up in conversion: only 87.5, 84.6, 84.5 and 97.2 are "
-              "left, apart from its other cells")
+_SCATTERED = ("Table I's SVRN row was broken up in conversion: of its eight cells only 87.5, 84.6, "
+              "84.5 and 97.2 are left")
 _LOST_I = {"LargeVehicleID/Rank-1": _SCATTERED + " (CLIP-SENet's Table III quotes SVRN's Large "
                                                  "CMC@1 as 81.8: another paper's copy, not stored)",
            "MediumVeRiWild/mAP": _SCATTERED + " (CLIP-SENet's Table I quotes SVRN's VERI-Wild "
@@ -227,7 +227,7 @@ MAIN = Table(
                       "outperforming the best competitor by up to 3.5% mAP on VeRi-776, 0.4% "
                       "CMC@1 on VehicleID, and 2.1% mAP on VERI-WILD"),
             source="Table I (scattered), Table III",
-            ambiguous=_SCATTERED + ": 84.5 / 97.2 are read as VeRi-776 mAP / CMC@1 and 87.5 / 84.6 "
+            ambiguous=_SCATTERED + "; 84.5 / 97.2 are read as VeRi-776 mAP / CMC@1 and 87.5 / 84.6 "
                       "as VehicleID S / M CMC@1 (Table III's 3-stage row and CLIP-SENet's Table "
                       "III agree); VERI-Wild S mAP 85.5 is Table III's (the text: 2.1% over "
                       "SEVER's 83.4)",
