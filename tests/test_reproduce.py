@@ -686,7 +686,7 @@ def test_interrupting_side_by_side_rows_ends_their_processes_and_records_them(tm
     for log in logs:
         _, status = runner.read_row_state(os.path.dirname(log))
         assert status["status"] == "interrupted", (log, status, output)
-        assert not os.path.exists(os.path.join(os.path.dirname(log), runner.LOCK_FILE))
+        assert runner._live_lock(os.path.dirname(log)) is None
     assert not os.path.exists(os.path.join(out, "svrn", "V", "vcc"))
 
 
@@ -840,10 +840,26 @@ def _prepare_states(tmp_path):
     with open(os.path.join(jobs["vcc"].out_dir, "last_checkpoint"), "w") as f:
         f.write("model_0000.pth")
     os.makedirs(jobs["dcc"].out_dir)                                    # locked
-    sleeper = subprocess.Popen([PY, "-c", "import time; time.sleep(60)"])
-    with open(os.path.join(jobs["dcc"].out_dir, runner.LOCK_FILE), "w") as f:
-        json.dump({"pid": sleeper.pid, "host": socket.gethostname(), "started_at": "now"}, f)
+    sleeper = _hold_lock(jobs["dcc"].out_dir)
     return list(jobs.values()), sleeper                                 # csc: not run
+
+
+_LOCKER = r"""
+import fcntl, json, os, socket, sys, time
+fd = os.open(os.path.join(sys.argv[1], "runner.lock"), os.O_RDWR | os.O_CREAT)
+fcntl.flock(fd, fcntl.LOCK_EX)
+os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                         "started_at": "2026-01-01T00:00:00"}).encode())
+print("locked", flush=True)
+time.sleep(60)
+"""
+
+
+def _hold_lock(folder):
+    """Another process holding ``folder``'s runner lock (as a runner does), once it holds it."""
+    p = subprocess.Popen([PY, "-c", _LOCKER, folder], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "locked"
+    return p
 
 
 def test_dry_run_prints_what_run_does_state_by_state(tmp_path):
@@ -882,29 +898,32 @@ def test_dry_run_prints_what_run_does_state_by_state(tmp_path):
 def test_a_second_runner_is_refused_naming_the_pid_and_a_dead_ones_lock_is_taken(tmp_path):
     job = _jobs(tmp_path, rows=["vcc"])[0]
     os.makedirs(job.out_dir)
-    sleeper = subprocess.Popen([PY, "-c", "import time; time.sleep(60)"])
+    locker = _hold_lock(job.out_dir)
     lock = os.path.join(job.out_dir, runner.LOCK_FILE)
     try:
-        with open(lock, "w") as f:
-            json.dump({"pid": sleeper.pid, "host": socket.gethostname(),
-                       "started_at": "2026-01-01T00:00:00"}, f)
         lines = []
         states = runner.run_rows([job], launcher=FakeLauncher(), progress=False,
                                  echo=lines.append)
         assert states == {"svrn/V/vcc": "locked"}
-        assert f"another runner holds it: pid {sleeper.pid} on {socket.gethostname()}, since " \
+        assert f"another runner holds it: pid {locker.pid} on {socket.gethostname()}, since " \
                "2026-01-01T00:00:00" in lines[0]
+        p = _cli("run", "svrn", "V", "--rows", "vcc", "--output-dir", str(tmp_path),
+                 "--config-file", "configs/demo/svrn.yml", "--no-progress",
+                 "SOLVER.MAX_EPOCH", "2")
+        assert p.returncode == 1 and f"pid {locker.pid}" in p.stdout
     finally:
-        sleeper.kill()
-        sleeper.wait()
-    # its runner is gone: the lock is stale
+        locker.kill()
+        locker.wait()
+    # its holder is gone (killed: no clean-up ran): the lock file is left, the lock is free
+    assert json.load(open(lock))["pid"] == locker.pid
     states = runner.run_rows([job], launcher=FakeLauncher(), progress=False)
-    assert states == {"svrn/V/vcc": "done"} and not os.path.exists(lock)
+    assert states == {"svrn/V/vcc": "done"} and runner._live_lock(job.out_dir) is None
+    assert open(lock).read() == ""   # released: emptied
     # a status 'running' whose runner pid is dead reads 'interrupted'
     with open(os.path.join(job.out_dir, "status.json"), "w") as f:
-        json.dump({"status": "running", "pid": sleeper.pid, "host": socket.gethostname()}, f)
+        json.dump({"status": "running", "pid": locker.pid, "host": socket.gethostname()}, f)
     os.remove(os.path.join(job.out_dir, "result.json"))
-    assert runner.row_state(job.out_dir) == f"interrupted (its runner, pid {sleeper.pid}, is " \
+    assert runner.row_state(job.out_dir) == f"interrupted (its runner, pid {locker.pid}, is " \
                                             "gone)"
 
 

@@ -7,8 +7,9 @@ run with another config, other overrides or another seed never shares a folder.
 Files of a row folder (besides what the trainer writes there):
 
 * ``row.json``: the run's settings and every command run in the folder (a list);
-* ``runner.lock``: while a runner works on the row (pid, host, start time): a second runner is
-  refused with an error naming the pid; a lock of a dead pid is stale and taken over;
+* ``runner.lock``: an ``flock`` held while a runner works on the row, the file naming its pid,
+  host and start time: a second runner is refused with an error naming the pid; the kernel drops
+  the lock when its runner dies (however it dies), so a dead runner's lock is free;
 * ``run.log``: the subprocess's stdout and stderr (appended by every attempt);
 * ``status.json``: ``running`` (with the runner's pid: a dead pid reads ``interrupted``) /
   ``failed`` (return code, the error line, the log's tail) / ``interrupted`` / ``done``;
@@ -340,52 +341,67 @@ def _read_lock(out_dir):
     return _read_json(os.path.join(out_dir, LOCK_FILE))
 
 
+#: ``{run folder: fd}`` of the locks this process holds
+_HELD: Dict[str, int] = {}
+
+
+def _try_flock(path):
+    """An fd holding an exclusive ``flock`` of ``path`` (created if missing), or None when
+    another process holds it."""
+    import fcntl
+
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)   # not inherited by the trainer
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _unknown_lock():
+    return {"pid": "?", "host": "?", "started_at": "?"}
+
+
 def _live_lock(out_dir):
-    """The lock of another live runner on the folder, or None (a stale lock is removed)."""
-    lock = _read_lock(out_dir)
-    if lock is None:
+    """The lock of another live runner on the folder (its pid, host, start time), or None. The
+    lock is an ``flock`` of ``runner.lock``: the kernel drops it when its runner dies, however
+    it dies, so a lock file left by a dead runner is free."""
+    path = os.path.join(out_dir, LOCK_FILE)
+    if out_dir in _HELD or not os.path.exists(path):
         return None
-    if lock.get("pid") == os.getpid() and lock.get("host") == socket.gethostname():
-        return None
-    if _pid_alive(lock.get("pid", -1), lock.get("host")):
-        return lock
+    fd = _try_flock(path)
+    if fd is None:
+        return _read_lock(out_dir) or _unknown_lock()
+    os.close(fd)
     return None
 
 
 def _lock_text(lock):
     return (f"another runner holds it: pid {lock.get('pid')} on {lock.get('host')}, since "
-            f"{lock.get('started_at')} ({LOCK_FILE}; delete it only if that process is gone)")
+            f"{lock.get('started_at')} ({LOCK_FILE})")
 
 
 def _acquire_lock(out_dir):
-    """Take the folder's lock; returns None, or the live lock of another runner."""
-    path = os.path.join(out_dir, LOCK_FILE)
-    for _ in range(3):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            lock = _live_lock(out_dir)
-            if lock is not None:
-                return lock
-            try:
-                os.remove(path)   # stale: its runner is gone
-            except FileNotFoundError:
-                pass
-            continue
-        with os.fdopen(fd, "w") as f:
-            json.dump({"pid": os.getpid(), "host": socket.gethostname(),
-                       "started_at": time.strftime("%Y-%m-%dT%H:%M:%S")}, f)
-        return None
-    return _read_lock(out_dir) or {"pid": "?", "host": "?", "started_at": "?"}
+    """Take the folder's lock (and write pid, host, start time into it); returns None, or the
+    lock of the live runner that holds it."""
+    fd = _try_flock(os.path.join(out_dir, LOCK_FILE))
+    if fd is None:
+        return _read_lock(out_dir) or _unknown_lock()
+    os.ftruncate(fd, 0)
+    os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                             "started_at": time.strftime("%Y-%m-%dT%H:%M:%S")}).encode())
+    _HELD[out_dir] = fd
+    return None
 
 
 def _release_lock(out_dir):
-    lock = _read_lock(out_dir)
-    if lock and lock.get("pid") == os.getpid():
-        try:
-            os.remove(os.path.join(out_dir, LOCK_FILE))
-        except FileNotFoundError:
-            pass
+    """Empty the lock file and drop the lock (the file stays: removing it would let a runner
+    that opened it before lock the removed file while a third one locks a new file)."""
+    fd = _HELD.pop(out_dir, None)
+    if fd is not None:
+        os.ftruncate(fd, 0)
+        os.close(fd)
 
 
 def _log_tail(path, n=LOG_TAIL_LINES):
