@@ -4,10 +4,16 @@ end-to-end CPU run of a whole table (``slow``): interrupted in its second row, r
 without redoing the first row, with a failing row recorded while the others finish.
 """
 
+import csv
+import glob
+import hashlib
 import json
+import math
 import os
 import re
+import shlex
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -322,37 +328,69 @@ def test_dry_run_prints_one_command_per_row(tmp_path):
     assert cmds[1].startswith("CUDA_VISIBLE_DEVICES=2,3 ")
     assert all("projects/MFGNet/train_net.py --config-file configs/veri/mfgnet.yml" in c
                for c in cmds)
-    assert cmds[0].endswith(f"SOLVER.MAX_EPOCH 3 OUTPUT_DIR {tmp_path}/mfgnet/table4/baseline")
+    assert re.search(f"SOLVER.MAX_EPOCH 3 OUTPUT_DIR {tmp_path}/mfgnet/table4/baseline/"
+                     r"veri-mfgnet-[0-9a-f]{10}$", cmds[0]), cmds[0]
     assert not list(tmp_path.iterdir())   # nothing run, nothing written
 
 
-class FakeLauncher:
-    """Records each launch (row folder, argv, env, start / end time) and writes the evaluator's
-    JSON as a finished run would; ``fail`` rows exit 1 with an error line in the log."""
+def _test_set(config_file):
+    """The test set a config names (``DATASETS.TESTS``, through its ``_BASE_`` chain)."""
+    path = config_file if os.path.isabs(config_file) else os.path.join(ROOT, config_file)
+    while True:
+        text = open(path).read()
+        m = re.search(r"TESTS:\s*\(\"(\w+)\"", text)
+        if m:
+            return m.group(1)
+        base = re.search(r"^_BASE_:\s*(\S+)", text, re.M)
+        path = os.path.join(os.path.dirname(path), base.group(1))
 
-    def __init__(self, fail=(), seconds=0.3):
-        self.calls, self.fail, self.seconds = [], set(fail), seconds
+
+class FakeLauncher:
+    """Records each launch (row, folder, argv, env, start / end time) and writes the evaluator's
+    JSON (on the config's test set; mAP 80 + SEED, Rank-1 90 - SEED), a ``config.yaml`` and a
+    ``last_checkpoint`` as a finished run would; ``fail`` rows exit 1 with an error line."""
+
+    def __init__(self, fail=(), seconds=0.3, epochs=None):
+        self.calls, self.fail, self.seconds, self.epochs = [], set(fail), seconds, epochs
         self.lock = threading.Lock()
 
     def __call__(self, cmd, env, log_path, timeout=None, cwd=None):
         out = cmd[cmd.index("OUTPUT_DIR") + 1]
+        row = os.path.basename(os.path.dirname(out))
         t0 = time.time()
         time.sleep(self.seconds)
         with self.lock:
-            self.calls.append({"row": os.path.basename(out), "cmd": cmd, "env": env,
+            self.calls.append({"row": row, "dir": out, "cmd": cmd, "env": env,
                                "t0": t0, "t1": time.time()})
         with open(log_path, "a") as f:
-            if os.path.basename(out) in self.fail:
+            if row in self.fail:
                 f.write("Traceback (most recent call last):\n  ...\n"
                         "fastreid_plugins.errors.ConfigError: MODEL.X=1 is invalid\n")
                 return 1
             f.write("training...\n")
-        with open(os.path.join(out, "VeRi_results.json"), "w") as f:
-            json.dump({"dataset": "VeRi", "protocol": "standard", "Rank-1": 90.0, "Rank-5": 95.0,
-                       "Rank-10": 97.0, "mAP": 80.0, "mINP": 50.0, "metric": 85.0}, f)
+        seed = int(cmd[cmd.index("SEED") + 1]) if "SEED" in cmd else 0
+        epochs = self.epochs or (int(cmd[cmd.index("SOLVER.MAX_EPOCH") + 1])
+                                 if "SOLVER.MAX_EPOCH" in cmd else 2)
+        test = _test_set(cmd[cmd.index("--config-file") + 1])
+        with open(os.path.join(out, "model_final.pth"), "wb") as f:   # before the evaluation
+            f.write(b"weights")
+        with open(os.path.join(out, f"{test}_results.json"), "w") as f:
+            json.dump({"dataset": test, "protocol": "standard", "Rank-1": 90.0 - seed,
+                       "Rank-5": 95.0, "Rank-10": 97.0, "mAP": 80.0 + seed, "mINP": 50.0,
+                       "metric": 85.0}, f)
+        with open(os.path.join(out, "config.yaml"), "w") as f:
+            f.write(f"SOLVER:\n  MAX_EPOCH: {epochs}\nINPUT:\n  SIZE_TRAIN: [64, 64]\n"
+                    f"MODEL:\n  DEVICE: cpu\nSEED: {seed}\n")
         with open(os.path.join(out, "last_checkpoint"), "w") as f:
             f.write("model_final.pth")
         return 0
+
+
+def _run_dir(root, key):
+    """The one run folder of row ``key`` under ``root``."""
+    found = runner.run_dirs(str(root), get_row(key))
+    assert len(found) == 1, found
+    return found[0]
 
 
 def _max_overlap(calls):
@@ -413,38 +451,46 @@ def test_failed_row_is_recorded_others_finish_finished_rows_are_skipped_and_resu
     states = runner.run_rows(_jobs(tmp_path), launcher=fake, progress=False)
     assert states["svrn/V/icc"] == "failed"
     assert sum(s == "done" for s in states.values()) == 5
-    result, status = runner.read_row_state(str(tmp_path / "svrn" / "V" / "icc"))
+    icc = _run_dir(tmp_path, "svrn/V/icc")
+    result, status = runner.read_row_state(icc)
     assert result is None and status["status"] == "failed" and status["returncode"] == 1
     assert status["error"] == "fastreid_plugins.errors.ConfigError: MODEL.X=1 is invalid"
     assert status["log_tail"][-1] == status["error"]
-    done = json.load(open(tmp_path / "svrn" / "V" / "vcc" / "result.json"))
+    done = json.load(open(os.path.join(_run_dir(tmp_path, "svrn/V/vcc"), "result.json")))
     assert done["results"]["VeRi"]["mAP"] == 80.0 and done["paper"]["VeRi"]["mAP"] == 83.8
     assert done["dataset"] == "VeRi" and done["key"] == "svrn/V/vcc"
     # again: only the failed row runs; a row interrupted after a checkpoint resumes
-    with open(tmp_path / "svrn" / "V" / "icc" / "last_checkpoint", "w") as f:
+    with open(os.path.join(icc, "last_checkpoint"), "w") as f:
         f.write("model_0000.pth")
     fake2 = FakeLauncher()
     states = runner.run_rows(_jobs(tmp_path), launcher=fake2, progress=False)
     assert [c["row"] for c in fake2.calls] == ["icc"]
     assert "--resume" in fake2.calls[0]["cmd"]
     assert states["svrn/V/icc"] == "done" and list(states.values()).count("skipped") == 5
+    # result.json keeps every command run in the folder: the failed one and the resumed one
+    cmds = json.load(open(os.path.join(icc, "result.json")))["commands"]
+    assert [c["action"] for c in cmds] == ["start", "resume"]
+    assert "--resume" in cmds[1]["command"] and "--resume" not in cmds[0]["command"]
     # trained to the end, killed before the final evaluation's results: evaluated only
-    d = tmp_path / "svrn" / "V" / "dcc"
-    os.remove(d / "result.json")
-    (d / "model_final.pth").write_bytes(b"")   # newer than an earlier evaluation's results
-    os.utime(d / "VeRi_results.json", (time.time() - 60, time.time() - 60))
+    d = _run_dir(tmp_path, "svrn/V/dcc")
+    os.remove(os.path.join(d, "result.json"))
+    with open(os.path.join(d, "model_final.pth"), "wb") as f:   # newer than the results
+        f.write(b"")
+    os.utime(os.path.join(d, "VeRi_results.json"), (time.time() - 60, time.time() - 60))
     fake4 = FakeLauncher()
     states = runner.run_rows(_jobs(tmp_path), launcher=fake4, progress=False)
     assert [c["row"] for c in fake4.calls] == ["dcc"] and states["svrn/V/dcc"] == "done"
     cmd = fake4.calls[0]["cmd"]
     assert "--eval-only" in cmd and "--resume" not in cmd
-    assert cmd[-2:] == ["MODEL.WEIGHTS", str(d / "model_final.pth")]
-    # other settings into the same folders: nothing runs, nothing is overwritten
+    assert cmd[-2:] == ["MODEL.WEIGHTS", os.path.join(d, "model_final.pth")]
+    # other settings: other folders (the finished ones are neither used nor overwritten)
     jobs = runner.plan("svrn", "V", None, "configs/demo/svrn.yml", ["SOLVER.MAX_EPOCH", "3"],
                        str(tmp_path))
+    assert not {j.out_dir for j in jobs} & {j.out_dir for j in _jobs(tmp_path)}
     fake3 = FakeLauncher()
     states = runner.run_rows(jobs, launcher=fake3, progress=False)
-    assert not fake3.calls and set(states.values()) == {"conflict"}
+    assert len(fake3.calls) == 6 and set(states.values()) == {"done"}
+    assert len(runner.run_dirs(str(tmp_path), get_row("svrn/V/vcc"))) == 2
 
 
 def test_report_holds_every_row_with_ours_the_papers_and_the_difference(tmp_path):
@@ -456,8 +502,18 @@ def test_report_holds_every_row_with_ours_the_papers_and_the_difference(tmp_path
     assert set(lines) == {f"`{r.row}`" for r in get_table("svrn", "V").rows}
     # mAP ours 80.0, paper 83.8, diff -3.8; Rank-1 ours 90.0, paper 96.8
     assert "| 80.0 | 83.8 | -3.8 | 90.0 | 96.8 | -6.8 |" in lines["`vcc`"]
+    assert "| VeRi | done; short run: not comparable |" in lines["`vcc`"]   # 2 of 90 epochs
     assert "failed: fastreid_plugins.errors.ConfigError" in lines["`icc`"]
     assert "| not run |" in lines["`dcc`"] and "| - | 83.5 | - |" in lines["`dcc`"]
+    # how it ran: config, epochs against the paper config's, the weights' SHA-256, versions
+    how = text[text.index("How each run ran:"):]
+    assert "`vcc` on VeRi: config `configs/demo/svrn.yml` (paper config `configs/veri/svrn.yml`)" \
+        in how
+    assert "2 epochs of the paper config's 90" in how
+    assert "sha256 " + hashlib.sha256(b"weights").hexdigest() in how
+    assert "torch 2." in how and "FastReID 1.4.0" in how and "device cpu" in how
+    assert "short run: not comparable** (2 of the paper config's 90 epochs; input [64, 64], " \
+        "the paper config's [256, 256])" in how
     csv_rows = open(paths[1]).read().splitlines()
     assert len(csv_rows) == 1 + 6 * 2   # header + rows x (mAP, Rank-1)
     if len(paths) > 2:
@@ -512,7 +568,8 @@ def test_e2e_a_table_interrupted_in_its_second_row_resumes_and_reports(veri_root
     args = [PY, "-m", "fastreid_plugins.reproduce", "run", "svrn", "II", "--output-dir", out,
             "--config-file", "configs/demo/svrn.yml", "--timeout", "300", "--no-progress",
             *E2E_OPTS]
-    row = {r: os.path.join(out, "svrn", "II", r) for r in ("baseline", "scheme_a", "scheme_b")}
+    row = {j.row.row: j.out_dir for j in runner.plan("svrn", "II", None, "configs/demo/svrn.yml",
+                                                      E2E_OPTS, out)}
     p = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                          stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
@@ -538,8 +595,8 @@ def test_e2e_a_table_interrupted_in_its_second_row_resumes_and_reports(veri_root
     jobs = runner.plan("svrn", "II", None, "configs/demo/svrn.yml", E2E_OPTS, out)
     bad = Row("svrn", "II", "bad-override", "a row with a bad override",
               ("MODEL.SVRN.NO_SUCH_KEY", "1"))
-    jobs.insert(2, runner.RowJob(bad, os.path.join(out, "svrn", "II", "bad-override"),
-                                 "configs/demo/svrn.yml", list(E2E_OPTS)))
+    bad_dir = os.path.join(out, "svrn", "II", "bad-override", "x")
+    jobs.insert(2, runner.RowJob(bad, bad_dir, "configs/demo/svrn.yml", list(E2E_OPTS)))
     os.environ["FASTREID_DATASETS"] = veri_root
     states = runner.run_rows(jobs, progress=False, timeout=300)
     assert states == {"svrn/II/baseline": "skipped", "svrn/II/scheme_a": "done",
@@ -548,7 +605,7 @@ def test_e2e_a_table_interrupted_in_its_second_row_resumes_and_reports(veri_root
     with open(os.path.join(row["scheme_a"], "run.log")) as f:
         runs = [ln for ln in f if ln.startswith("$ ")]
     assert len(runs) == 2 and "--resume" not in runs[0] and "--resume" in runs[1]
-    _, status = runner.read_row_state(os.path.join(out, "svrn", "II", "bad-override"))
+    _, status = runner.read_row_state(bad_dir)
     assert "NO_SUCH_KEY" in status["error"] and status["log_tail"]
     for r in row.values():
         res = json.load(open(os.path.join(r, "result.json")))
@@ -559,7 +616,7 @@ def test_e2e_a_table_interrupted_in_its_second_row_resumes_and_reports(veri_root
     assert p.returncode == 0, p.stderr
     for r in get_table("svrn", "II").rows:
         line = next(ln for ln in p.stdout.splitlines() if ln.startswith(f"| `{r.row}`"))
-        assert "| done |" in line
+        assert "| done; short run: not comparable |" in line
         assert f"| {r.paper['VeRi']['mAP']:.1f} |" in line
         assert f"| {r.paper['VeRi']['Rank-1']:.1f} |" in line
     for ext in ("md", "csv", "png"):
@@ -592,30 +649,433 @@ except KeyboardInterrupt:
 """
 
 
-def test_interrupting_side_by_side_rows_ends_their_processes_and_records_them(tmp_path):
-    """SIGTERM while two rows run on two GPU slots: both rows' processes are ended, both rows
-    are recorded as interrupted, no further row starts."""
+def _start_sleeper_runner(tmp_path):
+    """A runner (its own process) of svrn/V on two GPU slots whose rows sleep 120 s; returns
+    ``(process, output root, run.log paths of the first two rows)`` once both rows are up."""
     script = tmp_path / "run.py"
     script.write_text(_SLEEPER_SCRIPT)
     out = str(tmp_path / "out")
     p = subprocess.Popen([PY, str(script), out], cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    end = time.time() + 120
+    logs = []
+    while time.time() < end:
+        logs = [f for r in ("baseline", "no_csc")
+                for f in glob.glob(os.path.join(out, "svrn", "V", r, "*", "run.log"))]
+        if len(logs) == 2 and all("up" in open(f).read() for f in logs):
+            break
+        assert p.poll() is None, p.communicate()[0]
+        time.sleep(0.2)
+    return p, out, logs
+
+
+def test_interrupting_side_by_side_rows_ends_their_processes_and_records_them(tmp_path):
+    """SIGTERM while two rows run on two GPU slots: both rows' processes are ended, both rows
+    are recorded as interrupted, no further row starts."""
+    p, out, logs = _start_sleeper_runner(tmp_path)
     try:
-        logs = [os.path.join(out, "svrn", "V", r, "run.log") for r in ("baseline", "no_csc")]
-        end = time.time() + 120
-        while time.time() < end and not all(
-                os.path.exists(f) and "up" in open(f).read() for f in logs):
-            assert p.poll() is None, p.communicate()[0]
-            time.sleep(0.2)
         p.send_signal(signal.SIGTERM)
-        assert p.wait(60) == 130, p.communicate()[0]
+        output = p.communicate(timeout=60)[0]
+        assert p.returncode == 130, output
     finally:
         if p.poll() is None:
             p.kill()
             p.wait()
             _kill_mentioning(out)
     assert not _processes_mentioning(out)
-    for r in ("baseline", "no_csc"):
-        _, status = runner.read_row_state(os.path.join(out, "svrn", "V", r))
-        assert status["status"] == "interrupted", (r, status)
+    for log in logs:
+        _, status = runner.read_row_state(os.path.dirname(log))
+        assert status["status"] == "interrupted", (log, status, output)
+        assert runner._live_lock(os.path.dirname(log)) is None
     assert not os.path.exists(os.path.join(out, "svrn", "V", "vcc"))
+
+
+def test_a_sigkilled_runner_takes_its_trainers_with_it_and_its_rows_read_interrupted(tmp_path):
+    """SIGKILL (no handler runs): the rows' processes, in sessions of their own, die with the
+    runner (PR_SET_PDEATHSIG); the rows' ``running`` status with the dead pid reads
+    ``interrupted``; their stale locks do not stop the next runner."""
+    p, out, logs = _start_sleeper_runner(tmp_path)
+    try:
+        assert len(_processes_mentioning(out)) >= 2   # the two sleeping rows
+        lock = json.load(open(os.path.join(os.path.dirname(logs[0]), runner.LOCK_FILE)))
+        assert lock["pid"] == p.pid and lock["host"] == socket.gethostname()
+        p.send_signal(signal.SIGKILL)
+        p.wait(30)
+        end = time.time() + 20
+        while _processes_mentioning(out) and time.time() < end:
+            time.sleep(0.2)
+        assert not _processes_mentioning(out)
+    finally:
+        _kill_mentioning(out)
+    for log in logs:
+        d = os.path.dirname(log)
+        assert runner.row_state(d) == f"interrupted (its runner, pid {p.pid}, is gone)"
+        job = next(j for j in runner.plan("svrn", "V", None, "configs/demo/svrn.yml", [], out)
+                   if j.out_dir == d)
+        assert runner.decide(job)[0] == "start"   # the stale lock is not a live runner's
+
+
+# --------------------------------------------------------------------------------------------
+# issue 28: columns, folders, main tables, seeds, provenance, locks, command line, labels
+# --------------------------------------------------------------------------------------------
+def test_main_tables_hold_each_methods_own_rows_at_the_papers_precision(papers):
+    """Every method's own row of its main comparison tables, on every dataset it has a paper
+    config for, with the numbers typed here from the papers (an independent copy)."""
+    want = {
+        "mfgnet/main/mfgnet": {
+            "VeRi": (77.15, 36.82, 96.72), "SmallVehicleID": (88.37, 68.32, 82.02),
+            "MediumVehicleID": (84.70, 64.38, 78.69), "LargeVehicleID": (81.01, 60.03, 75.16),
+            "VRIC": (84.86, 55.81, 79.56)},   # (mAP, mINP, Rank-1)
+        "svrn/main/svrn": {"VeRi": (84.5, 97.2), "SmallVehicleID": (87.5,),
+                           "MediumVehicleID": (84.6,), "LargeVehicleID": (None,),
+                           "SmallVeRiWild": (85.5,), "MediumVeRiWild": (None,),
+                           "LargeVeRiWild": (None,)},
+        "svrn/main/baseline": {"VeRi": (80.8, 96.7), "SmallVehicleID": (82.9,),
+                               "MediumVehicleID": (80.1,), "LargeVehicleID": (78.3,),
+                               "SmallVeRiWild": (83.5,), "MediumVeRiWild": (79.0,),
+                               "LargeVeRiWild": (74.6,)},
+        "clip_senet/main/clip_senet": {
+            "VeRi": (92.9, 98.7, 99.1), "SmallVeRiWild": (89.1, 97.9),
+            "MediumVeRiWild": (85.2, 97.0), "LargeVeRiWild": (79.5, 95.4),
+            "SmallVehicleID": (90.4, 98.7), "MediumVehicleID": (85.5, 96.5),
+            "LargeVehicleID": (82.7, 94.8)},
+        "clip_senet/main/baseline": {
+            "VeRi": (86.7, 96.8, 97.9), "SmallVeRiWild": (84.9, 95.9),
+            "MediumVeRiWild": (80.2, 94.8), "LargeVeRiWild": (72.9, 92.4),
+            "SmallVehicleID": (83.9, 97.1), "MediumVehicleID": (79.8, 94.5),
+            "LargeVehicleID": (77.6, 91.8)},
+        "mbfn/main/mbfn": {"VeRi": (77.12, 96.30, 98.11), "SmallVehicleID": (None,) * 3,
+                           "MediumVehicleID": (None,) * 3, "LargeVehicleID": (None,) * 3,
+                           "VRIC": (None, None)},
+    }
+    for key, per in want.items():
+        r = get_row(key)
+        assert list(r.paper) == list(per), key
+        for d, vals in per.items():
+            assert tuple(r.paper[d].values()) == vals, (key, d)
+    for m, rec in METHODS.items():
+        t = get_table(m, "main")
+        assert t.per_dataset and set(t.datasets) == set(rec.configs), m
+        assert t.decimals == (2 if m in ("mfgnet", "mbfn") else 1)
+    assert get_row("svrn/main/svrn").lost["LargeVehicleID/Rank-1"]
+    assert "Table 7" in get_row("mbfn/main/mbfn").lost["SmallVehicleID/mAP"]
+
+
+def test_columns_name_the_test_sets_that_fill_them():
+    t = get_table("clip_senet", "main")
+    assert t.column_of("VeRiViewpoint") == "VeRi" and t.column_of("VeRi") == "VeRi"
+    assert t.column_of("SmallVehicleID") == "SmallVehicleID" and t.column_of("VRIC") is None
+    assert get_table("mfgnet", "main").column_of("VRIC") == "VRIC"
+
+
+def test_a_run_folder_is_keyed_by_config_overrides_opts_and_seed(tmp_path):
+    root = str(tmp_path)
+    a = runner.plan("svrn", "III", ["baseline"], "configs/demo/svrn.yml", [], root)[0]
+    b = runner.plan("svrn", "III", ["baseline"], "./configs/../configs/demo/svrn.yml", [],
+                    root)[0]
+    c = runner.plan("svrn", "III", ["baseline"], os.path.join(ROOT, "configs/demo/svrn.yml"),
+                    [], root)[0]
+    assert a.out_dir == b.out_dir == c.out_dir and a.config_file == "configs/demo/svrn.yml"
+    assert re.fullmatch(r"demo-svrn-[0-9a-f]{10}", os.path.basename(a.out_dir))
+    assert os.path.dirname(a.out_dir) == os.path.join(root, "svrn", "III", "baseline")
+    other_cfg = runner.plan("svrn", "III", ["baseline"], "configs/vehicleid/svrn_small.yml",
+                            [], root)[0]
+    by_dataset = runner.plan("svrn", "III", ["baseline"], None, [], root,
+                             dataset="SmallVehicleID")[0]
+    assert other_cfg.out_dir == by_dataset.out_dir
+    assert os.path.basename(other_cfg.out_dir).startswith("vehicleid-svrn_small-")
+    other_opts = runner.plan("svrn", "III", ["baseline"], "configs/demo/svrn.yml",
+                             ["SOLVER.MAX_EPOCH", "2"], root)[0]
+    seeds = runner.plan("svrn", "III", ["baseline"], "configs/demo/svrn.yml", [], root,
+                        seeds=[0, 1])
+    dirs = [a.out_dir, other_cfg.out_dir, other_opts.out_dir] + [j.out_dir for j in seeds]
+    assert len(set(dirs)) == 5
+    assert [os.path.basename(j.out_dir)[:16] for j in seeds] == ["demo-svrn-seed0-",
+                                                                 "demo-svrn-seed1-"]
+    assert seeds[1].run_opts == ["SEED", "1"] and seeds[0].name.endswith("[demo-svrn-seed0]")
+    # a main table runs every dataset's paper config; an ablation table its first
+    main = runner.plan("svrn", "main", ["svrn"], None, [], root)
+    assert [j.config_file for j in main] == list(METHODS["svrn"].configs.values())
+    assert len(runner.plan("svrn", "III", None, None, [], root)) == 4
+    with pytest.raises(ConfigError, match=r"--dataset 'VRIC': svrn/III reports \['VeRi'"):
+        runner.plan("svrn", "III", None, None, [], root, dataset="VRIC")
+    with pytest.raises(ConfigError, match="SEED is among"):
+        runner.plan("svrn", "III", None, None, ["SEED", "3"], root, seeds=[1])
+
+
+def test_an_unfinished_run_of_another_command_is_not_resumed_but_named(tmp_path):
+    job = _jobs(tmp_path, rows=["vcc"])[0]
+    os.makedirs(job.out_dir)
+    with open(os.path.join(job.out_dir, "last_checkpoint"), "w") as f:
+        f.write("model_0001.pth")
+    other = dict(job.settings, opts=["SOLVER.MAX_EPOCH", "5"])
+    with open(os.path.join(job.out_dir, "row.json"), "w") as f:
+        json.dump({"settings": other, "commands": []}, f)
+    action, detail = runner.decide(job)
+    assert action == "mismatch"
+    assert "opts: ['SOLVER.MAX_EPOCH', '2'] now, ['SOLVER.MAX_EPOCH', '5'] in the folder" in detail
+    assert "--restart" in detail
+    fake = FakeLauncher()
+    states = runner.run_rows([job], launcher=fake, progress=False)
+    assert states == {"svrn/V/vcc": "mismatch"} and not fake.calls
+    states = runner.run_rows(_jobs(tmp_path, rows=["vcc"]), launcher=fake, progress=False,
+                             restart=True)
+    assert states == {"svrn/V/vcc": "done"} and "--resume" not in fake.calls[0]["cmd"]
+    info = json.load(open(os.path.join(job.out_dir, "row.json")))
+    assert info["settings"] == job.settings and [c["action"] for c in info["commands"]] == \
+        ["restart"]
+
+
+def _prepare_states(tmp_path):
+    """Folders of svrn/V in every state decide() knows; returns the jobs."""
+    jobs = {j.row.row: j for j in _jobs(tmp_path)}
+    runner.run_rows([jobs["baseline"], jobs["no_csc"], jobs["icc"]], launcher=FakeLauncher(),
+                    progress=False)                                     # finished
+    d = jobs["no_csc"].out_dir                                          # only results missing
+    os.remove(os.path.join(d, "result.json"))
+    d = jobs["icc"].out_dir                                             # evaluation missing
+    os.remove(os.path.join(d, "result.json"))
+    os.utime(os.path.join(d, "VeRi_results.json"), (time.time() - 60, time.time() - 60))
+    os.makedirs(jobs["vcc"].out_dir)                                    # interrupted
+    with open(os.path.join(jobs["vcc"].out_dir, "last_checkpoint"), "w") as f:
+        f.write("model_0000.pth")
+    os.makedirs(jobs["dcc"].out_dir)                                    # locked
+    sleeper = _hold_lock(jobs["dcc"].out_dir)
+    return list(jobs.values()), sleeper                                 # csc: not run
+
+
+_LOCKER = r"""
+import fcntl, json, os, socket, sys, time
+fd = os.open(os.path.join(sys.argv[1], "runner.lock"), os.O_RDWR | os.O_CREAT)
+fcntl.flock(fd, fcntl.LOCK_EX)
+os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                         "started_at": "2026-01-01T00:00:00"}).encode())
+print("locked", flush=True)
+time.sleep(60)
+"""
+
+
+def _hold_lock(folder):
+    """Another process holding ``folder``'s runner lock (as a runner does), once it holds it."""
+    p = subprocess.Popen([PY, "-c", _LOCKER, folder], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "locked"
+    return p
+
+
+def test_dry_run_prints_what_run_does_state_by_state(tmp_path):
+    jobs, sleeper = _prepare_states(tmp_path)
+    try:
+        lines = runner.describe(jobs, [None])
+        said = {ln.split(": ")[0][2:]: ln.split(": ")[1].split(" ")[0] for ln in lines
+                if ln.startswith("# ")}
+        assert said == {"svrn/V/baseline": "skip", "svrn/V/no_csc": "collect",
+                        "svrn/V/vcc": "resume", "svrn/V/icc": "eval-only",
+                        "svrn/V/dcc": "locked", "svrn/V/csc": "start"}
+        assert f"pid {sleeper.pid} on {socket.gethostname()}" in next(
+            ln for ln in lines if ln.startswith("# svrn/V/dcc"))
+        printed = [ln for ln in lines if not ln.startswith("# ")]
+        fake = FakeLauncher(seconds=0)
+        states = runner.run_rows(_jobs(tmp_path), launcher=fake, progress=False)
+        assert states == {"svrn/V/baseline": "skipped", "svrn/V/no_csc": "done",
+                          "svrn/V/vcc": "done", "svrn/V/icc": "done", "svrn/V/dcc": "locked",
+                          "svrn/V/csc": "done"}
+        # the commands run are the commands printed, in order
+        assert [" ".join(shlex.quote(c) for c in call["cmd"]) for call in fake.calls] == printed
+        assert "--eval-only" in printed[1] and "--resume" in printed[0]
+        # the CLI's --dry-run prints the same lines
+        p = _cli("run", "svrn", "V", "--dry-run", "--output-dir", str(tmp_path),
+                 "--config-file", "configs/demo/svrn.yml", "SOLVER.MAX_EPOCH", "2")
+        assert p.returncode == 0 and "# svrn/V/baseline: skip (finished" in p.stdout
+        # --restart: every folder with something in it starts over (a locked one stays locked)
+        said = [ln.split(": ")[1].split(" ")[0] for ln in runner.describe(jobs, [None], True)
+                if ln.startswith("# ")]
+        assert said == ["restart"] * 4 + ["locked", "restart"]
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_a_second_runner_is_refused_naming_the_pid_and_a_dead_ones_lock_is_taken(tmp_path):
+    job = _jobs(tmp_path, rows=["vcc"])[0]
+    os.makedirs(job.out_dir)
+    locker = _hold_lock(job.out_dir)
+    lock = os.path.join(job.out_dir, runner.LOCK_FILE)
+    try:
+        lines = []
+        states = runner.run_rows([job], launcher=FakeLauncher(), progress=False,
+                                 echo=lines.append)
+        assert states == {"svrn/V/vcc": "locked"}
+        assert f"another runner holds it: pid {locker.pid} on {socket.gethostname()}, since " \
+               "2026-01-01T00:00:00" in lines[0]
+        p = _cli("run", "svrn", "V", "--rows", "vcc", "--output-dir", str(tmp_path),
+                 "--config-file", "configs/demo/svrn.yml", "--no-progress",
+                 "SOLVER.MAX_EPOCH", "2")
+        assert p.returncode == 1 and f"pid {locker.pid}" in p.stdout
+    finally:
+        locker.kill()
+        locker.wait()
+    # its holder is gone (killed: no clean-up ran): the lock file is left, the lock is free
+    assert json.load(open(lock))["pid"] == locker.pid
+    states = runner.run_rows([job], launcher=FakeLauncher(), progress=False)
+    assert states == {"svrn/V/vcc": "done"} and runner._live_lock(job.out_dir) is None
+    assert open(lock).read() == ""   # released: emptied
+    # a status 'running' whose runner pid is dead reads 'interrupted'
+    with open(os.path.join(job.out_dir, "status.json"), "w") as f:
+        json.dump({"status": "running", "pid": locker.pid, "host": socket.gethostname()}, f)
+    os.remove(os.path.join(job.out_dir, "result.json"))
+    assert runner.row_state(job.out_dir) == f"interrupted (its runner, pid {locker.pid}, is " \
+                                            "gone)"
+
+
+def test_report_fills_the_veri_column_from_veriviewpoint_whatever_finished_first(tmp_path):
+    """CLIP-SENet's configs test on VeRiViewpoint; the paper's column is VeRi-776."""
+    from fastreid_plugins.reproduce.report import markdown
+    jobs = runner.plan("clip_senet", "table_v", ["groups_4", "groups_32"],
+                       "configs/demo/clip_senet.yml", ["SOLVER.MAX_EPOCH", "1"], str(tmp_path))
+    runner.run_rows(jobs, launcher=FakeLauncher(seconds=0), progress=False)
+    text = markdown("clip_senet", "table_v", str(tmp_path))
+    line = next(ln for ln in text.splitlines() if ln.startswith("| `groups_32`"))
+    # mAP 80.0 vs 92.9, Rank-1 90.0 vs 98.7, Rank-5 95.0 vs 99.1
+    assert "| VeRi | done; short run: not comparable | 80.0 | 92.9 | -12.9 | 90.0 | 98.7 | -8.7 " \
+           "| 95.0 | 99.1 | -4.1 |" in line
+    assert "| not run |" in next(ln for ln in text.splitlines() if ln.startswith("| `groups_8`"))
+
+
+def test_report_of_a_main_table_is_one_line_per_dataset_at_the_papers_precision(tmp_path):
+    from fastreid_plugins.reproduce.report import markdown, write_csv
+    jobs = runner.plan("mfgnet", "main", None, None, [], str(tmp_path))
+    assert len(jobs) == 5
+    runner.run_rows(jobs, launcher=FakeLauncher(seconds=0, epochs=30), progress=False)
+    text = markdown("mfgnet", "main", str(tmp_path))
+    lines = [ln for ln in text.splitlines() if ln.startswith("| `mfgnet`")]
+    assert [ln.split(" | ")[2] for ln in lines] == list(METHODS["mfgnet"].configs)
+    # metrics in the report's order: mAP, Rank-1, mINP; ours 80 / 90 / 50; paper's precision
+    assert lines[1].endswith("| 80.00 | 88.37 | -8.37 | 90.00 | 82.02 | +7.98 | 50.00 | 68.32 "
+                             "| -18.32 |"), lines[1]
+    assert "| 84.70 |" in lines[2]   # 84.70 stays 84.70
+    # 30 epochs, as the VeRi paper config: the VeRi line is not labelled short by epochs (its
+    # input, 64x64 in the fake, is smaller than the paper's 384x128)
+    assert "input [64, 64], the paper config's [384, 128]" in text
+    assert "of the paper config's 30 epochs" not in text
+    assert "of the paper config's 40 epochs" in text   # VehicleID / VRIC: 40 epochs
+    csv_path = write_csv(str(tmp_path / "r.csv"), "mfgnet", "main", str(tmp_path))
+    rows = list(csv.DictReader(open(csv_path)))
+    assert len(rows) == 5 * 3 and rows[0]["comparable"].startswith("short run: not comparable")
+    assert rows[3]["paper"] == "88.37" and rows[3]["dataset"] == "SmallVehicleID"
+
+
+def test_seeds_give_each_value_the_mean_the_sample_sd_and_whether_the_paper_is_within(tmp_path):
+    from fastreid_plugins.reproduce.report import gather, markdown, spread
+    jobs = runner.plan("mfgnet", "table3", ["2_divisions"], "configs/demo/mfgnet.yml",
+                       ["SOLVER.MAX_EPOCH", "1"], str(tmp_path), seeds=[0, 1, 5])
+    states = runner.run_rows(jobs, launcher=FakeLauncher(seconds=0), progress=False)
+    assert len(states) == 3 and set(states.values()) == {"done"}
+    assert spread([1.0, 2.0, 6.0]) == (3.0, pytest.approx(math.sqrt(7.0)))
+    _, metrics, lines = gather("mfgnet", "table3", str(tmp_path))
+    line = next(ln for ln in lines if ln["row"].row == "2_divisions")
+    v = line["values"]["mAP"]   # 80, 81, 85: mean 82, s.d. sqrt(7) = 2.6458
+    assert v["seeds"] == [(0, 80.0), (1, 81.0), (5, 85.0)]
+    assert v["mean"] == 82.0 and v["sd"] == pytest.approx(2.6457513)
+    # paper 72.05: outside 82 +- 5.29; Rank-1 89, 85, 88 -> paper 92.60 outside too
+    assert v["within"] is False and v["paper"] == 72.05
+    text = markdown("mfgnet", "table3", str(tmp_path))
+    assert "| 82.00 ± 2.65 (n=3) | 72.05 | +9.95 (paper outside) |" in text
+    assert "seed 0: 80.00, seed 1: 81.00, seed 5: 85.00; mean 82.00, s.d. 2.65" in text
+    assert "mean ± 2 sample s.d." in text
+
+
+def test_the_charts_axis_spans_the_numbers_not_0_to_100():
+    from fastreid_plugins.reproduce.report import _ylim
+    # 68.2 .. 84.5: pad max(1, 0.15 * 16.3 = 2.445)
+    assert _ylim([68.2, 84.5, 70.0]) == (pytest.approx(65.755), pytest.approx(86.945))
+    assert _ylim([97.0, 97.4]) == (pytest.approx(96.0), pytest.approx(98.4))   # pad 1
+
+
+def test_report_errors_name_what_is_there(tmp_path):
+    p = _cli("report", "svrn", "II", "--output-dir", str(tmp_path), "--no-chart")
+    assert p.returncode == 2 and "no run of svrn/II under" in p.stderr \
+        and "it holds no runs at all" in p.stderr
+    runner.run_rows(_jobs(tmp_path, rows=["vcc"]), launcher=FakeLauncher(seconds=0),
+                    progress=False)
+    p = _cli("report", "svrn", "II", "--output-dir", str(tmp_path), "--no-chart")
+    assert p.returncode == 2 and "it holds runs of svrn/V" in p.stderr
+    p = _cli("report", "svrn", "V", "--output-dir", str(tmp_path), "--dataset", "Foo",
+             "--no-chart")
+    assert p.returncode == 2 and "--dataset 'Foo': svrn/V reports ['VeRi']" in p.stderr
+
+
+def test_command_line_overrides_are_never_row_names_and_bad_options_are_errors(tmp_path):
+    p = _cli("run", "svrn", "II", "--dry-run", "--output-dir", str(tmp_path), "--rows",
+             "baseline", "SOLVER.MAX_EPOCH", "2")
+    assert p.returncode == 0, p.stderr
+    cmds = [ln for ln in p.stdout.splitlines() if not ln.startswith("#")]
+    assert len(cmds) == 1 and "SOLVER.MAX_EPOCH 2 OUTPUT_DIR" in cmds[0]
+    p = _cli("run", "svrn", "II", "--dry-run", "--output-dir", str(tmp_path), "--rows",
+             "baseline,scheme_a", "--", "MODEL.SVRN.GRID", "-4")
+    cmds = [ln for ln in p.stdout.splitlines() if not ln.startswith("#")]
+    assert p.returncode == 0 and len(cmds) == 2 and "MODEL.SVRN.GRID -4 OUTPUT_DIR" in cmds[1]
+    for bad, msg in ((["-x", "1"], "unrecognized arguments: -x"),
+                     (["--timeout", "-5"], "'-5': must be a positive number of seconds"),
+                     (["--timeout", "0"], "'0': must be a positive number of seconds"),
+                     (["--seeds", "0,a"], "give integer seeds")):
+        p = _cli("run", "svrn", "II", "--dry-run", *bad)
+        assert p.returncode == 2 and msg in p.stderr, (bad, p.stderr)
+    with pytest.raises(ConfigError, match="positive"):
+        runner.run_rows([], timeout=-5, progress=False)
+    for cmd in ("run", "report", "list"):
+        p = _cli(cmd, "--help")
+        assert p.returncode == 0 and "examples:" in p.stdout, cmd
+    assert "[--] [KEY VALUE ...]" in _cli("run", "--help").stdout
+    top = _cli("--help").stdout
+    assert "train + evaluate a table's rows" in top and "beside the paper's" in top
+
+
+def test_guessed_configs_are_labelled_in_list_and_report_unless_the_numbers_are_ours(tmp_path):
+    guessed = {r.key for r in all_rows() if r.guessed}
+    assert {"svrn/III/2_stages", "svrn/III/4_stages-ours", "mbfn/table4/b"} <= guessed
+    p = _cli("list", "svrn", "III")
+    assert "svrn/III/2_stages  [guessed config]" in p.stdout
+    assert "svrn/III/4_stages-ours  [paper's numbers, our config]  [guessed config]" in p.stdout
+    assert "[guessed config]" not in _cli("list", "mbfn", "table4").stdout   # no paper numbers
+    p = _cli("list")
+    assert "a row -ours of a paper table (svrn/III/4_stages-ours) has the paper's numbers" \
+        in p.stdout
+    from fastreid_plugins.reproduce.report import markdown
+    jobs = runner.plan("svrn", "III", ["2_stages", "3_stages"], "configs/demo/svrn.yml", [],
+                       str(tmp_path))
+    runner.run_rows(jobs, launcher=FakeLauncher(seconds=0), progress=False)
+    text = markdown("svrn", "III", str(tmp_path))
+    assert "| `2_stages` | SVRN+2 stages [guessed config] |" in text
+    assert "| `3_stages` | SVRN+3 stages |" in text
+    assert "- `2_stages`: guessed config: START_BLOCKS [3]" in text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", list(METHODS))
+def test_e2e_each_methods_main_row_on_the_sample_is_reported_beside_the_papers(
+        method, veri_root, tmp_path):
+    """``run <method> main --rows <method>`` with the method's demo config for one epoch on the
+    57-image sample, then ``report``: the VeRi-776 line holds our number (from the run's
+    ``result.json``, whichever VeRi test set the config names) beside the paper's, labelled a
+    short run. About 20-25 s per method on the loaded 2-core machine."""
+    out = str(tmp_path)
+    env = dict(os.environ, PYTHONPATH=ROOT, FASTREID_DATASETS=veri_root, OMP_NUM_THREADS="1")
+    run = subprocess.run(
+        [PY, "-m", "fastreid_plugins.reproduce", "run", method, "main", "--rows", method,
+         "--config-file", METHODS[method].demo_config, "--output-dir", out, "--timeout", "240",
+         "--no-progress", "SOLVER.MAX_EPOCH", "1"], cwd=ROOT, env=env, capture_output=True,
+        text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    [d] = runner.run_dirs(out, get_row(f"{method}/main/{method}"))
+    result = json.load(open(os.path.join(d, "result.json")))
+    assert result["column"] == "VeRi" and result["dataset"] in ("VeRi", "VeRiViewpoint")
+    assert result["provenance"]["epochs"] == 1 and result["provenance"]["weights_sha256"]
+    p = _cli("report", method, "main", "--output-dir", out, "--no-chart", timeout=120)
+    assert p.returncode == 0, p.stderr
+    line = next(ln for ln in p.stdout.splitlines() if ln.startswith(f"| `{method}` |")
+                and "| VeRi |" in ln)
+    dec = get_table(method, "main").decimals
+    ours = result["results"][result["dataset"]]["mAP"]
+    paper = get_row(f"{method}/main/{method}").paper["VeRi"]["mAP"]
+    assert "| done; short run: not comparable |" in line
+    assert f"| {ours:.{dec}f} | {paper:.{dec}f} | {ours - paper:+.{dec}f} |" in line, line

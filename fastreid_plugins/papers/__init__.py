@@ -27,11 +27,22 @@ from typing import Collection, Dict, List, Optional, Tuple
 
 from ..errors import ConfigError
 
-__all__ = ["Row", "Table", "Delta", "METRICS", "UnknownAblationError", "with_text",
-           "check_tables", "load_tables"]
+__all__ = ["Row", "Table", "Delta", "METRICS", "TEST_SETS", "UnknownAblationError", "with_text",
+           "check_tables", "load_tables", "test_sets"]
 
 #: metric names, as the evaluator writes them (``<dataset>_results.json``)
 METRICS = ("Rank-1", "Rank-5", "Rank-10", "mAP", "mINP")
+
+#: the test sets (FastReID dataset names, as ``<test set>_results.json`` names them) that fill a
+#: paper column, where they are more than the column's own name: VeRi-776 with or without the
+#: viewpoint labels (CLIP-SENet's CV embedding reads them) is one test set, one column
+TEST_SETS = {"VeRi": ("VeRi", "VeRiViewpoint")}
+
+
+def test_sets(dataset: str) -> Tuple[str, ...]:
+    """The test sets whose results fill the paper column ``dataset`` (``"VeRi"`` ->
+    ``("VeRi", "VeRiViewpoint")``; any other -> ``(dataset,)``)."""
+    return TEST_SETS.get(dataset, (dataset,))
 
 
 class UnknownAblationError(ConfigError, KeyError):
@@ -70,6 +81,8 @@ class Row:
         ambiguous: why the assignment of a number to this row is uncertain ("" = it is not).
         note: anything else (what the overrides choose where the paper is silent).
         deltas: differences to other rows that the text prints.
+        guessed: why the row's overrides are our guess where the paper is silent ("" = they are
+            the paper's, as far as its text says); ``list`` and ``report`` label such rows.
     """
 
     method: str
@@ -84,6 +97,7 @@ class Row:
     ambiguous: str = ""
     note: str = ""
     deltas: Tuple[Delta, ...] = ()
+    guessed: str = ""
 
     @property
     def key(self) -> str:
@@ -116,6 +130,10 @@ class Table:
         anchor: a verbatim string of the paper file where the table (or section) starts.
         columns: for tables whose every row is one line of the paper file, the ``(dataset,
             metric)`` order of that line's numbers (the tests compare them in order).
+        decimals: the paper's precision (digits after the point) of the table's numbers; the
+            report prints the paper's, ours and the differences with it (72.05 stays 72.05).
+        per_dataset: ``run`` runs every row once per dataset of ``datasets`` (its paper config),
+            not only on the first: the main comparison tables (``<method>/main``).
     """
 
     method: str
@@ -128,10 +146,17 @@ class Table:
     paper_file: str
     anchor: str = ""
     columns: Tuple[Tuple[str, str], ...] = ()
+    decimals: int = 1
+    per_dataset: bool = False
 
     @property
     def key(self) -> str:
         return f"{self.method}/{self.table}"
+
+    def column_of(self, test_set: str) -> Optional[str]:
+        """The dataset (paper column) of ``datasets`` that the results on ``test_set`` fill, or
+        None (``"VeRiViewpoint"`` -> ``"VeRi"``; see :data:`TEST_SETS`)."""
+        return next((d for d in self.datasets if test_set in test_sets(d)), None)
 
     @property
     def ours(self) -> bool:
