@@ -173,3 +173,72 @@ def test_plot(tmp_path):
     assert Image.open(path).size[0] > 500
     json.dumps({str(k): v for k, v in s["tar_at_far"].items()})
     assert os.path.getsize(path) > 10_000
+
+
+def _run_evaluator(tmp_path, overrides, protocol="standard", num_query=40, name="Rand"):
+    from helpers import make_cfg
+
+    from fastreid_plugins.evaluation import VehicleReidEvaluator
+
+    cfg = make_cfg("configs/demo/bagtricks_r18.yml", overrides)
+    rng = torch.Generator().manual_seed(0)
+    feats = torch.randn(120, 16, generator=rng)
+    pids = torch.randint(0, 12, (120,), generator=rng)
+    cams = torch.randint(0, 5, (120,), generator=rng)
+    ev = VehicleReidEvaluator(cfg, num_query, str(tmp_path), dataset_name=name, protocol=protocol)
+    ev.reset()
+    for i in range(0, 120, 32):
+        ev.process({"targets": pids[i:i + 32], "camids": cams[i:i + 32]}, feats[i:i + 32])
+    return ev.evaluate(), feats, pids.numpy(), cams.numpy()
+
+
+def test_evaluator_off_by_default(tmp_path):
+    res, *_ = _run_evaluator(tmp_path, [])
+    assert "AUC" not in res and not list(tmp_path.glob("*verification*.png"))
+    assert "verification" not in json.loads((tmp_path / "Rand_results.json").read_text())
+
+
+def test_evaluator_standard_protocol(tmp_path):
+    res, feats, pids, cams = _run_evaluator(
+        tmp_path, ["TEST.VERIFICATION.ENABLED", True, "TEST.VERIFICATION.BOTH_METRICS", True])
+    for k in ("TAR@1e-2", "TAR@1e-3", "TAR@1e-4", "EER", "AUC", "Rank-1", "mAP"):
+        assert k in res and 0 <= res[k] <= 100, k
+    y, d = _reference_pairs(feats[:40], feats[40:], pids[:40], pids[40:], cams[:40], cams[40:],
+                            "cosine")
+    assert res["AUC"] == pytest.approx(100 * sk.roc_auc_score(y, -d), abs=1e-2)
+    saved = json.loads((tmp_path / "Rand_results.json").read_text())
+    assert set(saved["verification"]) == {"cosine", "euclidean"}
+    assert saved["verification"]["cosine"]["exact"] is True
+    assert saved["AUC"] == pytest.approx(res["AUC"])
+    assert (tmp_path / "Rand_verification.png").is_file()
+    assert (tmp_path / "Rand_verification_euclidean.png").is_file()
+
+
+def test_evaluator_vehicleid_pools_the_trials(tmp_path):
+    from fastreid_plugins.evaluation import vehicleid_split
+
+    res, feats, pids, _ = _run_evaluator(
+        tmp_path, ["TEST.VERIFICATION.ENABLED", True, "TEST.VEHICLEID.NUM_TRIALS", 3,
+                   "TEST.METRIC", "euclidean"], protocol="vehicleid", num_query=0, name="VID")
+    ys, ds = [], []
+    for t in range(3):  # the evaluator's seeded draws; no junk (each image its own camera)
+        q, g = vehicleid_split(pids, np.random.default_rng(t))
+        y, d = _reference_pairs(feats[q], feats[g], pids[q], pids[g], np.zeros(len(q)),
+                                np.ones(len(g)), "euclidean")
+        ys.append(y)
+        ds.append(d)
+    y, d = np.concatenate(ys), np.concatenate(ds)
+    assert res["AUC"] == pytest.approx(100 * sk.roc_auc_score(y, -d), abs=1e-2)
+    saved = json.loads((tmp_path / "VID_results.json").read_text())
+    assert saved["verification"]["euclidean"]["num_pos"] == y.sum()
+
+
+def test_evaluator_with_rerank(tmp_path):
+    res, *_ = _run_evaluator(tmp_path, ["TEST.VERIFICATION.ENABLED", True,
+                                        "TEST.RERANK.ENABLED", True, "TEST.RERANK.K1", 6,
+                                        "TEST.RERANK.K2", 3])
+    saved = json.loads((tmp_path / "Rand_results.json").read_text())
+    assert set(saved["verification"]) == {"cosine", "cosine+rerank"}
+    assert res["AUC"] == pytest.approx(100 * saved["verification"]["cosine+rerank"]["auc"])
+    assert (tmp_path / "Rand_verification.png").is_file()  # the re-ranked one: the run's
+    assert (tmp_path / "Rand_verification_cosine.png").is_file()
