@@ -306,8 +306,8 @@ def _verification_histograms(opts, metric, qf, gf, rerank):
 
 def _count_pairs(hist, d, s, q_pids, g_pids, q_camids, g_camids):
     """Add the pairs of block rows ``s..s+len(d)`` to ``hist``, in row groups of at most
-    ``_COUNT_ENTRIES`` pairs (their bin indices, ~32 bytes a pair, are the only temporaries:
-    64 MiB, whatever G)."""
+    ``_COUNT_ENTRIES`` pairs (their scaled distances, bin indices and identity mask, ~9 bytes
+    a pair, are the only temporaries: ~18 MiB, whatever G)."""
     step = max(1, _COUNT_ENTRIES // max(1, d.shape[1]))
     for r in range(0, len(d), step):
         f = min(len(d), r + step)

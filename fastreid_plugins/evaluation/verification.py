@@ -113,17 +113,20 @@ class PairHistogram:
             dist (np.ndarray): (b, G) distances; q_pids, q_camids: (b,); g_pids, g_camids: (G,).
         """
         same = g_pids[None, :] == q_pids[:, None]
-        junk = same & (g_camids[None, :] == q_camids[:, None])
-        # class code: 0 negative, 1 positive, 2 junk; one bincount over 3 n_bins
-        code = same.astype(np.int64) + junk
-        idx = np.floor((dist - self.lo) * (1.0 / self.width))
-        np.clip(idx, 0, self.n_bins - 1, out=idx)
-        counts = np.bincount((idx.astype(np.int64) + code * self.n_bins).ravel(),
-                             minlength=3 * self.n_bins)
-        self.neg += counts[:self.n_bins]
-        self.pos += counts[self.n_bins:2 * self.n_bins]
+        r, c = np.nonzero(same)  # the few same-identity pairs: positives and junk
+        keep = g_camids[c] != q_camids[r]
+        x = dist - np.asarray(self.lo, dist.dtype) if self.lo else dist
+        x = x * np.asarray(1.0 / self.width, dist.dtype)  # a new array: ``dist`` is untouched
+        np.clip(x, 0, self.n_bins - 1, out=x)
+        idx = x.astype(np.int32)
+        del x
+        same_bins = idx[r, c]
+        # every pair counted as a negative, then the same-identity ones taken out again
+        self.neg += np.bincount(idx.ravel(), minlength=self.n_bins)
+        self.neg -= np.bincount(same_bins, minlength=self.n_bins)
+        self.pos += np.bincount(same_bins[keep], minlength=self.n_bins)
         if self.exact:
-            self._pos_d.append(np.asarray(dist[same & ~junk], dtype=np.float64))
+            self._pos_d.append(np.asarray(dist[r[keep], c[keep]], dtype=np.float64))
             self._neg_d.append(np.asarray(dist[~same], dtype=np.float64))
 
     @property
