@@ -288,6 +288,9 @@ class VehicleReidEvaluator(DatasetEvaluator):
         logger.info(f"Verification ({main}, {s['num_pos']:,} positive / {s['num_neg']:,} "
                     f"negative pairs, {how}): "
                     + ", ".join(f"{k} {results[k]:.2f}%" for k in VERIFICATION_KEYS))
+        if s["far_resolution"] > min(FARS):
+            logger.info(f"{s['num_neg']:,} negative pairs: a FAR below {s['far_resolution']:.2g} "
+                        "reads as 'no negative accepted' (the TAR@FAR there are equal).")
         if self._output_dir:
             os.makedirs(self._output_dir, exist_ok=True)
             name = self._dataset_name or "test"

@@ -195,12 +195,16 @@ class PairHistogram:
 
         Returns:
             dict: ``tar_at_far`` {far: TAR}, ``threshold_at_far`` {far: threshold}, ``eer``,
-            ``eer_threshold``, ``auc``, ``num_pos``, ``num_neg``, ``exact``, ``bin_width``
+            ``eer_threshold``, ``auc``, ``num_pos``, ``num_neg``, ``far_resolution``
+            (``1 / num_neg``: a smaller FAR means "no negative accepted"), ``exact``, ``bin_width``
             (0 when exact), ``range``, ``roc`` {``far``, ``tar``, ``threshold``} lists.
         """
         far, tar, thr = self.roc()
         out = roc_summary(far, tar, thr, fars)
+        # below one negative in num_neg, a FAR cannot be told from 0: TAR@FAR there is the TAR
+        # of accepting no negative at all
         out.update(num_pos=self.num_pos, num_neg=self.num_neg, exact=self.exact,
+                   far_resolution=1.0 / self.num_neg,
                    bin_width=0.0 if self.exact else self.width, range=[self.lo, self.hi],
                    n_bins=self.n_bins)
         return out
