@@ -15,6 +15,7 @@ import pytest
 from fastreid_plugins.errors import ConfigError, DatasetError
 from fastreid_plugins.tools import calibrate as cal
 from fastreid_plugins.tools import extract, search
+from tests.test_extract import models  # noqa: F401
 
 
 def test_threshold_at_far_by_hand():
@@ -208,3 +209,39 @@ def test_open_set_search_on_the_sample(veri_root, tmp_path):
     with pytest.raises(ConfigError, match="cccccccccccccccc.*dddddddddddddddd"):
         search.main(["--gallery", other, "--query", dirs["query"], "--threshold", thr,
                      "--no-progress", "--output", js])
+
+
+def test_calibrate_from_dataset_with_model(models, veri_root, datasets_root, tmp_path):  # noqa: F811
+    """``--dataset VeRi --config-file C MODEL.WEIGHTS W``: the test split's images extracted with
+    the model; the file records the weights' SHA-256 (hashlib here) and the split's pairs."""
+    import hashlib
+
+    cfg_path, weights, opts = models["bagtricks_r18"]
+    datasets_root(veri_root)
+    out = str(tmp_path / "t.json")
+    rec = cal.main(["--dataset", "VeRi", "--config-file", cfg_path, "--far", "0.01", "--out",
+                    out, "--bootstrap", "20", "MODEL.WEIGHTS", weights, *opts])
+    assert rec["model_sha256"] == hashlib.sha256(open(weights, "rb").read()).hexdigest()
+    paths = _images(veri_root, "image_query") + _images(veri_root, "image_test")
+    pids, cams = map(np.array, cal.labels_from_paths(paths))
+    i, j = np.triu_indices(len(paths), 1)
+    keep = ~((pids[i] == pids[j]) & (cams[i] == cams[j]))
+    assert rec["num_pos"] == (pids[i] == pids[j])[keep].sum()
+    assert rec["num_pos"] + rec["num_neg"] == keep.sum()
+    assert rec["source"]["dataset"] == "VeRi" and rec["far"] <= 0.01
+
+
+def test_calibrate_cli_errors(tmp_path):
+    with pytest.raises(ConfigError, match="--dataset needs --config-file"):
+        cal.main(["--dataset", "VeRi", "--out", str(tmp_path / "t.json")])
+    with pytest.raises(ConfigError, match="--far must be in"):
+        cal.calibrate(np.eye(3), [1, 1, 2], [0, 1, 0], "cosine", 1.5)
+    d = str(tmp_path / "f")
+    extract.save_feature_shards(d, [(np.eye(3, dtype=np.float32), ["a.jpg", "b.jpg", "c.jpg"])])
+    with pytest.raises(DatasetError, match="<pid>_c<camid>"):
+        cal.main(["--features", d, "--out", str(tmp_path / "t.json")])
+    from tests.test_extract import run_module
+
+    res = run_module("fastreid_plugins.tools.calibrate", ["--features", d, "--out",
+                                                          str(tmp_path / "t.json")], check=False)
+    assert res.returncode == 2 and res.stderr.count("Error:") == 1
