@@ -222,21 +222,24 @@ def evaluate_chunked(query_feat: Union[torch.Tensor, np.ndarray],
         e = min(nq, s + rows)
         d = block_distance(metric, s, e)
         labels = (q_pids, g_pids, q_camids, g_camids)
+        ranked = []  # the histograms of the ranked distances: counted by rank_block
         if hists is not None:
-            _count_pairs(hists[metric], d, s, *labels)
             if other:
                 _count_pairs(hists[other], block_distance(other, s, e), s, *labels)
+            if index is None:
+                ranked = [hists[metric]]
+            else:
+                _count_pairs(hists[metric], d, s, *labels)
+                ranked = [hists[f"{metric}+rerank"]]
         if index is not None:  # Eq. 12, the arithmetic of sparse_rerank
             blk = index.rows(s, e)
             blk *= np.float32(1 - lam)
             blk += d * np.float32(lam)
             d = blk
-            if hists is not None:
-                _count_pairs(hists[f"{metric}+rerank"], d, s, *labels)
         for r in range(s, e, _RANK_ROWS):  # cache-sized row groups (as evaluate_rank's chunk)
             f = min(e, r + _RANK_ROWS)
             first[r:f], ap[r:f], inp[r:f] = rank_block(d[r - s:f - s], q_pids[r:f], g_pids,
-                                                       q_camids[r:f], g_camids)
+                                                       q_camids[r:f], g_camids, ranked)
         if topk:
             topk_index[s:e], topk_dist[s:e] = _topk_rows(d, q_pids[s:e], g_pids, q_camids[s:e],
                                                          g_camids, topk)

@@ -30,7 +30,7 @@ a metric); on tie-free inputs the result equals FastReID's ``evaluate_rank``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, List, Tuple, Union
+from typing import TYPE_CHECKING, Any, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -99,12 +99,16 @@ def check_labels(num_q: int, num_g: int, q_pids: ArrayLike, g_pids: ArrayLike,
 
 
 def rank_block(rows: np.ndarray, q_pids: np.ndarray, g_pids: np.ndarray, q_camids: np.ndarray,
-               g_camids: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+               g_camids: np.ndarray,
+               pairs: Optional[Sequence[Any]] = None) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-query first-match rank, AP and INP of a block of query rows (see the module docstring).
 
     Args:
         rows (np.ndarray): (b, G) float32/float64 distances of ``b`` queries.
         q_pids, q_camids (np.ndarray): (b,); g_pids, g_camids (np.ndarray): (G,).
+        pairs (sequence or None): verification histograms
+            (:class:`~fastreid_plugins.evaluation.verification.PairHistogram`) that also count
+            these rows' pairs, from the same same-identity index lists (one pass).
 
     Returns:
         tuple: ``(first, ap, inp)``, each (b,): the 1-based rank of the first true match (0 when
@@ -119,6 +123,8 @@ def rank_block(rows: np.ndarray, q_pids: np.ndarray, g_pids: np.ndarray, q_camid
     # the few same-identity entries (true matches and junk) as index lists: no (b, G) masks
     r, c = np.nonzero(g_pids[None, :] == q_pids[:, None])
     is_pos = g_camids[c] != q_camids[r]
+    for h in pairs or ():
+        h.add_sparse(rows, r, c, is_pos)
     rp, cp = r[is_pos], c[is_pos]
     n_pos = np.bincount(rp, minlength=b)
     P = int(n_pos.max())

@@ -112,9 +112,15 @@ class PairHistogram:
         Args:
             dist (np.ndarray): (b, G) distances; q_pids, q_camids: (b,); g_pids, g_camids: (G,).
         """
-        same = g_pids[None, :] == q_pids[:, None]
-        r, c = np.nonzero(same)  # the few same-identity pairs: positives and junk
-        keep = g_camids[c] != q_camids[r]
+        r, c = np.nonzero(g_pids[None, :] == q_pids[:, None])  # positives and junk
+        self.add_sparse(dist, r, c, g_camids[c] != q_camids[r])
+
+    def add_sparse(self, dist: np.ndarray, r: np.ndarray, c: np.ndarray,
+                   keep: np.ndarray) -> None:
+        """:meth:`add` from the same-identity entries ``(r, c)`` of ``dist`` (row / column
+        index lists) and which of them are positives (``keep``; the others are junk): the
+        ranker's index lists (:func:`~fastreid_plugins.evaluation.rank.rank_block`), so that
+        one pass over a block gives both."""
         x = dist - np.asarray(self.lo, dist.dtype) if self.lo else dist
         x = x * np.asarray(1.0 / self.width, dist.dtype)  # a new array: ``dist`` is untouched
         np.clip(x, 0, self.n_bins - 1, out=x)
@@ -127,7 +133,9 @@ class PairHistogram:
         self.pos += np.bincount(same_bins[keep], minlength=self.n_bins)
         if self.exact:
             self._pos_d.append(np.asarray(dist[r[keep], c[keep]], dtype=np.float64))
-            self._neg_d.append(np.asarray(dist[~same], dtype=np.float64))
+            neg = np.ones(dist.shape, dtype=bool)
+            neg[r, c] = False
+            self._neg_d.append(np.asarray(dist[neg], dtype=np.float64))
 
     @property
     def num_pos(self) -> int:
