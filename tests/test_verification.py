@@ -242,3 +242,21 @@ def test_evaluator_with_rerank(tmp_path):
     assert res["AUC"] == pytest.approx(100 * saved["verification"]["cosine+rerank"]["auc"])
     assert (tmp_path / "Rand_verification.png").is_file()  # the re-ranked one: the run's
     assert (tmp_path / "Rand_verification_cosine.png").is_file()
+
+
+def test_rank_block_counts_the_same_pairs_in_its_pass():
+    """rank_block(..., pairs=[h]) fills h as PairHistogram.add does (same index lists)."""
+    from fastreid_plugins.evaluation.rank import rank_block
+
+    qf, gf, qp, gp, qc, gc = _data(seed=5, nq=20, ng=90)
+    d = (1 - torch.nn.functional.normalize(qf, dim=1) @ torch.nn.functional.normalize(gf, dim=1)
+         .t()).numpy()
+    a = PairHistogram(0.0, 2.0, 64, exact=True)
+    b = PairHistogram(0.0, 2.0, 64, exact=True)
+    a.add(d, qp, gp, qc, gc)
+    ranks = rank_block(d, qp, gp, qc, gc, pairs=[b])
+    assert a.pos.tolist() == b.pos.tolist() and a.neg.tolist() == b.neg.tolist()
+    for x, y in zip(a.distances(), b.distances()):
+        assert sorted(x) == sorted(y)
+    for x, y in zip(ranks, rank_block(d, qp, gp, qc, gc)):
+        np.testing.assert_array_equal(x, y)
