@@ -36,15 +36,18 @@ ICB 2018); FastReID's ``demo/plot_roc_with_pickle.py`` plots the same ROC from a
 
 from __future__ import annotations
 
+import json
+import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ..config import PLUGIN_DEFAULTS
+from ..errors import ConfigError
 
 __all__ = ["PairHistogram", "distance_range", "roc_summary", "FARS", "DEFAULT_BINS",
            "DEFAULT_EXACT_PAIRS", "VERIFICATION_KEYS", "plot_verification", "scalar_results",
-           "json_summaries", "dense_histograms", "histograms_for"]
+           "json_summaries", "dense_histograms", "histograms_for", "load_threshold"]
 
 #: the FAR operating points reported (TAR@FAR)
 FARS: Tuple[float, ...] = (1e-2, 1e-3, 1e-4)
@@ -358,3 +361,45 @@ def histograms_for(metrics: Sequence[str], rerank: bool, n_bins: int, exact: boo
         lo, hi = distance_range(metrics[0], qn, gn, rerank=True)
         out[f"{metrics[0]}+rerank"] = PairHistogram(lo, hi, n_bins=n_bins, exact=exact)
     return out
+
+
+def load_threshold(spec: str, metric: str, model_sha256: Optional[str] = None
+                   ) -> Tuple[float, Dict[str, Any]]:
+    """The threshold of ``spec``, a number or a threshold file of :func:`calibrate`.
+
+    Args:
+        spec (str): ``"0.35"`` or a path to a threshold JSON.
+        metric (str): the metric of the features it is applied to.
+        model_sha256 (str or None): their model's SHA-256 (None: unknown, not checked).
+
+    Returns:
+        tuple: ``(threshold, record)`` (record ``{"threshold": value}`` for a number).
+
+    Raises:
+        ConfigError: neither a number nor a readable threshold file (of
+            ``python -m fastreid_plugins.tools.calibrate``); a file of another metric or another
+            model (both named).
+    """
+    try:
+        return float(spec), {"threshold": float(spec), "source": "value"}
+    except ValueError:
+        pass
+    if not os.path.isfile(spec):
+        raise ConfigError(f"--threshold {spec!r} is neither a number nor a threshold file "
+                          "(python -m fastreid_plugins.tools.calibrate writes one).")
+    try:
+        with open(spec, encoding="utf-8") as f:
+            rec = json.load(f)
+        t = float(rec["threshold"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"--threshold {spec!r} is not a threshold file: {e}") from None
+    if rec.get("metric") != metric:
+        raise ConfigError(f"--threshold {spec!r} was calibrated for metric {rec.get('metric')!r}"
+                          f", these features use {metric!r}: calibrate again with them.")
+    file_sha = rec.get("model_sha256")
+    if file_sha and model_sha256 and file_sha != model_sha256:
+        raise ConfigError(f"--threshold {spec!r} was calibrated for the model with SHA-256 "
+                          f"{file_sha[:16]}... ({rec.get('weights', 'weights unknown')}), these "
+                          f"features come from {model_sha256[:16]}...: calibrate again with "
+                          "this model.")
+    return t, dict(rec, source=os.path.abspath(spec))

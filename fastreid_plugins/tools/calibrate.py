@@ -281,43 +281,15 @@ def _per_camera(pairs, ncam, far, min_pairs, global_t):
 # ----------------------------------------------------------------------------- using a file
 def load_threshold(spec: str, metric: str, model_sha256: Optional[str] = None
                    ) -> Tuple[float, Dict[str, Any]]:
-    """The threshold of ``spec``, a number or a threshold file of :func:`calibrate`.
-
-    Args:
-        spec (str): ``"0.35"`` or a path to a threshold JSON.
-        metric (str): the metric of the features it is applied to.
-        model_sha256 (str or None): their model's SHA-256 (None: unknown, not checked).
-
-    Returns:
-        tuple: ``(threshold, record)`` (record ``{"threshold": value}`` for a number).
+    """:func:`fastreid_plugins.evaluation.verification.load_threshold` (a number or a threshold
+    file of this command, checked against ``metric`` and ``model_sha256``).
 
     Raises:
-        ConfigError: neither a number nor a readable threshold file; a file of another metric or
-            another model (both named).
+        ConfigError: a bad value / file, another metric or model (both named).
     """
-    try:
-        return float(spec), {"threshold": float(spec), "source": "value"}
-    except ValueError:
-        pass
-    if not os.path.isfile(spec):
-        raise ConfigError(f"--threshold {spec!r} is neither a number nor a threshold file "
-                          "(python -m fastreid_plugins.tools.calibrate writes one).")
-    try:
-        with open(spec, encoding="utf-8") as f:
-            rec = json.load(f)
-        t = float(rec["threshold"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ConfigError(f"--threshold {spec!r} is not a threshold file: {e}") from None
-    if rec.get("metric") != metric:
-        raise ConfigError(f"--threshold {spec!r} was calibrated for metric {rec.get('metric')!r}"
-                          f", these features use {metric!r}: calibrate again with them.")
-    file_sha = rec.get("model_sha256")
-    if file_sha and model_sha256 and file_sha != model_sha256:
-        raise ConfigError(f"--threshold {spec!r} was calibrated for the model with SHA-256 "
-                          f"{file_sha[:16]}... ({rec.get('weights', 'weights unknown')}), these "
-                          f"features come from {model_sha256[:16]}...: calibrate again with "
-                          "this model.")
-    return t, dict(rec, source=os.path.abspath(spec))
+    from fastreid_plugins.evaluation.verification import load_threshold as _load
+
+    return _load(spec, metric, model_sha256)
 
 
 # ----------------------------------------------------------------------------- command line

@@ -879,7 +879,7 @@ def _threshold(spec, gallery, rerank):
     """
     if spec is None:
         return None
-    from fastreid_plugins.tools.calibrate import load_threshold
+    from fastreid_plugins.evaluation.verification import load_threshold
 
     value, rec = load_threshold(spec, gallery.metric, gallery.manifest.get("weights_sha256"))
     if rerank and rec.get("source") != "value":
