@@ -260,3 +260,15 @@ def test_rank_block_counts_the_same_pairs_in_its_pass():
         assert sorted(x) == sorted(y)
     for x, y in zip(ranks, rank_block(d, qp, gp, qc, gc)):
         np.testing.assert_array_equal(x, y)
+
+
+def test_picture_into_the_event_storage(tmp_path):
+    """During training (an EventStorage is active) the picture also goes to tensorboard."""
+    from fastreid.utils.events import EventStorage
+
+    with EventStorage(0) as storage:
+        _run_evaluator(tmp_path, ["TEST.VERIFICATION.ENABLED", True])
+    names = [n for n, img, _ in storage._vis_data]
+    assert names == ["Rand/verification"]
+    img = storage._vis_data[0][1]
+    assert img.shape[0] == 3 and img.dtype == np.uint8 and img.shape[2] > 500

@@ -112,6 +112,21 @@ def vehicleid_split(pids: ArrayLike,
     return np.flatnonzero(mask), gallery
 
 
+def _to_tensorboard(tag, png):
+    """Put a picture into FastReID's current event storage (written to tensorboard by the
+    trainer's ``TensorboardXWriter``); nothing outside training (no storage)."""
+    from fastreid.utils.events import get_event_storage
+
+    try:
+        storage = get_event_storage()
+    except AssertionError:  # no EventStorage: --eval-only, a tool
+        return
+    from PIL import Image
+
+    img = np.asarray(Image.open(png).convert("RGB")).transpose(2, 0, 1).copy()
+    storage.put_image(tag, img)
+
+
 class VehicleReidEvaluator(DatasetEvaluator):
     """Collects features and reports Rank-1/5/10, mAP and mINP; writes them as JSON.
 
@@ -304,6 +319,8 @@ class VehicleReidEvaluator(DatasetEvaluator):
                     plot_verification(h, summaries[k], path, f"{name}: {k}", far=far)
                 except ImportError as e:  # matplotlib missing: the numbers are still written
                     logger.warning(f"no verification picture ({e})")
+                    continue
+                _to_tensorboard(f"{name}/verification{suffix}", path)
         return results, summaries
 
     def _write_json(self, results):
