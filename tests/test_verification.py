@@ -272,3 +272,26 @@ def test_picture_into_the_event_storage(tmp_path):
     assert names == ["Rand/verification"]
     img = storage._vis_data[0][1]
     assert img.shape[0] == 3 and img.dtype == np.uint8 and img.shape[2] > 500
+
+
+def test_evaluator_dense_fastreid_rerank(tmp_path):
+    """TEST.RERANK.TYPE fastreid (the dense full-matrix path): verification of its re-ranked
+    matrix, against sklearn on FastReID's own re-ranked distances."""
+    from fastreid_plugins.evaluation import VehicleReidEvaluator
+
+    res, feats, pids, cams = _run_evaluator(
+        tmp_path, ["TEST.VERIFICATION.ENABLED", True, "TEST.RERANK.ENABLED", True,
+                   "TEST.RERANK.TYPE", "fastreid", "TEST.RERANK.K1", 6, "TEST.RERANK.K2", 3])
+    saved = json.loads((tmp_path / "Rand_results.json").read_text())
+    assert set(saved["verification"]) == {"cosine+rerank"}
+    ev = VehicleReidEvaluator.__new__(VehicleReidEvaluator)
+    from helpers import make_cfg
+
+    ev.cfg = make_cfg("configs/demo/bagtricks_r18.yml",
+                      ["TEST.RERANK.ENABLED", True, "TEST.RERANK.TYPE", "fastreid",
+                       "TEST.RERANK.K1", 6, "TEST.RERANK.K2", 3])
+    dist = np.asarray(ev._distance(feats[:40], feats[40:]))
+    same = pids[:40, None] == pids[None, 40:]
+    keep = ~(same & (cams[:40, None] == cams[None, 40:]))
+    auc = sk.roc_auc_score(same[keep].astype(int), -dist[keep])
+    assert res["AUC"] == pytest.approx(100 * auc, abs=1e-3)

@@ -220,7 +220,8 @@ class VehicleReidEvaluator(DatasetEvaluator):
             qf, gf = aqe(qf, gf, cfg.TEST.AQE.QE_TIME, cfg.TEST.AQE.QE_K, cfg.TEST.AQE.ALPHA)
         return rerank_distance(cfg, qf, gf, build_dist(qf, gf, cfg.TEST.METRIC))
 
-    def _split_metrics(self, qf, gf, q_pids, g_pids, q_camids, g_camids, norm_max=None):
+    def _split_metrics(self, qf, gf, q_pids, g_pids, q_camids, g_camids, norm_max=None,
+                       n_splits=1):
         """Metrics of one query/gallery split: query-chunked (never a (Q, G) array), except for
         ``TEST.RERANK.TYPE fastreid`` (dense N x N by construction: the full-matrix path).
         Returns ``(metrics, histograms)``: the verification pair histograms by distance name
@@ -229,6 +230,8 @@ class VehicleReidEvaluator(DatasetEvaluator):
         vopts = opts.pop("verification", None)
         if vopts is not None and norm_max is not None:
             vopts["norm_max"] = norm_max
+        if vopts is not None:  # the kept distances of all splits together stay within the bound
+            vopts["exact_pairs"] = int(vopts["exact_pairs"]) // n_splits
         if self.cfg.TEST.RERANK.ENABLED and rerank_type(self.cfg) == "fastreid":
             dist = self._distance(qf, gf)
             hists = None
@@ -275,7 +278,8 @@ class VehicleReidEvaluator(DatasetEvaluator):
             q, g = vehicleid_split(pids, np.random.default_rng(seed + t))
             # every image is its own "camera" in VehicleID: no junk removal
             res, h = self._split_metrics(feats[q], feats[g], pids[q], pids[g],
-                                         np.zeros(len(q)), np.ones(len(g)), norm_max=norm_max)
+                                         np.zeros(len(q)), np.ones(len(g)), norm_max=norm_max,
+                                         n_splits=n_trials)
             per_trial.append(res)
             if h is not None:  # the verification pairs of all trials, pooled
                 hists = h if hists is None else {k: hists[k].merge(v) for k, v in h.items()}
