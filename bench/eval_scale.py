@@ -17,6 +17,11 @@ already) and Rank-1 / mAP / mINP:
   parent prints the neighbour recall against the exact table (all ``k1`` columns, and the first
   ``k2`` that the local query expansion uses) and the mAP change against the exact run.
 
+* ``chunked-verify`` (``--verification``): the ``chunked`` run with the verification pair
+  histograms (:mod:`fastreid_plugins.evaluation.verification`, ``TEST.VERIFICATION.BINS``
+  bins, exact below ``EXACT_PAIRS`` pairs); prints TAR@FAR, EER, AUC, the bin width and its
+  time / peak against ``chunked``.
+
 Today's full-matrix re-ranking path (dense (Q, G) original + (Q, G) output) is not rerun by
 default (12.7 GB peak): ``python bench/rerank.py --large`` measured 707 s wall, 12.7 GB peak RSS
 in the previous session; ``--full-rerank`` runs it here when memory allows.
@@ -27,6 +32,7 @@ Usage:
     python bench/eval_scale.py                            # no re-ranking + exact re-ranking
     python bench/eval_scale.py --approx ivf --nprobe 16   # + approximate k-NN run
     python bench/eval_scale.py --num-query 1000 --num-gallery 12000   # quick
+    python bench/eval_scale.py --verification --no-rerank --full no   # + verification metrics
 """
 
 import argparse
@@ -86,11 +92,21 @@ def _worker(args):
             rr["knn_params"] = {"nprobe": args.nprobe, "nlist": args.nlist or None,
                                 "ef_search": args.ef_search}
 
+    verify = {}
+
     def run():
         if mode.startswith("chunked"):
+            vopts = {"n_bins": args.bins, "exact_pairs": args.exact_pairs} \
+                if mode == "chunked-verify" else None
             res = evaluate_chunked(qf, gf, q_pids, g_pids, q_cams, g_cams, metric="cosine",
                                    rerank=rr if "rerank" in mode else None,
-                                   memory_gb=args.memory_gb, progress=args.progress)
+                                   memory_gb=args.memory_gb, progress=args.progress,
+                                   verification=vopts)
+            if vopts:
+                s = res["verification"]["cosine"].summary()
+                verify.update({k: s[k] for k in ("eer", "auc", "num_pos", "num_neg", "exact",
+                                                 "bin_width")},
+                              tar_at_far={str(k): v for k, v in s["tar_at_far"].items()})
             return res["cmc"], res["all_ap"], res["all_inp"]
         from fastreid.utils.compute_dist import build_dist
 
@@ -116,13 +132,14 @@ def _worker(args):
                       "peak_increase_gb": (peak - rss_before) / 2**20,
                       "features_gb": n * args.dim * 4 / 2**30, "exact_peak": exact_peak,
                       "rank1": float(cmc[0]) * 100, "mAP": float(np.mean(ap)) * 100,
-                      "mINP": float(np.mean(inp)) * 100}))
+                      "mINP": float(np.mean(inp)) * 100, "verification": verify or None}))
 
 
 def _run_worker(mode, args, save=None):
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", mode]
     for key in ("num_query", "num_gallery", "dim", "ids", "noise", "cams", "seed", "k1", "k2",
-                "lam", "threads", "memory_gb", "nprobe", "nlist", "ef_search"):
+                "lam", "threads", "memory_gb", "nprobe", "nlist", "ef_search", "bins",
+                "exact_pairs"):
         cmd += ["--" + key.replace("_", "-"), str(getattr(args, key))]
     return run_worker(cmd, save, args.progress)
 
@@ -162,6 +179,10 @@ def main(argv=None):
     p.add_argument("--nlist", type=int, default=D["TEST.RERANK.KNN_NLIST"],
                    help="IVF cells (0: 4 sqrt(N))")
     p.add_argument("--ef-search", type=int, default=D["TEST.RERANK.KNN_EF_SEARCH"])
+    p.add_argument("--verification", action="store_true",
+                   help="also run chunked-verify (verification pair histograms)")
+    p.add_argument("--bins", type=int, default=D["TEST.VERIFICATION.BINS"])
+    p.add_argument("--exact-pairs", type=int, default=D["TEST.VERIFICATION.EXACT_PAIRS"])
     p.add_argument("--progress", action="store_true")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--save", help=argparse.SUPPRESS)
@@ -178,6 +199,16 @@ def main(argv=None):
     results = {}
     results["chunked"] = _run_worker("chunked", args)
     _print(results["chunked"])
+    if args.verification:
+        results["chunked-verify"] = v = _run_worker("chunked-verify", args)
+        _print(v)
+        m, c = v["verification"], results["chunked"]
+        tars = ", ".join(f"TAR@{f} {t * 100:.3f}" for f, t in m["tar_at_far"].items())
+        print(f"  verification: {m['num_pos']:,} positive / {m['num_neg']:,} negative pairs, "
+              f"{'exact' if m['exact'] else 'bin width %.3g' % m['bin_width']}: {tars}, "
+              f"EER {m['eer'] * 100:.3f}, AUC {m['auc'] * 100:.4f} (%); time "
+              f"{v['seconds'] / c['seconds']:.3f}x chunked, peak "
+              f"{v['peak_increase_gb'] - c['peak_increase_gb']:+.2f} GB", flush=True)
     avail = _mem_available_gb()
     need = 1.3 * dense_gb + n * args.dim * 4 / 2**30 + 1
     if args.full == "yes" or (args.full == "auto" and avail is not None and avail > need + 4):

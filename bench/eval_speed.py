@@ -10,6 +10,8 @@ inside site-packages) when Cython and a C compiler are available; otherwise it i
 unavailable. All timings are measured in this run, on this machine; ratios are ours / theirs.
 """
 
+import fastreid_plugins.patches.compat  # noqa: F401  (FastReID importable on torch 2)
+
 import argparse
 import glob
 import importlib.util
@@ -24,7 +26,6 @@ import fastreid
 import numpy as np
 from fastreid.evaluation.rank import evaluate_py
 
-import fastreid_plugins  # noqa: F401
 from fastreid_plugins.evaluation.rank import evaluate_rank
 
 

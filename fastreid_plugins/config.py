@@ -22,6 +22,12 @@ Added by :func:`add_plugins_config`:
   :mod:`fastreid_plugins.modeling.pretrained`.
 * ``SOLVER.OPT "AMSGrad"`` is accepted as a value: Adam with ``amsgrad=True`` (Reddi et al.,
   ICLR 2018), which FastReID's optimizer builder cannot ask for.
+* ``TEST.VERIFICATION.ENABLED`` (False): verification metrics in the evaluator
+  (:mod:`fastreid_plugins.evaluation.verification`, docs/verification.md): ROC, TAR at FAR
+  1e-2 / 1e-3 / 1e-4, EER and AUC over the query-gallery pairs, from ``BINS`` (65536)-bin
+  distance histograms streamed over the query blocks, exact where ``Q G <= EXACT_PAIRS``
+  (2,000,000); ``BOTH_METRICS`` (False) adds the other of cosine / euclidean; ``FAR`` (1e-3)
+  is the operating point drawn in ``OUTPUT_DIR/<dataset>_verification.png``.
 * ``DIST.GATHER_LOSSES`` (True) / ``DIST.GLOBAL_SAMPLER`` (True): multi-process
   training (see :mod:`fastreid_plugins.distributed`).
 """
@@ -60,6 +66,12 @@ PLUGIN_DEFAULTS: Dict[str, Any] = {
     "MODEL.BACKBONE.IBN_LAYOUT": "ibnnet",
     "DIST.GATHER_LOSSES": True,
     "DIST.GLOBAL_SAMPLER": True,
+    # verification metrics (ROC, TAR@FAR, EER, AUC): fastreid_plugins.evaluation.verification
+    "TEST.VERIFICATION.ENABLED": False,
+    "TEST.VERIFICATION.BINS": 65536,
+    "TEST.VERIFICATION.EXACT_PAIRS": 2_000_000,
+    "TEST.VERIFICATION.BOTH_METRICS": False,
+    "TEST.VERIFICATION.FAR": 1e-3,
 }
 
 

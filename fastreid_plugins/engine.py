@@ -253,9 +253,18 @@ class PluginTrainer(ResumableTrainerMixin, DefaultTrainer):
     @classmethod
     def test(cls, cfg: CfgNode, model: nn.Module) -> Dict[str, Any]:
         """FastReID's ``test``, after giving every rank rank 0's buffers (BN running statistics):
-        under DDP the metrics are then those of the checkpoint rank 0 saves."""
+        under DDP the metrics are then those of the checkpoint rank 0 saves. With several
+        ``DATASETS.TESTS``, one table of all of them is logged and written to
+        ``OUTPUT_DIR/results_table.csv`` (:mod:`fastreid_plugins.evaluation.summary`)."""
         distributed.broadcast_buffers(model)
-        return super().test(cfg, model)
+        results = super().test(cfg, model)
+        if comm.is_main_process() and len(cfg.DATASETS.TESTS) > 1 and results:
+            from .evaluation.summary import results_table, write_results_table
+
+            logger.info(f"Results on {len(results)} test sets:\n{results_table(results)}")
+            if cfg.OUTPUT_DIR:
+                write_results_table(results, os.path.join(cfg.OUTPUT_DIR, "results_table.csv"))
+        return results
 
     @classmethod
     def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_dir: Optional[str] = None

@@ -54,6 +54,7 @@ DEFAULT_MEMORY_GB = PLUGIN_DEFAULTS["TEST.EVAL_MEMORY_GB"]
 # the top-k masked copy (4) and headroom for the re-ranker's float64 sub-blocks
 BYTES_PER_ENTRY = 40
 _RANK_ROWS = 64  # rows ranked together inside a block
+_COUNT_ENTRIES = 1 << 21  # pairs binned together by the verification histograms
 
 
 def chunk_rows(num_gallery: int, memory_gb: float = DEFAULT_MEMORY_GB,
@@ -154,7 +155,8 @@ def evaluate_chunked(query_feat: Union[torch.Tensor, np.ndarray],
                      metric: str = "cosine", aqe: Optional[Dict[str, Any]] = None,
                      rerank: Optional[Dict[str, Any]] = None,
                      memory_gb: float = DEFAULT_MEMORY_GB, max_rank: int = 50, topk: int = 0,
-                     progress: bool = False) -> Dict[str, Any]:
+                     progress: bool = False,
+                     verification: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """CMC, per-query AP / INP (and top-k lists) from features, one block of queries at a time.
 
     Same metrics as ``evaluate_rank(build_dist(qf, gf, metric), ...)`` after FastReID's AQE and
@@ -171,13 +173,19 @@ def evaluate_chunked(query_feat: Union[torch.Tensor, np.ndarray],
         max_rank (int): CMC length (capped at G).
         topk (int): also return the ``topk`` nearest non-junk gallery images of every query.
         progress (bool): tqdm bars.
+        verification (dict or None): also count the positive / negative pair distances
+            (:mod:`~.verification`) with ``n_bins``, ``exact_pairs`` (keep the distances when
+            ``Q G`` is at most this) and ``both_metrics`` (also the other of cosine / euclidean).
 
     Returns:
         dict: ``cmc`` (float32 (min(max_rank, G),)), ``all_ap`` / ``all_inp`` (lists over the
         queries with a true match, as :func:`~.rank.evaluate_rank`), ``valid`` ((Q,) bool),
         ``ap`` / ``inp`` ((Q,) float64, NaN where not valid), ``chunk`` (queries per block) and,
         when ``topk``: ``topk_index`` ((Q, topk) int64, -1 padded) and ``topk_dist`` ((Q, topk)
-        float32), in ascending distance, ties by gallery index, junk excluded.
+        float32), in ascending distance, ties by gallery index, junk excluded; with
+        ``verification``: ``verification``, a dict of
+        :class:`~.verification.PairHistogram` by distance (``metric``, the other metric with
+        ``both_metrics``, ``<metric>+rerank`` when re-ranking).
 
     Raises:
         ValueError: bad shapes or metric, bad budget, or no query has a true match.
@@ -197,25 +205,12 @@ def evaluate_chunked(query_feat: Union[torch.Tensor, np.ndarray],
     if aqe:
         qf, gf = chunked_aqe(qf, gf, aqe["qe_times"], aqe["qe_k"], aqe["alpha"], memory_gb,
                              progress)
-    index = None
-    if rerank:
-        from .sparse_rerank import JaccardIndex, _check_args
-
-        lam = float(rerank["lambda_value"])
-        _check_args(nq + ng, rerank["k1"], rerank["k2"], lam)
-        feats = torch.cat([qf, gf])  # the re-ranker's stacked copy, freed once encoded
-        if metric == "cosine":  # same arithmetic as F.normalize(x, dim=1), in place
-            feats /= row_norms(feats).clamp_min_(1e-12)
-        index = JaccardIndex(feats, nq, rerank["k1"], rerank["k2"],
-                             knn=rerank.get("knn", "auto"), device=rerank.get("device"),
-                             progress=progress, knn_params=rerank.get("knn_params"))
-        del feats
-    if metric == "cosine":  # 1 - cos from inverse norms: no normalised copy of the gallery
-        q_inv = 1.0 / row_norms(qf)[:, 0].clamp_min(1e-12)  # F.normalize's eps
-        g_inv = 1.0 / row_norms(gf)[:, 0].clamp_min(1e-12)
-    else:
-        q_sq, g_sq = row_sq_norms(qf), row_sq_norms(gf)
-    gt = gf.t()
+    index = _rerank_index(qf, gf, metric, rerank, progress) if rerank else None
+    lam = float(rerank["lambda_value"]) if rerank else 0.0
+    hists, other = None, None
+    if verification:
+        hists, other = _verification_histograms(verification, metric, qf, gf, index is not None)
+    block_distance = _block_distance_fn(qf, gf, {metric, other} - {None})
 
     first = np.zeros(nq, dtype=np.int64)
     ap = np.full(nq, np.nan)
@@ -225,12 +220,17 @@ def evaluate_chunked(query_feat: Union[torch.Tensor, np.ndarray],
         topk_dist = np.full((nq, min(topk, ng)), np.nan, dtype=np.float32)
     for s in _progress(range(0, nq, rows), progress, "evaluation (query blocks)"):
         e = min(nq, s + rows)
-        if metric == "cosine":
-            d = torch.mm(qf[s:e], gt).mul_(q_inv[s:e, None]).mul_(g_inv[None, :])
-            d = d.neg_().add_(1).numpy()
-        else:  # FastReID's compute_euclidean_distance
-            d = q_sq[s:e, None] + g_sq[None, :]
-            d = d.addmm_(qf[s:e], gt, beta=1, alpha=-2).numpy()
+        d = block_distance(metric, s, e)
+        labels = (q_pids, g_pids, q_camids, g_camids)
+        ranked = []  # the histograms of the ranked distances: counted by rank_block
+        if hists is not None:
+            if other:
+                _count_pairs(hists[other], block_distance(other, s, e), s, *labels)
+            if index is None:
+                ranked = [hists[metric]]
+            else:
+                _count_pairs(hists[metric], d, s, *labels)
+                ranked = [hists[f"{metric}+rerank"]]
         if index is not None:  # Eq. 12, the arithmetic of sparse_rerank
             blk = index.rows(s, e)
             blk *= np.float32(1 - lam)
@@ -239,7 +239,7 @@ def evaluate_chunked(query_feat: Union[torch.Tensor, np.ndarray],
         for r in range(s, e, _RANK_ROWS):  # cache-sized row groups (as evaluate_rank's chunk)
             f = min(e, r + _RANK_ROWS)
             first[r:f], ap[r:f], inp[r:f] = rank_block(d[r - s:f - s], q_pids[r:f], g_pids,
-                                                       q_camids[r:f], g_camids)
+                                                       q_camids[r:f], g_camids, ranked)
         if topk:
             topk_index[s:e], topk_dist[s:e] = _topk_rows(d, q_pids[s:e], g_pids, q_camids[s:e],
                                                          g_camids, topk)
@@ -249,7 +249,72 @@ def evaluate_chunked(query_feat: Union[torch.Tensor, np.ndarray],
            "inp": inp, "chunk": rows}
     if topk:
         out["topk_index"], out["topk_dist"] = topk_index, topk_dist
+    if hists is not None:
+        out["verification"] = hists
     return out
+
+
+def _rerank_index(qf, gf, metric, rerank, progress):
+    """The sparse re-ranker's :class:`~.sparse_rerank.JaccardIndex` of the stacked features."""
+    from .sparse_rerank import JaccardIndex, _check_args
+
+    nq, ng = len(qf), len(gf)
+    _check_args(nq + ng, rerank["k1"], rerank["k2"], float(rerank["lambda_value"]))
+    feats = torch.cat([qf, gf])  # the re-ranker's stacked copy, freed once encoded
+    if metric == "cosine":  # same arithmetic as F.normalize(x, dim=1), in place
+        feats /= row_norms(feats).clamp_min_(1e-12)
+    return JaccardIndex(feats, nq, rerank["k1"], rerank["k2"], knn=rerank.get("knn", "auto"),
+                        device=rerank.get("device"), progress=progress,
+                        knn_params=rerank.get("knn_params"))
+
+
+def _block_distance_fn(qf, gf, metrics):
+    """``f(metric, s, e)``: the (e - s, G) float32 distances of query rows ``s..e`` for each of
+    ``metrics`` (cosine ``1 - cos`` from inverse norms: no normalised copy of the gallery;
+    squared euclidean as FastReID's ``compute_euclidean_distance``)."""
+    if "cosine" in metrics:
+        q_inv = 1.0 / row_norms(qf)[:, 0].clamp_min(1e-12)  # F.normalize's eps
+        g_inv = 1.0 / row_norms(gf)[:, 0].clamp_min(1e-12)
+    if "euclidean" in metrics:
+        q_sq, g_sq = row_sq_norms(qf), row_sq_norms(gf)
+    gt = gf.t()
+
+    def block_distance(m, s, e):
+        if m == "cosine":
+            d = torch.mm(qf[s:e], gt).mul_(q_inv[s:e, None]).mul_(g_inv[None, :])
+            return d.neg_().add_(1).numpy()
+        d = q_sq[s:e, None] + g_sq[None, :]
+        return d.addmm_(qf[s:e], gt, beta=1, alpha=-2).numpy()
+
+    return block_distance
+
+
+def _verification_histograms(opts, metric, qf, gf, rerank):
+    """The :class:`~.verification.PairHistogram` of each distance and the other metric (or
+    None) for :func:`evaluate_chunked`'s ``verification`` options."""
+    from .verification import DEFAULT_BINS, DEFAULT_EXACT_PAIRS, histograms_for
+
+    other = None
+    if opts.get("both_metrics"):
+        other = "euclidean" if metric == "cosine" else "cosine"
+    metrics = [metric] + ([other] if other else [])
+    norms = {"q": float(row_norms(qf).max()) if len(qf) else 0.0,
+             "g": float(row_norms(gf).max()) if len(gf) else 0.0}
+    if opts.get("norm_max") is not None:  # a range shared by several splits (VehicleID)
+        norms = {"q": float(opts["norm_max"]), "g": float(opts["norm_max"])}
+    exact = len(qf) * len(gf) <= int(opts.get("exact_pairs", DEFAULT_EXACT_PAIRS))
+    return histograms_for(metrics, rerank, int(opts.get("n_bins", DEFAULT_BINS)), exact,
+                          norms), other
+
+
+def _count_pairs(hist, d, s, q_pids, g_pids, q_camids, g_camids):
+    """Add the pairs of block rows ``s..s+len(d)`` to ``hist``, in row groups of at most
+    ``_COUNT_ENTRIES`` pairs (their scaled distances, bin indices and identity mask, ~9 bytes
+    a pair, are the only temporaries: ~18 MiB, whatever G)."""
+    step = max(1, _COUNT_ENTRIES // max(1, d.shape[1]))
+    for r in range(0, len(d), step):
+        f = min(len(d), r + step)
+        hist.add(d[r:f], q_pids[s + r:s + f], g_pids, q_camids[s + r:s + f], g_camids)
 
 
 def options_from_cfg(cfg: CfgNode) -> Dict[str, Any]:
@@ -275,4 +340,8 @@ def options_from_cfg(cfg: CfgNode) -> Dict[str, Any]:
         knn, params = knn_from_cfg(cfg)
         opts["rerank"] = {"k1": rr.K1, "k2": rr.K2, "lambda_value": rr.LAMBDA, "knn": knn,
                           "knn_params": params}
+    if t.VERIFICATION.ENABLED:
+        v = t.VERIFICATION
+        opts["verification"] = {"n_bins": v.BINS, "exact_pairs": v.EXACT_PAIRS,
+                                "both_metrics": v.BOTH_METRICS}
     return opts

@@ -30,6 +30,14 @@ from ..config import require_plugins_config
 from .chunked import evaluate_chunked, options_from_cfg
 from .rank import evaluate_rank
 from .rerank import rerank_distance, rerank_type
+from .verification import (
+    FARS,
+    VERIFICATION_KEYS,
+    dense_histograms,
+    json_summaries,
+    plot_verification,
+    scalar_results,
+)
 
 if TYPE_CHECKING:
     from fastreid.config import CfgNode
@@ -102,6 +110,21 @@ def vehicleid_split(pids: ArrayLike,
     mask = np.ones(len(pids), dtype=bool)
     mask[gallery] = False
     return np.flatnonzero(mask), gallery
+
+
+def _to_tensorboard(tag, png):
+    """Put a picture into FastReID's current event storage (written to tensorboard by the
+    trainer's ``TensorboardXWriter``); nothing outside training (no storage)."""
+    from fastreid.utils.events import get_event_storage
+
+    try:
+        storage = get_event_storage()
+    except AssertionError:  # no EventStorage: --eval-only, a tool
+        return
+    from PIL import Image
+
+    img = np.asarray(Image.open(png).convert("RGB")).transpose(2, 0, 1).copy()
+    storage.put_image(tag, img)
 
 
 class VehicleReidEvaluator(DatasetEvaluator):
@@ -197,15 +220,29 @@ class VehicleReidEvaluator(DatasetEvaluator):
             qf, gf = aqe(qf, gf, cfg.TEST.AQE.QE_TIME, cfg.TEST.AQE.QE_K, cfg.TEST.AQE.ALPHA)
         return rerank_distance(cfg, qf, gf, build_dist(qf, gf, cfg.TEST.METRIC))
 
-    def _split_metrics(self, qf, gf, q_pids, g_pids, q_camids, g_camids):
+    def _split_metrics(self, qf, gf, q_pids, g_pids, q_camids, g_camids, norm_max=None,
+                       n_splits=1):
         """Metrics of one query/gallery split: query-chunked (never a (Q, G) array), except for
-        ``TEST.RERANK.TYPE fastreid`` (dense N x N by construction: the full-matrix path)."""
+        ``TEST.RERANK.TYPE fastreid`` (dense N x N by construction: the full-matrix path).
+        Returns ``(metrics, histograms)``: the verification pair histograms by distance name
+        (None unless ``TEST.VERIFICATION.ENABLED``)."""
+        opts = options_from_cfg(self.cfg)
+        vopts = opts.pop("verification", None)
+        if vopts is not None and norm_max is not None:
+            vopts["norm_max"] = norm_max
+        if vopts is not None:  # the kept distances of all splits together stay within the bound
+            vopts["exact_pairs"] = int(vopts["exact_pairs"]) // n_splits
         if self.cfg.TEST.RERANK.ENABLED and rerank_type(self.cfg) == "fastreid":
             dist = self._distance(qf, gf)
-            return metrics_from_distmat(dist, q_pids, g_pids, q_camids, g_camids)
+            hists = None
+            if vopts is not None:
+                hists = dense_histograms(dist, q_pids, g_pids, q_camids, g_camids,
+                                         self.cfg.TEST.METRIC, vopts)
+            return metrics_from_distmat(dist, q_pids, g_pids, q_camids, g_camids), hists
         res = evaluate_chunked(qf, gf, q_pids, g_pids, q_camids, g_camids,
-                               progress=comm.is_main_process(), **options_from_cfg(self.cfg))
-        return metrics_from_curves(res["cmc"], res["all_ap"], res["all_inp"])
+                               progress=comm.is_main_process(), verification=vopts, **opts)
+        return (metrics_from_curves(res["cmc"], res["all_ap"], res["all_inp"]),
+                res.get("verification"))
 
     def evaluate(self) -> Dict[str, float]:
         gathered = self._gather()
@@ -214,10 +251,13 @@ class VehicleReidEvaluator(DatasetEvaluator):
         feats, pids, camids = gathered
         if self._protocol == "standard":
             nq = self._num_query
-            results = self._split_metrics(feats[:nq], feats[nq:], pids[:nq], pids[nq:],
-                                          camids[:nq], camids[nq:])
+            results, hists = self._split_metrics(feats[:nq], feats[nq:], pids[:nq], pids[nq:],
+                                                 camids[:nq], camids[nq:])
         else:
-            results = self._evaluate_vehicleid(feats, pids)
+            results, hists = self._evaluate_vehicleid(feats, pids)
+        self._verification = None
+        if hists:
+            results, self._verification = self._add_verification(results, hists)
         one_match = self._protocol == "vehicleid" or \
             np.all(np.unique(pids[nq:], return_counts=True)[1] == 1)
         if one_match:
@@ -231,19 +271,61 @@ class VehicleReidEvaluator(DatasetEvaluator):
         seed = self.cfg.TEST.VEHICLEID.SEED
         if n_trials < 1:
             raise ValueError(f"TEST.VEHICLEID.NUM_TRIALS must be >= 1, got {n_trials}")
-        per_trial = []
+        per_trial, hists = [], None
+        # one histogram range for every trial (merged below): the largest norm of all features
+        norm_max = float(feats.norm(dim=1).max()) if len(feats) else 0.0
         for t in range(n_trials):
             q, g = vehicleid_split(pids, np.random.default_rng(seed + t))
             # every image is its own "camera" in VehicleID: no junk removal
-            per_trial.append(self._split_metrics(feats[q], feats[g], pids[q], pids[g],
-                                                 np.zeros(len(q)), np.ones(len(g))))
+            res, h = self._split_metrics(feats[q], feats[g], pids[q], pids[g],
+                                         np.zeros(len(q)), np.ones(len(g)), norm_max=norm_max,
+                                         n_splits=n_trials)
+            per_trial.append(res)
+            if h is not None:  # the verification pairs of all trials, pooled
+                hists = h if hists is None else {k: hists[k].merge(v) for k, v in h.items()}
         results = OrderedDict()
         for k in per_trial[0]:
             results[k] = float(np.mean([r[k] for r in per_trial]))
         for k in ("Rank-1", "Rank-5", "mAP"):
             results[f"{k}_std"] = float(np.std([r[k] for r in per_trial]))
         logger.info(f"VehicleID protocol: {n_trials} trials (seeds {seed}..{seed + n_trials - 1})")
-        return results
+        return results, hists
+
+    def _main_distance(self):
+        """The name of the distance the ranking metrics use (``<metric>[+rerank]``)."""
+        return self.cfg.TEST.METRIC + ("+rerank" if self.cfg.TEST.RERANK.ENABLED else "")
+
+    def _add_verification(self, results, hists):
+        """Scalar verification keys (of the ranking's distance) into ``results``; the full
+        summaries by distance; the PNGs into the output folder."""
+        summaries = OrderedDict((k, h.summary()) for k, h in hists.items())
+        main = self._main_distance()
+        results = OrderedDict(results)
+        results.update(scalar_results(summaries[main]))
+        s = summaries[main]
+        how = "exact" if s["exact"] else "bin width {:.3g}".format(s["bin_width"])
+        logger.info(f"Verification ({main}, {s['num_pos']:,} positive / {s['num_neg']:,} "
+                    f"negative pairs, {how}): "
+                    + ", ".join(f"{k} {results[k]:.2f}%" for k in VERIFICATION_KEYS))
+        if s["far_resolution"] > min(FARS):
+            logger.info(f"{s['num_neg']:,} negative pairs: a FAR below {s['far_resolution']:.2g} "
+                        "reads as 'no negative accepted' (the TAR@FAR there are equal).")
+        if self._output_dir:
+            os.makedirs(self._output_dir, exist_ok=True)
+            name = self._dataset_name or "test"
+            far = float(self.cfg.TEST.VERIFICATION.FAR)
+            for k, h in hists.items():
+                if far not in summaries[k]["threshold_at_far"]:
+                    summaries[k] = h.summary(tuple(FARS) + (far,))
+                suffix = "" if k == main else "_" + k.replace("+", "_")
+                path = os.path.join(self._output_dir, f"{name}_verification{suffix}.png")
+                try:
+                    plot_verification(h, summaries[k], path, f"{name}: {k}", far=far)
+                except ImportError as e:  # matplotlib missing: the numbers are still written
+                    logger.warning(f"no verification picture ({e})")
+                    continue
+                _to_tensorboard(f"{name}/verification{suffix}", path)
+        return results, summaries
 
     def _write_json(self, results):
         if not self._output_dir:
@@ -251,6 +333,9 @@ class VehicleReidEvaluator(DatasetEvaluator):
         os.makedirs(self._output_dir, exist_ok=True)
         name = self._dataset_name or "test"
         path = os.path.join(self._output_dir, f"{name}_results.json")
+        out = {"dataset": name, "protocol": self._protocol, **results}
+        if getattr(self, "_verification", None):
+            out["verification"] = json_summaries(self._verification)
         with open(path, "w") as f:
-            json.dump({"dataset": name, "protocol": self._protocol, **results}, f, indent=2)
+            json.dump(out, f, indent=2)
         logger.info(f"Evaluation results written to {path}")

@@ -6,7 +6,8 @@ Usage::
         [--output results.csv|results.json] \\
         [--index-type exact|ivf|hnsw|ivf-flat|ivf-pq|FACTORY] [--nlist N] [--nprobe 64] \\
         [--ef-search 128] [--pq-m M] [--index gallery.faiss] [--recall-sample 1000] \\
-        [--rerank] [--vis N | --vis-queries IMG ...] [--vis-dir vis/] [--debug]
+        [--rerank] [--vis N | --vis-queries IMG ...] [--vis-dir vis/] [--debug] \\
+        [--threshold threshold.json|VALUE]
     # query images instead of features (extracted with the same model first):
     python -m fastreid_plugins.tools.search --gallery GALLERY_DIR --query IMAGES_DIR_OR_LIST \\
         --config-file C.yml --topk 10 MODEL.WEIGHTS model_final.pth
@@ -43,6 +44,12 @@ the re-ranker's approximate k-NN too, and the defaults of ``--index-type``, ``--
   ``--rerank-block`` queries: the neighbour sets are computed on those queries plus the union of
   their candidates (on a gallery that the candidates cover entirely and one block, the
   evaluator's re-ranked distances).
+* ``--threshold FILE|VALUE``: open-set search. Only the results with ``distance <= threshold``
+  are kept; a query with none is answered ``no match``; the CSV gains a ``decision`` column, the
+  JSON a ``decision`` per query and result (:func:`write_results`); the pictures mark the
+  threshold. A file of ``python -m fastreid_plugins.tools.calibrate`` must have the gallery's
+  metric and model (SHA-256 of the manifest's weights), else a ``ConfigError`` names both. Its
+  per-camera-pair thresholds are not used (the queries have no camera labels): the global one is.
 * ``--vis N`` / ``--vis-queries``: rank-list pictures drawn by
   :func:`fastreid_plugins.tools.visualize.draw_ranklist`; there are no identity labels, so every
   border is grey and the captions show file names.
@@ -564,20 +571,35 @@ def load_queries(query: str, gallery: FeatureStore, config_file: Optional[str] =
 
 
 # ----------------------------------------------------------------------------- output
-def _write_csv(f: TextIO, query_paths, gallery_paths, dist, index):
-    """``query,rank,gallery,distance`` rows of the rank lists (gallery index -1 = none)."""
+def _write_csv(f: TextIO, query_paths, gallery_paths, dist, index, threshold=None):
+    """``query,rank,gallery,distance`` rows of the rank lists (gallery index -1 = none); with a
+    ``threshold``, a ``decision`` column: ``match`` for the results within it (the others are
+    left out) and one ``no match`` row (rank 0) for a query without any."""
     w = csv.writer(f)
-    w.writerow(["query", "rank", "gallery", "distance"])
+    w.writerow(["query", "rank", "gallery", "distance"]
+               + (["decision"] if threshold is not None else []))
     for qi, q in enumerate(query_paths):
+        n = 0
         for r, (d, g) in enumerate(zip(dist[qi], index[qi]), 1):
-            if g >= 0:
-                w.writerow([q, r, gallery_paths[qi][r - 1], f"{d:.6g}"])
+            if g >= 0 and (threshold is None or d <= threshold):
+                w.writerow([q, r, gallery_paths[qi][r - 1], f"{d:.6g}"]
+                           + (["match"] if threshold is not None else []))
+                n += 1
+        if threshold is not None and n == 0:
+            best = f"{dist[qi][0]:.6g}" if len(index[qi]) and index[qi][0] >= 0 else ""
+            w.writerow([q, 0, "", best, "no match"])
 
 
 def write_results(path: str, query_paths: Sequence[str],
                   gallery_paths: Sequence[Sequence[Optional[str]]], dist: np.ndarray,
-                  index: np.ndarray, extra: Optional[Dict[str, Any]] = None) -> None:
+                  index: np.ndarray, extra: Optional[Dict[str, Any]] = None,
+                  threshold: Optional[float] = None) -> None:
     """Write the rank lists as CSV (``query,rank,gallery,distance``) or JSON (by extension).
+
+    With ``threshold`` (open-set search), only the results with ``distance <= threshold`` are
+    written, with their decision (``match``); a query with none gets ``no match`` (CSV: one row of
+    rank 0 with the nearest distance; JSON: ``"decision": "no match"``, an empty ranking and
+    ``nearest_distance``).
 
     Raises:
         ConfigError: another extension.
@@ -589,22 +611,36 @@ def write_results(path: str, query_paths: Sequence[str],
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w", encoding="utf-8", newline="") as f:
         if ext == ".csv":
-            _write_csv(f, query_paths, gallery_paths, dist, index)
+            _write_csv(f, query_paths, gallery_paths, dist, index, threshold)
         else:
             json.dump(dict(extra or {}, results=[
-                {"query": q, "ranking": [{"rank": r, "gallery": gp, "gallery_index": int(g),
-                                          "distance": float(d)}
-                                         for r, (d, g, gp) in enumerate(
-                                             zip(dist[qi], index[qi], gallery_paths[qi]), 1)
-                                         if g >= 0]}
+                _json_result(q, dist[qi], index[qi], gallery_paths[qi], threshold)
                 for qi, q in enumerate(query_paths)]), f, indent=1)
     os.replace(tmp, path)
 
 
+def _json_result(query, dist, index, gallery_paths, threshold):
+    """One query's JSON record (see :func:`write_results`)."""
+    ranking = [{"rank": r, "gallery": gp, "gallery_index": int(g), "distance": float(d)}
+               for r, (d, g, gp) in enumerate(zip(dist, index, gallery_paths), 1)
+               if g >= 0 and (threshold is None or d <= threshold)]
+    if threshold is None:
+        return {"query": query, "ranking": ranking}
+    for item in ranking:
+        item["decision"] = "match"
+    out = {"query": query, "decision": "match" if ranking else "no match", "ranking": ranking}
+    if not ranking and len(index) and index[0] >= 0:
+        out["nearest_distance"] = float(dist[0])
+    return out
+
+
 def draw_results(out_dir: str, query_paths: Sequence[str],
                  gallery_paths: Sequence[Sequence[Optional[str]]], dist: np.ndarray,
-                 chosen: Sequence[int], size: Tuple[int, int]) -> List[str]:
-    """Rank-list pictures of the ``chosen`` query indices with visualize's ``draw_ranklist``.
+                 chosen: Sequence[int], size: Tuple[int, int],
+                 threshold: Optional[float] = None) -> List[str]:
+    """Rank-list pictures of the ``chosen`` query indices with visualize's ``draw_ranklist``;
+    with ``threshold``, the top-K stay drawn and visualize's ``mark_threshold`` marks where the
+    accepted results end ("no match" when none is).
 
     Returns:
         list[str]: the written PNG files.
@@ -626,6 +662,8 @@ def draw_results(out_dir: str, query_paths: Sequence[str],
             for t in range(vis.BORDER):
                 draw.rectangle([x0 + t, y0 + t, x1 - 1 - t, y1 - 1 - t],
                                outline=UNLABELLED_COLOR)
+        if threshold is not None:
+            vis.mark_threshold(img, boxes, [g["dist"] for g in gal], threshold)
         stem = os.path.splitext(os.path.basename(query_paths[qi]))[0]
         f = os.path.join(out_dir, f"search_{n:03d}_{stem}.png")
         img.save(f)
@@ -746,6 +784,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pq-m", type=int, default=None, help="PQ sub-vectors (default D/8)")
     p.add_argument("--recall-sample", type=int, default=RECALL_SAMPLE,
                    help="queries for the recall@K check of an approximate index (0 = off)")
+    p.add_argument("--threshold", default=None, metavar="FILE|VALUE",
+                   help="open-set search: keep the results with distance <= the threshold (a "
+                        "number, or a file of python -m fastreid_plugins.tools.calibrate: same "
+                        "metric and model required), 'no match' for a query with none")
     p.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking of the top-K")
     p.add_argument("--rerank-candidates", type=int, default=RERANK_CANDIDATES)
     p.add_argument("--rerank-block", type=int, default=RERANK_BLOCK)
@@ -793,6 +835,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     gallery = FeatureStore(args.gallery)
+    threshold = _threshold(args.threshold, gallery, args.rerank)
     if not os.path.exists(args.query):
         raise DatasetNotFoundError(f"--query not found: {args.query!r}")
     qs = load_queries(args.query, gallery, args.config_file, args.opts, args.batch_size,
@@ -803,19 +846,46 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         args.seed, progress=not args.no_progress, ef_search=args.ef_search)
     flat = gallery.paths(index.reshape(-1))
     gpaths = [flat[i * index.shape[1]:(i + 1) * index.shape[1]] for i in range(len(index))]
+    t = None
+    if threshold is not None:
+        t = threshold[0]
+        info["threshold"] = threshold[1]
+        info["no_match"] = int(sum(1 for qi in range(len(dist))
+                                   if not ((dist[qi] <= t) & (index[qi] >= 0)).any()))
+        logger.info(f"threshold {t:.6g}: {info['no_match']} of {len(dist)} queries without a "
+                    "match")
     if args.output:
-        write_results(args.output, qs.paths, gpaths, dist, index, {"info": info})
+        write_results(args.output, qs.paths, gpaths, dist, index, {"info": info}, threshold=t)
         logger.info(f"top-{args.topk} of {len(qs.paths)} queries written to {args.output}")
     else:
-        _write_csv(sys.stdout, qs.paths, gpaths, dist, index)
+        _write_csv(sys.stdout, qs.paths, gpaths, dist, index, t)
     chosen = _chosen_queries(qs.paths, args.vis, args.vis_queries, args.query)
     vis = []
     if chosen:
         size = args.vis_size or _input_size(gallery.manifest)
-        vis = draw_results(args.vis_dir, qs.paths, gpaths, dist, chosen, size)
+        vis = draw_results(args.vis_dir, qs.paths, gpaths, dist, chosen, size, t)
         logger.info(f"{len(vis)} rank-list pictures written to {args.vis_dir}")
     return {"dist": dist, "index": index, "query_paths": qs.paths, "gallery_paths": gpaths,
             "info": info, "vis": vis}
+
+
+def _threshold(spec, gallery, rerank):
+    """``(value, record)`` of ``--threshold`` (None without one), checked against the gallery's
+    metric and model (:func:`fastreid_plugins.tools.calibrate.load_threshold`).
+
+    Raises:
+        ConfigError: a bad value / file, another metric or model, or ``--rerank`` with a file
+            calibrated on plain distances.
+    """
+    if spec is None:
+        return None
+    from fastreid_plugins.evaluation.verification import load_threshold
+
+    value, rec = load_threshold(spec, gallery.metric, gallery.manifest.get("weights_sha256"))
+    if rerank and rec.get("source") != "value":
+        raise ConfigError(f"--threshold {spec!r} was calibrated on {gallery.metric} distances, "
+                          "not re-ranked ones: drop --rerank or pass a value.")
+    return value, rec
 
 
 def _input_size(manifest):

@@ -153,6 +153,36 @@ def draw_ranklist(query: Dict[str, Any], gallery: Sequence[Mapping[str, Any]], h
     return canvas, qbox, boxes
 
 
+#: colour of the threshold marker of an open-set rank list (``search --threshold``)
+THRESHOLD_COLOR = (255, 140, 0)
+
+
+def mark_threshold(img: Image.Image, boxes: Sequence[Sequence[int]],
+                   dists: Sequence[float], threshold: float) -> int:
+    """Mark an open-set threshold on a rank list of :func:`draw_ranklist` (in place): a vertical
+    bar after the last gallery image within ``threshold`` (distance ``<=``), and its value; a
+    "no match" label where none is.
+
+    Args:
+        img (PIL.Image): the rank list; boxes: its gallery boxes; dists: their distances.
+        threshold (float): the accept threshold.
+
+    Returns:
+        int: the number of gallery images within the threshold.
+    """
+    from PIL import ImageDraw
+
+    draw = ImageDraw.Draw(img)
+    kept = sum(1 for d in dists if d <= threshold)
+    if boxes:
+        x = boxes[kept - 1][2] + GAP // 2 - 1 if kept else boxes[0][0] - QUERY_GAP // 2
+        y0, y1 = boxes[0][1], boxes[0][3]
+        draw.rectangle([x - 1, y0 - PAD + 1, x + 1, y1 + TEXT_H - 2], fill=THRESHOLD_COLOR)
+        label = f"t={threshold:.3g}" + ("" if kept else "  no match")
+        draw.text((x + 4, max(0, y0 - PAD)), label, fill=THRESHOLD_COLOR)
+    return kept
+
+
 def draw_cmc(cmc: Union[np.ndarray, Sequence[float]], title: str,
              size: Tuple[int, int] = (640, 480)) -> Image.Image:
     """Draw a CMC curve (PIL only).
