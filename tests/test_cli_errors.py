@@ -240,3 +240,73 @@ def test_demo_knows_when_its_number_is_a_fitting_check(veri_root, tmp_path):
     assert os.path.isfile(demo.HELDOUT_SCRIPT)
     # the printed commands use the interpreter that runs (e.g. .venv/bin/python), not `python`
     assert demo.interpreter() in (os.path.relpath(sys.executable), sys.executable)
+
+
+# ------------------------------------------------------ demo: a wrong path never trains (issue 27)
+@pytest.mark.parametrize("layout", ["missing", "no_veri"])
+def test_demo_with_a_given_path_without_veri_is_an_error(tmp_path, layout):
+    """An explicitly given FASTREID_DATASETS without a VeRi layout stops before any training,
+    naming the path and the folders expected (it used to train on synthetic data silently)."""
+    given = tmp_path / "datasets"
+    if layout == "no_veri":
+        (given / "veri" / "image_train").mkdir(parents=True)
+    res = run(tool("demo"), datasets=str(given), cwd=str(tmp_path))
+    block = assert_short_error(res, str(given), "image_query", "unset FASTREID_DATASETS",
+                               error_type="DatasetNotFoundError")
+    assert ("does not exist" in block) == (layout == "missing")
+    assert not (tmp_path / "logs").exists()
+
+
+def test_demo_falls_back_to_synthetic_only_without_a_given_path(tmp_path, monkeypatch):
+    from fastreid_plugins.tools import demo
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(demo, "REPO", str(tmp_path / "repo"))  # no ../shared/datasets beside it
+    root, why = demo.find_dataset(None)
+    assert root is None and "FASTREID_DATASETS is not set" in why
+    assert demo.find_dataset("")[0] is None
+    shared = tmp_path / "shared" / "datasets" / "veri"
+    for d in demo.VERI_DIRS:
+        (shared / d).mkdir(parents=True)
+    root, why = demo.find_dataset(None)
+    assert root == str(tmp_path / "shared" / "datasets") and "unset" in why
+
+
+def test_demo_synthetic_run_never_replaces_a_real_checkpoint(tmp_path):
+    from fastreid_plugins.errors import ConfigError
+    from fastreid_plugins.tools import demo
+
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "model_final.pth").write_bytes(b"real")
+    with pytest.raises(ConfigError, match="trained on real data"):
+        demo._check_output_dir(str(real), synthetic=True)
+    demo._check_output_dir(str(real), synthetic=False)  # a real run may retrain its own folder
+    syn = tmp_path / "syn"
+    demo._check_output_dir(str(syn), synthetic=True)
+    (syn / "model_final.pth").write_bytes(b"synthetic")
+    demo._check_output_dir(str(syn), synthetic=True)  # marked: a synthetic run may replace it
+    assert (syn / demo.SYNTHETIC_MARK).is_file()
+    assert os.path.dirname(demo.REAL_OUTPUT) != demo.SYNTHETIC_DIR
+
+
+def test_demo_heldout_progress_shows_every_tenth_epoch_and_warnings():
+    import logging
+
+    from fastreid_plugins.tools import demo
+
+    f = demo._HeldoutProgress(epochs=25, every=10)
+
+    def rec(msg, level=logging.INFO):
+        return logging.LogRecord("fastreid.utils.events", level, __file__, 1, msg, (), None)
+
+    shown = []
+    for e in range(25):  # FastReID's epoch counter starts at 0
+        r = rec(f" eta: 0:00:{25 - e:02d}  epoch/iter: {e}/{e}  total_loss: 1.0  lr: 3.00e-04")
+        if f.filter(r):
+            shown.append(r.getMessage())
+    assert [s.split(" (")[0] for s in shown] == [
+        "held-out run: epoch 10/25", "held-out run: epoch 20/25", "held-out run: epoch 25/25"]
+    assert "eta 0:00:16" in shown[0]
+    assert not f.filter(rec("Starting training from epoch 0"))
+    assert f.filter(rec("something is off", logging.WARNING))

@@ -327,9 +327,9 @@ def test_svrn_seed_is_an_alias_of_the_shared_key():
     assert project("SVRN") == (add_svrn_config, PluginTrainer)
 
 
-def _train_net(out, log):
+def _train_net(out, log, *opts):
     cmd = [sys.executable, os.path.join(ROOT, "projects/MFGNet/train_net.py"), "--config-file",
-           os.path.join(ROOT, MFG), *SMALL, "OUTPUT_DIR", str(out)]
+           os.path.join(ROOT, MFG), *SMALL, "OUTPUT_DIR", str(out), *opts]
     return subprocess.Popen(cmd, env=ENV, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
 
 
@@ -599,3 +599,46 @@ def test_seeded_batches_do_not_depend_on_num_workers_or_a_restart():
     assert all(torch.equal(a, b) for a, b in zip(ref, batches(2, n=6)))
     assert all(torch.equal(a, b) for a, b in zip(ref[2:], batches(0, start=2)))
     assert not torch.equal(ref[0][:, 1:], ref[1][:, 1:])
+
+
+@pytest.mark.slow
+def test_ctrl_c_writes_the_last_epoch_then_resume_matches_the_uninterrupted_run(
+        seeded_run, veri_root, datasets_root, tmp_path):
+    """Issue 27: SIGINT (Ctrl-C) to a real train_net.py run with no periodic checkpoint
+    (CHECKPOINT_PERIOD 100) once its first epoch has finished: it writes that epoch's checkpoint,
+    ends with one line giving the exact ``--resume`` command (exit 130, no traceback), and the
+    resumed run's final weights equal the uninterrupted run's bit for bit."""
+    out, log_path = tmp_path / "c", tmp_path / "train_net.log"
+    deadline = time.time() + HANG_TIMEOUT
+    with open(log_path, "w") as log:
+        proc = _train_net(out, log, "SOLVER.CHECKPOINT_PERIOD", "100")
+        try:
+            # FastReID's metric line of the first epoch: written at its end, before our snapshot
+            while "epoch/iter: 0/" not in log_path.read_text():
+                assert proc.poll() is None, ("train_net.py exited early:\n"
+                                             + log_path.read_text()[-3000:])
+                assert time.time() < deadline, "no first epoch: hung?"
+                time.sleep(0.05)
+            time.sleep(0.5)  # into the second epoch (3 iterations of seconds each)
+            proc.send_signal(signal.SIGINT)
+            rc = proc.wait(HANG_TIMEOUT)
+        finally:
+            proc.kill()
+            proc.wait()
+    text = log_path.read_text()
+    assert rc == 130, text[-3000:]
+    assert "Traceback" not in text, text[-3000:]
+    lines = [ln for ln in text.splitlines() if "resume with:" in ln]
+    assert len(lines) == 1 and lines[0] == text.rstrip().splitlines()[-1], text[-2000:]
+    assert "projects/MFGNet/train_net.py --resume --config-file" in lines[0]
+    assert str(out / "model_0000.pth") in lines[0]
+    assert not (out / "model_final.pth").exists(), "interrupted too late to test a resume"
+    assert (out / "last_checkpoint").read_text() == "model_0000.pth"
+    assert not list(out.glob("*.partial"))
+    _assert_identical(_weights(seeded_run / "model_0000.pth"), _weights(out / "model_0000.pth"))
+
+    datasets_root(veri_root)
+    in_thread(lambda: main(_args(out, "SOLVER.CHECKPOINT_PERIOD", "100", resume=True),
+                           add_mfgnet_config))
+    _assert_identical(_weights(seeded_run / "model_final.pth"), _weights(out / "model_final.pth"))
+    shutil.rmtree(out, ignore_errors=True)
