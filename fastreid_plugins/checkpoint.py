@@ -56,7 +56,7 @@ __all__ = ["ResumableTrainerMixin", "PluginCheckpointer", "TrainerState",
            "CorruptCheckpointError", "TrainingFinishedError", "non_finite_tensors",
            "check_finite_state", "atomic_torch_save", "atomic_write_text", "load_checkpoint_file",
            "CheckpointUnpicklingError", "SAFE_CHECKPOINT_GLOBALS", "TRUST_ENV",
-           "TrainingInterrupted"]
+           "TrainingInterrupted", "weights_only", "TRAINING_KEYS"]
 
 logger = logging.getLogger(__name__)
 
@@ -242,6 +242,37 @@ def _to_cpu(obj):
     return copy.deepcopy(obj)
 
 
+#: keys of a FastReID / fastreid-plugins checkpoint that only ``--resume`` needs
+TRAINING_KEYS = ("optimizer", "scheduler", "iteration", "trainer_state", "grad_scaler")
+
+
+def weights_only(ckpt: Dict[str, Any], source: str, config_text: Optional[str] = None
+                 ) -> Dict[str, Any]:
+    """The weights-only form of a training checkpoint: what evaluation and the tools need.
+
+    Keeps ``model`` (``module.`` prefixes of a DDP save removed) and ``epoch`` (so ``--resume``
+    of a finished run still says it is finished), adds ``config`` (the run's config YAML text,
+    when given) and ``stripped_from`` (``{"file": basename of source, "dropped": [keys]}``);
+    drops the optimizer, scheduler, iteration, trainer state and anything else.
+
+    Args:
+        ckpt (dict): ``{"model": state_dict, ...}`` or a bare state dict.
+        source (str): the file it came from (its base name is recorded).
+        config_text (str | None): the config to store.
+    """
+    state = ckpt.get("model", ckpt)
+    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    keep = ("model", "epoch")
+    dropped = sorted(k for k in ckpt if k not in keep) if "model" in ckpt else []
+    out: Dict[str, Any] = {"model": state}
+    if "model" in ckpt and "epoch" in ckpt:
+        out["epoch"] = ckpt["epoch"]
+    if config_text is not None:
+        out["config"] = config_text
+    out["stripped_from"] = {"file": os.path.basename(source), "dropped": dropped}
+    return out
+
+
 class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C during training, after the checkpoint of the last finished epoch was written.
 
@@ -424,11 +455,15 @@ class ResumableTrainerMixin:
             return
         if self.start_epoch >= self.max_epoch:
             last = self.checkpointer.get_checkpoint_file()
+            longer = (f"raise SOLVER.MAX_EPOCH (e.g. SOLVER.MAX_EPOCH {self.max_epoch + 10}) and "
+                      "--resume again")
+            if state.loaded is None:  # weights-only (SOLVER.KEEP_FULL_CHECKPOINTS False)
+                longer += (" (it is weights-only: the optimizer and sampler restart; "
+                           "SOLVER.KEEP_FULL_CHECKPOINTS True keeps the full final checkpoint)")
             raise TrainingFinishedError(
                 f"--resume: this run has already finished: {last!r} is the checkpoint of epoch "
                 f"{self.start_epoch} of SOLVER.MAX_EPOCH={self.max_epoch}. To train longer, "
-                f"raise SOLVER.MAX_EPOCH (e.g. SOLVER.MAX_EPOCH {self.max_epoch + 10}) and "
-                f"--resume again; to evaluate it, run --eval-only MODEL.WEIGHTS {last}.")
+                f"{longer}; to evaluate it, run --eval-only MODEL.WEIGHTS {last}.")
         self._apply_trainer_state(state.loaded)
         logger.info(f"Resumed after epoch {self.start_epoch}/{self.max_epoch}: the weights "
                     "continue exactly; the loss values of the progress lines are running "
@@ -512,8 +547,35 @@ class ResumableTrainerMixin:
             set_rng_state(self._rng_to_restore)
             self._rng_to_restore = None
         try:
-            return super().train()
+            results = super().train()
         except TrainingInterrupted:
             raise
         except KeyboardInterrupt:
             raise self._on_interrupt() from None
+        if (self.iter >= self.max_iter and comm.is_main_process()
+                and not self.cfg.SOLVER.KEEP_FULL_CHECKPOINTS):
+            self._keep_weights_only()
+        return results
+
+    def _keep_weights_only(self) -> None:
+        """A finished run needs no resume state: ``model_final.pth`` / ``model_best.pth`` become
+        weights-only (:func:`weights_only`, atomically), the intermediate ``model_XXXX.pth``
+        are removed (``SOLVER.KEEP_FULL_CHECKPOINTS False``)."""
+        folder = self.checkpointer.save_dir
+        if not folder or not os.path.isfile(os.path.join(folder, "model_final.pth")):
+            return
+        cfg_path = os.path.join(folder, "config.yaml")
+        text = open(cfg_path).read() if os.path.isfile(cfg_path) else self.cfg.dump()
+        before = after = 0
+        for name in sorted(os.listdir(folder)):
+            path = os.path.join(folder, name)
+            if name in ("model_final.pth", "model_best.pth"):
+                before += os.path.getsize(path)
+                atomic_torch_save(weights_only(load_checkpoint_file(path), path, text), path)
+                after += os.path.getsize(path)
+            elif name.startswith("model_") and name.endswith(".pth") and name[6:-4].isdigit():
+                before += os.path.getsize(path)
+                os.remove(path)
+        logger.info(f"Training finished: model_final.pth kept weights-only and intermediate "
+                    f"checkpoints removed ({before / 1e6:.1f} MB -> {after / 1e6:.1f} MB; "
+                    "SOLVER.KEEP_FULL_CHECKPOINTS True keeps them)")

@@ -76,6 +76,25 @@ def test_config_key_typo_in_a_config_file(tmp_path):
     assert_short_error(res, "SOLVER.IMS_PER_BACH", "SOLVER.IMS_PER_BATCH", str(cfg))
 
 
+def test_another_methods_config_names_its_script(tmp_path):
+    """configs/demo/svrn.yml given to MFG-Net's train_net.py: the unknown MODEL.SVRN node is
+    SVRN's, so the error names projects/SVRN/train_net.py (issue 27)."""
+    res = run(train_net("MFGNet", "--config-file", os.path.join(DEMO, "svrn.yml"),
+                        "OUTPUT_DIR", str(tmp_path)))
+    assert_short_error(res, "MODEL.SVRN", "projects/SVRN/train_net.py", error_type="ConfigError")
+
+
+def test_config_path_relative_to_the_repo_is_suggested_from_another_folder(veri_root, tmp_path):
+    """extract run from another folder with the README's relative config path: the error
+    suggests the path that exists (in the repository), not the one that failed (issue 27)."""
+    images = os.path.join(veri_root, "veri", "image_query")
+    res = run(tool("extract", "--config-file", "configs/demo/mfgnet.yml", "--images", images,
+                   "--out", str(tmp_path / "f"), "MODEL.WEIGHTS", "x.pth"), cwd=str(tmp_path))
+    block = assert_short_error(res, "'configs/demo/mfgnet.yml'", str(tmp_path),
+                               error_type="ConfigFileNotFoundError")
+    assert f"--config-file {MFGNET}" in block
+
+
 def test_missing_config_file(tmp_path):
     missing = str(tmp_path / "no_such.yml")
     res = run(train_net("MFGNet", "--config-file", missing))
@@ -310,3 +329,33 @@ def test_demo_heldout_progress_shows_every_tenth_epoch_and_warnings():
     assert "eta 0:00:16" in shown[0]
     assert not f.filter(rec("Starting training from epoch 0"))
     assert f.filter(rec("something is off", logging.WARNING))
+
+
+def test_mismatched_weights_name_the_method_they_are_from(tmp_path):
+    """A checkpoint whose run config (config.yaml beside it, or the config a weights-only file
+    carries) is another method's: the error names that method and its script (issue 27)."""
+    from torch import nn
+
+    from fastreid_plugins.engine import checkpoint_method, load_model_weights
+    from fastreid_plugins.errors import WeightsMismatchError
+
+    run_dir = tmp_path / "svrn_run"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text("MODEL:\n  BACKBONE:\n    DEPTH: 18x\n"
+                                         "  META_ARCHITECTURE: SVRN\n")
+    path = str(run_dir / "model_final.pth")
+    torch.save({"model": {"svrn.head.weight": torch.zeros(2, 2)}}, path)
+    assert checkpoint_method(path) == "SVRN"
+    with pytest.raises(WeightsMismatchError) as e:
+        load_model_weights(nn.Linear(2, 2), path)
+    msg = str(e.value)
+    assert "trained for SVRN" in msg and "projects/SVRN/train_net.py" in msg
+    # a weights-only file carries its config; no config anywhere: the general advice
+    alone = tmp_path / "w.pth"
+    torch.save({"model": {"x": torch.zeros(1)}, "config": "MODEL:\n  META_ARCHITECTURE: MBFN\n"},
+               alone)
+    assert checkpoint_method(str(alone)) == "MBFN"
+    (tmp_path / "x").mkdir()
+    torch.save({"model": {"x": torch.zeros(1)}}, tmp_path / "x" / "m.pth")
+    with pytest.raises(WeightsMismatchError, match="--config-file"):
+        load_model_weights(nn.Linear(2, 2), str(tmp_path / "x" / "m.pth"))

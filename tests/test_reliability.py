@@ -38,7 +38,9 @@ from fastreid_plugins.mfgnet import add_mfgnet_config
 
 MFG = "configs/demo/mfgnet.yml"
 SMALL = ["INPUT.SIZE_TRAIN", "[64,32]", "INPUT.SIZE_TEST", "[64,32]", "SOLVER.MAX_EPOCH", "2",
-         "SOLVER.CHECKPOINT_PERIOD", "1", "TEST.EVAL_PERIOD", "100", "SEED", "7"]
+         "SOLVER.CHECKPOINT_PERIOD", "1", "TEST.EVAL_PERIOD", "100", "SEED", "7",
+         # these tests compare optimizer states of final checkpoints: keep them full
+         "SOLVER.KEEP_FULL_CHECKPOINTS", "True"]
 HANG_TIMEOUT = 300  # s; generous for a loaded CI machine (idle: seconds)
 ENV = dict(os.environ, FASTREID_PLUGINS_THREADS="1", OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
 
@@ -642,3 +644,33 @@ def test_ctrl_c_writes_the_last_epoch_then_resume_matches_the_uninterrupted_run(
                            add_mfgnet_config))
     _assert_identical(_weights(seeded_run / "model_final.pth"), _weights(out / "model_final.pth"))
     shutil.rmtree(out, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_finished_run_keeps_a_weights_only_final_checkpoint_by_default(
+        seeded_run, veri_root, datasets_root, tmp_path):
+    """Issue 27: with SOLVER.KEEP_FULL_CHECKPOINTS False (the default) a finished run keeps
+    model_final.pth weights-only (the same weights as the full one), removes model_0000.pth, and
+    --resume still says the run is finished; --eval-only loads it."""
+    from fastreid_plugins.config import PLUGIN_DEFAULTS
+
+    assert PLUGIN_DEFAULTS["SOLVER.KEEP_FULL_CHECKPOINTS"] is False
+    out = tmp_path / "w"
+    datasets_root(veri_root)
+    keep = ("SOLVER.KEEP_FULL_CHECKPOINTS", "False")
+    in_thread(lambda: main(_args(out, *keep), add_mfgnet_config))
+    assert not (out / "model_0000.pth").exists()
+    assert (out / "last_checkpoint").read_text() == "model_final.pth"
+    final = torch.load(out / "model_final.pth", map_location="cpu", weights_only=True)
+    assert set(final) == {"model", "epoch", "config", "stripped_from"}
+    assert {"optimizer", "scheduler", "trainer_state"} <= set(final["stripped_from"]["dropped"])
+    assert final["epoch"] == 1 and final["config"] == (out / "config.yaml").read_text()
+    full = _weights(seeded_run / "model_final.pth")
+    assert all(torch.equal(full["model"][k], final["model"][k]) for k in full["model"])
+    assert os.path.getsize(out / "model_final.pth") < os.path.getsize(
+        seeded_run / "model_final.pth") / 2
+    with pytest.raises(TrainingFinishedError, match="weights-only"):
+        in_thread(lambda: main(_args(out, *keep, resume=True), add_mfgnet_config))
+    res = in_thread(lambda: main(_args(out, *keep, "MODEL.WEIGHTS", str(out / "model_final.pth"),
+                                       eval_only=True), add_mfgnet_config))
+    assert res["mAP"] >= 0  # evaluated from the weights-only file
