@@ -44,9 +44,10 @@ demo: $(STAMP)
 test: lint
 	$(DATASETS_ENV) $(PY) -m pytest -q --durations=15 tests
 
-# the inner loop: tests not marked slow (pytest.ini), under 2 minutes on a 2-core machine; one
-# torch thread unless FASTREID_PLUGINS_THREADS says otherwise (2 threads took 193 s instead of
-# 67 s on the shared 2-core machine)
+# the inner loop: tests not marked slow (pytest.ini); its time: README "The two commands" (67 s on
+# an idle 2-core machine in an earlier version, not re-measured since). One torch thread unless
+# FASTREID_PLUGINS_THREADS says otherwise (2 threads took 193 s instead of 67 s on the shared
+# 2-core machine)
 test-fast: $(STAMP)
 	FASTREID_PLUGINS_THREADS=$${FASTREID_PLUGINS_THREADS:-1} \
 		$(DATASETS_ENV) $(PY) -m pytest -q -m "not slow" --durations=15 tests

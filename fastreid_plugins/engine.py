@@ -147,6 +147,11 @@ def checkpoint_method(path: str, checkpoint: Any = None) -> Optional[str]:
     config it carries (a weights-only file's ``config`` text) or the run's ``config.yaml`` beside
     it."""
     texts = []
+    if checkpoint is None and os.path.isfile(path):
+        try:
+            checkpoint = load_checkpoint_file(path)
+        except (errors.UserError, OSError):
+            checkpoint = None
     if isinstance(checkpoint, dict) and isinstance(checkpoint.get("config"), str):
         texts.append(checkpoint["config"])
     beside = os.path.join(os.path.dirname(os.path.abspath(path)), "config.yaml")

@@ -202,7 +202,10 @@ def test_import_error_names_the_missing_package_and_interpreter(tmp_path, missin
     (tmp_path / f"{missing}.py").write_text(
         f"raise ModuleNotFoundError(\"No module named '{missing}'\", name='{missing}')\n")
     env = {"PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}
-    res = run(["-c", "import fastreid_plugins"], env=env, cwd=str(tmp_path))
+    # importing the package imports neither (the front door); activating it does
+    assert run(["-c", "import fastreid_plugins"], env=env, cwd=str(tmp_path)).returncode == 0
+    res = run(["-c", "import fastreid_plugins; fastreid_plugins.activate()"], env=env,
+              cwd=str(tmp_path))
     assert res.returncode == 1
     assert says in res.stderr and sys.executable in res.stderr, res.stderr
     other = "needs FastReID" if missing == "torch" else "needs PyTorch"
@@ -359,3 +362,40 @@ def test_mismatched_weights_name_the_method_they_are_from(tmp_path):
     torch.save({"model": {"x": torch.zeros(1)}}, tmp_path / "x" / "m.pth")
     with pytest.raises(WeightsMismatchError, match="--config-file"):
         load_model_weights(nn.Linear(2, 2), str(tmp_path / "x" / "m.pth"))
+
+
+# ------------------------------------------------------------------- Ctrl-C (issue 27)
+def test_ctrl_c_is_one_line_with_the_resume_command(capsys, monkeypatch):
+    """run_cli turns Ctrl-C into one line and exit 130; a training interrupt that wrote a
+    checkpoint adds the same command with --resume (before the KEY VALUE overrides, which
+    FastReID's parser takes to the end of the line)."""
+    from fastreid_plugins.checkpoint import TrainingInterrupted
+    from fastreid_plugins.cli import EXIT_INTERRUPTED, resume_command, run_cli
+
+    def plain(argv):
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as e:
+        run_cli(plain, [])
+    assert e.value.code == EXIT_INTERRUPTED == 130
+    assert capsys.readouterr().err == "Interrupted (Ctrl-C)\n"
+
+    argv = ["--config-file", "configs/demo/mfgnet.yml", "OUTPUT_DIR", "logs/x y"]
+
+    def training(argv):
+        raise TrainingInterrupted("Interrupted during epoch 2/8; saved the checkpoint of epoch 1: "
+                                  "logs/x y/model_0000.pth", "logs/x y/model_0000.pth")
+
+    monkeypatch.setattr(sys, "argv", ["projects/MFGNet/train_net.py", *argv])
+    monkeypatch.setitem(sys.modules, "__main__", type(sys)("__main__"))  # a script, not -m
+    monkeypatch.setenv("FASTREID_DATASETS", "../shared/datasets")
+    with pytest.raises(SystemExit):
+        run_cli(training, argv)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("Interrupted during epoch 2/8")
+    cmd = resume_command(argv, "../shared/datasets")
+    assert err.endswith(f"; resume with: {cmd}\n")
+    assert cmd.endswith("projects/MFGNet/train_net.py --resume --config-file "
+                        "configs/demo/mfgnet.yml OUTPUT_DIR 'logs/x y'")
+    assert cmd.startswith("FASTREID_DATASETS=../shared/datasets ")
+    assert resume_command(["--resume", *argv]).count("--resume") == 1

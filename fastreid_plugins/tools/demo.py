@@ -256,8 +256,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     if fitting and not args.no_heldout:
         t1 = time.time()
         print(f"\n=== Held-out cameras (projects/MFGNet/heldout_cams.py, forward fold, seed 0, "
-              f"{args.heldout_epochs} epochs) ===\nTraining on the 27 gallery-camera images, "
-              "querying with the 30 images of 4 cameras never seen in training ...", flush=True)
+              f"{args.heldout_epochs} epochs of one iteration) ===\nTraining on the 27 "
+              "gallery-camera images, querying with the 30 images of 4 cameras never seen in "
+              "training ...", flush=True)
         try:
             untrained, trained = _heldout(root, args.config_file, args.opts,
                                           args.heldout_epochs)
