@@ -106,9 +106,9 @@ def test_visualize_real_sample(weights, veri_root, datasets_root, tmp_path):
     # stderr is a pipe, not a terminal: no tqdm bar lines in it (issue 27: bars never reach a
     # log file); the model print goes to OUTPUT/log.txt, one line on the console
     assert "visualize: features" not in res.stderr and "%|" not in res.stderr
-    assert "(backbone)" not in res.stderr + res.stdout
+    assert "(cls_layer)" not in res.stderr + res.stdout
     with open(os.path.join(out_w, "log.txt")) as f:
-        assert "(backbone)" in f.read()
+        assert "(cls_layer)" in f.read()
     with open(os.path.join(out_w, "ranklists.json")) as f:
         worst = json.load(f)
     assert sorted(os.listdir(out_w)) == sorted(

@@ -152,7 +152,7 @@ def load_tool_model(cfg: CfgNode, purpose: str,
     load_model_weights(model, cfg.MODEL.WEIGHTS, ckpt)
     n = sum(p.numel() for p in model.parameters())
     where = "above" if verbose else "rerun with --debug to print it"
-    if log_file and not verbose:
+    if log_file:
         log_file = os.fspath(log_file)
         os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
         with open(log_file, "a") as f:

@@ -134,6 +134,7 @@ class _HeldoutProgress(logging.Filter):
     def __init__(self, epochs: int, every: int = 10) -> None:
         super().__init__()
         self.epochs, self.every, self.t0 = epochs, every, time.time()
+        self.shown = 0
 
     def filter(self, record):
         if record.levelno >= logging.WARNING:
@@ -142,8 +143,10 @@ class _HeldoutProgress(logging.Filter):
         if m is None:
             return False
         epoch = int(m.group(2)) + 1
-        if epoch % self.every and epoch != self.epochs:
+        # FastReID writes the last epoch's line twice (last iteration, then epoch end)
+        if (epoch % self.every and epoch != self.epochs) or epoch == self.shown:
             return False
+        self.shown = epoch
         record.msg = "held-out run: epoch {}/{} ({:.0f} s{})".format(
             epoch, self.epochs, time.time() - self.t0, f", eta {m.group(1)}" if m.group(1) else "")
         record.args = ()
