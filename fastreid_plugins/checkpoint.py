@@ -244,7 +244,8 @@ def _to_cpu(obj):
 
 
 #: keys of a FastReID / fastreid-plugins checkpoint that only ``--resume`` needs
-TRAINING_KEYS = ("optimizer", "scheduler", "iteration", "trainer_state", "grad_scaler")
+TRAINING_KEYS = ("optimizer", "scheduler", "lr_sched", "iteration", "trainer_state",
+                 "grad_scaler")
 
 
 def weights_only(ckpt: Dict[str, Any], source: str, config_text: Optional[str] = None

@@ -663,7 +663,7 @@ def test_finished_run_keeps_a_weights_only_final_checkpoint_by_default(
     assert (out / "last_checkpoint").read_text() == "model_final.pth"
     final = torch.load(out / "model_final.pth", map_location="cpu", weights_only=True)
     assert set(final) == {"model", "epoch", "config", "stripped_from"}
-    assert {"optimizer", "scheduler", "trainer_state"} <= set(final["stripped_from"]["dropped"])
+    assert {"optimizer", "lr_sched", "trainer_state"} <= set(final["stripped_from"]["dropped"])
     assert final["epoch"] == 1 and final["config"] == (out / "config.yaml").read_text()
     full = _weights(seeded_run / "model_final.pth")
     assert all(torch.equal(full["model"][k], final["model"][k]) for k in full["model"])

@@ -25,7 +25,8 @@ __all__ = ["strip_checkpoint", "main"]
 
 #: keys of a FastReID / fastreid-plugins checkpoint that only ``--resume`` needs (the same as
 #: :data:`fastreid_plugins.checkpoint.TRAINING_KEYS`, here without importing torch)
-TRAINING_KEYS = ("optimizer", "scheduler", "iteration", "trainer_state", "grad_scaler")
+TRAINING_KEYS = ("optimizer", "scheduler", "lr_sched", "iteration", "trainer_state",
+                 "grad_scaler")
 
 
 def strip_checkpoint(src: str, dst: str, config_file: Optional[str] = None) -> Dict[str, Any]:
