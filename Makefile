@@ -9,10 +9,18 @@ STAMP  := $(VENV)/.installed-stamp
 # torch/torchvision as the machine docs describe: these versions install from local wheels
 TORCH_PKGS := torch==2.14.1 torchvision==0.29.1
 FASTREID   := fastreid==1.4.0
+# Extra pip arguments for torch/torchvision, e.g. a CPU-only index (not tried on this machine):
+# make venv TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"
+TORCH_PIP_ARGS ?=
 # The datasets folder of this Makefile's own commands (shown on each command line): the real
-# 57-image VeRi-776 sample. Everywhere else (train_net.py, the tools) FASTREID_DATASETS defaults to
-# FastReID's `datasets`. Override: `make demo FASTREID_DATASETS=/path/to/datasets`.
-FASTREID_DATASETS ?= ../shared/datasets
+# 57-image VeRi-776 sample, ../shared/datasets, passed only when that folder exists (else the
+# variable is empty and not passed: `make demo` then falls back to a synthetic dataset in its own
+# logs/demo_synthetic/ folders, and says so). A value given here or in the environment is used as
+# given: `make demo FASTREID_DATASETS=/path/to/datasets` stops with an error if it has no VeRi
+# layout. Everywhere else (train_net.py, the tools) FASTREID_DATASETS defaults to FastReID's
+# `datasets`.
+FASTREID_DATASETS ?= $(wildcard ../shared/datasets)
+DATASETS_ENV := $(if $(FASTREID_DATASETS),FASTREID_DATASETS=$(FASTREID_DATASETS))
 
 .PHONY: venv demo test test-fast lint bench clean
 
@@ -20,26 +28,29 @@ venv: $(STAMP)
 
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q $(TORCH_PKGS)
-	# FastReID's metadata pins torch 1.13.1: install it without its dependencies
-	$(PIP) install -q --no-deps $(FASTREID)
+	$(PIP) install -q $(TORCH_PIP_ARGS) $(TORCH_PKGS)
 	$(PIP) install -q -e ".[dev,clip]"
+	# FastReID last, without its dependencies: its metadata pins torch 1.13.1 (and older
+	# torchvision / opencv / tabulate / termcolor); pip checks no conflicts with --no-deps, so no
+	# ERROR block (`pip check` still lists those five pins: README "Install")
+	$(PIP) install -q --no-deps $(FASTREID)
 	touch $(STAMP)
 
 demo: $(STAMP)
-	FASTREID_DATASETS=$(FASTREID_DATASETS) $(PY) -m fastreid_plugins.tools.demo
+	$(DATASETS_ENV) $(PY) -m fastreid_plugins.tools.demo
 
 # ruff (ruff.toml: pycodestyle, pyflakes, isort, bugbear, simplify, complexity <= 15, lines <= 100)
 # first, then every test and the 15 slowest
 test: lint
-	FASTREID_DATASETS=$(FASTREID_DATASETS) $(PY) -m pytest -q --durations=15 tests
+	$(DATASETS_ENV) $(PY) -m pytest -q --durations=15 tests
 
-# the inner loop: tests not marked slow (pytest.ini), under 2 minutes on a 2-core machine; one
-# torch thread unless FASTREID_PLUGINS_THREADS says otherwise (2 threads took 193 s instead of
-# 67 s on the shared 2-core machine)
+# the inner loop: tests not marked slow (pytest.ini); its time: README "The two commands" (67 s on
+# an idle 2-core machine in an earlier version, not re-measured since). One torch thread unless
+# FASTREID_PLUGINS_THREADS says otherwise (2 threads took 193 s instead of 67 s on the shared
+# 2-core machine)
 test-fast: $(STAMP)
 	FASTREID_PLUGINS_THREADS=$${FASTREID_PLUGINS_THREADS:-1} \
-		FASTREID_DATASETS=$(FASTREID_DATASETS) $(PY) -m pytest -q -m "not slow" --durations=15 tests
+		$(DATASETS_ENV) $(PY) -m pytest -q -m "not slow" --durations=15 tests
 
 # ruff (ruff.toml); the first step of `make test`
 lint: $(STAMP)

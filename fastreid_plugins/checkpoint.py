@@ -27,9 +27,11 @@ from __future__ import annotations
 import fastreid_plugins.patches.compat  # noqa: F401  (FastReID importable on torch 2)
 
 import collections
+import copy
 import logging
 import os
 import pickle
+import time
 import weakref
 import zipfile
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
@@ -54,7 +56,8 @@ __all__ = ["ResumableTrainerMixin", "PluginCheckpointer", "TrainerState",
            "NonFiniteCheckpointError",
            "CorruptCheckpointError", "TrainingFinishedError", "non_finite_tensors",
            "check_finite_state", "atomic_torch_save", "atomic_write_text", "load_checkpoint_file",
-           "CheckpointUnpicklingError", "SAFE_CHECKPOINT_GLOBALS", "TRUST_ENV"]
+           "CheckpointUnpicklingError", "SAFE_CHECKPOINT_GLOBALS", "TRUST_ENV",
+           "TrainingInterrupted", "weights_only", "TRAINING_KEYS"]
 
 logger = logging.getLogger(__name__)
 
@@ -225,6 +228,67 @@ def atomic_write_text(text: str, path: str) -> None:
     _fsync_replace(tmp, path)
 
 
+def _to_cpu(obj):
+    """A copy of the nested dict / list ``obj`` with every tensor cloned onto the CPU (dict types
+    such as ``Counter`` / ``OrderedDict`` kept)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        out = copy.copy(obj)
+        for k, v in obj.items():
+            out[k] = _to_cpu(v)
+        return out
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return copy.deepcopy(obj)
+
+
+#: keys of a FastReID / fastreid-plugins checkpoint that only ``--resume`` needs
+TRAINING_KEYS = ("optimizer", "scheduler", "lr_sched", "iteration", "trainer_state",
+                 "grad_scaler")
+
+
+def weights_only(ckpt: Dict[str, Any], source: str, config_text: Optional[str] = None
+                 ) -> Dict[str, Any]:
+    """The weights-only form of a training checkpoint: what evaluation and the tools need.
+
+    Keeps ``model`` (``module.`` prefixes of a DDP save removed) and ``epoch`` (so ``--resume``
+    of a finished run still says it is finished), adds ``config`` (the run's config YAML text,
+    when given) and ``stripped_from`` (``{"file": basename of source, "dropped": [keys]}``);
+    drops the optimizer, scheduler, iteration, trainer state and anything else.
+
+    Args:
+        ckpt (dict): ``{"model": state_dict, ...}`` or a bare state dict.
+        source (str): the file it came from (its base name is recorded).
+        config_text (str | None): the config to store.
+    """
+    state = ckpt.get("model", ckpt)
+    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    keep = ("model", "epoch")
+    dropped = sorted(k for k in ckpt if k not in keep) if "model" in ckpt else []
+    out: Dict[str, Any] = {"model": state}
+    if "model" in ckpt and "epoch" in ckpt:
+        out["epoch"] = ckpt["epoch"]
+    if config_text is not None:
+        out["config"] = config_text
+    out["stripped_from"] = {"file": os.path.basename(source), "dropped": dropped}
+    return out
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training, after the checkpoint of the last finished epoch was written.
+
+    :func:`fastreid_plugins.cli.run_cli` prints one line: where training stopped, the checkpoint,
+    and the command that resumes (the same command with ``--resume``). ``checkpoint`` is ``None``
+    when no epoch had finished (nothing to resume)."""
+
+    def __init__(self, message: str, checkpoint: Optional[str]) -> None:
+        super().__init__(message)
+        self.message = message
+        self.checkpoint = checkpoint
+        self.resumable = checkpoint is not None
+
+
 class TrainerState:
     """The checkpointable ``trainer_state``: generator states and the training sampler's state.
 
@@ -297,6 +361,30 @@ class PluginCheckpointer(Checkpointer):
         atomic_torch_save(data, save_file)
         self.tag_last_checkpoint(basename)
 
+    def save_state(self, name: str, data: Dict[str, Any]) -> str:
+        """Write ``data`` (a full checkpoint dict, e.g. :func:`snapshot`'s) as
+        ``<save_dir>/<name>.pth`` atomically and tag it in ``last_checkpoint``; returns its path.
+
+        Raises:
+            NonFiniteCheckpointError: the model state holds inf/NaN (nothing written).
+        """
+        check_finite_state({"model": data.get("model", {}),
+                            "optimizer": data.get("optimizer", {})}, f"Checkpoint {name}.pth")
+        path = os.path.join(self.save_dir, f"{name}.pth")
+        self.logger.info(f"Saving checkpoint to {path}")
+        atomic_torch_save(data, path)
+        self.tag_last_checkpoint(f"{name}.pth")
+        return path
+
+    def snapshot(self, **kwargs: Any) -> Dict[str, Any]:
+        """What :meth:`save` would write now, copied to the CPU (tensors cloned): a later
+        :meth:`save_state` writes the state of this moment."""
+        data = {"model": self.model.state_dict()}
+        for key, obj in self.checkpointables.items():
+            data[key] = obj.state_dict()
+        data.update(kwargs)
+        return _to_cpu(data)
+
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         atomic_write_text(last_filename_basename, os.path.join(self.save_dir, "last_checkpoint"))
 
@@ -344,6 +432,7 @@ class ResumableTrainerMixin:
             cfg.freeze()
         seed_all(self.seed + comm.get_rank())
         self._rng_to_restore = None
+        self._epoch_snapshot = None  # (epoch, checkpoint dict) of the last finished epoch
         super().__init__(cfg)
 
     def build_hooks(self) -> List[HookBase]:
@@ -368,12 +457,20 @@ class ResumableTrainerMixin:
             return
         if self.start_epoch >= self.max_epoch:
             last = self.checkpointer.get_checkpoint_file()
+            longer = (f"raise SOLVER.MAX_EPOCH (e.g. SOLVER.MAX_EPOCH {self.max_epoch + 10}) and "
+                      "--resume again")
+            if state.loaded is None:  # weights-only (SOLVER.KEEP_FULL_CHECKPOINTS False)
+                longer += (" (it is weights-only: the optimizer and sampler restart; "
+                           "SOLVER.KEEP_FULL_CHECKPOINTS True keeps the full final checkpoint)")
             raise TrainingFinishedError(
                 f"--resume: this run has already finished: {last!r} is the checkpoint of epoch "
                 f"{self.start_epoch} of SOLVER.MAX_EPOCH={self.max_epoch}. To train longer, "
-                f"raise SOLVER.MAX_EPOCH (e.g. SOLVER.MAX_EPOCH {self.max_epoch + 10}) and "
-                f"--resume again; to evaluate it, run --eval-only MODEL.WEIGHTS {last}.")
+                f"{longer}; to evaluate it, run --eval-only MODEL.WEIGHTS {last}.")
         self._apply_trainer_state(state.loaded)
+        logger.info(f"Resumed after epoch {self.start_epoch}/{self.max_epoch}: the weights "
+                    "continue exactly; the loss values of the progress lines are running "
+                    "medians, which restart here, so they differ from an uninterrupted run's for "
+                    "a while.")
 
     def _apply_trainer_state(self, loaded):
         loader = self.data_loader
@@ -405,9 +502,96 @@ class ResumableTrainerMixin:
             sampler.load_state_dict({"seed": seed, "position": position})
             self._trainer._data_loader_iter = iter(loader)
 
+    #: a new in-memory snapshot only after this many times the last one's copy time (at most
+    #: ~5% of the training time goes to copies; epochs of a second or two skip some)
+    SNAPSHOT_COST_RATIO = 20
+
+    def after_epoch(self) -> None:
+        """FastReID's hooks, then (main process) an in-memory copy of the checkpoint of this
+        finished epoch, unless a checkpoint of it is on disk already: what Ctrl-C writes.
+
+        The copy (model, optimizer, scheduler and trainer state, on the CPU) is skipped while the
+        last one is younger than :attr:`SNAPSHOT_COST_RATIO` times its copy time; Ctrl-C then
+        writes that earlier epoch, from which the run resumes just as exactly."""
+        super().after_epoch()
+        if not comm.is_main_process() or self.epoch >= self.max_epoch - 1:
+            return
+        if self._saved_epoch() == self.epoch:
+            self._epoch_snapshot = None
+            return
+        t0 = time.perf_counter()
+        last_at, cost = getattr(self, "_snapshot_timing", (0.0, 0.0))
+        if self._epoch_snapshot is not None and t0 - last_at < self.SNAPSHOT_COST_RATIO * cost:
+            return
+        self._epoch_snapshot = (self.epoch, self.checkpointer.snapshot(epoch=int(self.epoch)))
+        t1 = time.perf_counter()
+        self._snapshot_timing = (t1, t1 - t0)
+
+    def _saved_epoch(self):
+        """The epoch of the checkpoint ``last_checkpoint`` names (``model_0007.pth`` -> 7)."""
+        if not self.checkpointer.has_checkpoint():
+            return None
+        name = os.path.basename(self.checkpointer.get_checkpoint_file())
+        stem = name[len("model_"):-len(".pth")] if name.startswith("model_") else ""
+        return int(stem) if stem.isdigit() else None
+
+    def _on_interrupt(self) -> TrainingInterrupted:
+        """Write the last finished epoch's checkpoint (atomically) and describe it."""
+        done = self._saved_epoch()
+        where = f"during epoch {self.epoch + 1}/{self.max_epoch}"
+        snap, self._epoch_snapshot = self._epoch_snapshot, None
+        if snap is not None and comm.is_main_process():
+            epoch, data = snap
+            path = self.checkpointer.save_state(f"model_{epoch:04d}", data)
+            return TrainingInterrupted(f"Interrupted {where}; saved the checkpoint of epoch "
+                                       f"{epoch + 1}: {path}", path)
+        if done is not None:
+            path = self.checkpointer.get_checkpoint_file()
+            return TrainingInterrupted(f"Interrupted {where}; the checkpoint of epoch {done + 1} "
+                                       f"is {path}", path)
+        return TrainingInterrupted(f"Interrupted {where}, before the first epoch finished: no "
+                                   "checkpoint to resume from (rerun the command)", None)
+
     def train(self) -> Optional[Dict[str, Any]]:
-        """FastReID's ``train``, after restoring the generator states of a resumed checkpoint."""
+        """FastReID's ``train``, after restoring the generator states of a resumed checkpoint.
+
+        Raises:
+            TrainingInterrupted: Ctrl-C (``KeyboardInterrupt``); the checkpoint of the last
+                finished epoch was written first, so ``--resume`` continues exactly there.
+        """
         if self._rng_to_restore is not None:
             set_rng_state(self._rng_to_restore)
             self._rng_to_restore = None
-        return super().train()
+        try:
+            results = super().train()
+        except TrainingInterrupted:
+            raise
+        except KeyboardInterrupt:
+            raise self._on_interrupt() from None
+        if (self.iter >= self.max_iter and comm.is_main_process()
+                and not self.cfg.SOLVER.KEEP_FULL_CHECKPOINTS):
+            self._keep_weights_only()
+        return results
+
+    def _keep_weights_only(self) -> None:
+        """A finished run needs no resume state: ``model_final.pth`` / ``model_best.pth`` become
+        weights-only (:func:`weights_only`, atomically), the intermediate ``model_XXXX.pth``
+        are removed (``SOLVER.KEEP_FULL_CHECKPOINTS False``)."""
+        folder = self.checkpointer.save_dir
+        if not folder or not os.path.isfile(os.path.join(folder, "model_final.pth")):
+            return
+        cfg_path = os.path.join(folder, "config.yaml")
+        text = open(cfg_path).read() if os.path.isfile(cfg_path) else self.cfg.dump()
+        before = after = 0
+        for name in sorted(os.listdir(folder)):
+            path = os.path.join(folder, name)
+            if name in ("model_final.pth", "model_best.pth"):
+                before += os.path.getsize(path)
+                atomic_torch_save(weights_only(load_checkpoint_file(path), path, text), path)
+                after += os.path.getsize(path)
+            elif name.startswith("model_") and name.endswith(".pth") and name[6:-4].isdigit():
+                before += os.path.getsize(path)
+                os.remove(path)
+        logger.info(f"Training finished: model_final.pth kept weights-only and intermediate "
+                    f"checkpoints removed ({before / 1e6:.1f} MB -> {after / 1e6:.1f} MB; "
+                    "SOLVER.KEEP_FULL_CHECKPOINTS True keeps them)")

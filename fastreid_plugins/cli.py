@@ -12,12 +12,18 @@ as far as opening one (``OUTPUT_DIR/log.txt``), and to the console only with ``-
 accepted anywhere on the command line, or ``FASTREID_PLUGINS_DEBUG=1``), which re-raises the
 exception unchanged. Any other exception is a bug and keeps its traceback.
 
+Ctrl-C (``KeyboardInterrupt``) ends in one line on stderr and exit status 130, no traceback: a
+training run (:class:`fastreid_plugins.checkpoint.TrainingInterrupted`) first writes the checkpoint
+of its last finished epoch and the line gives the exact command that resumes it (the same command
+with ``--resume``); with ``--debug`` the interrupt keeps its traceback.
+
 Used by :func:`fastreid_plugins.engine.launch_main` (so every ``projects/*/train_net.py``) and by
 every ``python -m fastreid_plugins.tools.*``.
 """
 
 import logging
 import os
+import shlex
 import sys
 import traceback
 from typing import Callable, List, Optional, Sequence, Tuple, Type, TypeVar
@@ -25,12 +31,14 @@ from typing import Callable, List, Optional, Sequence, Tuple, Type, TypeVar
 from .errors import UserError
 
 __all__ = ["run_cli", "USER_ERRORS", "error_message", "format_error", "log_traceback_to_files",
-           "debug_requested"]
+           "debug_requested", "resume_command", "EXIT_INTERRUPTED"]
 
 #: what :func:`run_cli` prints as a short block (anything else keeps its traceback)
 USER_ERRORS = (UserError, FileNotFoundError)
 
 EXIT_USER_ERROR = 2
+#: the shell's status of a process ended by SIGINT (128 + 2)
+EXIT_INTERRUPTED = 130
 
 _T = TypeVar("_T")
 
@@ -88,6 +96,36 @@ def log_traceback_to_files(exc: BaseException) -> List[str]:
     return paths
 
 
+def resume_command(argv: Sequence[str], datasets: Optional[str] = None) -> str:
+    """The command line that reruns this process with ``--resume`` (inserted before the other
+    arguments: FastReID's ``opts`` take everything after the first ``KEY``), e.g.
+    ``FASTREID_DATASETS=d .venv/bin/python projects/SVRN/train_net.py --resume --config-file ...``.
+
+    Args:
+        argv (list[str]): the arguments (without the program).
+        datasets (str | None): ``$FASTREID_DATASETS`` as the command was started with.
+    """
+    exe = sys.executable or "python"
+    rel = os.path.relpath(exe)
+    py = [rel if not rel.startswith("..") else exe]
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if spec is not None and spec.name:
+        prog = ["-m", spec.name[:-len(".__main__")] if spec.name.endswith(".__main__")
+                else spec.name]
+    else:
+        prog = [os.path.relpath(sys.argv[0])] if sys.argv and sys.argv[0] else []
+    env = f"FASTREID_DATASETS={shlex.quote(datasets)} " if datasets else ""
+    return env + shlex.join(py + prog + ["--resume"] + [a for a in argv if a != "--resume"])
+
+
+def _interrupted(exc, argv, datasets):
+    """The one line printed after Ctrl-C."""
+    msg = getattr(exc, "message", "") or "Interrupted (Ctrl-C)"
+    if getattr(exc, "resumable", False):
+        return f"{msg}; resume with: {resume_command(argv, datasets)}\n"
+    return msg + "\n"
+
+
 def run_cli(main_fn: Callable[[List[str]], _T], argv: Optional[Sequence[str]] = None,
             errors: Tuple[Type[BaseException], ...] = USER_ERRORS) -> _T:
     """Run ``main_fn(argv)``; a user error prints one short block to stderr and exits 2.
@@ -101,13 +139,21 @@ def run_cli(main_fn: Callable[[List[str]], _T], argv: Optional[Sequence[str]] = 
         whatever ``main_fn`` returns.
 
     Raises:
-        SystemExit: status 2 after a user error (without ``--debug``).
+        SystemExit: status 2 after a user error, 130 after Ctrl-C (without ``--debug``).
     """
     debug, argv = debug_requested(sys.argv[1:] if argv is None else argv)
     if debug:  # seen by engine.setup (full console log) and by launch workers
         os.environ["FASTREID_PLUGINS_DEBUG"] = "1"
+    datasets = os.environ.get("FASTREID_DATASETS")  # as started: main_fn may change it
     try:
         return main_fn(argv)
+    except KeyboardInterrupt as e:
+        if debug:
+            raise
+        sys.stdout.flush()
+        sys.stderr.write(_interrupted(e, argv, datasets))
+        sys.stderr.flush()
+        raise SystemExit(EXIT_INTERRUPTED) from None
     except errors as e:
         if debug:
             raise

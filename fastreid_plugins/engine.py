@@ -22,7 +22,9 @@ import argparse
 import json
 import logging
 import os
+import re
 import tempfile
+import warnings
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type, Union
 
 import torch
@@ -68,13 +70,19 @@ from .seeding import resolve_seed, seed_all
 from .version import __version__
 
 __all__ = ["PluginTrainer", "setup", "main", "launch_main", "load_model_weights",
+           "read_model_weights", "checkpoint_method", "check_config_file",
            "default_argument_parser", "is_vehicleid", "prepare_for_host",
            "TrainingFinishedError", "fastreid_versions"]
 
 logger = logging.getLogger(__name__)
 
+# FastReID's ToTensor (fastreid/data/transforms/functional.py) builds image tensors with
+# torch.ByteStorage.from_buffer, which warns "TypedStorage is deprecated" once per process; the
+# tensor is correct and the call is FastReID's, so the warning is not shown (docs/reliability.md)
+warnings.filterwarnings("ignore", message="TypedStorage is deprecated", category=UserWarning)
 
-def load_model_weights(model: nn.Module, path: str) -> None:
+
+def load_model_weights(model: nn.Module, path: str, checkpoint: Any = None) -> None:
     """Load ``path`` (a FastReID checkpoint or a bare state dict) into ``model``, strictly.
 
     Parameters the model built with a zero size (classifiers of a config with
@@ -84,21 +92,19 @@ def load_model_weights(model: nn.Module, path: str) -> None:
     Args:
         model (nn.Module): the model to fill.
         path (str): checkpoint file (``MODEL.WEIGHTS``).
+        checkpoint: ``path``'s content when already read (:func:`read_model_weights`), else
+            ``None`` (read here).
 
     Raises:
         FileNotFoundError: ``path`` is empty or does not exist.
-        WeightsMismatchError: missing, unexpected or wrongly shaped keys (all listed).
+        WeightsMismatchError: missing, unexpected or wrongly shaped keys (all listed), and the
+            method the checkpoint was trained for when its config says (:func:`checkpoint_method`).
         CheckpointUnpicklingError: the file needs arbitrary unpickling.
         CorruptCheckpointError: the file is empty, truncated or not a torch checkpoint (text, a
             zip without ``data.pkl``, a Python pickle), or holds no state dict.
         checkpoint.NonFiniteCheckpointError: the weights hold inf/NaN.
     """
-    if not path:
-        raise FileNotFoundError("--eval-only needs MODEL.WEIGHTS: pass `MODEL.WEIGHTS "
-                                "/path/to/model_final.pth` after the other arguments.")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"MODEL.WEIGHTS file not found: {path!r}")
-    ckpt = load_checkpoint_file(path)
+    ckpt = read_model_weights(path) if checkpoint is None else checkpoint
     state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else ckpt
     if not isinstance(state, dict):
         raise CorruptCheckpointError(
@@ -115,10 +121,61 @@ def load_model_weights(model: nn.Module, path: str) -> None:
         raise WeightsMismatchError(
             f"Checkpoint {path!r} does not match the model built from this config "
             f"({type(model).__name__}); refusing to evaluate a partly random model." + report
-            + "\nCheck that --config-file (and its MODEL.* overrides) is the one used for "
-              "training.")
+            + "\n" + _trained_for(path, ckpt, type(model).__name__))
     model.load_state_dict(state, strict=True)
     logger.info(f"Loaded model weights from {path}")
+
+
+def read_model_weights(path: str) -> Any:
+    """Read ``MODEL.WEIGHTS`` before the model is built, so a missing or corrupt file is the first
+    thing a command reports.
+
+    Raises:
+        FileNotFoundError: ``path`` is empty or does not exist.
+        CorruptCheckpointError / CheckpointUnpicklingError: see :func:`load_checkpoint_file`.
+    """
+    if not path:
+        raise FileNotFoundError("--eval-only needs MODEL.WEIGHTS: pass `MODEL.WEIGHTS "
+                                "/path/to/model_final.pth` after the other arguments.")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"MODEL.WEIGHTS file not found: {path!r}")
+    return load_checkpoint_file(path)
+
+
+def checkpoint_method(path: str, checkpoint: Any = None) -> Optional[str]:
+    """The ``MODEL.META_ARCHITECTURE`` a checkpoint was trained with, or ``None``: read from the
+    config it carries (a weights-only file's ``config`` text) or the run's ``config.yaml`` beside
+    it."""
+    texts = []
+    if checkpoint is None and os.path.isfile(path):
+        try:
+            checkpoint = load_checkpoint_file(path)
+        except (errors.UserError, OSError):
+            checkpoint = None
+    if isinstance(checkpoint, dict) and isinstance(checkpoint.get("config"), str):
+        texts.append(checkpoint["config"])
+    beside = os.path.join(os.path.dirname(os.path.abspath(path)), "config.yaml")
+    if os.path.isfile(beside):
+        with open(beside, errors="replace") as f:
+            texts.append(f.read())
+    for text in texts:
+        m = re.search(r"^\s+META_ARCHITECTURE:\s*['\"]?(\w+)", text, re.M)
+        if m:
+            return m.group(1)
+    return None
+
+
+def _trained_for(path, ckpt, built):
+    """The next step of a weights mismatch: which method the checkpoint is from, and its script."""
+    arch = checkpoint_method(path, ckpt)
+    if arch is None or arch == built:
+        return ("Check that --config-file (and its MODEL.* overrides) is the one used for "
+                "training (the checkpoint's config.yaml, next to it, when it has one).")
+    method = next((m for m in METHODS.values() if m.meta_arch == arch), None)
+    what = (f"{method.name} ({arch}; train/evaluate with {method.train_script}, e.g. "
+            f"--config-file {method.demo_config})" if method else f"MODEL.META_ARCHITECTURE {arch}")
+    return (f"The checkpoint was trained for {what}, this config builds {built}: pass that "
+            "method's --config-file (its config.yaml is next to the checkpoint).")
 
 
 def _adopt_auto_sized(model, state, own):
@@ -126,12 +183,17 @@ def _adopt_auto_sized(model, state, own):
     "auto" from the training set) the checkpoint's size, so evaluating with the training config
     works; the classifier is unused at inference."""
     params = dict(model.named_parameters())
+    sized = []
     for k, v in own.items():
         if (0 in tuple(v.shape) and k in state and k in params and hasattr(state[k], "shape")
                 and state[k].dim() == v.dim()):
             params[k].data = torch.empty_like(state[k], dtype=v.dtype, device=v.device)
-            logger.info(f"{k}: auto-sized {tuple(v.shape)} -> {tuple(state[k].shape)} "
-                        "from the checkpoint")
+            sized.append(f"{k} {tuple(v.shape)} -> {tuple(state[k].shape)}")
+    if sized:  # one line: the classifiers of a MODEL.HEADS.NUM_CLASSES 0 ("auto") config
+        logger.info(f"{len(sized)} classifier parameter(s) built with size 0 "
+                    "(MODEL.HEADS.NUM_CLASSES 0: from the training set) take the checkpoint's "
+                    f"size: {sized[0]}"
+                    + (f", ... ({len(sized)} in all)" if len(sized) > 1 else ""))
 
 
 class EvalAwareTensorboardWriter(TensorboardXWriter):
@@ -373,7 +435,11 @@ def setup(args: argparse.Namespace, *add_fns: Callable[[CfgNode], Any]) -> CfgNo
     """
     cfg = get_cfg(*add_fns)
     if args.config_file:
-        merge_config_file(cfg, args.config_file)
+        check_config_file(args.config_file)
+        try:
+            merge_config_file(cfg, args.config_file)
+        except errors.ConfigError as e:
+            raise _with_project_hint(e, args.config_file) from None
     merge_overrides(cfg, args.opts or [])
     prepare_for_host(cfg, eval_only=getattr(args, "eval_only", False))
     cfg.SEED = resolve_seed(cfg)  # a drawn seed is logged and saved in config.yaml
@@ -390,11 +456,56 @@ def setup(args: argparse.Namespace, *add_fns: Callable[[CfgNode], Any]) -> CfgNo
                or os.environ.get("FASTREID_PLUGINS_VERBOSE", "") not in ("", "0"))
     if not verbose:
         _quiet_console(*loggers)
-    default_setup(cfg, args)
+    # default_setup's environment report (log.txt) imports torch.utils.cpp_extension, which warns
+    # "No CUDA runtime is found, using CUDA_HOME=..." on a CPU host whenever a CUDA toolkit
+    # folder exists: nothing is compiled here, so the warning says nothing about the run
+    cpp_ext = logging.getLogger("torch.utils.cpp_extension")
+    level = cpp_ext.level
+    cpp_ext.setLevel(logging.ERROR)
+    try:
+        default_setup(cfg, args)
+    finally:
+        cpp_ext.setLevel(level)
     _log_header(cfg, args)
     seed_all(cfg.SEED + comm.get_rank())  # default_setup seeded with a random number
     logger.info(f"Seed of this run: SEED {cfg.SEED}")
     return cfg
+
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def check_config_file(path: str) -> None:
+    """Refuse a missing ``--config-file`` with the next step: when the path exists relative to
+    the repository root (a command run from another folder), that path.
+
+    Raises:
+        ConfigFileNotFoundError: ``path`` is not a file (from the current folder).
+    """
+    if not path or os.path.isfile(path):
+        return
+    msg = f"--config-file not found: {path!r} (from the current folder {os.getcwd()})."
+    alt = os.path.join(_REPO, path)
+    if not os.path.isabs(path) and os.path.isfile(alt):
+        msg += f" It exists relative to the repository: pass --config-file {alt}"
+    else:
+        msg += (" Pass an existing .yml file, e.g. --config-file "
+                f"{os.path.relpath(os.path.join(_REPO, 'configs', 'demo', 'mfgnet.yml'))}")
+    raise errors.ConfigFileNotFoundError(msg + ".")
+
+
+def _with_project_hint(exc, config_file):
+    """``exc`` (an unknown-key error) with the next step when the key is another method's node
+    (``MODEL.SVRN`` given to MFG-Net's train_net.py): that method's script."""
+    msg = error_message(exc)
+    m = re.search(r"unknown config key '?MODEL\.([A-Za-z0-9_]+)", msg)
+    node = m.group(1).upper() if m else None
+    method = next((r for r in METHODS.values()
+                   if node in (r.key.upper(), r.meta_arch.upper())), None)
+    if method is None:
+        return exc
+    return type(exc)(f"{msg}\n{config_file} is a {method.name} config (MODEL.{node}): run it with "
+                     f"{method.train_script}.")
 
 
 def prepare_for_host(cfg: CfgNode, eval_only: bool = False) -> CfgNode:
@@ -427,8 +538,9 @@ def main(args: argparse.Namespace, *add_fns: Callable[[CfgNode], Any],
     apply_patches()
     cfg = setup(args, *add_fns)
     if args.eval_only:
+        ckpt = read_model_weights(cfg.MODEL.WEIGHTS)  # a bad file is reported before the model
         model = trainer_cls.build_model(cfg)
-        load_model_weights(model, cfg.MODEL.WEIGHTS)
+        load_model_weights(model, cfg.MODEL.WEIGHTS, ckpt)
         return trainer_cls.test(cfg, model)
     trainer = trainer_cls(cfg)
     trainer.resume_or_load(resume=args.resume)

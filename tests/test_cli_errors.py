@@ -76,6 +76,25 @@ def test_config_key_typo_in_a_config_file(tmp_path):
     assert_short_error(res, "SOLVER.IMS_PER_BACH", "SOLVER.IMS_PER_BATCH", str(cfg))
 
 
+def test_another_methods_config_names_its_script(tmp_path):
+    """configs/demo/svrn.yml given to MFG-Net's train_net.py: the unknown MODEL.SVRN node is
+    SVRN's, so the error names projects/SVRN/train_net.py (issue 27)."""
+    res = run(train_net("MFGNet", "--config-file", os.path.join(DEMO, "svrn.yml"),
+                        "OUTPUT_DIR", str(tmp_path)))
+    assert_short_error(res, "MODEL.SVRN", "projects/SVRN/train_net.py", error_type="ConfigError")
+
+
+def test_config_path_relative_to_the_repo_is_suggested_from_another_folder(veri_root, tmp_path):
+    """extract run from another folder with the README's relative config path: the error
+    suggests the path that exists (in the repository), not the one that failed (issue 27)."""
+    images = os.path.join(veri_root, "veri", "image_query")
+    res = run(tool("extract", "--config-file", "configs/demo/mfgnet.yml", "--images", images,
+                   "--out", str(tmp_path / "f"), "MODEL.WEIGHTS", "x.pth"), cwd=str(tmp_path))
+    block = assert_short_error(res, "'configs/demo/mfgnet.yml'", str(tmp_path),
+                               error_type="ConfigFileNotFoundError")
+    assert f"--config-file {MFGNET}" in block
+
+
 def test_missing_config_file(tmp_path):
     missing = str(tmp_path / "no_such.yml")
     res = run(train_net("MFGNet", "--config-file", missing))
@@ -183,7 +202,10 @@ def test_import_error_names_the_missing_package_and_interpreter(tmp_path, missin
     (tmp_path / f"{missing}.py").write_text(
         f"raise ModuleNotFoundError(\"No module named '{missing}'\", name='{missing}')\n")
     env = {"PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}
-    res = run(["-c", "import fastreid_plugins"], env=env, cwd=str(tmp_path))
+    # importing the package imports neither (the front door); activating it does
+    assert run(["-c", "import fastreid_plugins"], env=env, cwd=str(tmp_path)).returncode == 0
+    res = run(["-c", "import fastreid_plugins; fastreid_plugins.activate()"], env=env,
+              cwd=str(tmp_path))
     assert res.returncode == 1
     assert says in res.stderr and sys.executable in res.stderr, res.stderr
     other = "needs FastReID" if missing == "torch" else "needs PyTorch"
@@ -240,3 +262,140 @@ def test_demo_knows_when_its_number_is_a_fitting_check(veri_root, tmp_path):
     assert os.path.isfile(demo.HELDOUT_SCRIPT)
     # the printed commands use the interpreter that runs (e.g. .venv/bin/python), not `python`
     assert demo.interpreter() in (os.path.relpath(sys.executable), sys.executable)
+
+
+# ------------------------------------------------------ demo: a wrong path never trains (issue 27)
+@pytest.mark.parametrize("layout", ["missing", "no_veri"])
+def test_demo_with_a_given_path_without_veri_is_an_error(tmp_path, layout):
+    """An explicitly given FASTREID_DATASETS without a VeRi layout stops before any training,
+    naming the path and the folders expected (it used to train on synthetic data silently)."""
+    given = tmp_path / "datasets"
+    if layout == "no_veri":
+        (given / "veri" / "image_train").mkdir(parents=True)
+    res = run(tool("demo"), datasets=str(given), cwd=str(tmp_path))
+    block = assert_short_error(res, str(given), "image_query", "unset FASTREID_DATASETS",
+                               error_type="DatasetNotFoundError")
+    assert ("does not exist" in block) == (layout == "missing")
+    assert not (tmp_path / "logs").exists()
+
+
+def test_demo_falls_back_to_synthetic_only_without_a_given_path(tmp_path, monkeypatch):
+    from fastreid_plugins.tools import demo
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(demo, "REPO", str(tmp_path / "repo"))  # no ../shared/datasets beside it
+    root, why = demo.find_dataset(None)
+    assert root is None and "FASTREID_DATASETS is not set" in why
+    assert demo.find_dataset("")[0] is None
+    shared = tmp_path / "shared" / "datasets" / "veri"
+    for d in demo.VERI_DIRS:
+        (shared / d).mkdir(parents=True)
+    root, why = demo.find_dataset(None)
+    assert root == str(tmp_path / "shared" / "datasets") and "unset" in why
+
+
+def test_demo_synthetic_run_never_replaces_a_real_checkpoint(tmp_path):
+    from fastreid_plugins.errors import ConfigError
+    from fastreid_plugins.tools import demo
+
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "model_final.pth").write_bytes(b"real")
+    with pytest.raises(ConfigError, match="trained on real data"):
+        demo._check_output_dir(str(real), synthetic=True)
+    demo._check_output_dir(str(real), synthetic=False)  # a real run may retrain its own folder
+    syn = tmp_path / "syn"
+    demo._check_output_dir(str(syn), synthetic=True)
+    (syn / "model_final.pth").write_bytes(b"synthetic")
+    demo._check_output_dir(str(syn), synthetic=True)  # marked: a synthetic run may replace it
+    assert (syn / demo.SYNTHETIC_MARK).is_file()
+    assert os.path.dirname(demo.REAL_OUTPUT) != demo.SYNTHETIC_DIR
+
+
+def test_demo_heldout_progress_shows_every_tenth_epoch_and_warnings():
+    import logging
+
+    from fastreid_plugins.tools import demo
+
+    f = demo._HeldoutProgress(epochs=25, every=10)
+
+    def rec(msg, level=logging.INFO):
+        return logging.LogRecord("fastreid.utils.events", level, __file__, 1, msg, (), None)
+
+    shown = []
+    for e in [*range(25), 24]:  # 0-based; FastReID writes the last epoch's line twice
+        r = rec(f" eta: 0:00:{25 - e:02d}  epoch/iter: {e}/{e}  total_loss: 1.0  lr: 3.00e-04")
+        if f.filter(r):
+            shown.append(r.getMessage())
+    assert [s.split(" (")[0] for s in shown] == [
+        "held-out run: epoch 10/25", "held-out run: epoch 20/25", "held-out run: epoch 25/25"]
+    assert "eta 0:00:16" in shown[0]
+    assert not f.filter(rec("Starting training from epoch 0"))
+    assert f.filter(rec("something is off", logging.WARNING))
+
+
+def test_mismatched_weights_name_the_method_they_are_from(tmp_path):
+    """A checkpoint whose run config (config.yaml beside it, or the config a weights-only file
+    carries) is another method's: the error names that method and its script (issue 27)."""
+    from torch import nn
+
+    from fastreid_plugins.engine import checkpoint_method, load_model_weights
+    from fastreid_plugins.errors import WeightsMismatchError
+
+    run_dir = tmp_path / "svrn_run"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text("MODEL:\n  BACKBONE:\n    DEPTH: 18x\n"
+                                         "  META_ARCHITECTURE: SVRN\n")
+    path = str(run_dir / "model_final.pth")
+    torch.save({"model": {"svrn.head.weight": torch.zeros(2, 2)}}, path)
+    assert checkpoint_method(path) == "SVRN"
+    with pytest.raises(WeightsMismatchError) as e:
+        load_model_weights(nn.Linear(2, 2), path)
+    msg = str(e.value)
+    assert "trained for SVRN" in msg and "projects/SVRN/train_net.py" in msg
+    # a weights-only file carries its config; no config anywhere: the general advice
+    alone = tmp_path / "w.pth"
+    torch.save({"model": {"x": torch.zeros(1)}, "config": "MODEL:\n  META_ARCHITECTURE: MBFN\n"},
+               alone)
+    assert checkpoint_method(str(alone)) == "MBFN"
+    (tmp_path / "x").mkdir()
+    torch.save({"model": {"x": torch.zeros(1)}}, tmp_path / "x" / "m.pth")
+    with pytest.raises(WeightsMismatchError, match="--config-file"):
+        load_model_weights(nn.Linear(2, 2), str(tmp_path / "x" / "m.pth"))
+
+
+# ------------------------------------------------------------------- Ctrl-C (issue 27)
+def test_ctrl_c_is_one_line_with_the_resume_command(capsys, monkeypatch):
+    """run_cli turns Ctrl-C into one line and exit 130; a training interrupt that wrote a
+    checkpoint adds the same command with --resume (before the KEY VALUE overrides, which
+    FastReID's parser takes to the end of the line)."""
+    from fastreid_plugins.checkpoint import TrainingInterrupted
+    from fastreid_plugins.cli import EXIT_INTERRUPTED, resume_command, run_cli
+
+    def plain(argv):
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as e:
+        run_cli(plain, [])
+    assert e.value.code == EXIT_INTERRUPTED == 130
+    assert capsys.readouterr().err == "Interrupted (Ctrl-C)\n"
+
+    argv = ["--config-file", "configs/demo/mfgnet.yml", "OUTPUT_DIR", "logs/x y"]
+
+    def training(argv):
+        raise TrainingInterrupted("Interrupted during epoch 2/8; saved the checkpoint of epoch 1: "
+                                  "logs/x y/model_0000.pth", "logs/x y/model_0000.pth")
+
+    monkeypatch.setattr(sys, "argv", ["projects/MFGNet/train_net.py", *argv])
+    monkeypatch.setitem(sys.modules, "__main__", type(sys)("__main__"))  # a script, not -m
+    monkeypatch.setenv("FASTREID_DATASETS", "../shared/datasets")
+    with pytest.raises(SystemExit):
+        run_cli(training, argv)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("Interrupted during epoch 2/8")
+    cmd = resume_command(argv, "../shared/datasets")
+    assert err.endswith(f"; resume with: {cmd}\n")
+    assert cmd.endswith("projects/MFGNet/train_net.py --resume --config-file "
+                        "configs/demo/mfgnet.yml OUTPUT_DIR 'logs/x y'")
+    assert cmd.startswith("FASTREID_DATASETS=../shared/datasets ")
+    assert resume_command(["--resume", *argv]).count("--resume") == 1

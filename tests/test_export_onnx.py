@@ -5,6 +5,7 @@ config, which must exist) are tested.
 """
 
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -77,8 +78,15 @@ def test_export_matches_pytorch(name, tmp_path, veri_root, datasets_root):
     cfg_path = demo_config(name)
     weights = random_weights(cfg_path, tmp_path)
     out = str(tmp_path / f"{name}.onnx")
-    res = tool.main(["--config-file", cfg_path, "--output", out, "--batch-size", "2",
-                     "MODEL.WEIGHTS", weights, "MODEL.HEADS.NUM_CLASSES", "4"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = tool.main(["--config-file", cfg_path, "--output", out, "--batch-size", "2",
+                         "MODEL.WEIGHTS", weights, "MODEL.HEADS.NUM_CLASSES", "4"])
+    # the tracer's "might not generalize" warnings are not shown (deploy/onnx.py says why)
+    assert not [w for w in caught if issubclass(w.category, torch.jit.TracerWarning)]
+    with open(os.path.splitext(out)[0] + ".log") as f:  # config + model print, not the console
+        log = f.read()
+    assert "Model:\n" in log and "DATALOADER:" in log
     # the tool's own check ran (it raises beyond the tolerance)
     assert os.path.isfile(out) and res["check"]["max_abs_diff"] < 1e-3
     assert res["check"]["shape"][0] == 3  # checked with batch 3, exported with batch 2

@@ -244,6 +244,11 @@ def test_truncated_image_raise_and_skip(models, images_with_truncated, workers, 
         "--num-workers", str(workers), "--batch-size", "2", "MODEL.WEIGHTS", weights, *opts],
         check=False)
     assert res.returncode == 2 and bad in res.stderr and "Traceback" not in res.stderr
+    assert "--on-error skip" in res.stderr  # the error names the next step (issue 27)
+    # the model print (100+ lines) goes to OUT/log.txt, the console gets one line
+    assert "(cls_layer)" not in res.stdout + res.stderr
+    log = (tmp_path / "r" / "log.txt").read_text()
+    assert "Model:\n" in log and "(cls_layer)" in log and "DATALOADER:" in log
     out = str(tmp_path / "s")
     run_module("fastreid_plugins.tools.extract", [
         "--config-file", cfg_path, "--images", folder, "--out", out, "--on-error", "skip",

@@ -38,7 +38,9 @@ from fastreid_plugins.mfgnet import add_mfgnet_config
 
 MFG = "configs/demo/mfgnet.yml"
 SMALL = ["INPUT.SIZE_TRAIN", "[64,32]", "INPUT.SIZE_TEST", "[64,32]", "SOLVER.MAX_EPOCH", "2",
-         "SOLVER.CHECKPOINT_PERIOD", "1", "TEST.EVAL_PERIOD", "100", "SEED", "7"]
+         "SOLVER.CHECKPOINT_PERIOD", "1", "TEST.EVAL_PERIOD", "100", "SEED", "7",
+         # these tests compare optimizer states of final checkpoints: keep them full
+         "SOLVER.KEEP_FULL_CHECKPOINTS", "True"]
 HANG_TIMEOUT = 300  # s; generous for a loaded CI machine (idle: seconds)
 ENV = dict(os.environ, FASTREID_PLUGINS_THREADS="1", OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
 
@@ -327,9 +329,9 @@ def test_svrn_seed_is_an_alias_of_the_shared_key():
     assert project("SVRN") == (add_svrn_config, PluginTrainer)
 
 
-def _train_net(out, log):
+def _train_net(out, log, *opts):
     cmd = [sys.executable, os.path.join(ROOT, "projects/MFGNet/train_net.py"), "--config-file",
-           os.path.join(ROOT, MFG), *SMALL, "OUTPUT_DIR", str(out)]
+           os.path.join(ROOT, MFG), *SMALL, "OUTPUT_DIR", str(out), *opts]
     return subprocess.Popen(cmd, env=ENV, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
 
 
@@ -599,3 +601,76 @@ def test_seeded_batches_do_not_depend_on_num_workers_or_a_restart():
     assert all(torch.equal(a, b) for a, b in zip(ref, batches(2, n=6)))
     assert all(torch.equal(a, b) for a, b in zip(ref[2:], batches(0, start=2)))
     assert not torch.equal(ref[0][:, 1:], ref[1][:, 1:])
+
+
+@pytest.mark.slow
+def test_ctrl_c_writes_the_last_epoch_then_resume_matches_the_uninterrupted_run(
+        seeded_run, veri_root, datasets_root, tmp_path):
+    """Issue 27: SIGINT (Ctrl-C) to a real train_net.py run with no periodic checkpoint
+    (CHECKPOINT_PERIOD 100) once its first epoch has finished: it writes that epoch's checkpoint,
+    ends with one line giving the exact ``--resume`` command (exit 130, no traceback), and the
+    resumed run's final weights equal the uninterrupted run's bit for bit."""
+    out, log_path = tmp_path / "c", tmp_path / "train_net.log"
+    deadline = time.time() + HANG_TIMEOUT
+    with open(log_path, "w") as log:
+        proc = _train_net(out, log, "SOLVER.CHECKPOINT_PERIOD", "100")
+        try:
+            # FastReID's metric line of the first epoch: written at its end, before our snapshot
+            while "epoch/iter: 0/" not in log_path.read_text():
+                assert proc.poll() is None, ("train_net.py exited early:\n"
+                                             + log_path.read_text()[-3000:])
+                assert time.time() < deadline, "no first epoch: hung?"
+                time.sleep(0.05)
+            time.sleep(0.5)  # into the second epoch (3 iterations of seconds each)
+            proc.send_signal(signal.SIGINT)
+            rc = proc.wait(HANG_TIMEOUT)
+        finally:
+            proc.kill()
+            proc.wait()
+    text = log_path.read_text()
+    assert rc == 130, text[-3000:]
+    assert "Traceback" not in text, text[-3000:]
+    lines = [ln for ln in text.splitlines() if "resume with:" in ln]
+    assert len(lines) == 1 and lines[0] == text.rstrip().splitlines()[-1], text[-2000:]
+    assert "projects/MFGNet/train_net.py --resume --config-file" in lines[0]
+    assert str(out / "model_0000.pth") in lines[0]
+    assert not (out / "model_final.pth").exists(), "interrupted too late to test a resume"
+    assert (out / "last_checkpoint").read_text() == "model_0000.pth"
+    assert not list(out.glob("*.partial"))
+    _assert_identical(_weights(seeded_run / "model_0000.pth"), _weights(out / "model_0000.pth"))
+
+    datasets_root(veri_root)
+    in_thread(lambda: main(_args(out, "SOLVER.CHECKPOINT_PERIOD", "100", resume=True),
+                           add_mfgnet_config))
+    _assert_identical(_weights(seeded_run / "model_final.pth"), _weights(out / "model_final.pth"))
+    shutil.rmtree(out, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_finished_run_keeps_a_weights_only_final_checkpoint_by_default(
+        seeded_run, veri_root, datasets_root, tmp_path):
+    """Issue 27: with SOLVER.KEEP_FULL_CHECKPOINTS False (the default) a finished run keeps
+    model_final.pth weights-only (the same weights as the full one), removes model_0000.pth, and
+    --resume still says the run is finished; --eval-only loads it."""
+    from fastreid_plugins.config import PLUGIN_DEFAULTS
+
+    assert PLUGIN_DEFAULTS["SOLVER.KEEP_FULL_CHECKPOINTS"] is False
+    out = tmp_path / "w"
+    datasets_root(veri_root)
+    keep = ("SOLVER.KEEP_FULL_CHECKPOINTS", "False")
+    in_thread(lambda: main(_args(out, *keep), add_mfgnet_config))
+    assert not (out / "model_0000.pth").exists()
+    assert (out / "last_checkpoint").read_text() == "model_final.pth"
+    final = torch.load(out / "model_final.pth", map_location="cpu", weights_only=True)
+    assert set(final) == {"model", "epoch", "config", "stripped_from"}
+    assert {"optimizer", "lr_sched", "trainer_state"} <= set(final["stripped_from"]["dropped"])
+    assert final["epoch"] == 1 and final["config"] == (out / "config.yaml").read_text()
+    full = _weights(seeded_run / "model_final.pth")
+    assert all(torch.equal(full["model"][k], final["model"][k]) for k in full["model"])
+    assert os.path.getsize(out / "model_final.pth") < os.path.getsize(
+        seeded_run / "model_final.pth") / 2
+    with pytest.raises(TrainingFinishedError, match="weights-only"):
+        in_thread(lambda: main(_args(out, *keep, resume=True), add_mfgnet_config))
+    res = in_thread(lambda: main(_args(out, *keep, "MODEL.WEIGHTS", str(out / "model_final.pth"),
+                                       eval_only=True), add_mfgnet_config))
+    assert res["mAP"] >= 0  # evaluated from the weights-only file

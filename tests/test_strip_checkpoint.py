@@ -85,3 +85,10 @@ def test_strip_refuses_overwriting_its_input_and_bare_tensors(full_checkpoint, t
     with pytest.raises(WeightsMismatchError, match="tensor.pth"):
         strip_checkpoint(bare, str(tmp_path / "o.pth"))
     assert not os.path.exists(tmp_path / "o.pth")
+
+
+def test_training_keys_are_the_checkpoint_modules():
+    """strip_checkpoint keeps its own (torch-free) copy of the resume-only keys."""
+    from fastreid_plugins import checkpoint
+
+    assert TRAINING_KEYS == checkpoint.TRAINING_KEYS

@@ -103,11 +103,16 @@ def test_visualize_real_sample(weights, veri_root, datasets_root, tmp_path):
     res = run_cli(["--config-file", CFG, "--num-queries", "4", "--topk", str(TOPK), "--mode",
                    "worst", "--size", str(SIZE), str(SIZE), "--output", out_w,
                    "MODEL.WEIGHTS", weights, "MODEL.HEADS.NUM_CLASSES", "4"], veri_root)
-    assert "visualize: features" in res.stderr  # tqdm progress bar
+    # stderr is a pipe, not a terminal: no tqdm bar lines in it (issue 27: bars never reach a
+    # log file); the model print goes to OUTPUT/log.txt, one line on the console
+    assert "visualize: features" not in res.stderr and "%|" not in res.stderr
+    assert "(cls_layer)" not in res.stderr + res.stdout
+    with open(os.path.join(out_w, "log.txt")) as f:
+        assert "(cls_layer)" in f.read()
     with open(os.path.join(out_w, "ranklists.json")) as f:
         worst = json.load(f)
     assert sorted(os.listdir(out_w)) == sorted(
-        ["cmc.png", "ranklists.json"] + [q["file"] for q in worst["queries"]])
+        ["cmc.png", "ranklists.json", "log.txt"] + [q["file"] for q in worst["queries"]])
     assert len(worst["queries"]) == 4
     seen = check_pictures(out_w, worst, "worst")
 

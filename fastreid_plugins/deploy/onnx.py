@@ -31,6 +31,7 @@ batch size than the export batch and the output must match PyTorch's eval output
 
 import logging
 import os
+import warnings
 from typing import Any, Dict
 
 import numpy as np
@@ -178,6 +179,10 @@ def export_onnx(model: nn.Module, path: str, height: int, width: int, batch_size
     Returns:
         nn.Module: the eval-mode wrapper that was exported.
 
+    The tracer's ``TracerWarning`` s (a Python value read from a tensor "might not generalize")
+    are not shown: the batch axis is the only dynamic one, and :func:`check_onnx` runs the file
+    on another batch size against PyTorch.
+
     Raises:
         ValueError: ``opset < 11``.
         RuntimeError: the model cannot be traced (the message names the model and the cause).
@@ -191,7 +196,11 @@ def export_onnx(model: nn.Module, path: str, height: int, width: int, batch_size
     for name, fn in _CUSTOM_SYMBOLICS.items():
         torch.onnx.register_custom_op_symbolic(name, fn, opset)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            # the tracer's "might not generalize to other inputs" warnings (Python values taken
+            # from tensors, e.g. shape checks): the batch axis is the only dynamic one, and
+            # check_onnx compares onnxruntime with PyTorch on another batch size
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
             torch.onnx.export(
                 wrapper, (dummy,), path, input_names=["images"], output_names=["features"],
                 dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}},

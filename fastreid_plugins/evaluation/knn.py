@@ -82,7 +82,8 @@ def _progress(iterable, enabled, desc):
         return iterable
     from tqdm import tqdm
 
-    return tqdm(iterable, desc=desc, leave=False, dynamic_ncols=True)
+    # disable=None: no bar when stderr is not a terminal (a log file gets no "0%|" lines)
+    return tqdm(iterable, desc=desc, leave=False, dynamic_ncols=True, disable=None)
 
 
 def row_sq_norms(x: torch.Tensor, step: int = 8192) -> torch.Tensor:

@@ -24,11 +24,10 @@ at once); the helpers below import lazily, and :func:`build_tool_cfg` activates 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, List, Sequence, Type, Union
+import os
+from typing import TYPE_CHECKING, Any, Callable, List, Optional, Sequence, Type, Union
 
 if TYPE_CHECKING:
-    import os
-
     from fastreid.config import CfgNode
     from fastreid.engine import DefaultTrainer
     from torch import nn
@@ -65,10 +64,16 @@ def build_tool_cfg(config_file: Union[str, os.PathLike],
             ``FileNotFoundError``).
         fastreid_plugins.errors.ConfigError: unknown key (closest keys named) or mistyped value.
     """
+    import logging
+
     from fastreid_plugins.activation import activate
     from fastreid_plugins.config import get_cfg, merge_config_file, merge_overrides
-    from fastreid_plugins.engine import prepare_for_host
+    from fastreid_plugins.engine import check_config_file, prepare_for_host
 
+    check_config_file(os.fspath(config_file))
+    # faiss's loader logs at INFO which CPU build it tried (8 lines with "could not load ..."):
+    # routine, not shown on a tool's console (the tools log INFO to stderr)
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     activate()  # a tool uses FastReID as train_net.py does: patched, every method registered
     cfg = get_cfg(*plugin_config_fns())
     merge_config_file(cfg, config_file)
@@ -105,24 +110,69 @@ def trainer_class_for(cfg: CfgNode) -> Type[DefaultTrainer]:
     return PluginTrainer
 
 
-def load_tool_model(cfg: CfgNode, purpose: str) -> nn.Module:
+def load_tool_model(cfg: CfgNode, purpose: str,
+                    log_file: Optional[Union[str, os.PathLike]] = None) -> nn.Module:
     """The eval-mode model of ``cfg`` with ``MODEL.WEIGHTS`` loaded (strictly), for a tool.
 
-    Built by :func:`trainer_class_for`'s ``build_model`` (FastReID's ``build_model`` + its log).
+    ``MODEL.WEIGHTS`` is read first (a missing or corrupt file is the first thing reported), then
+    the model is built by :func:`trainer_class_for`'s ``build_model``. FastReID's model print
+    (100+ lines) stays off the console, as for train_net.py: it goes with the full config to
+    ``log_file`` (appended) when given; the console gets one line. With ``--debug`` or
+    ``FASTREID_PLUGINS_VERBOSE=1`` the console gets it too.
 
     Args:
         cfg (CfgNode): a config from :func:`build_tool_cfg`.
         purpose (str): what the tool does with it, for the error message (e.g. "export").
+        log_file (str | None): where to write the full config and model.
 
     Raises:
         FileNotFoundError: ``MODEL.WEIGHTS`` is empty or the file does not exist.
+        fastreid_plugins.errors.CorruptCheckpointError: ``MODEL.WEIGHTS`` is not a checkpoint.
         fastreid_plugins.engine.WeightsMismatchError: the checkpoint does not fit the model.
     """
-    from fastreid_plugins.engine import load_model_weights
+    import logging
+
+    from fastreid_plugins.cli import debug_requested
+    from fastreid_plugins.engine import load_model_weights, read_model_weights
 
     if not cfg.MODEL.WEIGHTS:
         raise FileNotFoundError(f"No model to {purpose}: MODEL.WEIGHTS is empty; pass "
                                 "`MODEL.WEIGHTS /path/to/model.pth` after the other arguments.")
-    model = trainer_class_for(cfg).build_model(cfg)
-    load_model_weights(model, cfg.MODEL.WEIGHTS)
+    ckpt = read_model_weights(cfg.MODEL.WEIGHTS)
+    verbose = debug_requested([])[0] or os.environ.get("FASTREID_PLUGINS_VERBOSE", "") not in (
+        "", "0")
+    capture = _ModelLog()
+    defaults_logger = logging.getLogger("fastreid.engine.defaults")  # DefaultTrainer.build_model
+    if not verbose:
+        defaults_logger.addFilter(capture)
+    try:
+        model = trainer_class_for(cfg).build_model(cfg)
+    finally:
+        defaults_logger.removeFilter(capture)
+    load_model_weights(model, cfg.MODEL.WEIGHTS, ckpt)
+    n = sum(p.numel() for p in model.parameters())
+    where = "above" if verbose else "rerun with --debug to print it"
+    if log_file:
+        log_file = os.fspath(log_file)
+        os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
+        with open(log_file, "a") as f:
+            model_text = capture.text or f"Model:\n{model}"
+            f.write(f"Config:\n{cfg.dump()}\n{model_text}\n")
+        where = f"full config and model in {log_file}"
+    logging.getLogger("fastreid_plugins.tools").info(
+        f"Model: {cfg.MODEL.META_ARCHITECTURE}, {n / 1e6:.1f} M parameters, weights "
+        f"{cfg.MODEL.WEIGHTS} ({where})")
     return model.eval()
+
+
+class _ModelLog:
+    """Logger filter: keeps FastReID's ``Model:`` record (``text``) off every handler."""
+
+    def __init__(self) -> None:
+        self.text = None
+
+    def filter(self, record: Any) -> bool:
+        if isinstance(record.msg, str) and record.msg.startswith("Model:\n"):
+            self.text = record.getMessage()
+            return False
+        return True

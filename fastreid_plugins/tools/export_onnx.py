@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from typing import Any, Dict, Optional, Sequence
 
@@ -29,7 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m fastreid_plugins.tools.export_onnx",
                                 description="Export a re-id model to ONNX and check it.")
     p.add_argument("--config-file", required=True, metavar="FILE")
-    p.add_argument("--output", default="model.onnx", help="output .onnx file")
+    p.add_argument("--output", default=os.path.join("logs", "onnx", "model.onnx"),
+                   help="output .onnx file (default logs/onnx/model.onnx; OUTPUT.log gets the "
+                        "config and model)")
     p.add_argument("--batch-size", type=int, default=2, help="batch of the example input")
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
@@ -56,7 +59,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     from fastreid_plugins.tools import build_tool_cfg, load_tool_model
 
     cfg = build_tool_cfg(args.config_file, args.opts)
-    model = load_tool_model(cfg, "export")
+    model = load_tool_model(cfg, "export", log_file=os.path.splitext(args.output)[0] + ".log")
     h, w = cfg.INPUT.SIZE_TEST
     wrapper = export_onnx(model, args.output, h, w, args.batch_size, args.opset)
     result = {"output": args.output, "meta_arch": cfg.MODEL.META_ARCHITECTURE,

@@ -254,6 +254,8 @@ class FeatureExtractor:
             :mod:`fastreid_plugins.tools.export_onnx`, run by onnxruntime; the config still gives
             the transforms, ``TEST.FLIP`` and the metric; no checkpoint needed).
         onnx_model (str or None): the ``.onnx`` file of ``backend="onnx"``.
+        log_file (str or None): where the full config and the model print go (appended); the
+            console gets one line (``extract`` passes ``OUT/log.txt``).
 
     Attributes:
         cfg (CfgNode): the frozen config. dim (int): feature dimension D (after the first batch).
@@ -272,7 +274,8 @@ class FeatureExtractor:
                  weights: Optional[Union[str, os.PathLike]] = None,
                  opts: Optional[Sequence[str]] = (), batch_size: Optional[int] = None,
                  num_workers: int = 0, amp: bool = False, backend: str = "torch",
-                 onnx_model: Optional[Union[str, os.PathLike]] = None) -> None:
+                 onnx_model: Optional[Union[str, os.PathLike]] = None,
+                 log_file: Optional[Union[str, os.PathLike]] = None) -> None:
         import fastreid_plugins.patches.compat  # noqa: F401  (FastReID importable on torch 2)
 
         from fastreid.data.transforms import build_transforms
@@ -300,7 +303,7 @@ class FeatureExtractor:
                                   "(or weights=...).")
             if not os.path.isfile(self.weights):
                 raise ConfigError(f"MODEL.WEIGHTS not found: {self.weights!r}")
-            self.model = load_tool_model(cfg, "extract features with")
+            self.model = load_tool_model(cfg, "extract features with", log_file=log_file)
             self.device = self.model.device
         elif backend == "onnx":
             self._init_onnx(onnx_model)
@@ -783,9 +786,17 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         args.num_workers = build_tool_cfg(args.config_file, args.opts).DATALOADER.NUM_WORKERS
     ext = FeatureExtractor(args.config_file, opts=args.opts, batch_size=args.batch_size,
                            num_workers=args.num_workers, amp=args.amp, backend=backend,
-                           onnx_model=onnx_model)
-    return extract_to_dir(ext, args.images, args.out, args.shard_size, args.dtype, args.on_error,
-                          progress=not args.no_progress)
+                           onnx_model=onnx_model, log_file=os.path.join(args.out, "log.txt"))
+    try:
+        return extract_to_dir(ext, args.images, args.out, args.shard_size, args.dtype,
+                              args.on_error, progress=not args.no_progress)
+    except (ImageReadError, DatasetNotFoundError) as e:  # the next step: the option that goes on
+        if args.on_error != "raise":
+            raise
+        from fastreid_plugins.cli import error_message
+
+        raise type(e)(f"{error_message(e)}\nTo leave unreadable images out (listed in the "
+                      "manifest) and go on, rerun the same command with --on-error skip.") from e
 
 
 if __name__ == "__main__":

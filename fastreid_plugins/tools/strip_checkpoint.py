@@ -5,7 +5,8 @@ FastReID's ``model_final.pth`` holds the model *and* the optimizer, scheduler, i
 the generator / sampler states needed by ``--resume``; the optimizer state of Adam / AMSGrad alone
 is twice the model's size. ``OUT`` keeps what evaluation and the tools need:
 
-* ``model``: the state dict (tensors as saved; ``module.`` prefixes of a DDP save removed);
+* ``model``: the state dict (tensors as saved; ``module.`` prefixes of a DDP save removed), and
+  ``epoch`` when the checkpoint has one (``--resume`` of a finished run then says so);
 * ``config``: the run's config YAML text, ``config.yaml`` next to ``IN`` (what ``default_setup``
   wrote), or ``--config-file``'s text; absent when neither exists (a warning says so);
 * ``stripped_from``: ``IN``'s file name, and the keys that were dropped.
@@ -22,8 +23,10 @@ from typing import Any, Dict, Optional, Sequence
 
 __all__ = ["strip_checkpoint", "main"]
 
-#: keys of a FastReID / fastreid-plugins checkpoint that only ``--resume`` needs
-TRAINING_KEYS = ("optimizer", "scheduler", "iteration", "trainer_state", "grad_scaler")
+#: keys of a FastReID / fastreid-plugins checkpoint that only ``--resume`` needs (the same as
+#: :data:`fastreid_plugins.checkpoint.TRAINING_KEYS`, here without importing torch)
+TRAINING_KEYS = ("optimizer", "scheduler", "lr_sched", "iteration", "trainer_state",
+                 "grad_scaler")
 
 
 def strip_checkpoint(src: str, dst: str, config_file: Optional[str] = None) -> Dict[str, Any]:
@@ -48,7 +51,7 @@ def strip_checkpoint(src: str, dst: str, config_file: Optional[str] = None) -> D
     import torch
 
     from fastreid_plugins import engine  # noqa: F401  (compat: FastReID's pickled types)
-    from fastreid_plugins.checkpoint import atomic_torch_save
+    from fastreid_plugins.checkpoint import atomic_torch_save, weights_only
     from fastreid_plugins.engine import load_checkpoint_file
     from fastreid_plugins.errors import (
         ConfigError,
@@ -79,17 +82,17 @@ def strip_checkpoint(src: str, dst: str, config_file: Optional[str] = None) -> D
             isinstance(v, torch.Tensor) for v in state.values()):
         raise WeightsMismatchError(f"{src!r} holds no model state dict (keys: "
                                    f"{sorted(ckpt)[:10]}); is it a FastReID checkpoint?")
-    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
-    dropped = sorted(k for k in ckpt if k != "model") if "model" in ckpt else []
     if config_file is None:
         beside = os.path.join(os.path.dirname(os.path.abspath(src)), "config.yaml")
         config_file = beside if os.path.isfile(beside) else None
     elif not os.path.isfile(config_file):
         raise FileNotFoundError(f"--config-file not found: {config_file!r}")
-    out = {"model": state, "stripped_from": {"file": os.path.basename(src), "dropped": dropped}}
+    text = None
     if config_file:
         with open(config_file) as f:
-            out["config"] = f.read()
+            text = f.read()
+    out = weights_only(ckpt, src, text)
+    state, dropped = out["model"], out["stripped_from"]["dropped"]
     os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
     atomic_torch_save(out, dst)
     return {"in_bytes": os.path.getsize(src), "out_bytes": os.path.getsize(dst),

@@ -266,7 +266,8 @@ def _extract(model, loader, flip):
     feats, pids, camids, paths = [], [], [], []
     model.eval()
     with torch.no_grad():
-        for batch in tqdm(loader, desc="visualize: features", dynamic_ncols=True):
+        for batch in tqdm(loader, desc="visualize: features", dynamic_ncols=True,
+                          disable=None):
             out = model(dict(batch))
             if flip:
                 flipped = dict(batch, images=batch["images"].flip(dims=[3]))
@@ -287,7 +288,8 @@ def build_parser():
     p.add_argument("--topk", type=int, default=5, help="gallery images per rank list")
     p.add_argument("--mode", default="best", choices=["best", "worst", "random"])
     p.add_argument("--seed", type=int, default=0, help="seed of --mode random")
-    p.add_argument("--output", default="vis", help="output folder")
+    p.add_argument("--output", default=os.path.join("logs", "vis"),
+                   help="output folder (default logs/vis; also gets log.txt: config and model)")
     p.add_argument("--dataset", default=None, help="test set (default: DATASETS.TESTS[0])")
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None,
                    help="size of every shown image (default: INPUT.SIZE_TEST)")
@@ -323,7 +325,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     if is_vehicleid(dataset):
         raise ConfigError(f"{dataset} has no fixed query/gallery split (VehicleID protocol); "
                          "pick another test set with --dataset.")
-    model = load_tool_model(cfg, "visualise")
+    model = load_tool_model(cfg, "visualise", log_file=os.path.join(args.output, "log.txt"))
     trainer_cls = trainer_class_for(cfg)
     loader, num_query = trainer_cls.build_test_loader(cfg, dataset)
 
