@@ -76,6 +76,11 @@ def test_bad_arguments_and_missing_extra(r18, tmp_path, monkeypatch):
         export(cfg_path, weights, tmp_path / "m.onnx", "onnx", "fp16")
     with pytest.raises(ConfigError, match=r"\.xml"):
         export(cfg_path, weights, tmp_path / "m.onnx", "openvino", "fp32")
+    with pytest.raises(ConfigError, match="tensorrt takes --precision fp32, fp16 or int8"):
+        export(cfg_path, weights, tmp_path / "m.engine", "tensorrt", "bf16")
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # (not installed here anyway: no GPU)
+    with pytest.raises(MissingExtraError, match="pip install tensorrt"):
+        export(cfg_path, weights, tmp_path / "m.engine", "tensorrt", "fp16")
     monkeypatch.setitem(sys.modules, "openvino", None)
     with pytest.raises(MissingExtraError, match=r'pip install -e "\.\[deploy\]"'):
         require("openvino", "--format openvino")

@@ -6,6 +6,8 @@ same answers as the PyTorch model.
 * :mod:`.openvino`: ONNX -> OpenVINO IR (fp32, fp16-compressed weights, bf16 execution, int8 from
   the QDQ graph).
 * :mod:`.quantize`: INT8 ONNX (QDQ) by onnxruntime's post-training static quantizer.
+* :mod:`.tensorrt`: ONNX -> TensorRT engine (fp32 / fp16 / int8 from the QDQ graph) for NVIDIA
+  GPUs; written against TensorRT 10's Python API and not run here (no GPU): unverified.
 * :mod:`.runtime`: :class:`~.runtime.EngineRunner`, one interface to run an engine file.
 * :mod:`.gate`: the accuracy gate (feature cosine, Rank-1 / mAP / mINP of engine vs PyTorch).
 
@@ -24,7 +26,7 @@ DEFAULT_ATOL = 1e-4
 DEFAULT_RTOL = 1e-3
 
 #: engine formats and precisions of ``tools.export``
-FORMATS = ("onnx", "openvino")
+FORMATS = ("onnx", "openvino", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 
 #: the gate's default minimum cosine similarity between engine and PyTorch features, by precision
@@ -42,9 +44,13 @@ class GateFailedError(UserError):
     """An exported engine failed the accuracy gate (the message holds the numbers)."""
 
 
-def require(module: str, what: str) -> types.ModuleType:
-    """Import ``module`` (e.g. ``"openvino"``) or raise :class:`MissingExtraError` naming the
-    extra that installs it.
+#: how to install the deploy extra (the hint of :func:`require`)
+DEPLOY_EXTRA = 'pip install -e ".[deploy]"  (openvino, onnx, onnxruntime)'
+
+
+def require(module: str, what: str, install: str = DEPLOY_EXTRA) -> types.ModuleType:
+    """Import ``module`` (e.g. ``"openvino"``) or raise :class:`MissingExtraError` naming how to
+    install it (default: the extra ``deploy``).
 
     Raises:
         MissingExtraError: ``module`` is not importable.
@@ -56,4 +62,4 @@ def require(module: str, what: str) -> types.ModuleType:
     except ImportError as e:
         raise MissingExtraError(
             f"{what} needs the Python package {module.split('.')[0]!r}, which is not installed: "
-            'pip install -e ".[deploy]"  (openvino, onnx, onnxruntime)') from e
+            f"{install}") from e

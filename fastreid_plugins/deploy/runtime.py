@@ -61,8 +61,9 @@ class EngineRunner:
 
     Args:
         path (str): ``.onnx`` or OpenVINO ``.xml``.
-        runtime (str): ``"onnx"`` (onnxruntime; ``.onnx`` only) or ``"openvino"`` (``.onnx`` or
-            ``.xml``).
+        runtime (str): ``"onnx"`` (onnxruntime; ``.onnx`` only), ``"openvino"`` (``.onnx`` or
+            ``.xml``) or ``"tensorrt"`` (a ``.engine`` of :mod:`.tensorrt`, on a CUDA GPU;
+            unverified here).
         threads (int or None): intra-op threads (default: the runtime's).
 
     Attributes:
@@ -85,8 +86,13 @@ class EngineRunner:
             self._init_ort(threads)
         elif runtime == "openvino":
             self._init_ov(threads)
+        elif runtime == "tensorrt":
+            from .tensorrt import TensorRTRunner
+
+            self.trt = TensorRTRunner(self.path)
+            self.precision, self.input_shape = self.trt.precision, self.trt.input_shape
         else:
-            raise ValueError(f"runtime must be 'onnx' or 'openvino', got {runtime!r}")
+            raise ValueError(f"runtime must be 'onnx', 'openvino' or 'tensorrt', got {runtime!r}")
 
     def _init_ort(self, threads):
         if self.path.endswith(".xml"):
@@ -133,6 +139,8 @@ class EngineRunner:
         images = np.ascontiguousarray(images, dtype=np.float32)
         if self.runtime == "onnx":
             out = self.session.run(None, {self.input_name: images})[0]
+        elif self.runtime == "tensorrt":
+            out = self.trt(images)
         else:
             out = self.request.infer({0: images})[self.compiled.outputs[0]]
         return np.asarray(out, dtype=np.float32)

@@ -14,7 +14,9 @@ Steps: (1) the model's eval forward is traced to an fp32 ONNX graph
 and checked against PyTorch on a random batch; (2) the engine of ``--format`` / ``--precision``
 is built: ``onnx fp32`` is that graph, ``onnx int8`` onnxruntime's static quantizer (QDQ),
 ``openvino fp32 | fp16 | bf16`` the converted IR, ``openvino int8`` the converted QDQ graph
-of ``onnx int8``; int8 calibrates on ``--calib-count`` images (default 128) of ``--calib-images``
+of ``onnx int8``; ``tensorrt fp32 | fp16 | int8`` a TensorRT engine for an NVIDIA GPU from the
+same graphs (:mod:`fastreid_plugins.deploy.tensorrt`: written for TensorRT 10, UNVERIFIED here,
+no GPU); int8 calibrates on ``--calib-count`` images (default 128) of ``--calib-images``
 (a folder or list file) or, by default, of the config's train set (``DATASETS.NAMES``, evenly
 spaced); (3) the gate: PyTorch and the engine extract the labelled split ``--gate-dataset``
 (default the config's ``DATASETS.TESTS[0]``) and the report ``<output>.gate.json`` is
@@ -61,9 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config-file", required=True, metavar="FILE")
     p.add_argument("--format", default="onnx", choices=FORMATS)
     p.add_argument("--precision", default="fp32", choices=PRECISIONS,
-                   help="fp32; fp16 / bf16 (openvino); int8 (post-training static quantization)")
+                   help="fp32; fp16 (openvino, tensorrt); bf16 (openvino); int8 (post-training "
+                   "static quantization)")
     p.add_argument("--output", default=None,
-                   help="engine file (default model_<precision>.onnx / .xml)")
+                   help="engine file (default model_<precision>.onnx / .xml / .engine)")
     p.add_argument("--batch-size", type=int, default=2, help="batch of the example input")
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--calib-images", default=None, metavar="DIR|LIST",
@@ -90,12 +93,18 @@ def _check_args(args):
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.calib_count < 1:
         raise ConfigError(f"--calib-count must be >= 1, got {args.calib_count}")
+    if args.format == "tensorrt":
+        if args.precision == "bf16":
+            raise ConfigError("--format tensorrt takes --precision fp32, fp16 or int8")
+        from fastreid_plugins.deploy.tensorrt import _trt
+
+        _trt()  # a host without TensorRT fails here, before the model is built
     if args.format == "onnx" and args.precision in ("fp16", "bf16"):
         raise ConfigError(
             f"--format onnx --precision {args.precision}: a CPU runs ONNX in fp32 or int8; use "
             f"--format openvino --precision {args.precision}, or build a TensorRT engine from "
-            "the fp32 ONNX graph (tools/tensorrt_build.py) for a GPU.")
-    ext = ".xml" if args.format == "openvino" else ".onnx"
+            "--format tensorrt on a GPU host.")
+    ext = {"openvino": ".xml", "tensorrt": ".engine"}.get(args.format, ".onnx")
     if args.output is None:
         args.output = f"model_{args.precision}{ext}"
     if not args.output.endswith(ext):
@@ -162,10 +171,11 @@ def gate_features(cfg: Any, wrapper: Any, runner: Any, dataset: str) -> Dict[str
                           "and gallery sets (the VehicleID family draws them); pass e.g. "
                           "--gate-dataset VeRi.")
     ref, got, pids, camids = [], [], [], []
+    device = next(iter(wrapper.parameters()), torch.zeros(())).device
     with torch.no_grad():
         for batch in loader:
             images = batch["images"].float()
-            ref.append(wrapper(images).float().numpy())
+            ref.append(wrapper(images.to(device)).float().cpu().numpy())
             got.append(runner(images.numpy()))
             pids.append(np.asarray(batch["targets"]))
             camids.append(np.asarray(batch["camids"]))
@@ -192,6 +202,11 @@ def build_engine(args: Any, cfg: Any, onnx_fp32: str, engine: str) -> None:
         if args.precision != "int8":
             shutil.copyfile(onnx_fp32, engine)
             set_onnx_precision(engine, "fp32")
+    elif args.format == "tensorrt":  # unverified here (no GPU): fastreid_plugins.deploy.tensorrt
+        from fastreid_plugins.deploy.tensorrt import onnx_to_tensorrt
+
+        h, w = cfg.INPUT.SIZE_TEST
+        onnx_to_tensorrt(src, engine, args.precision, h, w)
     else:
         from fastreid_plugins.deploy.openvino import onnx_to_openvino
 
@@ -199,9 +214,12 @@ def build_engine(args: Any, cfg: Any, onnx_fp32: str, engine: str) -> None:
 
 
 def _move_engine(tmp_engine, output):
+    """Move an engine and its companion file (OpenVINO ``.bin``, TensorRT ``.meta.json``)."""
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     if output.endswith(".xml"):
         os.replace(tmp_engine[:-4] + ".bin", output[:-4] + ".bin")
+    if os.path.isfile(tmp_engine + ".meta.json"):
+        os.replace(tmp_engine + ".meta.json", output + ".meta.json")
     os.replace(tmp_engine, output)
 
 

@@ -310,10 +310,11 @@ class FeatureExtractor:
                 raise ConfigError(f"MODEL.WEIGHTS not found: {self.weights!r}")
             self.model = load_tool_model(cfg, "extract features with")
             self.device = self.model.device
-        elif backend in ("onnx", "openvino"):
+        elif backend in ("onnx", "openvino", "tensorrt"):
             self._init_engine(engine or onnx_model)
         else:
-            raise ConfigError(f"backend must be 'torch', 'onnx' or 'openvino', got {backend!r}")
+            raise ConfigError("backend must be 'torch', 'onnx', 'openvino' or 'tensorrt' (a GPU "
+                              f"host), got {backend!r}")
 
     def _init_engine(self, path):
         import torch
@@ -336,7 +337,7 @@ class FeatureExtractor:
     def _model_forward(self, images):
         import torch
 
-        if self.backend in ("onnx", "openvino"):
+        if self.backend in ("onnx", "openvino", "tensorrt"):
             return torch.from_numpy(self.runner(images.numpy()))
         images = images.to(self.device, non_blocking=True)
         with torch.autocast(self.device.type, enabled=self.amp,
@@ -794,7 +795,7 @@ def parse_backend(values):
     """
     if values == ["torch"]:
         return "torch", None
-    if len(values) == 2 and values[0] in ("onnx", "openvino"):
+    if len(values) == 2 and values[0] in ("onnx", "openvino", "tensorrt"):
         return values[0], values[1]
     raise ConfigError("--backend must be `torch`, `onnx MODEL.onnx` or `openvino MODEL.xml`, got "
                       f"{' '.join(values)!r}")
