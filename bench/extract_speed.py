@@ -19,18 +19,20 @@ SVRN's ResNet-50 at 256x256, T = 3). Paths:
   backend) with the model in ``channels_last`` memory format, and with bfloat16 autocast where
   the CPU has bf16 instructions (its features are checked against fp32 with the bf16 gate's
   cosine, 0.9999: a path that fails is marked ``GATE FAILED``).
-* ``onnxruntime fp32``, ``openvino fp32 | bf16 | int8``: engines written by
+* ``onnxruntime fp32 | int8``, ``openvino fp32 | bf16 | int8``: engines written by
   ``python -m fastreid_plugins.tools.export`` (``--force``: the gate's verdict on the VeRi
   sample is printed, not required), run by ``FeatureExtractor(backend=...)``.
 
 Every ``FeatureExtractor`` path reads and resizes images in ``--num-workers`` DataLoader workers,
-overlapped with the forward pass; the ``decode`` column is the decoding + resizing rate alone
-(main process, no model), the bound of an end-to-end path. Same batch size, torch / engine
+overlapped with the forward pass; the ``decode`` column is the decoding + resizing rate of that
+DataLoader alone (no model), the bound of an end-to-end path (``DefaultPredictor`` decodes in its
+own loop, serially). Same batch size, torch / engine
 threads (``--threads``), transforms, ``TEST.FLIP`` off; one warm-up batch each, then
 ``--repeat`` interleaved runs, best of each. The peak of a precision is a large matrix product
-timed in the same run (fp32 and bf16: ``torch.mm`` 2048 x 2048 x 2048; int8: a QDQ-quantized
-2048 x 2048 ``MatMul`` in OpenVINO); a path's share of it is ``MACs x 2 x images/s / peak``
-(MACs per image by ``torch.utils.flop_counter`` on the PyTorch model). Last lines, one a path:
+timed in the same run (a 2048 x 2048 x 2048 product; fp32 and bf16: the faster of ``torch.mm``
+and OpenVINO's ``MatMul``; int8: the QDQ-quantized ``MatMul`` in OpenVINO); a path's share of it
+is ``MACs x 2 x images/s / peak`` (MACs per image by ``torch.utils.flop_counter`` on the PyTorch
+model). Last lines, one a path:
 ``<path>: <img/s> img/s, <ratio>x DefaultPredictor, <share>% of peak``.
 
 Search: a clustered synthetic gallery (``--gallery`` x ``--dim``, float16 shards of 10,000) and
@@ -86,23 +88,26 @@ def best_rate(fn, n, repeat=3, min_time=1.0):
 
 
 def measure_peaks(size=2048):
-    """FLOP/s of a large matrix product per precision (fp32, bf16: torch; int8: OpenVINO QDQ)."""
+    """FLOP/s of a large matrix product per precision: the faster of ``torch.mm`` and an OpenVINO
+    ``MatMul`` for fp32 and bf16, an int8 (QDQ) OpenVINO ``MatMul`` for int8."""
     a, b = torch.randn(size, size), torch.randn(size, size)
     flops = 2 * size ** 3
-    peaks = {"fp32": best_rate(lambda: torch.mm(a, b), flops)}
+    ov = openvino_matmul_peaks(size)
+    peaks = {"fp32": max(best_rate(lambda: torch.mm(a, b), flops), ov["fp32"])}
     if cpu_has_bf16():
         a16, b16 = a.bfloat16(), b.bfloat16()
-        peaks["bf16"] = best_rate(lambda: torch.mm(a16, b16), flops)
-    peaks["int8"] = int8_matmul_peak(size)
+        peaks["bf16"] = max(best_rate(lambda: torch.mm(a16, b16), flops), ov["bf16"])
+    peaks["int8"] = ov["int8"]
     return peaks
 
 
-def int8_matmul_peak(size):
-    """FLOP/s of an int8 (QDQ, onnxruntime's quantizer) ``size``^3 MatMul run by OpenVINO."""
+def openvino_matmul_peaks(size):
+    """FLOP/s of a ``size``^3 MatMul in OpenVINO: fp32 and bf16 (the fp32 graph with the engines'
+    inference precisions) and int8 (the graph quantized by onnxruntime's quantizer, QDQ)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from fastreid_plugins.deploy.quantize import quantize_onnx
+    from fastreid_plugins.deploy.quantize import quantize_onnx, set_onnx_precision
     from fastreid_plugins.deploy.runtime import EngineRunner
 
     rng = np.random.default_rng(0)
@@ -116,8 +121,15 @@ def int8_matmul_peak(size):
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), src)
     x = rng.standard_normal((size, size)).astype(np.float32)
     quantize_onnx(src, dst, [x])
-    run = EngineRunner(dst, "openvino", threads=torch.get_num_threads())
-    return best_rate(lambda: run(x), 2 * size ** 3)
+    out = {}
+    for prec in ("fp32", "bf16", "int8"):
+        path = dst if prec == "int8" else os.path.join(tmp, f"mm_{prec}.onnx")
+        if prec != "int8":
+            onnx.save(onnx.load(src), path)
+            set_onnx_precision(path, prec)
+        run = EngineRunner(path, "openvino", threads=torch.get_num_threads())
+        out[prec] = best_rate(lambda run=run: run(x), 2 * size ** 3)
+    return out
 
 
 def cpu_has_bf16():
@@ -144,8 +156,8 @@ def export_engines(args, cfg_path, weights, opts, tmp):
     from fastreid_plugins.tools import export
 
     engines = {}
-    for fmt, prec in (("onnx", "fp32"), ("openvino", "fp32"), ("openvino", "bf16"),
-                      ("openvino", "int8")):
+    for fmt, prec in (("onnx", "fp32"), ("onnx", "int8"), ("openvino", "fp32"),
+                      ("openvino", "bf16"), ("openvino", "int8")):
         if prec == "bf16" and not cpu_has_bf16():
             continue
         out = os.path.join(tmp, f"{prec}.{'xml' if fmt == 'openvino' else 'onnx'}")
@@ -220,7 +232,8 @@ def bench_extract(args):
 
     for fn, _, _ in paths_runs.values():  # warm-up
         fn(paths[:bs])
-    t_dec = min(timed(lambda: decode(paths))[0] for _ in range(args.repeat))
+    # decoding + resizing alone, as the extractor's DataLoader does it (no model)
+    t_dec = min(timed(lambda: list(ext.loader(paths)))[0] for _ in range(args.repeat))
     times = {k: [] for k in paths_runs}
     feats = {}
     for _ in range(args.repeat):  # interleaved, best of --repeat (the machine may be shared)
@@ -230,11 +243,12 @@ def bench_extract(args):
     ref = feats["DefaultPredictor"]
     print(f"\nextraction, {cfg.MODEL.META_ARCHITECTURE} {os.path.basename(cfg_path)} "
           f"({h}x{w}, {macs / 1e9:.2f} GMACs/image), {n} images, batch {bs}, "
-          f"{args.threads} threads, {args.num_workers} decoding workers; decoding + resizing "
-          f"alone {n / t_dec:.1f} img/s (main process)")
+          f"{args.threads} threads, {args.num_workers} decoding workers; decode column: "
+          f"decoding + resizing alone {n / t_dec:.1f} img/s (the extractor's DataLoader)")
     print("peaks (large matmul): " + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s"
                                                 for k, v in peaks.items()))
-    print(f"  {'path':<28} {'img/s':>7} {'ratio':>6} {'peak %':>7} {'min cos':>9}  gate")
+    print(f"  {'path':<28} {'img/s':>7} {'ratio':>6} {'peak %':>7} {'decode':>7} {'min cos':>9}"
+          "  gate")
     lines = []
     t_fr = min(times["DefaultPredictor"])
     for name, (_, prec, gate) in paths_runs.items():
@@ -248,7 +262,9 @@ def bench_extract(args):
             verdict = "passed" if cos >= MIN_COSINE["bf16"] else "GATE FAILED (cosine)"
         else:
             verdict = "-"
-        print(f"  {name:<28} {rate:7.1f} {t_fr / t:5.2f}x {share:6.1f}% {cos:9.6f}  {verdict}")
+        dec = n / t_dec if name != "DefaultPredictor" else float("nan")  # in its own loop
+        print(f"  {name:<28} {rate:7.1f} {t_fr / t:5.2f}x {share:6.1f}% {dec:7.1f} {cos:9.6f}  "
+              f"{verdict}")
         lines.append(f"{name}: {rate:.1f} img/s, {t_fr / t:.2f}x DefaultPredictor, "
                      f"{share:.1f}% of peak")
     print("\n".join(lines))
