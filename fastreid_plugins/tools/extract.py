@@ -254,12 +254,14 @@ class FeatureExtractor:
         backend (str): ``"torch"``, ``"onnx"`` (an ONNX file from
             :mod:`fastreid_plugins.tools.export` / ``export_onnx``, run by onnxruntime) or
             ``"openvino"`` (an OpenVINO ``.xml`` or ``.onnx`` engine from
-            :mod:`fastreid_plugins.tools.export`, run by OpenVINO on the CPU); for an engine the
+            :mod:`fastreid_plugins.tools.export`, run by OpenVINO on the CPU) or ``"tensorrt"``
+            (a TensorRT ``.engine``, on a CUDA GPU; unverified here); for an engine the
             config still gives the transforms, ``TEST.FLIP`` and the metric; no checkpoint
             needed. The manifest records the engine's file, format, precision, SHA-256 and its
             accuracy gate's numbers (from the ``.gate.json`` beside it).
         onnx_model (str or None): the engine file of ``backend="onnx"``.
-        engine (str or None): the engine file of ``backend="onnx"`` / ``"openvino"``.
+        engine (str or None): the engine file of ``backend="onnx"`` / ``"openvino"`` /
+            ``"tensorrt"``.
 
     Attributes:
         cfg (CfgNode): the frozen config. dim (int): feature dimension D (after the first batch).
