@@ -168,6 +168,18 @@ def export_engines(args, cfg_path, weights, opts, tmp):
     return engines
 
 
+def seeded_model(model):
+    """Eval-mode ``model`` with non-trivial BN statistics (as tests/test_export_onnx's
+    ``random_weights``): with FastReID's initial ones, random SVRN weights saturate the salience
+    attention and its top-n cut ties."""
+    g = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
+            m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=g) * 0.2 - 0.1)
+            m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+    return model.eval()
+
+
 def bench_extract(args):
     import fastreid_plugins.patches.compat  # noqa: F401  (FastReID importable on torch 2)
 
@@ -189,7 +201,7 @@ def bench_extract(args):
     opts = list(BENCH_OPTS)
     cfg = build_tool_cfg(cfg_path, opts)
     torch.manual_seed(0)
-    model = trainer_class_for(cfg).build_model(cfg).eval()
+    model = seeded_model(trainer_class_for(cfg).build_model(cfg))
     tmp = tempfile.mkdtemp(prefix="extract_bench_")
     weights = os.path.join(tmp, "model.pth")
     torch.save({"model": model.state_dict()}, weights)
