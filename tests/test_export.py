@@ -197,3 +197,22 @@ def test_every_method_exports(name, fmt, precision, tmp_path, veri_root, dataset
     if precision != "int8":
         assert res["gate"]["passed"], res["gate"]
     assert EngineRunner(out, fmt).precision == precision
+
+
+def test_random_input_check_failure_stops_unless_forced(r18, tmp_path, monkeypatch, veri_root,
+                                                        datasets_root):
+    from fastreid_plugins.deploy import onnx as onnx_mod
+
+    def differs(*a, **k):
+        raise AssertionError("ONNX output differs from PyTorch beyond atol=0.0001")
+
+    datasets_root(veri_root)
+    monkeypatch.setattr(onnx_mod, "check_onnx", differs)
+    cfg_path, weights = r18
+    out = str(tmp_path / "m.onnx")
+    with pytest.raises(GateFailedError, match="random input"):
+        export(cfg_path, weights, out, "onnx", "fp32")
+    assert not os.path.exists(out)
+    res = export(cfg_path, weights, out, "onnx", "fp32", "--force")
+    assert res["written"] and res["gate"]["passed"]  # the real-image gate itself passes
+    assert res["gate"]["random_input_check"]["passed"] is False
