@@ -84,6 +84,8 @@ def test_bad_arguments_and_missing_extra(r18, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "openvino", None)
     with pytest.raises(MissingExtraError, match=r'pip install -e "\.\[deploy\]"'):
         require("openvino", "--format openvino")
+    with pytest.raises(MissingExtraError, match=r'--format openvino needs .*"\.\[deploy\]"'):
+        export(cfg_path, weights, tmp_path / "m.xml", "openvino", "fp32")
 
 
 def test_export_names_the_module_that_cannot_export(tmp_path):

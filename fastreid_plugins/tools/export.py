@@ -99,6 +99,12 @@ def _check_args(args):
         from fastreid_plugins.deploy.tensorrt import _trt
 
         _trt()  # a host without TensorRT fails here, before the model is built
+    from fastreid_plugins.deploy import require
+
+    # a missing extra fails here, before the model is built
+    require("onnxruntime", "tools.export (its checks)")
+    if args.format == "openvino":
+        require("openvino", "--format openvino")
     if args.format == "onnx" and args.precision in ("fp16", "bf16"):
         raise ConfigError(
             f"--format onnx --precision {args.precision}: a CPU runs ONNX in fp32 or int8; use "
