@@ -99,6 +99,12 @@ class EngineRunner:
             raise ValueError(f"{self.path!r} is an OpenVINO IR: run it with the openvino backend")
         ort = require("onnxruntime", "Running an ONNX engine")
         so = ort.SessionOptions()
+        self.precision = _onnx_precision(self.path)
+        if self.precision == "int8":
+            # onnxruntime 1.32's buffer reuse fails on the QDQ graph of MBFN's unequal part
+            # split ("Shape mismatch attempting to re-use buffer" at a SequenceAt); the fp32
+            # graph runs with it
+            so.enable_mem_reuse = False
         if threads:
             so.intra_op_num_threads = int(threads)
         providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
@@ -106,8 +112,6 @@ class EngineRunner:
         self.session = ort.InferenceSession(self.path, so, providers=providers)
         inp = self.session.get_inputs()[0]
         self.input_name, self.input_shape = inp.name, list(inp.shape)
-        meta = self.session.get_modelmeta().custom_metadata_map
-        self.precision = meta.get(PRECISION_KEY, "fp32")
 
     def _init_ov(self, threads):
         ov = require("openvino", "Running an OpenVINO engine")
