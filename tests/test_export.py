@@ -184,8 +184,9 @@ def test_failed_gate_refuses_then_force_writes(r18, tmp_path, veri_root, dataset
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", CONFIGS)
-@pytest.mark.parametrize("fmt,precision", [("openvino", "fp32"), ("openvino", "bf16"),
-                                           ("openvino", "int8"), ("onnx", "int8")])
+@pytest.mark.parametrize("fmt,precision", [("openvino", "fp32"), ("openvino", "fp16"),
+                                           ("openvino", "bf16"), ("openvino", "int8"),
+                                           ("onnx", "int8")])
 def test_every_method_exports(name, fmt, precision, tmp_path, veri_root, datasets_root):
     """Every method's demo model (random weights) exports to every engine and runs in its
     runtime; fp32 passes the gate; bf16 and int8 of random weights are written with --force (SVRN's
