@@ -34,5 +34,8 @@ setup(
     extras_require={
         "dev": ["pytest>=7", "onnx", "onnxruntime", "Cython", "open_clip_torch", "ruff"],
         "clip": ["transformers>=4.30"],
+        # python -m fastreid_plugins.tools.export --format openvino, extract --backend openvino
+        # (openvino ~180 MB installed; onnx / onnxruntime also export / run ONNX and int8 QDQ)
+        "deploy": ["openvino>=2024.0", "onnx", "onnxruntime"],
     },
 )

@@ -20,13 +20,15 @@ LIGHT_MODULES = ["fastreid_plugins", "fastreid_plugins.errors", "fastreid_plugin
                  "fastreid_plugins.reproduce.registry", "fastreid_plugins.reproduce.runner",
                  "fastreid_plugins.reproduce.report", "fastreid_plugins.tools",
                  "fastreid_plugins.tools.demo", "fastreid_plugins.tools.export_onnx",
-                 "fastreid_plugins.tools.strip_checkpoint", "fastreid_plugins.tools.heldout_cams",
+                 "fastreid_plugins.tools.export", "fastreid_plugins.tools.strip_checkpoint",
+                 "fastreid_plugins.tools.heldout_cams",
                  "fastreid_plugins.tools.extract", "fastreid_plugins.tools.search",
                  "fastreid_plugins.tools.calibrate",
                  "fastreid_plugins.deploy", "fastreid_plugins.papers"]
 
 #: the command-line front ends: ``--help`` must answer without torch or FastReID
 COMMANDS = ["fastreid_plugins.tools.demo", "fastreid_plugins.tools.export_onnx",
+            "fastreid_plugins.tools.export",
             "fastreid_plugins.tools.strip_checkpoint", "fastreid_plugins.tools.heldout_cams",
             "fastreid_plugins.tools.visualize", "fastreid_plugins.reproduce",
             "fastreid_plugins.tools.extract", "fastreid_plugins.tools.search",

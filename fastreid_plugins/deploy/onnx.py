@@ -195,6 +195,7 @@ def export_onnx(model: nn.Module, path: str, height: int, width: int, batch_size
         raise ValueError(f"--opset must be >= 11 (ONNX TopK with tie order), got {opset}")
     for name, fn in _CUSTOM_SYMBOLICS.items():
         torch.onnx.register_custom_op_symbolic(name, fn, opset)
+    stack, handles = _track_modules(model)
     try:
         with torch.no_grad(), warnings.catch_warnings():
             # the tracer's "might not generalize to other inputs" warnings (Python values taken
@@ -206,12 +207,76 @@ def export_onnx(model: nn.Module, path: str, height: int, width: int, batch_size
                 dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}},
                 opset_version=opset, do_constant_folding=True, dynamo=False)
     except Exception as e:
-        raise RuntimeError(f"ONNX export of {type(model).__name__} failed: "
+        culprit = stack[-1] if stack else _module_running_op(wrapper, dummy, str(e), stack)
+        where = f" in module {culprit[0]!r} ({culprit[1]})" if culprit else ""
+        raise RuntimeError(f"ONNX export of {type(model).__name__} failed{where}: "
                            f"{type(e).__name__}: {e}") from e
     finally:
+        for h in handles:
+            h.remove()
         for name in _CUSTOM_SYMBOLICS:
             torch.onnx.unregister_custom_op_symbolic(name, opset)
     return wrapper
+
+
+def _module_running_op(wrapper, dummy, message, stack):
+    """``(qualified name, class)`` of the innermost module whose forward calls the ATen operator
+    an exporter error message names (``'aten::xxx'``), or None.
+
+    Tracing succeeds and only the conversion of one traced operator fails (no ONNX symbolic);
+    the operator is found again in a plain eval forward (with the hooks of
+    :func:`_track_modules` still in place) by a dispatch mode that sees every ATen call.
+    """
+    import re
+
+    m = re.search(r"aten::([A-Za-z0-9_]+)", message)
+    if not m:
+        return None
+    try:
+        from torch.utils._python_dispatch import TorchDispatchMode
+    except ImportError:  # pragma: no cover - older torch
+        return None
+    op, found = "aten::" + m.group(1), []
+
+    class _Find(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if not found and stack and func._schema.name == op:
+                found.append(stack[-1])
+            return func(*args, **(kwargs or {}))
+
+    try:
+        with torch.no_grad(), _Find():
+            wrapper(dummy)
+    except Exception:  # noqa: BLE001 - best effort: the export error is raised anyway
+        pass
+    finally:
+        stack.clear()
+    return found[0] if found else None
+
+
+def _track_modules(model):
+    """Forward hooks keeping the stack of ``model``'s sub-modules being run: when tracing fails,
+    ``stack[-1]`` is ``(qualified name, class name)`` of the innermost module that failed.
+
+    Returns:
+        (list, list): the stack (left as it was at the failure) and the hook handles.
+    """
+    stack = []
+
+    def pre(name):
+        def hook(module, args):
+            stack.append((name or "<root>", type(module).__name__))
+        return hook
+
+    def post(module, args, out):
+        if stack:
+            stack.pop()
+
+    handles = []
+    for name, m in model.named_modules():
+        handles.append(m.register_forward_pre_hook(pre(name)))
+        handles.append(m.register_forward_hook(post))
+    return stack, handles
 
 
 def check_onnx(wrapper: nn.Module, path: str, height: int, width: int, batch_size: int = 3,

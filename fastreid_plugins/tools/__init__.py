@@ -5,6 +5,8 @@
   and the CMC curve of a trained model.
 * ``export_onnx``: export any meta-architecture's eval forward to ONNX and check it with
   onnxruntime.
+* ``export``: an inference engine (ONNX / OpenVINO, fp32 / fp16 / bf16 / int8; TensorRT on a GPU
+  host) behind an accuracy gate against the PyTorch model (``docs/deploy.md``).
 * ``strip_checkpoint``: a weights-only copy of a checkpoint (no optimizer / scheduler state).
 * ``heldout_cams``: the held-out-camera check on the real VeRi-776 sample (MFG-Net / MBFN).
 * ``extract``: features of your own images (a folder or a list file) with a trained model, in

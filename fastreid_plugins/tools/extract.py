@@ -11,7 +11,8 @@ Command line (``MODEL.WEIGHTS`` is an override, as for the other tools)::
     python -m fastreid_plugins.tools.extract --config-file configs/demo/mfgnet.yml \\
         --images DIR|LIST.txt --out feats/ [--batch-size 64] [--num-workers 4] \\
         [--shard-size 10000] [--dtype float32|float16] [--amp] [--on-error raise|skip] \\
-        [--backend torch | --backend onnx MODEL.onnx] MODEL.WEIGHTS model_final.pth
+        [--backend torch | --backend onnx MODEL.onnx | --backend openvino MODEL.xml]
+        MODEL.WEIGHTS model_final.pth
 
 The features are the evaluator's: every image is read as FastReID's test loader reads it
 (``fastreid.data.data_utils.read_image``: PIL, EXIF orientation applied, RGB), transformed by
@@ -83,7 +84,7 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
-__all__ = ["FeatureExtractor", "iter_image_paths", "count_images", "extract_to_dir",
+__all__ = ["FeatureExtractor", "engine_key", "iter_image_paths", "count_images", "extract_to_dir",
            "save_feature_shards", "read_manifest", "IMAGE_EXTENSIONS", "MANIFEST", "SHARD_SIZE",
            "main", "build_parser"]
 
@@ -250,10 +251,17 @@ class FeatureExtractor:
         num_workers (int): DataLoader worker processes reading images (0 = in this process).
         amp (bool): autocast the forward (float16 on CUDA, bfloat16 on CPU); features are
             returned as float32 and are then not bit-equal to the evaluator's.
-        backend (str): ``"torch"`` or ``"onnx"`` (an ONNX file from
-            :mod:`fastreid_plugins.tools.export_onnx`, run by onnxruntime; the config still gives
-            the transforms, ``TEST.FLIP`` and the metric; no checkpoint needed).
-        onnx_model (str or None): the ``.onnx`` file of ``backend="onnx"``.
+        backend (str): ``"torch"``, ``"onnx"`` (an ONNX file from
+            :mod:`fastreid_plugins.tools.export` / ``export_onnx``, run by onnxruntime) or
+            ``"openvino"`` (an OpenVINO ``.xml`` or ``.onnx`` engine from
+            :mod:`fastreid_plugins.tools.export`, run by OpenVINO on the CPU) or ``"tensorrt"``
+            (a TensorRT ``.engine``, on a CUDA GPU; unverified here); for an engine the
+            config still gives the transforms, ``TEST.FLIP`` and the metric; no checkpoint
+            needed. The manifest records the engine's file, format, precision, SHA-256 and its
+            accuracy gate's numbers (from the ``.gate.json`` beside it).
+        onnx_model (str or None): the engine file of ``backend="onnx"``.
+        engine (str or None): the engine file of ``backend="onnx"`` / ``"openvino"`` /
+            ``"tensorrt"``.
         log_file (str or None): where the full config and the model print go (appended); the
             console gets one line (``extract`` passes ``OUT/log.txt``).
 
@@ -264,9 +272,10 @@ class FeatureExtractor:
 
     Raises:
         FileNotFoundError: the config file is missing.
-        ConfigError: no ``MODEL.WEIGHTS`` (torch backend), a missing weights / ONNX file, an
-            unknown backend, ``batch_size < 1``, or an ONNX model whose input size is not
+        ConfigError: no ``MODEL.WEIGHTS`` (torch backend), a missing weights / engine file, an
+            unknown backend, ``batch_size < 1``, or an engine whose input size is not
             ``INPUT.SIZE_TEST``.
+        MissingExtraError: the engine's runtime (onnxruntime / openvino) is not installed.
         WeightsMismatchError: the checkpoint does not fit the model.
     """
 
@@ -275,6 +284,7 @@ class FeatureExtractor:
                  opts: Optional[Sequence[str]] = (), batch_size: Optional[int] = None,
                  num_workers: int = 0, amp: bool = False, backend: str = "torch",
                  onnx_model: Optional[Union[str, os.PathLike]] = None,
+                 engine: Optional[Union[str, os.PathLike]] = None,
                  log_file: Optional[Union[str, os.PathLike]] = None) -> None:
         import fastreid_plugins.patches.compat  # noqa: F401  (FastReID importable on torch 2)
 
@@ -305,40 +315,35 @@ class FeatureExtractor:
                 raise ConfigError(f"MODEL.WEIGHTS not found: {self.weights!r}")
             self.model = load_tool_model(cfg, "extract features with", log_file=log_file)
             self.device = self.model.device
-        elif backend == "onnx":
-            self._init_onnx(onnx_model)
+        elif backend in ("onnx", "openvino", "tensorrt"):
+            self._init_engine(engine or onnx_model)
         else:
-            raise ConfigError(f"backend must be 'torch' or 'onnx', got {backend!r}")
+            raise ConfigError("backend must be 'torch', 'onnx', 'openvino' or 'tensorrt' (a GPU "
+                              f"host), got {backend!r}")
 
-    def _init_onnx(self, path):
-        import onnxruntime as ort
+    def _init_engine(self, path):
         import torch
 
+        from fastreid_plugins.deploy.runtime import EngineRunner
+
         if not path or not os.path.isfile(path):
-            raise ConfigError(f"ONNX model not found: {path!r} (export one with "
-                              "`python -m fastreid_plugins.tools.export_onnx`)")
+            raise ConfigError(f"{self.backend} engine not found: {path!r} (export one with "
+                              "`python -m fastreid_plugins.tools.export`)")
         self.weights = os.fspath(path)
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = torch.get_num_threads()
-        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
-                     if p in ort.get_available_providers()]
-        self.session = ort.InferenceSession(self.weights, so, providers=providers)
-        inp = self.session.get_inputs()[0]
-        self._onnx_input = inp.name
+        self.runner = EngineRunner(self.weights, self.backend, threads=torch.get_num_threads())
+        shape = self.runner.input_shape
         want = list(self.cfg.INPUT.SIZE_TEST)
-        if len(inp.shape) != 4 or [inp.shape[2], inp.shape[3]] != want:
-            raise ConfigError(f"ONNX model {path!r} takes images of shape {inp.shape}, the "
+        if len(shape) != 4 or [shape[2], shape[3]] != want:
+            raise ConfigError(f"{self.backend} engine {path!r} takes images of shape {shape}, the "
                               f"config's INPUT.SIZE_TEST is {want}: export it with this config.")
         self.device = torch.device("cpu")
 
     # -- forward -----------------------------------------------------------------------------
     def _model_forward(self, images):
-        import numpy as np
         import torch
 
-        if self.backend == "onnx":
-            out = self.session.run(None, {self._onnx_input: images.numpy()})[0]
-            return torch.from_numpy(np.asarray(out, dtype=np.float32))
+        if self.backend in ("onnx", "openvino", "tensorrt"):
+            return torch.from_numpy(self.runner(images.numpy()))
         images = images.to(self.device, non_blocking=True)
         with torch.autocast(self.device.type, enabled=self.amp,
                             dtype=torch.float16 if self.device.type == "cuda" else torch.bfloat16):
@@ -440,8 +445,10 @@ class FeatureExtractor:
     __call__ = extract
 
     def describe(self) -> Dict[str, Any]:
-        """What the manifest records about the model (JSON-serialisable dict)."""
-        return {"config_file": os.path.abspath(self.config_file), "config": self.cfg.dump(),
+        """What the manifest records about the model (JSON-serialisable dict); ``engine``:
+        :meth:`engine_record`."""
+        return {"engine": self.engine_record(),
+                "config_file": os.path.abspath(self.config_file), "config": self.cfg.dump(),
                 "meta_architecture": self.cfg.MODEL.META_ARCHITECTURE,
                 "backend": self.backend, "weights": os.path.abspath(self.weights),
                 "weights_sha256": _sha256(self.weights), "metric": self.cfg.TEST.METRIC,
@@ -449,6 +456,34 @@ class FeatureExtractor:
                 "input_size": list(self.cfg.INPUT.SIZE_TEST),
                 "rerank": {"k1": int(self.cfg.TEST.RERANK.K1), "k2": int(self.cfg.TEST.RERANK.K2),
                            "lambda": float(self.cfg.TEST.RERANK.LAMBDA)}}
+
+
+    def engine_record(self) -> Dict[str, Any]:
+        """What computed the features: ``format`` (torch / onnx / openvino), ``precision``
+        (fp32, bf16-autocast, or the engine's fp32 / fp16 / bf16 / int8), and for an engine its
+        ``file``, ``sha256`` (an OpenVINO ``.xml`` with its ``.bin``) and ``gate`` (the accuracy
+        gate's numbers from its report, or None when it has none)."""
+        if self.backend == "torch":
+            return {"format": "torch", "precision": "bf16-autocast" if self.amp else "fp32"}
+        from fastreid_plugins.deploy.runtime import read_report, sha256
+
+        report = read_report(self.weights)
+        gate = None if report is None else {
+            k: report.get(k) for k in ("passed", "forced", "dataset", "cosine", "pytorch",
+                                       "engine", "difference", "thresholds", "split")}
+        return {"format": self.backend, "precision": self.runner.precision,
+                "file": os.path.abspath(self.weights), "sha256": sha256(self.weights),
+                "gate": gate}
+
+
+def engine_key(manifest: Dict[str, Any]) -> Tuple[str, str]:
+    """``(format, precision)`` of the features of an extraction manifest (older manifests
+    without ``engine``: from ``backend`` / ``amp``)."""
+    eng = manifest.get("engine") or {}
+    fmt = eng.get("format") or manifest.get("backend") or "torch"
+    precision = eng.get("precision") or (
+        "bf16-autocast" if manifest.get("amp") and fmt == "torch" else "fp32")
+    return str(fmt), str(precision)
 
 
 def _sha256(path, block=1 << 20):
@@ -602,6 +637,8 @@ def extract_to_dir(extractor: FeatureExtractor, images: str, out_dir: str,
         old = read_manifest(out_dir)
         diff = [k for k in ("config", "weights_sha256", "backend", "images", "shard_size",
                             "dtype", "flip", "amp") if old.get(k) != settings[k]]
+        if engine_key(old) != engine_key(settings):
+            diff.append("engine")
         if diff:
             raise DatasetError(f"{out_dir!r} already holds an extraction made with other "
                                f"settings ({', '.join(diff)} differ); use another --out folder "
@@ -740,8 +777,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--amp", action="store_true", help="autocast (float16 on CUDA, bf16 on CPU)")
     p.add_argument("--on-error", default="raise", choices=["raise", "skip"],
                    help="an unreadable image stops the run (raise) or is skipped and listed")
-    p.add_argument("--backend", nargs="+", default=["torch"], metavar="torch|onnx MODEL.onnx",
-                   help="`torch` (MODEL.WEIGHTS) or `onnx MODEL.onnx` (onnxruntime)")
+    p.add_argument("--backend", nargs="+", default=["torch"],
+                   metavar="torch|onnx MODEL.onnx|openvino MODEL.xml",
+                   help="`torch` (MODEL.WEIGHTS), `onnx MODEL.onnx` (onnxruntime) or "
+                   "`openvino MODEL.xml` (OpenVINO; an engine from tools.export)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch / onnxruntime CPU threads (default: torch's)")
     p.add_argument("--no-progress", action="store_true")
@@ -753,16 +792,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_backend(values):
-    """``["torch"]`` -> ("torch", None); ``["onnx", "m.onnx"]`` -> ("onnx", "m.onnx").
+    """``["torch"]`` -> ("torch", None); ``["onnx", "m.onnx"]`` -> ("onnx", "m.onnx");
+    ``["openvino", "m.xml"]`` -> ("openvino", "m.xml").
 
     Raises:
         ConfigError: anything else.
     """
     if values == ["torch"]:
         return "torch", None
-    if len(values) == 2 and values[0] == "onnx":
-        return "onnx", values[1]
-    raise ConfigError(f"--backend must be `torch` or `onnx MODEL.onnx`, got {' '.join(values)!r}")
+    if len(values) == 2 and values[0] in ("onnx", "openvino", "tensorrt"):
+        return values[0], values[1]
+    raise ConfigError("--backend must be `torch`, `onnx MODEL.onnx` or `openvino MODEL.xml`, got "
+                      f"{' '.join(values)!r}")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
@@ -786,7 +827,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         args.num_workers = build_tool_cfg(args.config_file, args.opts).DATALOADER.NUM_WORKERS
     ext = FeatureExtractor(args.config_file, opts=args.opts, batch_size=args.batch_size,
                            num_workers=args.num_workers, amp=args.amp, backend=backend,
-                           onnx_model=onnx_model, log_file=os.path.join(args.out, "log.txt"))
+                           engine=onnx_model, log_file=os.path.join(args.out, "log.txt"))
     try:
         return extract_to_dir(ext, args.images, args.out, args.shard_size, args.dtype,
                               args.on_error, progress=not args.no_progress)

@@ -86,6 +86,7 @@ from fastreid_plugins.tools.extract import (
     IMAGE_EXTENSIONS,
     MANIFEST,
     count_images,
+    engine_key,
     iter_image_paths,
     read_manifest,
 )
@@ -534,7 +535,25 @@ def _extract_queries(query, gallery, config_file, opts, batch_size, num_workers,
                        "features of different models are meaningless.")
     return _QuerySet(feats, [paths[i] for i in kept], f"{query} (config {config_file})",
                      {"dim": feats.shape[1], "metric": desc["metric"],
-                      "weights_sha256": desc["weights_sha256"]})
+                      "weights_sha256": desc["weights_sha256"], "engine": desc["engine"]})
+
+
+def _check_same_engine(qs, gallery):
+    """Refuse query and gallery features of different engines / precisions (e.g. an int8
+    OpenVINO gallery and fp32 PyTorch queries): their distances are not comparable, like
+    features of different models.
+
+    Raises:
+        DatasetError: the manifests' ``(format, precision)`` differ.
+    """
+    q, g = engine_key(qs.manifest), engine_key(gallery.manifest)
+    if q != g:
+        raise DatasetError(
+            f"Engine mismatch: query {qs.source} was extracted with {q[0]} {q[1]}, gallery "
+            f"{gallery.manifest_path} with {g[0]} {g[1]}: features of different engines or "
+            "precisions are not comparable. Extract both with the same engine "
+            f"(`python -m fastreid_plugins.tools.extract --backend {g[0]}"
+            + ("" if g[0] == "torch" else " ENGINE") + "`).")
 
 
 def load_queries(query: str, gallery: FeatureStore, config_file: Optional[str] = None,
@@ -548,7 +567,8 @@ def load_queries(query: str, gallery: FeatureStore, config_file: Optional[str] =
 
     Raises:
         DatasetNotFoundError: ``query`` does not exist.
-        DatasetError: no image; query and gallery differ in feature dimension or metric.
+        DatasetError: no image; query and gallery differ in feature dimension, metric or
+            engine / precision (``engine`` of the manifests).
         ConfigError: images given without ``--config-file``.
     """
     if os.path.isdir(query) and os.path.isfile(os.path.join(query, MANIFEST)):
@@ -565,6 +585,7 @@ def load_queries(query: str, gallery: FeatureStore, config_file: Optional[str] =
         raise DatasetError(f"Metric mismatch: query {qs.source} uses TEST.METRIC "
                            f"{qs.manifest['metric']!r}, gallery {gallery.manifest_path} "
                            f"{gallery.metric!r}.")
+    _check_same_engine(qs, gallery)
     if len(qs.features) == 0:
         raise DatasetError(f"--query {query!r}: no query features.")
     return qs
