@@ -227,8 +227,14 @@ def test_torch_knn_equals_faiss():
     assert (gathered[:, 1:] >= gathered[:, :-1] - 1e-6).all()
 
 
-def test_progress_bars(capsys):
+def test_progress_bars(capsys, monkeypatch):
+    """Bars on a terminal; none when stderr is not one (a log file gets no "0%|" lines)."""
+    import sys
+
     x, _ = clustered(120, 8, ids=12, seed=5)
+    sparse_jaccard_distance(x[:20], x[20:], k1=10, k2=3, progress=True)
+    assert "re-ranking" not in capsys.readouterr().err
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
     sparse_jaccard_distance(x[:20], x[20:], k1=10, k2=3, progress=True)
     err = capsys.readouterr().err
     assert "re-ranking: k-NN" in err and "re-ranking: Jaccard" in err
