@@ -23,7 +23,7 @@ $(STAMP): setup.py
 	$(PIP) install -q $(TORCH_PKGS)
 	# FastReID's metadata pins torch 1.13.1: install it without its dependencies
 	$(PIP) install -q --no-deps $(FASTREID)
-	$(PIP) install -q -e ".[dev,clip]"
+	$(PIP) install -q -e ".[dev,clip,gallery]"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -34,5 +34,6 @@ setup(
     extras_require={
         "dev": ["pytest>=7", "onnx", "onnxruntime", "Cython", "open_clip_torch", "ruff"],
         "clip": ["transformers>=4.30"],
+        "gallery": ["qdrant-client>=1.16"],  # fastreid_plugins.gallery (collection metadata)
     },
 )
