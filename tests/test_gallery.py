@@ -172,6 +172,11 @@ def test_cli_add_search_delete_stats_and_readd(tmp_path):
     assert stats["dim"] == 8 and stats["metric"] == "cosine" and stats["weights_sha256"] == SHA_A
     with pytest.raises(ConfigError, match="Nothing selected"):
         tool.main(base)
+    named = ["--gallery", db, "--collection", "reid_" + SHA_A[:16]]
+    assert tool.main(["stats"] + named)["count"] == stats["count"]
+    assert tool.main(["delete"] + named + ["--paths", "/not/added.jpg"])["removed"] == 0
+    with pytest.raises(ConfigError, match="No collection 'x'.*reid_"):
+        tool.main(["stats", "--gallery", db, "--collection", "x"])
 
 
 @pytest.mark.skipif(not os.path.isdir(VERI_TEST), reason="VeRi sample not found")

@@ -124,6 +124,7 @@ class VectorGallery:
         self.location, self.dim, self.metric = location, int(dim), metric
         self.weights_sha256 = weights_sha256 or ""
         self.name = collection or collection_name(self.weights_sha256)
+        self._seen_fields: set = set()
         self.client = _connect(location, timeout)
         _, self._models = _qdrant()
         if not self.client.collection_exists(self.name):
@@ -251,12 +252,15 @@ class VectorGallery:
         return sorted(pts[0].payload or {}) if pts else []
 
     def _require_field(self, key: str) -> None:
+        if key in self._seen_fields:
+            return
         m = self._models
         has = m.Filter(must_not=[m.IsEmptyCondition(is_empty=m.PayloadField(key=key))])
         if self.client.count(self.name, count_filter=has, exact=True).count == 0:
             raise ConfigError(f"No image of collection {self.name!r} has the field {key!r} (its "
                               f"fields: {self.fields()}); add the gallery with --metadata CSV "
                               f"giving a {key!r} column, or VeRi-style file names.")
+        self._seen_fields.add(key)  # checked once per opened gallery
 
     def filter(self, cameras: Sequence[str] = (), time_from: Optional[float] = None,
                time_to: Optional[float] = None, where: Optional[Dict[str, Any]] = None
