@@ -284,3 +284,13 @@ def test_missing_extra_names_the_install(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "qdrant_client", None)
     with pytest.raises(ConfigError, match=r'pip install -e "\.\[gallery\]"'):
         VectorGallery(str(tmp_path / "db"), 8, "cosine", SHA_A, create=True)
+
+
+def test_speed_bench_runs_and_agrees_with_faiss():
+    """bench/gallery_speed.py at a tiny size: both searches exact, so the top-K agree."""
+    res = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "gallery_speed.py"),
+                          "--n", "300", "--dim", "16", "--queries", "5"], capture_output=True,
+                         text=True, cwd=ROOT, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout[res.stdout.index("{"):])
+    assert out["recall_at_k_vs_faiss"] == 1.0 and out["qdrant_insert_per_s"] > 0

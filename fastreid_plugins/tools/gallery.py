@@ -51,13 +51,14 @@ def build_parser() -> argparse.ArgumentParser:
                                 description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
 
-    def common(sp, model_help):
+    def common(sp, model_help=None):
         sp.add_argument("--gallery", required=True,
                         help="Qdrant folder (embedded mode) or http(s):// URL of a server")
         sp.add_argument("--collection", default=None,
                         help="collection name (default: reid_<weights sha256[:16]>)")
         sp.add_argument("--timeout", type=float, default=5.0, help="seconds to reach a server")
-        sp.add_argument("--model", default=None, help=model_help)
+        if model_help:
+            sp.add_argument("--model", default=None, help=model_help)
 
     def filters(sp):
         sp.add_argument("--cameras", default="", help="comma-separated cameras, e.g. c002,c005")
@@ -65,13 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--time-to", type=float, default=None, help="time <= this")
 
     a = sub.add_parser("add", help="add (upsert) an extraction folder's features")
-    common(a, "unused for add (the --features manifest names the model)")
+    common(a)  # the --features manifest names the model
     a.add_argument("--features", required=True, help="extraction folder (tools.extract --out)")
     a.add_argument("--metadata", default=None, help="CSV with a 'path' column (+ camera, time, "
                    "free fields)")
     a.add_argument("--batch-size", type=int, default=256, help="points per acknowledged upsert")
     s = sub.add_parser("search", help="top-K of query features, with payload filters")
-    common(s, "unused for search (the --query manifest names the model)")
+    common(s)  # the --query manifest names the model
     s.add_argument("--query", required=True, help="extraction folder of the query features")
     s.add_argument("--topk", type=int, default=10)
     filters(s)
