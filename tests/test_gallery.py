@@ -162,7 +162,11 @@ def test_cli_add_search_delete_stats_and_readd(tmp_path):
     assert out["dist"].shape == (2, 3)
     # delete by path, by camera, by time range (cameras i % 5, times 100 i)
     base = ["delete", "--gallery", db, "--model", gdir]
-    assert tool.main(base + ["--paths", paths[0], paths[1]])["removed"] == 2
+    assert tool.main(base + ["--paths", paths[0]])["removed"] == 1
+    assert res[1]["results"][0]["id"] == point_id(paths[1])
+    assert tool.main(base + ["--ids", res[1]["results"][0]["id"]])["removed"] == 1
+    with pytest.raises(ConfigError, match="'12' is not a UUID"):
+        tool.main(base + ["--ids", "12"])
     assert tool.main(base + ["--cameras", "c004"])["removed"] == 12
     left = [i for i in range(2, 60) if i % 5 != 4]
     assert tool.main(base + ["--time-from", "1000", "--time-to", "2000"])["removed"] == len(

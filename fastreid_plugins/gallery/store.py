@@ -96,6 +96,14 @@ def _connect(location: str, timeout: float):
                            "it from a copy, or add the features again into a new folder.") from None
 
 
+def _uuid(text: Any) -> str:
+    try:
+        return str(uuid.UUID(str(text)))
+    except ValueError:
+        raise ConfigError(f"Point id {text!r} is not a UUID (the 'id' of a search result); "
+                          "to delete by image path use --paths.") from None
+
+
 class VectorGallery:
     """One model's gallery: a Qdrant collection of features with per-image payloads.
 
@@ -225,16 +233,18 @@ class VectorGallery:
         return len(x)
 
     def delete(self, paths: Iterable[str] = (), cameras: Sequence[str] = (),
-               time_from: Optional[float] = None, time_to: Optional[float] = None) -> int:
-        """Delete the images of ``paths``, or those matching the camera / time filter (all of
-        its conditions). Returns the number of points removed.
+               time_from: Optional[float] = None, time_to: Optional[float] = None,
+               ids: Iterable[str] = ()) -> int:
+        """Delete the images of ``paths`` and the points ``ids`` (as search results give them),
+        and those matching the camera / time filter (all of its conditions). Returns the number
+        of points removed.
 
         Raises:
             ConfigError: nothing to select by (deleting everything is not done by accident).
         """
         m = self._models
         before = len(self)
-        ids = [point_id(p) for p in paths]
+        ids = [point_id(p) for p in paths] + [_uuid(i) for i in ids]
         if ids:
             self.client.delete(self.name, points_selector=m.PointIdsList(points=ids), wait=True)
         flt = self.filter(cameras, time_from, time_to)

@@ -9,7 +9,7 @@ Usage::
         [--cameras c002,c005] [--time-from T0] [--time-to T1] [--where FIELD=VALUE ...] \\
         [--threshold VALUE] [--output results.json]
     python -m fastreid_plugins.tools.gallery delete --gallery DB --model GALLERY_DIR \\
-        [--paths P ...] [--cameras c002] [--time-from T0] [--time-to T1]
+        [--paths P ...] [--ids ID ...] [--cameras c002] [--time-from T0] [--time-to T1]
     python -m fastreid_plugins.tools.gallery stats --gallery DB [--model FEATURES_DIR]
 
 ``DB`` is a folder (Qdrant's embedded mode, created if missing, one process at a time) or the URL
@@ -84,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("delete", help="delete images by path, camera or time range")
     common(d, "extraction folder of the model whose collection to use (or --collection)")
     d.add_argument("--paths", nargs="*", default=[], help="image paths (as added) to delete")
+    d.add_argument("--ids", nargs="*", default=[], help="point ids (the 'id' of search results)")
     filters(d)
     t = sub.add_parser("stats", help="count, dimension, metric, model, fields")
     common(t, "extraction folder of the model (default: every collection there)")
@@ -172,7 +173,7 @@ def _cmd_delete(args) -> Dict[str, Any]:
     manifest = read_manifest(args.model) if args.model else None
     cams = [c for c in args.cameras.split(",") if c]
     with _open(args, manifest) as g:
-        removed = g.delete(args.paths, cams, args.time_from, args.time_to)
+        removed = g.delete(args.paths, cams, args.time_from, args.time_to, args.ids)
         out = dict(removed=removed, count=len(g))
     print(json.dumps(out))
     return out
