@@ -160,6 +160,20 @@ def test_cli_add_search_delete_stats_and_readd(tmp_path):
     assert res[1]["results"][0]["path"] == paths[1]  # image 1 is on c001, its own near copy
     assert all(h["camera"] in ("c001", "c002") for r in res for h in r["results"])
     assert out["dist"].shape == (2, 3)
+    # --threshold: a value, or a calibrate file of the same metric and model
+    d0 = out["dist"]
+    cut = float(d0[0, 1] + d0[0, 2]) / 2  # between the 2nd and 3rd result of query 0
+    thr = tool.main(["search", "--gallery", db, "--query", qdir, "--topk", "3", "--cameras",
+                     "c001,c002", "--threshold", str(cut)])["dist"]
+    np.testing.assert_array_equal(np.isfinite(thr), d0 <= cut)
+    rec = tmp_path / "t.json"
+    rec.write_text(json.dumps({"threshold": cut, "metric": "cosine", "model_sha256": SHA_A}))
+    thr = tool.main(["search", "--gallery", db, "--query", qdir, "--topk", "3", "--cameras",
+                     "c001,c002", "--threshold", str(rec)])["dist"]
+    np.testing.assert_array_equal(np.isfinite(thr), d0 <= cut)
+    rec.write_text(json.dumps({"threshold": cut, "metric": "cosine", "model_sha256": SHA_B}))
+    with pytest.raises(ConfigError, match="calibrated for the model"):
+        tool.main(["search", "--gallery", db, "--query", qdir, "--threshold", str(rec)])
     # delete by path, by camera, by time range (cameras i % 5, times 100 i)
     base = ["delete", "--gallery", db, "--model", gdir]
     assert tool.main(base + ["--paths", paths[0]])["removed"] == 1

@@ -7,7 +7,7 @@ Usage::
         [--metadata meta.csv] [--batch-size 256] [--collection NAME]
     python -m fastreid_plugins.tools.gallery search --gallery DB --query QUERY_DIR --topk 10 \\
         [--cameras c002,c005] [--time-from T0] [--time-to T1] [--where FIELD=VALUE ...] \\
-        [--threshold VALUE] [--output results.json]
+        [--threshold threshold.json|VALUE] [--output results.json]
     python -m fastreid_plugins.tools.gallery delete --gallery DB --model GALLERY_DIR \\
         [--paths P ...] [--ids ID ...] [--cameras c002] [--time-from T0] [--time-to T1]
     python -m fastreid_plugins.tools.gallery stats --gallery DB [--model FEATURES_DIR]
@@ -25,7 +25,8 @@ dimension are refused, naming both.
   (:mod:`fastreid_plugins.gallery.metadata`).
 * ``search``: exact top-K (the evaluator's distances, as ``tools.search``'s exact search); the
   camera / time / ``--where`` filters are executed by Qdrant inside the query (K matching images
-  come back when K exist); ``--threshold VALUE`` keeps results with ``distance <= VALUE``.
+  come back when K exist); ``--threshold VALUE`` keeps results with ``distance <= VALUE`` (or
+  the global threshold of a ``tools.calibrate`` file of the same metric and model).
   Prints one line per query (or writes ``--output`` JSON).
 
 A user error ends in one ``Error:`` block and exit status 2 (:func:`fastreid_plugins.cli.run_cli`).
@@ -78,8 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     filters(s)
     s.add_argument("--where", nargs="*", default=[], metavar="FIELD=VALUE",
                    help="equality filters on payload fields")
-    s.add_argument("--threshold", type=float, default=None,
-                   help="keep results with distance <= VALUE")
+    s.add_argument("--threshold", default=None, metavar="FILE|VALUE",
+                   help="keep results with distance <= the threshold: a number or a file of "
+                   "python -m fastreid_plugins.tools.calibrate (same metric and model)")
     s.add_argument("--output", default=None, help="write the results as JSON here")
     d = sub.add_parser("delete", help="delete images by path, camera or time range")
     common(d, "extraction folder of the model whose collection to use (or --collection)")
@@ -154,8 +156,13 @@ def _cmd_search(args) -> Dict[str, Any]:
     queries = FeatureStore(args.query)
     cams = [c for c in args.cameras.split(",") if c]
     with _open(args, queries.manifest) as g:
+        threshold = None
+        if args.threshold is not None:
+            from fastreid_plugins.evaluation.verification import load_threshold
+
+            threshold, _ = load_threshold(args.threshold, g.metric, g.weights_sha256 or None)
         dist, hits = g.search(queries.features(), args.topk, cams, args.time_from, args.time_to,
-                              _where(args.where), args.threshold)
+                              _where(args.where), threshold)
     results = [{"query": q, "results": h} for q, h in zip(queries.paths(), hits)]
     if args.output:
         with open(args.output, "w", encoding="utf-8") as f:
