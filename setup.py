@@ -37,5 +37,6 @@ setup(
         # python -m fastreid_plugins.tools.export --format openvino, extract --backend openvino
         # (openvino ~180 MB installed; onnx / onnxruntime also export / run ONNX and int8 QDQ)
         "deploy": ["openvino>=2024.0", "onnx", "onnxruntime"],
+        "gallery": ["qdrant-client>=1.16"],  # fastreid_plugins.gallery (collection metadata)
     },
 )

@@ -23,7 +23,8 @@ LIGHT_MODULES = ["fastreid_plugins", "fastreid_plugins.errors", "fastreid_plugin
                  "fastreid_plugins.tools.export", "fastreid_plugins.tools.strip_checkpoint",
                  "fastreid_plugins.tools.heldout_cams",
                  "fastreid_plugins.tools.extract", "fastreid_plugins.tools.search",
-                 "fastreid_plugins.tools.calibrate",
+                 "fastreid_plugins.tools.calibrate", "fastreid_plugins.tools.gallery",
+                 "fastreid_plugins.gallery", "fastreid_plugins.gallery.store",
                  "fastreid_plugins.deploy", "fastreid_plugins.papers"]
 
 #: the command-line front ends: ``--help`` must answer without torch or FastReID
@@ -32,9 +33,10 @@ COMMANDS = ["fastreid_plugins.tools.demo", "fastreid_plugins.tools.export_onnx",
             "fastreid_plugins.tools.strip_checkpoint", "fastreid_plugins.tools.heldout_cams",
             "fastreid_plugins.tools.visualize", "fastreid_plugins.reproduce",
             "fastreid_plugins.tools.extract", "fastreid_plugins.tools.search",
-            "fastreid_plugins.tools.calibrate", "fastreid_plugins.patches"]
+            "fastreid_plugins.tools.calibrate", "fastreid_plugins.patches",
+            "fastreid_plugins.tools.gallery"]
 
-HEAVY = ("torch", "fastreid", "faiss", "torchvision")
+HEAVY = ("torch", "fastreid", "faiss", "torchvision", "qdrant_client")
 
 
 def _python(code, timeout=120, env=None):

@@ -1,0 +1,44 @@
+"""The vector gallery answers as the evaluator does, on the VeRi sample (issue 29, point 4):
+the evaluator's own features of the demo models (seeded random weights), added to a Qdrant
+collection, searched with top-K = the whole gallery: the ranking is FastReID's ``build_dist``
+ranking (up to float32 ties) and the distances are its distances.
+"""
+
+import numpy as np
+import pytest
+
+pytest.importorskip("qdrant_client")
+
+import torch  # noqa: E402
+from fastreid.utils.compute_dist import build_dist  # noqa: E402
+
+from fastreid_plugins.gallery import VectorGallery, image_payload  # noqa: E402
+from fastreid_plugins.tools import build_tool_cfg  # noqa: E402
+from tests.test_extract import evaluator_features, models  # noqa: E402,F401
+from tests.test_search import assert_same_ranking  # noqa: E402
+
+
+@pytest.mark.parametrize("name", ["bagtricks_r18", "mfgnet"])
+def test_gallery_ranking_equals_evaluator(name, models, veri_root, datasets_root,  # noqa: F811
+                                          tmp_path):
+    cfg_path, weights, opts = models[name]
+    cfg = build_tool_cfg(cfg_path, ["MODEL.WEIGHTS", weights, *opts])
+    feats, paths, _, _, nq = evaluator_features(cfg, weights, veri_root, datasets_root)
+    qf, gf, gp = feats[:nq], feats[nq:], paths[nq:]
+    metric = cfg.TEST.METRIC
+    ref = build_dist(torch.from_numpy(qf), torch.from_numpy(gf), metric)
+    ref_rank = np.argsort(ref, axis=1, kind="stable")
+    scale = 1.0 if metric == "cosine" else float((qf ** 2).sum(1).max() + (gf ** 2).sum(1).max())
+    tie = 1e-6 if metric == "cosine" else 1e-5 * scale
+
+    with VectorGallery(str(tmp_path / "db"), gf.shape[1], metric, "c" * 64, create=True) as vg:
+        vg.add(gf, [image_payload(p) for p in gp], batch=10)
+        dist, hits = vg.search(qf, len(gp))
+    pos = {p: j for j, p in enumerate(gp)}
+    order = np.array([[pos[h["path"]] for h in row] for row in hits])
+    assert order.shape == ref_rank.shape
+    assert_same_ranking(order, ref, ref_rank, tie)
+    np.testing.assert_allclose(dist, np.take_along_axis(ref, order, 1), rtol=1e-5,
+                               atol=tie * 10)
+    # the payload of a real VeRi name
+    assert all(h["camera"].startswith("c") and isinstance(h["time"], int) for h in hits[0])
