@@ -51,7 +51,7 @@ from .errors import ConfigError, ConfigFileNotFoundError
 if TYPE_CHECKING:  # FastReID's config node; imported where used (this module needs no FastReID)
     from fastreid.config import CfgNode as CN
 
-__all__ = ["PLUGIN_DEFAULTS", "add_plugins_config", "require_plugins_config", "get_cfg",
+__all__ = ["PLUGIN_DEFAULTS", "get_key", "add_plugins_config", "require_plugins_config", "get_cfg",
            "config_keys", "suggest_keys", "merge_config_file", "merge_overrides",
            "check_bool", "check_int", "check_number", "check_choice"]
 
@@ -83,13 +83,22 @@ PLUGIN_DEFAULTS: Dict[str, Any] = {
 }
 
 
-def _has(cfg, dotted):
-    node = cfg
+_MISSING = object()
+
+
+def get_key(cfg: Mapping[str, Any], dotted: str, default: Any = None) -> Any:
+    """The value of the dotted key ``dotted`` (``"MODEL.SVRN.SEED"``) in a config or a nested
+    dict, or ``default`` when a part of the path is missing (no error)."""
+    node: Any = cfg
     for part in dotted.split("."):
         if not isinstance(node, dict) or part not in node:
-            return False
+            return default
         node = node[part]
-    return True
+    return node
+
+
+def _has(cfg, dotted):
+    return get_key(cfg, dotted, _MISSING) is not _MISSING
 
 
 def add_plugins_config(cfg: CN) -> CN:

@@ -59,6 +59,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from . import upstream
+from .config import get_key
 
 if TYPE_CHECKING:
     from fastreid.config import CfgNode
@@ -73,15 +74,6 @@ __all__ = ["SEED_ALIASES", "resolve_seed", "seed_all", "derive_seed", "get_rng_s
 SEED_ALIASES = ("MODEL.CLIPSENET.SEED", "MODEL.SVRN.SEED")
 
 
-def _get_key(cfg, dotted):
-    node = cfg
-    for part in dotted.split("."):
-        if part not in node:
-            return None
-        node = node[part]
-    return node
-
-
 def resolve_seed(cfg: CfgNode, draw: bool = True) -> int:
     """The run's seed: ``cfg.SEED`` if >= 0, else an alias of :data:`SEED_ALIASES` if >= 0, else a
     seed drawn from NumPy's global generator (logged) when ``draw``, else -1.
@@ -91,7 +83,7 @@ def resolve_seed(cfg: CfgNode, draw: bool = True) -> int:
     """
     seed = int(cfg.SEED)
     for key in SEED_ALIASES:
-        alias = _get_key(cfg, key)
+        alias = get_key(cfg, key)
         if alias is None or int(alias) < 0:
             continue
         if seed >= 0 and int(alias) != seed:

@@ -51,6 +51,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
+from ..config import get_key
 from ..errors import ConfigError
 from .registry import METRICS, Row, get_method, get_table, table_configs
 from .registry import rows as table_rows
@@ -546,15 +547,6 @@ def _deep_update(a, b):
             a[k] = v
 
 
-def _get(cfg, dotted):
-    node = cfg
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
 def _sha256(path):
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -595,7 +587,7 @@ def _area(size):
 def _short_reasons(ran, paper):
     reasons = []
     for key, what in _COMPARED:
-        a, b = _get(ran, key), _get(paper, key)
+        a, b = get_key(ran, key), get_key(paper, key)
         if a is None or b is None or a == b:
             continue
         if key == "SOLVER.MAX_EPOCH":
@@ -628,17 +620,17 @@ def provenance(job: RowJob, slot: Optional[tuple], column: Optional[str],
     return {
         "config_file": job.config_file, "paper_config": paper_cfg, "overrides":
         list(job.row.overrides), "opts": list(job.opts), "seed": job.seed
-        if job.seed is not None else _get(ran, "SEED"),
-        "epochs": _get(ran, "SOLVER.MAX_EPOCH"), "epochs_paper_config":
-        _get(paper, "SOLVER.MAX_EPOCH"), "input_size": _get(ran, "INPUT.SIZE_TRAIN"),
-        "input_size_paper_config": _get(paper, "INPUT.SIZE_TRAIN"),
+        if job.seed is not None else get_key(ran, "SEED"),
+        "epochs": get_key(ran, "SOLVER.MAX_EPOCH"), "epochs_paper_config":
+        get_key(paper, "SOLVER.MAX_EPOCH"), "input_size": get_key(ran, "INPUT.SIZE_TRAIN"),
+        "input_size_paper_config": get_key(paper, "INPUT.SIZE_TRAIN"),
         "weights": weights if os.path.isfile(weights) else None,
         "weights_sha256": _sha256(weights) if os.path.isfile(weights) else None,
-        "pretrained": _get(ran, "MODEL.BACKBONE.PRETRAIN_PATH") or None,
+        "pretrained": get_key(ran, "MODEL.BACKBONE.PRETRAIN_PATH") or None,
         "git_commit": _git_commit(repo), "torch": _version("torch"),
         "fastreid": _version("fastreid"), "python": sys.version.split()[0],
-        "device": _get(ran, "MODEL.DEVICE") or "unknown",
-        "gpus": len(slot) if slot else (0 if _get(ran, "MODEL.DEVICE") == "cpu" else
+        "device": get_key(ran, "MODEL.DEVICE") or "unknown",
+        "gpus": len(slot) if slot else (0 if get_key(ran, "MODEL.DEVICE") == "cpu" else
                                         os.environ.get("CUDA_VISIBLE_DEVICES", "all visible")),
         "host": socket.gethostname(), "short_run": reasons,
     }
