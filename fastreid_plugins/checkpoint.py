@@ -568,7 +568,7 @@ class ResumableTrainerMixin:
             raise
         except KeyboardInterrupt:
             raise self._on_interrupt() from None
-        if (self.iter >= self.max_iter and comm.is_main_process()
+        if (getattr(self, "iter", -1) >= self.max_iter and comm.is_main_process()
                 and not self.cfg.SOLVER.KEEP_FULL_CHECKPOINTS):
             self._keep_weights_only()
         return results
