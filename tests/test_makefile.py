@@ -34,7 +34,10 @@ def _demo_line(tmp_path, *args, env_datasets=None):
     (work / "setup.py").write_text("")
     (work / ".venv").mkdir(exist_ok=True)
     (work / ".venv" / ".installed-stamp").write_text("")
-    env = {k: v for k, v in os.environ.items() if k != "FASTREID_DATASETS"}
+    # a fresh shell's make: no FASTREID_DATASETS, and none of an outer make's variables (`make
+    # test FASTREID_DATASETS=...` passes them on through MAKEFLAGS)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("FASTREID_DATASETS", "MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
     if env_datasets:
         env["FASTREID_DATASETS"] = env_datasets
     out = subprocess.run(["make", "-n", "demo", *args], cwd=work, env=env, capture_output=True,
