@@ -547,14 +547,6 @@ def _deep_update(a, b):
             a[k] = v
 
 
-def _sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _git_commit(repo):
     try:
         head = subprocess.run(["git", "-C", repo, "rev-parse", "HEAD"], capture_output=True,
@@ -607,6 +599,8 @@ def provenance(job: RowJob, slot: Optional[tuple], column: Optional[str],
     of the run (its ``config.yaml``) against the paper config of ``column``, the final weights
     and their SHA-256, the git commit, torch / FastReID versions, device and GPU count, and
     ``short_run``: why it is not comparable to the paper (``[]`` = it is)."""
+    from ..deploy.runtime import sha256  # of model_final.pth (numpy: imported only here)
+
     repo = repo or repo_root()
     ran = _load_yaml_chain(os.path.join(job.out_dir, "config.yaml"))
     paper_cfg = get_method(job.row.method).configs.get(column or "")
@@ -625,7 +619,7 @@ def provenance(job: RowJob, slot: Optional[tuple], column: Optional[str],
         get_key(paper, "SOLVER.MAX_EPOCH"), "input_size": get_key(ran, "INPUT.SIZE_TRAIN"),
         "input_size_paper_config": get_key(paper, "INPUT.SIZE_TRAIN"),
         "weights": weights if os.path.isfile(weights) else None,
-        "weights_sha256": _sha256(weights) if os.path.isfile(weights) else None,
+        "weights_sha256": sha256(weights) if os.path.isfile(weights) else None,
         "pretrained": get_key(ran, "MODEL.BACKBONE.PRETRAIN_PATH") or None,
         "git_commit": _git_commit(repo), "torch": _version("torch"),
         "fastreid": _version("fastreid"), "python": sys.version.split()[0],

@@ -447,11 +447,13 @@ class FeatureExtractor:
     def describe(self) -> Dict[str, Any]:
         """What the manifest records about the model (JSON-serialisable dict); ``engine``:
         :meth:`engine_record`."""
+        from fastreid_plugins.deploy.runtime import sha256
+
         return {"engine": self.engine_record(),
                 "config_file": os.path.abspath(self.config_file), "config": self.cfg.dump(),
                 "meta_architecture": self.cfg.MODEL.META_ARCHITECTURE,
                 "backend": self.backend, "weights": os.path.abspath(self.weights),
-                "weights_sha256": _sha256(self.weights), "metric": self.cfg.TEST.METRIC,
+                "weights_sha256": sha256(self.weights), "metric": self.cfg.TEST.METRIC,
                 "flip": self.flip, "amp": self.amp,
                 "input_size": list(self.cfg.INPUT.SIZE_TEST),
                 "rerank": {"k1": int(self.cfg.TEST.RERANK.K1), "k2": int(self.cfg.TEST.RERANK.K2),
@@ -484,14 +486,6 @@ def engine_key(manifest: Dict[str, Any]) -> Tuple[str, str]:
     precision = eng.get("precision") or (
         "bf16-autocast" if manifest.get("amp") and fmt == "torch" else "fp32")
     return str(fmt), str(precision)
-
-
-def _sha256(path, block=1 << 20):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(block), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # ----------------------------------------------------------------------------- sharded output
