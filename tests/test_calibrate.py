@@ -109,17 +109,19 @@ def test_labels_from_names_and_csv(tmp_path):
 
 
 def test_load_threshold_refuses_other_metric_or_model(tmp_path):
+    from fastreid_plugins.evaluation.verification import load_threshold
+
     rec = {"threshold": 0.3, "metric": "cosine", "model_sha256": "a" * 64, "weights": "m.pth"}
     p = tmp_path / "t.json"
     p.write_text(json.dumps(rec))
-    assert cal.load_threshold("0.25", "euclidean")[0] == 0.25
-    assert cal.load_threshold(str(p), "cosine", "a" * 64)[0] == 0.3
+    assert load_threshold("0.25", "euclidean")[0] == 0.25
+    assert load_threshold(str(p), "cosine", "a" * 64)[0] == 0.3
     with pytest.raises(ConfigError, match=r"metric 'cosine'.*'euclidean'"):
-        cal.load_threshold(str(p), "euclidean", "a" * 64)
+        load_threshold(str(p), "euclidean", "a" * 64)
     with pytest.raises(ConfigError, match=r"aaaaaaaaaaaaaaaa.*m\.pth.*bbbbbbbbbbbbbbbb"):
-        cal.load_threshold(str(p), "cosine", "b" * 64)
+        load_threshold(str(p), "cosine", "b" * 64)
     with pytest.raises(ConfigError, match="neither a number nor"):
-        cal.load_threshold(str(tmp_path / "missing.json"), "cosine")
+        load_threshold(str(tmp_path / "missing.json"), "cosine")
 
 
 # ----------------------------------------------------------------------------- the VeRi sample

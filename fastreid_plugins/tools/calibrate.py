@@ -27,8 +27,9 @@ pairs is at most ``--far``; TAR is the share of positives it accepts. The confid
 negative pairs (and one positive), the global one elsewhere (``"fallback": true``).
 
 The file records the metric and the model's SHA-256 (the extraction manifest's
-``weights_sha256``): :func:`load_threshold` (used by ``tools/search --threshold``) refuses a
-threshold of another metric or model, naming both.
+``weights_sha256``): :func:`fastreid_plugins.evaluation.verification.load_threshold` (used by
+``tools/search --threshold`` and ``tools/gallery search --threshold``) refuses a threshold of
+another metric or model, naming both.
 
 Importing this module imports no torch or numpy (``--help`` is fast).
 """
@@ -49,7 +50,7 @@ from fastreid_plugins.errors import ConfigError, DatasetError, DatasetNotFoundEr
 if TYPE_CHECKING:
     import numpy as np
 
-__all__ = ["calibrate", "load_threshold", "labels_from_paths", "threshold_at_far", "main",
+__all__ = ["calibrate", "labels_from_paths", "threshold_at_far", "main",
            "build_parser", "THRESHOLD_FORMAT", "MAX_PAIRS"]
 
 logger = logging.getLogger("fastreid_plugins.tools.calibrate")
@@ -108,21 +109,16 @@ def _pairs(qf, gf, q_pids, g_pids, q_cams, g_cams, metric, symmetric, block=256)
     import numpy as np
     import torch
 
+    from fastreid_plugins.evaluation.chunked import block_distance_fn
+
     qf = torch.as_tensor(qf, dtype=torch.float32)
     gf = torch.as_tensor(gf, dtype=torch.float32)
-    if metric == "cosine":
-        qf = torch.nn.functional.normalize(qf, dim=1)
-        gf = torch.nn.functional.normalize(gf, dim=1)
-    g_sq = (gf * gf).sum(1)
+    distance = block_distance_fn(qf, gf, [metric])  # the evaluator's distances
     ncam = int(max(q_cams.max(initial=0), g_cams.max(initial=0))) + 1
     out = {"d": [], "pos": [], "q": [], "cam": []}
     for s in range(0, len(qf), block):
         e = min(len(qf), s + block)
-        if metric == "cosine":
-            d = (1 - qf[s:e] @ gf.t()).numpy()
-        else:  # FastReID's squared euclidean
-            d = ((qf[s:e] * qf[s:e]).sum(1)[:, None] + g_sq[None, :]
-                 - 2 * qf[s:e] @ gf.t()).numpy()
+        d = distance(metric, s, e)
         same = q_pids[s:e, None] == g_pids[None, :]
         keep = ~(same & (q_cams[s:e, None] == g_cams[None, :]))
         if symmetric:
@@ -276,20 +272,6 @@ def _per_camera(pairs, ncam, far, min_pairs, global_t):
         out[name] = {"threshold": t, "tar": tar, "far": reached, "fallback": False,
                      "num_pos": n_pos, "num_neg": n_neg}
     return out
-
-
-# ----------------------------------------------------------------------------- using a file
-def load_threshold(spec: str, metric: str, model_sha256: Optional[str] = None
-                   ) -> Tuple[float, Dict[str, Any]]:
-    """:func:`fastreid_plugins.evaluation.verification.load_threshold` (a number or a threshold
-    file of this command, checked against ``metric`` and ``model_sha256``).
-
-    Raises:
-        ConfigError: a bad value / file, another metric or model (both named).
-    """
-    from fastreid_plugins.evaluation.verification import load_threshold as _load
-
-    return _load(spec, metric, model_sha256)
 
 
 # ----------------------------------------------------------------------------- command line

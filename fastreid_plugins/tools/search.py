@@ -892,7 +892,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
 
 def _threshold(spec, gallery, rerank):
     """``(value, record)`` of ``--threshold`` (None without one), checked against the gallery's
-    metric and model (:func:`fastreid_plugins.tools.calibrate.load_threshold`).
+    metric and model (:func:`fastreid_plugins.evaluation.verification.load_threshold`).
 
     Raises:
         ConfigError: a bad value / file, another metric or model, or ``--rerank`` with a file
