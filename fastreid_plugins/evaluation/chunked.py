@@ -32,7 +32,7 @@ copy of the features).
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from numpy.typing import ArrayLike
 
 __all__ = ["evaluate_chunked", "chunk_rows", "chunked_aqe", "DEFAULT_MEMORY_GB",
-           "BYTES_PER_ENTRY"]
+           "BYTES_PER_ENTRY", "block_distance_fn"]
 
 DEFAULT_MEMORY_GB = PLUGIN_DEFAULTS["TEST.EVAL_MEMORY_GB"]
 # bytes per (query, gallery) entry of a block: float32 distances (4) and re-ranked distances (4),
@@ -210,7 +210,7 @@ def evaluate_chunked(query_feat: Union[torch.Tensor, np.ndarray],
     hists, other = None, None
     if verification:
         hists, other = _verification_histograms(verification, metric, qf, gf, index is not None)
-    block_distance = _block_distance_fn(qf, gf, {metric, other} - {None})
+    block_distance = block_distance_fn(qf, gf, {metric, other} - {None})
 
     first = np.zeros(nq, dtype=np.int64)
     ap = np.full(nq, np.nan)
@@ -268,10 +268,17 @@ def _rerank_index(qf, gf, metric, rerank, progress):
                         knn_params=rerank.get("knn_params"))
 
 
-def _block_distance_fn(qf, gf, metrics):
+def block_distance_fn(qf: torch.Tensor, gf: torch.Tensor,
+                      metrics: Sequence[str]) -> Callable[[str, int, int], np.ndarray]:
     """``f(metric, s, e)``: the (e - s, G) float32 distances of query rows ``s..e`` for each of
     ``metrics`` (cosine ``1 - cos`` from inverse norms: no normalised copy of the gallery;
-    squared euclidean as FastReID's ``compute_euclidean_distance``)."""
+    squared euclidean as FastReID's ``compute_euclidean_distance``): the evaluator's distances,
+    block by block (also :mod:`fastreid_plugins.tools.calibrate`'s pairs).
+
+    Args:
+        qf (torch.Tensor): (Q, D) float32 query features; gf (torch.Tensor): (G, D) gallery.
+        metrics: the metrics ``f`` will be asked for (``"cosine"``, ``"euclidean"``).
+    """
     if "cosine" in metrics:
         q_inv = 1.0 / row_norms(qf)[:, 0].clamp_min(1e-12)  # F.normalize's eps
         g_inv = 1.0 / row_norms(gf)[:, 0].clamp_min(1e-12)
