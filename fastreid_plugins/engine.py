@@ -62,7 +62,7 @@ from .data.root import datasets_root
 from .data.validation import check_dataset_items
 from .errors import CorruptCheckpointError, WeightsMismatchError
 from .evaluation import VehicleReidEvaluator
-from .method import METHODS
+from .method import METHODS, method_for_meta_arch
 from .modeling.base import state_dict_mismatch
 from .patches import active as active_patches
 from .patches import apply as apply_patches
@@ -171,7 +171,7 @@ def _trained_for(path, ckpt, built):
     if arch is None or arch == built:
         return ("Check that --config-file (and its MODEL.* overrides) is the one used for "
                 "training (the checkpoint's config.yaml, next to it, when it has one).")
-    method = next((m for m in METHODS.values() if m.meta_arch == arch), None)
+    method = method_for_meta_arch(arch)
     what = (f"{method.name} ({arch}; train/evaluate with {method.train_script}, e.g. "
             f"--config-file {method.demo_config})" if method else f"MODEL.META_ARCHITECTURE {arch}")
     return (f"The checkpoint was trained for {what}, this config builds {built}: pass that "
