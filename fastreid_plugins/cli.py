@@ -142,6 +142,9 @@ def run_cli(main_fn: Callable[[List[str]], _T], argv: Optional[Sequence[str]] = 
         SystemExit: status 2 after a user error, 130 after Ctrl-C (without ``--debug``).
     """
     debug, argv = debug_requested(sys.argv[1:] if argv is None else argv)
+    # faiss's loader logs at INFO which CPU build it tried (up to 8 lines with "could not load
+    # ..."): routine, kept off every command's console, whichever module imports faiss first
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     if debug:  # seen by engine.setup (full console log) and by launch workers
         os.environ["FASTREID_PLUGINS_DEBUG"] = "1"
     datasets = os.environ.get("FASTREID_DATASETS")  # as started: main_fn may change it

@@ -66,16 +66,11 @@ def build_tool_cfg(config_file: Union[str, os.PathLike],
             ``FileNotFoundError``).
         fastreid_plugins.errors.ConfigError: unknown key (closest keys named) or mistyped value.
     """
-    import logging
-
     from fastreid_plugins.activation import activate
     from fastreid_plugins.config import get_cfg, merge_config_file, merge_overrides
     from fastreid_plugins.engine import check_config_file, prepare_for_host
 
     check_config_file(os.fspath(config_file))
-    # faiss's loader logs at INFO which CPU build it tried (8 lines with "could not load ..."):
-    # routine, not shown on a tool's console (the tools log INFO to stderr)
-    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     activate()  # a tool uses FastReID as train_net.py does: patched, every method registered
     cfg = get_cfg(*plugin_config_fns())
     merge_config_file(cfg, config_file)
