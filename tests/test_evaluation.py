@@ -90,3 +90,36 @@ def test_metrics_are_percentages():
     dist = np.array([[0.1, 0.9], [0.9, 0.1]])
     res = metrics_from_distmat(dist, np.array([1, 2]), np.array([1, 2]), np.zeros(2), np.ones(2))
     assert (res["Rank-1"], res["mAP"], res["mINP"], res["metric"]) == (100, 100, 100, 100)
+
+
+def _bench_eval_speed():
+    import importlib.util
+    import pathlib
+    path = pathlib.Path(__file__).resolve().parents[1] / "bench" / "eval_speed.py"
+    spec = importlib.util.spec_from_file_location("bench_eval_speed", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_sort_free_count_of_the_benchmark_gives_the_same_metrics(seed):
+    """bench/eval_speed.py's sort-free variant (issue 31 point 6) against FastReID and our ranker,
+    with ties (distances on a coarse grid) and several query blocks."""
+    bench = _bench_eval_speed()
+    rng = np.random.default_rng(seed)
+    nq, ng = 150, 240
+    dist = np.round(rng.random((nq, ng)) * 10) / 10  # many ties
+    q_pids, g_pids = rng.integers(0, 10, nq), rng.integers(0, 10, ng)
+    q_cams, g_cams = rng.integers(0, 4, nq), rng.integers(0, 4, ng)
+    cmc, ap, inp = bench.rank_by_count(dist, q_pids, g_pids, q_cams, g_cams, 20, chunk=64)
+    ref = evaluate_rank(dist, q_pids, g_pids, q_cams, g_cams, max_rank=20)
+    np.testing.assert_array_equal(cmc, ref[0])
+    np.testing.assert_allclose(ap, ref[1], atol=1e-12)
+    np.testing.assert_allclose(inp, ref[2], atol=1e-12)
+    tie_free = rng.random((nq, ng))
+    fr = evaluate_py(tie_free, q_pids, g_pids, q_cams, g_cams, 20, False)
+    cmc, ap, inp = bench.rank_by_count(tie_free, q_pids, g_pids, q_cams, g_cams, 20, chunk=64)
+    np.testing.assert_allclose(cmc, fr[0], atol=1e-7)
+    np.testing.assert_allclose(ap, fr[1], atol=1e-12)
+    np.testing.assert_allclose(inp, fr[2], atol=1e-12)
