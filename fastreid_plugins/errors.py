@@ -15,6 +15,7 @@ class                          raised when
 :class:`ConfigError`           a config value / key is invalid for the method or the host
 :class:`MissingConfigError`    a method's config node is missing (``add_<method>_config``)
 :class:`ConfigFileNotFoundError`  ``--config-file`` does not exist
+:class:`UnknownAblationError`  ``reproduce`` / the paper tables: unknown method, table or row
 :class:`DatasetNotFoundError`  a dataset's folder or list file is missing
 :class:`DatasetError`          a dataset is readable but unusable (bad labels, too few ids)
 :class:`ImageReadError`        an image exists but cannot be decoded
@@ -37,6 +38,7 @@ __all__ = [
     "ConfigError",
     "MissingConfigError",
     "ConfigFileNotFoundError",
+    "UnknownAblationError",
     "DatasetNotFoundError",
     "DatasetError",
     "ImageReadError",
@@ -73,6 +75,14 @@ class MissingConfigError(ConfigError, KeyError):
 
 class ConfigFileNotFoundError(ConfigError, FileNotFoundError):
     """``--config-file`` names a file that does not exist."""
+
+
+class UnknownAblationError(ConfigError, KeyError):
+    """An unknown method, table or row of the paper tables (``reproduce``); the message lists
+    the known ones. Also a ``KeyError``; its message is not quoted like a ``KeyError``'s."""
+
+    def __str__(self) -> str:
+        return Exception.__str__(self)
 
 
 class DatasetNotFoundError(UserError, FileNotFoundError, RuntimeError):

@@ -25,7 +25,7 @@ import importlib
 from dataclasses import dataclass, field, replace
 from typing import Collection, Dict, List, Optional, Tuple
 
-from ..errors import ConfigError
+from ..errors import UnknownAblationError
 
 __all__ = ["Row", "Table", "Delta", "METRICS", "TEST_SETS", "UnknownAblationError", "with_text",
            "check_tables", "load_tables", "test_sets"]
@@ -43,13 +43,6 @@ def test_sets(dataset: str) -> Tuple[str, ...]:
     """The test sets whose results fill the paper column ``dataset`` (``"VeRi"`` ->
     ``("VeRi", "VeRiViewpoint")``; any other -> ``(dataset,)``)."""
     return TEST_SETS.get(dataset, (dataset,))
-
-
-class UnknownAblationError(ConfigError, KeyError):
-    """An unknown method, table or row; the message lists the known ones."""
-
-    def __str__(self):  # KeyError would print the message with quotes around it
-        return str(self.args[0]) if self.args else ""
 
 
 @dataclass(frozen=True)
