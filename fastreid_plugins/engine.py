@@ -24,6 +24,7 @@ import logging
 import os
 import re
 import tempfile
+import time
 import warnings
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type, Union
 
@@ -52,10 +53,18 @@ from . import distributed, errors
 from .checkpoint import (
     ResumableTrainerMixin,
     TrainingFinishedError,
+    TrainingInterrupted,
     check_finite_state,
     load_checkpoint_file,
 )
-from .cli import USER_ERRORS, debug_requested, error_message, log_traceback_to_files, run_cli
+from .cli import (
+    EXIT_INTERRUPTED,
+    USER_ERRORS,
+    debug_requested,
+    error_message,
+    log_traceback_to_files,
+    run_cli,
+)
 from .config import get_cfg, merge_config_file, merge_overrides, require_plugins_config
 from .data import train_loader
 from .data.root import datasets_root
@@ -609,13 +618,36 @@ def _launch(argv, trainer_cls, add_fns):
         os.environ[_ERROR_DIR] = folder  # inherited by the spawned workers
         try:
             return launch(_main_positional, args.num_gpus, **run)
+        except KeyboardInterrupt:  # Ctrl-C reached every process: the workers save, then report
+            raise _worker_interrupt(folder) from None
         except Exception:
             err = _worker_error(folder, args.num_gpus * args.num_machines)
+            if err is None and any(f.startswith("interrupted") for f in os.listdir(folder)):
+                err = _worker_interrupt(folder)  # the workers alone were interrupted
             if err is None:
                 raise
             raise err from None
         finally:
             os.environ.pop(_ERROR_DIR, None)
+
+
+def _worker_interrupt(folder, timeout=600.0):
+    """After Ctrl-C: wait (up to ``timeout`` s) for this machine's workers to write their
+    checkpoint and exit, then rebuild the :class:`TrainingInterrupted` of the lowest rank that
+    reported one (rank 0 writes the checkpoint), so the launcher prints where training stopped and
+    the ``--resume`` command as a single-process run does; a bare ``KeyboardInterrupt`` when no
+    worker reported (interrupted before training started)."""
+    import multiprocessing
+    deadline = time.monotonic() + timeout
+    for child in multiprocessing.active_children():
+        child.join(max(0.0, deadline - time.monotonic()))
+    files = sorted((f for f in os.listdir(folder) if f.startswith("interrupted")),
+                   key=lambda f: int(f[len("interrupted"):-len(".json")]))
+    if not files:
+        return KeyboardInterrupt()
+    with open(os.path.join(folder, files[0])) as f:
+        info = json.load(f)
+    return TrainingInterrupted(info["message"], info["checkpoint"])
 
 
 def _worker_error(folder, world):
@@ -638,11 +670,21 @@ def _main_positional(args, trainer_cls, *add_fns):
         return main(args, *add_fns, trainer_cls=trainer_cls)
     try:
         return main(args, *add_fns, trainer_cls=trainer_cls)
+    except TrainingInterrupted as e:  # the checkpoint is written: tell the main process
+        rank = comm.get_rank()
+        _write_atomic_json(folder, f"interrupted{rank}.json",
+                           {"message": e.message, "checkpoint": e.checkpoint, "rank": rank})
+        raise SystemExit(EXIT_INTERRUPTED) from None
     except USER_ERRORS as e:  # a launch worker: hand the error to the main process, exit 2
         log_traceback_to_files(e)
         rank = comm.get_rank()
-        tmp = os.path.join(folder, f".rank{rank}.tmp")
-        with open(tmp, "w") as f:
-            json.dump({"type": type(e).__name__, "message": error_message(e), "rank": rank}, f)
-        os.replace(tmp, os.path.join(folder, f"rank{rank}.json"))
+        _write_atomic_json(folder, f"rank{rank}.json",
+                           {"type": type(e).__name__, "message": error_message(e), "rank": rank})
         raise SystemExit(2) from None
+
+
+def _write_atomic_json(folder, name, obj):
+    tmp = os.path.join(folder, f".{name}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(obj, f)
+    os.replace(tmp, os.path.join(folder, name))

@@ -327,6 +327,58 @@ def test_two_local_machines(veri_root, datasets_root, tmp_path):
     _check_printed_equals_eval_only("SVRN", out, tmp_path, veri_root, datasets_root)
 
 
+@pytest.mark.slow
+def test_ctrl_c_under_ddp_saves_once_and_resumes_bit_identically(veri_root, tmp_path):
+    """Ctrl-C (SIGINT to the process group, as a terminal sends it) in a ``--num-gpus 2`` run: it
+    exits 130 within the timeout, rank 0 writes the last finished epoch's checkpoint once, the
+    launcher prints where it stopped and the ``--resume`` command (from the workers), and running
+    that command ends with the weights of an uninterrupted run of the same seed."""
+    import shlex
+    import time
+
+    cfg, opts, _ = _tiny("MFGNet")
+    run = [*opts, *DATA, "SOLVER.MAX_EPOCH", "12", "SEED", "3"]
+
+    def cmd(out):
+        return [sys.executable, "projects/MFGNet/train_net.py", "--config-file", cfg, "--num-gpus",
+                "2", "--dist-url", f"tcp://127.0.0.1:{ddp_jobs.free_port()}", *run,
+                "OUTPUT_DIR", str(out)]
+
+    env = _env(veri_root)
+    (rc, log), = _run([cmd(tmp_path / "full")], env, CLI_TIMEOUT)
+    assert rc == 0, log[-3000:]
+    out = tmp_path / "int"
+    p = subprocess.Popen(cmd(out), cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline, log_txt = time.monotonic() + CLI_TIMEOUT, out / "log.txt"
+        while not log_txt.exists() or "epoch/iter: 6/" not in log_txt.read_text():
+            assert p.poll() is None and time.monotonic() < deadline, "no 7th epoch seen"
+            time.sleep(0.3)
+        os.killpg(p.pid, signal.SIGINT)
+        log = p.communicate(timeout=120)[0]
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    assert p.returncode == 130, log[-3000:]
+    line = [ln for ln in log.splitlines() if "; resume with: " in ln]
+    assert len(line) == 1 and line[0].startswith("Interrupted during epoch "), log[-3000:]
+    saved = sorted(f.name for f in out.glob("model_*.pth"))
+    assert len(saved) == 1 and saved[0] in line[0], (saved, line)
+    resume = shlex.split(line[0].split("; resume with: ", 1)[1])
+    assert "--resume" in resume
+    i = resume.index("--dist-url")  # the port of the interrupted run may still be in TIME_WAIT
+    resume[i + 1] = f"tcp://127.0.0.1:{ddp_jobs.free_port()}"
+    exe = resume.index(next(a for a in resume if a.endswith("python") or "python3" in a))
+    (rc, log), = _run([[sys.executable, *resume[exe + 1:]]], env, CLI_TIMEOUT)
+    assert rc == 0, log[-3000:]
+    a = torch.load(tmp_path / "full" / "model_final.pth", map_location="cpu")["model"]
+    b = torch.load(out / "model_final.pth", map_location="cpu")["model"]
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 # --------------------------------------------------------------------------------------------
 # in-process units
 # --------------------------------------------------------------------------------------------
