@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import uuid
 import warnings
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
     import numpy as np
 
 __all__ = ["VectorGallery", "collection_name", "point_id", "COLLECTION_PREFIX", "BATCH",
-           "TIMEOUT_S", "INDEXES", "REGISTRY", "connect", "list_galleries"]
+           "TIMEOUT_S", "INDEXES", "REGISTRY", "connect", "disconnect", "list_galleries"]
 
 #: collection names are ``COLLECTION_PREFIX + sha256[:16]``
 COLLECTION_PREFIX = "reid_"
@@ -74,6 +75,11 @@ def _pymilvus():
     except ImportError as e:
         raise ConfigError(f"The vector gallery needs pymilvus and milvus-lite ({e}): pip install "
                           "-e \".[gallery]\"") from None
+    # its own log lines ("Failed to create new connection", iterator notes) would repeat the
+    # Error: block this package prints; its exceptions carry the same text
+    for name in ["pymilvus"] + [n for n in logging.root.manager.loggerDict
+                                if n.startswith("pymilvus.")]:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     return pymilvus
 
 
@@ -94,6 +100,25 @@ def _locked(location: str) -> bool:
             return True
         fcntl.lockf(f, fcntl.LOCK_UN)
     return False
+
+
+#: open clients per Milvus Lite file of this process (its engine is stopped when the last closes)
+_LITE_OPEN: Dict[str, int] = {}
+
+
+def disconnect(client, location: str) -> None:
+    """Close a client of :func:`connect`; for a Milvus Lite file, the last one of this process
+    also stops its engine process, releasing the file for other processes."""
+    client.close()
+    if _is_url(location):
+        return
+    key = os.path.realpath(location)
+    _LITE_OPEN[key] = _LITE_OPEN.get(key, 1) - 1
+    if _LITE_OPEN[key] <= 0:
+        del _LITE_OPEN[key]
+        from milvus_lite.server_manager import server_manager_instance
+
+        server_manager_instance.release_server(key)
 
 
 def connect(location: str, timeout: float = TIMEOUT_S):
@@ -123,14 +148,20 @@ def connect(location: str, timeout: float = TIMEOUT_S):
         raise DatasetError(f"Gallery location {location!r} is a folder, not a Milvus Lite .db "
                            "file.")
     os.makedirs(os.path.dirname(os.path.abspath(location)), exist_ok=True)
+    # asked first (a failed Milvus Lite start recreates the lock file), and only when this
+    # process does not hold it (closing the probe's descriptor would drop its POSIX lock)
+    if os.path.realpath(location) not in _LITE_OPEN and _locked(location):
+        raise DatasetError(f"The gallery file {location!r} is open in another process (Milvus "
+                           "Lite allows one at a time): wait for it, or run a Milvus server and "
+                           "give its URI.")
     try:
-        client = pymilvus.MilvusClient(location, timeout=float(timeout))
+        with warnings.catch_warnings():  # milvus-lite imports the deprecated pkg_resources
+            warnings.simplefilter("ignore")
+            client = pymilvus.MilvusClient(location, timeout=float(timeout))
         client.list_collections()
+        key = os.path.realpath(location)
+        _LITE_OPEN[key] = _LITE_OPEN.get(key, 0) + 1
     except Exception as e:
-        if _locked(location):
-            raise DatasetError(f"The gallery file {location!r} is open in another process "
-                               "(Milvus Lite allows one at a time): wait for it, or run a Milvus "
-                               "server and give its URI.") from None
         raise DatasetError(f"The gallery file {location!r} is not a readable Milvus Lite "
                            f"database (corrupt or another program's: {type(e).__name__}: "
                            f"{str(e)[:200]}); restore it from a copy, or add the features again "
@@ -197,23 +228,26 @@ class VectorGallery:
             raise ConfigError(f"metric must be one of {tuple(_METRICS)}, got {metric!r}")
         if index not in INDEXES:
             raise ConfigError(f"--index must be one of {tuple(INDEXES)}, got {index!r}")
+        if create and index == "hnsw" and not _is_url(location):
+            raise ConfigError(f"--index hnsw needs a Milvus server (Milvus Lite, {location!r}, "
+                              "builds flat and ivf_flat only): give an http://host:19530 "
+                              "--gallery, or --index ivf_flat.")
         self.location, self.dim, self.metric = location, int(dim), metric
         self.weights_sha256 = weights_sha256 or ""
         self.name = collection or collection_name(self.weights_sha256)
         self.client = connect(location, timeout)
-        if not self.client.has_collection(self.name):
-            if not create:
-                have = list_galleries(self.client)
-                self.client.close()
-                raise DatasetError(f"No collection {self.name!r} (model sha256 "
-                                   f"{self.weights_sha256[:16] or '?'}) in {location!r}: its "
-                                   f"collections are {have}. Add this model's gallery first "
-                                   "(`... gallery add`) or query with the gallery's model.")
-            self._create(index, dict(INDEX_DEFAULTS.get(index, {}), **(index_params or {})))
         try:
+            if not self.client.has_collection(self.name):
+                if not create:
+                    raise DatasetError(
+                        f"No collection {self.name!r} (model sha256 "
+                        f"{self.weights_sha256[:16] or '?'}) in {location!r}: its collections "
+                        f"are {list_galleries(self.client)}. Add this model's gallery first "
+                        "(`... gallery add`) or query with the gallery's model.")
+                self._create(index, dict(INDEX_DEFAULTS.get(index, {}), **(index_params or {})))
             self._check()
-        except DatasetError:
-            self.client.close()
+        except (ConfigError, DatasetError):
+            self.close()
             raise
         self.index = self.info().get("index", "flat")
         self.client.load_collection(self.name)
@@ -243,8 +277,15 @@ class VectorGallery:
         ip.add_index("vector", index_type=INDEXES[index], metric_type=_METRICS[self.metric],
                      params=params)
         # Strong consistency: a search sees every acknowledged upsert / delete
-        self.client.create_collection(self.name, schema=schema, index_params=ip,
-                                      consistency_level="Strong")
+        try:
+            self.client.create_collection(self.name, schema=schema, index_params=ip,
+                                          consistency_level="Strong")
+        except Exception as e:  # e.g. index parameters the server refuses: nothing left behind
+            if self.client.has_collection(self.name):
+                self.client.drop_collection(self.name)
+            raise ConfigError(f"Milvus refused to create collection {self.name!r} with a "
+                              f"{index} index {params} in {self.location!r}: "
+                              f"{str(e)[:300]}") from None
 
     def info(self) -> Dict[str, Any]:
         """The collection's metadata (``dim``, ``metric``, ``weights_sha256``, ``index``)."""
@@ -266,8 +307,10 @@ class VectorGallery:
                     "the gallery's model, or another --collection.")
 
     def close(self) -> None:
-        """Release the client (and Milvus Lite's file)."""
-        self.client.close()
+        """Release the client (and Milvus Lite's file: :func:`disconnect`)."""
+        if self.client is not None:
+            disconnect(self.client, self.location)
+            self.client = None
 
     def __enter__(self) -> "VectorGallery":
         return self

@@ -158,7 +158,7 @@ def _open(args, manifest=None, create=False, **kw):
     if not args.collection:
         raise ConfigError("Name the collection: --model FEATURES_DIR (its model's collection) "
                           "or --collection NAME.")
-    from fastreid_plugins.gallery.store import _describe, connect, list_galleries
+    from fastreid_plugins.gallery.store import _describe, connect, disconnect, list_galleries
 
     client = connect(args.gallery, args.timeout)
     try:
@@ -167,7 +167,7 @@ def _open(args, manifest=None, create=False, **kw):
                               f"{list_galleries(client)})")
         meta = _describe(client, args.collection)
     finally:
-        client.close()
+        disconnect(client, args.gallery)
     if "dim" not in meta or "metric" not in meta:
         raise ConfigError(f"Collection {args.collection!r} in {args.gallery!r} was not made by "
                           "this gallery (no dim / metric in its description).")
@@ -345,7 +345,13 @@ def _cmd_stats(args) -> Dict[str, Any]:
         with _open(args, manifest) as g:
             out: Dict[str, Any] = g.stats()
     else:
-        from fastreid_plugins.gallery.store import _count, _describe, connect, list_galleries
+        from fastreid_plugins.gallery.store import (
+            _count,
+            _describe,
+            connect,
+            disconnect,
+            list_galleries,
+        )
 
         client = connect(args.gallery, args.timeout)
         out = {"location": args.gallery, "collections": {}}
@@ -355,7 +361,7 @@ def _cmd_stats(args) -> Dict[str, Any]:
                 out["collections"][name] = dict(_describe(client, name),
                                                 count=_count(client, name))
         finally:
-            client.close()
+            disconnect(client, args.gallery)
     print(json.dumps(out, indent=1))
     return out
 
