@@ -461,7 +461,8 @@ class VectorGallery:
     def search(self, queries: np.ndarray, k: int, cameras: Sequence[str] = (),
                time_from: Optional[float] = None, time_to: Optional[float] = None,
                where: Optional[Dict[str, Any]] = None, threshold: Optional[float] = None,
-               batch: int = 256, nprobe: Optional[int] = None, ef: Optional[int] = None
+               batch: int = 256, nprobe: Optional[int] = None, ef: Optional[int] = None,
+               consistency: Optional[str] = None
                ) -> Tuple[np.ndarray, List[List[Dict[str, Any]]]]:
         """Top-``k`` of each query among the images passing the filter (executed by Milvus, so
         ``k`` matching images come back whenever ``k`` exist); exact with the ``flat`` index.
@@ -471,6 +472,9 @@ class VectorGallery:
             k (int): results per query (at most 16384, Milvus's limit). threshold (float or
                 None): keep only results with ``distance <= threshold`` (the evaluator's).
             nprobe, ef: search parameters of an ``ivf_flat`` / ``hnsw`` collection.
+            consistency (str or None): Milvus consistency level of this search (default: the
+                collection's ``Strong``: every acknowledged write is seen; on a server that
+                waits for the next time tick, about 0.2 s; ``Bounded`` / ``Eventually`` do not).
 
         Returns:
             tuple: ``(dist, hits)``: (Q, k) float32 distances ascending (``inf`` where a query
@@ -496,7 +500,9 @@ class VectorGallery:
         hits: List[List[Dict[str, Any]]] = []
         for s in range(0, len(q), batch):
             res = self.client.search(self.name, data=q[s:s + batch].tolist(), limit=k, filter=flt,
-                                     search_params=params, output_fields=["*"])
+                                     search_params=params, output_fields=["*"],
+                                     **({"consistency_level": consistency} if consistency
+                                        else {}))
             for j, found in enumerate(res):
                 row = []
                 for h in found:
