@@ -85,9 +85,10 @@ def milvus_server(tmp_path_factory):
     server.stop()
 
 
-@pytest.fixture(params=["lite", "server"])
+@pytest.fixture(params=["lite", pytest.param("server", marks=pytest.mark.slow)])
 def location(request, tmp_path):
-    """A gallery location: a fresh Milvus Lite file, or the session's server emptied."""
+    """A gallery location: a fresh Milvus Lite file, or the session's server emptied (5-20 s a
+    test on the 2-core machine: marked slow, run by `make test`, skipped by `make test-fast`)."""
     if request.param == "lite":
         return str(tmp_path / "gallery.db")
     uri = request.getfixturevalue("milvus_server")
@@ -212,6 +213,13 @@ def test_filters_return_k_matching_items(location):
         with pytest.raises(ConfigError, match="field 'color'.*fields: \\['camera', 'path', "
                                               "'time'\\]"):
             vg.search(q, 5, where={"color": "red"})
+        # a path repeated within one batch: one row, the last one's metadata
+        vg.add(g[:2], [{"path": "/g/0000.jpg", "camera": "c009", "time": -1},
+                       {"path": "/g/0000.jpg", "camera": "c008", "time": -2}])
+        assert len(vg) == 240
+        _, hits = vg.search(q, 5, cameras=["c008", "c009"])
+        assert [(h["path"], h["camera"], h["time"]) for h in hits[0]] == [("/g/0000.jpg",
+                                                                         "c008", -2)]
         # a free field added later is filterable, with a number or a string
         vg.add(g[:3], [{"path": "/x/a.jpg", "color": "red"}, {"path": "/x/b.jpg", "color": "blue"},
                        {"path": "/x/c.jpg", "color": "red", "lane": 2}])
@@ -481,6 +489,7 @@ def test_missing_extra_names_the_install(monkeypatch, tmp_path):
         VectorGallery(str(tmp_path / "g.db"), 8, "cosine", SHA_A, create=True)
 
 
+@pytest.mark.slow
 def test_speed_bench_runs_and_agrees_with_faiss(milvus_server):
     """bench/gallery_speed.py at a tiny size on both backends: flat searches are exact, so the
     top-K agree with faiss's."""

@@ -385,9 +385,12 @@ class VectorGallery:
             keys.update(p)
         self._record_fields(keys)  # before the rows: the registry may list more, never fewer
         for s in range(0, len(x), batch):
-            rows = [dict(p, id=point_id(p["path"]), vector=v.tolist()) for v, p in
-                    zip(x[s:s + batch], payloads[s:s + batch])]
-            self.client.upsert(self.name, rows)
+            rows = {}  # one row per primary key in a request: a repeated path, the last wins
+            for v, p in zip(x[s:s + batch], payloads[s:s + batch]):
+                pid = point_id(p["path"])
+                rows.pop(pid, None)
+                rows[pid] = dict(p, id=pid, vector=v.tolist())
+            self.client.upsert(self.name, list(rows.values()))
         return len(x)
 
     def delete(self, paths: Iterable[str] = (), cameras: Sequence[str] = (),
