@@ -396,6 +396,11 @@ def test_veri_sample_names_filter(tmp_path):
     out = tool.main(["search", "--gallery", db, "--query", qdir, "--topk", str(len(files)),
                      "--cameras", cam])
     assert sorted(h["path"] for h in out["results"][0]["results"]) == expected
+    # tools.search's rank-list pictures, the threshold marked (query: a real image)
+    qimg = write(tmp_path / "qi", g[:1], files[:1])
+    out = tool.main(["search", "--gallery", db, "--query", qimg, "--topk", "5", "--threshold",
+                     "0.5", "--vis", "1", "--vis-dir", str(tmp_path / "vis")])
+    assert len(out["vis"]) == 1 and os.path.getsize(out["vis"][0]) > 1000
 
 
 @pytest.mark.slow
