@@ -77,6 +77,8 @@ def timings(search, q, label, out):
     t = time.perf_counter()
     search(q)
     out[f"batch{label}_qps"] = round(len(q) / (time.perf_counter() - t), 1)
+    print(f"  single{label}_ms {out[f'single{label}_ms']}, batch{label}_qps "
+          f"{out[f'batch{label}_qps']}", file=sys.stderr, flush=True)
 
 
 def bench_faiss(g, q, args, flt_mask, tmp):
@@ -122,6 +124,7 @@ def bench_milvus(location, g, q, args, flt, db_pid, faiss_top):
                         for i in range(s, e)]
             vg.add(g[s:e], payloads, batch=args.batch)
         out["insert_per_s"] = round(args.n / (time.perf_counter() - t0))
+        print(f"{location}: {out['insert_per_s']} inserts/s", file=sys.stderr, flush=True)
         out["count"] = len(vg)
         t0 = time.perf_counter()
         vg.search(q[:1], args.topk)  # the first search after the ingest (segments loaded)
