@@ -565,10 +565,20 @@ class VectorGallery:
         squared L2 distance already, FastReID's euclidean)."""
         return 1.0 - float(score) if self.metric == "cosine" else float(score)
 
+    def indexed_rows(self) -> Optional[int]:
+        """Rows the vector index covers (Milvus builds it on sealed segments; rows of growing
+        segments are searched by brute force, exactly), None when the engine does not say."""
+        try:
+            got = self.client.describe_index(self.name, "vector").get("indexed_rows")
+        except Exception:  # engines without index progress
+            return None
+        return None if got is None else int(got)
+
     def stats(self) -> Dict[str, Any]:
-        """Collection name, location, count, dim, metric, index, model SHA-256, fields."""
+        """Collection name, location, count, dim, metric, index (and the rows it covers),
+        model SHA-256, fields."""
         return dict(self.info(), collection=self.name, location=self.location, count=len(self),
-                    fields=self.fields())
+                    indexed_rows=self.indexed_rows(), fields=self.fields())
 
 
 def _uuid(text: Any) -> str:

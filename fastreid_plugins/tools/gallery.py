@@ -198,7 +198,7 @@ def _cmd_add(args) -> Dict[str, Any]:
     rows = read_metadata_csv(args.metadata) if args.metadata else None
     store = FeatureStore(args.features or _extract_images(args))
     t0, added = time.time(), 0
-    params = {"nlist": args.nlist} if args.nlist else None
+    params = {"nlist": args.nlist} if args.nlist and args.index == "ivf_flat" else None
     with _open(args, store.manifest, create=True, index=args.index, index_params=params) as g:
         for k, shard in enumerate(store.shards):
             if not shard["count"]:
@@ -269,9 +269,12 @@ def _recall(g, q, hits, args, cams, where) -> Dict[str, Any]:
     ex = np.array([[num[i] for i in row] for row in exact], np.int64).reshape(len(sel), -1)
     rec = recall_at_k(approx[:, :ex.shape[1]], ex) if ex.shape[1] else 1.0
     params = g.search_params(args.topk, args.nprobe, args.ef_search)["params"]
-    print(f"recall@{args.topk} of {g.index} ({params}) vs exact scan on {len(sel)} queries: "
-          f"{rec:.4f}", file=sys.stderr)
-    return {"recall_at_k": rec, "recall_queries": int(len(sel))}
+    indexed = g.indexed_rows()
+    said = "" if indexed is None else f"; index built on {indexed} of {len(g)} rows, the rest " \
+        "searched exactly"
+    print(f"recall@{args.topk} of {g.index} ({params}{said}) vs exact scan on {len(sel)} "
+          f"queries: {rec:.4f}", file=sys.stderr)
+    return {"recall_at_k": rec, "recall_queries": int(len(sel)), "indexed_rows": indexed}
 
 
 def _cmd_search(args) -> Dict[str, Any]:
