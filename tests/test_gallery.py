@@ -234,6 +234,7 @@ def _csv_rows(path):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow  # ~15 s on Milvus Lite: each command restarts its engine (0.5 s wait each)
 def test_cli_add_search_delete_stats_and_readd(location, tmp_path):
     rng = np.random.default_rng(3)
     g = rng.normal(size=(60, 8)).astype(np.float32)
