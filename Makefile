@@ -29,7 +29,7 @@ venv: $(STAMP)
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q $(TORCH_PIP_ARGS) $(TORCH_PKGS)
-	$(PIP) install -q -e ".[dev,clip,deploy,gallery]"
+	$(PIP) install -q -e ".[dev,clip,deploy,gallery,gallery-server]"
 	# FastReID last, without its dependencies: its metadata pins torch 1.13.1 (and older
 	# torchvision / opencv / tabulate / termcolor); pip checks no conflicts with --no-deps, so no
 	# ERROR block (`pip check` still lists those five pins: README "Install")

@@ -37,6 +37,12 @@ setup(
         # python -m fastreid_plugins.tools.export --format openvino, extract --backend openvino
         # (openvino ~180 MB installed; onnx / onnxruntime also export / run ONNX and int8 QDQ)
         "deploy": ["openvino>=2024.0", "onnx", "onnxruntime"],
-        "gallery": ["qdrant-client>=1.16"],  # fastreid_plugins.gallery (collection metadata)
+        # fastreid_plugins.gallery (docs/gallery.md): the pymilvus client and Milvus Lite, the
+        # embedded engine (3.x wheels ship no engine binary: <3); milvus-lite imports
+        # pkg_resources, gone from setuptools 81
+        "gallery": ["pymilvus>=2.5,<2.6", "milvus-lite>=2.5.1,<3", "setuptools<81"],
+        # a real Milvus 2.3.5 standalone server in a wheel (no dependencies): the gallery's
+        # server tests (tests/test_gallery.py) and bench/gallery_speed.py start one locally
+        "gallery-server": ["milvus==2.3.5"],
     },
 )

@@ -36,7 +36,7 @@ COMMANDS = ["fastreid_plugins.tools.demo", "fastreid_plugins.tools.export_onnx",
             "fastreid_plugins.tools.calibrate", "fastreid_plugins.patches",
             "fastreid_plugins.tools.gallery"]
 
-HEAVY = ("torch", "fastreid", "faiss", "torchvision", "qdrant_client")
+HEAVY = ("torch", "fastreid", "faiss", "torchvision", "pymilvus", "milvus_lite", "milvus")
 
 
 def _python(code, timeout=120, env=None):

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -47,7 +48,8 @@ from ..errors import ConfigError
 
 __all__ = ["PairHistogram", "distance_range", "roc_summary", "FARS", "DEFAULT_BINS",
            "DEFAULT_EXACT_PAIRS", "VERIFICATION_KEYS", "plot_verification", "scalar_results",
-           "json_summaries", "dense_histograms", "histograms_for", "load_threshold"]
+           "json_summaries", "dense_histograms", "histograms_for", "load_threshold",
+           "camera_number", "result_thresholds"]
 
 #: the FAR operating points reported (TAR@FAR)
 FARS: Tuple[float, ...] = (1e-2, 1e-3, 1e-4)
@@ -403,3 +405,51 @@ def load_threshold(spec: str, metric: str, model_sha256: Optional[str] = None
                           f"features come from {model_sha256[:16]}...: calibrate again with "
                           "this model.")
     return t, dict(rec, source=os.path.abspath(spec))
+
+
+_QUERY_CAMERA = re.compile(r"^\d+_c(\d+)")
+_CAMERA = re.compile(r"^c?(\d+)$")
+
+
+def camera_number(value: Any, from_name: bool = False) -> Optional[int]:
+    """The camera id of a gallery ``camera`` value (``"c002"`` or ``2`` -> 2) or, with
+    ``from_name``, of a VeRi / VERI-Wild style file name (``0002_c002_...`` -> 2), the ids that
+    ``tools.calibrate`` keys its per-camera-pair thresholds with; None when it has none."""
+    if value is None:
+        return None
+    if from_name:
+        m = _QUERY_CAMERA.match(os.path.basename(str(value)))
+    else:
+        m = _CAMERA.match(str(value))
+    return int(m.group(1)) if m else None
+
+
+def result_thresholds(record: Dict[str, Any], query_paths: Sequence[str],
+                      gallery_cameras: Sequence[Sequence[Any]]) -> np.ndarray:
+    """The threshold of every (query, result) of a search, (Q, K) float64.
+
+    ``record`` is :func:`load_threshold`'s. Its ``per_camera_pair`` thresholds (``tools.calibrate
+    --per-camera-pair``: keys ``"a-b"``, a <= b) apply where the query's camera (from its
+    VeRi-style file name) and the result's (``gallery_cameras[q][r]``: ``"c002"``, 2 or a
+    VeRi-style path) are both known and the pair was calibrated; the global threshold elsewhere
+    (also the value of a pair calibrated with too few pairs: ``"fallback": true``).
+    """
+    glob = float(record["threshold"])
+    k = max((len(row) for row in gallery_cameras), default=0)
+    out = np.full((len(query_paths), k), glob, np.float64)
+    pairs = record.get("per_camera_pair") or {}
+    if not pairs:
+        return out
+    for qi, qp in enumerate(query_paths):
+        qc = camera_number(qp, from_name=True)
+        if qc is None:
+            continue
+        for r, gc in enumerate(gallery_cameras[qi]):
+            gc = camera_number(gc) if camera_number(gc) is not None else camera_number(
+                gc, from_name=True)
+            if gc is None:
+                continue
+            hit = pairs.get(f"{min(qc, gc)}-{max(qc, gc)}")
+            if hit is not None:
+                out[qi, r] = float(hit["threshold"])
+    return out

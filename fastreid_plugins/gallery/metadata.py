@@ -9,7 +9,7 @@ Two sources, the CSV winning where both give a field:
   else by file name) and any other columns: ``camera`` (text), ``time`` (number; its unit is the
   user's) and free fields (kept as text, or as numbers when they read as numbers).
 
-Importing this module imports nothing heavy (no numpy, torch or qdrant).
+Importing this module imports nothing heavy (no numpy, torch or pymilvus).
 """
 
 from __future__ import annotations

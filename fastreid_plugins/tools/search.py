@@ -49,7 +49,10 @@ the re-ranker's approximate k-NN too, and the defaults of ``--index-type``, ``--
   JSON a ``decision`` per query and result (:func:`write_results`); the pictures mark the
   threshold. A file of ``python -m fastreid_plugins.tools.calibrate`` must have the gallery's
   metric and model (SHA-256 of the manifest's weights), else a ``ConfigError`` names both. Its
-  per-camera-pair thresholds are not used (the queries have no camera labels): the global one is.
+  per-camera-pair thresholds (``--per-camera-pair``) apply to a result where the query's and the
+  gallery image's cameras are both read from VeRi-style file names (``<pid>_c<cam>_...``) and
+  the pair was calibrated; the global threshold elsewhere
+  (:func:`fastreid_plugins.evaluation.verification.result_thresholds`).
 * ``--vis N`` / ``--vis-queries``: rank-list pictures drawn by
   :func:`fastreid_plugins.tools.visualize.draw_ranklist`; there are no identity labels, so every
   border is grey and the captions show file names.
@@ -592,17 +595,27 @@ def load_queries(query: str, gallery: FeatureStore, config_file: Optional[str] =
 
 
 # ----------------------------------------------------------------------------- output
+def _thr(threshold, qi, r):
+    """The threshold of result ``r`` of query ``qi``: ``threshold`` is one number or a (Q, K)
+    array (per-camera-pair thresholds,
+    :func:`fastreid_plugins.evaluation.verification.result_thresholds`)."""
+    if threshold is None or isinstance(threshold, (int, float)):
+        return threshold
+    return float(threshold[qi][r])
+
+
 def _write_csv(f: TextIO, query_paths, gallery_paths, dist, index, threshold=None):
     """``query,rank,gallery,distance`` rows of the rank lists (gallery index -1 = none); with a
-    ``threshold``, a ``decision`` column: ``match`` for the results within it (the others are
-    left out) and one ``no match`` row (rank 0) for a query without any."""
+    ``threshold`` (a number or a (Q, K) array), a ``decision`` column: ``match`` for the results
+    within it (the others are left out) and one ``no match`` row (rank 0) for a query without
+    any."""
     w = csv.writer(f)
     w.writerow(["query", "rank", "gallery", "distance"]
                + (["decision"] if threshold is not None else []))
     for qi, q in enumerate(query_paths):
         n = 0
         for r, (d, g) in enumerate(zip(dist[qi], index[qi]), 1):
-            if g >= 0 and (threshold is None or d <= threshold):
+            if g >= 0 and (threshold is None or d <= _thr(threshold, qi, r - 1)):
                 w.writerow([q, r, gallery_paths[qi][r - 1], f"{d:.6g}"]
                            + (["match"] if threshold is not None else []))
                 n += 1
@@ -614,13 +627,15 @@ def _write_csv(f: TextIO, query_paths, gallery_paths, dist, index, threshold=Non
 def write_results(path: str, query_paths: Sequence[str],
                   gallery_paths: Sequence[Sequence[Optional[str]]], dist: np.ndarray,
                   index: np.ndarray, extra: Optional[Dict[str, Any]] = None,
-                  threshold: Optional[float] = None) -> None:
+                  threshold: Any = None, ids: Optional[Sequence[Sequence[str]]] = None) -> None:
     """Write the rank lists as CSV (``query,rank,gallery,distance``) or JSON (by extension).
 
-    With ``threshold`` (open-set search), only the results with ``distance <= threshold`` are
-    written, with their decision (``match``); a query with none gets ``no match`` (CSV: one row of
-    rank 0 with the nearest distance; JSON: ``"decision": "no match"``, an empty ranking and
-    ``nearest_distance``).
+    With ``threshold`` (open-set search: one number, or a (Q, K) array of per-result
+    thresholds), only the results with ``distance <= threshold`` are written, with their
+    decision (``match``); a query with none gets ``no match`` (CSV: one row of rank 0 with the
+    nearest distance; JSON: ``"decision": "no match"``, an empty ranking and
+    ``nearest_distance``). ``ids`` (per query, per result): the JSON gives ``id`` (a vector
+    gallery's image ids) instead of ``gallery_index``.
 
     Raises:
         ConfigError: another extension.
@@ -635,20 +650,25 @@ def write_results(path: str, query_paths: Sequence[str],
             _write_csv(f, query_paths, gallery_paths, dist, index, threshold)
         else:
             json.dump(dict(extra or {}, results=[
-                _json_result(q, dist[qi], index[qi], gallery_paths[qi], threshold)
+                _json_result(q, dist[qi], index[qi], gallery_paths[qi],
+                             None if threshold is None else [
+                                 _thr(threshold, qi, r) for r in range(len(dist[qi]))],
+                             ids[qi] if ids is not None else None)
                 for qi, q in enumerate(query_paths)]), f, indent=1)
     os.replace(tmp, path)
 
 
-def _json_result(query, dist, index, gallery_paths, threshold):
-    """One query's JSON record (see :func:`write_results`)."""
-    ranking = [{"rank": r, "gallery": gp, "gallery_index": int(g), "distance": float(d)}
+def _json_result(query, dist, index, gallery_paths, threshold, ids=None):
+    """One query's JSON record (see :func:`write_results`; ``threshold``: per result)."""
+    ranking = [dict({"rank": r, "gallery": gp, "distance": float(d)},
+                    **({"id": ids[r - 1]} if ids is not None else {"gallery_index": int(g)}))
                for r, (d, g, gp) in enumerate(zip(dist, index, gallery_paths), 1)
-               if g >= 0 and (threshold is None or d <= threshold)]
+               if g >= 0 and (threshold is None or d <= threshold[r - 1])]
     if threshold is None:
         return {"query": query, "ranking": ranking}
     for item in ranking:
         item["decision"] = "match"
+        item["threshold"] = float(threshold[item["rank"] - 1])
     out = {"query": query, "decision": "match" if ranking else "no match", "ranking": ranking}
     if not ranking and len(index) and index[0] >= 0:
         out["nearest_distance"] = float(dist[0])
@@ -658,7 +678,7 @@ def _json_result(query, dist, index, gallery_paths, threshold):
 def draw_results(out_dir: str, query_paths: Sequence[str],
                  gallery_paths: Sequence[Sequence[Optional[str]]], dist: np.ndarray,
                  chosen: Sequence[int], size: Tuple[int, int],
-                 threshold: Optional[float] = None) -> List[str]:
+                 threshold: Any = None) -> List[str]:
     """Rank-list pictures of the ``chosen`` query indices with visualize's ``draw_ranklist``;
     with ``threshold``, the top-K stay drawn and visualize's ``mark_threshold`` marks where the
     accepted results end ("no match" when none is).
@@ -684,7 +704,9 @@ def draw_results(out_dir: str, query_paths: Sequence[str],
                 draw.rectangle([x0 + t, y0 + t, x1 - 1 - t, y1 - 1 - t],
                                outline=UNLABELLED_COLOR)
         if threshold is not None:
-            vis.mark_threshold(img, boxes, [g["dist"] for g in gal], threshold)
+            t = [_thr(threshold, qi, r) for r in range(len(gal))]
+            vis.mark_threshold(img, boxes, [g["dist"] for g in gal],
+                               t[0] if len(set(t)) == 1 else t)
         stem = os.path.splitext(os.path.basename(query_paths[qi]))[0]
         f = os.path.join(out_dir, f"search_{n:03d}_{stem}.png")
         img.save(f)
@@ -871,10 +893,16 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     if threshold is not None:
         t = threshold[0]
         info["threshold"] = threshold[1]
+        if threshold[1].get("per_camera_pair"):  # per result: the pair's or the global one
+            from fastreid_plugins.evaluation.verification import result_thresholds
+
+            t = result_thresholds(threshold[1], qs.paths, gpaths)
         info["no_match"] = int(sum(1 for qi in range(len(dist))
-                                   if not ((dist[qi] <= t) & (index[qi] >= 0)).any()))
-        logger.info(f"threshold {t:.6g}: {info['no_match']} of {len(dist)} queries without a "
-                    "match")
+                                   if not ((dist[qi] <= t if isinstance(t, float) else
+                                            dist[qi] <= t[qi]) & (index[qi] >= 0)).any()))
+        said = "" if isinstance(t, float) else " (global; per camera pair where calibrated)"
+        logger.info(f"threshold {threshold[0]:.6g}{said}: {info['no_match']} of {len(dist)} "
+                    "queries without a match")
     if args.output:
         write_results(args.output, qs.paths, gpaths, dist, index, {"info": info}, threshold=t)
         logger.info(f"top-{args.topk} of {len(qs.paths)} queries written to {args.output}")

@@ -158,14 +158,15 @@ THRESHOLD_COLOR = (255, 140, 0)
 
 
 def mark_threshold(img: Image.Image, boxes: Sequence[Sequence[int]],
-                   dists: Sequence[float], threshold: float) -> int:
+                   dists: Sequence[float], threshold: Union[float, Sequence[float]]) -> int:
     """Mark an open-set threshold on a rank list of :func:`draw_ranklist` (in place): a vertical
     bar after the last gallery image within ``threshold`` (distance ``<=``), and its value; a
     "no match" label where none is.
 
     Args:
         img (PIL.Image): the rank list; boxes: its gallery boxes; dists: their distances.
-        threshold (float): the accept threshold.
+        threshold (float or sequence): the accept threshold, or one per gallery image (per
+            camera pair: the bar then follows the last accepted image, labelled "t per pair").
 
     Returns:
         int: the number of gallery images within the threshold.
@@ -173,12 +174,14 @@ def mark_threshold(img: Image.Image, boxes: Sequence[Sequence[int]],
     from PIL import ImageDraw
 
     draw = ImageDraw.Draw(img)
-    kept = sum(1 for d in dists if d <= threshold)
+    per = not isinstance(threshold, (int, float))
+    ok = [d <= (threshold[i] if per else threshold) for i, d in enumerate(dists)]
+    kept = max((i + 1 for i, o in enumerate(ok) if o), default=0) if per else sum(ok)
     if boxes:
         x = boxes[kept - 1][2] + GAP // 2 - 1 if kept else boxes[0][0] - QUERY_GAP // 2
         y0, y1 = boxes[0][1], boxes[0][3]
         draw.rectangle([x - 1, y0 - PAD + 1, x + 1, y1 + TEXT_H - 2], fill=THRESHOLD_COLOR)
-        label = f"t={threshold:.3g}" + ("" if kept else "  no match")
+        label = ("t per pair" if per else f"t={threshold:.3g}") + ("" if kept else "  no match")
         draw.text((x + 4, max(0, y0 - PAD)), label, fill=THRESHOLD_COLOR)
     return kept
 
