@@ -147,8 +147,12 @@ def test_check_detects_a_different_model(tmp_path):
 
 def test_stable_sort_exports_with_torch_tie_order(tmp_path):
     """``torch.sort(..., stable=True)`` (used by SVRN) has no TorchScript-exporter symbolic; the
-    tool maps it to ONNX TopK, whose spec puts equal values in index order, i.e. stably."""
+    tool exports it as a pairwise rank (ties by index), so every runtime orders equal values as
+    torch does. OpenVINO 2026.4 converts ONNX ``TopK`` to a TopK with ``stable=False`` and
+    returns equal values in another order (the first export, ``TopK``, failed here in OpenVINO;
+    with SVRN's random weights it picked other suppressed cells for 4 of the 57 sample images)."""
     import onnxruntime as ort
+    import openvino as ov
 
     class SortModel(torch.nn.Module):
         def forward(self, x):
@@ -164,6 +168,70 @@ def test_stable_sort_exports_with_torch_tie_order(tmp_path):
     engine.export_onnx(SortModel(), path, 2, 2, batch_size=2)
     got = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(
         None, {"images": x.numpy()})[0]
+    compiled = ov.Core().compile_model(path, "CPU")
+    got_ov = compiled({"images": x.numpy()})[compiled.outputs[0]]
     # by hand, first image flattened: [1,3,3,2, 1,1,0,3, 2,2,2,2]; descending, ties by index
-    assert got[0, :12].tolist() == [1, 2, 7, 3, 8, 9, 10, 11, 0, 4, 5, 6]
-    np.testing.assert_array_equal(got, SortModel()(x).numpy())
+    for out in (got, got_ov):
+        assert out[0, :12].tolist() == [1, 2, 7, 3, 8, 9, 10, 11, 0, 4, 5, 6]
+        np.testing.assert_array_equal(out, SortModel()(x).numpy())
+
+
+def test_svrn_suppression_ties_export_like_pytorch(tmp_path):
+    """SVRN's suppression mask (top-n of the salience scores among the available cells, ties
+    by index) from the exported graph equals PyTorch's in onnxruntime and OpenVINO when the
+    scores tie at the cut: exact zeros (a saturated SIM attention gives them) and -inf at the
+    cells an earlier stage suppressed."""
+    import onnxruntime as ort
+    import openvino as ov
+
+    from fastreid_plugins.svrn import suppression_mask
+
+    class MaskModel(torch.nn.Module):
+        def forward(self, x):
+            s = x[:, 0, :8, :8]
+            available = (x[:, 1, :8, :8] > 0).float()
+            m1 = suppression_mask(s, 12)
+            m2 = suppression_mask(s, 6, available=available)
+            return torch.cat([m1.flatten(1), m2.flatten(1)], 1)
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.zeros(4, 3, 8, 8)
+    x[:, 0, 7, 4:] = torch.rand(4, 4, generator=g) + 1  # 4 positive scores, 60 tied zeros
+    x[:, 1] = (torch.rand(4, 8, 8, generator=g) > 0.3).float()
+    x[1, 0] = 0.0  # all tied
+    path = str(tmp_path / "mask.onnx")
+    engine.export_onnx(MaskModel(), path, 8, 8, batch_size=2)
+    ref = MaskModel()(x).numpy()
+    # by hand: image 1 has no score > 0, so the 12 cells of the first mask are 0..11
+    assert np.flatnonzero(ref[1, :64] == 0).tolist() == list(range(12))
+    got = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(
+        None, {"images": x.numpy()})[0]
+    compiled = ov.Core().compile_model(path, "CPU")
+    got_ov = compiled({"images": x.numpy()})[compiled.outputs[0]]
+    np.testing.assert_array_equal(got, ref)
+    np.testing.assert_array_equal(got_ov, ref)
+
+
+def test_sigmoid_tail_exports_like_pytorch(tmp_path):
+    """A saturated attention map's tail (sigmoid of -16 .. -85) is what SVRN's top-n cut ranks
+    by when the scores saturate: the exported graph must reproduce torch's values relative to
+    their size there. onnxruntime 1.32's ``Sigmoid`` returned 0 from -18 down and 5.96e-8 at -16
+    (torch 1.13e-7), which made the onnxruntime engine of SVRN pick other suppressed cells."""
+    import onnxruntime as ort
+    import openvino as ov
+
+    class Sig(torch.nn.Module):
+        def forward(self, x):
+            return torch.sigmoid(x.flatten(1))
+
+    x = torch.tensor([-85., -60., -30., -20., -18., -16.5, -16., -5., 0., 5., 30.])
+    x = x.expand(2, 3, 1, 11).contiguous()
+    ref = 1 / (1 + np.exp(-x.double().flatten(1).numpy()))  # float64 reference
+    path = str(tmp_path / "sig.onnx")
+    engine.export_onnx(Sig(), path, 1, 11, batch_size=2)
+    got = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(
+        None, {"images": x.numpy()})[0]
+    compiled = ov.Core().compile_model(path, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    got_ov = compiled({"images": x.numpy()})[compiled.outputs[0]]
+    for out in (got, got_ov):
+        np.testing.assert_allclose(out, ref, rtol=1e-5, atol=0)
