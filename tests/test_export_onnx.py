@@ -226,6 +226,8 @@ def test_sigmoid_tail_exports_like_pytorch(tmp_path):
 
     x = torch.tensor([-85., -60., -30., -20., -18., -16.5, -16., -5., 0., 5., 30.])
     x = x.expand(2, 3, 1, 11).contiguous()
+    # torch's own: 0 where exp(-x) overflows (x < -88.72), subnormal just above
+    very = torch.tensor([-500., -90., -88.7, 88.7, 500.]).expand(2, 3, 1, 5).contiguous()
     ref = 1 / (1 + np.exp(-x.double().flatten(1).numpy()))  # float64 reference
     path = str(tmp_path / "sig.onnx")
     engine.export_onnx(Sig(), path, 1, 11, batch_size=2)
@@ -235,3 +237,47 @@ def test_sigmoid_tail_exports_like_pytorch(tmp_path):
     got_ov = compiled({"images": x.numpy()})[compiled.outputs[0]]
     for out in (got, got_ov):
         np.testing.assert_allclose(out, ref, rtol=1e-5, atol=0)
+    path = str(tmp_path / "sig_very.onnx")
+    engine.export_onnx(Sig(), path, 1, 5, batch_size=2)
+    got = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(
+        None, {"images": very.numpy()})[0]
+    np.testing.assert_allclose(got, Sig()(very).numpy(), rtol=1e-5, atol=0)
+
+
+def test_int8_quantizes_a_saturated_attention(tmp_path):
+    """The int8 (QDQ) graph of a saturated sigmoid attention (logits down to -500, as SVRN's
+    random SIM) keeps the features: the exported sigmoid has no infinite intermediate (with
+    ``1 / (1 + exp(-x))``, ``exp(500)`` = inf made the quantizer's MinMax scale infinite and
+    the int8 SVRN engine output zeros, cosine 0)."""
+    import onnxruntime as ort
+
+    from fastreid_plugins.deploy.gate import cosine_rows
+    from fastreid_plugins.deploy.quantize import quantize_onnx
+
+    class Att(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+            self.att = torch.nn.Conv2d(8, 1, 3, padding=1)
+
+        def forward(self, x):
+            f = torch.relu(self.conv(x / 255))
+            return (f * torch.sigmoid(self.logits(f))).mean((2, 3))
+
+        def logits(self, f):
+            return 5000 * self.att(f)  # saturated: logits of +-hundreds
+
+    torch.manual_seed(0)
+    model = Att().eval()
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(8, 3, 16, 16, generator=g) * 255
+    src, dst = str(tmp_path / "att.onnx"), str(tmp_path / "att8.onnx")
+    engine.export_onnx(model, src, 16, 16, batch_size=2)
+    quantize_onnx(src, dst, [x.numpy()])
+    got = ort.InferenceSession(dst, providers=["CPUExecutionProvider"]).run(
+        None, {"images": x.numpy()})[0]
+    with torch.no_grad():
+        ref = model(x).numpy()
+        logits = model.logits(torch.relu(model.conv(x / 255)))
+    assert logits.min() < -100 and logits.max() > 100
+    assert cosine_rows(ref, got).min() > 0.98

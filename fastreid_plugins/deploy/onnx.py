@@ -18,8 +18,8 @@ The export uses PyTorch's TorchScript-based exporter (``dynamo=False``: the dyna
 ``onnxscript``), with three symbolics added for the duration of the export: ``torch.sort(...,
 stable=True)`` -> a pairwise rank (torch's tie order in every runtime; OpenVINO's ``TopK`` is not
 stable), ``adaptive_avg_pool2d`` on maps whose spatial size is not static at trace time ->
-reshape + mean (both used by SVRN), and ``sigmoid`` -> ``1 / (1 + exp(-x))`` (onnxruntime's
-``Sigmoid`` is inaccurate in the tail, which SVRN's top-n cut can rank by).
+reshape + mean (both used by SVRN), and ``sigmoid`` -> ``Exp``-based with torch's tail
+(onnxruntime's ``Sigmoid`` is inaccurate in the tail, which SVRN's top-n cut can rank by).
 
 Models whose eval forward uses side information (CLIP-SENet's camera / viewpoint embeddings)
 are exported with what their bare-tensor forward does without it (CLIP-SENet: the learned
@@ -207,7 +207,8 @@ def _adaptive_avg_pool2d_symbolic(g, input, output_size):
 
 
 def _sigmoid_symbolic(g, x):
-    """``sigmoid(x)`` -> ``1 / (1 + exp(-x))``, accurate in the tail like torch's.
+    """``sigmoid(x)`` with torch's tail: ``1 / (1 + e)`` for x >= 0 and ``e / (1 + e)`` below,
+    ``e = exp(-|x|)``, and 0 below -88.72 (where torch's ``exp(-x)`` overflows).
 
     onnxruntime's ``Sigmoid`` (MLAS, 1.32) is accurate to ~6e-8 *absolute* only: it returns 0
     for x <= -18 (torch: 1.5e-8 at -18, 9e-14 at -30) and is not even monotone below -15
@@ -215,11 +216,19 @@ def _sigmoid_symbolic(g, x):
     saturated attention map (SVRN's SIM: logits down to -555 with random weights) multiplies
     features by those tail values, and SVRN's top-n salience cut then ranks cells by them: with
     ``Sigmoid``, onnxruntime picked other suppressed cells than PyTorch for all 57 VeRi sample
-    images (min cosine 0.99885). ``Exp`` is accurate relative to its value in both runtimes, and
-    the two extra element-wise operators run on attention-sized maps in this project's models.
+    images (min cosine 0.99885). ``Exp`` is accurate relative to its value in both runtimes.
+    Every intermediate stays in [0, 2] (``exp(-|x|)``, not ``exp(-x)``, which overflows to inf
+    for x < -88.7: fine in float32, but the int8 quantizer's MinMax calibration then gives the
+    tensor an infinite scale and the int8 engine outputs zeros). The few extra element-wise
+    operators run on attention-sized maps in this project's models.
     """
-    one = g.op("Constant", value_t=torch.tensor(1.0, dtype=torch.float32))
-    return g.op("Reciprocal", g.op("Add", one, g.op("Exp", g.op("Neg", x))))
+    def const(v):
+        return g.op("Constant", value_t=torch.tensor(v, dtype=torch.float32))
+
+    e = g.op("Exp", g.op("Neg", g.op("Abs", x)))
+    r = g.op("Reciprocal", g.op("Add", const(1.0), e))   # sigmoid(|x|)
+    below = g.op("Where", g.op("Less", x, const(-88.72284)), const(0.0), g.op("Mul", e, r))
+    return g.op("Where", g.op("Less", x, const(0.0)), below, r)
 
 
 # symbolics registered for the duration of an export (see their docstrings)
