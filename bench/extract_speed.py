@@ -4,12 +4,13 @@ OpenVINO fp32 / bf16 / int8) near the machine's peak, and search latency at a 1,
 gallery (exact and approximate).
 
 Usage: python bench/extract_speed.py [--model demo|svrn-r50|mbfn-r50|clip-senet[,...] |
-       --config-file CFG] [--paths P1,P2,...] [--images N] [--batch-size 16] [--threads 2]
+       --config-file CFG] [--paths P1,P2,...] [--images 64|32] [--batch-size 16] [--threads 2]
        [--num-workers 1] [--calib-count 32] [--repeat 2] [--peak-size 2048]
        [--gallery 1000000] [--dim 256] [--queries 100] [--skip-extract] [--skip-search]
 
 Extraction, end to end from the JPEG files: the real VeRi sample under
-``$FASTREID_DATASETS/veri`` (all its images, repeated to ``--images``), a seeded random model of
+``$FASTREID_DATASETS/veri`` (all its images, repeated to ``--images``: default 64 for ``demo``,
+32 for the paper backbones), a seeded random model of
 each config in ``--model`` (comma-separated, one after the other in one run): ``demo``:
 ``configs/demo/bagtricks_r18.yml``, ResNet-18 at 128x128, the default; the paper configs'
 backbones: ``svrn-r50``: ``configs/veri/svrn.yml``, SVRN's ResNet-50 at 256x256, T = 3;
@@ -70,13 +71,15 @@ sys.path.insert(0, REPO)
 
 import fastreid_plugins  # noqa: E402,F401
 
-#: ``--model`` name -> (config, options of that model on top of :data:`BENCH_OPTS`)
-MODELS = {"demo": (os.path.join(REPO, "configs", "demo", "bagtricks_r18.yml"), []),
-          "svrn-r50": (os.path.join(REPO, "configs", "veri", "svrn.yml"), []),
-          "mbfn-r50": (os.path.join(REPO, "configs", "veri", "mbfn.yml"), []),
+#: ``--model`` name -> (config, options of that model on top of :data:`BENCH_OPTS`, default
+#: ``--images``: 32 for the paper backbones keeps the 3-model run under 20 minutes on an idle
+#: 2-core machine, most of it the export gates)
+MODELS = {"demo": (os.path.join(REPO, "configs", "demo", "bagtricks_r18.yml"), [], 64),
+          "svrn-r50": (os.path.join(REPO, "configs", "veri", "svrn.yml"), [], 32),
+          "mbfn-r50": (os.path.join(REPO, "configs", "veri", "mbfn.yml"), [], 32),
           # TinyCLIP-ViT-61M-32's architecture built offline with random weights (no download)
           "clip-senet": (os.path.join(REPO, "configs", "veri", "clip_senet.yml"),
-                         ["MODEL.CLIPSENET.SEM.PRETRAIN", "False"])}
+                         ["MODEL.CLIPSENET.SEM.PRETRAIN", "False"], 32)}
 #: model options of the bench: a seeded random model, no pretrained download, no flip
 BENCH_OPTS = ["MODEL.HEADS.NUM_CLASSES", "4", "TEST.FLIP.ENABLED", "False", "MODEL.DEVICE", "cpu",
               "MODEL.BACKBONE.PRETRAIN", "False"]
@@ -255,14 +258,16 @@ def bench_extract(args):
     pool = sorted(iter_image_paths(root))
     if not pool:
         sys.exit(f"no images under {root}")
-    paths = (pool * (args.images // len(pool) + 1))[:args.images]
     if args.config_file:
-        models = [(os.path.splitext(os.path.basename(args.config_file))[0], args.config_file, [])]
+        models = [(os.path.splitext(os.path.basename(args.config_file))[0], args.config_file, [],
+                   64)]
     else:
         models = [(m, *MODELS[m]) for m in args.model]
     meter = PeakMeter(args.peak_size, args.threads)
     results = []
-    for key, cfg_path, extra in models:
+    for key, cfg_path, extra, images in models:
+        images = args.images or images
+        paths = (pool * (images // len(pool) + 1))[:images]
         t0 = time.perf_counter()
         results.append(bench_model(args, key, cfg_path, list(BENCH_OPTS) + extra, paths, meter))
         results[-1]["seconds"] = time.perf_counter() - t0
@@ -455,7 +460,9 @@ def main(argv=None):
     p.add_argument("--paths", default=",".join(PATHS), type=path_list,
                    help="comma-separated paths to time (DefaultPredictor, the reference, always "
                         "runs); default all: " + ", ".join(PATHS))
-    p.add_argument("--images", type=int, default=64)
+    p.add_argument("--images", type=int, default=None,
+                   help="images per model (default 64 for demo and --config-file, 32 for the "
+                        "paper backbones)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--num-workers", type=int, default=1)
