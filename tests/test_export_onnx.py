@@ -281,3 +281,30 @@ def test_int8_quantizes_a_saturated_attention(tmp_path):
         logits = model.logits(torch.relu(model.conv(x / 255)))
     assert logits.min() < -100 and logits.max() > 100
     assert cosine_rows(ref, got).min() > 0.98
+
+
+def test_int8_scales_do_not_depend_on_calibration_batching(tmp_path):
+    """``tools.export`` calibrates on batches of ``CALIB_BATCH`` (2) images to bound the
+    calibration session's memory (it scales with the batch: ~1.7 GB per image for CLIP-SENet's
+    paper config); MinMax ranges are a min / max over all images, so the int8 graph must be the
+    one calibrated on a single batch."""
+    import onnx
+
+    from fastreid_plugins.deploy.quantize import batches, quantize_onnx
+    from fastreid_plugins.tools.export import CALIB_BATCH
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(),
+                                torch.nn.Conv2d(8, 4, 3), torch.nn.Flatten(1)).eval()
+    src = str(tmp_path / "m.onnx")
+    engine.export_onnx(model, src, 8, 8, batch_size=2)
+    x = (torch.rand(9, 3, 8, 8, generator=torch.Generator().manual_seed(2)) * 255).numpy()
+    graphs = []
+    for i, calib in enumerate(([x], list(batches(x, CALIB_BATCH)))):
+        dst = str(tmp_path / f"q{i}.onnx")
+        quantize_onnx(src, dst, calib)
+        graphs.append({t.name: onnx.numpy_helper.to_array(t)
+                       for t in onnx.load(dst).graph.initializer})
+    assert len(x) > CALIB_BATCH and graphs[0].keys() == graphs[1].keys()
+    for name, value in graphs[0].items():
+        np.testing.assert_array_equal(value, graphs[1][name], err_msg=name)
