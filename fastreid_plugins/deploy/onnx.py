@@ -264,7 +264,7 @@ def export_onnx(model: nn.Module, path: str, height: int, width: int, batch_size
     dummy = torch.rand(batch_size, 3, height, width, device=device) * 255
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     if opset < 11:
-        raise ValueError(f"--opset must be >= 11 (ONNX TopK with tie order), got {opset}")
+        raise ValueError(f"--opset must be >= 11 (ONNX Range, TopK), got {opset}")
     for name, fn in _CUSTOM_SYMBOLICS.items():
         torch.onnx.register_custom_op_symbolic(name, fn, opset)
     stack, handles = _track_modules(model)
