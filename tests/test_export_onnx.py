@@ -308,3 +308,33 @@ def test_int8_scales_do_not_depend_on_calibration_batching(tmp_path):
     assert len(x) > CALIB_BATCH and graphs[0].keys() == graphs[1].keys()
     for name, value in graphs[0].items():
         np.testing.assert_array_equal(value, graphs[1][name], err_msg=name)
+
+
+def test_int8_keeps_named_modules_in_fp32(tmp_path):
+    """``quantize_onnx(..., fp32_prefixes)`` (``tools.export --int8-fp32-modules``) leaves the
+    nodes of the named module unquantized: their convolution reads its float weights directly,
+    the other branch's reads int8 weights through a DequantizeLinear."""
+    import onnx
+
+    from fastreid_plugins.deploy.quantize import quantize_onnx
+
+    class Two(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
+            self.b = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
+
+        def forward(self, x):
+            return torch.cat([self.a(x / 255).flatten(1), self.b(x / 255).flatten(1)], 1)
+
+    torch.manual_seed(0)
+    x = (torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(3)) * 255).numpy()
+    src, dst = str(tmp_path / "m.onnx"), str(tmp_path / "q.onnx")
+    engine.export_onnx(Two().eval(), src, 8, 8, batch_size=2)
+    quantize_onnx(src, dst, [x], fp32_prefixes=["/model/b/"])
+    g = onnx.load(dst).graph
+    floats = {t.name for t in g.initializer if t.data_type == onnx.TensorProto.FLOAT}
+    made_by = {o: n.op_type for n in g.node for o in n.output}
+    convs = {n.name.split("/")[2]: n for n in g.node if n.op_type == "Conv"}
+    assert convs["b"].input[1] in floats                       # fp32 weights
+    assert made_by.get(convs["a"].input[1]) == "DequantizeLinear"  # int8 weights

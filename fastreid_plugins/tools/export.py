@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="int8 calibration images (default: the config's train set)")
     p.add_argument("--calib-count", type=int, default=CALIB_COUNT,
                    help="int8 calibration images used (default %(default)s)")
+    p.add_argument("--int8-fp32-modules", default="", metavar="MOD[,MOD]",
+                   help="int8: modules of the model kept in fp32 (their qualified names, e.g. "
+                   "CLIP-SENet's 'sem', its TinyCLIP encoder: docs/deploy.md)")
     p.add_argument("--gate-dataset", default=None,
                    help="labelled split of the gate (default the config's DATASETS.TESTS[0])")
     p.add_argument("--max-map-drop", type=float, default=MAX_MAP_DROP,
@@ -208,7 +211,7 @@ def build_engine(args: Any, cfg: Any, onnx_fp32: str, engine: str) -> None:
     if args.precision == "int8":  # one quantizer for both formats (docs/deploy.md says why)
         src = engine if args.format == "onnx" else os.path.join(os.path.dirname(engine),
                                                                  "int8.onnx")
-        quantize_onnx(onnx_fp32, src, calib)
+        quantize_onnx(onnx_fp32, src, calib, [f"/model/{m}/" for m in args.int8_fp32_modules])
     if args.format == "onnx":
         if args.precision != "int8":
             shutil.copyfile(onnx_fp32, engine)
@@ -239,6 +242,25 @@ def _random_input_check(check_onnx, wrapper, onnx_fp32, h, w, args):
         return {"passed": False, "message": str(e)}
     logger.info(f"ONNX fp32 vs PyTorch on random input: max |diff| {check['max_abs_diff']:.2e}")
     return dict(check, passed=True)
+
+
+def _fp32_modules(args, model):
+    """The ``--int8-fp32-modules`` names, checked against ``model``'s modules.
+
+    Raises:
+        ConfigError: a name that is not a module of the model, or the option without int8.
+    """
+    names = [m.strip() for m in args.int8_fp32_modules.split(",") if m.strip()]
+    if names and args.precision != "int8":
+        raise ConfigError(f"--int8-fp32-modules applies to --precision int8, got --precision "
+                          f"{args.precision}")
+    known = dict(model.named_modules())
+    bad = [m for m in names if m not in known]
+    if bad:
+        top = ", ".join(n for n, _ in model.named_children())
+        raise ConfigError(f"--int8-fp32-modules {','.join(bad)}: not a module of "
+                          f"{type(model).__name__} (its top-level modules: {top})")
+    return names
 
 
 def _move_engine(tmp_engine, output):
@@ -275,6 +297,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         torch.set_num_threads(args.threads)
     cfg = build_tool_cfg(args.config_file, args.opts)
     model = load_tool_model(cfg, "export")
+    args.int8_fp32_modules = _fp32_modules(args, model)
     h, w = cfg.INPUT.SIZE_TEST
     dataset = args.gate_dataset or (cfg.DATASETS.TESTS[0] if cfg.DATASETS.TESTS else None)
     if not dataset:
@@ -293,6 +316,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         report = gate_report(f["ref"], f["got"], f["pids"], f["camids"], f["num_query"],
                              cfg.TEST.METRIC, args.precision, args.min_cosine, args.max_map_drop)
         report.update(dataset=dataset, format=args.format, random_input_check=check,
+                      int8_fp32_modules=args.int8_fp32_modules,
                       engine_file=os.path.basename(args.output),
                       config_file=os.path.abspath(args.config_file),
                       weights=os.path.abspath(cfg.MODEL.WEIGHTS),
