@@ -6,7 +6,7 @@ Usage::
 
     python -m fastreid_plugins.tools.export --config-file configs/demo/svrn.yml \\
         --format openvino --precision int8 --output svrn_int8.xml \\
-        [--calib-images DIR | --calib-count 128] [--gate-dataset VeRi] \\
+        [--calib-images DIR | --calib-count 128] [--int8-fp32-modules sem] [--gate-dataset VeRi] \\
         [--max-map-drop 1.0] [--min-cosine 0.98] [--force] MODEL.WEIGHTS model_final.pth
 
 Steps: (1) the model's eval forward is traced to an fp32 ONNX graph
@@ -18,9 +18,11 @@ of ``onnx int8``; ``tensorrt fp32 | fp16 | int8`` a TensorRT engine for an NVIDI
 same graphs (:mod:`fastreid_plugins.deploy.tensorrt`: written for TensorRT 10, UNVERIFIED here,
 no GPU); int8 calibrates on ``--calib-count`` images (default 128) of ``--calib-images``
 (a folder or list file) or, by default, of the config's train set (``DATASETS.NAMES``, evenly
-spaced); (3) the gate: PyTorch and the engine extract the labelled split ``--gate-dataset``
-(default the config's ``DATASETS.TESTS[0]``) and the report ``<output>.gate.json`` is
-written beside the engine (cosine min / mean, Rank-1 / mAP / mINP of both, differences). When
+spaced), 2 images a batch, and ``--int8-fp32-modules`` keeps the named modules of the model
+(e.g. CLIP-SENet's TinyCLIP ``sem``) in fp32; (3) the gate: PyTorch and the engine extract the
+labelled split ``--gate-dataset`` (default the config's ``DATASETS.TESTS[0]``) and the report
+``<output>.gate.json`` is written beside the engine (cosine min / mean, Rank-1 / mAP / mINP of
+both, differences). When
 the gate fails the engine is not written and the command exits 2 with the numbers printed;
 ``--force`` writes it anyway with ``"passed": false`` in the report.
 
