@@ -28,7 +28,8 @@ picks some; ``DefaultPredictor``, the reference of the ratio and the cosine, alw
   cosine, 0.9999: a path that fails is marked ``GATE FAILED``).
 * ``onnxruntime fp32 | int8``, ``openvino fp32 | bf16 | int8``: engines written by
   ``python -m fastreid_plugins.tools.export`` (``--force``: the gate's verdict on the VeRi
-  sample is printed, not required), run by ``FeatureExtractor(backend=...)``.
+  sample is printed, not required; CLIP-SENet's int8 with ``--int8-fp32-modules sem``,
+  :data:`INT8_EXPORT_ARGS`), run by ``FeatureExtractor(backend=...)``.
 
 Every ``FeatureExtractor`` path reads and resizes images in ``--num-workers`` DataLoader workers,
 overlapped with the forward pass; the ``decode`` column is the decoding + resizing rate of that
