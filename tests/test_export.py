@@ -78,6 +78,13 @@ def test_bad_arguments_and_missing_extra(r18, tmp_path, monkeypatch):
         export(cfg_path, weights, tmp_path / "m.onnx", "openvino", "fp32")
     with pytest.raises(ConfigError, match="tensorrt takes --precision fp32, fp16 or int8"):
         export(cfg_path, weights, tmp_path / "m.engine", "tensorrt", "bf16")
+    with pytest.raises(ConfigError, match="--int8-fp32-modules sem: not a module of Baseline "
+                       r"\(its top-level modules: backbone, heads\)"):
+        export(cfg_path, weights, tmp_path / "m.onnx", "onnx", "int8", "--int8-fp32-modules", "sem")
+    with pytest.raises(ConfigError, match="applies to --precision int8"):
+        export(cfg_path, weights, tmp_path / "m.onnx", "onnx", "fp32",
+               "--int8-fp32-modules", "heads")
+    assert not os.path.exists(tmp_path / "m.onnx")
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # (not installed here anyway: no GPU)
     with pytest.raises(MissingExtraError, match="pip install tensorrt"):
         export(cfg_path, weights, tmp_path / "m.engine", "tensorrt", "fp16")

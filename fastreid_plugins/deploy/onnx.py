@@ -15,9 +15,11 @@ dynamic; H and W are those of the export (shape checks in the models are evaluat
 time).
 
 The export uses PyTorch's TorchScript-based exporter (``dynamo=False``: the dynamo exporter needs
-``onnxscript``), with two symbolics added for the duration of the export: ``torch.sort(...,
-stable=True)`` -> ONNX ``TopK`` (stable by the ONNX spec), and ``adaptive_avg_pool2d`` on maps
-whose spatial size is not static at trace time -> reshape + mean (both used by SVRN).
+``onnxscript``), with three symbolics added for the duration of the export: ``torch.sort(...,
+stable=True)`` -> a pairwise rank (torch's tie order in every runtime; OpenVINO's ``TopK`` is not
+stable), ``adaptive_avg_pool2d`` on maps whose spatial size is not static at trace time ->
+reshape + mean (both used by SVRN), and ``sigmoid`` -> ``Exp``-based with torch's tail
+(onnxruntime's ``Sigmoid`` is inaccurate in the tail, which SVRN's top-n cut can rank by).
 
 Models whose eval forward uses side information (CLIP-SENet's camera / viewpoint embeddings)
 are exported with what their bare-tensor forward does without it (CLIP-SENet: the learned
@@ -69,7 +71,7 @@ class BareTensorModel(nn.Module):
 
 
 #: the TorchScript exporter's private helpers the two symbolics below use
-ONNX_INTERNALS = ("_parse_arg", "_get_tensor_sizes")
+ONNX_INTERNALS = ("_parse_arg", "_get_tensor_sizes", "_get_tensor_rank")
 
 
 def _symbolic_helper():
@@ -96,14 +98,26 @@ def _symbolic_helper():
     return symbolic_helper
 
 
+#: longest sorted axis of static length exported as a pairwise rank (an N x N comparison per
+#: row); a longer one is exported as ONNX ``TopK``
+PAIRWISE_SORT_MAX = 4096
+
+
 def _sort_symbolic(g, self, *args):
-    """``aten::sort`` including the ``stable=True`` overload -> ONNX ``TopK`` (k = dim size).
+    """``aten::sort`` including the ``stable=True`` overload -> a stable sort in plain ONNX.
 
     The TorchScript exporter has no symbolic for ``aten::sort.stable`` (its ``sort`` symbolic
     reads the extra ``stable`` argument as an ``out=`` tensor and refuses). FastReID-style
-    models use stable sorts for deterministic ranking (e.g. SVRN's salience suppression); ONNX
-    ``TopK`` (opset >= 11) orders equal values by lower index first, i.e. stably, so the export
-    keeps the semantics.
+    models use stable sorts for deterministic ranking (e.g. SVRN's salience suppression, whose
+    top-n cut falls on exact ties when the scores saturate). ONNX ``TopK`` orders equal values
+    by lower index first by its spec, but runtimes do not all keep that: OpenVINO 2026.4 converts
+    it to a TopK with ``stable=False`` and returns equal values in another order. So a sort along
+    the last axis is exported as a pairwise rank, ``rank_i = #{j: x_j ahead of x_i} + #{j < i:
+    x_j == x_i}`` (ahead: greater when descending, less when ascending), scattered into the
+    sorting permutation: every runtime then gives torch's stable order (NaN, which torch sorts
+    last, has no defined order here). It costs an N x N comparison per row; a sort along another
+    axis, or along an axis whose length is known at export time and exceeds
+    :data:`PAIRWISE_SORT_MAX`, is exported as ``TopK`` (k = dim size).
     """
     sh = _symbolic_helper()
     if len(args) == 3:  # aten::sort.stable(self, stable, dim, descending)
@@ -111,11 +125,43 @@ def _sort_symbolic(g, self, *args):
     else:  # aten::sort(self, dim, descending)
         dim, descending = args[:2]
     dim = sh._parse_arg(dim, "i")
-    descending = sh._parse_arg(descending, "i")
+    descending = bool(sh._parse_arg(descending, "i"))
+    sizes = sh._get_tensor_sizes(self)
+    rank = sh._get_tensor_rank(self)
+    n = sizes[-1] if sizes else None
+    if (dim == -1 or (rank is not None and dim == rank - 1)) and not (n and n > PAIRWISE_SORT_MAX):
+        return _pairwise_stable_sort(g, self, descending)
     size = g.op("Gather", g.op("Shape", self),
                 g.op("Constant", value_t=torch.tensor([dim], dtype=torch.int64)), axis_i=0)
-    return g.op("TopK", self, size, axis_i=dim, largest_i=int(bool(descending)), sorted_i=1,
+    return g.op("TopK", self, size, axis_i=dim, largest_i=int(descending), sorted_i=1,
                 outputs=2)
+
+
+def _unsqueeze(g, x, axis):
+    if g.opset >= 13:
+        return g.op("Unsqueeze", x, _const(g, [axis]))
+    return g.op("Unsqueeze", x, axes_i=[axis])
+
+
+def _pairwise_stable_sort(g, x, descending):
+    """(values, indices) of the stable sort of ``x`` along its last axis (any length)."""
+    xi, xj = _unsqueeze(g, x, -1), _unsqueeze(g, x, -2)  # (..., N, 1): x_i; (..., 1, N): x_j
+    ahead = g.op("Greater" if descending else "Less", xj, xi)  # [.., i, j]: x_j ahead of x_i
+    shape = g.op("Shape", x)
+    n = g.op("Gather", shape, _const(g, [-1]), axis_i=0)
+    idx = g.op("Range", _const(g, 0), g.op("Squeeze", n) if g.opset < 13 else
+               g.op("Squeeze", n, _const(g, [0])), _const(g, 1))  # 0..N-1
+    lower = g.op("Less", _unsqueeze(g, idx, 0), _unsqueeze(g, idx, 1))  # [i, j]: j < i
+    before = g.op("Or", ahead, g.op("And", g.op("Equal", xj, xi), lower))
+    before = g.op("Cast", before, to_i=7)  # int64
+    if g.opset >= 13:
+        rank = g.op("ReduceSum", before, _const(g, [-1]), keepdims_i=0)
+    else:
+        rank = g.op("ReduceSum", before, axes_i=[-1], keepdims_i=0)
+    positions = g.op("Expand", idx, shape)
+    indices = g.op("ScatterElements", g.op("Mul", positions, _const(g, 0)), rank, positions,
+                   axis_i=-1)
+    return g.op("GatherElements", x, indices, axis_i=-1), indices
 
 
 def _const(g, values):
@@ -160,9 +206,35 @@ def _adaptive_avg_pool2d_symbolic(g, input, output_size):
     return g.op("ReduceMean", x, axes_i=[3, 5], keepdims_i=0)
 
 
+def _sigmoid_symbolic(g, x):
+    """``sigmoid(x)`` with torch's tail: ``1 / (1 + e)`` for x >= 0 and ``e / (1 + e)`` below,
+    ``e = exp(-|x|)``, and 0 below -88.72 (where torch's ``exp(-x)`` overflows).
+
+    onnxruntime's ``Sigmoid`` (MLAS, 1.32) is accurate to ~6e-8 *absolute* only: it returns 0
+    for x <= -18 (torch: 1.5e-8 at -18, 9e-14 at -30) and is not even monotone below -15
+    (5.96e-8 at -16, 8.94e-8 at -16.5); OpenVINO's differs near the float32 underflow. A
+    saturated attention map (SVRN's SIM: logits down to -555 with random weights) multiplies
+    features by those tail values, and SVRN's top-n salience cut then ranks cells by them: with
+    ``Sigmoid``, onnxruntime picked other suppressed cells than PyTorch for all 57 VeRi sample
+    images (min cosine 0.99885). ``Exp`` is accurate relative to its value in both runtimes.
+    Every intermediate stays in [0, 2] (``exp(-|x|)``, not ``exp(-x)``, which overflows to inf
+    for x < -88.7: fine in float32, but the int8 quantizer's MinMax calibration then gives the
+    tensor an infinite scale and the int8 engine outputs zeros). The few extra element-wise
+    operators run on attention-sized maps in this project's models.
+    """
+    def const(v):
+        return g.op("Constant", value_t=torch.tensor(v, dtype=torch.float32))
+
+    e = g.op("Exp", g.op("Neg", g.op("Abs", x)))
+    r = g.op("Reciprocal", g.op("Add", const(1.0), e))   # sigmoid(|x|)
+    below = g.op("Where", g.op("Less", x, const(-88.72284)), const(0.0), g.op("Mul", e, r))
+    return g.op("Where", g.op("Less", x, const(0.0)), below, r)
+
+
 # symbolics registered for the duration of an export (see their docstrings)
 _CUSTOM_SYMBOLICS = {"aten::sort": _sort_symbolic,
-                     "aten::adaptive_avg_pool2d": _adaptive_avg_pool2d_symbolic}
+                     "aten::adaptive_avg_pool2d": _adaptive_avg_pool2d_symbolic,
+                     "aten::sigmoid": _sigmoid_symbolic}
 
 
 def export_onnx(model: nn.Module, path: str, height: int, width: int, batch_size: int = 2,
@@ -192,7 +264,7 @@ def export_onnx(model: nn.Module, path: str, height: int, width: int, batch_size
     dummy = torch.rand(batch_size, 3, height, width, device=device) * 255
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     if opset < 11:
-        raise ValueError(f"--opset must be >= 11 (ONNX TopK with tie order), got {opset}")
+        raise ValueError(f"--opset must be >= 11 (ONNX Range, TopK), got {opset}")
     for name, fn in _CUSTOM_SYMBOLICS.items():
         torch.onnx.register_custom_op_symbolic(name, fn, opset)
     stack, handles = _track_modules(model)

@@ -36,12 +36,15 @@ def set_onnx_precision(path: str, precision: str) -> None:
     onnx.save(model, path)
 
 
-def quantize_onnx(src: str, dst: str, calibration: Sequence[np.ndarray]) -> str:
+def quantize_onnx(src: str, dst: str, calibration: Sequence[np.ndarray],
+                  fp32_prefixes: Sequence[str] = ()) -> str:
     """INT8 (QDQ) copy of the fp32 ONNX graph ``src`` at ``dst``.
 
     Args:
         src (str): fp32 graph. dst (str): output ``.onnx``.
         calibration (list[np.ndarray]): (B, 3, H, W) float32 batches in [0, 255].
+        fp32_prefixes (list[str]): nodes whose name starts with one of these stay in fp32
+            (:func:`.onnx.export_onnx` names a module's nodes ``/model/<module path>/...``).
 
     Returns:
         str: ``dst``.
@@ -54,7 +57,10 @@ def quantize_onnx(src: str, dst: str, calibration: Sequence[np.ndarray]) -> str:
         raise ValueError("int8 needs calibration images (--calib-images / --calib-count)")
     q = require("onnxruntime.quantization", "--precision int8 with --format onnx")
     onnx = require("onnx", "--precision int8 with --format onnx")
-    input_name = onnx.load(src, load_external_data=False).graph.input[0].name
+    graph = onnx.load(src, load_external_data=False).graph
+    input_name = graph.input[0].name
+    exclude = [n.name for n in graph.node if n.name.startswith(tuple(fp32_prefixes))] \
+        if fp32_prefixes else []
 
     class Reader(q.CalibrationDataReader):
         def __init__(self):
@@ -71,7 +77,8 @@ def quantize_onnx(src: str, dst: str, calibration: Sequence[np.ndarray]) -> str:
             q.quantize_static(pre, dst, Reader(), quant_format=q.QuantFormat.QDQ,
                               per_channel=True, activation_type=q.QuantType.QUInt8,
                               weight_type=q.QuantType.QInt8,
-                              calibrate_method=q.CalibrationMethod.MinMax)
+                              calibrate_method=q.CalibrationMethod.MinMax,
+                              nodes_to_exclude=exclude)
         except Exception as e:
             raise RuntimeError(f"onnxruntime cannot quantize {src!r}: {type(e).__name__}: "
                                f"{e}") from e

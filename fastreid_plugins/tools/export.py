@@ -6,7 +6,7 @@ Usage::
 
     python -m fastreid_plugins.tools.export --config-file configs/demo/svrn.yml \\
         --format openvino --precision int8 --output svrn_int8.xml \\
-        [--calib-images DIR | --calib-count 128] [--gate-dataset VeRi] \\
+        [--calib-images DIR | --calib-count 128] [--int8-fp32-modules sem] [--gate-dataset VeRi] \\
         [--max-map-drop 1.0] [--min-cosine 0.98] [--force] MODEL.WEIGHTS model_final.pth
 
 Steps: (1) the model's eval forward is traced to an fp32 ONNX graph
@@ -18,9 +18,11 @@ of ``onnx int8``; ``tensorrt fp32 | fp16 | int8`` a TensorRT engine for an NVIDI
 same graphs (:mod:`fastreid_plugins.deploy.tensorrt`: written for TensorRT 10, UNVERIFIED here,
 no GPU); int8 calibrates on ``--calib-count`` images (default 128) of ``--calib-images``
 (a folder or list file) or, by default, of the config's train set (``DATASETS.NAMES``, evenly
-spaced); (3) the gate: PyTorch and the engine extract the labelled split ``--gate-dataset``
-(default the config's ``DATASETS.TESTS[0]``) and the report ``<output>.gate.json`` is
-written beside the engine (cosine min / mean, Rank-1 / mAP / mINP of both, differences). When
+spaced), 2 images a batch, and ``--int8-fp32-modules`` keeps the named modules of the model
+(e.g. CLIP-SENet's TinyCLIP ``sem``) in fp32; (3) the gate: PyTorch and the engine extract the
+labelled split ``--gate-dataset`` (default the config's ``DATASETS.TESTS[0]``) and the report
+``<output>.gate.json`` is written beside the engine (cosine min / mean, Rank-1 / mAP / mINP of
+both, differences). When
 the gate fails the engine is not written and the command exits 2 with the numbers printed;
 ``--force`` writes it anyway with ``"passed": false`` in the report.
 
@@ -54,6 +56,11 @@ logger = logging.getLogger("fastreid_plugins.tools.export")
 
 #: calibration images of int8 (``--calib-count``)
 CALIB_COUNT = 128
+#: images per calibration batch: onnxruntime's calibration session (the graph with a ReduceMin /
+#: ReduceMax on every tensor) needed ~1.7 GB per image of the batch for CLIP-SENet's paper config
+#: (ResNeXt-101-IBN + TinyCLIP at 320x320: 5.3 GB peak RSS at batch 2, 8.2 GB at batch 4; batch
+#: 16 was killed by the 23 GB machine's OOM killer). MinMax ranges do not depend on the batching.
+CALIB_BATCH = 2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="int8 calibration images (default: the config's train set)")
     p.add_argument("--calib-count", type=int, default=CALIB_COUNT,
                    help="int8 calibration images used (default %(default)s)")
+    p.add_argument("--int8-fp32-modules", default="", metavar="MOD[,MOD]",
+                   help="int8: modules of the model kept in fp32 (their qualified names, e.g. "
+                   "CLIP-SENet's 'sem', its TinyCLIP encoder: docs/deploy.md)")
     p.add_argument("--gate-dataset", default=None,
                    help="labelled split of the gate (default the config's DATASETS.TESTS[0])")
     p.add_argument("--max-map-drop", type=float, default=MAX_MAP_DROP,
@@ -198,12 +208,12 @@ def build_engine(args: Any, cfg: Any, onnx_fp32: str, engine: str) -> None:
     if args.precision == "int8":
         paths = calibration_paths(cfg, args.calib_images, args.calib_count)
         logger.info(f"int8 calibration on {len(paths)} images")
-        calib = list(batches(_load_images(cfg, paths), 16))
+        calib = list(batches(_load_images(cfg, paths), CALIB_BATCH))
     src = onnx_fp32
     if args.precision == "int8":  # one quantizer for both formats (docs/deploy.md says why)
         src = engine if args.format == "onnx" else os.path.join(os.path.dirname(engine),
                                                                  "int8.onnx")
-        quantize_onnx(onnx_fp32, src, calib)
+        quantize_onnx(onnx_fp32, src, calib, [f"/model/{m}/" for m in args.int8_fp32_modules])
     if args.format == "onnx":
         if args.precision != "int8":
             shutil.copyfile(onnx_fp32, engine)
@@ -234,6 +244,25 @@ def _random_input_check(check_onnx, wrapper, onnx_fp32, h, w, args):
         return {"passed": False, "message": str(e)}
     logger.info(f"ONNX fp32 vs PyTorch on random input: max |diff| {check['max_abs_diff']:.2e}")
     return dict(check, passed=True)
+
+
+def _fp32_modules(args, model):
+    """The ``--int8-fp32-modules`` names, checked against ``model``'s modules.
+
+    Raises:
+        ConfigError: a name that is not a module of the model, or the option without int8.
+    """
+    names = [m.strip() for m in args.int8_fp32_modules.split(",") if m.strip()]
+    if names and args.precision != "int8":
+        raise ConfigError(f"--int8-fp32-modules applies to --precision int8, got --precision "
+                          f"{args.precision}")
+    known = dict(model.named_modules())
+    bad = [m for m in names if m not in known]
+    if bad:
+        top = ", ".join(n for n, _ in model.named_children())
+        raise ConfigError(f"--int8-fp32-modules {','.join(bad)}: not a module of "
+                          f"{type(model).__name__} (its top-level modules: {top})")
+    return names
 
 
 def _move_engine(tmp_engine, output):
@@ -270,6 +299,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         torch.set_num_threads(args.threads)
     cfg = build_tool_cfg(args.config_file, args.opts)
     model = load_tool_model(cfg, "export")
+    args.int8_fp32_modules = _fp32_modules(args, model)
     h, w = cfg.INPUT.SIZE_TEST
     dataset = args.gate_dataset or (cfg.DATASETS.TESTS[0] if cfg.DATASETS.TESTS else None)
     if not dataset:
@@ -288,6 +318,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         report = gate_report(f["ref"], f["got"], f["pids"], f["camids"], f["num_query"],
                              cfg.TEST.METRIC, args.precision, args.min_cosine, args.max_map_drop)
         report.update(dataset=dataset, format=args.format, random_input_check=check,
+                      int8_fp32_modules=args.int8_fp32_modules,
                       engine_file=os.path.basename(args.output),
                       config_file=os.path.abspath(args.config_file),
                       weights=os.path.abspath(cfg.MODEL.WEIGHTS),
