@@ -35,7 +35,11 @@ import numpy as np
 import torch
 from fastreid.evaluation.rank import evaluate_py
 
-from fastreid_plugins.evaluation.rank import curves_from_ranks, evaluate_rank
+from fastreid_plugins.evaluation.rank import (
+    curves_from_ranks,
+    evaluate_rank,
+    metrics_from_negative_counts,
+)
 
 
 def build_cython_ranker():
@@ -88,15 +92,7 @@ def count_block(rows, q_pids, g_pids, q_camids, g_camids):
     bins[r, c] = P  # same identity (true matches, junk): never a negative
     bins += (np.arange(b) * (P + 1))[:, None]
     negs_le = np.bincount(bins.ravel(), minlength=b * (P + 1)).reshape(b, P + 1).cumsum(1)[:, :P]
-    k = np.arange(1, P + 1)
-    ranks = k[None, :] + negs_le
-    valid = n_pos > 0
-    prec = np.where(k[None, :] <= n_pos[:, None], k[None, :] / ranks, 0.0)
-    last = np.take_along_axis(ranks, np.maximum(n_pos - 1, 0)[:, None], axis=1)[:, 0]
-    first[valid] = ranks[valid, 0]
-    ap[valid] = prec.sum(1)[valid] / n_pos[valid]
-    inp[valid] = n_pos[valid] / last[valid]
-    return first, ap, inp
+    return metrics_from_negative_counts(negs_le, n_pos)
 
 
 def rank_by_count(dist, q_pids, g_pids, q_cams, g_cams, max_rank, chunk=64):

@@ -45,7 +45,8 @@ import torch
 if TYPE_CHECKING:
     from numpy.typing import ArrayLike
 
-__all__ = ["evaluate_rank", "rank_block", "curves_from_ranks", "check_labels"]
+__all__ = ["evaluate_rank", "rank_block", "curves_from_ranks", "check_labels",
+           "metrics_from_negative_counts"]
 
 
 def evaluate_rank(distmat: Union[np.ndarray, torch.Tensor], q_pids: ArrayLike, g_pids: ArrayLike,
@@ -147,6 +148,25 @@ def rank_block(rows: np.ndarray, q_pids: np.ndarray, g_pids: np.ndarray, q_camid
     neg_sorted.sort(axis=1)
     negs_le = torch.searchsorted(torch.from_numpy(neg_sorted), torch.from_numpy(pos_d),
                                  right=True).numpy()
+    return metrics_from_negative_counts(negs_le, n_pos)
+
+
+def metrics_from_negative_counts(negs_le: np.ndarray,
+                                 n_pos: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """First-match rank, AP and INP from the counted negatives (the module docstring's formulas).
+
+    Args:
+        negs_le (np.ndarray): (b, P) int, ``negs_le[i, k-1]`` = the negatives of query ``i`` at a
+            distance <= its k-th closest true match's (columns past ``n_pos[i]`` are ignored).
+        n_pos (np.ndarray): (b,) the number of true matches of each query.
+
+    Returns:
+        tuple: ``(first, ap, inp)``, each (b,), as :func:`rank_block` returns them.
+    """
+    b, P = negs_le.shape
+    first = np.zeros(b, dtype=np.int64)
+    ap = np.full(b, np.nan)
+    inp = np.full(b, np.nan)
     k = np.arange(1, P + 1)
     ranks = k[None, :] + negs_le  # (b, P) 1-based ranks of the true matches
     valid = n_pos > 0
