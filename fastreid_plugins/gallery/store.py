@@ -23,6 +23,7 @@ from fastreid_plugins.errors import ConfigError, DatasetError
 
 if TYPE_CHECKING:
     import numpy as np
+    from pymilvus import MilvusClient
 
 __all__ = ["VectorGallery", "collection_name", "point_id", "COLLECTION_PREFIX", "BATCH",
            "TIMEOUT_S", "INDEXES", "REGISTRY", "connect", "disconnect", "list_galleries"]
@@ -106,7 +107,7 @@ def _locked(location: str) -> bool:
 _LITE_OPEN: Dict[str, int] = {}
 
 
-def disconnect(client, location: str) -> None:
+def disconnect(client: MilvusClient, location: str) -> None:
     """Close a client of :func:`connect`; for a Milvus Lite file, the last one of this process
     also stops its engine process, releasing the file for other processes."""
     client.close()
@@ -121,7 +122,7 @@ def disconnect(client, location: str) -> None:
         server_manager_instance.release_server(key)
 
 
-def connect(location: str, timeout: float = TIMEOUT_S):
+def connect(location: str, timeout: float = TIMEOUT_S) -> MilvusClient:
     """A ``MilvusClient`` of ``location``: a Milvus Lite file (``*.db``, created if missing) or
     a server / cluster URI (``http://host:19530``).
 
@@ -178,7 +179,7 @@ def _describe(client, name: str) -> Dict[str, Any]:
     return meta if isinstance(meta, dict) else {}
 
 
-def list_galleries(client) -> List[str]:
+def list_galleries(client: MilvusClient) -> List[str]:
     """The gallery collections at a location (the registry left out), sorted."""
     return sorted(c for c in client.list_collections() if c != REGISTRY)
 
