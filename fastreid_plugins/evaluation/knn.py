@@ -34,7 +34,18 @@ from __future__ import annotations
 import logging
 import re
 import warnings
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, Optional, Protocol, Tuple, Union
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    Dict,
+    Iterable,
+    Iterator,
+    Optional,
+    Protocol,
+    Tuple,
+    Union,
+)
 
 import numpy as np
 import torch
@@ -51,7 +62,8 @@ logger = logging.getLogger(__name__)
 __all__ = ["knn_search", "knn_from_cfg", "KNN_BACKENDS", "KNN_TYPES", "row_sq_norms",
            "row_norms", "onednn_linear_op", "ONEDNN_LINEAR_OP", "build_index",
            "set_search_params", "index_factory_string", "default_nlist", "prepare_vectors",
-           "VectorSource", "INDEX_KINDS", "METRICS", "HNSW_M"]
+           "VectorSource", "INDEX_KINDS", "METRICS", "HNSW_M", "scores_to_distance", "merge_topk",
+           "exact_topk"]
 
 # faiss' exhaustive search processes queries in blocks of this many rows; searching in chunks
 # that are multiples of it reproduces a single search call exactly
@@ -295,6 +307,52 @@ def prepare_vectors(x: np.ndarray, metric: str) -> np.ndarray:
     x = np.array(x, dtype=np.float32, order="C", copy=True)
     x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
     return x
+
+
+def scores_to_distance(scores: np.ndarray, metric: str) -> np.ndarray:
+    """faiss scores of :func:`prepare_vectors`' rows -> the evaluator's distance, float32
+    (``cosine``: 1 - inner product; ``euclidean``: faiss's squared L2 as it is)."""
+    return (1.0 - scores).astype(np.float32) if metric == "cosine" else scores.astype(np.float32)
+
+
+def merge_topk(best_d: np.ndarray, best_i: np.ndarray, d: np.ndarray, i: np.ndarray,
+               k: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` of two (Q, *) candidate lists (distances, int64 indices; index -1 = none, ranked
+    last), ascending distance, ties by lower index."""
+    d = np.concatenate([best_d, d], axis=1)
+    i = np.concatenate([best_i, i], axis=1)
+    d = np.where(i < 0, np.inf, d)
+    order = np.lexsort((np.where(i < 0, np.iinfo(np.int64).max, i), d), axis=1)[:, :k]
+    return np.take_along_axis(d, order, 1), np.take_along_axis(i, order, 1)
+
+
+def exact_topk(queries: np.ndarray, batches: Iterable[Tuple[int, np.ndarray]], k: int,
+               metric: str) -> Tuple[np.ndarray, np.ndarray]:
+    """Exact top-``k`` neighbours of ``queries`` in a gallery read batch by batch: each batch is
+    indexed by ``build_index(batch, "exact", metric)`` (a faiss flat index), searched, and
+    merged into the running lists (:func:`merge_topk`), so only one batch is held at a time.
+
+    Args:
+        queries (np.ndarray): (Q, D) query features (raw, as extracted).
+        batches (iterable): ``(offset, vectors)`` pairs, ``vectors`` (n, D) raw gallery features
+            whose global indices start at ``offset``.
+        k (int): neighbours per query (fewer where the gallery is smaller).
+        metric (str): ``cosine`` or ``euclidean``.
+
+    Returns:
+        tuple: ``(dist, index)``: (Q, k') float32 evaluator distances ascending and (Q, k') int64
+        global indices, k' = min(k, gallery size).
+    """
+    q = prepare_vectors(queries, metric)
+    best_d = np.full((len(q), 0), np.inf, np.float32)
+    best_i = np.full((len(q), 0), -1, np.int64)
+    for off, g in batches:
+        index = build_index(g, "exact", metric)
+        del g
+        s, i = index.search(q, min(int(k), index.ntotal))
+        del index
+        best_d, best_i = merge_topk(best_d, best_i, scores_to_distance(s, metric), i + off, k)
+    return best_d, best_i
 
 
 def default_nlist(n: int) -> int:

@@ -524,42 +524,35 @@ class VectorGallery:
                    where: Optional[Dict[str, Any]] = None, batch: int = 10000
                    ) -> Tuple[np.ndarray, List[List[str]]]:
         """Exact top-``k`` ids of ``queries`` by reading every (filtered) stored vector back in
-        batches and ranking them in numpy with the evaluator's distance: the reference of the
-        recall@K of an approximate index, independent of it.
+        batches and ranking them with the project's exact k-NN
+        (:func:`fastreid_plugins.evaluation.knn.exact_topk`, faiss flat, the evaluator's
+        distance): the reference of the recall@K of an approximate index, independent of it.
 
         Returns:
             tuple: (Q, k) float32 distances ascending, per query the k ids.
         """
         import numpy as np
 
-        from fastreid_plugins.evaluation.knn import prepare_vectors
+        from fastreid_plugins.evaluation.knn import exact_topk
 
-        qv = prepare_vectors(np.asarray(queries, np.float32), self.metric)
-        best_d = np.full((len(qv), 0), np.inf, np.float32)
-        best_id = np.empty((len(qv), 0), object)
+        ids: List[str] = []
         it = self.client.query_iterator(self.name, batch_size=batch,
                                         filter=self.filter(cameras, time_from, time_to, where),
                                         output_fields=["vector"])
-        try:
+
+        def batches():  # (offset, vectors) of the stored rows, their ids kept in order
             while True:
                 rows = it.next()
                 if not rows:
-                    break
-                g = prepare_vectors(np.asarray([r["vector"] for r in rows], np.float32),
-                                    self.metric)
-                if self.metric == "cosine":
-                    d = 1.0 - qv @ g.T
-                else:
-                    d = (qv ** 2).sum(1)[:, None] - 2 * qv @ g.T + (g ** 2).sum(1)[None]
-                ids = np.array([str(r["id"]) for r in rows], object)
-                d = np.concatenate([best_d, d.astype(np.float32)], 1)
-                allid = np.concatenate([best_id, np.broadcast_to(ids, (len(qv), len(ids)))], 1)
-                order = np.argsort(d, axis=1, kind="stable")[:, :k]
-                best_d = np.take_along_axis(d, order, 1)
-                best_id = np.take_along_axis(allid, order, 1)
+                    return
+                yield len(ids), np.asarray([r["vector"] for r in rows], np.float32)
+                ids.extend(str(r["id"]) for r in rows)
+
+        try:
+            dist, index = exact_topk(queries, batches(), k, self.metric)
         finally:
             it.close()
-        return best_d, [list(r) for r in best_id]
+        return dist, [[ids[i] for i in row] for row in index]
 
     def _distance(self, score: float) -> float:
         """Milvus's distance -> the evaluator's (``COSINE`` gives cos: 1 - cos; ``L2`` gives the

@@ -249,24 +249,6 @@ class _GallerySource:
 
 
 # ----------------------------------------------------------------------------- distances
-def _to_distance(scores, metric):
-    """faiss scores -> the evaluator's distance (cosine: 1 - ip; euclidean: squared L2)."""
-    import numpy as np
-
-    return (1.0 - scores).astype(np.float32) if metric == "cosine" else scores.astype(np.float32)
-
-
-def _merge(best_d, best_i, d, i, k):
-    """Top-k of two (Q, *) candidate lists, ascending distance, ties by lower index."""
-    import numpy as np
-
-    d = np.concatenate([best_d, d], axis=1)
-    i = np.concatenate([best_i, i], axis=1)
-    d = np.where(i < 0, np.inf, d)
-    order = np.lexsort((np.where(i < 0, np.iinfo(np.int64).max, i), d), axis=1)[:, :k]
-    return np.take_along_axis(d, order, 1), np.take_along_axis(i, order, 1)
-
-
 def exact_search(gallery: FeatureStore, queries: np.ndarray, k: int, metric: Optional[str] = None,
                  progress: bool = False) -> Tuple[np.ndarray, np.ndarray]:
     """Exact top-``k`` gallery neighbours of every query, one gallery shard at a time.
@@ -285,28 +267,15 @@ def exact_search(gallery: FeatureStore, queries: np.ndarray, k: int, metric: Opt
         tuple: ``(dist, index)``: (Q, k) float32 distances (the evaluator's) ascending, and
         (Q, k) int64 global gallery indices.
     """
-    import numpy as np
+    from fastreid_plugins.evaluation.knn import exact_topk
 
-    from fastreid_plugins.evaluation.knn import build_index, prepare_vectors
-
-    metric = metric or gallery.metric
-    q = prepare_vectors(queries, metric)
-    k = min(int(k), len(gallery))
-    best_d = np.full((len(q), 0), np.inf, np.float32)
-    best_i = np.full((len(q), 0), -1, np.int64)
     shards = gallery.iter_shards()
     if progress:
         from tqdm import tqdm
 
         shards = tqdm(shards, total=len(gallery.shards), desc="exact search (gallery shards)",
                       unit="shard", dynamic_ncols=True)
-    for off, g in shards:
-        index = build_index(g, "exact", metric)
-        del g
-        s, i = index.search(q, min(k, index.ntotal))
-        del index
-        best_d, best_i = _merge(best_d, best_i, _to_distance(s, metric), i + off, k)
-    return best_d, best_i
+    return exact_topk(queries, shards, min(int(k), len(gallery)), metric or gallery.metric)
 
 
 def build_gallery_index(gallery: FeatureStore, index_type: str, metric: Optional[str] = None,
@@ -412,12 +381,12 @@ def _index_search(index, queries, k, metric):
     """:func:`index_search` with the index's search parameters as they are."""
     import numpy as np
 
-    from fastreid_plugins.evaluation.knn import prepare_vectors
+    from fastreid_plugins.evaluation.knn import merge_topk, prepare_vectors, scores_to_distance
 
     k = min(int(k), index.ntotal)
     s, i = index.search(prepare_vectors(queries, metric), k)
-    d = _to_distance(s, metric)
-    return _merge(d[:, :0], i[:, :0], d, i.astype(np.int64), k)
+    d = scores_to_distance(s, metric)
+    return merge_topk(d[:, :0], i[:, :0], d, i.astype(np.int64), k)
 
 
 def recall_at_k(approx_index: np.ndarray, exact_index: np.ndarray) -> float:
@@ -455,7 +424,7 @@ def rerank_topk(gallery: FeatureStore, queries: np.ndarray, dist: np.ndarray, in
     import numpy as np
     import torch
 
-    from fastreid_plugins.evaluation.knn import prepare_vectors
+    from fastreid_plugins.evaluation.knn import merge_topk, prepare_vectors
     from fastreid_plugins.evaluation.sparse_rerank import sparse_rerank
 
     defaults = _rerank_defaults() if None in (k1, k2, lambda_value) else {}
@@ -489,8 +458,8 @@ def rerank_topk(gallery: FeatureStore, queries: np.ndarray, dist: np.ndarray, in
         rr = np.where(own, rr, np.inf)
         gi = np.broadcast_to(cand[None, :], rr.shape)
         kk = min(k, rr.shape[1])
-        out_d[s:e, :kk], out_i[s:e, :kk] = _merge(rr[:, :0], gi[:, :0].astype(np.int64),
-                                                  rr.astype(np.float32), gi.astype(np.int64), kk)
+        out_d[s:e, :kk], out_i[s:e, :kk] = merge_topk(
+            rr[:, :0], gi[:, :0].astype(np.int64), rr.astype(np.float32), gi.astype(np.int64), kk)
     out_i[~np.isfinite(out_d)] = -1
     return out_d, out_i
 
