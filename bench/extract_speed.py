@@ -4,13 +4,15 @@ OpenVINO fp32 / bf16 / int8) near the machine's peak, and search latency at a 1,
 gallery (exact and approximate).
 
 Usage: python bench/extract_speed.py [--model demo|svrn-r50|mbfn-r50|clip-senet[,...] |
-       --config-file CFG] [--paths P1,P2,...] [--images 64|32] [--batch-size 16] [--threads 2]
+       --config-file CFG] [--paths P1,P2,...] [--images 64|256] [--batch-size 16] [--threads 2]
        [--num-workers 1] [--calib-count 32] [--repeat 2] [--peak-size 2048]
        [--gallery 1000000] [--dim 256] [--queries 100] [--skip-extract] [--skip-search]
 
 Extraction, end to end from the JPEG files: the real VeRi sample under
 ``$FASTREID_DATASETS/veri`` (all its images, repeated to ``--images``: default 64 for ``demo``,
-32 for the paper backbones), a seeded random model of
+256 for the paper backbones: an extraction of a folder, where the DataLoader worker's start and
+the pipeline's fill, 0.1-0.3 s a call, are a few percent of the run; at 32 images they cost the
+int8 engines a quarter of their rate), a seeded random model of
 each config in ``--model`` (comma-separated, one after the other in one run): ``demo``:
 ``configs/demo/bagtricks_r18.yml``, ResNet-18 at 128x128, the default; the paper configs'
 backbones: ``svrn-r50``: ``configs/veri/svrn.yml``, SVRN's ResNet-50 at 256x256, T = 3;
@@ -34,8 +36,13 @@ picks some; ``DefaultPredictor``, the reference of the ratio and the cosine, alw
 Every ``FeatureExtractor`` path reads and resizes images in ``--num-workers`` DataLoader workers,
 overlapped with the forward pass; the ``decode`` column is the decoding + resizing rate of that
 DataLoader alone (no model), the bound of an end-to-end path (``DefaultPredictor`` decodes in its
-own loop, serially). Same batch size, torch / engine threads (``--threads``), transforms,
-``TEST.FLIP`` off; one warm-up batch each, then ``--repeat`` interleaved runs, best of each.
+own loop, serially). ``fwd/s`` and ``fwd %`` are the forward pass alone (``DefaultPredictor``
+or ``FeatureExtractor.forward`` on :data:`FORWARD_BATCHES` batches decoded beforehand) and its
+share of the peak: on 2 cores the decoding worker takes its CPU time from the forward pass, so
+the end-to-end rate is below it; the forward column is what the engine does by itself. Same
+batch size, torch / engine threads (``--threads``), transforms, ``TEST.FLIP`` off; one warm-up
+batch each, then ``--repeat`` interleaved runs (each the end-to-end run, then the forward
+alone), best of each.
 
 Share of peak: a path's ``MACs x 2 x images/s`` (MACs per image by ``torch.utils.flop_counter``
 on the PyTorch model: convolutions and matrix products, nominal, i.e. direct convolution) over
@@ -73,20 +80,22 @@ sys.path.insert(0, REPO)
 import fastreid_plugins  # noqa: E402,F401
 
 #: ``--model`` name -> (config, options of that model on top of :data:`BENCH_OPTS`, default
-#: ``--images``: 32 for the paper backbones keeps the 3-model run under 20 minutes on an idle
-#: 2-core machine, most of it the export gates)
+#: ``--images``: 256 for the paper backbones, the steady rate of a folder's extraction; the
+#: 3-model run takes about 35 minutes on an idle 2-core machine)
 MODELS = {"demo": (os.path.join(REPO, "configs", "demo", "bagtricks_r18.yml"), [], 64),
-          "svrn-r50": (os.path.join(REPO, "configs", "veri", "svrn.yml"), [], 32),
-          "mbfn-r50": (os.path.join(REPO, "configs", "veri", "mbfn.yml"), [], 32),
+          "svrn-r50": (os.path.join(REPO, "configs", "veri", "svrn.yml"), [], 256),
+          "mbfn-r50": (os.path.join(REPO, "configs", "veri", "mbfn.yml"), [], 256),
           # TinyCLIP-ViT-61M-32's architecture built offline with random weights (no download)
           "clip-senet": (os.path.join(REPO, "configs", "veri", "clip_senet.yml"),
-                         ["MODEL.CLIPSENET.SEM.PRETRAIN", "False"], 32)}
+                         ["MODEL.CLIPSENET.SEM.PRETRAIN", "False"], 256)}
 #: ``tools.export`` arguments of a model's int8 engines: CLIP-SENet's TinyCLIP SEM stays in fp32
 #: (quantized, the random model's int8 features had cosine 0.92 against PyTorch; docs/deploy.md)
 INT8_EXPORT_ARGS = {"clip-senet": ["--int8-fp32-modules", "sem"]}
 #: model options of the bench: a seeded random model, no pretrained download, no flip
 BENCH_OPTS = ["MODEL.HEADS.NUM_CLASSES", "4", "TEST.FLIP.ENABLED", "False", "MODEL.DEVICE", "cpu",
               "MODEL.BACKBONE.PRETRAIN", "False"]
+#: decoded batches the ``fwd/s`` column times (the forward pass alone, no decoding)
+FORWARD_BATCHES = 4
 #: the extraction paths, in the order they are timed
 PATHS = ("DefaultPredictor", "pytorch fp32 channels_last", "pytorch bf16 channels_last",
          "onnxruntime fp32", "onnxruntime int8", "openvino fp32", "openvino bf16", "openvino int8")
@@ -327,15 +336,16 @@ def bench_model(args, key, cfg_path, opts, paths, meter):
                                 num_workers=args.num_workers, **kw)
 
     runs = {"DefaultPredictor": (fastreid_run, "fp32", None)}
+    forwards = {"DefaultPredictor": pred}  # the forward pass alone, on decoded batches
     ext = extractor(weights=weights)  # also the decode column's DataLoader
     for name, amp in (("pytorch fp32 channels_last", False), ("pytorch bf16 channels_last", True)):
         if name in wanted and (not amp or cpu_has_bf16()):
             e = ext if not amp else extractor(weights=weights, amp=True)
             e.model.to(memory_format=torch.channels_last)
-            runs[name] = (e.extract, "bf16" if amp else "fp32", None)
+            runs[name], forwards[name] = (e.extract, "bf16" if amp else "fp32", None), e.forward
     for name, (path, gate) in engines.items():
         e = extractor(backend=ENGINE_PATHS[name][0], engine=path)
-        runs[name] = (e.extract, ENGINE_PATHS[name][1], gate)
+        runs[name], forwards[name] = (e.extract, ENGINE_PATHS[name][1], gate), e.forward
     kernels = {name: openvino_conv_kernels(path, args.threads)
                for name, (path, _) in engines.items() if name.startswith("openvino")}
 
@@ -343,13 +353,18 @@ def bench_model(args, key, cfg_path, opts, paths, meter):
         fn(paths[:bs])
     # decoding + resizing alone, as the extractor's DataLoader does it (no model)
     t_dec = min(timed(lambda: list(ext.loader(paths)))[0] for _ in range(args.repeat))
-    times = {k: [] for k in runs}
+    # the forward column: FORWARD_BATCHES decoded batches, no decoding, no DataLoader
+    batches = [b for _, b, _ in ext.loader(paths[:FORWARD_BATCHES * bs])]
+    n_fwd = sum(len(b) for b in batches)
+    times, t_fwd = {k: [] for k in runs}, {k: [] for k in runs}
     feats = {}
     for _ in range(args.repeat):  # interleaved, best of --repeat (the machine may be shared)
         for name, (fn, prec, _) in runs.items():
             meter.sample(prec)  # the peak under the same load as the path's run
             dt, feats[name] = timed(lambda fn=fn: fn(paths))
             times[name].append(dt)
+            fwd = forwards[name]
+            t_fwd[name].append(timed(lambda fwd=fwd: [fwd(b) for b in batches])[0])
     header = (f"\nextraction, {key}: {cfg.MODEL.META_ARCHITECTURE} {os.path.basename(cfg_path)} "
               f"({h}x{w}, {macs / 1e9:.2f} GMACs/image), {n} images, batch {bs}, "
               f"{args.threads} threads, {args.num_workers} decoding workers; decode column: "
@@ -359,7 +374,7 @@ def bench_model(args, key, cfg_path, opts, paths, meter):
             f"{name.split()[1]} " + ", ".join(f"{k} x{v}" for k, v in sorted(kk.items()))
             for name, kk in kernels.items())
     return {"key": key, "header": header, "macs": macs, "n": n, "t_dec": t_dec,
-            "rows": [(name, prec, gate, min(times[name]), feats[name])
+            "rows": [(name, prec, gate, min(times[name]), feats[name], n_fwd / min(t_fwd[name]))
                      for name, (_, prec, gate) in runs.items()]}
 
 
@@ -368,13 +383,14 @@ def print_rows(r, meter):
     from fastreid_plugins.deploy import MIN_COSINE
     from fastreid_plugins.deploy.gate import cosine_rows
 
-    print(f"  {'path':<28} {'img/s':>7} {'ratio':>6} {'peak %':>7} {'decode':>7} {'min cos':>9}"
-          "  gate")
+    print(f"  {'path':<28} {'img/s':>7} {'ratio':>6} {'peak %':>7} {'decode':>7} {'fwd/s':>7} "
+          f"{'fwd %':>6} {'min cos':>9}  gate")
     n, lines = r["n"], []
     ref, t_fr = r["rows"][0][4], r["rows"][0][3]  # DefaultPredictor
-    for name, prec, gate, t, feats in r["rows"]:
+    for name, prec, gate, t, feats, fwd_s in r["rows"]:
         img_s = n / t
         share = 100 * r["macs"] * 2 * img_s / meter.peak(prec)[0]
+        fwd_share = 100 * r["macs"] * 2 * fwd_s / meter.peak(prec)[0]
         cos = float(cosine_rows(ref, feats).min())
         if gate is not None:
             verdict = "passed" if gate["passed"] else "FAILED: " + "; ".join(gate["failures"])
@@ -383,8 +399,8 @@ def print_rows(r, meter):
         else:
             verdict = "-"
         dec = n / r["t_dec"] if name != "DefaultPredictor" else float("nan")  # in its own loop
-        print(f"  {name:<28} {img_s:7.1f} {t_fr / t:5.2f}x {share:6.1f}% {dec:7.1f} {cos:9.6f}  "
-              f"{verdict}")
+        print(f"  {name:<28} {img_s:7.1f} {t_fr / t:5.2f}x {share:6.1f}% {dec:7.1f} {fwd_s:7.1f} "
+              f"{fwd_share:5.1f}% {cos:9.6f}  {verdict}")
         lines.append(f"{r['key']} {name}: {img_s:.1f} img/s, {t_fr / t:.2f}x DefaultPredictor, "
                      f"{share:.1f}% of peak")
     print(f"  ({r['key']}: {r['seconds']:.0f} s for export, gates and timing)")
@@ -467,8 +483,8 @@ def main(argv=None):
                    help="comma-separated paths to time (DefaultPredictor, the reference, always "
                         "runs); default all: " + ", ".join(PATHS))
     p.add_argument("--images", type=int, default=None,
-                   help="images per model (default 64 for demo and --config-file, 32 for the "
-                        "paper backbones)")
+                   help="images per model (default 64 for demo and --config-file, 256 for "
+                        "the paper backbones)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--num-workers", type=int, default=1)
