@@ -25,9 +25,9 @@ picks some; ``DefaultPredictor``, the reference of the ratio and the cosine, alw
 * ``DefaultPredictor``: FastReID's (``demo/predictor.py`` minus display): every image read with
   ``read_image`` and transformed in the main process, batches through ``DefaultPredictor``.
 * ``pytorch fp32 channels_last`` / ``pytorch bf16 channels_last``: ``FeatureExtractor`` (torch
-  backend) with the model in ``channels_last`` memory format, and with bfloat16 autocast where
-  the CPU has bf16 instructions (its features are checked against fp32 with the bf16 gate's
-  cosine, 0.9999: a path that fails is marked ``GATE FAILED``).
+  backend) with ``channels_last=True`` (``extract --channels-last``), and with bfloat16
+  autocast where the CPU has bf16 instructions (its features are checked against fp32 with the
+  bf16 gate's cosine, 0.9999: a path that fails is marked ``GATE FAILED``).
 * ``onnxruntime fp32 | int8``, ``openvino fp32 | bf16 | int8``: engines written by
   ``python -m fastreid_plugins.tools.export`` (``--force``: the gate's verdict on the VeRi
   sample is printed, not required; CLIP-SENet's int8 with ``--int8-fp32-modules sem``,
@@ -337,11 +337,10 @@ def bench_model(args, key, cfg_path, opts, paths, meter):
 
     runs = {"DefaultPredictor": (fastreid_run, "fp32", None)}
     forwards = {"DefaultPredictor": pred}  # the forward pass alone, on decoded batches
-    ext = extractor(weights=weights)  # also the decode column's DataLoader
+    ext = extractor(weights=weights, channels_last=True)  # also the decode column's DataLoader
     for name, amp in (("pytorch fp32 channels_last", False), ("pytorch bf16 channels_last", True)):
         if name in wanted and (not amp or cpu_has_bf16()):
-            e = ext if not amp else extractor(weights=weights, amp=True)
-            e.model.to(memory_format=torch.channels_last)
+            e = ext if not amp else extractor(weights=weights, amp=True, channels_last=True)
             runs[name], forwards[name] = (e.extract, "bf16" if amp else "fp32", None), e.forward
     for name, (path, gate) in engines.items():
         e = extractor(backend=ENGINE_PATHS[name][0], engine=path)

@@ -347,6 +347,33 @@ def test_bad_input_errors(models, tmp_path):
     assert issubclass(DatasetNotFoundError, UserError) and issubclass(DatasetError, UserError)
 
 
+def test_channels_last_runs_nhwc_and_matches(models, veri_root):
+    """``channels_last=True`` (``--channels-last``): the convolutions run on NHWC tensors and the
+    features equal the default (NCHW) run's up to float32 rounding; engines refuse the option."""
+    from fastreid_plugins.tools import extract
+
+    cfg_path, weights, opts = models["bagtricks_r18"]
+    paths = sorted(iter_image_paths(os.path.join(veri_root, "veri", "image_query")))[:4]
+    ref = FeatureExtractor(cfg_path, weights=weights, opts=opts).extract(paths)
+    ext = FeatureExtractor(cfg_path, weights=weights, opts=opts, channels_last=True)
+    convs = [m for m in ext.model.modules() if isinstance(m, torch.nn.Conv2d)]
+    layouts = []
+    hooks = [c.register_forward_hook(lambda m, i, o: layouts.append(
+        o.is_contiguous(memory_format=torch.channels_last) and not o.is_contiguous()))
+        for c in convs]
+    got = ext.extract(paths)
+    for h in hooks:
+        h.remove()
+    assert len(layouts) >= len(convs) and all(layouts), "a convolution gave an NCHW tensor"
+    assert got.dtype == np.float32 and got.shape == ref.shape
+    assert np.abs(got - ref).max() <= 1e-5 * np.abs(ref).max()
+    assert ext.describe()["channels_last"] is True
+    assert extract.build_parser().parse_args(
+        ["--config-file", "c", "--images", "i", "--out", "o", "--channels-last"]).channels_last
+    with pytest.raises(ConfigError, match="channels_last applies to the torch backend"):
+        FeatureExtractor(cfg_path, opts=opts, backend="onnx", engine="x.onnx", channels_last=True)
+
+
 def test_amp_on_cpu_is_close(models, veri_root):
     """``amp=True`` (bfloat16 autocast on the CPU): float32 output, close to the float32 run."""
     cfg_path, weights, opts = models["bagtricks_r18"]

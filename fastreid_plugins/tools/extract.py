@@ -10,7 +10,8 @@ Command line (``MODEL.WEIGHTS`` is an override, as for the other tools)::
 
     python -m fastreid_plugins.tools.extract --config-file configs/demo/mfgnet.yml \\
         --images DIR|LIST.txt --out feats/ [--batch-size 64] [--num-workers 4] \\
-        [--shard-size 10000] [--dtype float32|float16] [--amp] [--on-error raise|skip] \\
+        [--shard-size 10000] [--dtype float32|float16] [--amp] [--channels-last] \\
+        [--on-error raise|skip] \\
         [--backend torch | --backend onnx MODEL.onnx | --backend openvino MODEL.xml]
         MODEL.WEIGHTS model_final.pth
 
@@ -251,6 +252,10 @@ class FeatureExtractor:
         num_workers (int): DataLoader worker processes reading images (0 = in this process).
         amp (bool): autocast the forward (float16 on CUDA, bfloat16 on CPU); features are
             returned as float32 and are then not bit-equal to the evaluator's.
+        channels_last (bool): run the torch model in the ``channels_last`` memory format
+            (NHWC convolutions: 1.27x FastReID's ``DefaultPredictor`` for SVRN's ResNet-50 on a
+            2-core AVX-512 CPU, docs/deploy.md); float32 still, equal to the evaluator's
+            features up to float rounding, not bit for bit (so off by default).
         backend (str): ``"torch"``, ``"onnx"`` (an ONNX file from
             :mod:`fastreid_plugins.tools.export` / ``export_onnx``, run by onnxruntime) or
             ``"openvino"`` (an OpenVINO ``.xml`` or ``.onnx`` engine from
@@ -273,8 +278,8 @@ class FeatureExtractor:
     Raises:
         FileNotFoundError: the config file is missing.
         ConfigError: no ``MODEL.WEIGHTS`` (torch backend), a missing weights / engine file, an
-            unknown backend, ``batch_size < 1``, or an engine whose input size is not
-            ``INPUT.SIZE_TEST``.
+            unknown backend, ``batch_size < 1``, ``channels_last`` with an engine backend, or an
+            engine whose input size is not ``INPUT.SIZE_TEST``.
         MissingExtraError: the engine's runtime (onnxruntime / openvino) is not installed.
         WeightsMismatchError: the checkpoint does not fit the model.
     """
@@ -285,7 +290,8 @@ class FeatureExtractor:
                  num_workers: int = 0, amp: bool = False, backend: str = "torch",
                  onnx_model: Optional[Union[str, os.PathLike]] = None,
                  engine: Optional[Union[str, os.PathLike]] = None,
-                 log_file: Optional[Union[str, os.PathLike]] = None) -> None:
+                 log_file: Optional[Union[str, os.PathLike]] = None,
+                 channels_last: bool = False) -> None:
         import fastreid_plugins.patches.compat  # noqa: F401  (FastReID importable on torch 2)
 
         from fastreid.data.transforms import build_transforms
@@ -303,6 +309,10 @@ class FeatureExtractor:
         if num_workers < 0:
             raise ConfigError(f"num_workers must be >= 0, got {num_workers}")
         self.num_workers, self.amp, self.backend = int(num_workers), bool(amp), backend
+        self.channels_last = bool(channels_last)
+        if self.channels_last and backend != "torch":
+            raise ConfigError(f"channels_last applies to the torch backend; the {backend} engine "
+                              "chooses its own memory layout")
         self.flip = bool(cfg.TEST.FLIP.ENABLED)
         self.transform = build_transforms(cfg, is_train=False)
         self.dim, self.skipped = None, []
@@ -315,6 +325,10 @@ class FeatureExtractor:
                 raise ConfigError(f"MODEL.WEIGHTS not found: {self.weights!r}")
             self.model = load_tool_model(cfg, "extract features with", log_file=log_file)
             self.device = self.model.device
+            if self.channels_last:
+                import torch
+
+                self.model.to(memory_format=torch.channels_last)
         elif backend in ("onnx", "openvino", "tensorrt"):
             self._init_engine(engine or onnx_model)
         else:
@@ -345,6 +359,8 @@ class FeatureExtractor:
         if self.backend in ("onnx", "openvino", "tensorrt"):
             return torch.from_numpy(self.runner(images.numpy()))
         images = images.to(self.device, non_blocking=True)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, enabled=self.amp,
                             dtype=torch.float16 if self.device.type == "cuda" else torch.bfloat16):
             out = self.model({"images": images})
@@ -454,7 +470,7 @@ class FeatureExtractor:
                 "meta_architecture": self.cfg.MODEL.META_ARCHITECTURE,
                 "backend": self.backend, "weights": os.path.abspath(self.weights),
                 "weights_sha256": sha256(self.weights), "metric": self.cfg.TEST.METRIC,
-                "flip": self.flip, "amp": self.amp,
+                "flip": self.flip, "amp": self.amp, "channels_last": self.channels_last,
                 "input_size": list(self.cfg.INPUT.SIZE_TEST),
                 "rerank": {"k1": int(self.cfg.TEST.RERANK.K1), "k2": int(self.cfg.TEST.RERANK.K2),
                            "lambda": float(self.cfg.TEST.RERANK.LAMBDA)}}
@@ -769,6 +785,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="images per shard file (default %(default)s)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16"])
     p.add_argument("--amp", action="store_true", help="autocast (float16 on CUDA, bf16 on CPU)")
+    p.add_argument("--channels-last", action="store_true",
+                   help="torch backend: channels_last (NHWC) convolutions, faster on CPUs; equal "
+                        "to the evaluator's features up to float rounding")
     p.add_argument("--on-error", default="raise", choices=["raise", "skip"],
                    help="an unreadable image stops the run (raise) or is skipped and listed")
     p.add_argument("--backend", nargs="+", default=["torch"],
@@ -821,7 +840,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         args.num_workers = build_tool_cfg(args.config_file, args.opts).DATALOADER.NUM_WORKERS
     ext = FeatureExtractor(args.config_file, opts=args.opts, batch_size=args.batch_size,
                            num_workers=args.num_workers, amp=args.amp, backend=backend,
-                           engine=onnx_model, log_file=os.path.join(args.out, "log.txt"))
+                           engine=onnx_model, log_file=os.path.join(args.out, "log.txt"),
+                           channels_last=args.channels_last)
     try:
         return extract_to_dir(ext, args.images, args.out, args.shard_size, args.dtype,
                               args.on_error, progress=not args.no_progress)
