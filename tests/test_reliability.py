@@ -10,6 +10,7 @@ import argparse
 import errno
 import os
 import pickle
+import re
 import shutil
 import signal
 import subprocess
@@ -616,12 +617,18 @@ def test_ctrl_c_writes_the_last_epoch_then_resume_matches_the_uninterrupted_run(
         proc = _train_net(out, log, "SOLVER.CHECKPOINT_PERIOD", "100")
         try:
             # FastReID's metric line of the first epoch: written at its end, before our snapshot
-            while "epoch/iter: 0/" not in log_path.read_text():
+            first = None
+            while first is None:
+                first = re.search(r"epoch/iter: 0/(\d+)(?:.*? time: ([\d.]+))?",
+                                  log_path.read_text())
                 assert proc.poll() is None, ("train_net.py exited early:\n"
                                              + log_path.read_text()[-3000:])
                 assert time.time() < deadline, "no first epoch: hung?"
                 time.sleep(0.05)
-            time.sleep(0.5)  # into the second epoch (3 iterations of seconds each)
+            # into the second (last) epoch: a third of the first's length (its iterations x their
+            # time), so that the snapshot is taken and the epoch not finished, idle or loaded (a
+            # fixed 0.5 s outlasted the 0.65 s epoch of an idle run)
+            time.sleep(max(0.1, (int(first.group(1)) + 1) * float(first.group(2) or 0.2) / 3))
             proc.send_signal(signal.SIGINT)
             rc = proc.wait(HANG_TIMEOUT)
         finally:
