@@ -44,7 +44,7 @@ demo: $(STAMP)
 test: lint
 	$(DATASETS_ENV) $(PY) -m pytest -q --durations=15 tests
 
-# the inner loop: tests not marked slow (pytest.ini); its time: README "The two commands" (5 min 53 s
+# the inner loop: tests not marked slow (pytest.ini); its time: README "The two commands" (5 min 47 s
 # of pytest on an idle 2-core machine, 2026-12-07). One torch thread unless
 # FASTREID_PLUGINS_THREADS says otherwise (2 threads took 193 s instead of 67 s on the shared
 # 2-core machine)
