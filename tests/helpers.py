@@ -2,6 +2,7 @@
 
 import logging
 import os
+import signal
 
 import fastreid_plugins
 from fastreid_plugins.config import get_cfg
@@ -11,6 +12,14 @@ from fastreid_plugins.seeding import seed_all
 fastreid_plugins.activate()  # patches + registration (conftest does too: helpers run alone)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def default_sigint():
+    """``preexec_fn`` of a child that a test interrupts with SIGINT: Ctrl-C at its default
+    (Python raises KeyboardInterrupt) even where the test run ignores it, as every command started
+    in the background by a non-interactive shell does (``nohup bash -c '... make test' &``): an
+    ignored SIGINT stays ignored across exec, and Python then installs no handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def make_cfg(config_file, opts=(), add_fns=()):

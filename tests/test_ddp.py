@@ -336,6 +336,8 @@ def test_ctrl_c_under_ddp_saves_once_and_resumes_bit_identically(veri_root, tmp_
     import shlex
     import time
 
+    from helpers import default_sigint
+
     cfg, opts, _ = _tiny("MFGNet")
     run = [*opts, *DATA, "SOLVER.MAX_EPOCH", "12", "SEED", "3"]
 
@@ -350,7 +352,7 @@ def test_ctrl_c_under_ddp_saves_once_and_resumes_bit_identically(veri_root, tmp_
     out = tmp_path / "int"
     p = subprocess.Popen(cmd(out), cwd=ROOT, env=env, stdout=subprocess.PIPE,
                          stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                         preexec_fn=default_sigint)
     try:
         deadline, log_txt = time.monotonic() + CLI_TIMEOUT, out / "log.txt"
         while not log_txt.exists() or "epoch/iter: 6/" not in log_txt.read_text():

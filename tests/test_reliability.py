@@ -21,7 +21,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from helpers import ROOT, make_cfg
+from helpers import ROOT, default_sigint, make_cfg
 from torch import nn
 
 import fastreid_plugins  # noqa: F401
@@ -331,14 +331,11 @@ def test_svrn_seed_is_an_alias_of_the_shared_key():
 
 
 def _train_net(out, log, *opts):
-    """train_net.py in a child process with SIGINT at its default (Ctrl-C raises
-    KeyboardInterrupt) even when this process ignores it, as every command started in the
-    background by a non-interactive shell does (``nohup bash -c '... make test' &``): an ignored
-    SIGINT stays ignored across exec and Python then installs no handler."""
+    """train_net.py in a child process, SIGINT at its default (:func:`helpers.default_sigint`)."""
     cmd = [sys.executable, os.path.join(ROOT, "projects/MFGNet/train_net.py"), "--config-file",
            os.path.join(ROOT, MFG), *SMALL, "OUTPUT_DIR", str(out), *opts]
     return subprocess.Popen(cmd, env=ENV, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                            preexec_fn=default_sigint)
 
 
 @pytest.mark.slow
