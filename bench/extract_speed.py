@@ -81,7 +81,7 @@ import fastreid_plugins  # noqa: E402,F401
 
 #: ``--model`` name -> (config, options of that model on top of :data:`BENCH_OPTS`, default
 #: ``--images``: 256 for the paper backbones, the steady rate of a folder's extraction; the
-#: 3-model run takes about 35 minutes on an idle 2-core machine)
+#: 3-model run took 29 minutes on an idle 2-core machine, half of it the export gates)
 MODELS = {"demo": (os.path.join(REPO, "configs", "demo", "bagtricks_r18.yml"), [], 64),
           "svrn-r50": (os.path.join(REPO, "configs", "veri", "svrn.yml"), [], 256),
           "mbfn-r50": (os.path.join(REPO, "configs", "veri", "mbfn.yml"), [], 256),
@@ -335,20 +335,21 @@ def bench_model(args, key, cfg_path, opts, paths, meter):
         return FeatureExtractor(cfg_path, opts=opts, batch_size=bs,
                                 num_workers=args.num_workers, **kw)
 
-    runs = {"DefaultPredictor": (fastreid_run, "fp32", None)}
-    forwards = {"DefaultPredictor": pred}  # the forward pass alone, on decoded batches
+    # path -> (end to end from the files, the forward pass alone on a decoded batch, precision,
+    # gate report)
+    runs = {"DefaultPredictor": (fastreid_run, pred, "fp32", None)}
     ext = extractor(weights=weights, channels_last=True)  # also the decode column's DataLoader
     for name, amp in (("pytorch fp32 channels_last", False), ("pytorch bf16 channels_last", True)):
         if name in wanted and (not amp or cpu_has_bf16()):
             e = ext if not amp else extractor(weights=weights, amp=True, channels_last=True)
-            runs[name], forwards[name] = (e.extract, "bf16" if amp else "fp32", None), e.forward
+            runs[name] = (e.extract, e.forward, "bf16" if amp else "fp32", None)
     for name, (path, gate) in engines.items():
         e = extractor(backend=ENGINE_PATHS[name][0], engine=path)
-        runs[name], forwards[name] = (e.extract, ENGINE_PATHS[name][1], gate), e.forward
+        runs[name] = (e.extract, e.forward, ENGINE_PATHS[name][1], gate)
     kernels = {name: openvino_conv_kernels(path, args.threads)
                for name, (path, _) in engines.items() if name.startswith("openvino")}
 
-    for fn, _, _ in runs.values():  # warm-up
+    for fn, _, _, _ in runs.values():  # warm-up
         fn(paths[:bs])
     # decoding + resizing alone, as the extractor's DataLoader does it (no model)
     t_dec = min(timed(lambda: list(ext.loader(paths)))[0] for _ in range(args.repeat))
@@ -358,11 +359,10 @@ def bench_model(args, key, cfg_path, opts, paths, meter):
     times, t_fwd = {k: [] for k in runs}, {k: [] for k in runs}
     feats = {}
     for _ in range(args.repeat):  # interleaved, best of --repeat (the machine may be shared)
-        for name, (fn, prec, _) in runs.items():
+        for name, (fn, fwd, prec, _) in runs.items():
             meter.sample(prec)  # the peak under the same load as the path's run
             dt, feats[name] = timed(lambda fn=fn: fn(paths))
             times[name].append(dt)
-            fwd = forwards[name]
             t_fwd[name].append(timed(lambda fwd=fwd: [fwd(b) for b in batches])[0])
     header = (f"\nextraction, {key}: {cfg.MODEL.META_ARCHITECTURE} {os.path.basename(cfg_path)} "
               f"({h}x{w}, {macs / 1e9:.2f} GMACs/image), {n} images, batch {bs}, "
@@ -374,7 +374,7 @@ def bench_model(args, key, cfg_path, opts, paths, meter):
             for name, kk in kernels.items())
     return {"key": key, "header": header, "macs": macs, "n": n, "t_dec": t_dec,
             "rows": [(name, prec, gate, min(times[name]), feats[name], n_fwd / min(t_fwd[name]))
-                     for name, (_, prec, gate) in runs.items()]}
+                     for name, (_, _, prec, gate) in runs.items()]}
 
 
 def print_rows(r, meter):
