@@ -4,15 +4,16 @@ OpenVINO fp32 / bf16 / int8) near the machine's peak, and search latency at a 1,
 gallery (exact and approximate).
 
 Usage: python bench/extract_speed.py [--model demo|svrn-r50|mbfn-r50|clip-senet[,...] |
-       --config-file CFG] [--paths P1,P2,...] [--images 64|256] [--batch-size 16] [--threads 2]
+       --config-file CFG] [--paths P1,P2,...] [--images 256] [--batch-size 16] [--threads 2]
        [--num-workers 1] [--calib-count 32] [--repeat 2] [--peak-size 2048]
        [--gallery 1000000] [--dim 256] [--queries 100] [--skip-extract] [--skip-search]
 
 Extraction, end to end from the JPEG files: the real VeRi sample under
-``$FASTREID_DATASETS/veri`` (all its images, repeated to ``--images``: default 64 for ``demo``,
-256 for the paper backbones: an extraction of a folder, where the DataLoader worker's start and
-the pipeline's fill, 0.1-0.3 s a call, are a few percent of the run; at 32 images they cost the
-int8 engines a quarter of their rate), a seeded random model of
+``$FASTREID_DATASETS/veri`` (all its images, repeated to ``--images``, default 256: an extraction
+of a folder, where the DataLoader worker's start and the pipeline's fill, 0.1-0.3 s a call, are a
+few percent of the run; at 32 images they cost SVRN's int8 engines a quarter of their rate, and
+at 64 the demo's PyTorch path ran at 0.74x ``DefaultPredictor`` end to end while its forward
+alone ran at 1.24x ``DefaultPredictor``'s), a seeded random model of
 each config in ``--model`` (comma-separated, one after the other in one run): ``demo``:
 ``configs/demo/bagtricks_r18.yml``, ResNet-18 at 128x128, the default; the paper configs'
 backbones: ``svrn-r50``: ``configs/veri/svrn.yml``, SVRN's ResNet-50 at 256x256, T = 3;
@@ -79,15 +80,15 @@ sys.path.insert(0, REPO)
 
 import fastreid_plugins  # noqa: E402,F401
 
-#: ``--model`` name -> (config, options of that model on top of :data:`BENCH_OPTS`, default
-#: ``--images``: 256 for the paper backbones, the steady rate of a folder's extraction; the
-#: 3-model run took 29 minutes on an idle 2-core machine, half of it the export gates)
-MODELS = {"demo": (os.path.join(REPO, "configs", "demo", "bagtricks_r18.yml"), [], 64),
-          "svrn-r50": (os.path.join(REPO, "configs", "veri", "svrn.yml"), [], 256),
-          "mbfn-r50": (os.path.join(REPO, "configs", "veri", "mbfn.yml"), [], 256),
+#: ``--model`` name -> (config, options of that model on top of :data:`BENCH_OPTS`): the
+#: paper backbones' 3-model run took 29 minutes on an idle 2-core machine, half of it the export
+#: gates
+MODELS = {"demo": (os.path.join(REPO, "configs", "demo", "bagtricks_r18.yml"), []),
+          "svrn-r50": (os.path.join(REPO, "configs", "veri", "svrn.yml"), []),
+          "mbfn-r50": (os.path.join(REPO, "configs", "veri", "mbfn.yml"), []),
           # TinyCLIP-ViT-61M-32's architecture built offline with random weights (no download)
           "clip-senet": (os.path.join(REPO, "configs", "veri", "clip_senet.yml"),
-                         ["MODEL.CLIPSENET.SEM.PRETRAIN", "False"], 256)}
+                         ["MODEL.CLIPSENET.SEM.PRETRAIN", "False"])}
 #: ``tools.export`` arguments of a model's int8 engines: CLIP-SENet's TinyCLIP SEM stays in fp32
 #: (quantized, the random model's int8 features had cosine 0.92 against PyTorch; docs/deploy.md)
 INT8_EXPORT_ARGS = {"clip-senet": ["--int8-fp32-modules", "sem"]}
@@ -273,15 +274,13 @@ def bench_extract(args):
     if not pool:
         sys.exit(f"no images under {root}")
     if args.config_file:
-        models = [(os.path.splitext(os.path.basename(args.config_file))[0], args.config_file, [],
-                   64)]
+        models = [(os.path.splitext(os.path.basename(args.config_file))[0], args.config_file, [])]
     else:
         models = [(m, *MODELS[m]) for m in args.model]
     meter = PeakMeter(args.peak_size, args.threads)
     results = []
-    for key, cfg_path, extra, images in models:
-        images = args.images or images
-        paths = (pool * (images // len(pool) + 1))[:images]
+    paths = (pool * (args.images // len(pool) + 1))[:args.images]
+    for key, cfg_path, extra in models:
         t0 = time.perf_counter()
         results.append(bench_model(args, key, cfg_path, list(BENCH_OPTS) + extra, paths, meter))
         results[-1]["seconds"] = time.perf_counter() - t0
@@ -481,9 +480,8 @@ def main(argv=None):
     p.add_argument("--paths", default=",".join(PATHS), type=path_list,
                    help="comma-separated paths to time (DefaultPredictor, the reference, always "
                         "runs); default all: " + ", ".join(PATHS))
-    p.add_argument("--images", type=int, default=None,
-                   help="images per model (default 64 for demo and --config-file, 256 for "
-                        "the paper backbones)")
+    p.add_argument("--images", type=int, default=256,
+                   help="images per model, end to end (default %(default)s: the steady rate)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--num-workers", type=int, default=1)

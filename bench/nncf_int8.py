@@ -57,7 +57,7 @@ def main(argv=None):
     from fastreid_plugins.tools.export import _load_images, calibration_paths
 
     torch.set_num_threads(args.threads)
-    cfg_path, extra, _ = B.MODELS[args.model]
+    cfg_path, extra = B.MODELS[args.model]
     cfg = build_tool_cfg(cfg_path, list(B.BENCH_OPTS) + extra)
     torch.manual_seed(0)
     model = B.seeded_model(trainer_class_for(cfg).build_model(cfg))
